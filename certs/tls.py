@@ -1,0 +1,142 @@
+"""The one place that builds ``ssl.SSLContext`` objects for meshlet.
+
+Hostname checking is off everywhere: mesh peers are named by SPIFFE IDs (URI SANs), which
+Python's ``ssl`` cannot match. OpenSSL still verifies the chain against the trust bundle; the
+caller then reads the peer's identity with :func:`peer_spiffe_id` and authorizes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import tempfile
+from collections.abc import Sequence
+
+from certs.spiffe import SpiffeId
+from certs.verify import InvalidSvid, spiffe_id_from_der
+
+#: TLS 1.2 suites: the ECDHE half of Istio's inbound list (research §1.8); forward secrecy only.
+#: TLS 1.3 suites are OpenSSL's defaults (all AEAD, all ephemeral).
+TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+    ]
+)
+MESH_ALPN: tuple[str, ...] = ("h2", "http/1.1")
+#: For aiohttp endpoints (control plane API, admin), which speak HTTP/1.1 only.
+HTTP11_ALPN: tuple[str, ...] = ("http/1.1",)
+
+
+def _private_tmpdir() -> str:
+    # Prefer a tmpfs so the key never touches a disk, as Linkerd keeps its key on an emptyDir.
+    shm = "/dev/shm"
+    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    return tempfile.mkdtemp(prefix="meshlet-tls-", dir=base)  # mkdtemp makes it 0700
+
+
+def _load_cert_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+    """``ssl`` loads certificates and keys only from files: write them to a private directory
+    (0700, files 0600), load, and delete them straight away."""
+    d = _private_tmpdir()
+    try:
+        chain_path, key_path = os.path.join(d, "chain.pem"), os.path.join(d, "key.pem")
+        for path, data in ((chain_path, chain_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        ctx.load_cert_chain(chain_path, key_path)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _base(protocol: int, alpn: Sequence[str] | None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(protocol)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED  # TLS 1.3 whenever both sides can
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+def _load_bundle(ctx: ssl.SSLContext, bundle_pem: bytes) -> None:
+    ctx.load_verify_locations(cadata=bundle_pem.decode("ascii"))
+    # Strict RFC 5280 checks (AKI present, CA basicConstraints critical, ...). Partial chains
+    # stay off: only the bundle's roots are anchors.
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+
+
+def server_context(
+    chain_pem: bytes,
+    key_pem: bytes,
+    bundle_pem: bytes,
+    require_client_cert: bool = True,
+    *,
+    alpn: Sequence[str] | None = MESH_ALPN,
+) -> ssl.SSLContext:
+    """A server context presenting ``chain_pem`` and verifying clients against ``bundle_pem``.
+
+    ``require_client_cert=True`` (inbound mTLS, STRICT): a client without a valid certificate
+    fails the handshake. ``False``: a certificate is requested and, if sent, must verify, but
+    a client may connect without one (the control plane's API: join-token callers have none).
+    """
+    ctx = _base(ssl.PROTOCOL_TLS_SERVER, alpn)
+    _load_cert_chain(ctx, chain_pem, key_pem)
+    _load_bundle(ctx, bundle_pem)
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    return ctx
+
+
+def client_context(
+    chain_pem: bytes | None,
+    key_pem: bytes | None,
+    bundle_pem: bytes,
+    *,
+    alpn: Sequence[str] | None = MESH_ALPN,
+) -> ssl.SSLContext:
+    """A client context verifying the server against ``bundle_pem`` and, when ``chain_pem`` and
+    ``key_pem`` are given, presenting them as the client certificate."""
+    ctx = _base(ssl.PROTOCOL_TLS_CLIENT, alpn)
+    ctx.check_hostname = False  # identity is the SPIFFE ID, checked by the caller
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    _load_bundle(ctx, bundle_pem)
+    if chain_pem is not None and key_pem is not None:
+        _load_cert_chain(ctx, chain_pem, key_pem)
+    return ctx
+
+
+def unverified_client_context(*, alpn: Sequence[str] | None = HTTP11_ALPN) -> ssl.SSLContext:
+    """A client context that does NOT verify the server.
+
+    For one purpose only: fetching the control plane's trust bundle before any trust exists,
+    as kubeadm fetches cluster-info. Whatever it returns is worthless until checked against the
+    join token's CA pin.
+    """
+    ctx = _base(ssl.PROTOCOL_TLS_CLIENT, alpn)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SpiffeId | None:
+    """The SPIFFE ID of the verified peer, or None if it sent no certificate or its certificate
+    is not a valid SVID (treat both as unauthenticated).
+
+    Only meaningful on a context from this module: OpenSSL has already verified the chain
+    against the bundle when ``getpeercert`` returns anything.
+    """
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        return spiffe_id_from_der(der)
+    except InvalidSvid:
+        return None
