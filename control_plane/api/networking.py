@@ -1,0 +1,676 @@
+"""Spec schemas of Istio's networking kinds: VirtualService, DestinationRule, ServiceEntry and
+WorkloadEntry (``networking.istio.io`` v1 / v1beta1 / v1alpha3, one schema for all three).
+
+Field names, enums and ranges follow istio/api and istiod's validation (research notes,
+traffic-features.md sections 1 and 2). Fields Istio has and meshlet does not implement are
+either accepted and documented as ignored (``tls``/``tcp`` routes, ``corsPolicy``) or refused
+with a reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from control_plane.api.schema import (
+    LABELS,
+    Ctx,
+    any_value,
+    boolean,
+    check_regex,
+    dns1123_label,
+    dns1123_subdomain,
+    duration,
+    enum,
+    hostname,
+    http_header_name,
+    index,
+    integer,
+    ip_or_cidr,
+    join,
+    list_of,
+    map_of,
+    number,
+    obj,
+    port_number,
+    regex,
+    string,
+)
+
+# -- shared pieces ----------------------------------------------------------------------------
+
+HOST = string(nonempty=True, check=hostname)
+HOSTS = list_of(HOST, nonempty=True)
+PERCENT = obj({"value": number(0, 100)})
+SELECTOR_LABELS = obj({"labels": LABELS})  # ServiceEntry.workloadSelector
+MATCH_LABELS = obj({"matchLabels": LABELS})  # DestinationRule.workloadSelector, security kinds
+EXPORT_TO = list_of(string(nonempty=True))
+MS_1 = 0.001
+
+GRPC_STATUS = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)  # fmt: skip
+
+# Envoy x-envoy-retry-on and x-envoy-retry-grpc-on tokens (traffic-features.md 1.7.2).
+RETRY_ON_TOKENS = frozenset(
+    {
+        "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+        "envoy-ratelimited", "retriable-4xx", "refused-stream", "retriable-status-codes",
+        "retriable-headers", "http3-post-connect-failure",
+        "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+    }
+)  # fmt: skip
+
+
+def _string_match_value(value: Any, path: str, ctx: Ctx) -> None:
+    if not isinstance(value, str):
+        ctx.error(path, "must be a string")
+
+
+def _match_regex(value: Any, path: str, ctx: Ctx) -> None:
+    if value == "*":  # Istio: `regex: "*"` in headers/queryParams means "present"
+        return
+    regex()(value, path, ctx)
+
+
+_STRING_MATCH_FIELDS = {
+    "exact": _string_match_value,
+    "prefix": _string_match_value,
+    "regex": regex(),
+}
+# uri, method, authority, scheme: exactly one of exact/prefix/regex.
+STRING_MATCH = obj(_STRING_MATCH_FIELDS, exactly_one=[("exact", "prefix", "regex")])
+# headers, withoutHeaders, queryParams: `{}` (or regex "*") means the key is present.
+PRESENCE_MATCH = obj(
+    {**_STRING_MATCH_FIELDS, "regex": _match_regex}, at_most_one=[("exact", "prefix", "regex")]
+)
+
+
+def _header_key(key: str) -> str | None:
+    if key.startswith("@request.auth.claims"):
+        return "JWT claim matches (@request.auth.claims) are not supported by meshlet"
+    if key != key.lower():
+        return f"header name {key!r} must be lowercase"
+    return http_header_name(key)
+
+
+HEADER_MATCHES = map_of(PRESENCE_MATCH, key=_header_key)
+
+HTTP_MATCH = obj(
+    {
+        "name": string(),
+        "uri": STRING_MATCH,
+        "scheme": STRING_MATCH,
+        "method": STRING_MATCH,
+        "authority": STRING_MATCH,
+        "headers": HEADER_MATCHES,
+        "withoutHeaders": HEADER_MATCHES,
+        "queryParams": map_of(PRESENCE_MATCH),
+        "port": port_number,
+        "sourceLabels": LABELS,
+        "sourceNamespace": string(),
+        "gateways": list_of(string(nonempty=True)),
+        "ignoreUriCase": boolean(),
+        "statPrefix": string(),
+    }
+)
+
+PORT_SELECTOR = obj({"number": port_number})
+DESTINATION = obj({"host": HOST, "subset": string(), "port": PORT_SELECTOR}, required=["host"])
+
+
+def _header_ops_check(value: dict, path: str, ctx: Ctx) -> None:
+    for op in ("set", "add"):
+        for k in value.get(op) or {}:
+            if k.startswith(":") and k.lower() != ":authority":
+                ctx.warn(join(join(path, op), k), "pseudo-headers are ignored (Istio drops them)")
+    for i, k in enumerate(value.get("remove") or []):
+        if isinstance(k, str) and (k.startswith(":") or k.lower() == "host"):
+            ctx.warn(index(join(path, "remove"), i), f"{k!r} cannot be removed and is ignored")
+
+
+def _header_name_value(value: Any, path: str, ctx: Ctx) -> None:
+    if not isinstance(value, str):
+        ctx.error(path, "header value must be a string")
+
+
+HEADER_OPS = obj(
+    {
+        "set": map_of(_header_name_value, key=http_header_name),
+        "add": map_of(_header_name_value, key=http_header_name),
+        "remove": list_of(string(nonempty=True, check=http_header_name)),
+    },
+    checks=[_header_ops_check],
+)
+HEADERS = obj({"request": HEADER_OPS, "response": HEADER_OPS})
+
+
+def _route_destinations(value: Any, path: str, ctx: Ctx) -> None:
+    item = obj(
+        {"destination": DESTINATION, "weight": integer(0), "headers": HEADERS},
+        required=["destination"],
+    )
+    list_of(item, nonempty=True)(value, path, ctx)
+    if not isinstance(value, list) or len(value) < 2:
+        return
+    weights = [d.get("weight", 0) if isinstance(d, dict) else 0 for d in value]
+    if not all(isinstance(w, int) and not isinstance(w, bool) for w in weights):
+        return
+    total = sum(weights)
+    if total <= 0:
+        ctx.error(path, "total destination weight must be > 0 when there are several destinations")
+    elif total != 100:
+        ctx.warn(path, f"weights sum to {total}, not 100; shares are weight/{total}")
+
+
+def _retry_on(value: Any, path: str, ctx: Ctx) -> None:
+    if not isinstance(value, str):
+        ctx.error(path, "must be a comma-separated string of retry conditions")
+        return
+    parts = value.split(",")
+    if any(p != p.strip() for p in parts):
+        ctx.warn(
+            path, "whitespace around retryOn tokens is trimmed (Istio's validation rejects it)"
+        )
+    for raw in parts:
+        tok = raw.strip()
+        if not tok:
+            ctx.error(path, f"empty retry condition in {value!r}")
+        elif tok.isdigit():
+            if not 100 <= int(tok) <= 599:
+                ctx.error(path, f"retry status code {tok} must be between 100 and 599")
+        elif tok not in RETRY_ON_TOKENS:
+            ctx.error(
+                path,
+                f"unknown retry condition {tok!r}; known: {', '.join(sorted(RETRY_ON_TOKENS))}"
+                " or an HTTP status code",
+            )
+
+
+def _retries_check(value: dict, path: str, ctx: Ctx) -> None:
+    if value.get("attempts", 0) == 0:
+        for k in ("perTryTimeout", "retryOn", "retryRemoteLocalities"):
+            if k in value:
+                ctx.error(join(path, k), "cannot be set when attempts is 0 (retries disabled)")
+
+
+RETRIES = obj(
+    {
+        "attempts": integer(0),
+        "perTryTimeout": duration(MS_1),
+        "retryOn": _retry_on,
+        "retryRemoteLocalities": boolean(),
+        "retryIgnorePreviousHosts": boolean(),
+        "backoff": duration(MS_1),
+    },
+    checks=[_retries_check],
+)
+
+
+def _abort_check(value: dict, path: str, ctx: Ctx) -> None:
+    if "httpStatus" not in value and "grpcStatus" not in value:
+        ctx.warn(path, "abort has no httpStatus or grpcStatus and does nothing")
+
+
+FAULT = obj(
+    {
+        "delay": obj(
+            {"fixedDelay": duration(MS_1), "percentage": PERCENT, "percent": integer(0, 100)},
+            required=["fixedDelay"],
+            unsupported={"exponentialDelay": "exponentialDelay is not supported (Istio neither)"},
+        ),
+        "abort": obj(
+            {
+                "httpStatus": integer(200, 599),
+                "grpcStatus": enum(*GRPC_STATUS),
+                "percentage": PERCENT,
+            },
+            at_most_one=[("httpStatus", "grpcStatus")],
+            checks=[_abort_check],
+            unsupported={"http2Error": "http2Error aborts are not supported (Istio neither)"},
+        ),
+    },
+    at_least_one=[("delay", "abort")],
+)
+
+REWRITE = obj(
+    {
+        "uri": string(),
+        "authority": string(nonempty=True),
+        "uriRegexRewrite": obj(
+            {"match": regex(), "rewrite": string()}, required=["match", "rewrite"]
+        ),
+    },
+    at_most_one=[("uri", "uriRegexRewrite")],
+)
+
+
+def _redirect_code(value: Any, path: str, ctx: Ctx) -> None:
+    if value not in (301, 302, 303, 307, 308) or isinstance(value, bool):
+        ctx.error(path, "must be one of 301, 302, 303, 307, 308")
+
+
+REDIRECT = obj(
+    {
+        "uri": string(),
+        "authority": string(),
+        "port": port_number,
+        "derivePort": enum("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"),
+        "scheme": string(),
+        "redirectCode": _redirect_code,
+    },
+    at_most_one=[("port", "derivePort")],
+)
+DIRECT_RESPONSE = obj(
+    {
+        "status": integer(200, 599),
+        "body": obj({"string": string(), "bytes": string()}, exactly_one=[("string", "bytes")]),
+    },
+    required=["status"],
+)
+CORS = obj(
+    {
+        "allowOrigins": list_of(STRING_MATCH),
+        "allowOrigin": list_of(string()),
+        "allowMethods": list_of(string()),
+        "allowHeaders": list_of(string()),
+        "exposeHeaders": list_of(string()),
+        "maxAge": duration(),
+        "allowCredentials": boolean(),
+        "unmatchedPreflights": enum("UNSPECIFIED", "FORWARD", "IGNORE"),
+    }
+)
+
+
+def _http_route_check(value: dict, path: str, ctx: Ctx) -> None:
+    actions = [k for k in ("route", "redirect", "directResponse", "delegate") if k in value]
+    if len(actions) != 1:
+        names = ", ".join(actions) if actions else "none"
+        ctx.error(
+            path,
+            f"must set exactly one of route, redirect, directResponse, delegate (found {names})",
+        )
+    if "redirect" in value or "directResponse" in value:
+        for k in ("fault", "rewrite"):
+            if k in value:
+                ctx.error(join(path, k), "cannot be combined with redirect or directResponse")
+    if "mirror" in value and "mirrors" in value:
+        ctx.error(join(path, "mirrors"), "cannot be combined with mirror")
+    if "mirrorPercentage" in value and "mirror" not in value:
+        ctx.warn(join(path, "mirrorPercentage"), "has no effect without mirror")
+    rewrite_auth = "authority" in (value.get("rewrite") or {})
+    req = (value.get("headers") or {}).get("request") or {}
+    hdr_auth = any(
+        k.lower() in (":authority", "host") for op in ("set", "add") for k in req.get(op) or {}
+    )
+    if rewrite_auth and hdr_auth:
+        ctx.error(
+            join(path, "headers"), "authority is rewritten both by rewrite.authority and headers"
+        )
+
+
+HTTP_ROUTE = obj(
+    {
+        "name": string(),
+        "match": list_of(HTTP_MATCH),
+        "route": _route_destinations,
+        "redirect": REDIRECT,
+        "directResponse": DIRECT_RESPONSE,
+        "delegate": obj({"name": string(nonempty=True), "namespace": string()}, required=["name"]),
+        "rewrite": REWRITE,
+        "timeout": duration(0),  # 0s = no timeout (Istio's default)
+        "retries": RETRIES,
+        "fault": FAULT,
+        "mirror": DESTINATION,
+        "mirrors": list_of(
+            obj({"destination": DESTINATION, "percentage": PERCENT}, required=["destination"])
+        ),
+        "mirrorPercentage": PERCENT,
+        "corsPolicy": CORS,
+        "headers": HEADERS,
+    },
+    unsupported={"mirrorPercent": "mirrorPercent was removed from Istio; use mirrorPercentage"},
+    checks=[_http_route_check],
+)
+
+
+def _l4_routes(value: Any, path: str, ctx: Ctx) -> None:
+    if not isinstance(value, list):
+        ctx.error(path, "must be a list")
+    elif value:
+        ctx.warn(path, "TLS/TCP routes are not supported by meshlet and are ignored")
+
+
+VIRTUAL_SERVICE = obj(
+    {
+        "hosts": HOSTS,
+        "gateways": list_of(string(nonempty=True)),
+        "http": list_of(HTTP_ROUTE),
+        "tls": _l4_routes,
+        "tcp": _l4_routes,
+        "exportTo": EXPORT_TO,
+    },
+    required=["hosts"],
+)
+
+# -- DestinationRule --------------------------------------------------------------------------
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+def _maglev_size(value: Any, path: str, ctx: Ctx) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not _is_prime(value)
+        or value >= 5000011
+    ):
+        ctx.error(path, "must be a prime number below 5000011")
+
+
+CONSISTENT_HASH = obj(
+    {
+        "httpHeaderName": string(nonempty=True),
+        "httpCookie": obj(
+            {
+                "name": string(nonempty=True),
+                "path": string(),
+                "ttl": duration(),
+                "attributes": list_of(
+                    obj({"name": string(nonempty=True), "value": string()}, required=["name"])
+                ),
+            },
+            required=["name"],
+        ),
+        "useSourceIp": boolean(),
+        "httpQueryParameterName": string(nonempty=True),
+        "ringHash": obj({"minimumRingSize": integer(1)}),
+        "maglev": obj({"tableSize": _maglev_size}),
+        "minimumRingSize": integer(1),
+    },
+    exactly_one=[("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")],
+    at_most_one=[("ringHash", "maglev", "minimumRingSize")],
+)
+LOAD_BALANCER = obj(
+    {
+        "simple": enum(
+            "UNSPECIFIED", "LEAST_REQUEST", "LEAST_CONN", "ROUND_ROBIN", "RANDOM", "PASSTHROUGH"
+        ),
+        "consistentHash": CONSISTENT_HASH,
+        "localityLbSetting": any_value(),
+        "warmupDurationSecs": duration(),
+        "warmup": obj(
+            {"duration": duration(), "minimumPercent": number(0, 100), "aggression": number(1)},
+            required=["duration"],
+        ),
+    },
+    at_most_one=[("simple", "consistentHash"), ("warmupDurationSecs", "warmup")],
+)
+
+CONNECTION_POOL = obj(
+    {
+        "tcp": obj(
+            {
+                "maxConnections": integer(0),
+                "connectTimeout": duration(MS_1),
+                "tcpKeepalive": obj(
+                    {"probes": integer(0), "time": duration(), "interval": duration()}
+                ),
+                "maxConnectionDuration": duration(MS_1),
+                "idleTimeout": duration(),
+            }
+        ),
+        "http": obj(
+            {
+                "http1MaxPendingRequests": integer(0),
+                "http2MaxRequests": integer(0),
+                "maxRequestsPerConnection": integer(0),
+                "maxRetries": integer(0),
+                "idleTimeout": duration(),
+                "h2UpgradePolicy": enum("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"),
+                "useClientProtocol": boolean(),
+                "maxConcurrentStreams": integer(0),
+            }
+        ),
+    },
+    at_least_one=[("tcp", "http")],
+)
+
+
+def _outlier_check(value: dict, path: str, ctx: Ctx) -> None:
+    if "consecutiveLocalOriginFailures" in value and not value.get(
+        "splitExternalLocalOriginErrors"
+    ):
+        ctx.error(
+            join(path, "consecutiveLocalOriginFailures"),
+            "requires splitExternalLocalOriginErrors: true",
+        )
+
+
+OUTLIER_DETECTION = obj(
+    {
+        "consecutive5xxErrors": integer(0),
+        "consecutiveGatewayErrors": integer(0),
+        "consecutiveErrors": integer(0),
+        "consecutiveLocalOriginFailures": integer(0),
+        "splitExternalLocalOriginErrors": boolean(),
+        "interval": duration(MS_1),
+        "baseEjectionTime": duration(MS_1),
+        "maxEjectionPercent": integer(0, 100),
+        "minHealthPercent": integer(0, 100),
+        "outlierDetectionHttpErrorCodes": list_of(integer(100, 599)),
+    },
+    checks=[_outlier_check],
+)
+
+
+def _tls_check(value: dict, path: str, ctx: Ctx) -> None:
+    if value.get("mode") == "ISTIO_MUTUAL":
+        extra = sorted(k for k in value if k not in ("mode", "sni", "subjectAltNames"))
+        if extra:
+            ctx.error(path, f"ISTIO_MUTUAL uses mesh certificates; remove {', '.join(extra)}")
+    if value.get("mode") == "MUTUAL" and "credentialName" not in value:
+        for k in ("clientCertificate", "privateKey"):
+            if k not in value:
+                ctx.error(join(path, k), "is required for MUTUAL (or set credentialName)")
+
+
+CLIENT_TLS = obj(
+    {
+        "mode": enum("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"),
+        "clientCertificate": string(nonempty=True),
+        "privateKey": string(nonempty=True),
+        "caCertificates": string(),
+        "credentialName": string(nonempty=True),
+        "subjectAltNames": list_of(string(nonempty=True)),
+        "sni": string(),
+        "insecureSkipVerify": boolean(),
+        "caCrl": string(),
+    },
+    checks=[_tls_check],
+)
+RETRY_BUDGET = obj(
+    {"percent": PERCENT, "minRetryConcurrency": integer(0), "budgetInterval": duration()}
+)
+
+_POLICY_FIELDS = {
+    "loadBalancer": LOAD_BALANCER,
+    "connectionPool": CONNECTION_POOL,
+    "outlierDetection": OUTLIER_DETECTION,
+    "tls": CLIENT_TLS,
+    "retryBudget": RETRY_BUDGET,
+    "tunnel": any_value(),
+    "proxyProtocol": any_value(),
+}
+PORT_TRAFFIC_POLICY = obj(
+    {
+        "port": PORT_SELECTOR,
+        **{
+            k: _POLICY_FIELDS[k]
+            for k in ("loadBalancer", "connectionPool", "outlierDetection", "tls")
+        },
+    },
+    required=["port"],
+)
+
+
+def _port_level_unique(value: Any, path: str, ctx: Ctx) -> None:
+    list_of(PORT_TRAFFIC_POLICY)(value, path, ctx)
+    seen: set[int] = set()
+    for i, p in enumerate(value if isinstance(value, list) else []):
+        n = ((p or {}).get("port") or {}).get("number") if isinstance(p, dict) else None
+        if n is not None and n in seen:
+            ctx.error(index(path, i), f"port {n} appears twice in portLevelSettings")
+        seen.add(n)
+
+
+TRAFFIC_POLICY = obj({**_POLICY_FIELDS, "portLevelSettings": _port_level_unique})
+
+SUBSET = obj(
+    {
+        "name": string(nonempty=True, check=dns1123_label),
+        "labels": LABELS,
+        "trafficPolicy": TRAFFIC_POLICY,
+    },
+    required=["name"],
+)
+
+
+def _subsets(value: Any, path: str, ctx: Ctx) -> None:
+    list_of(SUBSET)(value, path, ctx)
+    seen: set[str] = set()
+    for i, s in enumerate(value if isinstance(value, list) else []):
+        name = s.get("name") if isinstance(s, dict) else None
+        if isinstance(name, str):
+            if name in seen:
+                ctx.error(join(index(path, i), "name"), f"duplicate subset name {name!r}")
+            seen.add(name)
+
+
+DESTINATION_RULE = obj(
+    {
+        "host": HOST,
+        "trafficPolicy": TRAFFIC_POLICY,
+        "subsets": _subsets,
+        "exportTo": EXPORT_TO,
+        "workloadSelector": MATCH_LABELS,
+    },
+    required=["host"],
+)
+
+# -- ServiceEntry / WorkloadEntry -------------------------------------------------------------
+
+PROTOCOLS = ("HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "TCP", "TLS", "MONGO", "UDP")
+
+
+def _address(value: str) -> str | None:
+    if value.startswith("unix://"):
+        return None
+    if ip_or_cidr(value) is None and "/" not in value:
+        return None
+    return hostname(value, wildcard=False)
+
+
+WORKLOAD_ENTRY_FIELDS = {
+    "address": string(check=_address),
+    "ports": map_of(port_number),
+    "labels": LABELS,
+    "network": string(),
+    "locality": string(),
+    "weight": integer(0),
+    "serviceAccount": string(check=dns1123_subdomain),
+}
+
+
+WORKLOAD_ENTRY = obj(WORKLOAD_ENTRY_FIELDS, required=["address"])
+SE_ENDPOINT = obj(WORKLOAD_ENTRY_FIELDS, required=["address"])
+
+SE_PORT = obj(
+    {
+        "number": port_number,
+        "protocol": enum(*PROTOCOLS, case_insensitive=True),
+        "name": string(nonempty=True),
+        "targetPort": port_number,
+    },
+    required=["number", "name"],
+)
+
+
+def _ports_unique(value: Any, path: str, ctx: Ctx) -> None:
+    list_of(SE_PORT)(value, path, ctx)
+    numbers: set[Any] = set()
+    names: set[Any] = set()
+    for i, p in enumerate(value if isinstance(value, list) else []):
+        if not isinstance(p, dict):
+            continue
+        if p.get("number") in numbers:
+            ctx.error(join(index(path, i), "number"), f"port {p['number']} is declared twice")
+        if p.get("name") in names:
+            ctx.error(join(index(path, i), "name"), f"port name {p['name']!r} is declared twice")
+        numbers.add(p.get("number"))
+        names.add(p.get("name"))
+
+
+def _service_entry_check(value: dict, path: str, ctx: Ctx) -> None:
+    endpoints = value.get("endpoints") or []
+    if endpoints and "workloadSelector" in value:
+        ctx.error(join(path, "workloadSelector"), "cannot be combined with endpoints")
+    resolution = value.get("resolution", "NONE")
+    port_names = {p.get("name") for p in value.get("ports") or []}
+    for i, ep in enumerate(endpoints):
+        ep_path = index(join(path, "endpoints"), i)
+        addr = ep.get("address", "")
+        if resolution == "STATIC" and not addr.startswith("unix://") and ip_or_cidr(addr):
+            ctx.error(
+                join(ep_path, "address"), f"{addr!r} must be an IP address with resolution STATIC"
+            )
+        for name in ep.get("ports") or {}:
+            if name not in port_names:
+                ctx.error(
+                    join(join(ep_path, "ports"), name),
+                    f"port name {name!r} is not one of the ServiceEntry's ports",
+                )
+    if resolution == "NONE" and endpoints:
+        ctx.warn(join(path, "resolution"), "endpoints are ignored with resolution NONE")
+    for i, h in enumerate(value.get("hosts") or []):
+        if h == "*" or (h.startswith("*.") and resolution == "DNS"):
+            ctx.error(
+                index(join(path, "hosts"), i),
+                f"wildcard host {h!r} cannot be used with resolution {resolution}",
+            )
+
+
+SERVICE_ENTRY = obj(
+    {
+        "hosts": HOSTS,
+        "addresses": list_of(string(check=ip_or_cidr)),
+        "ports": _ports_unique,
+        "location": enum("MESH_EXTERNAL", "MESH_INTERNAL"),
+        "resolution": enum("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"),
+        "endpoints": list_of(SE_ENDPOINT),
+        "workloadSelector": SELECTOR_LABELS,
+        "exportTo": EXPORT_TO,
+        "subjectAltNames": list_of(string(nonempty=True)),
+    },
+    required=["hosts"],
+    checks=[_service_entry_check],
+)
+
+# ``check_regex`` is re-exported for the sidecar's route compiler.
+__all__ = [
+    "DESTINATION_RULE",
+    "SERVICE_ENTRY",
+    "VIRTUAL_SERVICE",
+    "WORKLOAD_ENTRY",
+    "check_regex",
+]
