@@ -1,0 +1,72 @@
+"""The service registry: grace period, deregistration, push status."""
+
+from __future__ import annotations
+
+from control_plane.registry import Registration, Registry
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_dropped_stream_removed_after_grace():
+    clock = Clock()
+    changes = []
+    reg = Registry(grace_s=30, clock=clock)
+    reg.add_listener(lambda: changes.append(1))
+    r = Registration("n1", "orders", address="127.0.0.1:1")
+    reg.register(r)
+    reg.disconnected("n1", r)
+    clock.t += 29
+    assert reg.expire() == [] and reg.get("n1") is not None
+    clock.t += 1
+    assert reg.expire() == ["n1"] and reg.get("n1") is None
+    assert len(changes) == 2  # register, removal
+
+
+def test_reconnect_within_grace_keeps_entry_and_ack():
+    clock = Clock()
+    reg = Registry(grace_s=30, clock=clock)
+    r1 = Registration("n1", "orders")
+    reg.register(r1)
+    reg.sent("n1", "1-a")
+    reg.acked("n1", "1-a")
+    reg.disconnected("n1", r1)
+    r2 = Registration("n1", "orders")
+    reg.register(r2)
+    reg.disconnected("n1", r1)  # a late close of the old stream is ignored
+    clock.t += 60
+    assert reg.expire() == []
+    assert reg.get("n1").acked_version == "1-a" and reg.get("n1").connected
+
+
+def test_deregister_is_immediate():
+    reg = Registry(grace_s=30)
+    reg.register(Registration("n1", "orders"))
+    reg.deregister("n1")
+    assert reg.all() == []
+
+
+def test_nack_kept_until_next_ack():
+    reg = Registry()
+    reg.register(Registration("n1", "orders"))
+    reg.acked("n1", "1-a")
+    reg.nacked("n1", "2-b", "bad route")
+    r = reg.get("n1")
+    assert (r.acked_version, r.nack_version, r.nack_error) == ("1-a", "2-b", "bad route")
+    reg.acked("n1", "3-c")
+    assert (r.acked_version, r.nack_error) == ("3-c", "")
+
+
+def test_find_by_node_or_service():
+    reg = Registry()
+    reg.register(Registration("a", "orders", "default"))
+    reg.register(Registration("b", "orders", "prod"))
+    assert [r.node_id for r in reg.find("a")] == ["a"]
+    assert {r.node_id for r in reg.find("orders")} == {"a", "b"}
+    assert [r.node_id for r in reg.find("orders.prod")] == ["b"]
+    assert reg.find("nope") == []
