@@ -1,0 +1,79 @@
+"""``meshlet sidecar``: run one sidecar, standalone from a file or joined to a control plane."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+NAME = "sidecar"
+HELP = "run a sidecar proxy beside one service"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--service", required=True, help="the service this sidecar fronts")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--version", default="", help="the workload version label (e.g. v1)")
+    p.add_argument("--label", action="append", default=[], metavar="K=V", help="workload label")
+    p.add_argument("--app-port", type=int, required=True, help="the app's port on --app-host")
+    p.add_argument("--app-host", default="127.0.0.1")
+    p.add_argument("--inbound", type=int, default=15006, help="inbound (mTLS) port")
+    p.add_argument("--outbound", type=int, default=15001, help="outbound port the app calls")
+    p.add_argument("--admin", type=int, default=15000, help="admin port")
+    p.add_argument("--inbound-bind", default="0.0.0.0")
+    p.add_argument("--outbound-bind", default="127.0.0.1")
+    p.add_argument("--admin-bind", default="127.0.0.1")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="standalone: a YAML file (or folder) of resources")
+    src.add_argument("--control-plane", help="the control plane's URL (https://host:15012)")
+    p.add_argument("--token-file", help="join token file (with --control-plane)")
+    p.add_argument("--cert", help="standalone mTLS: certificate chain PEM")
+    p.add_argument("--key", help="standalone mTLS: private key PEM")
+    p.add_argument("--ca", help="standalone mTLS: trust bundle PEM")
+    p.add_argument("--state-dir", help="where the sidecar keeps its key and config cache")
+    p.add_argument("--drain-timeout", type=float, default=20.0, help="seconds (default 20)")
+    p.add_argument("--no-access-log", action="store_true", help="turn off the access log")
+    p.add_argument("--log-level", default="INFO")
+
+
+def run(args: argparse.Namespace) -> int:
+    from proxy.sidecar import SidecarOptions, run_sidecar
+
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    labels = {}
+    for item in args.label:
+        k, sep, v = item.partition("=")
+        if not sep:
+            print(f"meshlet sidecar: --label {item!r} is not K=V", file=sys.stderr)
+            return 2
+        labels[k] = v
+    if args.control_plane and not args.token_file:
+        print("meshlet sidecar: --control-plane needs --token-file", file=sys.stderr)
+        return 2
+    opts = SidecarOptions(
+        service=args.service, namespace=args.namespace, version=args.version, labels=labels,
+        app_port=args.app_port, app_host=args.app_host, outbound_port=args.outbound,
+        inbound_port=args.inbound, admin_port=args.admin, outbound_bind=args.outbound_bind,
+        inbound_bind=args.inbound_bind, admin_bind=args.admin_bind, config_file=args.config,
+        control_plane=args.control_plane, token_file=args.token_file, cert_file=args.cert,
+        key_file=args.key, ca_file=args.ca, state_dir=args.state_dir,
+        drain_timeout=args.drain_timeout, access_log=not args.no_access_log,
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a hard dependency; keep a clear message
+        print("meshlet sidecar: uvloop is not installed", file=sys.stderr)
+        return 1
+    try:
+        return uvloop.run(run_sidecar(opts))
+    except Exception as exc:  # start-up errors: one clear line, not a traceback
+        from control_plane.api.resources import InvalidConfig
+
+        if isinstance(exc, InvalidConfig | OSError):
+            print(f"meshlet sidecar: {exc}", file=sys.stderr)
+            return 1
+        raise

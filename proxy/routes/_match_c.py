@@ -1,0 +1,1 @@
+_match_py.py

@@ -1,0 +1,139 @@
+"""The immutable route table the data path reads.
+
+Built once per config by :mod:`proxy.routes.compile`; a request takes the current table once and
+keeps it for its whole life (Envoy's rule), so a swap is one attribute assignment and never
+changes a request in flight. Classes use ``__slots__`` and tuples because the request path reads
+them on every call; nothing here is mutated after compilation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# StringMatch operators, shared with the matcher (kept as ints for the compiled fast path).
+EXACT = 0
+PREFIX = 1
+REGEX = 2
+PRESENT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: str
+    port: int
+    labels: dict[str, str]
+    weight: int = 1
+    tls: bool = False  # mTLS to a peer sidecar's inbound port
+    spiffe_id: str = ""  # the identity the peer must present when tls is on
+    key: str = ""  # "address:port", the key of per-endpoint runtime state
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str  # outbound|PORT|SUBSET|FQDN, as Istio names clusters
+    service: str  # FQDN
+    subset: str
+    port: int
+    endpoints: tuple[Endpoint, ...]
+    lb: str = "ROUND_ROBIN"
+    connect_timeout: float = 10.0
+    max_connections: int = 1024
+    max_pending: int = 1024
+    max_requests_per_connection: int = 0
+    idle_timeout: float = 55.0
+    outlier: dict[str, Any] | None = None
+    tls_mode: str = "DISABLE"
+    resilience: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.remove)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    service: str
+    subset: str
+    port: int  # 0: the request's port if the service has it, else the service's first port
+    weight: int
+    request_headers: HeaderOps
+    response_headers: HeaderOps
+    # port -> cluster name, and the cluster used when the port is not listed
+    clusters: dict[int, str]
+    default_cluster: str
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """One StringMatch: ``op`` is EXACT/PREFIX/REGEX/PRESENT; ``rx`` the compiled regex."""
+
+    name: str
+    op: int
+    value: str
+    rx: Any
+    invert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MatchBlock:
+    """One HTTPMatchRequest: every condition must hold (AND)."""
+
+    name: str
+    uri: Matcher | None
+    method: Matcher | None
+    authority: Matcher | None
+    scheme: Matcher | None
+    headers: tuple[Matcher, ...]  # includes withoutHeaders (invert=True)
+    query: tuple[Matcher, ...]
+    ignore_uri_case: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    virtual_service: str
+    matches: tuple[MatchBlock, ...]  # empty: matches everything
+    destinations: tuple[Destination, ...]
+    cum_weights: tuple[int, ...]
+    total_weight: int
+    timeout: float | None = None  # seconds; None = no route timeout
+    retries: dict[str, Any] | None = None
+    fault: dict[str, Any] | None = None
+    mirror: tuple[str, float] | None = None  # (cluster name, fraction 0..1)
+    rewrite_uri: str | None = None
+    rewrite_uri_regex: tuple[Any, str] | None = None
+    rewrite_authority: str | None = None
+    request_headers: HeaderOps = HeaderOps()
+    response_headers: HeaderOps = HeaderOps()
+    direct_response: tuple[int, str] | None = None
+    compiled_policy: Any = None  # filled by the resilience layer at compile time
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    name: str
+    service: str
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    version: str
+    hosts: dict[str, VirtualHost]  # every alias of every service, lowercase, no port
+    clusters: dict[str, Cluster]
+    services: dict[str, tuple[int, ...]]  # FQDN -> its ports
+    resources: tuple[Any, ...] = ()  # what it was built from, for /config_dump
+    warnings: tuple[str, ...] = ()
+
+    def cluster(self, name: str) -> Cluster | None:
+        return self.clusters.get(name)
+
+
+EMPTY = RouteTable(version="", hosts={}, clusters={}, services={})

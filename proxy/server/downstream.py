@@ -1,0 +1,274 @@
+"""The downstream side of a listener: one protocol object per client connection.
+
+It parses request heads with the strict parser and runs one request task at a time; pipelined
+requests wait in the buffer and are parsed only after the previous response is complete, so
+responses go out in order. A malformed head is answered with 400/431/501 and the connection is
+closed: nothing half-parsed reaches the app. The header-read timeout (slowloris) and the idle
+timeout are the only timers armed per connection, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from proxy.http1 import parser as h1
+from proxy.http1.errors import ProtocolError
+from proxy.server import local_reply
+from proxy.server.channel import BodyChannel, ChannelClosed
+
+# states
+HEAD, BODY, WAIT, TUNNEL, CLOSED = range(5)
+
+
+class Downstream(asyncio.Protocol):
+    """Drives HTTP/1.1 requests from one client through ``handler(conn, head)``."""
+
+    def __init__(self, listener: Any) -> None:
+        self.listener = listener
+        self.handler: Callable[[Downstream, Any], Any] = listener.handler
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.state = HEAD
+        self.body: BodyChannel | None = None
+        self.remaining = 0
+        self.chunked: Any = None
+        self.task: asyncio.Task[Any] | None = None
+        self.peer = ("", 0)
+        self.peer_principal = ""
+        self.tls = False
+        self.alpn = ""
+        self.keep_alive = True
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused_writing = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.tunnel_peer: Any = None
+        self.requests = 0
+        self.read_paused = False
+
+    # -- connection lifecycle ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = (peer[0], peer[1])
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            self.tls = True
+            self.alpn = sslobj.selected_alpn_protocol() or ""
+            ident = self.listener.peer_identity
+            if ident is not None:
+                self.peer_principal = ident(sslobj) or ""
+        self.listener.connections.add(self)
+        self._arm(self.listener.idle_timeout)
+
+    def _arm(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(seconds, self._on_timeout) if seconds else None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.state == HEAD and self.task is None:
+            if self.buf:
+                # slowloris: a head that never completes
+                self._reply_and_close(408, "DPE", "request header timeout")
+            else:
+                self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self.listener.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.body is not None and not self.body.at_eof:
+            self.body.set_exception(ChannelClosed("downstream disconnected"))
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.close()
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        if self.task is not None and not self.task.done():
+            self.listener.on_downstream_lost(self)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        w = self._drain_waiter
+        if w is not None:
+            self._drain_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    async def drain(self) -> None:
+        if self._paused_writing and self.state != CLOSED:
+            self._drain_waiter = self.loop.create_future()
+            await self._drain_waiter
+
+    # -- input ---------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == TUNNEL:
+            self.tunnel_peer.write(data)
+            return
+        if state == BODY:
+            self._feed_body(data)
+            return
+        if state == CLOSED:
+            return
+        self.buf += data if self.buf else data
+        if state == HEAD and self.task is None:
+            self._next_request()
+        elif len(self.buf) > self.listener.max_head and not self.read_paused:
+            # pipelined bytes beyond one head's worth wait until the current response is out
+            self.read_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        if self.state == BODY and self.body is not None and self.remaining < 0:
+            self.body.feed_eof()
+        return False
+
+    def _next_request(self) -> None:
+        if not self.buf:
+            return
+        lst = self.listener
+        try:
+            res = h1.parse_request_head(self.buf, lst.max_head, lst.max_headers, lst.max_uri)
+        except ProtocolError as exc:
+            self._reply_and_close(exc.status, "DPE", exc.reason)
+            return
+        if res is None:
+            if self._timer is None or self.requests == 0 or True:
+                self._arm(lst.header_timeout)
+            return
+        head, n = res
+        rest = self.buf[n:]
+        self.buf = b""
+        self.requests += 1
+        self.keep_alive = head.keep_alive and not lst.draining
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if head.chunked:
+            self.body = BodyChannel(self._pause_reading, self._resume_reading)
+            self.chunked = h1.ChunkedDecoder()
+            self.state = BODY
+        elif head.content_length > 0:
+            self.body = BodyChannel(self._pause_reading, self._resume_reading)
+            self.remaining = head.content_length
+            self.chunked = None
+            self.state = BODY
+        else:
+            self.body = None
+            self.state = WAIT
+        self.task = self.loop.create_task(self._run(head))
+        if rest:
+            if self.state == BODY:
+                self._feed_body(rest)
+            else:
+                self.buf = rest
+
+    def _feed_body(self, data: bytes) -> None:
+        body = self.body
+        assert body is not None
+        if self.chunked is None:
+            if len(data) >= self.remaining:
+                rest = data[self.remaining:]
+                body.feed(data[: self.remaining])
+                self.remaining = 0
+                body.feed_eof()
+                self.state = WAIT
+                if rest:
+                    self.buf += rest
+            else:
+                self.remaining -= len(data)
+                body.feed(data)
+            return
+        dec = self.chunked
+        try:
+            for piece in dec.feed(data):
+                body.feed(piece)
+        except ProtocolError as exc:
+            body.set_exception(ChannelClosed(f"malformed chunked body: {exc.reason}"))
+            self.keep_alive = False
+            self.state = WAIT
+            return
+        if dec.done:
+            body.feed_eof(dec.trailers or None)
+            self.state = WAIT
+            if dec.unused:
+                self.buf += dec.unused
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None and self.state != CLOSED:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and self.state != CLOSED:
+            self.transport.resume_reading()
+
+    async def _run(self, head: Any) -> None:
+        try:
+            await self.handler(self, head)
+        except Exception:  # the handler answers every error itself; this is a last resort
+            self.listener.log.exception("request handler failed")
+            self.keep_alive = False
+            if self.state != CLOSED:
+                self.close()
+        finally:
+            self.task = None
+        self._request_done()
+
+    def _request_done(self) -> None:
+        if self.state == CLOSED or self.state == TUNNEL:
+            return
+        if not self.keep_alive or self.listener.draining:
+            self.close()
+            return
+        if self.body is not None and not self.body.at_eof:
+            # the handler answered without reading the whole body (a local reply): the rest of
+            # the stream cannot be trusted to start at a request boundary
+            self.close()
+            return
+        self.body = None
+        self.state = HEAD
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        if self.buf:
+            self._next_request()
+        if self.state == HEAD and self.task is None:
+            self._arm(self.listener.idle_timeout)
+
+    # -- output --------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.state != CLOSED:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def _reply_and_close(self, status: int, flag: str, body: str) -> None:
+        self.listener.on_local_reply(self, status, flag)
+        self.write(local_reply.render(status, flag, body, close=True))
+        self.close()
+
+    def close(self) -> None:
+        if self.state != CLOSED:
+            self.state = CLOSED
+            if self.transport is not None:
+                self.transport.close()
+
+    def start_tunnel(self, peer: Any) -> None:
+        """After a 101: bytes flow unchanged both ways until either side closes."""
+        self.state = TUNNEL
+        self.tunnel_peer = peer
+        if self.buf:
+            peer.write(self.buf)
+            self.buf = b""
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]

@@ -1,0 +1,233 @@
+"""Live state of one sidecar, kept apart from the immutable config it runs.
+
+The route table is swapped by one assignment; everything that must survive a swap — keep-alive
+pools, load-balancer positions, per-endpoint active-request counts, outlier state — is keyed by
+endpoint or cluster name here, so a config push changes routing without dropping connections.
+Per-destination metric series are bound when a cluster is first used under a table, never
+resolved label by label per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from proxy.routes.table import EMPTY, Cluster, Endpoint, RouteTable
+from proxy.server.upstream import EndpointPool
+
+log = logging.getLogger("meshlet.proxy")
+
+
+class RoutePolicy:
+    """The per-(route, cluster) decisions compiled once per table."""
+
+    __slots__ = ("timeout", "connect_retries")
+
+    def __init__(self, timeout: float | None = None, connect_retries: int = 2) -> None:
+        self.timeout = timeout
+        self.connect_retries = connect_retries
+
+
+def new_request_id() -> str:
+    b = os.urandom(16).hex()
+    return f"{b[:8]}-{b[8:12]}-4{b[13:16]}-{b[16:20]}-{b[20:]}"
+
+
+class Runtime:
+    def __init__(
+        self,
+        service: str,
+        namespace: str,
+        version: str,
+        labels: dict[str, str],
+        app_port: int,
+        app_host: str = "127.0.0.1",
+        trust_domain: str = "cluster.local",
+    ) -> None:
+        from control_plane.api.hosts import fqdn
+
+        self.service = service
+        self.namespace = namespace
+        self.version = version
+        self.labels = labels
+        self.local_service_fqdn = fqdn(service, namespace)
+        self.spiffe_id = f"spiffe://{trust_domain}/ns/{namespace}/sa/{service}"
+        self.table: RouteTable = EMPTY
+        self.config_version = ""
+        self.draining = False
+        self.pools: dict[tuple[str, bool], EndpointPool] = {}
+        self.rr: dict[str, int] = {}
+        self.active: dict[str, int] = {}
+        self.policies: dict[tuple[int, str], RoutePolicy] = {}
+        self.inbound_cluster = Cluster(
+            name=f"inbound|{app_port}||{self.local_service_fqdn}",
+            service=self.local_service_fqdn, subset="", port=app_port,
+            endpoints=(Endpoint(app_host, app_port, {}, 1, False, "", f"{app_host}:{app_port}"),),
+        )
+        self.inbound_policy = RoutePolicy(None, 1)
+        self.client_ssl: Callable[[], ssl.SSLContext | None] = lambda: None
+        self.authorizer: Callable[[Any, Any], str | None] | None = None
+        self.recorder: Callable[[Any, Any, str], None] | None = None
+        self.local_reply_counter: Callable[[int, str], None] | None = None
+        self.mirrors_in_flight = 0
+        self.max_mirrors = 64
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.new_request_id = new_request_id
+        self.random = random.Random()
+
+    # -- config ------------------------------------------------------------------------------
+    def swap(self, table: RouteTable) -> None:
+        """Install a new table (one assignment; in-flight requests keep the old one)."""
+        self.policies = {}
+        self.table = table
+        self.config_version = table.version
+        live = {(ep.key, ep.tls) for c in table.clusters.values() for ep in c.endpoints}
+        live.add((self.inbound_cluster.endpoints[0].key, False))
+        for key in [k for k in self.pools if k not in live]:
+            self.pools.pop(key).close()
+
+    def policy_for(self, route: Any, cluster: Cluster) -> RoutePolicy:
+        key = (id(route), cluster.name)
+        p = self.policies.get(key)
+        if p is None:
+            p = self.policies[key] = RoutePolicy(route.timeout, 2)
+        return p
+
+    # -- endpoints -----------------------------------------------------------------------------
+    def pick_endpoint(self, cluster: Cluster, tried: set[str]) -> Endpoint | None:
+        eps = cluster.endpoints
+        n = len(eps)
+        if n == 0:
+            return None
+        if n == 1:
+            ep = eps[0]
+            return None if ep.key in tried else ep
+        lb = cluster.lb
+        if lb == "ROUND_ROBIN":
+            i = self.rr.get(cluster.name, 0)
+            for k in range(n):
+                ep = eps[(i + k) % n]
+                if ep.key not in tried:
+                    self.rr[cluster.name] = (i + k + 1) % n
+                    return ep
+            return None
+        candidates = [ep for ep in eps if ep.key not in tried] if tried else eps
+        if not candidates:
+            return None
+        if lb == "LEAST_REQUEST" and len(candidates) > 1:
+            # power of two choices (Envoy's default for LEAST_REQUEST)
+            a, b = self.random.sample(candidates, 2)
+            act = self.active
+            return a if act.get(a.key, 0) <= act.get(b.key, 0) else b
+        return candidates[int(self.random.random() * len(candidates))]
+
+    def pool(self, ep: Endpoint, cluster: Cluster) -> EndpointPool:
+        key = (ep.key, ep.tls)
+        p = self.pools.get(key)
+        if p is None:
+            ctx = self.client_ssl() if ep.tls else None
+            p = self.pools[key] = EndpointPool(
+                ep.address, ep.port, ctx, cluster.idle_timeout, cluster.max_requests_per_connection
+            )
+        return p
+
+    def endpoint_started(self, ep: Endpoint) -> None:
+        self.active[ep.key] = self.active.get(ep.key, 0) + 1
+
+    def endpoint_finished(self, ep: Endpoint) -> None:
+        self.active[ep.key] -= 1
+
+    def endpoint_failed(self, cluster: Cluster, ep: Endpoint, gateway: bool) -> None:
+        pass
+
+    def endpoint_result(self, cluster: Cluster, ep: Endpoint, status: int) -> None:
+        pass
+
+    def endpoint_health(self, cluster: Cluster, ep: Endpoint) -> dict[str, Any]:
+        return {"healthy": True, "ejected": False}
+
+    def cluster_health(self, cluster: Cluster) -> dict[str, Any]:
+        return {"circuit_breaker": "CLOSED"}
+
+    # -- policy hooks ----------------------------------------------------------------------------
+    def authorize(self, down: Any, head: Any) -> str | None:
+        if self.authorizer is None:
+            return None
+        return self.authorizer(down, head)
+
+    def record(self, ex: Any, head: Any, reporter: str) -> None:
+        if self.recorder is not None:
+            self.recorder(ex, head, reporter)
+
+    def count_local_reply(self, status: int, flag: str) -> None:
+        if self.local_reply_counter is not None:
+            self.local_reply_counter(status, flag)
+
+    # -- mirroring -------------------------------------------------------------------------------
+    def mirror(self, mirror: tuple[str, float], head: Any, target: str, headers: list[tuple[str, str]],
+               body: Any) -> None:
+        """Fire and forget a copy (Envoy's shadow): bounded in flight, bodiless requests only."""
+        cname, fraction = mirror
+        if body is not None or self.mirrors_in_flight >= self.max_mirrors:
+            return
+        if fraction < 1.0 and self.random.random() >= fraction:
+            return
+        cluster = self.table.clusters.get(cname)
+        if cluster is None or not cluster.endpoints:
+            return
+        self.spawn(self._send_mirror(cluster, head, target, headers))
+
+    async def _send_mirror(self, cluster: Cluster, head: Any, target: str,
+                           headers: list[tuple[str, str]]) -> None:
+        from proxy.server.headers import request_head
+
+        self.mirrors_in_flight += 1
+        ep = self.pick_endpoint(cluster, set())
+        try:
+            if ep is None:
+                return
+            shadow = [(n, v + "-shadow" if n == "host" else v) for n, v in headers]
+            data = request_head(head.method, target, shadow, head.connection, ["connection: close"])
+            pool = self.pool(ep, cluster)
+            async with asyncio.timeout(5.0):
+                conn, _ = await pool.acquire(cluster.connect_timeout)
+                try:
+                    fut = conn.start(data, head.method)
+                    await fut
+                    while await conn.body.read():
+                        pass
+                finally:
+                    conn.close()
+                    pool.release(conn)
+        except Exception as exc:  # a mirror never affects the real request
+            log.debug("mirror to %s failed: %r", cluster.name, exc)
+        finally:
+            self.mirrors_in_flight -= 1
+
+    # -- tasks -----------------------------------------------------------------------------------
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Start a background task, keep a reference, and log its failure."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def close(self) -> None:
+        for p in self.pools.values():
+            p.close()
+        self.pools.clear()
+
+
+def monotonic() -> float:
+    return time.monotonic()

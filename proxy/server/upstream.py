@@ -1,0 +1,349 @@
+"""Upstream HTTP/1.1 connections and their per-endpoint keep-alive pools.
+
+A connection serves one request at a time (no upstream pipelining, as Envoy). Its response head
+is parsed with the strict parser; the body is streamed through a :class:`BodyChannel`, which
+pauses the upstream socket when the downstream client reads slowly. Idle connections are kept
+LIFO per endpoint (the warmest first), dropped when the peer closes them or after the idle
+timeout, so a request never picks a connection the upstream has already given up on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from proxy.http1 import parser as h1
+from proxy.http1.errors import ProtocolError
+from proxy.server.channel import BodyChannel, ChannelClosed
+
+
+class UpstreamReset(Exception):
+    """The upstream connection closed or reset; ``sent`` tells whether the request got out."""
+
+    def __init__(self, message: str, response_started: bool = False) -> None:
+        super().__init__(message)
+        self.response_started = response_started
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "pool", "transport", "buf", "head_waiter", "head", "body", "mode", "remaining",
+        "chunked", "closed", "keep_alive", "request_method", "idle_since", "requests",
+        "tunnel", "_paused_writing", "_drain_waiter", "got_bytes", "peer_principal",
+    )
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.head_waiter: asyncio.Future[Any] | None = None
+        self.head: Any = None
+        self.body: BodyChannel | None = None
+        self.mode = 0
+        self.remaining = 0
+        self.chunked: Any = None
+        self.closed = False
+        self.keep_alive = True
+        self.request_method = "GET"
+        self.idle_since = 0.0
+        self.requests = 0
+        self.tunnel: Callable[[bytes], None] | None = None
+        self._paused_writing = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.got_bytes = False
+        self.peer_principal = ""
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        w = self._drain_waiter
+        if w is not None:
+            self._drain_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    async def drain(self) -> None:
+        if self._paused_writing and not self.closed:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        if self.tunnel is not None:
+            self.tunnel(data)
+            return
+        if self.body is not None:
+            self._feed_body(data)
+            return
+        if self.head_waiter is None:
+            # bytes while idle: the upstream broke HTTP framing; never reuse this connection
+            self.close()
+            return
+        self.buf += data
+        self._parse_head()
+
+    def _parse_head(self) -> None:
+        try:
+            while True:
+                res = h1.parse_response_head(self.buf)
+                if res is None:
+                    return
+                head, n = res
+                self.buf = self.buf[n:]
+                if 100 <= head.status < 200 and head.status != 101:
+                    continue  # interim responses are not forwarded (we answered 100 ourselves)
+                break
+        except ProtocolError as exc:
+            self._fail(UpstreamReset(f"malformed upstream response: {exc.reason}", False))
+            self.close()
+            return
+        self.head = head
+        self.keep_alive = head.keep_alive
+        if head.status == 101:
+            mode, length = h1.MODE_CLOSE, 0
+        else:
+            mode, length = h1.response_body_mode(head, self.request_method)
+        self.mode = mode
+        self.body = BodyChannel(self._pause_reading, self._resume_reading)
+        if mode == h1.MODE_CHUNKED:
+            self.chunked = h1.ChunkedDecoder()
+        elif mode == h1.MODE_LENGTH:
+            self.remaining = length
+        elif mode == h1.MODE_CLOSE:
+            self.keep_alive = False
+        w = self.head_waiter
+        self.head_waiter = None
+        rest = self.buf
+        self.buf = b""
+        if mode == h1.MODE_NONE or (mode == h1.MODE_LENGTH and length == 0):
+            self.body.feed_eof()
+            if rest:
+                self.keep_alive = False
+        elif rest and head.status != 101:
+            self._feed_body(rest)
+        elif rest:
+            self.buf = rest  # bytes after a 101 belong to the tunnel
+        if w is not None and not w.done():
+            w.set_result(head)
+
+    def _feed_body(self, data: bytes) -> None:
+        body = self.body
+        assert body is not None
+        mode = self.mode
+        if mode == h1.MODE_LENGTH:
+            if len(data) >= self.remaining:
+                extra = data[self.remaining:]
+                body.feed(data[: self.remaining])
+                self.remaining = 0
+                body.feed_eof()
+                if extra:
+                    self.keep_alive = False
+                self._finish_response()
+            else:
+                self.remaining -= len(data)
+                body.feed(data)
+        elif mode == h1.MODE_CHUNKED:
+            dec = self.chunked
+            try:
+                for piece in dec.feed(data):
+                    body.feed(piece)
+            except ProtocolError as exc:
+                body.set_exception(ChannelClosed(f"malformed chunked upstream body: {exc.reason}"))
+                self.close()
+                return
+            if dec.done:
+                if dec.unused:
+                    self.keep_alive = False
+                body.feed_eof(dec.trailers or None)
+                self._finish_response()
+        else:
+            body.feed(data)
+
+    def _finish_response(self) -> None:
+        # The response is complete; the pool takes the connection back once the request task
+        # is done with it (release), so nothing to do here but stop reading extra bytes.
+        pass
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        if self.body is not None and self.mode == h1.MODE_CLOSE:
+            self.body.feed_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        if self.tunnel is not None:
+            self.tunnel(b"")
+            return
+        if self.head_waiter is not None:
+            self._fail(UpstreamReset("upstream connection closed before the response", False))
+        elif self.body is not None and not self.body.at_eof:
+            if self.mode == h1.MODE_CLOSE:
+                self.body.feed_eof()
+            else:
+                self.body.set_exception(ChannelClosed("upstream reset during the response body"))
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- request side --------------------------------------------------------------------------
+    def _fail(self, exc: Exception) -> None:
+        w = self.head_waiter
+        self.head_waiter = None
+        if w is not None and not w.done():
+            w.set_exception(exc)
+
+    def start(self, head_bytes: bytes, method: str) -> asyncio.Future[Any]:
+        """Send a request head; returns the future of the response head."""
+        self.requests += 1
+        self.request_method = method
+        self.head = None
+        self.body = None
+        self.chunked = None
+        self.got_bytes = False
+        self.buf = b""
+        fut = asyncio.get_running_loop().create_future()
+        self.head_waiter = fut
+        assert self.transport is not None
+        self.transport.write(head_bytes)
+        return fut
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+        self.pool.discard(self)
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        self.pool.discard(self)
+
+    @property
+    def reusable(self) -> bool:
+        return (
+            self.keep_alive
+            and not self.closed
+            and self.body is not None
+            and self.body.at_eof
+            and self.head_waiter is None
+            and not self.buf
+        )
+
+
+class EndpointPool:
+    """Keep-alive connections to one endpoint (address:port, plaintext or mTLS)."""
+
+    __slots__ = ("host", "port", "ssl", "server_hostname", "idle", "active", "loop", "idle_timeout",
+                 "max_requests", "_sweeper", "verify_peer")
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        idle_timeout: float = 55.0,
+        max_requests: int = 0,
+        verify_peer: Callable[[Any], bool] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.ssl = ssl_context
+        self.server_hostname = "" if ssl_context is not None else None
+        self.idle: list[UpstreamConnection] = []
+        self.active = 0
+        self.loop = asyncio.get_event_loop()
+        self.idle_timeout = idle_timeout
+        self.max_requests = max_requests
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.verify_peer = verify_peer
+
+    async def acquire(self, timeout: float) -> tuple[UpstreamConnection, bool]:
+        """A connection and whether it was reused from the pool (a reused one may be stale)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self.active += 1
+                return conn, True
+        self.active += 1
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.server_hostname,
+                )
+        except BaseException:
+            self.active -= 1
+            raise
+        if self.verify_peer is not None and self.ssl is not None:
+            if not self.verify_peer(conn.transport.get_extra_info("ssl_object")):  # type: ignore[union-attr]
+                self.active -= 1
+                conn.abort()
+                raise ConnectionError("upstream presented an unexpected identity")
+        return conn, False
+
+    def release(self, conn: UpstreamConnection) -> None:
+        self.active -= 1
+        if conn.reusable and (not self.max_requests or conn.requests < self.max_requests):
+            conn.idle_since = time.monotonic()
+            self.idle.append(conn)
+            if self._sweeper is None:
+                self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
+        else:
+            conn.close()
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = time.monotonic() - self.idle_timeout
+        keep = []
+        for conn in self.idle:
+            if conn.idle_since < cutoff:
+                conn.closed = True
+                if conn.transport is not None:
+                    conn.transport.close()
+            else:
+                keep.append(conn)
+        self.idle[:] = keep
+        if keep:
+            self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
+
+    def close(self) -> None:
+        for conn in list(self.idle):
+            conn.close()
+        self.idle.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None

@@ -1,0 +1,132 @@
+"""Starting real processes for tests: sample apps, sidecars, control planes.
+
+Processes write their output to files in the test's tmp dir (never to pipes that could fill and
+block them); readiness is polled from those files and from admin endpoints, never slept for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e.update(extra)
+    return e
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or cond}")
+        time.sleep(interval)
+
+
+class Proc:
+    def __init__(self, name: str, cmd: list[str], workdir: Path, environ: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.out = workdir / f"{name}.out"
+        self.err = workdir / f"{name}.err"
+        self._fo = open(self.out, "wb")
+        self._fe = open(self.err, "wb")
+        self.p = subprocess.Popen(cmd, stdout=self._fo, stderr=self._fe, stdin=subprocess.DEVNULL,
+                                  env=environ or env(), cwd=str(ROOT))
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        rx = re.compile(pattern)
+
+        def check() -> re.Match[str] | None:
+            if self.p.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.p.returncode}:\n{self.stderr()[-4000:]}")
+            return rx.search(self.stderr())
+
+        return wait_until(check, timeout, what=f"{self.name}: {pattern}")  # type: ignore[return-value]
+
+    def signal(self, sig: int) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        self._fo.close()
+        self._fe.close()
+        return self.p.returncode
+
+
+def start_app(workdir: Path, name: str, version: str = "v1", outbound: str = "") -> tuple[Proc, int]:
+    port_file = workdir / f"app-{name}-{version}.port"
+    cmd = [PY, "-m", "control_plane.demo.apps", "--name", name, "--version", version,
+           "--port", "0", "--port-file", str(port_file)]
+    if outbound:
+        cmd += ["--outbound", outbound]
+    proc = Proc(f"app-{name}-{version}", cmd, workdir)
+    wait_until(lambda: port_file.exists() or proc.p.poll() is not None, what=f"app {name}")
+    if proc.p.poll() is not None:
+        raise RuntimeError(proc.stderr())
+    return proc, int(port_file.read_text())
+
+
+READY = r"meshlet sidecar ready service=\S+ outbound=(\d+) inbound=(\d+) admin=(\d+)"
+
+
+class Sidecar:
+    def __init__(self, proc: Proc, outbound: int, inbound: int, admin: int) -> None:
+        self.proc = proc
+        self.outbound = outbound
+        self.inbound = inbound
+        self.admin = admin
+
+    def admin_get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def stop(self) -> int | None:
+        return self.proc.stop()
+
+
+def start_sidecar(
+    workdir: Path, service: str, app_port: int, config: str | Path, *extra: str,
+    environ: dict[str, str] | None = None, name: str | None = None,
+) -> Sidecar:
+    cfg = Path(config)
+    if not cfg.exists():
+        cfg = workdir / f"{name or service}-config.yaml"
+        cfg.write_text(str(config))
+    cmd = [PY, "-m", "control_plane.cli", "sidecar", "--service", service, "--app-port", str(app_port),
+           "--config", str(cfg), "--outbound", "0", "--inbound", "0", "--admin", "0",
+           "--inbound-bind", "127.0.0.1", *extra]
+    proc = Proc(f"sidecar-{name or service}", cmd, workdir, environ)
+    m = proc.wait_for(READY)
+    return Sidecar(proc, int(m.group(1)), int(m.group(2)), int(m.group(3)))
