@@ -62,7 +62,7 @@ _UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
 
 
 def parse_duration(value: str) -> float:
@@ -94,6 +94,11 @@ def parse_duration(value: str) -> float:
 
 
 def format_seconds(seconds: float) -> str:
+    """Seconds -> the shortest Istio duration string that says it (``60.0`` -> ``"1m"``)."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
     if seconds >= 1 and seconds == int(seconds):
         return f"{int(seconds)}s"
     if seconds * 1000 == int(seconds * 1000):
