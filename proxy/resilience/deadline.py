@@ -58,13 +58,17 @@ def parse_grpc_timeout(value: str) -> float | None:
 
 
 def format_grpc_timeout(seconds: float) -> str:
-    """The `grpc-timeout` value for `seconds`: the finest unit whose value fits 8 digits.
+    """The `grpc-timeout` value for `seconds` (at nanosecond precision).
 
-    Rounds up to the unit (as grpc-go does) so a deadline is never shortened to zero; a
-    non-positive input becomes "1n" rather than "0n" — a zero timeout would mean "already
-    expired" to some servers and "none" to others.
+    The coarsest unit that states it exactly ("50m", "2S"); failing that, the finest unit whose
+    value fits 8 digits, rounded up (as grpc-go does) so a deadline is never shortened. A
+    non-positive input becomes "1n" rather than "0n": a zero timeout means "already expired" to
+    some servers and "none" to others.
     """
     ns = max(1, math.ceil(round(seconds * 1e9, 3)))
+    for suffix, per in reversed(_GRPC_FORMAT):
+        if ns % per == 0 and ns // per <= _GRPC_MAX_VALUE:
+            return f"{ns // per}{suffix}"
     for suffix, per in _GRPC_FORMAT:
         v = -(-ns // per)
         if v <= _GRPC_MAX_VALUE:
@@ -107,6 +111,8 @@ def effective_timeout(
     """
     if rq_timeout_override_s is not None:
         route_timeout_s = rq_timeout_override_s
+    if route_timeout_s and route_timeout_s < MIN_TIMEOUT:
+        route_timeout_s = MIN_TIMEOUT
     if downstream_deadline_s is None:
         return route_timeout_s if route_timeout_s else None
     if downstream_deadline_s < MIN_TIMEOUT:
