@@ -1,0 +1,96 @@
+"""``meshlet proxy-config TYPE SIDECAR``: what one sidecar has in effect, read from its admin port
+through the control plane."""
+
+from __future__ import annotations
+
+import argparse
+from urllib.parse import quote
+
+from control_plane.cli import client as cli_client
+from control_plane.cli.client import CLIError, ExitStatus
+
+NAME = "proxy-config"
+HELP = "what one sidecar has in effect: routes, clusters, endpoints or certs"
+
+TYPES = {
+    "routes": "routes", "route": "routes", "r": "routes",
+    "clusters": "clusters", "cluster": "clusters", "c": "clusters",
+    "endpoints": "endpoints", "endpoint": "endpoints", "ep": "endpoints",
+    "certs": "certs", "cert": "certs", "secret": "certs", "secrets": "certs", "s": "certs",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("type", metavar="TYPE",
+                        help="routes (r), clusters (c), endpoints (ep) or certs (secret, s)")
+    parser.add_argument("sidecar", metavar="SIDECAR",
+                        help="node id, or service name (service.namespace) if it has one sidecar")
+    parser.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    cli_client.add_connection_arguments(parser)
+    parser.epilog = cli_client.EXIT_CODES_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _as_list(value: object) -> list:
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return [{"name": k, **v} if isinstance(v, dict) else {"name": k, "value": v}
+                for k, v in value.items()]
+    return []
+
+
+def render(kind: str, data: object) -> str:
+    """A table where the sidecar's JSON has a recognisable shape; its JSON otherwise."""
+    from control_plane.cli import output
+
+    if kind == "routes" and isinstance(data, dict):
+        items = _as_list(data.get("resources"))
+        rows = [[r.get("kind", ""), (r.get("metadata") or {}).get("namespace", ""),
+                 (r.get("metadata") or {}).get("name", ""),
+                 ",".join((r.get("spec") or {}).get("hosts") or [])
+                 or (r.get("spec") or {}).get("host", "")]
+                for r in items if isinstance(r, dict)]
+        if rows:
+            head = f"config version: {data.get('version', '-')}\n\n"
+            return head + output.table(["KIND", "NAMESPACE", "NAME", "HOSTS"], rows)
+    if kind in ("clusters", "endpoints") and isinstance(data, dict | list):
+        clusters = _as_list(data.get("clusters", data) if isinstance(data, dict) else data)
+        if clusters and all(isinstance(c, dict) for c in clusters):
+            if kind == "clusters":
+                rows = [[c.get("name", c.get("host", "")), len(_as_list(c.get("endpoints"))),
+                         c.get("breaker", c.get("circuit_breaker", "")) or "-"]
+                        for c in clusters]
+                return output.table(["CLUSTER", "ENDPOINTS", "BREAKER"], rows)
+            rows = []
+            for c in clusters:
+                for e in _as_list(c.get("endpoints")):
+                    if isinstance(e, dict):
+                        rows.append([e.get("address", e.get("name", "")),
+                                     e.get("health", e.get("healthy", "")),
+                                     c.get("name", c.get("host", ""))])
+            if rows:
+                return output.table(["ENDPOINT", "STATUS", "CLUSTER"], rows)
+    if kind == "certs" and isinstance(data, dict) and "spiffe_id" in data:
+        rows = [[data.get("spiffe_id", ""), data.get("serial", ""),
+                 data.get("not_before", ""), data.get("not_after", "")]]
+        return output.table(["SPIFFE ID", "SERIAL", "NOT BEFORE", "NOT AFTER"], rows)
+    return output.dump(data, "json")
+
+
+@cli_client.command
+def run(args: argparse.Namespace) -> int:
+    from control_plane.cli import output
+
+    kind = TYPES.get(args.type.lower())
+    if kind is None:
+        raise CLIError(f"unknown config type {args.type!r}: use routes, clusters, endpoints or "
+                       "certs", ExitStatus.USAGE)
+    c = cli_client.Client(args)
+    answer = c.request("GET", f"/v1/proxies/{quote(args.sidecar, safe='')}/{kind}")
+    data = answer.get("data")
+    if args.output != "table":
+        output.out(output.dump(data, args.output))
+    else:
+        output.out(render(kind, data))
+    return 0

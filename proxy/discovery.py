@@ -1,0 +1,206 @@
+"""The sidecar end of the config stream: register, receive snapshots, ACK or NACK, cache, reconnect.
+
+One WebSocket over HTTPS to the control plane's ``/v1/stream`` (the protocol is described in
+``docs/operator-api.md``). For each snapshot the sidecar's ``apply`` callback validates, compiles
+and swaps its tables; if it raises, the snapshot is NACKed with the exception's message and the
+last good config stays in effect. Every applied snapshot is written to ``cache_path`` (atomic
+rename, mode 0600) so a sidecar restarted while the control plane is down starts from it.
+Reconnects use exponential back-off with full jitter (0.5 s base, 30 s cap). ``stop()`` sends a
+deregistration first, so the control plane drops this sidecar's endpoints at once rather than
+after its grace period.
+
+Imports nothing from the control plane's server side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import random
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+
+
+def backoff_delay(attempt: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S,
+                  rand: Callable[[], float] = random.random) -> float:
+    """Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2**attempt)]."""
+    return rand() * min(cap, base * (2 ** min(attempt, 32)))
+
+
+class DiscoveryClient:
+    def __init__(
+        self,
+        url: str,
+        ssl_context_factory: Callable[[], ssl.SSLContext | None],
+        registration: dict,
+        apply: Callable[[dict], Any],
+        cache_path: str,
+        on_status: Callable[[dict], None] | None = None,
+        *,
+        backoff_base: float = BACKOFF_BASE_S,
+        backoff_cap: float = BACKOFF_CAP_S,
+    ) -> None:
+        base = url.rstrip("/")
+        if base.startswith("https://"):
+            base = "wss://" + base[len("https://"):]
+        elif base.startswith("http://"):
+            base = "ws://" + base[len("http://"):]
+        self.url = base if base.endswith("/v1/stream") else base + "/v1/stream"
+        self._ssl_factory = ssl_context_factory
+        self.registration = dict(registration)
+        self._apply = apply
+        self.cache_path = cache_path
+        self._on_status = on_status
+        self._base, self._cap = backoff_base, backoff_cap
+        self.version = ""  # the last snapshot applied (from the stream or the cache)
+        self.connected = False
+        self.last_error = ""
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._attempt = 0
+
+    # -- cache -----------------------------------------------------------------------------
+    def load_cache(self) -> dict | None:
+        """The last good snapshot written by any earlier run, or None.
+
+        The caller applies it; its version becomes this client's current one, so the same
+        snapshot arriving from the control plane is ACKed without being applied twice."""
+        try:
+            with open(self.cache_path, encoding="utf-8") as f:
+                snap = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(snap, dict) or "version" not in snap:
+            return None
+        self.version = str(snap["version"])
+        return snap
+
+    def _write_cache(self, snap: dict) -> None:
+        tmp = f"{self.cache_path}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(snap, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.cache_path)
+        except OSError as e:
+            log.warning("could not write the config cache %s: %s", self.cache_path, e)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> asyncio.Task:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run())
+        return self._task
+
+    async def stop(self) -> None:
+        """Deregister (the sidecar is draining), then close the stream and stop reconnecting."""
+        self._stopping = True
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await ws.send_json({"type": "deregister"})
+                await ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def update_status(self, **fields: Any) -> None:
+        """Report status to the control plane (e.g. ``cert_expiry`` after a renewal)."""
+        self.registration.update(fields)
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await ws.send_json({"type": "status", **fields})
+
+    async def run(self) -> None:
+        """Connect, and reconnect after every failure, until :meth:`stop`."""
+        while not self._stopping:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # any failure of one connection: back off and retry
+                self.last_error = str(e) or type(e).__name__
+                log.debug("config stream to %s failed: %s", self.url, self.last_error)
+            if self.connected:
+                self.connected = False
+            self._status("disconnected", error=self.last_error)
+            if self._stopping:
+                break
+            await asyncio.sleep(backoff_delay(self._attempt, self._base, self._cap))
+            self._attempt += 1
+
+    async def _session(self) -> None:
+        ssl_ctx = self._ssl_factory()
+        timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0)
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+            self.url, ssl=ssl_ctx if ssl_ctx is not None else False, heartbeat=15.0,
+            timeout=timeout,
+        ) as ws:
+            self._ws = ws
+            try:
+                await ws.send_json({**self.registration, "type": "register",
+                                    "cached_version": self.version})
+                self.connected = True
+                self.last_error = ""
+                self._status("connected")
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    data = json.loads(msg.data)
+                    if data.get("type") == "snapshot":
+                        self._attempt = 0  # a working stream resets the back-off
+                        await self._on_snapshot(ws, data)
+                    elif data.get("type") == "error":
+                        self.last_error = str(data.get("error"))
+                        log.warning("control plane refused the stream: %s", self.last_error)
+                if ws.close_code is not None and not self.last_error:
+                    self.last_error = f"stream closed ({ws.close_code})"
+            finally:
+                self._ws = None
+
+    async def _on_snapshot(self, ws: aiohttp.ClientWebSocketResponse, msg: dict) -> None:
+        version, nonce, snap = str(msg.get("version")), msg.get("nonce"), msg.get("snapshot")
+        if version == self.version:
+            await ws.send_json({"type": "ack", "version": version, "nonce": nonce})
+            return
+        try:
+            if not isinstance(snap, dict):
+                raise ValueError("snapshot is not an object")
+            result = self._apply(snap)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as e:
+            error = str(e) or type(e).__name__
+            log.warning("config %s rejected: %s", version, error)
+            await ws.send_json({"type": "nack", "version": version, "nonce": nonce,
+                                "error": error})
+            self._status("nacked", version=version, error=error)
+            return
+        self.version = version
+        self._write_cache(snap)
+        await ws.send_json({"type": "ack", "version": version, "nonce": nonce})
+        self._status("acked", version=version)
+
+    def _status(self, event: str, **detail: Any) -> None:
+        if self._on_status is not None:
+            try:
+                self._on_status({"event": event, **detail})
+            except Exception:
+                log.exception("on_status callback failed")

@@ -1,0 +1,377 @@
+"""The control plane as a real process over HTTPS: store persistence, apply validation, the config
+stream (push, ACK/NACK, cache, reconnect, grace period, identity checks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from certs import keys, tls
+from certs.authority import CertificateAuthority
+from certs.csr import build_csr
+from certs.spiffe import SpiffeId
+from proxy.discovery import DiscoveryClient
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH = "import sys; from control_plane.cli.main import main; sys.exit(main(sys.argv[1:]))"
+
+VS = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {{host: reviews, subset: {subset}}}
+"""
+DR = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"""
+BAD_VS = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+      weight: -5
+"""
+
+
+class ControlPlaneProcess:
+    """``meshlet control-plane`` in a subprocess; learns its port from ``listen.addr``."""
+
+    def __init__(self, data_dir: Path, listen: str = "127.0.0.1:0", grace: str = "30s") -> None:
+        self.data_dir = data_dir
+        self.listen = listen
+        self.grace = grace
+        self.proc: subprocess.Popen | None = None
+        self.addr = ""
+
+    def start(self) -> ControlPlaneProcess:
+        addr_file = self.data_dir / "listen.addr"
+        addr_file.unlink(missing_ok=True)
+        self.log = open(self.data_dir.parent / f"{self.data_dir.name}-cp.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH, "control-plane", "--data-dir", str(self.data_dir),
+             "--listen", self.listen, "--grace-period", self.grace, "--log-level", "debug"],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while not addr_file.exists():
+            assert self.proc.poll() is None, "control plane exited: " + self.read_log()
+            assert time.monotonic() < deadline, "control plane did not start"
+            time.sleep(0.05)
+        self.addr = addr_file.read_text().strip()
+        self.listen = self.addr  # a restart comes back on the same port
+        return self
+
+    def read_log(self) -> str:
+        return (self.data_dir.parent / f"{self.data_dir.name}-cp.log").read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.addr}"
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def ca_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.data_dir / "ca" / "trust-bundle.pem"))
+
+    def workload_context(self, service: str, namespace: str = "default") -> ssl.SSLContext:
+        """A client context with a certificate for ``service`` signed by this CA (what a sidecar
+        holds after /v1/certify)."""
+        ca = CertificateAuthority.load(self.data_dir)
+        key = keys.generate_private_key()
+        sid = SpiffeId.for_workload(ca.trust_domain, namespace, service)
+        chain = ca.sign(build_csr(key, sid), sid, 3600)
+        return tls.client_context(chain, keys.private_key_to_pem(key), ca.bundle_pem(),
+                                  alpn=tls.HTTP11_ALPN)
+
+    async def call(self, method: str, path: str, **kw) -> tuple[int, dict]:
+        headers = {"Authorization": f"Bearer {kw.pop('token', self.token)}"}
+        async with aiohttp.ClientSession() as s, s.request(
+            method, self.url + path, headers=headers, ssl=self.ca_context(), **kw
+        ) as r:
+            return r.status, await r.json(content_type=None)
+
+
+@pytest.fixture
+def cp(tmp_path):
+    p = ControlPlaneProcess(tmp_path / "cp").start()
+    yield p
+    p.stop()
+
+
+async def wait_for(pred, timeout: float = 5.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def registration(service: str = "reviews", node: str = "reviews-1", version: str = "v1") -> dict:
+    return {"node": node, "service": service, "namespace": "default", "version": version,
+            "labels": {"app": service}, "address": "127.0.0.1:15006",
+            "admin_address": "127.0.0.1:1", "cert_expiry": time.time() + 3600}
+
+
+# -- files and the store ------------------------------------------------------------------
+
+
+async def test_first_start_creates_private_files(cp):
+    for name in ("admin.token", "store.db", "ca/signer-key.pem"):
+        assert stat.S_IMODE(os.stat(cp.data_dir / name).st_mode) == 0o600, name
+    async with aiohttp.ClientSession() as s, s.get(cp.url + "/healthz", ssl=cp.ca_context()) as r:
+        assert r.status == 200
+        assert (await r.json())["status"] == "ok"
+
+
+async def test_operator_api_requires_the_admin_token(cp):
+    status, body = await cp.call("GET", "/v1/resources/vs", token="wrong")
+    assert status == 401 and "admin token" in body["error"]
+
+
+async def test_store_survives_restart_and_revision_is_monotonic(cp):
+    status, body = await cp.call("POST", "/v1/resources", json={"files": [
+        {"source": "reviews.yaml", "text": VS.format(subset="v1") + "---\n" + DR}]})
+    assert status == 200, body
+    assert [r["action"] for r in body["results"]] == ["created", "created"]
+    rev1 = body["revision"]
+    status, body = await cp.call("POST", "/v1/resources", json={"files": [
+        {"source": "reviews.yaml", "text": VS.format(subset="v2")}]})
+    assert body["results"][0]["action"] == "configured" and body["revision"] > rev1
+    rev2 = body["revision"]
+    cp.stop()
+    cp.start()
+    status, body = await cp.call("GET", "/v1/resources/virtualservices?name=reviews")
+    assert status == 200 and body["revision"] == rev2
+    [vs] = body["items"]
+    assert vs["spec"]["http"][0]["route"][0]["destination"]["subset"] == "v2"
+    status, body = await cp.call("GET", "/v1/resources/dr")
+    assert [i["metadata"]["name"] for i in body["items"]] == ["reviews"]
+    status, body = await cp.call("DELETE", "/v1/resources/dr/default/reviews")
+    assert status == 200 and body["revision"] == rev2 + 1
+
+
+async def test_apply_with_one_invalid_document_applies_nothing(cp):
+    text = VS.format(subset="v1") + "---\n" + BAD_VS
+    status, body = await cp.call("POST", "/v1/resources", json={"files": [
+        {"source": "configs/reviews.yaml", "text": text}]})
+    assert status == 400
+    assert "nothing was applied" in body["error"]
+    [err] = body["errors"]
+    assert err.startswith("configs/reviews.yaml: document 2 (VirtualService default/broken)")
+    assert "spec.http[0].route[0].weight" in err
+    status, body = await cp.call("GET", "/v1/resources")
+    assert body["items"] == [] and body["revision"] == 0
+
+
+# -- the config stream --------------------------------------------------------------------
+
+
+class Sidecar:
+    """A DiscoveryClient with an apply callback that records, and can be told to reject."""
+
+    def __init__(self, cp: ControlPlaneProcess, tmp: Path, service: str = "reviews",
+                 node: str = "reviews-1", cert_service: str | None = None,
+                 ssl_factory=None) -> None:
+        self.applied: list[dict] = []
+        self.events: list[dict] = []
+        self.reject: str | None = None
+        ctx = cp.workload_context(cert_service or service)
+        self.client = DiscoveryClient(
+            cp.url, ssl_factory or (lambda: ctx), registration(service, node), self.apply,
+            str(tmp / f"{node}.cache.json"), self.events.append,
+            backoff_base=0.05, backoff_cap=0.2,
+        )
+
+    def apply(self, snap: dict) -> None:
+        if self.reject:
+            raise ValueError(self.reject)
+        self.applied.append(snap)
+
+
+def proxy(body: dict, node: str) -> dict | None:
+    return next((p for p in body["proxies"] if p["node_id"] == node), None)
+
+
+async def test_snapshot_pushed_within_a_second_and_ack_recorded(cp, tmp_path):
+    sc = Sidecar(cp, tmp_path)
+    sc.client.start()
+    try:
+        await wait_for(lambda: sc.applied, what="first snapshot")
+        first = sc.applied[-1]
+        assert first["registry"][0]["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/reviews"
+        t0 = time.monotonic()
+        status, _ = await cp.call("POST", "/v1/resources", json={"files": [
+            {"source": "r.yaml", "text": VS.format(subset="v1")}]})
+        assert status == 200
+        await wait_for(lambda: len(sc.applied) >= 2, timeout=1.0, what="pushed snapshot")
+        assert time.monotonic() - t0 < 1.0
+        snap = sc.applied[-1]
+        assert [r["kind"] for r in snap["resources"]] == ["VirtualService"]
+
+        async def acked():
+            _, body = await cp.call("GET", "/v1/proxies")
+            p = proxy(body, "reviews-1")
+            return p and p["acked_version"] == snap["version"] == body["snapshot_version"]
+
+        await wait_for(acked, what="ACK in proxy status")
+        # The cache holds the last good snapshot, private to the sidecar.
+        cache = Path(sc.client.cache_path)
+        assert json.loads(cache.read_text())["version"] == snap["version"]
+        assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+        # An apply that changes nothing pushes nothing.
+        n = len(sc.applied)
+        await cp.call("POST", "/v1/resources", json={"files": [
+            {"source": "r.yaml", "text": VS.format(subset="v1")}]})
+        await asyncio.sleep(0.3)
+        assert len(sc.applied) == n
+    finally:
+        await sc.client.stop()
+
+
+async def test_nack_keeps_previous_version_and_shows_reason(cp, tmp_path):
+    sc = Sidecar(cp, tmp_path)
+    sc.client.start()
+    try:
+        await wait_for(lambda: sc.applied, what="first snapshot")
+        good = sc.applied[-1]["version"]
+        await wait_for(lambda: sc.client.version == good)
+        sc.reject = "spec.http[0]: unknown subset v9"
+        await cp.call("POST", "/v1/resources", json={"files": [
+            {"source": "r.yaml", "text": VS.format(subset="v9")}]})
+
+        async def nacked():
+            _, body = await cp.call("GET", "/v1/proxies")
+            p = proxy(body, "reviews-1")
+            return p if p and p["nack_error"] else None
+
+        p = await wait_for(nacked, what="NACK in proxy status")
+        assert p["nack_error"] == "spec.http[0]: unknown subset v9"
+        assert p["acked_version"] == good and p["nack_version"] != good
+        assert sc.client.version == good
+        assert json.loads(Path(sc.client.cache_path).read_text())["version"] == good
+        assert any(e["event"] == "nacked" for e in sc.events)
+    finally:
+        await sc.client.stop()
+
+
+async def test_control_plane_down_client_keeps_cache_and_reconnects(cp, tmp_path):
+    sc = Sidecar(cp, tmp_path)
+    sc.client.start()
+    try:
+        await wait_for(lambda: sc.applied, what="first snapshot")
+        await cp.call("POST", "/v1/resources", json={"files": [
+            {"source": "r.yaml", "text": VS.format(subset="v1")}]})
+        await wait_for(lambda: len(sc.applied) >= 2 and sc.client.version
+                       == sc.applied[-1]["version"])
+        version = sc.client.version
+        cp.stop(signal.SIGKILL)
+        await wait_for(lambda: not sc.client.connected, what="disconnect noticed")
+        # A restarted sidecar with the control plane down starts from its cache.
+        fresh = DiscoveryClient(cp.url, lambda: None, registration(), lambda s: None,
+                                sc.client.cache_path)
+        cached = fresh.load_cache()
+        assert cached is not None and cached["version"] == version
+        assert cached["resources"][0]["metadata"]["name"] == "reviews"
+        cp.start()
+        await wait_for(lambda: sc.client.connected, timeout=10, what="reconnect")
+
+        async def acked_again():
+            _, body = await cp.call("GET", "/v1/proxies")
+            p = proxy(body, "reviews-1")
+            return p and p["acked_version"] == body["snapshot_version"]
+
+        await wait_for(acked_again, timeout=10, what="ACK after reconnect")
+    finally:
+        await sc.client.stop()
+
+
+async def test_dropped_stream_removed_after_grace_drain_removed_at_once(tmp_path):
+    cp = ControlPlaneProcess(tmp_path / "cp", grace="500ms").start()
+    try:
+        a = Sidecar(cp, tmp_path, node="reviews-a")
+        b = Sidecar(cp, tmp_path, node="reviews-b")
+        a.client.start()
+        b.client.start()
+        await wait_for(lambda: a.applied and b.applied)
+
+        async def nodes():
+            _, body = await cp.call("GET", "/v1/proxies")
+            return {p["node_id"]: p for p in body["proxies"]}
+
+        assert set(await nodes()) == {"reviews-a", "reviews-b"}
+        await a.client.stop()  # drains: deregisters first
+        assert await wait_for(lambda: _missing(nodes, "reviews-a"), timeout=0.5)
+        # b's stream drops without a goodbye: kept for the grace period, then removed.
+        b.client._stopping = True
+        b.client._task.cancel()
+        t0 = time.monotonic()
+        got = await wait_for(nodes, what="b listed")
+        assert "reviews-b" in got
+        await wait_for(lambda: _missing(nodes, "reviews-b"), timeout=5, what="b expired")
+        assert time.monotonic() - t0 >= 0.3
+    finally:
+        cp.stop()
+
+
+async def _missing(nodes, node: str) -> bool:
+    return node not in await nodes()
+
+
+async def test_registration_must_match_the_certificate(cp, tmp_path):
+    sc = Sidecar(cp, tmp_path, service="reviews", cert_service="ratings")
+    sc.client.start()
+    try:
+        await wait_for(lambda: "does not match" in sc.client.last_error, what="refusal")
+        _, body = await cp.call("GET", "/v1/proxies")
+        assert body["proxies"] == []
+        assert sc.applied == []
+    finally:
+        await sc.client.stop()
+
+
+async def test_stream_without_client_certificate_is_refused(cp, tmp_path):
+    sc = Sidecar(cp, tmp_path, ssl_factory=cp.ca_context)
+    sc.client.start()
+    try:
+        await wait_for(lambda: "client certificate" in sc.client.last_error, what="refusal")
+        assert sc.applied == []
+    finally:
+        await sc.client.stop()
