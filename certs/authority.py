@@ -47,7 +47,7 @@ class CAError(Exception):
 
 
 def random_serial() -> int:
-    """A random positive 128-bit serial number from ``secrets`` (RFC 5280 allows up to 20 octets)."""
+    """A random positive 128-bit serial from ``secrets`` (RFC 5280 allows up to 20 octets)."""
     return secrets.randbits(128) or 1
 
 
@@ -58,7 +58,7 @@ def _hash_for(key: PrivateKey) -> hashes.HashAlgorithm:
 
 
 def _utc(ts: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
 def _is_self_signed(cert: x509.Certificate) -> bool:
@@ -381,9 +381,17 @@ class CertificateAuthority:
             )
             .sign(self._key, _hash_for(self._key))
         )
-        return keys.certificates_to_pem([cert, *self._chain])
+        return keys.certificates_to_pem([cert, *self._issuer_chain()])
 
-    def sign(self, csr_pem: bytes, identity: SpiffeId, ttl_seconds: int = DEFAULT_LEAF_TTL) -> bytes:
+    def _issuer_chain(self) -> list[x509.Certificate]:
+        """What follows a leaf on the wire: the signer (unless it is a root) and the
+        intermediates above it. Roots are never sent; peers hold them in the bundle."""
+        root_fps = set(self.root_fingerprints())
+        return [c for c in [self._cert, *self._chain] if keys.cert_fingerprint(c) not in root_fps]
+
+    def sign(
+        self, csr_pem: bytes, identity: SpiffeId, ttl_seconds: int = DEFAULT_LEAF_TTL
+    ) -> bytes:
         """Issue an X.509-SVID for ``identity`` over the CSR's public key.
 
         The CSR's requested subject and SANs are ignored: the caller has authenticated

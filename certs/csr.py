@@ -43,7 +43,9 @@ def check_public_key(key: CertificatePublicKeyTypes) -> None:
             raise InvalidCsr(f"curve {key.curve.name} is not accepted (use P-256)")
     elif isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
-            raise InvalidCsr(f"RSA key of {key.key_size} bits is too small (minimum {MIN_RSA_BITS})")
+            raise InvalidCsr(
+                f"RSA key of {key.key_size} bits is too small (minimum {MIN_RSA_BITS})"
+            )
     else:
         raise InvalidCsr(f"key type {type(key).__name__} is not accepted (use ECDSA P-256)")
 

@@ -46,7 +46,9 @@ def public_key_to_pem(key: PublicKeyTypes) -> bytes:
 
 def spki_sha256(key: PublicKeyTypes) -> str:
     """sha256 of the DER SubjectPublicKeyInfo, lowercase hex (kubeadm's CA pin)."""
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return hashlib.sha256(der).hexdigest()
 
 

@@ -57,7 +57,7 @@ def cert_times(cert: x509.Certificate) -> tuple[float, float]:
 
 def rfc3339(ts: float) -> str:
     """An epoch time as RFC 3339 UTC, seconds precision (``2026-01-02T03:04:05Z``)."""
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def expiry_report(cert: x509.Certificate, now: float) -> dict[str, object]:

@@ -12,6 +12,10 @@ _TRUST_DOMAIN_RE = re.compile(r"[a-z0-9._-]+")
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 _SCHEME = "spiffe://"
 
+#: The control plane's own ID. Workload IDs always have the form /ns/NS/sa/SA, so no join token
+#: or renewal can ever yield this one.
+CONTROL_PLANE_PATH = "/meshlet/control-plane"
+
 
 class InvalidSpiffeId(ValueError):
     """A string that is not a valid SPIFFE ID; the message names the rule it breaks."""
@@ -26,7 +30,7 @@ def validate_trust_domain(trust_domain: str) -> str:
     if not _TRUST_DOMAIN_RE.fullmatch(trust_domain):
         # Also rejects uppercase, percent-encoding, userinfo (@), ports (:) and IPv6 literals.
         raise InvalidSpiffeId(
-            f"trust domain {trust_domain!r} may contain only lowercase letters, digits, '.', '-', '_'"
+            f"trust domain {trust_domain!r} may contain only lowercase letters, digits, '.-_'"
         )
     return trust_domain
 
@@ -110,6 +114,14 @@ class SpiffeId:
     @classmethod
     def for_trust_domain(cls, trust_domain: str) -> SpiffeId:
         return cls(trust_domain, "")
+
+    @classmethod
+    def for_control_plane(cls, trust_domain: str) -> SpiffeId:
+        return cls(trust_domain, CONTROL_PLANE_PATH)
+
+    @property
+    def is_control_plane(self) -> bool:
+        return self.path == CONTROL_PLANE_PATH
 
     def __str__(self) -> str:
         return f"spiffe://{self.trust_domain}{self.path}"

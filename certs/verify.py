@@ -75,9 +75,7 @@ def spiffe_id_from_der(der: bytes) -> SpiffeId:
     return spiffe_id_from_cert(cert)
 
 
-def _check_key_usage(
-    policy: object, cert: x509.Certificate, ku: x509.KeyUsage | None
-) -> None:
+def _check_key_usage(policy: object, cert: x509.Certificate, ku: x509.KeyUsage | None) -> None:
     assert ku is not None
     if not ku.digital_signature:
         raise ValueError("keyUsage lacks digitalSignature")
@@ -139,7 +137,7 @@ def verify_svid(
     builder = (
         PolicyBuilder()
         .store(Store(roots))
-        .time(at or dt.datetime.now(dt.timezone.utc))
+        .time(at or dt.datetime.now(dt.UTC))
         .max_chain_depth(MAX_CHAIN_DEPTH)
         .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy())
     )
