@@ -1,0 +1,404 @@
+"""Prometheus metrics: Istio's standard request metrics on a per-request budget, and meshlet's own.
+
+The request path must not pay for labels. A :class:`RequestSeries` is bound once, at config time,
+to every Istio label except the three that vary per response (``response_code``,
+``response_flags``, ``grpc_response_status``). ``record()`` then does one dict lookup keyed by
+those three, three ``bisect`` calls and six in-place list increments: no locks, no
+prometheus_client child lookups, no string formatting. Everything else (cumulative buckets, label
+sets, text) happens at scrape time in :class:`RequestMetrics`, a prometheus_client custom
+collector.
+
+Thread-safety: ``record()`` runs on the event-loop thread; a scrape on another thread may read a
+bucket list while it is being incremented. Each histogram's ``_count`` is derived from its own
+buckets, so a scrape is always internally consistent per histogram and at worst one request
+behind.
+
+Bucket bounds (research 4.1): Istio sets no buckets of its own, so Envoy's default bounds apply
+to all three histograms, bytes included, unless ``sidecar.istio.io/statsHistogramBuckets``
+overrides them. meshlet does the same, so ``histogram_quantile`` over mixed Envoy/meshlet fleets
+lines up.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+__all__ = [
+    "BYTES_BUCKETS",
+    "CONTENT_TYPE",
+    "ENVOY_BUCKETS_MS",
+    "ISTIO_LABELS",
+    "SERIES_LABELS",
+    "MeshletMetrics",
+    "RequestMetrics",
+    "RequestSeries",
+    "render",
+]
+
+#: Envoy's ``defaultBuckets()`` (``source/common/stats/histogram_impl.cc``), in milliseconds.
+ENVOY_BUCKETS_MS: tuple[float, ...] = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+    600000, 1800000, 3600000,
+)  # fmt: skip
+
+#: Istio's byte histograms use the same Envoy defaults (research 4.1).
+BYTES_BUCKETS: tuple[float, ...] = ENVOY_BUCKETS_MS
+
+#: Every label of the Istio HTTP metrics, in the order ``istio_stats.cc`` emits them.
+ISTIO_LABELS: tuple[str, ...] = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+    "response_code",
+    "grpc_response_status",
+)
+
+#: The per-record dimension; everything else is bound by :meth:`RequestMetrics.series`.
+_DIM_LABELS = ("response_code", "response_flags", "grpc_response_status")
+
+#: The labels a series is bound to (``ISTIO_LABELS`` minus the per-record three), in order.
+SERIES_LABELS: tuple[str, ...] = tuple(n for n in ISTIO_LABELS if n not in _DIM_LABELS)
+_SERIES_LABEL_SET = frozenset(SERIES_LABELS)
+
+# Where the per-record values go inside a full ISTIO_LABELS value list.
+_I_FLAGS = ISTIO_LABELS.index("response_flags")
+_I_CODE = ISTIO_LABELS.index("response_code")
+_I_GRPC = ISTIO_LABELS.index("grpc_response_status")
+
+# Layout of one flat per-dimension counter list (see RequestSeries.record):
+# [duration buckets (N+1, last is +Inf)] [request-bytes buckets (M+1)] [response-bytes (M+1)]
+# [duration sum, request-bytes sum, response-bytes sum]
+_ND = len(ENVOY_BUCKETS_MS) + 1
+_NB = len(BYTES_BUCKETS) + 1
+_OFF_REQ = _ND
+_OFF_RESP = _ND + _NB
+_OFF_SUM = _ND + 2 * _NB
+_SLOTS = _OFF_SUM + 3
+
+#: The classic text format, as Envoy serves it; every Prometheus version scrapes it. (Newer
+#: prometheus_client advertises ``version=1.0.0`` for the same bytes when names are legacy.)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition of ``registry`` (serve it with :data:`CONTENT_TYPE`)."""
+    return generate_latest(registry)
+
+
+class RequestSeries:
+    """Istio's four request metrics for one pre-bound label set.
+
+    Counts are kept per ``(response_code, response_flags, grpc_response_status)`` in one flat
+    list of plain ints/floats; bucket counts are per bucket (not cumulative) and summed at scrape.
+    """
+
+    __slots__ = ("_dims", "_entries", "_values")
+
+    def __init__(self, values: tuple[str, ...]) -> None:
+        # values: one per SERIES_LABELS entry
+        self._values = values
+        # (code, flags, grpc) -> flat counter list
+        self._dims: dict[tuple[int, str, str], list] = {}
+        # Append-only [(full label values, counter list)] read by the scrape; appends are atomic
+        # under the GIL, so the scrape never sees a dict changing size under it.
+        self._entries: list[tuple[list[str], list]] = []
+
+    def record(
+        self,
+        response_code: int,
+        response_flags: str,
+        grpc_response_status: str,
+        duration_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+    ) -> None:
+        """Count one finished request. Hot path: keep it allocation- and lock-free."""
+        try:
+            e = self._dims[(response_code, response_flags, grpc_response_status)]
+        except KeyError:
+            e = self._new_dim(response_code, response_flags, grpc_response_status)
+        # bisect_left gives the first bound >= value, i.e. Prometheus' inclusive `le`.
+        e[bisect_left(ENVOY_BUCKETS_MS, duration_ms)] += 1
+        e[_OFF_REQ + bisect_left(BYTES_BUCKETS, request_bytes)] += 1
+        e[_OFF_RESP + bisect_left(BYTES_BUCKETS, response_bytes)] += 1
+        e[_OFF_SUM] += duration_ms
+        e[_OFF_SUM + 1] += request_bytes
+        e[_OFF_SUM + 2] += response_bytes
+
+    def _new_dim(self, code: int, flags: str, grpc: str) -> list:
+        # "" and "-" (no flags) must land on one exposed series; so must 200 and "200".
+        canon = (int(code), flags or "-", grpc or "")
+        e = self._dims.get(canon)
+        if e is None:
+            e = [0] * _SLOTS
+            e[_OFF_SUM] = 0.0
+            full = list(self._values)
+            # SERIES_LABELS is ISTIO_LABELS minus the three; re-insert them in Istio's order.
+            dims = ((_I_FLAGS, canon[1]), (_I_CODE, str(canon[0])), (_I_GRPC, canon[2]))
+            for i, v in sorted(dims):
+                full.insert(i, v)
+            self._entries.append((full, e))
+            self._dims[canon] = e
+        self._dims[(code, flags, grpc)] = e
+        return e
+
+    def labels(self) -> dict[str, str]:
+        """The bound labels (for debugging and ``/config_dump``)."""
+        return dict(zip(SERIES_LABELS, self._values, strict=True))
+
+
+class RequestMetrics:
+    """Registry of pre-bound :class:`RequestSeries`, exposed as Istio's metrics at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._series: dict[tuple[str, ...], RequestSeries] = {}
+        self._order: list[RequestSeries] = []
+        if registry is not None:
+            registry.register(self)
+
+    def series(self, **labels: str) -> RequestSeries:
+        """The series for these labels; same labels give the same object. Call at config time.
+
+        Missing labels default to ``"unknown"`` (Istio's value for missing peer information).
+        """
+        unknown = labels.keys() - _SERIES_LABEL_SET
+        if unknown:
+            raise TypeError(f"not a pre-bound Istio label: {', '.join(sorted(unknown))}")
+        values = tuple(str(labels.get(n) or "unknown") for n in SERIES_LABELS)
+        s = self._series.get(values)
+        if s is None:
+            s = self._series[values] = RequestSeries(values)
+            self._order.append(s)
+        return s
+
+    # --- prometheus_client Collector protocol -------------------------------------------------
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        requests, duration, req_bytes, resp_bytes = self._families()
+        dur_le = [floatToGoString(b) for b in ENVOY_BUCKETS_MS] + ["+Inf"]
+        bytes_le = [floatToGoString(b) for b in BYTES_BUCKETS] + ["+Inf"]
+        for s in list(self._order):
+            for full, e in list(s._entries):
+                snap = e[:]  # one consistent-enough copy per scrape
+                dur = _cumulative(dur_le, snap, 0, _ND)
+                requests.add_metric(full, dur[-1][1])
+                duration.add_metric(full, dur, snap[_OFF_SUM])
+                req_bytes.add_metric(
+                    full, _cumulative(bytes_le, snap, _OFF_REQ, _NB), snap[_OFF_SUM + 1]
+                )
+                resp_bytes.add_metric(
+                    full, _cumulative(bytes_le, snap, _OFF_RESP, _NB), snap[_OFF_SUM + 2]
+                )
+        yield requests
+        yield duration
+        yield req_bytes
+        yield resp_bytes
+
+    @staticmethod
+    def _families() -> tuple[Metric, Metric, Metric, Metric]:
+        labels = list(ISTIO_LABELS)
+        return (
+            CounterMetricFamily(
+                "istio_requests",
+                "Requests handled by the proxy (Istio standard metric).",
+                labels=labels,
+            ),
+            HistogramMetricFamily(
+                "istio_request_duration_milliseconds",
+                "Request duration in milliseconds (Istio standard metric).",
+                labels=labels,
+            ),
+            HistogramMetricFamily(
+                "istio_request_bytes",
+                "HTTP request body sizes in bytes (Istio standard metric).",
+                labels=labels,
+            ),
+            HistogramMetricFamily(
+                "istio_response_bytes",
+                "HTTP response body sizes in bytes (Istio standard metric).",
+                labels=labels,
+            ),
+        )
+
+
+def _cumulative(le: list[str], snap: list, off: int, n: int) -> list[tuple[str, float]]:
+    out = []
+    acc = 0
+    for i in range(n):
+        acc += snap[off + i]
+        out.append((le[i], acc))
+    return out
+
+
+#: Circuit-breaker states, as Resilience4j names them (lowercase).
+BREAKER_STATES = ("closed", "open", "half_open", "disabled", "forced_open")
+
+
+class MeshletMetrics:
+    """meshlet's own figures, as plain prometheus_client metrics.
+
+    None of these is per request on the success path. Where one is incremented while serving
+    (a retry, a rejection), bind the child once at config time and keep it::
+
+        retries = mm.retries.labels(destination_service=host, reason="5xx")   # config time
+        retries.inc()                                                          # per retry
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, *, version: str = "", fastpath: str = ""
+    ) -> None:
+        r = registry
+        self.build_info = Gauge(
+            "meshlet_build_info",
+            "meshlet build; value is always 1.",
+            ["version", "fastpath"],
+            registry=r,
+        )
+        if version or fastpath:
+            self.build_info.labels(version=version, fastpath=fastpath).set(1)
+        self.config_version = Gauge(
+            "meshlet_config_version",
+            "Config version in effect (label); value is always 1 for the current one.",
+            ["version"],
+            registry=r,
+        )
+        self.config_applies = Counter(
+            "meshlet_config_applies",
+            "Config snapshots received, by result (ack|nack).",
+            ["result"],
+            registry=r,
+        )
+        self.config_push_lag = Gauge(
+            "meshlet_config_push_lag_seconds",
+            "Seconds between the control plane creating the snapshot in effect and its apply.",
+            registry=r,
+        )
+        self.retries = Counter(
+            "meshlet_retries",
+            "Retries attempted, by destination and reason.",
+            ["destination_service", "reason"],
+            registry=r,
+        )
+        self.retry_budget_skipped = Counter(
+            "meshlet_retry_budget_skipped",
+            "Retries not attempted because the budget was spent.",
+            ["destination_service"],
+            registry=r,
+        )
+        self.outlier_ejections = Counter(
+            "meshlet_outlier_ejections",
+            "Endpoints ejected by outlier detection.",
+            ["destination_service"],
+            registry=r,
+        )
+        self.outlier_ejected_endpoints = Gauge(
+            "meshlet_outlier_ejected_endpoints",
+            "Endpoints currently ejected.",
+            ["destination_service"],
+            registry=r,
+        )
+        self.circuit_breaker_state = Gauge(
+            "meshlet_circuit_breaker_state",
+            "1 for the breaker's current state, 0 for the others.",
+            ["destination_service", "state"],
+            registry=r,
+        )
+        self.circuit_breaker_not_permitted = Counter(
+            "meshlet_circuit_breaker_not_permitted",
+            "Calls refused because the circuit breaker was open (UO).",
+            ["destination_service"],
+            registry=r,
+        )
+        self.bulkhead_rejected = Counter(
+            "meshlet_bulkhead_rejected",
+            "Calls refused because the bulkhead was full (UO).",
+            ["destination_service"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "meshlet_rate_limited",
+            "Requests refused by the local rate limiter (RL).",
+            ["destination_service"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            "meshlet_hedges",
+            "Hedged requests sent.",
+            ["destination_service"],
+            registry=r,
+        )
+        self.certificate_expiry = Gauge(
+            "meshlet_certificate_expiry_timestamp_seconds",
+            "Unix time at which the workload certificate expires.",
+            registry=r,
+        )
+        self.certificate_renewals = Counter(
+            "meshlet_certificate_renewals",
+            "Certificate renewals, by result (success|failure).",
+            ["result"],
+            registry=r,
+        )
+        self.downstream_connections_active = Gauge(
+            "meshlet_downstream_connections_active",
+            "Open downstream connections per listener.",
+            ["listener"],
+            registry=r,
+        )
+        self.local_replies = Counter(
+            "meshlet_local_replies",
+            "Responses the sidecar made itself, by status and flag.",
+            ["code", "flag"],
+            registry=r,
+        )
+
+    def set_config_version(self, version: str) -> None:
+        """Make ``version`` the only series of ``meshlet_config_version``."""
+        self.config_version.clear()
+        self.config_version.labels(version=str(version)).set(1)
+
+    def set_breaker_state(self, destination_service: str, state: str) -> None:
+        """Set 1 on ``state`` and 0 on every other state of that destination's breaker."""
+        state = state.lower()
+        if state not in BREAKER_STATES:
+            raise ValueError(f"unknown circuit breaker state {state!r}")
+        for s in BREAKER_STATES:
+            self.circuit_breaker_state.labels(destination_service=destination_service, state=s).set(
+                1 if s == state else 0
+            )
