@@ -157,7 +157,7 @@ class Sidecar:
 
     def _setup_telemetry(self) -> None:
         try:
-            from proxy.telemetry_wiring import Telemetry
+            from proxy.observability import Telemetry
         except ImportError:
             return
         self.telemetry = Telemetry(self)

@@ -4,7 +4,8 @@ It parses request heads with the strict parser and runs one request task at a ti
 requests wait in the buffer and are parsed only after the previous response is complete, so
 responses go out in order. A malformed head is answered with 400/431/501 and the connection is
 closed: nothing half-parsed reaches the app. The header-read timeout (slowloris) and the idle
-timeout are the only timers armed per connection, not per request.
+timeout arm no timer per request: the connection stamps when it became idle or started a head,
+and the listener's once-a-second sweep closes the ones past their limit.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class Downstream(asyncio.Protocol):
         self.tls = False
         self.alpn = ""
         self.keep_alive = True
-        self._timer: asyncio.TimerHandle | None = None
+        self.idle_since = self.loop.time()
+        self.head_since = 0.0
         self._paused_writing = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self.tunnel_peer: Any = None
@@ -62,28 +64,22 @@ class Downstream(asyncio.Protocol):
             if ident is not None:
                 self.peer_principal = ident(sslobj) or ""
         self.listener.connections.add(self)
-        self._arm(self.listener.idle_timeout)
 
-    def _arm(self, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(seconds, self._on_timeout) if seconds else None
-
-    def _on_timeout(self) -> None:
-        self._timer = None
-        if self.state == HEAD and self.task is None:
-            if self.buf:
+    def sweep(self, now: float) -> None:
+        """Called by the listener about once a second: enforce header and idle timeouts."""
+        if self.state != HEAD or self.task is not None:
+            return
+        lst = self.listener
+        if self.buf:
+            if now - self.head_since > lst.header_timeout:
                 # slowloris: a head that never completes
                 self._reply_and_close(408, "DPE", "request header timeout")
-            else:
-                self.close()
+        elif lst.idle_timeout and now - self.idle_since > lst.idle_timeout:
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
         self.listener.connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self.body is not None and not self.body.at_eof:
             self.body.set_exception(ChannelClosed("downstream disconnected"))
         if self.tunnel_peer is not None:
@@ -144,17 +140,15 @@ class Downstream(asyncio.Protocol):
             self._reply_and_close(exc.status, "DPE", exc.reason)
             return
         if res is None:
-            if self._timer is None or self.requests == 0 or True:
-                self._arm(lst.header_timeout)
+            if not self.head_since:
+                self.head_since = self.loop.time()
             return
         head, n = res
         rest = self.buf[n:]
         self.buf = b""
         self.requests += 1
         self.keep_alive = head.keep_alive and not lst.draining
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.head_since = 0.0
         if head.chunked:
             self.body = BodyChannel(self._pause_reading, self._resume_reading)
             self.chunked = h1.ChunkedDecoder()
@@ -244,7 +238,7 @@ class Downstream(asyncio.Protocol):
         if self.buf:
             self._next_request()
         if self.state == HEAD and self.task is None:
-            self._arm(self.listener.idle_timeout)
+            self.idle_since = self.loop.time()
 
     # -- output --------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:

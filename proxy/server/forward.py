@@ -38,7 +38,8 @@ class Exchange:
     """What one request did, for metrics and the access log (filled as it goes)."""
 
     __slots__ = ("start", "status", "flags", "upstream", "cluster", "service", "route",
-                 "req_bytes", "resp_bytes", "upstream_ms", "attempts", "request_id", "grpc")
+                 "req_bytes", "resp_bytes", "upstream_ms", "attempts", "request_id", "grpc",
+                 "peer", "mtls", "endpoint", "trace")
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -54,6 +55,10 @@ class Exchange:
         self.attempts = 0
         self.request_id = ""
         self.grpc = ""
+        self.peer = ""  # the other side's SPIFFE ID (source on inbound, destination on outbound)
+        self.mtls = False
+        self.endpoint: Any = None
+        self.trace: Any = None
 
 
 class Forwarder:
@@ -104,6 +109,8 @@ class Forwarder:
         rt = self.rt
         ex = Exchange(_monotonic())
         ex.service = rt.local_service_fqdn
+        ex.peer = down.peer_principal
+        ex.mtls = down.tls and bool(down.peer_principal)
         cluster = rt.inbound_cluster
         ex.cluster = cluster.name
         denied = rt.authorize(down, head)
@@ -175,6 +182,10 @@ class Forwarder:
                 return self._local(down, head, ex, 503, flag, reporter)
             tried.add(ep.key)
             ex.upstream = ep.key
+            ex.endpoint = ep
+            if reporter == "outbound":
+                ex.peer = ep.spiffe_id
+                ex.mtls = ep.tls
             pool = rt.pool(ep, cluster)
             remaining = deadline - _monotonic() if deadline else 0.0
             if deadline and remaining <= 0:

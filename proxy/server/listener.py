@@ -40,6 +40,7 @@ class Listener:
         self.loop = asyncio.get_event_loop()
         self.connections: set[Downstream] = set()
         self.server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self.draining = False
         self.log = logging.getLogger(f"meshlet.proxy.{name}")
         self.local_reply_hook: Callable[[int, str], None] | None = None
@@ -51,7 +52,14 @@ class Listener:
             backlog=1024,
         )
         self.port = self.server.sockets[0].getsockname()[1]
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
         return self.port
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.sweep(now)
+        self._sweeper = self.loop.call_later(min(1.0, self.header_timeout / 4), self._sweep)
 
     def on_local_reply(self, conn: Downstream, status: int, flag: str) -> None:
         if self.local_reply_hook is not None:
@@ -76,5 +84,8 @@ class Listener:
         return sum(1 for c in self.connections if c.task is not None)
 
     def close_all(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self.connections):
             conn.close()

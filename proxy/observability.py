@@ -1,0 +1,131 @@
+"""Connects the data path to metrics, the access log and trace export.
+
+The request path calls one function, :meth:`Telemetry.record`, when a request ends. Metric
+series are bound per (reporter, cluster, endpoint) the first time that combination is seen
+under a config version and kept in a dict, so a request costs one tuple lookup plus the
+series' own ``record``; the access log is skipped entirely when it is off.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from control_plane.api.hosts import service_name, service_namespace
+from proxy import __version__, _accel
+from proxy.telemetry.metrics import CONTENT_TYPE, MeshletMetrics, RequestMetrics, render
+
+
+class Telemetry:
+    def __init__(self, sidecar: Any) -> None:
+        self.sidecar = sidecar
+        rt = sidecar.runtime
+        self.rt = rt
+        self.registry = CollectorRegistry()
+        self.requests = RequestMetrics(self.registry)
+        self.meshlet = MeshletMetrics(self.registry, version=__version__, fastpath=_accel.fastpath())
+        self._series: dict[tuple[str, str, str], Any] = {}
+        self._local: dict[tuple[int, str], Any] = {}
+        self.access_log: Any = None
+        if sidecar.opts.access_log:
+            from proxy.telemetry.access_log import AccessLog
+
+            self.access_log = AccessLog(stream=sys.stdout)
+        rt.recorder = self.record
+        rt.local_reply_counter = self.count_local_reply
+        self.workload = rt.service + ("-" + rt.version if rt.version else "")
+        if rt.config_version:
+            self.meshlet.set_config_version(rt.config_version)
+
+    def on_config(self, version: str, ok: bool) -> None:
+        self.meshlet.config_applies.labels(result="ack" if ok else "nack").inc()
+        if ok:
+            self.meshlet.set_config_version(version)
+
+    def count_local_reply(self, status: int, flag: str) -> None:
+        c = self._local.get((status, flag))
+        if c is None:
+            c = self._local[(status, flag)] = self.meshlet.local_replies.labels(code=str(status), flag=flag)
+        c.inc()
+
+    def _bind(self, reporter: str, ex: Any, key: tuple[str, str, str]) -> Any:
+        rt = self.rt
+        ep = ex.endpoint
+        labels = ep.labels if ep is not None else {}
+        if reporter == "outbound":
+            dest_app = service_name(ex.service)
+            dest_version = labels.get("version", "unknown")
+            s = self.requests.series(
+                reporter="source",
+                source_workload=self.workload, source_workload_namespace=rt.namespace,
+                source_principal=rt.spiffe_id, source_app=rt.service,
+                source_version=rt.version or "unknown", source_canonical_service=rt.service,
+                source_canonical_revision=rt.version or "latest",
+                destination_workload=dest_app + ("-" + dest_version if dest_version != "unknown" else ""),
+                destination_workload_namespace=service_namespace(ex.service),
+                destination_principal=ex.peer or "unknown",
+                destination_app=dest_app, destination_version=dest_version,
+                destination_service=ex.service, destination_service_name=dest_app,
+                destination_service_namespace=service_namespace(ex.service),
+                destination_canonical_service=dest_app,
+                destination_canonical_revision=dest_version if dest_version != "unknown" else "latest",
+                request_protocol="http",
+                connection_security_policy="unknown",
+            )
+        else:
+            peer = ex.peer
+            src_ns = peer.split("/ns/", 1)[1].split("/", 1)[0] if "/ns/" in peer else "unknown"
+            src_sa = peer.rsplit("/sa/", 1)[1] if "/sa/" in peer else "unknown"
+            s = self.requests.series(
+                reporter="destination",
+                source_workload=src_sa, source_workload_namespace=src_ns,
+                source_principal=peer or "unknown", source_app=src_sa,
+                source_canonical_service=src_sa,
+                destination_workload=self.workload, destination_workload_namespace=rt.namespace,
+                destination_principal=rt.spiffe_id if ex.mtls else "unknown",
+                destination_app=rt.service, destination_version=rt.version or "unknown",
+                destination_service=rt.local_service_fqdn, destination_service_name=rt.service,
+                destination_service_namespace=rt.namespace, destination_canonical_service=rt.service,
+                destination_canonical_revision=rt.version or "latest",
+                request_protocol="http",
+                connection_security_policy="mutual_tls" if ex.mtls else "none",
+            )
+        self._series[key] = s
+        return s
+
+    def record(self, ex: Any, head: Any, reporter: str) -> None:
+        key = (reporter, ex.cluster, ex.upstream if reporter == "outbound" else ex.peer)
+        s = self._series.get(key)
+        if s is None:
+            s = self._bind(reporter, ex, key)
+        now = time.monotonic()
+        dur = (now - ex.start) * 1000.0
+        s.record(ex.status, ex.flags, ex.grpc, dur, ex.req_bytes, ex.resp_bytes)
+        if self.access_log is not None:
+            tr = ex.trace
+            self.access_log.log(
+                start_time=time.time() - (now - ex.start),
+                method=head.method, authority=head.host, path=head.target,
+                protocol="HTTP/1.1" if head.version == 11 else "HTTP/1.0",
+                response_code=ex.status, response_flags=ex.flags, grpc_status=ex.grpc,
+                duration_ms=round(dur, 3), upstream_service_time_ms=round(ex.upstream_ms, 3),
+                bytes_received=ex.req_bytes, bytes_sent=ex.resp_bytes,
+                upstream_host=ex.upstream, upstream_cluster=ex.cluster,
+                request_id=ex.request_id,
+                trace_id=tr.trace_id if tr is not None else "",
+                span_id=tr.span_id if tr is not None else "",
+                downstream_peer_principal=ex.peer if reporter == "inbound" else "",
+                user_agent=head.get("user-agent") or "",
+                x_forwarded_for=head.get("x-forwarded-for") or "",
+                route_name=ex.route, reporter=reporter, attempts=ex.attempts,
+            )
+
+    def render(self) -> tuple[bytes, str]:
+        return render(self.registry), CONTENT_TYPE
+
+    def close(self) -> None:
+        if self.access_log is not None:
+            self.access_log.flush()
