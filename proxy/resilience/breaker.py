@@ -300,6 +300,9 @@ class CircuitBreaker:
 
     @property
     def buffered_calls(self) -> int:
+        """Calls in the current window (the HALF_OPEN probe window while half-open)."""
+        if self.state is CLOSED:
+            self._window.expire(self._clock())
         return self._window.calls
 
     def status(self) -> dict[str, Any]:
@@ -308,6 +311,6 @@ class CircuitBreaker:
             "state": self.state,
             "failure_rate": self.failure_rate,
             "slow_call_rate": self.slow_call_rate,
-            "buffered_calls": self._window.calls,
+            "buffered_calls": self.buffered_calls,
             "not_permitted": self.not_permitted,
         }

@@ -79,12 +79,21 @@ class Bulkhead:
         return False
 
     def enqueue(self, waiter: Waiter) -> bool:
-        """Queue a caller for the next free permit; False (rejected) if the queue is full."""
+        """Queue a caller for the next free permit; False (rejected) if the queue is full.
+
+        If a permit is free and nobody is queued (the caller skipped `try_acquire`, or one was
+        released in between), the waiter is granted it at once: `wake()` runs before this
+        returns True.
+        """
         if self.max_wait <= 0 or (
             self.max_waiting is not None and len(self._waiters) >= self.max_waiting
         ):
             self.rejected += 1
             return False
+        if self.active < self.max_concurrent_calls and not self._waiters:
+            self.active += 1
+            waiter.wake()
+            return True
         self._waiters[waiter] = None
         return True
 
