@@ -1,0 +1,707 @@
+"""Strict sans-I/O HTTP/1.1 message-head parser and chunked codec (the pure-Python twin).
+
+This file is compiled a second time by Cython as ``_parser_c`` (``_parser_c.py`` is a symlink to
+it and ``_parser_c.pxd`` adds the C types), so it must stay plain Python that Cython can type:
+no ``import cython``, no closures on the hot path, no per-call regex compilation.
+
+What "strict" means here is security-ops §6.2, row by row: CRLF only, one SP between request-line
+parts, uppercase token methods, tchar field names with no whitespace before the colon, no obs-fold,
+no CTLs in values, exactly one valid Host on HTTP/1.1, no Content-Length together with
+Transfer-Encoding, ``Transfer-Encoding: chunked`` and nothing else, canonical Content-Length.
+Request errors carry the status a proxy should answer with; response errors are all 502.
+"""
+
+from __future__ import annotations
+
+import re
+
+from proxy.http1.errors import ProtocolError
+
+MODE_NONE = 0
+MODE_LENGTH = 1
+MODE_CHUNKED = 2
+MODE_CLOSE = 3
+
+# RFC 9110 §5.6.2 tchar; methods are restricted to uppercase (Istio: lowercase method -> 400).
+_TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_TCHAR_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_METHOD_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_TARGET_BYTES = bytes(range(0x21, 0x7F))
+_DIGIT_BYTES = b"0123456789"
+# Everything a head may contain: HTAB, CR, LF (pairing checked apart), SP, VCHAR, obs-text.
+_HEAD_BYTES = b"\t\r\n" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+_VERSION_RE = re.compile(r"HTTP/[0-9]\.[0-9]")
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "PATCH"))
+# Field names with meaning to the parser; 0 = none.
+_F_HOST = 1
+_F_CONTENT_LENGTH = 2
+_F_TRANSFER_ENCODING = 3
+_F_CONNECTION = 4
+_F_UPGRADE = 5
+_F_EXPECT = 6
+_SPECIAL_FIELDS = {
+    "host": _F_HOST,
+    "content-length": _F_CONTENT_LENGTH,
+    "transfer-encoding": _F_TRANSFER_ENCODING,
+    "connection": _F_CONNECTION,
+    "upgrade": _F_UPGRADE,
+    "expect": _F_EXPECT,
+}
+_COMMON_FIELDS = [
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+    "accept-ranges",
+    "age",
+    "allow",
+    "authorization",
+    "b3",
+    "baggage",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-language",
+    "content-length",
+    "content-type",
+    "cookie",
+    "date",
+    "etag",
+    "expect",
+    "expires",
+    "grpc-timeout",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "keep-alive",
+    "last-modified",
+    "location",
+    "origin",
+    "pragma",
+    "proxy-connection",
+    "range",
+    "referer",
+    "server",
+    "set-cookie",
+    "te",
+    "traceparent",
+    "tracestate",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "vary",
+    "via",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-spanid",
+    "x-b3-traceid",
+    "x-envoy-attempt-count",
+    "x-envoy-decorator-operation",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-peer-metadata",
+    "x-envoy-peer-metadata-id",
+    "x-envoy-upstream-service-time",
+    "x-forwarded-client-cert",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-request-id",
+]
+# Spelling as sent -> (lowercase name, special code): the common names skip validation and
+# lowercasing. Fixed at import time (never grows with traffic).
+_KNOWN_FIELDS = {}
+for _name in _COMMON_FIELDS:
+    for _spelling in (_name, "-".join(w.capitalize() for w in _name.split("-")), _name.upper()):
+        _KNOWN_FIELDS[_spelling] = (_name, _SPECIAL_FIELDS.get(_name, 0))
+for _spelling in ("ETag", "TE", "WWW-Authenticate", "X-Request-ID", "Content-MD5"):
+    _KNOWN_FIELDS[_spelling] = (_spelling.lower(), _SPECIAL_FIELDS.get(_spelling.lower(), 0))
+del _name, _spelling
+# Trailer lines (not on the hot path) are checked with a regex: one field line, anchored at a
+# line start (re.M) so that findall over a malformed block is O(n). OWS is stripped afterwards
+# (stripping inside the regex would backtrack quadratically on runs of spaces). Coverage of the
+# block is checked by summing match lengths.
+_FIELD_RE = re.compile(r"^([" + _TCHAR + r"]+):([\t\x20-\x7e\x80-\xff]*)\r\n", re.M)
+_TOKEN_RE = re.compile(r"[" + _TCHAR + r"]+")
+_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# uri-host [ ":" port ]; IP-literal without IPvFuture. Empty is allowed (RFC 9110 §7.2).
+_HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_AUTHORITY_FORM_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+):[0-9]+")
+_ABSOLUTE_FORM_RE = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?]*)([^?]*)(?:\?(.*))?", re.S)
+# chunk = chunk-size *( BWS ";" BWS ext-name [ BWS "=" BWS ( token / quoted-string ) ] ) CRLF
+_CHUNK_LINE_RE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})"
+    rb"(?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+    rb"(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+    rb'|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*'
+)
+_MAX_CHUNK_LINE = 4096
+
+
+class RequestHead:
+    """A parsed request head. Fields are documented in the facade, ``proxy.http1.parser``."""
+
+    __slots__ = (
+        "method",
+        "target",
+        "path",
+        "query",
+        "version",
+        "headers",
+        "host",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "upgrade",
+        "expect_continue",
+        "connection",
+    )
+
+    def get(self, name, default=None):
+        """The first value of the (lowercase) field ``name``."""
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return default
+
+    def __repr__(self):
+        return (
+            f"<RequestHead {self.method} {self.target} HTTP/{self.version}"
+            f" host={self.host!r} cl={self.content_length} chunked={self.chunked}>"
+        )
+
+
+class ResponseHead:
+    """A parsed response head (1xx heads included)."""
+
+    __slots__ = (
+        "status",
+        "reason",
+        "version",
+        "headers",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "connection",
+    )
+
+    def get(self, name, default=None):
+        """The first value of the (lowercase) field ``name``."""
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return default
+
+    def __repr__(self):
+        return (
+            f"<ResponseHead HTTP/{self.version} {self.status}"
+            f" cl={self.content_length} chunked={self.chunked}>"
+        )
+
+
+def _incomplete(buf, max_head, status):
+    """Decide for a buffer without a complete head within ``max_head``: None or an error.
+
+    Bare CR/LF is reported as soon as it is seen, so that feeding a head byte at a time fails with
+    the same status as feeding it whole (the complete-head path also reports it as a syntax 400
+    before any other status).
+    """
+    n = len(buf)
+    limit = n if n < max_head else max_head
+    crlf = buf.count(b"\r\n", 0, limit)
+    if buf.count(b"\n", 0, limit) != crlf:
+        raise ProtocolError(status if status == 502 else 400, "bare LF in head")
+    cr = buf.count(b"\r", 0, limit)
+    if limit > 0 and buf[limit - 1] == 13:
+        cr -= 1  # a trailing CR may be the first half of a CRLF still to come
+    if cr != crlf:
+        raise ProtocolError(status if status == 502 else 400, "bare CR in head")
+    if n >= max_head:
+        raise ProtocolError(status if status == 502 else 431, "head too large")
+    return None
+
+
+def _check_head_bytes(head, status):
+    """Reject bare CR, bare LF and CTLs anywhere in a complete head, before any other check.
+
+    ``head`` ends with the CRLFCRLF. Every CR must start a CRLF and every LF end one; every other
+    byte must be HTAB, SP, VCHAR or obs-text. After this, line walking can trust ``find``.
+    """
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf:
+        raise ProtocolError(status, "bare LF in head")
+    if head.count(b"\r") != crlf:
+        raise ProtocolError(status, "bare CR in head")
+    if head.translate(None, _HEAD_BYTES):
+        raise ProtocolError(status, "invalid character in head")
+
+
+def _parse_content_length(value, status):
+    """1*DIGIT, at most 18 digits; a list of identical values collapses to one (RFC 9112 §6.3)."""
+    if len(value) <= 18 and value.isascii() and value.isdigit():
+        return int(value)
+    if "," not in value:
+        raise ProtocolError(status, "invalid content-length")
+    first = -1
+    for part in value.split(","):
+        part = part.strip(" \t")
+        if not (len(part) <= 18 and part.isascii() and part.isdigit()):
+            raise ProtocolError(status, "invalid content-length")
+        n = int(part)
+        if first == -1:
+            first = n
+        elif n != first:
+            raise ProtocolError(status, "conflicting content-length")
+    return first
+
+
+def _connection_tokens(value, current, status):
+    tokens = list(current)
+    for part in value.split(","):
+        part = part.strip(" \t")
+        if not part:
+            continue
+        if _TOKEN_RE.fullmatch(part) is None:
+            raise ProtocolError(status, "invalid connection header")
+        tokens.append(part.lower())
+    return tuple(tokens)
+
+
+def _parse_fields(head, text, pos, max_headers, status):
+    """Split and check the field lines of ``text[pos:]`` (already through _check_head_bytes).
+
+    ``text`` is ``head`` decoded as latin-1 without the final empty line, so indexes agree.
+    One pass; returns ``(headers, host, host_count, content_length, te_count, te_value,
+    connection, upgrade, expect_continue)``.
+    """
+    limit = len(text)
+    headers = []
+    count = 0
+    host = ""
+    host_count = 0
+    content_length = -1
+    te_count = 0
+    te_value = ""
+    connection = ()
+    upgrade = ""
+    expect_continue = False
+    while pos < limit:
+        eol = text.find("\r\n", pos)
+        colon = text.find(":", pos, eol)
+        if colon <= pos:
+            raise ProtocolError(status, "invalid header line")
+        count += 1
+        if count > max_headers:
+            raise ProtocolError(431 if status == 400 else status, "too many headers")
+        name = text[pos:colon]
+        known = _KNOWN_FIELDS.get(name)
+        if known is None:
+            # obs-fold, whitespace before the colon or before the first field land here
+            if head[pos:colon].translate(None, _TCHAR_BYTES):
+                raise ProtocolError(status, "invalid header name")
+            name = name.lower()
+            code = _SPECIAL_FIELDS.get(name, 0)
+        else:
+            name, code = known
+        value = text[colon + 1 : eol].strip(" \t")
+        pos = eol + 2
+        if code != 0:
+            if code == _F_CONTENT_LENGTH:
+                n = _parse_content_length(value, status)
+                if content_length == -1:
+                    content_length = n
+                    value = str(n)
+                elif n != content_length:
+                    raise ProtocolError(status, "conflicting content-length")
+                else:
+                    continue  # identical duplicate: forward one canonical field
+            elif code == _F_HOST:
+                host_count += 1
+                host = value
+            elif code == _F_TRANSFER_ENCODING:
+                te_count += 1
+                te_value = value
+            elif code == _F_CONNECTION:
+                connection = _connection_tokens(value, connection, status)
+            elif code == _F_UPGRADE:
+                if not upgrade:
+                    upgrade = value.lower()
+            elif code == _F_EXPECT:
+                if value.lower() == "100-continue":
+                    expect_continue = True
+        headers.append((name, value))
+    return (
+        headers,
+        host,
+        host_count,
+        content_length,
+        te_count,
+        te_value,
+        connection,
+        upgrade,
+        expect_continue,
+    )
+
+
+def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
+    """Parse one request head from the start of ``buf``.
+
+    Returns ``(head, consumed)`` or None while the head is incomplete; raises ProtocolError.
+    """
+    end = buf.find(b"\r\n\r\n", 0, max_head)
+    if end < 0:
+        return _incomplete(buf, max_head, 400)
+    head = buf[: end + 4]
+    _check_head_bytes(head, 400)
+    text = head[: end + 2].decode("latin-1")
+
+    # request-line = method SP request-target SP HTTP-version, single SPs (RFC 9112 §3)
+    line_end = text.find("\r\n")
+    sp1 = text.find(" ", 0, line_end)
+    if sp1 <= 0:
+        raise ProtocolError(400, "invalid request line")
+    sp2 = text.find(" ", sp1 + 1, line_end)
+    if sp2 <= sp1 + 1:
+        raise ProtocolError(400, "invalid request line")
+    method = text[:sp1]
+    if method not in _METHODS and head[:sp1].translate(None, _METHOD_BYTES):
+        raise ProtocolError(400, "invalid method")
+    if head[sp1 + 1 : sp2].translate(None, _TARGET_BYTES):
+        raise ProtocolError(400, "invalid request target")
+    target = text[sp1 + 1 : sp2]
+    http_version = text[sp2 + 1 : line_end]
+    if http_version == "HTTP/1.1":
+        version = 11
+    elif http_version == "HTTP/1.0":
+        version = 10
+    elif _VERSION_RE.fullmatch(http_version) is not None:
+        version = 0
+    else:
+        raise ProtocolError(400, "invalid request line")
+
+    (
+        headers,
+        host,
+        host_count,
+        content_length,
+        te_count,
+        te_value,
+        connection,
+        upgrade,
+        expect_continue,
+    ) = _parse_fields(head, text, line_end + 2, max_headers, 400)
+
+    if len(target) > max_uri:
+        raise ProtocolError(414, "uri too long")
+    if version == 0:
+        raise ProtocolError(505, "http version not supported")
+
+    # request-target forms (RFC 9112 §3.2)
+    query = ""
+    url_host = None
+    if "#" in target:
+        raise ProtocolError(400, "fragment in request target")
+    if target[0] == "/":
+        q = target.find("?")
+        if q < 0:
+            path = target
+        else:
+            path = target[:q]
+            query = target[q + 1 :]
+        if method == "CONNECT":
+            raise ProtocolError(400, "CONNECT needs authority-form")
+    elif method == "CONNECT":
+        if _AUTHORITY_FORM_RE.fullmatch(target) is None:
+            raise ProtocolError(400, "invalid CONNECT target")
+        path = target
+    elif target == "*":
+        if method != "OPTIONS":
+            raise ProtocolError(400, "asterisk-form is only for OPTIONS")
+        path = "*"
+    else:
+        a = _ABSOLUTE_FORM_RE.fullmatch(target)
+        if a is None:
+            raise ProtocolError(400, "invalid request target")
+        scheme = a.group(1).lower()
+        if scheme != "http" and scheme != "https":
+            raise ProtocolError(400, "unsupported scheme in request target")
+        url_host = a.group(2)
+        if not url_host or "@" in url_host or _HOST_RE.fullmatch(url_host) is None:
+            raise ProtocolError(400, "invalid authority in request target")
+        path = a.group(3) or "/"
+        if a.group(4) is not None:
+            query = a.group(4)
+
+    if host_count > 1:
+        raise ProtocolError(400, "duplicate host")
+    if host_count == 0:
+        if version == 11:
+            raise ProtocolError(400, "missing host")
+    elif _HOST_RE.fullmatch(host) is None:
+        raise ProtocolError(400, "invalid host")
+    if url_host is not None:
+        host = url_host  # RFC 9112 §3.2.2: the target's authority wins
+
+    chunked = False
+    if te_count:
+        if te_count > 1 or te_value.lower() != "chunked":
+            raise ProtocolError(501, "unsupported transfer-encoding")
+        if version == 10:
+            raise ProtocolError(400, "transfer-encoding on HTTP/1.0")
+        if content_length != -1:
+            raise ProtocolError(400, "content-length with transfer-encoding")
+        chunked = True
+
+    if version == 11:
+        keep_alive = "close" not in connection
+    else:
+        keep_alive = "keep-alive" in connection and "close" not in connection
+    if upgrade and "upgrade" not in connection:
+        upgrade = ""
+
+    req = RequestHead.__new__(RequestHead)
+    req.method = method
+    req.target = target
+    req.path = path
+    req.query = query
+    req.version = version
+    req.headers = headers
+    req.host = host
+    req.content_length = content_length
+    req.chunked = chunked
+    req.keep_alive = keep_alive
+    req.upgrade = upgrade
+    req.expect_continue = expect_continue
+    req.connection = connection
+    return req, end + 4
+
+
+def parse_response_head(buf, max_head=61440, max_headers=100):
+    """Parse one response head (1xx included); every problem is ProtocolError(502)."""
+    end = buf.find(b"\r\n\r\n", 0, max_head)
+    if end < 0:
+        return _incomplete(buf, max_head, 502)
+    head = buf[: end + 4]
+    _check_head_bytes(head, 502)
+    text = head[: end + 2].decode("latin-1")
+
+    # status-line = HTTP-version SP 3DIGIT SP [ reason-phrase ]; the second SP is often missing
+    line_end = text.find("\r\n")
+    http_version = text[:8]
+    if http_version == "HTTP/1.1":
+        version = 11
+    elif http_version == "HTTP/1.0":
+        version = 10
+    else:
+        raise ProtocolError(502, "invalid status line")
+    if line_end < 12 or text[8] != " " or head[9:12].translate(None, _DIGIT_BYTES):
+        raise ProtocolError(502, "invalid status line")
+    if line_end == 12:
+        reason = ""
+    elif text[12] == " ":
+        reason = text[13:line_end]
+    else:
+        raise ProtocolError(502, "invalid status line")
+    status = int(text[9:12])
+    if status < 100:
+        raise ProtocolError(502, "invalid status code")
+
+    (
+        headers,
+        _host,
+        _host_count,
+        content_length,
+        te_count,
+        te_value,
+        connection,
+        _upgrade,
+        _expect,
+    ) = _parse_fields(head, text, line_end + 2, max_headers, 502)
+
+    chunked = False
+    if te_count:
+        if te_count > 1 or te_value.lower() != "chunked":
+            raise ProtocolError(502, "unsupported transfer-encoding")
+        if version == 10:
+            raise ProtocolError(502, "transfer-encoding on HTTP/1.0")
+        if content_length != -1:
+            raise ProtocolError(502, "content-length with transfer-encoding")
+        chunked = True
+    if version == 11:
+        keep_alive = "close" not in connection
+    else:
+        keep_alive = "keep-alive" in connection and "close" not in connection
+
+    resp = ResponseHead.__new__(ResponseHead)
+    resp.status = status
+    resp.reason = reason
+    resp.version = version
+    resp.headers = headers
+    resp.content_length = content_length
+    resp.chunked = chunked
+    resp.keep_alive = keep_alive
+    resp.connection = connection
+    return resp, end + 4
+
+
+def response_body_mode(head, request_method):
+    """How the body of a response to ``request_method`` is delimited: ``(MODE_*, length)``."""
+    status = head.status
+    if (
+        request_method == "HEAD"
+        or status < 200
+        or status == 204
+        or status == 304
+        or (request_method == "CONNECT" and status < 300)
+    ):
+        return MODE_NONE, 0
+    if head.chunked:
+        return MODE_CHUNKED, -1
+    if head.content_length >= 0:
+        return MODE_LENGTH, head.content_length
+    return MODE_CLOSE, -1
+
+
+# ChunkedDecoder states
+_SIZE = 0
+_DATA = 1
+_DATA_CRLF = 2
+_TRAILER = 3
+_DONE = 4
+
+
+class ChunkedDecoder:
+    """Incremental chunked-body decoder (RFC 9112 §7.1): bytes in, body pieces out."""
+
+    __slots__ = ("done", "trailers", "unused", "_state", "_remaining", "_buf", "_max_trailer")
+
+    def __init__(self, max_trailer_size=16384):
+        self.done = False
+        self.trailers = []
+        self.unused = b""
+        self._state = _SIZE
+        self._remaining = 0
+        self._buf = b""
+        self._max_trailer = max_trailer_size
+
+    def feed(self, data):
+        """Decode ``data``; returns the body pieces it completes (possibly none)."""
+        out = []
+        if self._state == _DONE:
+            if data:
+                self.unused += bytes(data)
+            return out
+        if self._buf:
+            buf = self._buf + bytes(data)
+            self._buf = b""
+        else:
+            buf = bytes(data)
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            state = self._state
+            if state == _DATA:
+                take = n - pos
+                if self._remaining <= take:
+                    take = self._remaining
+                    self._state = _DATA_CRLF
+                out.append(buf[pos : pos + take])
+                self._remaining -= take
+                pos += take
+            elif state == _DATA_CRLF:
+                if buf[pos] != 13:
+                    raise ProtocolError(400, "chunk data not followed by CRLF")
+                if pos + 1 == n:
+                    self._buf = b"\r"
+                    break
+                if buf[pos + 1] != 10:
+                    raise ProtocolError(400, "chunk data not followed by CRLF")
+                pos += 2
+                self._state = _SIZE
+            elif state == _SIZE:
+                i = buf.find(b"\r\n", pos)
+                if i < 0:
+                    self._stash_line(buf, pos, n, _MAX_CHUNK_LINE)
+                    break
+                if i - pos > _MAX_CHUNK_LINE:
+                    raise ProtocolError(400, "chunk line too long")
+                m = _CHUNK_LINE_RE.fullmatch(buf, pos, i)
+                if m is None:
+                    raise ProtocolError(400, "invalid chunk line")
+                size = int(m.group(1), 16)
+                pos = i + 2
+                if size == 0:
+                    self._state = _TRAILER
+                else:
+                    self._remaining = size
+                    self._state = _DATA
+            else:  # _TRAILER
+                if buf[pos] == 13 and pos + 1 < n and buf[pos + 1] == 10:
+                    self._finish(buf, pos + 2, [])
+                    break
+                i = buf.find(b"\r\n\r\n", pos)
+                if i < 0:
+                    self._stash_line(buf, pos, n, self._max_trailer)
+                    break
+                if i + 2 - pos > self._max_trailer:
+                    raise ProtocolError(400, "trailer section too large")
+                trailers = _parse_trailers(buf[pos : i + 2].decode("latin-1"))
+                self._finish(buf, i + 4, trailers)
+                break
+        return out
+
+    def _stash_line(self, buf, pos, n, limit):
+        """Keep an incomplete line for the next feed, failing early on what can never parse."""
+        rest = buf[pos:n]
+        if len(rest) > limit + 1:  # the final line is at least len(rest) - 1 (CR may end rest)
+            raise ProtocolError(400, "chunk line or trailer section too large")
+        crlf = rest.count(b"\r\n")
+        if rest.count(b"\n") != crlf:
+            raise ProtocolError(400, "bare LF in chunked framing")
+        cr = rest.count(b"\r")
+        if rest[len(rest) - 1] == 13:
+            cr -= 1
+        if cr != crlf:
+            raise ProtocolError(400, "bare CR in chunked framing")
+        self._buf = rest
+
+    def _finish(self, buf, pos, trailers):
+        self.trailers = trailers
+        self.unused = buf[pos:]
+        self.done = True
+        self._state = _DONE
+
+
+def _parse_trailers(text):
+    """A trailer section (each line ending CRLF) parsed with the header grammar."""
+    pairs = _FIELD_RE.findall(text)
+    trailers = []
+    covered = 0
+    for name, value in pairs:
+        covered += len(name) + len(value) + 3
+        trailers.append((name.lower(), value.strip(" \t")))
+    if covered != len(text):
+        raise ProtocolError(400, "invalid trailer line")
+    return trailers
+
+
+def encode_chunk(data):
+    """One chunk of ``data``; empty data encodes to nothing (an empty chunk would end the body)."""
+    if not data:
+        return b""
+    return b"%x\r\n" % len(data) + bytes(data) + b"\r\n"
+
+
+def encode_last_chunk(trailers=None):
+    """The last-chunk and trailer section."""
+    if not trailers:
+        return b"0\r\n\r\n"
+    parts = [b"0\r\n"]
+    for name, value in trailers:
+        if _TOKEN_RE.fullmatch(name) is None or _VALUE_RE.fullmatch(value) is None:
+            raise ValueError(f"invalid trailer field {name!r}")
+        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    parts.append(b"\r\n")
+    return b"".join(parts)
