@@ -1,0 +1,2 @@
+"""The control plane's CA service: join tokens and the certificate-signing API on top of
+:mod:`certs`."""
