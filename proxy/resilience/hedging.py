@@ -93,7 +93,7 @@ class HedgePolicy:
         if isinstance(max_hedges, bool) or not isinstance(max_hedges, int) or max_hedges < 0:
             raise ValueError(f"hedging.maxHedges: expected an integer >= 0, got {max_hedges!r}")
         if isinstance(delay, str) and (m := _QUANTILE.fullmatch(delay.strip())):
-            q = float(m.group(1)) / 100.0
+            q = round(float(m.group(1)) / 100.0, 9)
             if not 0.0 < q < 1.0:
                 raise ValueError(f"hedging.delay: quantile out of range in {delay!r}")
             return cls(quantile=q, fixed_delay=None, max_hedges=max_hedges)

@@ -137,20 +137,17 @@ class OutlierDetector:
         if not (is_5xx or is_gw):
             h.c5xx = h.cgw = 0
             return
-        if is_5xx:
-            h.c5xx += 1
-            if self.consecutive_5xx and h.c5xx >= self.consecutive_5xx:
-                h.c5xx = 0
-                self._try_eject(h, now)
-        else:
+        h.c5xx = h.c5xx + 1 if is_5xx else 0
+        h.cgw = h.cgw + 1 if is_gw else 0
+        trip = False
+        if self.consecutive_5xx and h.c5xx >= self.consecutive_5xx:
             h.c5xx = 0
-        if is_gw:
-            h.cgw += 1
-            if self.consecutive_gateway and h.cgw >= self.consecutive_gateway:
-                h.cgw = 0
-                self._try_eject(h, now)
-        else:
+            trip = True
+        if self.consecutive_gateway and h.cgw >= self.consecutive_gateway:
             h.cgw = 0
+            trip = True
+        if trip:
+            self._try_eject(h, now)
 
     def _try_eject(self, h: _Host, now: float) -> None:
         if h.ejected:

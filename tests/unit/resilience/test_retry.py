@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import random
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import pytest
 from hypothesis import given
@@ -16,7 +16,7 @@ from proxy.resilience.retry import (
     retry_after_delay,
 )
 
-O = Outcome
+O = Outcome  # noqa: E741  (short name keeps the tables readable)
 
 
 def pol(retry_on: str, attempts: int = 3, opt_in: bool = True) -> RetryPolicy:
