@@ -1,0 +1,471 @@
+"""The sidecar's identity: obtains an X.509-SVID from the control plane, keeps it renewed,
+and hands out the SSL contexts built from the current one.
+
+First contact (kubeadm-style discovery): the trust bundle is fetched over an UNVERIFIED
+connection, and only the roots whose SubjectPublicKeyInfo sha256 equals the join token's CA
+pin are kept. The CSR then goes over a connection verified against those roots alone, to a
+server that must present the control plane's SPIFFE ID, with the token as bearer credential.
+The bundle in that authenticated answer becomes the trust bundle. Renewals authenticate with
+the current certificate (mTLS) and verify the server against the current bundle.
+
+The private key is generated here and never leaves the process (and ``state_dir``, 0600).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography import x509
+
+from certs import keys, tls
+from certs.authority import CLOCK_SKEW_GRACE
+from certs.csr import build_csr
+from certs.join_token import InvalidToken, JoinToken
+from certs.rotation import cert_times, renew_at, rfc3339
+from certs.spiffe import SpiffeId
+from certs.verify import InvalidSvid, verify_svid
+
+_log = logging.getLogger("meshlet.identity")
+
+KEY_FILE = "key.pem"
+CHAIN_FILE = "cert-chain.pem"
+BUNDLE_FILE = "root-cert.pem"
+REQUEST_TIMEOUT = 10.0
+
+
+class IdentityError(Exception):
+    """Obtaining or checking an identity failed. ``permanent`` errors are not worth retrying
+    (bad token, CA pin mismatch, refused by the CA)."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """One certificate with everything built from it; replaced whole, never mutated."""
+
+    chain_pem: bytes
+    key_pem: bytes
+    bundle_pem: bytes
+    leaf: x509.Certificate
+    spiffe_id: SpiffeId
+    obtained_at: float
+    server_ctx: ssl.SSLContext
+    client_ctx: ssl.SSLContext
+
+
+def _build(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes, obtained_at: float) -> _Identity:
+    leaf = keys.load_certificates(chain_pem)[0]
+    try:
+        sid = verify_svid(chain_pem, bundle_pem)
+    except InvalidSvid as exc:
+        raise IdentityError(f"certificate does not verify against the bundle: {exc}") from None
+    if not keys.same_public_key(leaf.public_key(), keys.load_private_key(key_pem).public_key()):
+        raise IdentityError("certificate does not match the private key", permanent=True)
+    return _Identity(
+        chain_pem,
+        key_pem,
+        bundle_pem,
+        leaf,
+        sid,
+        obtained_at,
+        tls.server_context(chain_pem, key_pem, bundle_pem, require_client_cert=True),
+        tls.client_context(chain_pem, key_pem, bundle_pem),
+    )
+
+
+class _ControlPlaneConnector(aiohttp.TCPConnector):
+    """Refuses, before any request byte is sent, a server that is not the control plane.
+
+    The chain is verified by OpenSSL against the given roots; this adds the SPIFFE ID check
+    (any workload's certificate chains to the same roots, and must not be able to pose as the
+    control plane and collect join tokens or hand out a bogus bundle).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext, trust_domain: str | None) -> None:
+        super().__init__(ssl=ssl_context, force_close=True)
+        self._trust_domain = trust_domain
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        proto = await super()._create_connection(req, traces, timeout)
+        transport = proto.transport
+        peer = tls.peer_spiffe_id(transport.get_extra_info("ssl_object") if transport else None)
+        ok = peer is not None and peer.is_control_plane
+        if ok and self._trust_domain is not None:
+            ok = peer is not None and peer.member_of(self._trust_domain)
+        if not ok:
+            if transport is not None:
+                transport.close()
+            raise aiohttp.ClientConnectionError(f"server is not the control plane (it is {peer})")
+        return proto
+
+
+class IdentityManager:
+    """Keeps the sidecar's certificate valid and its SSL contexts current.
+
+    ``clock`` is wall-clock time (certificate validity is wall-clock); renewal waits are
+    computed from it. Contexts are rebuilt on each renewal: connections already established
+    keep the context (and certificate) they were made with.
+    """
+
+    def __init__(
+        self,
+        control_plane_url: str | None,
+        join_token: str | None,
+        service: str,
+        namespace: str = "default",
+        state_dir: str | os.PathLike[str] | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        rng: Callable[[], float] = random.random,
+        ttl_seconds: int = 0,
+        min_retry: float = 1.0,
+        max_retry: float = 60.0,
+    ) -> None:
+        self._url = control_plane_url.rstrip("/") if control_plane_url else None
+        self._token = JoinToken.parse(join_token) if join_token else None
+        self.service = service
+        self.namespace = namespace
+        self._state_dir = Path(state_dir) if state_dir is not None else None
+        self._clock = clock
+        self._rng = rng
+        self._ttl = ttl_seconds
+        self._min_retry = min_retry
+        self._max_retry = max_retry
+        self._current: _Identity | None = None
+        self._renew_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._static = False
+        self.last_renewal_error: str | None = None
+        self.renewals = 0
+        #: Called with the manager after every new certificate (first one included).
+        self.on_change: list[Callable[[IdentityManager], object]] = []
+
+    # -- static mode ----------------------------------------------------------------------
+
+    @classmethod
+    def from_files(
+        cls,
+        cert: str | os.PathLike[str],
+        key: str | os.PathLike[str],
+        bundle: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> IdentityManager:
+        """A fixed identity from PEM files (standalone sidecar): verified now, never renewed."""
+        chain_pem = Path(cert).read_bytes()
+        ident = _build(chain_pem, Path(key).read_bytes(), Path(bundle).read_bytes(), clock())
+        sid = ident.spiffe_id
+        self = cls(None, None, sid.service_account or "", sid.namespace or "", clock=clock)
+        self._current = ident
+        self._static = True
+        return self
+
+    # -- public surface -------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    def _cur(self) -> _Identity:
+        if self._current is None:
+            raise IdentityError("no certificate yet")
+        return self._current
+
+    def server_context(self) -> ssl.SSLContext:
+        """The inbound mTLS context for the current certificate (client cert required)."""
+        return self._cur().server_ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        """The outbound mTLS context for the current certificate."""
+        return self._cur().client_ctx
+
+    @property
+    def spiffe_id(self) -> SpiffeId | None:
+        return self._current.spiffe_id if self._current else None
+
+    @property
+    def serial(self) -> str | None:
+        return format(self._current.leaf.serial_number, "x") if self._current else None
+
+    @property
+    def not_before(self) -> float | None:
+        return cert_times(self._current.leaf)[0] if self._current else None
+
+    @property
+    def not_after(self) -> float | None:
+        return cert_times(self._current.leaf)[1] if self._current else None
+
+    @property
+    def trust_bundle_pem(self) -> bytes | None:
+        return self._current.bundle_pem if self._current else None
+
+    @property
+    def bundle_fingerprints(self) -> list[str]:
+        if self._current is None:
+            return []
+        return [keys.cert_fingerprint(c) for c in keys.load_certificates(self._current.bundle_pem)]
+
+    @property
+    def next_renewal(self) -> float | None:
+        return None if self._static else self._renew_at
+
+    def status(self) -> dict[str, Any]:
+        """What the admin ``/certs`` endpoint shows."""
+        cur = self._current
+        if cur is None:
+            return {
+                "spiffe_id": None,
+                "serial": None,
+                "not_before": None,
+                "not_after": None,
+                "trust_bundle_fingerprints": [],
+                "seconds_to_expiry": None,
+                "last_renewal_error": self.last_renewal_error,
+            }
+        nb, na = cert_times(cur.leaf)
+        return {
+            "spiffe_id": str(cur.spiffe_id),
+            "serial": format(cur.leaf.serial_number, "x"),
+            "not_before": rfc3339(nb),
+            "not_after": rfc3339(na),
+            "trust_bundle_fingerprints": self.bundle_fingerprints,
+            "seconds_to_expiry": round(na - self._clock(), 3),
+            "next_renewal": rfc3339(self._renew_at)
+            if self._renew_at and not self._static
+            else None,
+            "renewals": self.renewals,
+            "last_renewal_error": self.last_renewal_error,
+        }
+
+    async def start(self) -> None:
+        """Obtain the first certificate (or reuse a valid one from ``state_dir``) and start the
+        renewal loop. Transient failures are retried with back-off; permanent ones raise."""
+        if self._static:
+            return
+        if self._url is None or (self._token is None and not self._load_state()):
+            raise IdentityError("a control plane URL and a join token are needed", permanent=True)
+        if self._current is None and not self._load_state():
+            attempt = 0
+            while True:
+                try:
+                    await self._first_contact()
+                    break
+                except IdentityError as exc:
+                    if exc.permanent:
+                        raise
+                    self._note_failure(exc)
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    self._note_failure(exc)
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1
+        self._task = asyncio.get_running_loop().create_task(
+            self._renew_loop(), name=f"identity-renewal-{self.service}"
+        )
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def renew_now(self) -> None:
+        """Renew immediately (operator action, tests); raises on failure."""
+        await self._renew()
+
+    # -- obtaining certificates -----------------------------------------------------------
+
+    def _expected(self, sid: SpiffeId) -> bool:
+        return sid.namespace == self.namespace and sid.service_account == self.service
+
+    async def _first_contact(self) -> None:
+        assert self._token is not None and self._url is not None
+        pin = self._token.ca_pin
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    ssl=tls.unverified_client_context(), force_close=True
+                ),
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+            ) as session,
+            session.get(f"{self._url}/v1/trust-bundle") as resp,
+        ):
+            if resp.status != 200:
+                raise IdentityError(f"trust bundle fetch: HTTP {resp.status}")
+            unverified = await resp.read()
+        try:
+            roots = keys.load_certificates(unverified)
+        except ValueError:
+            raise IdentityError("control plane sent no trust bundle") from None
+        pinned = [r for r in roots if keys.spki_sha256(r.public_key()) == pin]
+        if not pinned:
+            raise IdentityError(
+                "no root in the control plane's trust bundle matches the join token's CA pin",
+                permanent=True,
+            )
+        ctx = tls.client_context(None, None, keys.certificates_to_pem(pinned), alpn=tls.HTTP11_ALPN)
+        await self._certify(ctx, None, {"Authorization": f"Bearer {self._token}"})
+
+    async def _renew(self) -> None:
+        cur = self._current
+        if cur is None or self._clock() >= cert_times(cur.leaf)[1]:
+            # Nothing valid to authenticate with: fall back to the join token, if any.
+            if self._token is None:
+                raise IdentityError("certificate expired and no join token to start over")
+            await self._first_contact()
+            return
+        ctx = tls.client_context(cur.chain_pem, cur.key_pem, cur.bundle_pem, alpn=tls.HTTP11_ALPN)
+        await self._certify(ctx, cur.spiffe_id.trust_domain, {})
+
+    async def _certify(
+        self, ctx: ssl.SSLContext, trust_domain: str | None, headers: dict[str, str]
+    ) -> None:
+        assert self._url is not None
+        key = keys.generate_private_key()
+        key_pem = keys.private_key_to_pem(key)
+        # The CSR's SAN is informational: the CA takes the identity from our credentials.
+        td = trust_domain or "cluster.local"
+        csr = build_csr(key, SpiffeId.for_workload(td, self.namespace, self.service))
+        body: dict[str, Any] = {"csr": csr.decode()}
+        if self._ttl > 0:
+            body["ttl_seconds"] = self._ttl
+        async with (
+            aiohttp.ClientSession(
+                connector=_ControlPlaneConnector(ctx, trust_domain),
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+            ) as session,
+            session.post(f"{self._url}/v1/certify", json=body, headers=headers) as resp,
+        ):
+            raw = await resp.read()
+            if resp.status != 200:
+                try:
+                    msg = json.loads(raw)["error"]
+                except (ValueError, KeyError, TypeError):
+                    msg = raw[:200].decode(errors="replace")
+                raise IdentityError(
+                    f"control plane refused: HTTP {resp.status}: {msg}",
+                    permanent=400 <= resp.status < 500,
+                )
+        try:
+            answer = json.loads(raw)
+            chain_pem = answer["certificate_chain"].encode()
+            bundle_pem = answer["trust_bundle"].encode()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise IdentityError("malformed answer from the control plane") from None
+        ident = _build(chain_pem, key_pem, bundle_pem, self._clock())
+        if not self._expected(ident.spiffe_id):
+            raise IdentityError(f"control plane issued {ident.spiffe_id}", permanent=True)
+        if trust_domain is not None and not ident.spiffe_id.member_of(trust_domain):
+            raise IdentityError(f"trust domain changed to {ident.spiffe_id.trust_domain}")
+        self._install(ident)
+
+    def _install(self, ident: _Identity) -> None:
+        previous = self._current
+        self._current = ident
+        nb, na = cert_times(ident.leaf)
+        # Lifetime runs from when we got it, not from the backdated NotBefore (Istio does the
+        # same), else short certificates would renew far too early.
+        self._renew_at = renew_at(max(nb, min(ident.obtained_at, na)), na, self._rng)
+        self.last_renewal_error = None
+        if previous is not None:
+            self.renewals += 1
+        self._save_state(ident)
+        _log.info(
+            "identity %s serial %x valid until %s, renewing at %s",
+            ident.spiffe_id,
+            ident.leaf.serial_number,
+            rfc3339(na),
+            rfc3339(self._renew_at),
+        )
+        for cb in list(self.on_change):
+            try:
+                cb(self)
+            except Exception:
+                _log.exception("identity on_change callback failed")
+
+    def _note_failure(self, exc: BaseException) -> None:
+        self.last_renewal_error = f"{type(exc).__name__}: {exc}"
+        _log.warning("identity: %s", self.last_renewal_error)
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential with "equal jitter": never below half the step, so retries stay spread.
+        step = min(self._max_retry, self._min_retry * (2 ** min(attempt, 30)))
+        return step / 2 + self._rng() * step / 2
+
+    async def _renew_loop(self) -> None:
+        attempt = 0
+        while True:
+            assert self._renew_at is not None
+            await asyncio.sleep(max(self._renew_at - self._clock(), 0.0))
+            try:
+                await self._renew()
+                attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Keep serving the current certificate; try again soon.
+                self._note_failure(exc)
+                self._renew_at = self._clock() + self._backoff(attempt)
+                attempt += 1
+
+    # -- state on disk --------------------------------------------------------------------
+
+    def _save_state(self, ident: _Identity) -> None:
+        if self._state_dir is None:
+            return
+        try:
+            keys.make_private_dir(self._state_dir)
+            keys.write_private_file(self._state_dir / KEY_FILE, ident.key_pem)
+            keys.write_file_atomic(self._state_dir / CHAIN_FILE, ident.chain_pem)
+            keys.write_file_atomic(self._state_dir / BUNDLE_FILE, ident.bundle_pem)
+        except OSError:
+            _log.exception("cannot save identity to %s", self._state_dir)
+
+    def _load_state(self) -> bool:
+        """Reuse a certificate saved by a previous run if it still verifies, names this
+        service and has not reached its renewal time; renewal then needs no token."""
+        if self._state_dir is None or self._current is not None:
+            return self._current is not None
+        try:
+            chain = (self._state_dir / CHAIN_FILE).read_bytes()
+            key = (self._state_dir / KEY_FILE).read_bytes()
+            bundle = (self._state_dir / BUNDLE_FILE).read_bytes()
+        except OSError:
+            return False
+        try:
+            # Issued at about NotBefore + the CA's skew allowance.
+            leaf = keys.load_certificates(chain)[0]
+            issued = cert_times(leaf)[0] + CLOCK_SKEW_GRACE
+            ident = _build(chain, key, bundle, issued)
+        except (IdentityError, ValueError) as exc:
+            _log.info("not reusing saved identity: %s", exc)
+            return False
+        if self._token is not None:
+            pins = {keys.spki_sha256(c.public_key()) for c in keys.load_certificates(bundle)}
+            if self._token.ca_pin not in pins:
+                return False
+        if not self._expected(ident.spiffe_id):
+            return False
+        self._install(ident)
+        self.renewals = 0
+        if self._renew_at is not None and self._renew_at <= self._clock():
+            self._renew_at = self._clock()
+        return True
+
+
+__all__ = ["IdentityError", "IdentityManager", "InvalidToken"]
