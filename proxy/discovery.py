@@ -51,6 +51,7 @@ class DiscoveryClient:
         *,
         backoff_base: float = BACKOFF_BASE_S,
         backoff_cap: float = BACKOFF_CAP_S,
+        verify_control_plane_id: bool = True,
     ) -> None:
         base = url.rstrip("/")
         if base.startswith("https://"):
@@ -64,6 +65,9 @@ class DiscoveryClient:
         self.cache_path = cache_path
         self._on_status = on_status
         self._base, self._cap = backoff_base, backoff_cap
+        # Every workload holds a certificate from the same CA: only the control plane's own
+        # SPIFFE ID proves the server is the control plane and not a workload posing as it.
+        self._verify_id = verify_control_plane_id
         self.version = ""  # the last snapshot applied (from the stream or the cache)
         self.connected = False
         self.last_error = ""
@@ -155,6 +159,8 @@ class DiscoveryClient:
         ) as ws:
             self._ws = ws
             try:
+                if ssl_ctx is not None and self._verify_id:
+                    self._check_server_identity(ws)
                 await ws.send_json({**self.registration, "type": "register",
                                     "cached_version": self.version})
                 self.connected = True
@@ -174,6 +180,16 @@ class DiscoveryClient:
                     self.last_error = f"stream closed ({ws.close_code})"
             finally:
                 self._ws = None
+
+    def _check_server_identity(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        from certs.tls import peer_spiffe_id
+
+        sid = peer_spiffe_id(ws.get_extra_info("ssl_object"))
+        if sid is None or not sid.is_control_plane:
+            raise ConnectionError(
+                f"{self.url} is not the meshlet control plane: its certificate names "
+                f"{sid or 'no SPIFFE ID'}"
+            )
 
     async def _on_snapshot(self, ws: aiohttp.ClientWebSocketResponse, msg: dict) -> None:
         version, nonce, snap = str(msg.get("version")), msg.get("nonce"), msg.get("snapshot")

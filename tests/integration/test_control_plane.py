@@ -375,3 +375,44 @@ async def test_stream_without_client_certificate_is_refused(cp, tmp_path):
         assert sc.applied == []
     finally:
         await sc.client.stop()
+
+
+async def test_client_refuses_a_server_that_is_not_the_control_plane(cp, tmp_path):
+    """A workload with a certificate from the same CA cannot pose as the control plane."""
+    from aiohttp import web
+
+    ca = CertificateAuthority.load(cp.data_dir)
+    key = keys.generate_private_key()
+    sid = SpiffeId.for_workload(ca.trust_domain, "default", "evil")
+    chain = ca.sign_serving(key.public_key(), ["127.0.0.1"], 3600, sid)
+    server_ctx = tls.server_context(chain, keys.private_key_to_pem(key), ca.bundle_pem(),
+                                    require_client_cert=False, alpn=tls.HTTP11_ALPN)
+
+    async def stream(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_json({"type": "snapshot", "version": "1-x", "nonce": "1",
+                            "snapshot": {"version": "1-x", "resources": []}})
+        await ws.receive()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    ctx = cp.workload_context("reviews")
+    applied = []
+    client = DiscoveryClient(f"https://127.0.0.1:{port}", lambda: ctx, registration(),
+                             applied.append, str(tmp_path / "c.json"),
+                             backoff_base=0.05, backoff_cap=0.1)
+    client.start()
+    try:
+        await wait_for(lambda: "not the meshlet control plane" in client.last_error)
+        assert "spiffe://cluster.local/ns/default/sa/evil" in client.last_error
+        assert applied == []
+    finally:
+        await client.stop()
+        await runner.cleanup()
