@@ -1,0 +1,47 @@
+"""DiscoveryClient pieces that need no server: back-off, the on-disk cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from proxy.discovery import DiscoveryClient, backoff_delay
+
+
+def test_backoff_full_jitter_capped():
+    assert backoff_delay(0, rand=lambda: 1.0) == 0.5
+    assert backoff_delay(3, rand=lambda: 1.0) == 4.0
+    assert backoff_delay(10, rand=lambda: 1.0) == 30.0
+    assert backoff_delay(1000, rand=lambda: 1.0) == 30.0
+    assert backoff_delay(5, rand=lambda: 0.0) == 0.0
+
+
+def client(tmp_path) -> DiscoveryClient:
+    return DiscoveryClient("https://cp:15012", lambda: None, {"service": "a"}, lambda s: None,
+                           str(tmp_path / "cache.json"))
+
+
+def test_url_forms(tmp_path):
+    assert client(tmp_path).url == "wss://cp:15012/v1/stream"
+    c = DiscoveryClient("http://h:1/", lambda: None, {}, lambda s: None, "x")
+    assert c.url == "ws://h:1/v1/stream"
+
+
+def test_cache_round_trip_private_and_atomic(tmp_path):
+    c = client(tmp_path)
+    assert c.load_cache() is None
+    snap = {"version": "3-abc", "resources": [], "registry": [], "mesh": {}}
+    c._write_cache(snap)
+    path = tmp_path / "cache.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]  # no temp file left
+    fresh = client(tmp_path)
+    assert fresh.load_cache() == snap and fresh.version == "3-abc"
+
+
+def test_corrupt_cache_is_ignored(tmp_path):
+    (tmp_path / "cache.json").write_text("{not json")
+    assert client(tmp_path).load_cache() is None
+    (tmp_path / "cache.json").write_text(json.dumps({"no": "version"}))
+    assert client(tmp_path).load_cache() is None
