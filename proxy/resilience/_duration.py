@@ -1,14 +1,23 @@
 """Parse the duration strings resilience config uses ("60s", "500ms", "1m30s", "0.5s") into seconds.
 
-A local fallback until `control_plane.api.resources` grows a shared `parse_duration`: the
-grammar is Go's `time.ParseDuration` (what Istio and Kubernetes accept), which is a superset of
-protobuf's JSON Duration ("1.5s"). Plain numbers are taken as seconds. Negative durations and
-unknown units raise `ValueError`, so a bad policy is refused at config time, never on a request.
+Strings go to the shared `control_plane.api.resources.parse_duration`, the same code that
+validated the resource, so both sides agree on every value; the local grammar below (Go's
+`time.ParseDuration`, a superset of protobuf's JSON "1.5s") is only a fallback for a tree
+without the control-plane API package. Plain numbers are taken as seconds (handy for code and
+tests; validated resources always carry strings). Negative durations and unknown units raise
+`ValueError` naming the field, so a bad policy is refused at config time, never on a request.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+
+_shared: Callable[[str], float] | None
+try:
+    from control_plane.api.resources import parse_duration as _shared
+except ImportError:  # the sidecar can run from a tree without the API package
+    _shared = None
 
 _UNITS = {
     "h": 3600.0,
@@ -31,6 +40,11 @@ def parse_duration(value: str | float | int | None, field: str = "duration") -> 
         if value < 0:
             raise ValueError(f"{field}: must not be negative, got {value!r}")
         return float(value)
+    if _shared is not None:
+        try:
+            return _shared(value)
+        except ValueError as exc:
+            raise ValueError(f"{field}: {exc}") from None
     text = value.strip()
     if text in ("0", "0s"):
         return 0.0

@@ -120,21 +120,25 @@ class _CountWindow:
         self.size = size
         self.calls = self.failed = self.slow = 0
 
-    def record(self, code: int, now: float) -> None:
-        ring, pos = self._ring, self._pos
+    def record(self, code: int) -> None:
+        pos = self._pos
         if self.calls == self.size:
-            old = ring[pos]
-            self.failed -= old & _FAIL
-            self.slow -= (old & _SLOW) >> 1
+            old = self._ring[pos]
+            if old != code:  # the common steady state (success replacing success) skips this
+                self._ring[pos] = code
+                self.failed += (code & _FAIL) - (old & _FAIL)
+                self.slow += (code >> 1) - (old >> 1)
         else:
             self.calls += 1
-        ring[pos] = code
-        self.failed += code & _FAIL
-        self.slow += (code & _SLOW) >> 1
-        self._pos = pos + 1 if pos + 1 < self.size else 0
+            if code:
+                self._ring[pos] = code
+                self.failed += code & _FAIL
+                self.slow += code >> 1
+        pos += 1
+        self._pos = pos if pos < self.size else 0
 
     def expire(self, now: float) -> None:
-        pass
+        """A count window never expires."""
 
 
 class _TimeWindow:
@@ -168,8 +172,8 @@ class _TimeWindow:
                 self._calls[i] = self._failed[i] = self._slow[i] = 0
         self._sec = sec
 
-    def record(self, code: int, now: float) -> None:
-        self.expire(now)
+    def record(self, code: int) -> None:
+        # The breaker has just called expire(now).
         i = self._sec % self.size
         self._calls[i] += 1
         self.calls += 1
@@ -186,7 +190,7 @@ class CircuitBreaker:
 
     __slots__ = (
         "config", "_clock", "state", "_window", "_min_calls", "_open_until", "_half_open_until",
-        "_permits", "not_permitted", "on_state_change", "_slow_s", "_fr", "_sr",
+        "_permits", "not_permitted", "on_state_change", "_slow_s", "_fr", "_sr", "_timed",
     )
 
     def __init__(
@@ -195,6 +199,7 @@ class CircuitBreaker:
         self.config = config = config or BreakerConfig()
         self._clock = clock
         self._slow_s = config.slow_call_duration_threshold
+        self._timed = False
         self._fr = config.failure_rate_threshold
         self._sr = config.slow_call_rate_threshold
         self.not_permitted = 0
@@ -212,9 +217,11 @@ class CircuitBreaker:
         if c.sliding_window_type == COUNT_BASED:
             self._window = _CountWindow(c.sliding_window_size)
             self._min_calls = min(c.minimum_number_of_calls, c.sliding_window_size)
+            self._timed = False
         else:
             self._window = _TimeWindow(c.sliding_window_size, self._clock())
             self._min_calls = c.minimum_number_of_calls
+            self._timed = True
 
     def _transition(self, new: str) -> None:
         old = self.state
@@ -226,6 +233,7 @@ class CircuitBreaker:
             n = c.permitted_number_of_calls_in_half_open_state
             self._window = _CountWindow(n)
             self._min_calls = min(c.minimum_number_of_calls, n)
+            self._timed = False
             self._permits = n
             w = c.max_wait_duration_in_half_open_state
             self._half_open_until = now + w if w > 0 else float("inf")
@@ -268,21 +276,33 @@ class CircuitBreaker:
         state = self.state
         if state is OPEN:
             return
-        code = (_FAIL if failure else 0) | (_SLOW if duration_s > self._slow_s else 0)
+        if failure:
+            code = 3 if duration_s > self._slow_s else 1
+        elif duration_s > self._slow_s:
+            code = 2
+        else:
+            code = 0
         w = self._window
-        w.record(code, self._clock() if state is CLOSED else 0.0)
+        if self._timed:
+            w.expire(self._clock())
+            w.record(code)
+        else:
+            w.record(code)
+            # A fast success cannot raise either rate of a count window: if the last verdict
+            # (taken at calls - 1 >= minimum) was "below", this one is too.
+            if not code and w.calls > self._min_calls:
+                return
         calls = w.calls
         if calls < self._min_calls:
             return
-        tripped = w.failed * 100.0 >= self._fr * calls or w.slow * 100.0 >= self._sr * calls
-        if tripped:
+        if w.failed * 100.0 >= self._fr * calls or w.slow * 100.0 >= self._sr * calls:
             self._transition(OPEN)
         elif state is HALF_OPEN:
             self._transition(CLOSED)
 
     def _rate(self, part: str) -> float:
         w = self._window
-        if self.state is CLOSED:
+        if self._timed:
             w.expire(self._clock())
         if w.calls < self._min_calls or w.calls == 0:
             return -1.0
@@ -301,7 +321,7 @@ class CircuitBreaker:
     @property
     def buffered_calls(self) -> int:
         """Calls in the current window (the HALF_OPEN probe window while half-open)."""
-        if self.state is CLOSED:
+        if self._timed:
             self._window.expire(self._clock())
         return self._window.calls
 

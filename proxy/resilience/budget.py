@@ -84,35 +84,36 @@ class RetryBudget:
             clock=clock,
         )
 
-    def _advance(self) -> int:
-        """Expire buckets older than ttl; return the current bucket's index."""
-        gen = int(self._clock() / self._width)
+    def _rotate(self, gen: int) -> None:
+        """Expire the buckets that fell out of the window on reaching bucket `gen`."""
         old = self._gen
-        if gen != old:
-            slots = self._slots
-            if gen - old >= _SLOTS or gen < old:
-                slots[:] = [0] * _SLOTS
-                self._sum = 0
-            else:
-                for g in range(old + 1, gen + 1):
-                    i = g % _SLOTS
-                    self._sum -= slots[i]
-                    slots[i] = 0
-            self._gen = gen
-        return gen % _SLOTS
+        slots = self._slots
+        if gen - old >= _SLOTS or gen < old:
+            slots[:] = [0] * _SLOTS
+            self._sum = 0
+        else:
+            for g in range(old + 1, gen + 1):
+                i = g % _SLOTS
+                self._sum -= slots[i]
+                slots[i] = 0
+        self._gen = gen
 
     def deposit(self) -> None:
         """Count one original request."""
-        i = self._advance()
-        self._slots[i] += self._deposit
+        gen = int(self._clock() / self._width)
+        if gen != self._gen:
+            self._rotate(gen)
+        self._slots[gen % _SLOTS] += self._deposit
         self._sum += self._deposit
 
     def try_withdraw(self) -> bool:
         """Take budget for one retry or hedge; False (and `skipped` += 1) when exhausted."""
-        i = self._advance()
+        gen = int(self._clock() / self._width)
+        if gen != self._gen:
+            self._rotate(gen)
         w = self._withdraw
         if self._sum + self._reserve >= w:
-            self._slots[i] -= w
+            self._slots[gen % _SLOTS] -= w
             self._sum -= w
             self.withdrawn += 1
             return True
@@ -122,5 +123,7 @@ class RetryBudget:
     @property
     def available(self) -> int:
         """Whole retries the budget would grant right now (for /clusters and metrics)."""
-        self._advance()
+        gen = int(self._clock() / self._width)
+        if gen != self._gen:
+            self._rotate(gen)
         return max(0, (self._sum + self._reserve) // self._withdraw)

@@ -84,6 +84,7 @@ class Outcome(IntEnum):
 
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_IDEMPOTENT = IDEMPOTENT_METHODS
 
 GRPC_TOKENS = {
     "cancelled": 1,
@@ -124,6 +125,7 @@ _OUTCOME_TOKENS: tuple[frozenset[str], ...] = (
     frozenset(),  # RESPONSE: decided by status
     frozenset(),  # LOCAL_OVERLOAD: never
 )
+_RESPONSE = int(Outcome.RESPONSE)  # a plain int: enum attribute look-ups are slow
 _MAX_SHIFT = 40  # 2**40 * base exceeds any sane cap: stop growing there
 
 
@@ -290,7 +292,7 @@ class RetryPolicy:
         """
         if response_started or attempt > self.attempts:
             return False
-        if outcome == Outcome.RESPONSE:
+        if outcome == _RESPONSE:
             if ratelimited:
                 if not self._ratelimited:
                     return False
@@ -302,7 +304,7 @@ class RetryPolicy:
             return False
         elif _UNSENT[outcome]:
             return True
-        return self.allow_non_idempotent or idempotency_key or method in IDEMPOTENT_METHODS
+        return self.allow_non_idempotent or idempotency_key or method in _IDEMPOTENT
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before retry number `attempt` (1-based): uniform in
