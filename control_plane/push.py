@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 from collections.abc import Callable
 
@@ -56,6 +57,7 @@ class PushHub:
         self.registry = registry
         self.streams: dict[str, Stream] = {}
         self.current: dict | None = None
+        self._encoded = ""
         self._nonces = itertools.count(1)
         self._dirty = False
         self._tasks: set[asyncio.Task] = set()
@@ -65,7 +67,11 @@ class PushHub:
     # -- snapshot --------------------------------------------------------------------------
     def rebuild(self) -> dict:
         revision, resources = self.store.snapshot()
-        self.current = snapshot_mod.build(revision, resources, self.registry.all())
+        snap = snapshot_mod.build(revision, resources, self.registry.all())
+        if self.current is None or snap["version"] != self.current["version"]:
+            self.current = snap
+            # Encoded once, not once per sidecar.
+            self._encoded = json.dumps(snap, separators=(",", ":"))
         return self.current
 
     def mark_dirty(self) -> None:
@@ -91,8 +97,8 @@ class PushHub:
     async def push_all(self) -> None:
         self._dirty = False
         snap = self.rebuild()
-        for stream in list(self.streams.values()):
-            await self._send(stream, snap)
+        # Sends run concurrently: one slow sidecar does not hold back the others.
+        await asyncio.gather(*(self._send(s, snap) for s in list(self.streams.values())))
 
     async def _send(self, stream: Stream, snap: dict) -> None:
         if stream.sent_version == snap["version"] or stream.ws.closed:
@@ -101,9 +107,8 @@ class PushHub:
         stream.sent_version, stream.nonce = snap["version"], nonce
         self.registry.sent(stream.reg.node_id, snap["version"])
         try:
-            await stream.ws.send_json(
-                {"type": "snapshot", "version": snap["version"], "nonce": nonce, "snapshot": snap}
-            )
+            head = json.dumps({"type": "snapshot", "version": snap["version"], "nonce": nonce})
+            await stream.ws.send_str(f'{head[:-1]},"snapshot":{self._encoded}}}')
         except (ConnectionError, RuntimeError) as e:
             log.debug("send to %s failed: %s", stream.reg.node_id, e)
 

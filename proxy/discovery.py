@@ -152,10 +152,8 @@ class DiscoveryClient:
 
     async def _session(self) -> None:
         ssl_ctx = self._ssl_factory()
-        timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0)
         async with aiohttp.ClientSession() as session, session.ws_connect(
             self.url, ssl=ssl_ctx if ssl_ctx is not None else False, heartbeat=15.0,
-            timeout=timeout,
         ) as ws:
             self._ws = ws
             try:
@@ -210,7 +208,8 @@ class DiscoveryClient:
             self._status("nacked", version=version, error=error)
             return
         self.version = version
-        self._write_cache(snap)
+        # fsync off the loop: the sidecar's data path shares it.
+        await asyncio.to_thread(self._write_cache, snap)
         await ws.send_json({"type": "ack", "version": version, "nonce": nonce})
         self._status("acked", version=version)
 

@@ -416,3 +416,40 @@ async def test_client_refuses_a_server_that_is_not_the_control_plane(cp, tmp_pat
     finally:
         await client.stop()
         await runner.cleanup()
+
+
+@pytest.mark.slow
+async def test_apply_to_last_ack_with_twenty_sidecars(cp, tmp_path):
+    """Measures apply -> last ACK with 20 sidecars (reported in docs/operator-api.md)."""
+    cars = [Sidecar(cp, tmp_path, node=f"reviews-{i}") for i in range(20)]
+    acked_at: dict[str, float] = {}
+    for sc in cars:
+        node = sc.client.registration["node"]
+        sc.client._on_status = (lambda n: lambda ev: ev["event"] == "acked"
+                                and acked_at.__setitem__(n, time.time()))(node)
+        sc.client.start()
+    try:
+        async def all_synced():
+            _, body = await cp.call("GET", "/v1/proxies")
+            ps = body["proxies"]
+            return len(ps) == 20 and all(p["acked_version"] == body["snapshot_version"]
+                                         for p in ps)
+
+        await wait_for(all_synced, timeout=20, what="20 sidecars synced")
+        samples, posted = [], []
+        for subset in ("v1", "v2", "v1", "v2", "v1"):
+            acked_at.clear()
+            t0 = time.time()
+            status, _ = await cp.call("POST", "/v1/resources", json={"files": [
+                {"source": "r.yaml", "text": VS.format(subset=subset)}]})
+            assert status == 200
+            posted.append(time.time() - t0)
+            await wait_for(lambda: len(acked_at) == 20, timeout=5, what="20 ACKs")
+            samples.append(max(acked_at.values()) - t0)
+        samples.sort()
+        print(f"\napply -> last of 20 ACKs: median {samples[2] * 1000:.1f} ms, "
+              f"max {samples[-1] * 1000:.1f} ms (the apply request itself: median "
+              f"{sorted(posted)[2] * 1000:.1f} ms)")
+        assert samples[-1] < 1.0
+    finally:
+        await asyncio.gather(*(sc.client.stop() for sc in cars))
