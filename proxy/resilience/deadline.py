@@ -96,6 +96,19 @@ def format_timeout_ms(seconds: float) -> str:
     return str(max(1, math.ceil(round(seconds * 1000.0, 6))))
 
 
+def incoming_deadline(grpc_timeout: str | None, expected_rq_timeout_ms: str | None) -> float | None:
+    """The downstream deadline in seconds: the smaller of a valid `grpc-timeout` and
+    `x-envoy-expected-rq-timeout-ms` (a "0" there means the caller's deadline has passed);
+    None when neither header is present and valid."""
+    g = parse_grpc_timeout(grpc_timeout) if grpc_timeout else None
+    e = parse_expected_timeout_ms(expected_rq_timeout_ms)
+    if g is None:
+        return e
+    if e is None or g < e:
+        return g
+    return e
+
+
 def effective_timeout(
     route_timeout_s: float | None,
     downstream_deadline_s: float | None,

@@ -238,23 +238,31 @@ class RetryPolicy:
         retry_on: str | None = None,
         retry_grpc_on: str | None = None,
         max_retries: str | None = None,
+        retriable_status_codes: str | None = None,
     ) -> RetryPolicy:
         """Envoy's per-request overrides from the app (`x-envoy-retry-on`,
-        `x-envoy-retry-grpc-on`, `x-envoy-max-retries`): conditions are OR-ed with the route's;
-        a policy with no retries gets 1 retry; `max-retries` applies only if some condition is
-        active. Unknown tokens in headers are ignored, not errors. Allocates only when a
-        header is present; honour these only from the local app (they are "internal" headers).
+        `x-envoy-retry-grpc-on`, `x-envoy-max-retries`, `x-envoy-retriable-status-codes`):
+        conditions are OR-ed with the route's; a policy with no retries gets 1 retry;
+        `max-retries` applies only if some condition is active; extra status codes take effect
+        with `retriable-status-codes`. Unknown tokens in headers are ignored, not errors.
+        Allocates only when a header is present; honour these only from the local app (they
+        are "internal" headers) and strip them before forwarding.
         """
-        if retry_on is None and retry_grpc_on is None and max_retries is None:
+        if (retry_on is None and retry_grpc_on is None and max_retries is None
+                and retriable_status_codes is None):
             return self
         extra: set[str] = set()
         codes = set(self.retriable_status_codes)
+        for raw in (retriable_status_codes or "").split(","):
+            tok = raw.strip()
+            if tok.isascii() and tok.isdigit() and 100 <= int(tok) <= 599:
+                codes.add(int(tok))
         for value in (retry_on, retry_grpc_on):
             for raw in (value or "").split(","):
                 tok = raw.strip()
                 if tok in KNOWN_TOKENS:
                     extra.add(tok)
-                elif tok.isdigit() and 100 <= int(tok) <= 599:
+                elif tok.isascii() and tok.isdigit() and 100 <= int(tok) <= 599:
                     codes.add(int(tok))
                     extra.add("retriable-status-codes")
         tokens = self.retry_on | extra

@@ -10,6 +10,7 @@ from proxy.resilience.deadline import (
     effective_timeout,
     format_grpc_timeout,
     format_timeout_ms,
+    incoming_deadline,
     parse_expected_timeout_ms,
     parse_grpc_timeout,
     per_try_timeout,
@@ -154,3 +155,20 @@ def test_per_try_timeout(per_try, global_, expected) -> None:
 )
 def test_attempt_timeout(per_try, remaining, hedging, expected) -> None:
     assert attempt_timeout(per_try, remaining, hedging) == expected
+
+
+@pytest.mark.parametrize(
+    ("grpc", "expected_ms", "result"),
+    [
+        (None, None, None),
+        ("2S", None, 2.0),
+        (None, "1500", 1.5),
+        ("2S", "1500", 1.5),
+        ("1S", "1500", 1.0),
+        ("bogus", "1500", 1.5),  # an invalid header is ignored, not fatal
+        ("2S", "x", 2.0),
+        (None, "0", 0.0),
+    ],
+)
+def test_incoming_deadline(grpc, expected_ms, result) -> None:
+    assert incoming_deadline(grpc, expected_ms) == result

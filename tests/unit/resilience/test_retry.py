@@ -291,3 +291,14 @@ def test_retry_after_delay(value: str | None, expected: float | None) -> None:
 
 def test_retry_after_custom_cap() -> None:
     assert retry_after_delay("10", NOW, cap=2.5) == 2.5
+
+
+def test_header_retriable_status_codes() -> None:
+    base = RetryPolicy.from_spec({"attempts": 2, "retryOn": "retriable-status-codes,503"})
+    p = base.with_request_headers(retriable_status_codes="429, 409,abc,999")
+    assert p.retriable_status_codes == {503, 429, 409}
+    assert decide(p, O.RESPONSE, 429) and not decide(base, O.RESPONSE, 429)
+    # Extra codes alone do not turn retries on for a policy without the condition.
+    p = RetryPolicy.from_spec({"attempts": 2, "retryOn": "5xx"}).with_request_headers(
+        retriable_status_codes="429")
+    assert not decide(p, O.RESPONSE, 429)
