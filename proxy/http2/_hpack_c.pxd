@@ -45,7 +45,7 @@ cdef class Decoder:
     cpdef list decode(self, bytes data)
 
     @cython.locals(pos=Py_ssize_t, limit=Py_ssize_t, value=cython.longlong, shift=cython.int,
-                   b=cython.uint)
+                   b=cython.ulonglong)
     cdef Py_ssize_t _decode_int(self, unsigned char *buf, Py_ssize_t end, int prefix) except -1
 
     @cython.locals(huffman=cython.uint, length=Py_ssize_t, start=Py_ssize_t)

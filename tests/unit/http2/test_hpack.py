@@ -103,6 +103,7 @@ def test_huffman_errors(hp, coded):
         b"\x80",  # index 0
         b"\xbe",  # index 62 with an empty dynamic table
         b"\xff\xff\xff\xff\xff\xff\x01",  # integer overflow
+        b"\xff\x80\x80\x80\x80\x10",  # 2^32 + 127: overflow in the last allowed octet
         b"\xff\x80\x80\x80\x80\x80\x80\x00",  # integer encoding too long
         b"\xff",  # truncated integer
         b"\x40\x05ab",  # truncated literal name
