@@ -151,8 +151,9 @@ def _route_destinations(value: Any, path: str, ctx: Ctx) -> None:
         {"destination": DESTINATION, "weight": integer(0), "headers": HEADERS},
         required=["destination"],
     )
+    before = len(ctx.errors)
     list_of(item, nonempty=True)(value, path, ctx)
-    if not isinstance(value, list) or len(value) < 2:
+    if len(ctx.errors) != before or len(value) < 2:
         return
     weights = [d.get("weight", 0) if isinstance(d, dict) else 0 for d in value]
     if not all(isinstance(w, int) and not isinstance(w, bool) for w in weights):
@@ -525,7 +526,10 @@ PORT_TRAFFIC_POLICY = obj(
 
 
 def _port_level_unique(value: Any, path: str, ctx: Ctx) -> None:
+    before = len(ctx.errors)
     list_of(PORT_TRAFFIC_POLICY)(value, path, ctx)
+    if len(ctx.errors) != before:
+        return  # cross-entry checks need well-formed entries
     seen: set[int] = set()
     for i, p in enumerate(value if isinstance(value, list) else []):
         n = ((p or {}).get("port") or {}).get("number") if isinstance(p, dict) else None
@@ -547,7 +551,10 @@ SUBSET = obj(
 
 
 def _subsets(value: Any, path: str, ctx: Ctx) -> None:
+    before = len(ctx.errors)
     list_of(SUBSET)(value, path, ctx)
+    if len(ctx.errors) != before:
+        return  # cross-entry checks need well-formed entries
     seen: set[str] = set()
     for i, s in enumerate(value if isinstance(value, list) else []):
         name = s.get("name") if isinstance(s, dict) else None
@@ -607,7 +614,10 @@ SE_PORT = obj(
 
 
 def _ports_unique(value: Any, path: str, ctx: Ctx) -> None:
+    before = len(ctx.errors)
     list_of(SE_PORT)(value, path, ctx)
+    if len(ctx.errors) != before:
+        return  # cross-entry checks need well-formed entries
     numbers: set[Any] = set()
     names: set[Any] = set()
     for i, p in enumerate(value if isinstance(value, list) else []):

@@ -7,9 +7,13 @@ code on both sides. ``load_text``/``load_path`` validate *all* documents and rai
 field path. Warnings (valid but suspicious config, such as weights not summing to 100) never
 fail a load; the ``*_with_warnings`` variants return them.
 
-Normalization: ``spec`` is a deep copy of the input with one change: integer map keys that YAML
+Normalization: ``spec`` is a deep copy of the input with three changes: fields whose value is
+null (``timeout:`` with nothing after it) are dropped, as Istio treats them as unset; integer map
+keys that YAML
 produced for ports (``portLevelMtls: {8080: ...}``) become strings, so a spec survives a JSON
-round trip unchanged. Defaults are *not* filled in (see ``defaults_resilience``).
+round trip unchanged; and Istio's alternative spelling of a presence match in VirtualService
+``headers``/``withoutHeaders``/``queryParams``, ``{regex: "*"}``, becomes ``{}``, so consumers
+handle one form. Defaults are *not* filled in (see ``defaults_resilience``).
 """
 
 from __future__ import annotations
@@ -182,6 +186,8 @@ def _validate(
     ctx = Ctx()
 
     api_version = doc.get("apiVersion")
+    if not isinstance(api_version, str):
+        api_version = repr(api_version) if "apiVersion" in doc else ""
     if kind not in KINDS:
         known = ", ".join(KINDS)
         ctx.error(
@@ -190,6 +196,8 @@ def _validate(
             if "kind" in doc
             else "is required",
         )
+    elif "apiVersion" not in doc:
+        ctx.error("apiVersion", f"is required; use one of {', '.join(sorted(KINDS[kind]))}")
     elif api_version not in KINDS[kind]:
         versions = ", ".join(sorted(KINDS[kind]))
         ctx.error(
@@ -262,9 +270,25 @@ def _validate_metadata(meta: dict, ctx: Ctx) -> None:
             ctx.error(f"metadata.{k}", f'unknown field "{k}"')
 
 
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
 def _normalize(kind: str, spec: dict) -> dict:
+    spec = _drop_nulls(spec)
     if kind == "PeerAuthentication" and isinstance(spec.get("portLevelMtls"), dict):
         spec["portLevelMtls"] = {str(k): v for k, v in spec["portLevelMtls"].items()}
+    if kind == "VirtualService":
+        for rule in spec.get("http") or []:
+            for match in rule.get("match") or []:
+                for field in ("headers", "withoutHeaders", "queryParams"):
+                    for key, m in (match.get(field) or {}).items():
+                        if m == {"regex": "*"}:
+                            match[field][key] = {}
     return spec
 
 
@@ -314,16 +338,15 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def _parse(text: str, source: str) -> tuple[list[tuple[int, Any]], list[ConfigError]]:
     docs: list[tuple[int, Any]] = []
-    loader = _StrictLoader(text)
-    current = 0
+    loader: _StrictLoader | None = None
+    current = 1  # a syntax error is reported against the document being read
     try:
-        while True:
-            current += 1  # a syntax error is reported against the document being read
-            if not loader.check_data():
-                break
+        loader = _StrictLoader(text)
+        while loader.check_data():
             doc = loader.get_data()
             if doc is not None:
                 docs.append((current, doc))
+            current += 1
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -331,7 +354,8 @@ def _parse(text: str, source: str) -> tuple[list[tuple[int, Any]], list[ConfigEr
         err = ConfigError(source, current, "", "", "", f"invalid YAML{line}: {problem}")
         return docs, [err]
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return docs, []
 
 

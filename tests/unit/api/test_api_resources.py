@@ -253,3 +253,12 @@ def test_port_level_mtls_int_keys_normalized_to_strings():
     )
     [r] = load_text(text)
     assert r.spec["portLevelMtls"] == {"8080": {"mode": "DISABLE"}}
+
+
+def test_null_fields_are_dropped():
+    text = GOOD_VS.replace("  http:", "  gateways:\n  http:").replace(
+        "subset: v1}", "subset: v1}\n      weight:"
+    )
+    [r] = load_text(text)
+    assert "gateways" not in r.spec
+    assert r.spec["http"][0]["route"][0] == {"destination": {"host": "reviews", "subset": "v1"}}
