@@ -239,7 +239,9 @@ class RequestMetrics:
         yield resp_bytes
 
     @staticmethod
-    def _families() -> tuple[Metric, Metric, Metric, Metric]:
+    def _families() -> tuple[
+        CounterMetricFamily, HistogramMetricFamily, HistogramMetricFamily, HistogramMetricFamily
+    ]:
         labels = list(ISTIO_LABELS)
         return (
             CounterMetricFamily(

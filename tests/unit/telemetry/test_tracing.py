@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.telemetry.tracing import (
     PROPAGATION_HEADERS,
@@ -495,3 +497,57 @@ def test_request_id_is_uuid4():
         assert str(u) == rid
         seen.add(rid)
     assert len(seen) == 500
+
+
+# --- fuzz: never raise, and whatever is accepted is well formed --------------------------------
+
+_HEXISH = st.text(alphabet="0123456789abcdefABCDEF-., \t@=xyz", max_size=80)
+_HEADER = st.one_of(st.none(), _HEXISH, st.text(max_size=80))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {
+            name: _HEADER
+            for name in (
+                "traceparent",
+                "tracestate",
+                "b3",
+                "x-b3-traceid",
+                "x-b3-spanid",
+                "x-b3-parentspanid",
+                "x-b3-sampled",
+                "x-b3-flags",
+            )
+        }
+    )
+)
+def test_fuzz_extract_never_raises(headers):
+    ctx = extract(headers.get)
+    child = new_context(ctx, ParentBasedRatio(0.5))
+    assert len(child.trace_id) == 32 and child.trace_id != "0" * 32
+    assert len(child.span_id) == 16 and child.span_id != "0" * 16
+    assert set(child.trace_id + child.span_id) <= set("0123456789abcdef")
+    assert isinstance(child.sampled, bool)
+    out = inject(child)
+    again = extract(dict(out).get)
+    assert again is not None
+    assert (again.trace_id, again.span_id, again.sampled, again.fmt) == (
+        child.trace_id,
+        child.span_id,
+        child.sampled,
+        child.fmt,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=600))
+def test_fuzz_tracestate_output_is_valid(raw):
+    ctx = extract({"traceparent": VALID_TP, "tracestate": raw}.get)
+    assert ctx is not None and ctx.trace_id == TID
+    ts = ctx.tracestate
+    if ts:
+        # what we propagate parses again to itself
+        assert extract({"traceparent": VALID_TP, "tracestate": ts}.get).tracestate == ts
+        assert len(ts.split(",")) <= 32
