@@ -46,6 +46,12 @@ Where meshlet differs from Istio, and why (research 1.7.3, 8; issue 3):
 * `retryOn` is trimmed around commas (istiod's validation rejects "5xx, reset").
 * Back-off is Envoy's full-jitter exponential (base 25 ms, cap 10 x base); `Retry-After` is
   parsed by `retry_after_delay` and capped, Envoy honours it only with extra config.
+* `retriable-headers` and `http3-post-connect-failure` are accepted (valid Istio input) but never
+  fire: Istio exposes no header list, and meshlet speaks no HTTP/3.
+
+Left to the caller: the retry budget (`RetryBudget.try_withdraw`), the remaining deadline, that
+the request body is still buffered, and the per-try timeout in force
+(`deadline.per_try_timeout(policy.per_try_timeout, route_timeout)`: ignored when not below it).
 """
 
 from __future__ import annotations
@@ -166,11 +172,11 @@ class RetryPolicy:
     backoff_max: float = 10 * DEFAULT_BACKOFF_BASE
     allow_non_idempotent: bool = False
     # Derived tables (filled in __post_init__).
-    _by_outcome: tuple[bool, ...] = field(default=(), repr=False, compare=False)
-    _statuses: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
-    _grpc: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
-    _ratelimited: bool = field(default=False, repr=False, compare=False)
-    _caps: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    _by_outcome: tuple[bool, ...] = field(default=(), init=False, repr=False, compare=False)
+    _statuses: frozenset[int] = field(default=frozenset(), init=False, repr=False, compare=False)
+    _grpc: frozenset[int] = field(default=frozenset(), init=False, repr=False, compare=False)
+    _ratelimited: bool = field(default=False, init=False, repr=False, compare=False)
+    _caps: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         on = self.retry_on
