@@ -453,3 +453,36 @@ async def test_apply_to_last_ack_with_twenty_sidecars(cp, tmp_path):
         assert samples[-1] < 1.0
     finally:
         await asyncio.gather(*(sc.client.stop() for sc in cars))
+
+
+async def test_join_with_a_token_then_stream_with_the_issued_certificate(cp, tmp_path):
+    """The whole join: a token from the operator API, a certificate from /v1/certify (the
+    sidecar's IdentityManager), then the config stream authenticated by that certificate."""
+    from proxy.identity.manager import IdentityManager
+
+    status, body = await cp.call("POST", "/v1/tokens", json={"service": "orders", "ttl": "5m"})
+    assert status == 200, body
+    im = IdentityManager(cp.url, body["token"], "orders", "default", tmp_path / "id")
+    await im.start()
+    try:
+        assert im.ready
+        reg = registration("orders", "orders-1")
+        reg["cert_expiry"] = im.not_after
+        applied: list[dict] = []
+        client = DiscoveryClient(cp.url, im.client_context, reg, applied.append,
+                                 str(tmp_path / "orders.cache.json"))
+        client.start()
+        try:
+            await wait_for(lambda: applied, what="snapshot over the issued certificate")
+
+            async def listed():
+                _, b = await cp.call("GET", "/v1/proxies")
+                p = proxy(b, "orders-1")
+                return p if p and p["acked_version"] else None
+
+            p = await wait_for(listed)
+            assert abs(p["cert_expiry"] - im.not_after) < 1
+        finally:
+            await client.stop()
+    finally:
+        await im.close()
