@@ -213,17 +213,18 @@ class OutlierDetector:
             return h is not None and h.ejected
         return False
 
-    def healthy(self, endpoints: Sequence[Any]) -> list[Any]:
-        """The endpoints not ejected (keys via `key`, or the items themselves).
+    def healthy(self, endpoints: Sequence[Any]) -> Sequence[Any]:
+        """The endpoints not ejected (keys via `key`, or the items themselves), in order.
 
-        Returns `endpoints` itself when it is a list and nothing is ejected: do not mutate it.
+        When nothing is ejected this is `endpoints` itself (a list stays a list, a tuple a
+        tuple: no copy on the hot path), so do not mutate the result; otherwise a new list.
         In panic (healthy share below `minHealthPercent`) every endpoint is returned.
         """
         now = self._clock()
         if now >= self._next_sweep:
             self._sweep_due(now)
         if not self._ejected_count:
-            return endpoints if isinstance(endpoints, list) else list(endpoints)
+            return endpoints
         hosts, key = self._hosts, self._key
         out = []
         for e in endpoints:

@@ -164,6 +164,8 @@ def test_lazy_catch_up_after_long_idle(clock: FakeClock) -> None:
     clock.advance(86400.0 * 30)  # a month of silence: cheap, and fully recovered
     assert not d.is_ejected(HOSTS[0])
     assert d.healthy(HOSTS) is HOSTS
+    t = tuple(HOSTS)
+    assert d.healthy(t) is t  # no copy when nothing is ejected
     fail(d, HOSTS[0])
     clock.advance(30.0)
     d.tick()
