@@ -205,7 +205,8 @@ class ControlPlane:
         body = await self._apply_body(request)
         if isinstance(body, web.Response):
             return body
-        resources, errors = [], []
+        resources: list = []
+        errors: list[str] = []
         # Validate everything before touching the store: one bad document applies nothing.
         for item in body:
             try:

@@ -34,7 +34,8 @@ def load_local(paths: list[str]) -> list:
     from control_plane.api.resources import InvalidConfig, load_path_with_warnings
     from control_plane.cli import output
 
-    resources, errors = [], []
+    resources: list = []
+    errors: list[str] = []
     for path in paths:
         if path != "-" and not os.path.exists(path):
             raise CLIError(f"cannot read {path}: no such file or directory", ExitStatus.USAGE)

@@ -45,3 +45,18 @@ def test_sidecar_without_address_is_not_an_endpoint(tmp_path):
     st = Store(str(tmp_path / "s.db"))
     snap = snapshot.build(*st.snapshot(), [Registration("n", "pay")])
     assert snap["registry"] == []
+
+
+def test_every_example_survives_store_and_snapshot_and_revalidates(tmp_path):
+    """What the sidecar receives validates with the same code that accepted it."""
+    from pathlib import Path
+
+    from control_plane.api.resources import from_dict, load_path
+
+    examples = Path(__file__).resolve().parents[3] / "configs" / "examples"
+    applied = load_path(str(examples))
+    st = Store(str(tmp_path / "s.db"))
+    st.apply(applied)
+    snap = snapshot.build(*st.snapshot(), [])
+    back = [from_dict(doc, "cp", i) for i, doc in enumerate(snap["resources"], 1)]
+    assert {r.key: r.to_dict() for r in back} == {r.key: r.to_dict() for r in applied}

@@ -46,9 +46,7 @@ def test_apply_created_configured_unchanged(tmp_path):
 def test_revision_monotonic_and_persistent_across_restart(tmp_path):
     path = str(tmp_path / "store.db")
     st = Store(path)
-    revs = []
-    for subset in ("v1", "v2", "v3"):
-        revs.append(st.apply(load_text(VS % subset, "a.yaml"))[0])
+    revs = [st.apply(load_text(VS % subset, "a.yaml"))[0] for subset in ("v1", "v2", "v3")]
     rev, ch = st.delete([("VirtualService", "default", "reviews")])
     revs.append(rev)
     assert revs == sorted(revs) and len(set(revs)) == 4
