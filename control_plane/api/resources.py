@@ -139,6 +139,10 @@ class Resource:
     source: str = ""
     annotations: dict = field(default_factory=dict)
 
+    def __hash__(self) -> int:
+        # The dict fields are not hashable; equal resources have equal keys, so hash those.
+        return hash((self.kind, self.namespace, self.name, self.api_version))
+
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.kind, self.namespace, self.name)
@@ -386,7 +390,7 @@ def _files(path: str) -> list[str]:
     if os.path.isdir(path):
         found: list[str] = []
         for root, dirs, files in os.walk(path):
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # no .git, .cache
             found.extend(
                 os.path.join(root, f)
                 for f in files

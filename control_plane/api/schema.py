@@ -108,31 +108,66 @@ def format_seconds(seconds: float) -> str:
 
 # -- regular expressions ----------------------------------------------------------------------
 
-# Python constructs RE2 (Istio's regex engine) rejects: look-around, back-references,
-# atomic groups and conditionals. A pattern using them would be accepted here and refused by
-# every other Istio tool, so refuse it too.
-_NOT_RE2 = [
-    (re.compile(r"\(\?[=!]"), "look-ahead"),
-    (re.compile(r"\(\?<[=!]"), "look-behind"),
-    (re.compile(r"\(\?P="), "named back-reference"),
-    (re.compile(r"(?<!\\)(?:\\\\)*\\[1-9]"), "back-reference"),
-    (re.compile(r"\(\?>"), "atomic group"),
-    (re.compile(r"\(\?\("), "conditional group"),
-]
+# Python constructs RE2 (Istio's regex engine) rejects. A pattern using them would be accepted
+# here and refused by every other Istio tool, so refuse it too. Found by walking Python's own
+# parse tree, so escapes and character classes cannot fool the check.
+_NOT_RE2_OPS = {
+    "ASSERT": "look-ahead/look-behind",
+    "ASSERT_NOT": "look-ahead/look-behind",
+    "GROUPREF": "back-reference",
+    "GROUPREF_EXISTS": "conditional group",
+    "ATOMIC_GROUP": "atomic group",
+    "POSSESSIVE_REPEAT": "possessive quantifier",
+}
+_NOT_RE2_FLAGS = re.VERBOSE | re.ASCII | re.LOCALE
+
+
+def _re2_violation(parsed: Any) -> str | None:
+    for op, av in parsed:
+        name = str(op)
+        if name in _NOT_RE2_OPS:
+            return _NOT_RE2_OPS[name]
+        if name == "AT" and str(av) == "AT_END_STRING":
+            return "\\Z (end of text; write $)"
+        children: list[Any] = []
+        if name == "SUBPATTERN":
+            if (av[1] | av[2]) & _NOT_RE2_FLAGS:
+                return "the inline flag x, a or L"
+            children = [av[3]]
+        elif name == "BRANCH":
+            children = list(av[1])
+        elif name in ("MAX_REPEAT", "MIN_REPEAT"):
+            children = [av[2]]
+        for child in children:
+            found = _re2_violation(child)
+            if found:
+                return found
+    return None
 
 
 def check_regex(pattern: str) -> str | None:
     """None if ``pattern`` is RE2 that Python's ``re`` compiles the same way, else the reason."""
-    for rx, what in _NOT_RE2:
-        if rx.search(pattern):
-            return f"invalid regex {pattern!r}: {what} is not supported (RE2 syntax)"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             re.compile(pattern)
-    except (re.error, FutureWarning, DeprecationWarning) as exc:
+            parsed = _sre_parse(pattern)
+    except (re.error, FutureWarning, DeprecationWarning, RecursionError) as exc:
         return f"invalid regex {pattern!r}: {exc}"
+    what = _re2_violation(parsed)
+    if what is None and parsed.state.flags & _NOT_RE2_FLAGS:
+        what = "the inline flag x, a or L"
+    if what:
+        return f"invalid regex {pattern!r}: {what} is not supported (RE2 syntax)"
     return None
+
+
+def _sre_parse(pattern: str) -> Any:
+    try:
+        from re import _parser  # type: ignore[attr-defined]  # Python >= 3.11
+    except ImportError:  # pragma: no cover
+        import sre_parse as _parser  # type: ignore[no-redef]
+    return _parser.parse(pattern)
 
 
 # -- leaf validators --------------------------------------------------------------------------

@@ -73,6 +73,8 @@ def test_resource_is_frozen():
     r = Resource("meshlet.dev/v1alpha1", "MeshConfig", "m", "default", {}, {})
     with pytest.raises(AttributeError):
         r.name = "x"  # type: ignore[misc]
+    same = Resource("meshlet.dev/v1alpha1", "MeshConfig", "m", "default", {}, {})
+    assert r == same and len({r, same}) == 1
 
 
 def _doc(text: str) -> str:
@@ -201,6 +203,8 @@ def test_load_path_directory_recursive_sorted(tmp_path):
     (tmp_path / "a.yaml").write_text(GOOD_VS)
     (tmp_path / "notes.txt").write_text("not yaml: [")
     (tmp_path / ".hidden.yaml").write_text("not yaml: [")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "x.yaml").write_text("not yaml: [")
     resources = load_path(str(tmp_path))
     assert [r.name for r in resources] == ["reviews", "zeta"]
     assert resources[1].source == str(tmp_path / "b" / "z.yml") + "#1"
@@ -262,3 +266,35 @@ def test_null_fields_are_dropped():
     [r] = load_text(text)
     assert "gateways" not in r.spec
     assert r.spec["http"][0]["route"][0] == {"destination": {"host": "reviews", "subset": "v1"}}
+
+
+@pytest.mark.parametrize(
+    "pattern,reason",
+    [
+        ("/a(?=b)", "look-ahead/look-behind"),
+        ("(?<!a)b", "look-ahead/look-behind"),
+        ("(a)\\1", "back-reference"),
+        ("(?P<n>a)(?P=n)", "back-reference"),
+        ("(?>a)", "atomic group"),
+        ("a++", "possessive quantifier"),
+        ("a*+", "possessive quantifier"),
+        ("a\\Z", "\\Z"),
+        ("(?x)a b", "inline flag"),
+        ("[[:alpha:]]", "invalid regex"),
+        ("(", "invalid regex"),
+    ],
+)
+def test_regex_outside_re2_rejected(pattern, reason):
+    from control_plane.api.schema import check_regex
+
+    message = check_regex(pattern)
+    assert message is not None and reason in message
+
+
+@pytest.mark.parametrize(
+    "pattern", ["(?i)/api/.*", "[*+]", "\\\\1", "(?P<v>v[0-9]+)", "^/a/(.*)$", "\\A/x$", "a{2,3}?"]
+)
+def test_regex_re2_compatible_accepted(pattern):
+    from control_plane.api.schema import check_regex
+
+    assert check_regex(pattern) is None
