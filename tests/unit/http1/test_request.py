@@ -51,7 +51,8 @@ def test_simple_get(p):
 
 
 @pytest.mark.parametrize(
-    "method", ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "PURGE", "M-SEARCH"]
+    "method",
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "PURGE", "M-SEARCH"],
 )
 def test_methods(p, method):
     head, _ = parse(p, req(method.encode() + b" /", HOST))
@@ -114,13 +115,17 @@ def test_upgrade_and_expect(p):
 
 def test_field_values_ows_case_and_latin1(p):
     head, _ = parse(
-        p, req(b"GET /", HOST, b"X-Spaced: \t a  b \t", b"X-Empty:", b"X-Obs: caf\xe9", b"X_Under: 1")
+        p,
+        req(b"GET /", HOST, b"X-Spaced: \t a  b \t", b"X-Empty:", b"X-Obs: caf\xe9", b"X_Under: 1"),
     )
     assert head.headers[1:] == [
         ("x-spaced", "a  b"),
         ("x-empty", ""),
         ("x-obs", "caf\xe9"),
-        ("x_under", "1"),  # allowed by the parser; the proxy decides (Envoy's headers_with_underscores)
+        (
+            "x_under",
+            "1",
+        ),  # allowed by the parser; the proxy decides (Envoy's headers_with_underscores)
     ]
 
 
@@ -137,7 +142,11 @@ def test_content_length_and_chunked(p):
 def test_identical_content_lengths_collapse(p):
     head, _ = parse(p, req(b"POST /", HOST, b"Content-Length: 5", b"X: y", b"content-length: 5"))
     assert head.content_length == 5
-    assert head.headers == [("host", "svc.ns.svc.cluster.local:8080"), ("content-length", "5"), ("x", "y")]
+    assert head.headers == [
+        ("host", "svc.ns.svc.cluster.local:8080"),
+        ("content-length", "5"),
+        ("x", "y"),
+    ]
     head, _ = parse(p, req(b"POST /", HOST, b"Content-Length: 5 ,5,\t5"))
     assert head.content_length == 5
     assert [v for k, v in head.headers if k == "content-length"] == ["5"]
@@ -182,7 +191,11 @@ BAD_REQUESTS = [
     ("2 empty te", req(b"POST /", H, b"Transfer-Encoding:"), 501),
     ("2 space colon", req(b"POST /", H, b"Transfer-Encoding : chunked"), 400),
     ("2 vt", req(b"POST /", H, b"Transfer-Encoding:\x0bchunked"), 400),
-    ("2 dup te", req(b"POST /", H, b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"), 501),
+    (
+        "2 dup te",
+        req(b"POST /", H, b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"),
+        501,
+    ),
     ("2 fold te", req(b"POST /", H, b"Transfer-Encoding:", b" chunked"), 400),
     # 3: Content-Length
     ("3 5 and 6", req(b"POST /", H, b"Content-Length: 5", b"Content-Length: 6"), 400),
@@ -262,7 +275,9 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("data,status", [c[1:] for c in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    "data,status", [c[1:] for c in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS]
+)
 def test_rejected(p, data, status):
     assert status_of(p.parse_request_head, data) == status
     # byte at a time gives the same status (bare CR/LF may be reported before the head ends)

@@ -43,7 +43,9 @@ def test_interim_heads_are_returned(p):
     assert p.response_body_mode(head, "POST") == (p.MODE_NONE, 0)
     head, _ = parse(p, buf[n:])
     assert head.status == 200
-    head, _ = parse(p, resp(b"HTTP/1.1 101 Switching Protocols", b"Connection: Upgrade", b"Upgrade: websocket"))
+    head, _ = parse(
+        p, resp(b"HTTP/1.1 101 Switching Protocols", b"Connection: Upgrade", b"Upgrade: websocket")
+    )
     assert head.status == 101 and head.connection == ("upgrade",)
 
 
@@ -95,7 +97,10 @@ BAD_RESPONSES = [
     ("status 099", resp(b"HTTP/1.1 099 Odd")),
     ("cl+te", resp(b"HTTP/1.1 200 OK", b"Content-Length: 3", b"Transfer-Encoding: chunked")),
     ("te gzip", resp(b"HTTP/1.1 200 OK", b"Transfer-Encoding: gzip")),
-    ("te dup", resp(b"HTTP/1.1 200 OK", b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked")),
+    (
+        "te dup",
+        resp(b"HTTP/1.1 200 OK", b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"),
+    ),
     ("te http10", resp(b"HTTP/1.0 200 OK", b"Transfer-Encoding: chunked")),
     ("cl conflict", resp(b"HTTP/1.1 200 OK", b"Content-Length: 3", b"Content-Length: 4")),
     ("cl bad", resp(b"HTTP/1.1 200 OK", b"Content-Length: 3x")),
@@ -132,4 +137,7 @@ def test_incomplete_and_incremental(p):
     whole = outcome(p.parse_response_head, data, reason=False)
     assert whole[0] == "ok"
     assert incremental(p.parse_response_head, data) == whole
-    assert status_of(p.parse_response_head, b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20, max_head=64) == 502
+    assert (
+        status_of(p.parse_response_head, b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20, max_head=64)
+        == 502
+    )
