@@ -77,11 +77,13 @@ class BreakerConfig:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any] | None) -> BreakerConfig:
-        """From a ResiliencePolicy `circuitBreaker` block (camelCase, Istio-style durations)."""
+        """From a ResiliencePolicy `circuitBreaker` block (camelCase, Istio-style durations).
+
+        Unknown fields are ignored: the spec was validated (strictly) by the shared
+        `control_plane.api` code, and a newer field must not break an older sidecar. Bad values
+        of known fields still raise ValueError.
+        """
         spec = spec or {}
-        unknown = set(spec) - _SPEC_FIELDS
-        if unknown:
-            raise ValueError(f"circuitBreaker: unknown field(s) {sorted(unknown)}")
         d = cls()
         kw: dict[str, Any] = {}
         for name in ("failure_rate_threshold", "slow_call_rate_threshold"):
@@ -105,8 +107,6 @@ def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(p.title() for p in rest)
 
-
-_SPEC_FIELDS = frozenset(_camel(f) for f in BreakerConfig.__dataclass_fields__)
 
 
 class _CountWindow:

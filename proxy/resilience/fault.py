@@ -62,7 +62,7 @@ class FaultPolicy:
         if fault is None:
             return None
         delay, abort = fault.get("delay"), fault.get("abort")
-        if not delay and not abort:
+        if delay is None and abort is None:
             raise ValueError("fault: needs delay or abort")
         kw: dict[str, Any] = {}
         if delay:
@@ -89,7 +89,8 @@ class FaultPolicy:
                     raise ValueError(f"fault.abort.httpStatus: must be 200-599, got {status!r}")
                 kw["abort_status"] = status
             else:
-                raise ValueError("fault.abort: needs httpStatus or grpcStatus")
+                # Accepted with a warning by validation (as by Istio): an abort that does nothing.
+                return cls(**kw)
             kw["abort_probability"] = _probability(abort, "abort")
         return cls(**kw)
 

@@ -26,7 +26,10 @@ Where meshlet differs from Envoy/Istio, and why (research 2.5, 8; issue 3):
 * `minHealthPercent` is Envoy's panic threshold (0 = off, Istio's default): when fewer than that
   share of endpoints are healthy, `healthy()` returns all of them.
 * `maxEjectionTime` (default 300 s) is accepted as an extension; no jitter.
-* `consecutiveGatewayErrors` is off unless set (Istio), `consecutive5xxErrors: 0` disables it.
+* `consecutiveGatewayErrors` is off unless set (Istio), `consecutive5xxErrors: 0` disables it;
+  the deprecated `consecutiveErrors` counts gateway errors only, as Istio translates it.
+* Linkerd's failure accrual (research 4.4: one probe after an exponential back-off) is not used:
+  the Istio fields ask for Envoy's timed ejection, and the service-level breaker covers probing.
 * Call `set_endpoints()` on every endpoint update: percentages are of the known endpoints.
 """
 
@@ -64,12 +67,13 @@ class OutlierDetector:
         cfg = dict(config or {})
         self._clock = clock
         self._key = key
-        self.consecutive_5xx = _count(cfg, "consecutive5xxErrors", 5)
-        self.consecutive_gateway = _count(cfg, "consecutiveGatewayErrors", 0)
+        # Deprecated `consecutiveErrors` > 0 means gateway errors only, 5xx off (istio/api#617);
+        # the explicit fields, when present, override it (Istio's applyOutlierDetection).
+        legacy = _count(cfg, "consecutiveErrors", 0)
+        self.consecutive_5xx = _count(cfg, "consecutive5xxErrors", 0 if legacy else 5)
+        self.consecutive_gateway = _count(cfg, "consecutiveGatewayErrors", legacy)
         self.split_local = bool(cfg.get("splitExternalLocalOriginErrors", False))
         self.consecutive_local = _count(cfg, "consecutiveLocalOriginFailures", 5)
-        if "consecutiveErrors" in cfg and "consecutive5xxErrors" not in cfg:
-            self.consecutive_5xx = _count(cfg, "consecutiveErrors", 5)  # deprecated Istio name
         self.interval = parse_optional_duration(
             cfg.get("interval"), 10.0, "outlierDetection.interval") or 10.0
         self.base_ejection_time = parse_optional_duration(

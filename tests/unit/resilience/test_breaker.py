@@ -57,11 +57,14 @@ def test_from_spec_fields() -> None:
     {"failureRateThreshold": 0}, {"failureRateThreshold": 101}, {"slowCallRateThreshold": -1},
     {"slidingWindowType": "SESSION"}, {"slidingWindowSize": 0}, {"minimumNumberOfCalls": 1.5},
     {"waitDurationInOpenState": "0s"}, {"waitDurationInOpenState": "soon"},
-    {"failureRate": 50},
 ])
 def test_from_spec_invalid(spec: dict) -> None:
     with pytest.raises(ValueError):
         BreakerConfig.from_spec(spec)
+
+
+def test_from_spec_ignores_unknown_fields() -> None:
+    assert BreakerConfig.from_spec({"futureField": 1}) == BreakerConfig()
 
 
 def test_stays_closed_below_minimum(clock: FakeClock) -> None:

@@ -11,6 +11,13 @@ def test_absent() -> None:
     assert FaultPolicy.from_spec(None) is None
 
 
+@pytest.mark.parametrize("spec", [{"abort": {"percentage": {"value": 100}}}, {"abort": {}}])
+def test_abort_without_status_does_nothing(spec) -> None:
+    # Validation only warns about it (as Istio does), so the sidecar must accept it.
+    p = FaultPolicy.from_spec(spec)
+    assert p is not None and p.decide(random.Random(0)) is NO_FAULT
+
+
 @pytest.mark.parametrize(("spec", "expected"), [
     ({"delay": {"fixedDelay": "5s", "percentage": {"value": 10.5}}},
      FaultPolicy(delay_s=5.0, delay_probability=0.105)),
@@ -40,7 +47,7 @@ def test_from_spec(spec, expected) -> None:
     {"delay": {"fixedDelay": "1s", "percentage": {"value": -1}}},
     {"abort": {"httpStatus": 199}}, {"abort": {"httpStatus": 600}},
     {"abort": {"grpcStatus": "unavailable"}}, {"abort": {"grpcStatus": "NOPE"}},
-    {"abort": {"http2Error": "REFUSED_STREAM"}}, {"abort": {"percentage": {"value": 1}}},
+    {"abort": {"http2Error": "REFUSED_STREAM"}},
 ])
 def test_from_spec_invalid(spec) -> None:
     with pytest.raises(ValueError):

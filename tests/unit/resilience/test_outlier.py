@@ -42,6 +42,17 @@ def test_config_parsing() -> None:
         OutlierDetector({"interval": "often"})
 
 
+@pytest.mark.parametrize(("cfg", "c5xx", "cgw"), [
+    ({"consecutiveErrors": 3}, 0, 3),  # deprecated: gateway errors only (istio/api#617)
+    ({"consecutiveErrors": 3, "consecutive5xxErrors": 7}, 7, 3),
+    ({"consecutiveErrors": 3, "consecutiveGatewayErrors": 4}, 0, 4),
+    ({"consecutiveErrors": 0}, 5, 0),
+])
+def test_deprecated_consecutive_errors(cfg, c5xx, cgw) -> None:
+    d = OutlierDetector(cfg)
+    assert (d.consecutive_5xx, d.consecutive_gateway) == (c5xx, cgw)
+
+
 def test_eject_inline_on_fifth_5xx(clock: FakeClock) -> None:
     d = det(clock)
     fail(d, HOSTS[0], 4)
