@@ -147,7 +147,7 @@ def parse_retry_on(value: str | None) -> tuple[frozenset[str], frozenset[int]]:
         tok = raw.strip()
         if not tok:
             continue
-        if tok.isdigit():
+        if tok.isascii() and tok.isdigit():
             code = int(tok)
             if not 100 <= code <= 599:
                 raise ValueError(f"retryOn: {tok!r} is not an HTTP status code")
