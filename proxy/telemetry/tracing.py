@@ -199,22 +199,27 @@ def extract(get: Callable[[str], str | None]) -> TraceContext | None:
     return None
 
 
-def _extract_w3c(tp: str) -> TraceContext | None:
-    tp = tp.strip(_OWS)
-    if _TRACEPARENT.match(tp) is None:
-        return None
-    version = tp[:2]
-    if version == "00":
-        if len(tp) != 55:
+def _extract_w3c(
+    tp: str,
+    _match=_TRACEPARENT.match,
+    _ows=_OWS,
+    _z32=_ZERO32,
+    _z16=_ZERO16,
+) -> TraceContext | None:
+    # (defaults bind module constants as locals: this runs on every traced request)
+    if _match(tp) is None or len(tp) != 55:
+        tp = tp.strip(_ows)
+        if _match(tp) is None:
             return None
-    elif version == "ff":
-        return None
-    elif len(tp) != 55 and tp[55] != "-":
-        # A future version may append fields, but only after a "-".
-        return None
+    if len(tp) != 55:
+        # Version 00 is exactly 55 characters; a future version may append fields after a "-".
+        if tp[55] != "-" or tp[:2] == "00":
+            return None
+    if tp[0] == "f" and tp[1] == "f":
+        return None  # version ff is invalid
     trace_id = tp[3:35]
     parent_id = tp[36:52]
-    if trace_id == _ZERO32 or parent_id == _ZERO16:
+    if trace_id == _z32 or parent_id == _z16:
         return None
     f = tp[54]  # the low nibble holds both bits we understand
     return TraceContext(
@@ -393,13 +398,19 @@ def _new_id128() -> str:
     return s if s != _ZERO32 else _new_id128()
 
 
-def new_context(parent: TraceContext | None, sampler: ParentBasedRatio) -> TraceContext:
+def new_context(
+    parent: TraceContext | None,
+    sampler: ParentBasedRatio,
+    _bits=_getrandbits,
+    _z16=_ZERO16,
+) -> TraceContext:
     """The context of the proxy's own span: a child of ``parent``, or a new root."""
     if parent is None:
         return TraceContext(
             _new_id128(), _new_id64(), "", sampler.decide(None), "", "w3c", False, True
         )
-    if not parent.trace_id:  # B3 sampling-only: keep the decision, start the trace
+    trace_id = parent.trace_id
+    if not trace_id:  # B3 sampling-only: keep the decision, start the trace
         return TraceContext(
             _new_id128(),
             _new_id64(),
@@ -410,11 +421,17 @@ def new_context(parent: TraceContext | None, sampler: ParentBasedRatio) -> Trace
             parent.debug,
             True,
         )
+    span_id = _bits(64).to_bytes(8).hex()
+    if span_id == _z16:
+        span_id = _new_id64()
+    sampled = parent.sampled
+    if sampled is None or parent.debug or not sampler.respect_parent:
+        sampled = sampler.decide(parent)
     return TraceContext(
-        parent.trace_id,
-        _new_id64(),
+        trace_id,
+        span_id,
         parent.span_id,
-        sampler.decide(parent),
+        sampled,
         parent.tracestate,
         parent.fmt,
         parent.debug,
