@@ -224,6 +224,8 @@ class ControlPlane:
                 errors.append(f"malformed apply item: {e}")
         if errors:
             return _error(400, "invalid configuration; nothing was applied", errors=errors)
+        if not resources:
+            return _error(400, "no resources to apply")
         seen: dict[tuple[str, str, str], str] = {}
         for r in resources:
             if r.key in seen:

@@ -118,7 +118,8 @@ class ControlPlaneProcess:
                                   alpn=tls.HTTP11_ALPN)
 
     async def call(self, method: str, path: str, **kw) -> tuple[int, dict]:
-        headers = {"Authorization": f"Bearer {kw.pop('token', self.token)}"}
+        headers = {"Authorization": f"Bearer {kw.pop('token', self.token)}",
+                   **kw.pop("headers", {})}
         async with aiohttp.ClientSession() as s, s.request(
             method, self.url + path, headers=headers, ssl=self.ca_context(), **kw
         ) as r:
@@ -486,3 +487,94 @@ async def test_join_with_a_token_then_stream_with_the_issued_certificate(cp, tmp
             await client.stop()
     finally:
         await im.close()
+
+
+# -- error paths of the API and the stream ------------------------------------------------
+
+
+async def test_apply_error_paths(cp):
+    status, body = await cp.call("POST", "/v1/resources", json={"nope": 1})
+    assert status == 400 and body["error"] == "no resources to apply"
+    status, body = await cp.call("POST", "/v1/resources", json={"documents": "x"})
+    assert status == 400 and "expected JSON" in body["error"]
+    status, body = await cp.call("POST", "/v1/resources", json={"files": [
+        {"source": "a.yaml", "text": DR}, {"source": "b.yaml", "text": DR}]})
+    assert status == 400
+    assert body["errors"] == ["b.yaml#1: DestinationRule default/reviews is also defined in "
+                              "a.yaml#1"]
+    status, body = await cp.call("POST", "/v1/resources?source=raw.yaml", data=BAD_VS,
+                                 headers={"Content-Type": "application/yaml"})
+    assert status == 400 and body["errors"][0].startswith("raw.yaml: document 1")
+    status, body = await cp.call("DELETE", "/v1/resources/vs/default/nope")
+    assert status == 404 and "not found" in body["error"]
+    status, body = await cp.call("GET", "/v1/resources/gadgets")
+    assert status == 404 and "VirtualService" in body["kinds"]
+    status, body = await cp.call("POST", "/v1/tokens", json={"service": "a", "ttl": "-1s"})
+    assert status == 400
+
+
+async def _raw_stream(cp, service: str = "reviews"):
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(cp.url + "/v1/stream", ssl=cp.workload_context(service))
+    return session, ws
+
+
+async def test_stale_nonce_is_ignored(cp):
+    session, ws = await _raw_stream(cp)
+    try:
+        await ws.send_json({"type": "register", **registration()})
+        first = await ws.receive_json(timeout=5)
+        await cp.call("POST", "/v1/resources", json={"files": [
+            {"source": "r.yaml", "text": VS.format(subset="v1")}]})
+        second = await ws.receive_json(timeout=5)
+        assert second["nonce"] != first["nonce"]
+        # An ACK of the new version carrying the old nonce is stale.
+        await ws.send_json({"type": "ack", "version": second["version"], "nonce": first["nonce"]})
+        await ws.send_json({"type": "status", "cert_expiry": 123.0})  # a marker, processed after
+        p = await wait_for(_proxy_with(cp, lambda p: p["cert_expiry"] == 123.0))
+        assert p["acked_version"] == ""
+        await ws.send_json({"type": "ack", "version": second["version"],
+                            "nonce": second["nonce"]})
+        await wait_for(_proxy_with(cp, lambda p: p["acked_version"] == second["version"]))
+    finally:
+        await ws.close()
+        await session.close()
+
+
+def _proxy_with(cp, pred):
+    async def check():
+        _, body = await cp.call("GET", "/v1/proxies")
+        p = proxy(body, "reviews-1")
+        return p if p and pred(p) else None
+
+    return check
+
+
+async def test_first_message_must_be_a_registration(cp):
+    session, ws = await _raw_stream(cp)
+    try:
+        await ws.send_json({"type": "ack", "version": "x", "nonce": "1"})
+        msg = await ws.receive_json(timeout=5)
+        assert msg == {"type": "error", "error": "the first message must be a registration"}
+        closing = await ws.receive(timeout=5)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    finally:
+        await session.close()
+
+
+async def test_proxy_config_error_paths(cp, tmp_path):
+    a = Sidecar(cp, tmp_path, node="reviews-a")
+    b = Sidecar(cp, tmp_path, node="reviews-b")
+    a.client.start()
+    b.client.start()
+    try:
+        await wait_for(lambda: a.applied and b.applied)
+        status, body = await cp.call("GET", "/v1/proxies/reviews/routes")
+        assert status == 409 and body["nodes"] == ["reviews-a", "reviews-b"]
+        status, body = await cp.call("GET", "/v1/proxies/reviews-a/routes")
+        assert status == 502 and "unreachable" in body["error"]  # admin_address 127.0.0.1:1
+        status, body = await cp.call("GET", "/v1/proxies/reviews-a/listeners")
+        assert status == 404
+    finally:
+        await a.client.stop()
+        await b.client.stop()
