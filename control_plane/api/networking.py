@@ -533,9 +533,10 @@ def _port_level_unique(value: Any, path: str, ctx: Ctx) -> None:
     seen: set[int] = set()
     for i, p in enumerate(value if isinstance(value, list) else []):
         n = ((p or {}).get("port") or {}).get("number") if isinstance(p, dict) else None
-        if n is not None and n in seen:
-            ctx.error(index(path, i), f"port {n} appears twice in portLevelSettings")
-        seen.add(n)
+        if isinstance(n, int):
+            if n in seen:
+                ctx.error(index(path, i), f"port {n} appears twice in portLevelSettings")
+            seen.add(n)
 
 
 TRAFFIC_POLICY = obj({**_POLICY_FIELDS, "portLevelSettings": _port_level_unique})

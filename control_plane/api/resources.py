@@ -178,15 +178,11 @@ def _validate(
             source, index, "", "", "", f"document must be a mapping, not {type(doc).__name__}"
         )
         return None, [err], []
-    kind = doc.get("kind") if isinstance(doc.get("kind"), str) else ""
+    kind = _str_or(doc.get("kind"), "")
     meta = doc.get("metadata")
     meta = meta if isinstance(meta, dict) else {}
-    name = meta.get("name") if isinstance(meta.get("name"), str) else ""
-    namespace = (
-        meta.get("namespace")
-        if isinstance(meta.get("namespace"), str) and meta.get("namespace")
-        else "default"
-    )
+    name = _str_or(meta.get("name"), "")
+    namespace = _str_or(meta.get("namespace"), "") or "default"
     ctx = Ctx()
 
     api_version = doc.get("apiVersion")
@@ -243,6 +239,10 @@ def _validate(
         annotations=dict(meta.get("annotations") or {}),
     )
     return res, [], warns
+
+
+def _str_or(value: Any, default: str) -> str:
+    return value if isinstance(value, str) else default
 
 
 def _validate_metadata(meta: dict, ctx: Ctx) -> None:
