@@ -1,0 +1,1 @@
+_validate_py.py
