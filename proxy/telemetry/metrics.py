@@ -49,7 +49,9 @@ __all__ = [
     "MeshletMetrics",
     "RequestMetrics",
     "RequestSeries",
+    "peer_labels",
     "render",
+    "service_labels",
 ]
 
 #: Envoy's ``defaultBuckets()`` (``source/common/stats/histogram_impl.cc``), in milliseconds.
@@ -354,6 +356,67 @@ def _cumulative(le: list[str], snap: list, off: int, n: int) -> list[tuple[str, 
     for i in range(n):
         acc += snap[off + i]
         out.append((le[i], acc))
+    return out
+
+
+def peer_labels(
+    side: str,
+    *,
+    workload: str | None = None,
+    namespace: str | None = None,
+    principal: str | None = None,
+    labels: dict[str, str] | None = None,
+    cluster: str | None = None,
+) -> dict[str, str]:
+    """The ``source_*`` or ``destination_*`` workload labels of one peer, derived as Istio does.
+
+    ``labels`` are the workload's own labels (``--label k=v``, a WorkloadEntry's labels): the app
+    is ``app``; the version ``version``; the canonical service ``service.istio.io/canonical-name``
+    > ``app.kubernetes.io/name`` > ``app`` (else the workload name); the canonical revision
+    ``service.istio.io/canonical-revision`` > ``app.kubernetes.io/version`` > ``version`` >
+    ``latest`` (research 4.1). Missing values are left out, so :meth:`RequestMetrics.series` fills
+    in ``unknown``.
+    """
+    if side not in ("source", "destination"):
+        raise ValueError("side must be 'source' or 'destination'")
+    lab = labels or {}
+    canonical = (
+        lab.get("service.istio.io/canonical-name")
+        or lab.get("app.kubernetes.io/name")
+        or lab.get("app")
+        or workload
+    )
+    revision = (
+        lab.get("service.istio.io/canonical-revision")
+        or lab.get("app.kubernetes.io/version")
+        or lab.get("version")
+        or "latest"
+    )
+    out = {
+        "workload": workload,
+        "workload_namespace": namespace,
+        "principal": principal,
+        "app": lab.get("app"),
+        "version": lab.get("version"),
+        "canonical_service": canonical,
+        "canonical_revision": revision if (canonical or lab) else None,
+        "cluster": cluster,
+    }
+    return {f"{side}_{k}": v for k, v in out.items() if v}
+
+
+def service_labels(host: str) -> dict[str, str]:
+    """``destination_service`` (the FQDN) and its ``_name`` / ``_namespace`` parts.
+
+    ``payment.default.svc.cluster.local`` gives name ``payment`` and namespace ``default``; a host
+    outside the cluster domain (a ServiceEntry for ``api.example.com``) keeps the whole host as
+    its name and an unknown namespace, as Istio reports it.
+    """
+    out = {"destination_service": host, "destination_service_name": host}
+    parts = host.split(".")
+    if len(parts) >= 3 and parts[2] == "svc":
+        out["destination_service_name"] = parts[0]
+        out["destination_service_namespace"] = parts[1]
     return out
 
 

@@ -372,3 +372,57 @@ def test_render_is_fast_enough_for_the_event_loop():
     assert body.count(b"\n") > 13_000
     # generous bound for a loaded CI machine; prometheus_client alone takes ~1 s here
     assert dt < 0.25, dt
+
+
+def test_peer_labels_follow_istio_precedence():
+    from proxy.telemetry.metrics import peer_labels
+
+    got = peer_labels(
+        "source",
+        workload="orders-v1",
+        namespace="default",
+        principal="spiffe://cluster.local/ns/default/sa/orders",
+        labels={"app": "orders", "version": "v1"},
+    )
+    assert got == {
+        "source_workload": "orders-v1",
+        "source_workload_namespace": "default",
+        "source_principal": "spiffe://cluster.local/ns/default/sa/orders",
+        "source_app": "orders",
+        "source_version": "v1",
+        "source_canonical_service": "orders",
+        "source_canonical_revision": "v1",
+    }
+    got = peer_labels(
+        "destination",
+        workload="w",
+        labels={
+            "app": "a",
+            "app.kubernetes.io/name": "k8s-name",
+            "service.istio.io/canonical-name": "canon",
+            "version": "v9",
+            "app.kubernetes.io/version": "2.0",
+        },
+    )
+    assert got["destination_canonical_service"] == "canon"
+    assert got["destination_canonical_revision"] == "2.0"
+    assert peer_labels("destination", workload="w")["destination_canonical_revision"] == "latest"
+    assert peer_labels("source") == {}
+    with pytest.raises(ValueError):
+        peer_labels("client")
+    # usable directly by series()
+    RequestMetrics().series(reporter="source", **got)
+
+
+def test_service_labels():
+    from proxy.telemetry.metrics import service_labels
+
+    assert service_labels("payment.default.svc.cluster.local") == {
+        "destination_service": "payment.default.svc.cluster.local",
+        "destination_service_name": "payment",
+        "destination_service_namespace": "default",
+    }
+    assert service_labels("api.example.com") == {
+        "destination_service": "api.example.com",
+        "destination_service_name": "api.example.com",
+    }
