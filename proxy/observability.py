@@ -36,6 +36,9 @@ class Telemetry:
             self.access_log = AccessLog(stream=sys.stdout)
         rt.recorder = self.record
         rt.local_reply_counter = self.count_local_reply
+        rt.protection_counter = self.count_protection
+        rt.retry_counter = self.count_retry
+        rt.policies.on_new_destination = self.watch_destination
         self.workload = rt.service + ("-" + rt.version if rt.version else "")
         if rt.config_version:
             self.meshlet.set_config_version(rt.config_version)
@@ -50,6 +53,37 @@ class Telemetry:
         if c is None:
             c = self._local[(status, flag)] = self.meshlet.local_replies.labels(code=str(status), flag=flag)
         c.inc()
+
+    def count_protection(self, subject: Any, kind: str) -> None:
+        """Rare events (a rejection, a skipped retry, an ejection): label lookup is fine here."""
+        m = self.meshlet
+        if kind == "ejection":
+            m.outlier_ejections.labels(destination_service=getattr(subject, "service", "unknown")).inc()
+            return
+        svc = subject.service
+        if kind == "rate_limited":
+            m.rate_limited.labels(destination_service=svc).inc()
+        elif kind == "breaker_open":
+            m.circuit_breaker_not_permitted.labels(destination_service=svc).inc()
+        elif kind == "bulkhead_full":
+            m.bulkhead_rejected.labels(destination_service=svc).inc()
+        elif kind == "budget_skipped":
+            m.retry_budget_skipped.labels(destination_service=svc).inc()
+
+    def count_retry(self, dest: Any, outcome: Any) -> None:
+        svc = dest.service if dest is not None else self.rt.local_service_fqdn
+        self.meshlet.retries.labels(destination_service=svc, reason=outcome.name.lower()).inc()
+
+    def watch_destination(self, dest: Any) -> None:
+        """Keep meshlet_circuit_breaker_state in step with the breaker's transitions."""
+        br = dest.breaker
+        if br is None:
+            return
+        svc = dest.service
+        self.meshlet.set_breaker_state(svc, br.state)
+        cbs = getattr(br, "on_state_change", None)
+        if isinstance(cbs, list):
+            cbs.append(lambda *a: self.meshlet.set_breaker_state(svc, br.state))
 
     def _bind(self, reporter: str, ex: Any, key: tuple[str, str, str]) -> Any:
         rt = self.rt

@@ -21,6 +21,9 @@ from proxy.server import local_reply
 from proxy.server.channel import ChannelClosed
 from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops, request_head, response_head
 from proxy.server.upstream import UpstreamReset
+from proxy.resilience.deadline import attempt_timeout, format_timeout_ms, parse_expected_timeout_ms
+from proxy.server.policy import RoutePolicy
+from proxy.resilience.retry import Outcome, retry_after_delay
 
 log = logging.getLogger("meshlet.proxy")
 
@@ -89,7 +92,14 @@ class Forwarder:
         if cluster is None:
             return self._local(down, head, ex, 503, "NC", "outbound")
         ex.cluster = cname
-        policy = rt.policy_for(route, cluster)
+        policy = rt.policies.for_route(route, cluster)
+        if policy.fault is not None:
+            delay, abort, grpc_abort = policy.fault.decide(rt.random)
+            if delay > 0:
+                await asyncio.sleep(delay)
+                ex.flags = "DI"
+            if abort is not None:
+                return self._local(down, head, ex, abort, "FI", "outbound")
         extra = self._outbound_headers(head, route, dest, policy, ex)
         target = head.target
         if route.rewrite_uri is not None or route.rewrite_uri_regex is not None:
@@ -120,7 +130,14 @@ class Forwarder:
         headers = head.headers
         if any(n in SPOOFABLE_INBOUND for n, _ in headers):
             headers = [(n, v) for n, v in headers if n not in SPOOFABLE_INBOUND]
-        await self._forward(down, head, head.target, headers, extra, cluster, rt.inbound_policy, ex,
+        policy = rt.policies.inbound(cluster)
+        budget = head.get("x-envoy-expected-rq-timeout-ms")
+        if budget is not None:
+            # the caller's remaining deadline is honoured, never extended
+            t = parse_expected_timeout_ms(budget)
+            if t is not None:
+                policy = RoutePolicy(t, policy.retry, None, None, None)
+        await self._forward(down, head, head.target, headers, extra, cluster, policy, ex,
                             "inbound", None)
 
     # -- headers -----------------------------------------------------------------------------------
@@ -133,8 +150,6 @@ class Forwarder:
         ex.request_id = rid
         if head.get("x-forwarded-proto") is None:
             extra.append("x-forwarded-proto: http")
-        if policy.timeout:
-            extra.append("x-envoy-expected-rq-timeout-ms: %d" % int(policy.timeout * 1000))
         return extra
 
     def _inbound_headers(self, down: Any, head: Any, ex: Exchange) -> list[str]:
@@ -157,9 +172,51 @@ class Forwarder:
         self, down: Any, head: Any, target: str, headers: list[tuple[str, str]], extra: list[str],
         cluster: Any, policy: Any, ex: Exchange, reporter: str, resp_ops: Any,
     ) -> None:
+        """Local protections, then tries until one answers or the retry policy says stop."""
+        dest = policy.dest
+        if dest is None:
+            await self._tries(down, head, target, headers, extra, cluster, policy, ex, reporter, resp_ops)
+            return
+        if dest.limiter is not None:
+            wait = dest.limiter.acquire()
+            if wait < 0:
+                self.rt.count_protection(dest, "rate_limited")
+                return self._local(down, head, ex, 429, "RL", reporter)
+            if wait > 0:
+                await asyncio.sleep(wait)
+        breaker = dest.breaker
+        if breaker is not None and not breaker.try_acquire():
+            self.rt.count_protection(dest, "breaker_open")
+            return self._local(down, head, ex, 503, "UO", reporter)
+        bulkhead = dest.bulkhead
+        if bulkhead is not None and not bulkhead.try_acquire():
+            if not await _wait_bulkhead(bulkhead):
+                if breaker is not None:
+                    breaker.release()
+                self.rt.count_protection(dest, "bulkhead_full")
+                return self._local(down, head, ex, 503, "UO", reporter)
+        dest.budget.deposit()
+        ok = False
+        try:
+            await self._tries(down, head, target, headers, extra, cluster, policy, ex, reporter, resp_ops)
+            ok = 0 < ex.status < 500 and ex.flags in ("-", "DC")
+        finally:
+            if bulkhead is not None:
+                bulkhead.release()
+            if breaker is not None:
+                if ex.flags == "DC":
+                    breaker.release()  # the caller went away: neither a success nor a failure
+                else:
+                    breaker.on_result(_monotonic() - ex.start, not ok)
+            if dest.tracker is not None and ok:
+                dest.tracker.observe(_monotonic() - ex.start)
+
+    async def _tries(
+        self, down: Any, head: Any, target: str, headers: list[tuple[str, str]], extra: list[str],
+        cluster: Any, policy: Any, ex: Exchange, reporter: str, resp_ops: Any,
+    ) -> None:
         rt = self.rt
         method = head.method
-        body = down.body
         framing: list[str] = []
         if head.chunked:
             framing.append("transfer-encoding: chunked")
@@ -168,42 +225,68 @@ class Forwarder:
         if head.upgrade == "websocket":
             framing.append("connection: upgrade")
             framing.append("upgrade: websocket")
-        up_bytes = request_head(method, target, headers, head.connection, extra + framing)
-        idempotent = method in IDEMPOTENT or head.get("idempotency-key") is not None
+        retry = policy.retry
+        if reporter == "outbound":
+            # Envoy's per-request overrides from the local app (never from a remote peer)
+            ro = head.get("x-envoy-retry-on")
+            rg = head.get("x-envoy-retry-grpc-on")
+            mr = head.get("x-envoy-max-retries")
+            if ro is not None or rg is not None or mr is not None:
+                retry = retry.with_request_headers(ro, rg, mr)
         deadline = ex.start + policy.timeout if policy.timeout else 0.0
+        source = ReplayBody(down.body) if down.body is not None else None
+        idem_key = head.get("idempotency-key") is not None
+        dest = policy.dest
+        outlier = policy.outlier
         tried: set[str] = set()
         attempt = 0
+        sent_continue = False
         while True:
             attempt += 1
             ex.attempts = attempt
-            ep = rt.pick_endpoint(cluster, tried)
+            ep = rt.pick_endpoint(cluster, tried, outlier)
             if ep is None:
-                flag = "UH" if not tried else ("URX" if attempt > 2 else "UF")
-                return self._local(down, head, ex, 503, flag, reporter)
+                if attempt == 1:
+                    return self._local(down, head, ex, 503, "UH", reporter)
+                return self._local(down, head, ex, 503, "URX", reporter)
             tried.add(ep.key)
             ex.upstream = ep.key
             ex.endpoint = ep
             if reporter == "outbound":
                 ex.peer = ep.spiffe_id
                 ex.mtls = ep.tls
-            pool = rt.pool(ep, cluster)
-            remaining = deadline - _monotonic() if deadline else 0.0
-            if deadline and remaining <= 0:
+            remaining = deadline - _monotonic() if deadline else None
+            if remaining is not None and remaining <= 0:
                 return self._local(down, head, ex, 504, "UT", reporter)
+            try_timeout = attempt_timeout(retry.per_try_timeout, remaining)
+            try_extra = list(extra)
+            if try_timeout is not None and reporter == "outbound":
+                try_extra.append("x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout))
+            if attempt > 1:
+                try_extra.append("x-envoy-attempt-count: %d" % attempt)
+            up_bytes = request_head(method, target, headers, head.connection, try_extra + framing)
+            pool = rt.pool(ep, cluster)
+            t_try = _monotonic()
             try:
-                conn, reused = await pool.acquire(
-                    min(cluster.connect_timeout, remaining) if deadline else cluster.connect_timeout
-                )
+                ct = cluster.connect_timeout
+                conn, reused = await pool.acquire(min(ct, try_timeout) if try_timeout else ct)
             except (OSError, TimeoutError, ConnectionError) as exc:
-                rt.endpoint_failed(cluster, ep, gateway=True)
                 log.debug("connect to %s failed: %r", ep.key, exc)
-                if attempt <= policy.connect_retries and body_untouched(body):
+                rt.endpoint_outcome(outlier, ep, None, True)
+                if self._retry(retry, Outcome.CONNECT_FAILURE, 0, None, head, idem_key, attempt,
+                               source, deadline, dest, ex):
+                    await self._backoff(retry, attempt, None, deadline)
                     continue
                 return self._local(down, head, ex, 503, "URX" if attempt > 1 else "UF", reporter)
+            if source is not None and head.expect_continue and not sent_continue:
+                down.write(_CONTINUE)
+                sent_continue = True
             rt.endpoint_started(ep)
             try:
-                result = await self._attempt(down, head, conn, up_bytes, body, deadline, ex, reporter,
-                                             resp_ops, cluster, ep)
+                result = await self._attempt(
+                    down, head, conn, up_bytes, source, try_timeout, ex, reporter, resp_ops, ep,
+                    outlier, retry, idem_key, attempt, deadline, dest,
+                )
             finally:
                 rt.endpoint_finished(ep)
             if result is None:
@@ -212,56 +295,87 @@ class Forwarder:
                 else:
                     pool.release(conn)
                 return
-            # the attempt failed before any response byte reached the client
+            # the try failed before any response byte reached the client
             conn.abort()
             pool.release(conn)
-            kind, detail = result
-            if kind == "timeout":
-                rt.endpoint_failed(cluster, ep, gateway=True)
-                return self._local(down, head, ex, 504, "UT", reporter)
+            kind, status, retry_after = result
             if kind == "downstream":
-                ex.status = 0
-                ex.flags = "DC"
-                self._account(ex, head, reporter)
                 return
-            rt.endpoint_failed(cluster, ep, gateway=True)
-            # A reused keep-alive connection the upstream closed just before our write is the
-            # classic stale-pool race: the request provably got no answer; retry it once when
-            # that is safe (idempotent, body not consumed).
-            if kind == "reset" and reused and idempotent and body_untouched(body) and attempt < 3:
+            if kind == "retry":  # a response the policy retries (already decided and budgeted)
+                await self._backoff(retry, attempt, retry_after, deadline)
+                continue
+            if kind == "timeout":
+                global_hit = deadline and _monotonic() >= deadline - 0.0005
+                rt.endpoint_outcome(outlier, ep, None, True)
+                if not global_hit and self._retry(retry, Outcome.TIMEOUT, 0, None, head, idem_key,
+                                                  attempt, source, deadline, dest, ex):
+                    await self._backoff(retry, attempt, None, deadline)
+                    continue
+                return self._local(down, head, ex, 504, "UT", reporter)
+            # reset: the connection closed or broke before a response head
+            rt.endpoint_outcome(outlier, ep, None, True)
+            got_nothing = not status  # status carries "bytes came back" for resets
+            if reused and got_nothing and source_fresh(source) and (
+                    method in IDEMPOTENT or idem_key) and attempt < 3:
+                # A keep-alive connection the upstream had just closed: the classic stale-pool
+                # race. The request got no answer at all; Envoy retries these too.
                 tried.discard(ep.key)
                 continue
-            if attempt <= policy.connect_retries and kind == "reset" and not detail and body_untouched(body) and idempotent:
+            outcome = Outcome.RESET
+            if self._retry(retry, outcome, 0, None, head, idem_key, attempt, source, deadline, dest, ex):
+                await self._backoff(retry, attempt, None, deadline)
                 continue
-            return self._local(down, head, ex, 503 if kind == "reset" else 502, "UC" if kind == "reset" else "UF", reporter)
+            return self._local(down, head, ex, 503, "URX" if attempt > 1 else "UC", reporter)
+
+    def _retry(self, retry: Any, outcome: Any, status: int, grpc: int | None, head: Any,
+               idem_key: bool, attempt: int, source: Any, deadline: float, dest: Any,
+               ex: Exchange, ratelimited: bool = False) -> bool:
+        """The whole retry decision: policy, replayable body, time left, then the budget."""
+        if not retry.should_retry(outcome, status, grpc, head.method, idem_key, False, attempt,
+                                  ratelimited=ratelimited):
+            return False
+        if source is not None and not source.replayable:
+            return False
+        if deadline and _monotonic() >= deadline:
+            return False
+        if dest is not None and not dest.budget.try_withdraw():
+            self.rt.count_protection(dest, "budget_skipped")
+            return False
+        self.rt.count_retry(dest, outcome)
+        return True
+
+    async def _backoff(self, retry: Any, attempt: int, retry_after: float | None, deadline: float) -> None:
+        delay = retry.backoff(attempt, self.rt.random)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        if deadline:
+            delay = min(delay, max(0.0, deadline - _monotonic()))
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _attempt(
-        self, down: Any, head: Any, conn: Any, up_bytes: bytes, body: Any, deadline: float,
-        ex: Exchange, reporter: str, resp_ops: Any, cluster: Any, ep: Any,
-    ) -> tuple[str, Any] | None:
-        """One try. None when the response was (at least partly) sent; else (kind, detail)."""
+        self, down: Any, head: Any, conn: Any, up_bytes: bytes, source: Any,
+        try_timeout: float | None, ex: Exchange, reporter: str, resp_ops: Any, ep: Any,
+        outlier: Any, retry: Any, idem_key: bool, attempt: int, deadline: float, dest: Any,
+    ) -> tuple[str, int, float | None] | None:
+        """One try. None when the response was (at least partly) sent; else why it failed."""
         t_sent = _monotonic()
         fut = conn.start(up_bytes, head.method)
         pump = None
-        if body is not None:
-            if head.expect_continue:
-                down.write(_CONTINUE)
-            pump = asyncio.get_running_loop().create_task(_pump(body, conn, head.chunked))
+        if source is not None:
+            pump = asyncio.get_running_loop().create_task(_pump(source, conn, head.chunked))
         try:
-            if deadline:
-                remaining = deadline - _monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(remaining):
+            if try_timeout is not None:
+                async with asyncio.timeout(try_timeout):
                     resp = await fut
             else:
                 resp = await fut
         except TimeoutError:
             _cancel(pump)
-            return ("timeout", None)
-        except UpstreamReset as exc:
+            return ("timeout", 0, None)
+        except UpstreamReset:
             _cancel(pump)
-            return ("reset", conn.got_bytes or str(exc).startswith("malformed"))
+            return ("reset", 1 if conn.got_bytes else 0, None)
         except asyncio.CancelledError:
             _cancel(pump)
             conn.abort()
@@ -272,11 +386,23 @@ class Forwarder:
         ex.upstream_ms = (_monotonic() - t_sent) * 1000.0
         status = resp.status
         ex.status = status
-        self.rt.endpoint_result(cluster, ep, status)
+        self.rt.endpoint_outcome(outlier, ep, status, False)
+        if status >= 500 or status == 409 or status == 429:
+            grpc = None
+            ratelimited = resp.get("x-envoy-ratelimited") is not None
+            if resp.get("x-envoy-overloaded") is not None:
+                pass  # a peer's local overload reply is never retried (Envoy)
+            elif self._retry(retry, Outcome.RESPONSE, status, grpc, head, idem_key, attempt, source,
+                             deadline, dest, ex, ratelimited):
+                _cancel(pump)
+                ra = resp.get("retry-after")
+                return ("retry", status, retry_after_delay(ra, time.time()) if ra else None)
         # -- response head
         extra = []
         if reporter == "outbound":
             extra.append("x-envoy-upstream-service-time: %d" % int(ex.upstream_ms))
+        if attempt > 1:
+            ex.flags = "URX" if status >= 500 else "-"
         keep = down.keep_alive and not self.rt.draining
         rbody = conn.body
         mode = conn.mode
@@ -305,7 +431,6 @@ class Forwarder:
         if status == 101:
             down.write(out_head)
             _tunnel(down, conn)
-            ex.flags = "-"
             self._account(ex, head, reporter)
             return None
         # -- response body, with a fast path for a body that is already complete
@@ -344,7 +469,7 @@ class Forwarder:
                 _cancel(pump)
                 down.keep_alive = False
                 conn.keep_alive = False
-            ex.req_bytes = body.total
+            ex.req_bytes = source.total
         self._account(ex, head, reporter)
         return None
 
@@ -365,8 +490,57 @@ class Forwarder:
         self.rt.record(ex, head, reporter)
 
 
-def body_untouched(body: Any) -> bool:
-    return body is None or body.total == 0
+REPLAY_LIMIT = 65536
+
+
+class ReplayBody:
+    """A request body that a retry can send again: the first 64 KiB are kept as they stream.
+
+    Envoy buffers request bodies for retries the same way (up to a limit); a larger body is
+    still streamed, but the request is no longer retried once part of it went upstream.
+    """
+
+    __slots__ = ("ch", "buf", "size", "overflow", "started")
+
+    def __init__(self, channel: Any) -> None:
+        self.ch = channel
+        self.buf: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+        self.started = False
+
+    @property
+    def replayable(self) -> bool:
+        return not self.overflow
+
+    @property
+    def total(self) -> int:
+        return self.ch.total
+
+    @property
+    def trailers(self) -> Any:
+        return self.ch.trailers
+
+    async def pieces(self) -> Any:
+        self.started = True
+        for d in list(self.buf):
+            yield d
+        while True:
+            d = await self.ch.read()
+            if not d:
+                return
+            if not self.overflow:
+                if self.size + len(d) <= REPLAY_LIMIT:
+                    self.buf.append(d)
+                    self.size += len(d)
+                else:
+                    self.overflow = True
+                    self.buf = []
+            yield d
+
+
+def source_fresh(source: Any) -> bool:
+    return source is None or not source.started or source.replayable
 
 
 def _cancel(task: Any) -> None:
@@ -374,18 +548,44 @@ def _cancel(task: Any) -> None:
         task.cancel()
 
 
-async def _pump(body: Any, conn: Any, chunked: bool) -> None:
+async def _wait_bulkhead(bulkhead: Any) -> bool:
+    """Queue for a bulkhead permit up to its maxWaitDuration; True once granted."""
+    if bulkhead.max_wait <= 0:
+        return False
+    fut = asyncio.get_running_loop().create_future()
+    waiter = _FutureWaiter(fut)
+    if not bulkhead.enqueue(waiter):
+        return False
+    try:
+        async with asyncio.timeout(bulkhead.max_wait):
+            await fut
+        return True
+    except (TimeoutError, asyncio.CancelledError):
+        if not bulkhead.cancel(waiter, timed_out=True):
+            bulkhead.release()  # granted just as we gave up: hand it back
+        return False
+
+
+class _FutureWaiter:
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: asyncio.Future[None]) -> None:
+        self.fut = fut
+
+    def wake(self) -> None:
+        if not self.fut.done():
+            self.fut.set_result(None)
+
+
+async def _pump(source: ReplayBody, conn: Any, chunked: bool) -> None:
     """Request body -> upstream, re-chunked when chunked (never raw client chunk bytes)."""
     try:
-        while True:
-            data = await body.read()
-            if not data:
-                break
+        async for data in source.pieces():
             conn.write(h1.encode_chunk(data) if chunked else data)
             if conn._paused_writing:
                 await conn.drain()
         if chunked:
-            conn.write(h1.encode_last_chunk(body.trailers))
+            conn.write(h1.encode_last_chunk(source.trailers))
     except ChannelClosed:
         conn.abort()
 

@@ -18,19 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.routes.table import EMPTY, Cluster, Endpoint, RouteTable
+from proxy.server.policy import PolicyStore
 from proxy.server.upstream import EndpointPool
 
 log = logging.getLogger("meshlet.proxy")
-
-
-class RoutePolicy:
-    """The per-(route, cluster) decisions compiled once per table."""
-
-    __slots__ = ("timeout", "connect_retries")
-
-    def __init__(self, timeout: float | None = None, connect_retries: int = 2) -> None:
-        self.timeout = timeout
-        self.connect_retries = connect_retries
 
 
 _bits = random.SystemRandom().getrandbits(64)
@@ -68,13 +59,13 @@ class Runtime:
         self.pools: dict[tuple[str, bool], EndpointPool] = {}
         self.rr: dict[str, int] = {}
         self.active: dict[str, int] = {}
-        self.policies: dict[tuple[int, str], RoutePolicy] = {}
+        self.random = random.Random()
+        self.policies = PolicyStore(self.random)
         self.inbound_cluster = Cluster(
             name=f"inbound|{app_port}||{self.local_service_fqdn}",
             service=self.local_service_fqdn, subset="", port=app_port,
             endpoints=(Endpoint(app_host, app_port, {}, 1, False, "", f"{app_host}:{app_port}"),),
         )
-        self.inbound_policy = RoutePolicy(None, 1)
         self.client_ssl: Callable[[], ssl.SSLContext | None] = lambda: None
         self.authorizer: Callable[[Any, Any], str | None] | None = None
         self.recorder: Callable[[Any, Any, str], None] | None = None
@@ -83,12 +74,13 @@ class Runtime:
         self.max_mirrors = 64
         self.tasks: set[asyncio.Task[Any]] = set()
         self.new_request_id = new_request_id
-        self.random = random.Random()
+        self.protection_counter: Callable[[Any, str], None] | None = None
+        self.retry_counter: Callable[[Any, Any], None] | None = None
 
     # -- config ------------------------------------------------------------------------------
     def swap(self, table: RouteTable) -> None:
         """Install a new table (one assignment; in-flight requests keep the old one)."""
-        self.policies = {}
+        self.policies.reset_table(table)
         self.table = table
         self.config_version = table.version
         live = {(ep.key, ep.tls) for c in table.clusters.values() for ep in c.endpoints}
@@ -96,40 +88,36 @@ class Runtime:
         for key in [k for k in self.pools if k not in live]:
             self.pools.pop(key).close()
 
-    def policy_for(self, route: Any, cluster: Cluster) -> RoutePolicy:
-        key = (id(route), cluster.name)
-        p = self.policies.get(key)
-        if p is None:
-            p = self.policies[key] = RoutePolicy(route.timeout, 2)
-        return p
-
     # -- endpoints -----------------------------------------------------------------------------
-    def pick_endpoint(self, cluster: Cluster, tried: set[str]) -> Endpoint | None:
+    def pick_endpoint(self, cluster: Cluster, tried: set[str], outlier: Any = None) -> Endpoint | None:
+        """Load-balance over healthy endpoints, preferring ones this request has not tried.
+
+        Istio's retry host predicate (previous_hosts): a retry goes elsewhere when it can, and
+        to the same endpoint when it is the only one. When outlier detection has ejected every
+        endpoint, all of them are used (Envoy's panic mode).
+        """
         eps = cluster.endpoints
-        n = len(eps)
-        if n == 0:
+        if not eps:
             return None
+        if outlier is not None and outlier.ejected_count:
+            eps = tuple(outlier.healthy(eps)) or eps
+        if tried:
+            fresh = tuple(ep for ep in eps if ep.key not in tried)
+            eps = fresh or eps
+        n = len(eps)
         if n == 1:
-            ep = eps[0]
-            return None if ep.key in tried else ep
+            return eps[0]
         lb = cluster.lb
         if lb == "ROUND_ROBIN":
-            i = self.rr.get(cluster.name, 0)
-            for k in range(n):
-                ep = eps[(i + k) % n]
-                if ep.key not in tried:
-                    self.rr[cluster.name] = (i + k + 1) % n
-                    return ep
-            return None
-        candidates = [ep for ep in eps if ep.key not in tried] if tried else eps
-        if not candidates:
-            return None
-        if lb == "LEAST_REQUEST" and len(candidates) > 1:
+            i = self.rr.get(cluster.name, 0) % n
+            self.rr[cluster.name] = i + 1
+            return eps[i]
+        if lb == "LEAST_REQUEST":
             # power of two choices (Envoy's default for LEAST_REQUEST)
-            a, b = self.random.sample(candidates, 2)
+            a, b = self.random.sample(eps, 2)
             act = self.active
             return a if act.get(a.key, 0) <= act.get(b.key, 0) else b
-        return candidates[int(self.random.random() * len(candidates))]
+        return eps[int(self.random.random() * n)]
 
     def pool(self, ep: Endpoint, cluster: Cluster) -> EndpointPool:
         key = (ep.key, ep.tls)
@@ -147,17 +135,42 @@ class Runtime:
     def endpoint_finished(self, ep: Endpoint) -> None:
         self.active[ep.key] -= 1
 
-    def endpoint_failed(self, cluster: Cluster, ep: Endpoint, gateway: bool) -> None:
-        pass
-
-    def endpoint_result(self, cluster: Cluster, ep: Endpoint, status: int) -> None:
-        pass
+    def endpoint_outcome(self, outlier: Any, ep: Endpoint, status: int | None, local_failure: bool) -> None:
+        """Feed passive health: a response status, or a connect failure / reset / timeout."""
+        if outlier is not None:
+            before = outlier.ejections_total
+            outlier.record(ep.key, status, False, local_failure)
+            if outlier.ejections_total != before and self.protection_counter is not None:
+                self.protection_counter(outlier, "ejection")
 
     def endpoint_health(self, cluster: Cluster, ep: Endpoint) -> dict[str, Any]:
-        return {"healthy": True, "ejected": False}
+        det = self.policies.outlier(cluster)
+        if det is None:
+            return {"healthy": True, "ejected": False}
+        st = det.status().get(ep.key, {})
+        return {"healthy": not st.get("ejected", False), **st}
 
     def cluster_health(self, cluster: Cluster) -> dict[str, Any]:
-        return {"circuit_breaker": "CLOSED"}
+        d = self.policies.destination(cluster)
+        out: dict[str, Any] = {"retry_budget_available": d.budget.available}
+        if d.breaker is not None:
+            out["circuit_breaker"] = d.breaker.status()
+        if d.bulkhead is not None:
+            out["bulkhead"] = {"active": d.bulkhead.active, "waiting": d.bulkhead.waiting,
+                               "rejected": d.bulkhead.rejected}
+        det = self.policies.outlier(cluster)
+        if det is not None:
+            out["outlier_ejections_total"] = det.ejections_total
+            out["outlier_ejected"] = det.ejected_count
+        return out
+
+    def count_protection(self, subject: Any, kind: str) -> None:
+        if self.protection_counter is not None:
+            self.protection_counter(subject, kind)
+
+    def count_retry(self, dest: Any, outcome: Any) -> None:
+        if self.retry_counter is not None:
+            self.retry_counter(dest, outcome)
 
     # -- policy hooks ----------------------------------------------------------------------------
     def authorize(self, down: Any, head: Any) -> str | None:

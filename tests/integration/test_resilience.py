@@ -1,0 +1,253 @@
+"""Resilience through a real sidecar: timeouts, retries (safe by default), the retry budget,
+circuit breaker, bulkhead, rate limiter, fault injection and outlier detection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import aiohttp
+import pytest
+
+from tests.support import start_app, start_sidecar
+
+
+def _dead_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+CONFIG = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: inventory}}
+spec:
+  hosts: [inventory]
+  ports: [{{number: 8080, name: http}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {a}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: flaky}}
+spec:
+  hosts: [flaky]
+  ports: [{{number: 8080, name: http}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {b}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: pool}}
+spec:
+  hosts: [pool]
+  ports: [{{number: 8080, name: http}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {a}}}}}
+  - {{address: 127.0.0.1, ports: {{http: {dead}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: guarded}}
+spec:
+  hosts: [guarded, limited, bulk]
+  ports: [{{number: 8080, name: http}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {b}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: pool}}
+spec:
+  host: pool
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 50}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: inventory}}
+spec:
+  hosts: [inventory]
+  http:
+  - match: [{{uri: {{prefix: /delay}}}}]
+    timeout: 300ms
+    route: [{{destination: {{host: inventory}}}}]
+  - match: [{{uri: {{prefix: /abort}}}}]
+    fault: {{abort: {{httpStatus: 503, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: inventory}}}}]
+  - match: [{{uri: {{prefix: /slowfault}}}}]
+    fault: {{delay: {{fixedDelay: 200ms, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: inventory}}}}]
+  - route: [{{destination: {{host: inventory}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: flaky}}
+spec:
+  hosts: [flaky]
+  http:
+  - match: [{{uri: {{prefix: /delay}}}}]
+    timeout: 2s
+    retries: {{attempts: 3, perTryTimeout: 200ms, retryOn: "reset,5xx"}}
+    route: [{{destination: {{host: flaky}}}}]
+  - retries: {{attempts: 3, retryOn: "5xx"}}
+    route: [{{destination: {{host: flaky}}}}]
+---
+apiVersion: meshlet.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {{name: guarded}}
+spec:
+  host: guarded
+  circuitBreaker: {{failureRateThreshold: 50, slidingWindowSize: 4, minimumNumberOfCalls: 4, waitDurationInOpenState: 30s}}
+---
+apiVersion: meshlet.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {{name: limited}}
+spec:
+  host: limited
+  rateLimiter: {{limitForPeriod: 3, limitRefreshPeriod: 60s, timeoutDuration: 0s}}
+---
+apiVersion: meshlet.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {{name: bulk}}
+spec:
+  host: bulk
+  bulkhead: {{maxConcurrentCalls: 2, maxWaitDuration: 0s}}
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("resilience")
+    a, pa = start_app(work, "inventory")
+    b, pb = start_app(work, "flaky")
+    sc = start_sidecar(work, "orders", pa, CONFIG.format(a=pa, b=pb, dead=_dead_port()))
+    yield {"sidecar": sc, "a": pa, "b": pb}
+    sc.stop()
+    a.stop()
+    b.stop()
+
+
+async def _req(mesh, host: str, path: str, method: str = "GET", **kw):
+    sc = mesh["sidecar"]
+    async with aiohttp.ClientSession() as s, s.request(
+        method, f"http://127.0.0.1:{sc.outbound}{path}", headers={"Host": host, **kw.pop("headers", {})}, **kw
+    ) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+async def _reset_flaky(mesh) -> None:
+    async with aiohttp.ClientSession() as s, s.post(f"http://127.0.0.1:{mesh['b']}/flaky/reset") as r:
+        assert r.status == 200
+
+
+async def test_route_timeout_is_504_ut(mesh):
+    t0 = time.monotonic()
+    status, headers, _ = await _req(mesh, "inventory", "/delay?ms=2000")
+    assert status == 504 and headers["x-meshlet-response-flags"] == "UT"
+    assert time.monotonic() - t0 < 1.5
+
+
+async def test_timeout_propagated_downstream(mesh):
+    status, _, body = await _req(mesh, "flaky", "/delay?ms=1")
+    seen = json.loads(body)["headers"]
+    assert 0 < int(seen["x-envoy-expected-rq-timeout-ms"]) <= 200
+
+
+async def test_retries_on_5xx_for_idempotent(mesh):
+    await _reset_flaky(mesh)
+    status, headers, body = await _req(mesh, "flaky", "/flaky?n=2&code=503")
+    assert status == 200
+    data = json.loads(body)
+    assert data["flaky_calls"] == 3
+    assert data["headers"]["x-envoy-attempt-count"] == "3"
+
+
+async def test_post_not_retried_without_opt_in(mesh):
+    await _reset_flaky(mesh)
+    # POST is not idempotent: a 503 from the app is passed back, not retried (safe default)
+    sc = mesh["sidecar"]
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"http://127.0.0.1:{sc.outbound}/status/503", headers={"Host": "flaky"}) as r:
+            assert r.status == 503
+        # the same POST with an Idempotency-Key is retried (3 retries, all 503: still 503)
+        async with s.post(f"http://127.0.0.1:{mesh['b']}/stats") as r:
+            pass
+    before = await _app_requests(mesh)
+    async with aiohttp.ClientSession() as s, s.post(
+        f"http://127.0.0.1:{sc.outbound}/status/503", headers={"Host": "flaky", "Idempotency-Key": "k1"}
+    ) as r:
+        assert r.status == 503
+    assert await _app_requests(mesh) == before + 4
+
+
+async def _app_requests(mesh) -> int:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{mesh['b']}/stats") as r:
+        return (await r.json())["requests"]
+
+
+async def test_per_try_timeout_retries(mesh):
+    t0 = time.monotonic()
+    status, headers, body = await _req(mesh, "flaky", "/delay?ms=1000")
+    # each of the 4 tries is cut at 200 ms (plus back-off), then 504 UT, inside the 2 s route
+    # timeout; without the per-try timeout the first try alone would take 1 s
+    assert status == 504 and headers["x-meshlet-response-flags"] == "UT"
+    assert 0.8 <= time.monotonic() - t0 < 1.9
+    text = mesh["sidecar"].admin_get("/metrics")[1].decode()
+    assert 'meshlet_retries_total{destination_service="flaky.default.svc.cluster.local",reason="timeout"} 3.0' in text
+
+
+async def test_connect_failure_retried_and_outlier_ejects(mesh):
+    # pool has one live and one dead endpoint: connect failures are always retried (never
+    # reached the app), so every request succeeds
+    for _ in range(10):
+        status, _, _ = await _req(mesh, "pool", "/x")
+        assert status == 200
+    clusters = json.loads(mesh["sidecar"].admin_get("/clusters")[1])["clusters"]
+    pool = next(c for c in clusters if c["name"] == "outbound|8080||pool.default.svc.cluster.local")
+    dead = [e for e in pool["endpoints"] if e["address"] != f"127.0.0.1:{mesh['a']}"][0]
+    assert dead["ejected"] is True and pool["outlier_ejections_total"] >= 1
+    text = mesh["sidecar"].admin_get("/metrics")[1].decode()
+    assert "meshlet_outlier_ejections_total" in text
+
+
+async def test_circuit_breaker_opens(mesh):
+    statuses = []
+    for _ in range(8):
+        status, headers, _ = await _req(mesh, "guarded", "/status/500")
+        statuses.append((status, headers.get("x-meshlet-response-flags", "-"), headers.get("x-envoy-overloaded")))
+    assert statuses[:4] == [(500, "-", None)] * 4
+    assert statuses[4:] == [(503, "UO", "true")] * 4
+    clusters = json.loads(mesh["sidecar"].admin_get("/clusters")[1])["clusters"]
+    g = next(c for c in clusters if c["service"] == "guarded.default.svc.cluster.local")
+    assert g["circuit_breaker"]["state"] == "OPEN"
+    text = mesh["sidecar"].admin_get("/metrics")[1].decode()
+    assert 'meshlet_circuit_breaker_state{destination_service="guarded.default.svc.cluster.local",state="open"} 1.0' in text
+
+
+async def test_rate_limiter_429(mesh):
+    codes = [(await _req(mesh, "limited", "/x"))[0] for _ in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    status, headers, _ = await _req(mesh, "limited", "/x")
+    assert headers["x-meshlet-response-flags"] == "RL" and headers["x-envoy-ratelimited"] == "true"
+
+
+async def test_bulkhead_full_503_uo(mesh):
+    results = await asyncio.gather(*[_req(mesh, "bulk", "/delay?ms=500") for _ in range(5)])
+    codes = sorted(r[0] for r in results)
+    assert codes == [200, 200, 503, 503, 503]
+    assert all(r[1].get("x-meshlet-response-flags") == "UO" for r in results if r[0] == 503)
+
+
+async def test_fault_abort_and_delay(mesh):
+    status, headers, _ = await _req(mesh, "inventory", "/abort")
+    assert status == 503 and headers["x-meshlet-response-flags"] == "FI"
+    t0 = time.monotonic()
+    status, _, _ = await _req(mesh, "inventory", "/slowfault")
+    assert status == 200 and time.monotonic() - t0 >= 0.2
