@@ -52,8 +52,9 @@ class Stream:
 class PushHub:
     """Builds snapshots from the store and registry and sends them to every open stream."""
 
-    def __init__(self, store: Store, registry: Registry) -> None:
+    def __init__(self, store: Store, registry: Registry, trust_domain: str | None = None) -> None:
         self.store = store
+        self.trust_domain = trust_domain
         self.registry = registry
         self.streams: dict[str, Stream] = {}
         self.current: dict | None = None
@@ -67,7 +68,7 @@ class PushHub:
     # -- snapshot --------------------------------------------------------------------------
     def rebuild(self) -> dict:
         revision, resources = self.store.snapshot()
-        snap = snapshot_mod.build(revision, resources, self.registry.all())
+        snap = snapshot_mod.build(revision, resources, self.registry.all(), self.trust_domain)
         if self.current is None or snap["version"] != self.current["version"]:
             self.current = snap
             # Encoded once, not once per sidecar.

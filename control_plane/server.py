@@ -75,11 +75,12 @@ class ControlPlane:
         self.admin_token = self._admin_token()
         self.store = Store(str(self.data_dir / "store.db"))
         self.registry = Registry(grace_s=grace_s)
-        self.hub = PushHub(self.store, self.registry)
         self.tls: Security | None = None
         if not plain_http:
             td, lifetime = self._mesh_identity()
             self.tls = Security(self.data_dir, td, [split_listen(listen)[0]], lifetime)
+        self.hub = PushHub(self.store, self.registry,
+                           self.tls.trust_domain if self.tls is not None else None)
         self.started = time.time()
         self.address: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
@@ -226,6 +227,15 @@ class ControlPlane:
             return _error(400, "invalid configuration; nothing was applied", errors=errors)
         if not resources:
             return _error(400, "no resources to apply")
+        warnings = []
+        if self.tls is not None:
+            for r in resources:
+                td = r.spec.get("trustDomain") if r.kind == "MeshConfig" else None
+                if td and td != self.tls.trust_domain:
+                    warnings.append(
+                        f"{r.ref}: spec.trustDomain {td!r} takes effect when the control plane "
+                        f"restarts; until then certificates carry {self.tls.trust_domain!r}"
+                    )
         seen: dict[tuple[str, str, str], str] = {}
         for r in resources:
             if r.key in seen:
@@ -236,7 +246,8 @@ class ControlPlane:
             return _error(400, "invalid configuration; nothing was applied", errors=errors)
         revision, changes = self.store.apply(resources)
         return web.json_response(
-            {"revision": revision, "results": [c.to_dict() for c in changes]}
+            {"revision": revision, "results": [c.to_dict() for c in changes],
+             "warnings": warnings}
         )
 
     @staticmethod

@@ -15,7 +15,7 @@ Wire format (JSON)::
      "registry": [{"service", "namespace", "version", "labels",
                    "address": "host:port",             # the sidecar's inbound mTLS port
                    "spiffe_id"}, ...],
-     "mesh": {MeshConfig spec, trustDomain filled in}}
+     "mesh": {MeshConfig spec, trustDomain = the CA's}}
 
 Today every sidecar gets the same snapshot; per-sidecar filtering and per-resource deltas are
 later optimizations (the version scheme already allows them).
@@ -54,10 +54,18 @@ def content_hash(body: dict) -> str:
 
 
 def build(
-    revision: int, resources: list[StoredResource], registrations: Iterable[Registration]
+    revision: int,
+    resources: list[StoredResource],
+    registrations: Iterable[Registration],
+    trust_domain: str | None = None,
 ) -> dict:
-    """The snapshot for ``revision`` (resources read with it) and the current registrations."""
+    """The snapshot for ``revision`` (resources read with it) and the current registrations.
+
+    ``trust_domain``, when given, is the CA's: it is what certificates actually carry, so it
+    wins over the MeshConfig's."""
     mesh = mesh_config(resources)
+    if trust_domain:
+        mesh["trustDomain"] = trust_domain
     td = str(mesh["trustDomain"])
     registry = [
         {

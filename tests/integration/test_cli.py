@@ -344,3 +344,14 @@ def test_check_unreachable_and_bad_token(capsys, tmp_path):
     body = json.loads(out)
     assert code == 3 and body["success"] is False
     assert [c["result"] for c in body["checks"]] == ["ok", "ok", "fail"]
+
+
+def test_trust_domain_change_warns_until_restart(cp, capsys, tmp_path):
+    f = write(tmp_path, "mesh.yaml", "apiVersion: meshlet.dev/v1alpha1\nkind: MeshConfig\n"
+              "metadata: {name: mesh}\nspec: {trustDomain: example.org}\n")
+    code, out, err = run(capsys, "apply", "-f", f)
+    assert code == 0 and out == "meshconfig.meshlet.dev/mesh created\n"
+    assert err == ("warning: MeshConfig default/mesh: spec.trustDomain 'example.org' takes effect "
+                   "when the control plane restarts; until then certificates carry "
+                   "'cluster.local'\n")
+    assert run(capsys, "delete", "mc", "mesh")[0] == 0

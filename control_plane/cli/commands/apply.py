@@ -76,4 +76,6 @@ def run(args: argparse.Namespace) -> int:
     answer = c.request("POST", "/v1/resources", json_body={"documents": documents(resources)})
     for ch in answer.get("results", []):
         output.out(f"{resource_ref(ch['kind'], ch['apiVersion'], ch['name'])} {ch['action']}")
+    for w in answer.get("warnings", []):
+        output.warn(w)
     return 0

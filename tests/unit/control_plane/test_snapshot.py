@@ -60,3 +60,12 @@ def test_every_example_survives_store_and_snapshot_and_revalidates(tmp_path):
     snap = snapshot.build(*st.snapshot(), [])
     back = [from_dict(doc, "cp", i) for i, doc in enumerate(snap["resources"], 1)]
     assert {r.key: r.to_dict() for r in back} == {r.key: r.to_dict() for r in applied}
+
+
+def test_the_cas_trust_domain_wins(tmp_path):
+    st = Store(str(tmp_path / "s.db"))
+    st.apply(load_text(MESH, "m.yaml"))
+    snap = snapshot.build(*st.snapshot(), [Registration("n", "pay", address="h:1")],
+                          "cluster.local")
+    assert snap["mesh"]["trustDomain"] == "cluster.local"
+    assert snap["registry"][0]["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/pay"
