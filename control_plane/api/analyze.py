@@ -83,11 +83,14 @@ class _Index:
         for r in resources:
             self.by_kind[r.kind].append(r)
         self.services: set[str] = {fqdn(s) for s in services}
+        self.ports: dict[str, set[int]] = defaultdict(set)  # ServiceEntry host -> port numbers
         # (namespace, labels, service fqdn or "") of every endpoint the config declares
         self.workloads: list[tuple[str, dict, str]] = [(ns, dict(lb), "") for ns, lb in workloads]
         for se in self.by_kind["ServiceEntry"]:
             hosts = [fqdn(h, se.namespace) for h in se.spec.get("hosts") or []]
             self.services.update(hosts)
+            for h in hosts:
+                self.ports[h].update(p["number"] for p in se.spec.get("ports") or [])
             for ep in se.spec.get("endpoints") or []:
                 for h in hosts:
                     self.workloads.append((se.namespace, dict(ep.get("labels") or {}), h))
@@ -192,37 +195,51 @@ def _destinations(rule: dict, base: str) -> Iterable[tuple[str, dict]]:
         yield f"{base}.mirrors[{j}].destination", m.get("destination") or {}
 
 
+def _is_catch_all(rule: dict) -> bool:
+    """Istio's ``IsCatchAllRoute``: no match, or a match on nothing but ``prefix: /`` or
+    ``regex: .*`` (Istio emits no route after one)."""
+    matches = rule.get("match") or []
+    if not matches:
+        return True
+    for m in matches:
+        rest = {k for k in m if k not in ("name", "uri")}
+        uri = m.get("uri") or {}
+        if not rest and (not uri or uri.get("prefix") == "/" or uri.get("regex") in (".*", "/.*")):
+            return True
+    return False
+
+
 def _virtual_service(vs: Resource, idx: _Index) -> list[Finding]:
     out: list[Finding] = []
+    gateways = vs.spec.get("gateways")
+    if gateways and "mesh" not in gateways:
+        out.append(
+            _finding(
+                WARNING,
+                vs,
+                "spec.gateways",
+                'does not include "mesh", so sidecars ignore this VirtualService',
+            )
+        )
+    catch_all = -1
     for i, rule in enumerate(vs.spec.get("http") or []):
         base = f"spec.http[{i}]"
-        for path, dest in _destinations(rule, base):
-            host = fqdn(dest.get("host", ""), vs.namespace)
-            subset = dest.get("subset")
-            if subset:
-                drs = idx.rules_for(host)
-                defined = {s.get("name") for dr in drs for s in dr.spec.get("subsets") or []}
-                if subset not in defined:
-                    out.append(
-                        _finding(
-                            ERROR,
-                            vs,
-                            f"{path}.subset",
-                            f'subset "{subset}" not defined in any DestinationRule for {host}',
-                        )
-                    )
-            if not idx.known(host):
-                out.append(
-                    _finding(
-                        WARNING,
-                        vs,
-                        f"{path}.host",
-                        f"host {host} is not declared by any ServiceEntry or "
-                        "WorkloadEntry, nor known to the registry",
-                    )
+        if catch_all >= 0:
+            out.append(
+                _finding(
+                    WARNING,
+                    vs,
+                    base,
+                    f"unreachable: spec.http[{catch_all}] before it matches every request "
+                    "(the first matching rule wins)",
                 )
+            )
+        elif _is_catch_all(rule):
+            catch_all = i
+        for path, dest in _destinations(rule, base):
+            out += _destination(vs, idx, path, dest)
         route = rule.get("route") or []
-        if len(route) > 1 and sum(d.get("weight", 0) for d in route) <= 0:
+        if len(route) > 1 and sum(d.get("weight") or 0 for d in route) <= 0:
             out.append(
                 _finding(
                     ERROR,
@@ -235,8 +252,60 @@ def _virtual_service(vs: Resource, idx: _Index) -> list[Finding]:
     return out
 
 
+def _destination(vs: Resource, idx: _Index, path: str, dest: dict) -> list[Finding]:
+    out: list[Finding] = []
+    host = fqdn(dest.get("host", ""), vs.namespace)
+    subset = dest.get("subset")
+    if subset:
+        drs = idx.rules_for(host)
+        defined = {s.get("name") for dr in drs for s in dr.spec.get("subsets") or []}
+        if subset not in defined:
+            out.append(
+                _finding(
+                    ERROR,
+                    vs,
+                    f"{path}.subset",
+                    f'subset "{subset}" not defined in any DestinationRule for {host}',
+                )
+            )
+    if not idx.known(host):
+        out.append(
+            _finding(
+                WARNING,
+                vs,
+                f"{path}.host",
+                f"host {host} is not declared by any ServiceEntry or "
+                "WorkloadEntry, nor known to the registry",
+            )
+        )
+    port = (dest.get("port") or {}).get("number")
+    declared = idx.ports.get(host)
+    if port and declared and port not in declared:
+        shown = ", ".join(str(p) for p in sorted(declared))
+        out.append(
+            _finding(
+                WARNING,
+                vs,
+                f"{path}.port.number",
+                f"port {port} is not a port of {host} (its ServiceEntry declares {shown})",
+            )
+        )
+    return out
+
+
 def _retry_vs_timeout(vs: Resource, rule: dict, base: str) -> list[Finding]:
     retries = rule.get("retries") or {}
+    if (retries.get("attempts") or 0) > 0 and not retries.get("perTryTimeout"):
+        if not rule.get("timeout") or parse_duration(rule["timeout"]) == 0:
+            return [
+                _finding(
+                    WARNING,
+                    vs,
+                    f"{base}.retries",
+                    "retries without perTryTimeout on a route without timeout: a hung "
+                    "upstream is neither retried nor timed out",
+                )
+            ]
     if "timeout" not in rule or "perTryTimeout" not in retries:
         return []
     timeout = parse_duration(rule["timeout"])

@@ -354,3 +354,45 @@ def test_cli_stdin(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO(textwrap.dedent(BROKEN)))
     assert main(["analyze", "-f", "-"]) == 1
     assert "<stdin>#1 VirtualService default/reviews" in capsys.readouterr().out
+
+
+def test_rules_after_a_catch_all_are_unreachable():
+    dest = ({"host": "reviews"}, None)
+    catch_all = {**route(dest), "match": [{"uri": {"prefix": "/"}}]}
+    specific = {**route(dest), "match": [{"uri": {"prefix": "/api"}}]}
+    findings = analyze([vs([specific, catch_all, specific, route(dest)]), se()])
+    assert [(f.level, f.field) for f in findings] == [
+        ("warning", "spec.http[2]"),
+        ("warning", "spec.http[3]"),
+    ]
+    assert "spec.http[1] before it matches every request" in findings[0].message
+    header_only = {**route(dest), "match": [{"uri": {"prefix": "/"}, "headers": {"x": {}}}]}
+    assert analyze([vs([header_only, specific]), se()]) == []
+
+
+def test_gateways_without_mesh():
+    r = res(
+        "VirtualService",
+        "r",
+        {
+            "hosts": ["reviews"],
+            "gateways": ["ingress"],
+            "http": [route(({"host": "reviews"}, None))],
+        },
+    )
+    f = only(analyze([r, se()]))
+    assert (f.level, f.field) == ("warning", "spec.gateways")
+
+
+def test_destination_port_not_declared_by_service_entry():
+    f = only(analyze([vs([route(({"host": "reviews", "port": {"number": 9090}}, None))]), se()]))
+    assert (f.level, f.field) == ("warning", "spec.http[0].route[0].destination.port.number")
+    assert "declares 80" in f.message
+    assert analyze([vs([route(({"host": "reviews", "port": {"number": 80}}, None))]), se()]) == []
+
+
+def test_retries_without_any_timeout():
+    rule = {**route(({"host": "reviews"}, None)), "retries": {"attempts": 2}}
+    f = only(analyze([vs([rule]), se()]))
+    assert (f.level, f.field) == ("warning", "spec.http[0].retries")
+    assert analyze([vs([{**rule, "timeout": "2s"}]), se()]) == []
