@@ -355,3 +355,24 @@ def test_trust_domain_change_warns_until_restart(cp, capsys, tmp_path):
                    "when the control plane restarts; until then certificates carry "
                    "'cluster.local'\n")
     assert run(capsys, "delete", "mc", "mesh")[0] == 0
+
+
+def test_control_plane_port_in_use_is_one_line_exit_1(cp, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.integration.test_control_plane import LAUNCH, ROOT
+
+    r = subprocess.run(
+        [sys.executable, "-c", LAUNCH, "control-plane", "--data-dir", str(tmp_path / "d2"),
+         "--listen", cp.addr, "--log-level", "error"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"error: cannot start the control plane on {cp.addr}: ")
+    assert r.stderr.count("\n") == 1
+
+
+def test_control_plane_bad_listen_is_a_usage_error(capsys, tmp_path):
+    code, out, err = run(capsys, "control-plane", "--data-dir", str(tmp_path), "--listen", "x")
+    assert code == 2 and err == "error: --listen 'x': expected HOST:PORT\n"

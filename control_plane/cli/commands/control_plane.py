@@ -29,14 +29,14 @@ def run(args: argparse.Namespace) -> int:
     from control_plane.server import default_data_dir, split_listen
     from control_plane.server import run as serve
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         split_listen(args.listen)
         grace = parse_duration(args.grace_period)
     except ValueError as e:
         output.error(str(e))
         return 2
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         serve(args.data_dir or default_data_dir(), args.listen, grace_s=grace)
     except OSError as e:
