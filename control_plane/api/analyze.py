@@ -134,7 +134,7 @@ def analyze(
     services: Iterable[str] = (),
     workloads: Iterable[tuple[str, Mapping[str, str]]] = (),
 ) -> list[Finding]:
-    """Findings about ``resources`` taken together (errors first is *not* implied; input order).
+    """Findings about ``resources`` taken together, in the order of the resources they are about.
 
     ``services`` (host names) and ``workloads`` ((namespace, labels) pairs) add what a registry
     knows beyond the resources themselves; offline analysis passes neither.
@@ -163,7 +163,11 @@ def analyze(
                 f"({meshes[0].source or 'first'}) is already defined",
             )
         )
-    return findings
+    position: dict[str, int] = {}
+    for i, r in enumerate(resources):
+        position.setdefault(r.source, i)
+    order = {id(f): n for n, f in enumerate(findings)}
+    return sorted(findings, key=lambda f: (position.get(f.source, len(position)), order[id(f)]))
 
 
 def _duplicates(resources: Iterable[Resource]) -> list[Finding]:
