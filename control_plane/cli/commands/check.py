@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
+SETTLE_S = 3.0
+
+
 class CheckFailed(Exception):
     def __init__(self, detail: str, hint: str = "") -> None:
         super().__init__(detail)
@@ -141,12 +144,22 @@ class Checker:
     def sidecars_acked(self) -> str | None:
         from control_plane.cli.commands.proxy_status import sync_state
 
-        current = self.proxies.get("snapshot_version", "")
-        bad = []
-        for p in self.proxies.get("proxies", []):
-            state = sync_state(p, current)
-            if state != "SYNCED":
-                bad.append(f"{p['node_id']}: {state}")
+        # A push in flight is not a failure: STALE / NOT SENT get a few seconds to settle
+        # (linkerd's retryDeadline); a NACK fails at once.
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            current = self.proxies.get("snapshot_version", "")
+            states = [(p["node_id"], sync_state(p, current))
+                      for p in self.proxies.get("proxies", [])]
+            bad = [f"{node}: {state}" for node, state in states if state != "SYNCED"]
+            settling = any(state in ("STALE", "NOT SENT") for _, state in states)
+            if not bad or not settling or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+            try:
+                self.proxies = self.client.request("GET", "/v1/proxies")
+            except CLIError as e:
+                raise CheckFailed(str(e))
         if bad:
             raise CheckFailed("; ".join(bad))
         n = len(self.proxies.get("proxies", []))
