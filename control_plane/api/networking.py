@@ -32,6 +32,7 @@ from control_plane.api.schema import (
     number,
     obj,
     port_number,
+    quote_hint,
     regex,
     string,
 )
@@ -63,15 +64,14 @@ RETRY_ON_TOKENS = frozenset(
 )  # fmt: skip
 
 
-def _string_match_value(value: Any, path: str, ctx: Ctx) -> None:
-    if not isinstance(value, str):
-        ctx.error(path, "must be a string")
+_string_match_value = string()
+_REGEX = regex()
 
 
 def _match_regex(value: Any, path: str, ctx: Ctx) -> None:
     if value == "*":  # Istio: `regex: "*"` in headers/queryParams means "present"
         return
-    regex()(value, path, ctx)
+    _REGEX(value, path, ctx)
 
 
 _STRING_MATCH_FIELDS = {
@@ -132,7 +132,7 @@ def _header_ops_check(value: dict, path: str, ctx: Ctx) -> None:
 
 def _header_name_value(value: Any, path: str, ctx: Ctx) -> None:
     if not isinstance(value, str):
-        ctx.error(path, "header value must be a string")
+        ctx.error(path, f"header value must be a string{quote_hint(value)}")
 
 
 HEADER_OPS = obj(

@@ -191,7 +191,7 @@ def string(
 
     def v(value: Any, path: str, ctx: Ctx) -> None:
         if not isinstance(value, str):
-            ctx.error(path, f"must be a string{_quote_hint(value)}")
+            ctx.error(path, f"must be a string{quote_hint(value)}")
             return
         if nonempty and not value:
             ctx.error(path, "must not be empty")
@@ -207,11 +207,11 @@ def string(
     return v
 
 
-def _quote_hint(value: Any) -> str:
+def quote_hint(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f' (quote it: "{value}")'
     if isinstance(value, bool):
-        return f' (quote it: "{str(value).lower()}")'
+        return " (YAML reads an unquoted yes/no/on/off/true/false as a boolean; quote it)"
     return ""
 
 
@@ -472,7 +472,7 @@ def label_key(key: str) -> str | None:
 
 def label_value(value: Any, path: str, ctx: Ctx) -> None:
     if not isinstance(value, str):
-        ctx.error(path, f"label value must be a string{_quote_hint(value)}")
+        ctx.error(path, f"label value must be a string{quote_hint(value)}")
     elif value and (len(value) > 63 or not _LABEL_NAME.match(value)):
         ctx.error(path, f"{value!r} is not a valid label value")
 

@@ -298,3 +298,14 @@ def test_regex_re2_compatible_accepted(pattern):
     from control_plane.api.schema import check_regex
 
     assert check_regex(pattern) is None
+
+
+def test_yaml_booleans_and_numbers_get_a_quoting_hint():
+    text = GOOD_VS.replace(
+        "  - route:", "  - match: [{headers: {x-debug: {exact: yes}}}]\n    route:"
+    ).replace("metadata: {name: reviews}", "metadata: {name: reviews, labels: {version: 1.10}}")
+    with pytest.raises(InvalidConfig) as exc:
+        load_text(text, "f.yaml")
+    reasons = {e.field: e.reason for e in exc.value.errors}
+    assert "YAML reads an unquoted yes/no" in reasons["spec.http[0].match[0].headers.x-debug.exact"]
+    assert reasons["metadata.labels.version"] == 'label value must be a string (quote it: "1.1")'
