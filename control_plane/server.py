@@ -126,14 +126,16 @@ class ControlPlane:
 
     async def start(self) -> tuple[str, int]:
         host, port = split_listen(self.listen)
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
         await self._runner.setup()
         ctx = None if self.tls is None else self.tls.server_context
-        site = web.TCPSite(self._runner, host, port, ssl_context=ctx, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ctx)
         await site.start()
         sock = site._server.sockets[0]  # type: ignore[union-attr]
         self.address = sock.getsockname()[:2]
-        addr = f"{self.address[0]}:{self.address[1]}"
+        h = self.address[0]
+        addr = f"[{h}]:{self.address[1]}" if ":" in h else f"{h}:{self.address[1]}"
         tmp = self.data_dir / (LISTEN_ADDR_FILE + ".tmp")
         tmp.write_text(addr + "\n")
         os.replace(tmp, self.data_dir / LISTEN_ADDR_FILE)
@@ -154,6 +156,8 @@ class ControlPlane:
         except FileNotFoundError:
             pass
         self.store.close()
+        if self.tls is not None:
+            self.tls.tokens.close()
 
     async def _expire_loop(self) -> None:
         interval = max(0.05, min(1.0, self.registry.grace_s / 4))
