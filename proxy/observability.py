@@ -39,6 +39,10 @@ class Telemetry:
         rt.protection_counter = self.count_protection
         rt.retry_counter = self.count_retry
         rt.policies.on_new_destination = self.watch_destination
+        from proxy.telemetry.spans import SpanExporterBridge
+
+        self.spans = SpanExporterBridge(service_name=f"{rt.service}.{rt.namespace}")
+        rt.sampler = self.spans.sampler
         self.workload = rt.service + ("-" + rt.version if rt.version else "")
         if rt.config_version:
             self.meshlet.set_config_version(rt.config_version)
@@ -138,8 +142,13 @@ class Telemetry:
         now = time.monotonic()
         dur = (now - ex.start) * 1000.0
         s.record(ex.status, ex.flags, ex.grpc, dur, ex.req_bytes, ex.resp_bytes)
+        tr = ex.trace
+        if tr is not None and self.spans.enabled:
+            error = ex.status >= 500 or ex.status == 0
+            dur_ns = int(dur * 1e6)
+            if self.spans.wants(tr, error, dur_ns):
+                self._span(ex, head, reporter, tr, dur_ns, error)
         if self.access_log is not None:
-            tr = ex.trace
             self.access_log.log(
                 start_time=time.time() - (now - ex.start),
                 method=head.method, authority=head.host, path=head.target,
@@ -157,9 +166,36 @@ class Telemetry:
                 route_name=ex.route, reporter=reporter, attempts=ex.attempts,
             )
 
+    def _span(self, ex: Any, head: Any, reporter: str, tr: Any, dur_ns: int, error: bool) -> None:
+        end = time.time_ns()
+        host, _, port = (head.host or "").partition(":")
+        attrs = {
+            "http.request.method": head.method,
+            "url.path": head.path,
+            "url.scheme": "http",
+            "server.address": host,
+            "server.port": int(port) if port.isdigit() else 80,
+            "http.response.status_code": ex.status,
+            "network.protocol.version": "1.1" if head.version == 11 else "1.0",
+            "meshlet.response_flags": ex.flags,
+            "meshlet.upstream.address": ex.upstream,
+            "meshlet.attempt": ex.attempts,
+            "meshlet.peer.principal": ex.peer,
+            "meshlet.reporter": reporter,
+        }
+        if head.query:
+            attrs["url.query"] = head.query
+        if ex.request_id:
+            attrs["meshlet.request_id"] = ex.request_id
+        kind = "client" if reporter == "outbound" else "server"
+        self.spans.record_span(tr, kind, f"{head.method} {ex.route or head.path}"
+                               if kind == "client" else f"{head.method}", end - dur_ns, end, attrs, error)
+
     def render(self) -> tuple[bytes, str]:
         return render(self.registry), CONTENT_TYPE
 
     def close(self) -> None:
         if self.access_log is not None:
             self.access_log.flush()
+        if self.spans.enabled:
+            self.spans.shutdown()

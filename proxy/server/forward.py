@@ -23,6 +23,9 @@ from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops, request_head, res
 from proxy.server.upstream import UpstreamReset
 from proxy.resilience.deadline import attempt_timeout, format_timeout_ms, parse_expected_timeout_ms
 from proxy.server.policy import RoutePolicy
+from proxy.telemetry.tracing import PROPAGATION_HEADERS, extract, inject, new_context
+
+_PROPAGATION = frozenset(PROPAGATION_HEADERS)
 from proxy.resilience.retry import Outcome, retry_after_delay
 
 log = logging.getLogger("meshlet.proxy")
@@ -141,8 +144,19 @@ class Forwarder:
                             "inbound", None)
 
     # -- headers -----------------------------------------------------------------------------------
+    def _trace(self, head: Any, ex: Exchange, extra: list[str]) -> None:
+        """Continue (or start) the trace: a new span id per hop, in the format that came in."""
+        sampler = self.rt.sampler
+        if sampler is None:
+            return
+        ctx = new_context(extract(head.get), sampler)
+        ex.trace = ctx
+        for name, value in inject(ctx):
+            extra.append(name + ": " + value)
+
     def _outbound_headers(self, head: Any, route: Any, dest: Any, policy: Any, ex: Exchange) -> list[str]:
-        extra = []
+        extra: list[str] = []
+        self._trace(head, ex, extra)
         rid = head.get("x-request-id")
         if not rid:
             rid = self.rt.new_request_id()
@@ -153,7 +167,8 @@ class Forwarder:
         return extra
 
     def _inbound_headers(self, down: Any, head: Any, ex: Exchange) -> list[str]:
-        extra = []
+        extra: list[str] = []
+        self._trace(head, ex, extra)
         rid = head.get("x-request-id")
         if not rid:
             rid = self.rt.new_request_id()
@@ -264,7 +279,8 @@ class Forwarder:
                 try_extra.append("x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout))
             if attempt > 1:
                 try_extra.append("x-envoy-attempt-count: %d" % attempt)
-            up_bytes = request_head(method, target, headers, head.connection, try_extra + framing)
+            up_bytes = request_head(method, target, headers, head.connection, try_extra + framing,
+                                    _PROPAGATION if ex.trace is not None else None)
             pool = rt.pool(ep, cluster)
             t_try = _monotonic()
             try:

@@ -74,6 +74,7 @@ class Runtime:
         self.max_mirrors = 64
         self.tasks: set[asyncio.Task[Any]] = set()
         self.new_request_id = new_request_id
+        self.sampler: Any = None  # trace sampler; None turns trace propagation off
         self.protection_counter: Callable[[Any, str], None] | None = None
         self.retry_counter: Callable[[Any, Any], None] | None = None
 
