@@ -220,15 +220,26 @@ class ThreadedSidecar:
 
     async def _start(self) -> None:
         answers = {
+            # The shapes of the sidecar's admin endpoints (proxy/sidecar.py).
             "/config_dump": {"version": "7-abc",
-                             "resources": [yaml.safe_load(VS.format(subset="v1"))]},
-            "/clusters": {"clusters": [
-                {"name": "reviews.default.svc.cluster.local",
-                 "endpoints": [{"address": "127.0.0.1:9080", "health": "HEALTHY"}],
-                 "breaker": "CLOSED"}]},
+                             "resources": [yaml.safe_load(VS.format(subset="v1"))],
+                             "routes": [{"host": "reviews.default.svc.cluster.local",
+                                         "virtual_service": "default/reviews",
+                                         "routes": [{"name": "", "match": [],
+                                                     "destinations": [
+                                                         {"cluster": "reviews|v1", "weight": 100}],
+                                                     "timeout": None}]}]},
+            "/clusters": {"version": "7-abc", "clusters": [
+                {"name": "reviews|v1", "service": "reviews.default.svc.cluster.local",
+                 "subset": "v1", "port": 9080, "lb": "ROUND_ROBIN",
+                 "endpoints": [{"address": "127.0.0.1:9080", "labels": {}, "tls": True,
+                                "active_requests": 0, "healthy": True, "ejected": False}],
+                 "retry_budget_available": 10,
+                 "circuit_breaker": {"state": "CLOSED", "failure_rate": -1}}]},
             "/certs": {"spiffe_id": "spiffe://cluster.local/ns/default/sa/reviews",
                        "serial": "1a", "not_before": "2026-01-01T00:00:00Z",
-                       "not_after": "2026-01-02T00:00:00Z"},
+                       "not_after": "2026-01-02T00:00:00Z", "next_renewal": None,
+                       "last_renewal_error": None},
         }
 
         async def admin(request: web.Request) -> web.Response:
@@ -300,13 +311,17 @@ def test_proxy_status_and_check_with_a_synced_sidecar(cp, capsys, tmp_path):
         code, out, err = run(capsys, "proxy-config", "routes", "reviews")
         assert code == 0, err
         assert out.splitlines()[0] == "config version: 7-abc"
-        assert out.splitlines()[2].split() == ["KIND", "NAMESPACE", "NAME", "HOSTS"]
-        assert out.splitlines()[3].split() == ["VirtualService", "default", "reviews", "reviews"]
+        assert out.splitlines()[2].split() == ["HOST", "MATCH", "DESTINATIONS", "VIRTUAL",
+                                               "SERVICE"]
+        assert out.splitlines()[3].split() == ["reviews.default.svc.cluster.local", "/*",
+                                               "reviews|v1", "default/reviews"]
         code, out, _ = run(capsys, "proxy-config", "ep", "reviews-1")
-        assert out.splitlines()[1].split() == ["127.0.0.1:9080", "HEALTHY",
-                                               "reviews.default.svc.cluster.local"]
+        assert out.splitlines()[1].split() == ["127.0.0.1:9080", "HEALTHY", "reviews|v1"]
+        code, out, _ = run(capsys, "proxy-config", "c", "reviews")
+        assert out.splitlines()[1].split() == ["reviews|v1", "v1", "9080", "ROUND_ROBIN", "1",
+                                               "CLOSED"]
         code, out, _ = run(capsys, "proxy-config", "clusters", "reviews", "-o", "json")
-        assert json.loads(out)["clusters"][0]["breaker"] == "CLOSED"
+        assert json.loads(out)["clusters"][0]["circuit_breaker"]["state"] == "CLOSED"
         code, out, _ = run(capsys, "proxy-config", "secret", "reviews")
         assert "spiffe://cluster.local/ns/default/sa/reviews" in out
         code, out, err = run(capsys, "proxy-config", "routes", "nobody")

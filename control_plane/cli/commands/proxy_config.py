@@ -40,41 +40,73 @@ def _as_list(value: object) -> list:
     return []
 
 
+def _state(value: object) -> str:
+    if isinstance(value, dict):
+        return str(value.get("state", "-"))
+    return str(value) if value not in (None, "") else "-"
+
+
+def _routes(data: dict) -> list[list]:
+    rows = []
+    for vh in _as_list(data.get("routes")):
+        for r in _as_list(vh.get("routes")):
+            dests = ", ".join(
+                f"{d.get('cluster')}" + (f" {d['weight']}%" if d.get("weight") not in (None, 100)
+                                         else "")
+                for d in _as_list(r.get("destinations")) if isinstance(d, dict)
+            )
+            match = ", ".join(str(m) for m in _as_list(r.get("match"))) or "/*"
+            rows.append([vh.get("host", ""), match, dests or "-",
+                         vh.get("virtual_service") or "-"])
+    return rows
+
+
 def render(kind: str, data: object) -> str:
-    """A table where the sidecar's JSON has a recognisable shape; its JSON otherwise."""
+    """The sidecar's admin JSON as a table (istioctl proxy-config's columns); JSON otherwise."""
     from control_plane.cli import output
 
     if kind == "routes" and isinstance(data, dict):
-        items = _as_list(data.get("resources"))
-        rows = [[r.get("kind", ""), (r.get("metadata") or {}).get("namespace", ""),
-                 (r.get("metadata") or {}).get("name", ""),
-                 ",".join((r.get("spec") or {}).get("hosts") or [])
-                 or (r.get("spec") or {}).get("host", "")]
-                for r in items if isinstance(r, dict)]
+        head = f"config version: {data.get('version') or '-'}\n\n"
+        rows = _routes(data)
         if rows:
-            head = f"config version: {data.get('version', '-')}\n\n"
+            return head + output.table(["HOST", "MATCH", "DESTINATIONS", "VIRTUAL SERVICE"],
+                                       rows)
+        items = [r for r in _as_list(data.get("resources")) if isinstance(r, dict)]
+        if items:
+            rows = [[r.get("kind", ""), (r.get("metadata") or {}).get("namespace", ""),
+                     (r.get("metadata") or {}).get("name", ""),
+                     ",".join((r.get("spec") or {}).get("hosts") or [])
+                     or (r.get("spec") or {}).get("host", "")] for r in items]
             return head + output.table(["KIND", "NAMESPACE", "NAME", "HOSTS"], rows)
     if kind in ("clusters", "endpoints") and isinstance(data, dict | list):
         clusters = _as_list(data.get("clusters", data) if isinstance(data, dict) else data)
-        if clusters and all(isinstance(c, dict) for c in clusters):
-            if kind == "clusters":
-                rows = [[c.get("name", c.get("host", "")), len(_as_list(c.get("endpoints"))),
-                         c.get("breaker", c.get("circuit_breaker", "")) or "-"]
-                        for c in clusters]
-                return output.table(["CLUSTER", "ENDPOINTS", "BREAKER"], rows)
-            rows = []
-            for c in clusters:
-                for e in _as_list(c.get("endpoints")):
-                    if isinstance(e, dict):
-                        rows.append([e.get("address", e.get("name", "")),
-                                     e.get("health", e.get("healthy", "")),
-                                     c.get("name", c.get("host", ""))])
-            if rows:
-                return output.table(["ENDPOINT", "STATUS", "CLUSTER"], rows)
+        clusters = [c for c in clusters if isinstance(c, dict)]
+        if clusters and kind == "clusters":
+            rows = [[c.get("name", ""), c.get("subset") or "-", c.get("port") or "-",
+                     c.get("lb") or "-", len(_as_list(c.get("endpoints"))),
+                     _state(c.get("circuit_breaker", c.get("breaker")))]
+                    for c in clusters]
+            return output.table(["CLUSTER", "SUBSET", "PORT", "LB", "ENDPOINTS", "BREAKER"],
+                                rows)
+        rows = []
+        for c in clusters:
+            for e in _as_list(c.get("endpoints")):
+                if isinstance(e, dict):
+                    health = e.get("health")
+                    if health is None:
+                        health = "HEALTHY" if e.get("healthy", True) else "EJECTED"
+                    rows.append([e.get("address", ""), health, c.get("name", "")])
+        if rows:
+            return output.table(["ENDPOINT", "STATUS", "CLUSTER"], rows)
     if kind == "certs" and isinstance(data, dict) and "spiffe_id" in data:
-        rows = [[data.get("spiffe_id", ""), data.get("serial", ""),
-                 data.get("not_before", ""), data.get("not_after", "")]]
-        return output.table(["SPIFFE ID", "SERIAL", "NOT BEFORE", "NOT AFTER"], rows)
+        rows = [[data.get("spiffe_id") or "-", data.get("serial") or "-",
+                 data.get("not_before") or "-", data.get("not_after") or "-",
+                 data.get("next_renewal") or "-"]]
+        text = output.table(["SPIFFE ID", "SERIAL", "NOT BEFORE", "NOT AFTER", "NEXT RENEWAL"],
+                            rows)
+        if data.get("last_renewal_error"):
+            text += f"\n\nlast renewal error: {data['last_renewal_error']}"
+        return text
     return output.dump(data, "json")
 
 

@@ -102,3 +102,49 @@ def test_durations(seconds, text):
 def test_table_alignment_has_no_trailing_blanks():
     text = output.table(["A", "BB"], [["xxx", ""], ["y", "z"]])
     assert text == "A     BB\nxxx\ny     z"
+
+
+CONFIG_DUMP = {
+    "version": "7-0123456789abcdef",
+    "resources": [],
+    "routes": [
+        {"host": "orders.default.svc.cluster.local", "virtual_service": "default/orders",
+         "routes": [
+             {"name": "canary", "match": ["headers x-canary exact true"],
+              "destinations": [{"cluster": "orders.default.svc.cluster.local|v2", "weight": 100}],
+              "timeout": None},
+             {"name": "", "match": [],
+              "destinations": [{"cluster": "orders.default.svc.cluster.local|v1", "weight": 90},
+                               {"cluster": "orders.default.svc.cluster.local|v2", "weight": 10}],
+              "timeout": 2.0}]},
+        {"host": "payment.default.svc.cluster.local", "virtual_service": None,
+         "routes": [{"name": "default", "match": [],
+                     "destinations": [{"cluster": "payment.default.svc.cluster.local",
+                                       "weight": 100}], "timeout": None}]},
+    ],
+}
+CLUSTERS = {
+    "version": "7-0123456789abcdef",
+    "clusters": [
+        {"name": "orders.default.svc.cluster.local|v1", "subset": "v1", "port": 8080,
+         "lb": "ROUND_ROBIN", "circuit_breaker": {"state": "CLOSED"},
+         "endpoints": [{"address": "127.0.0.1:15006", "healthy": True},
+                       {"address": "127.0.0.1:15106", "healthy": False, "ejected": True}]},
+        {"name": "payment.default.svc.cluster.local", "subset": None, "port": None,
+         "lb": "LEAST_REQUEST", "circuit_breaker": {"state": "OPEN"},
+         "endpoints": [{"address": "127.0.0.1:17006", "healthy": True}]},
+    ],
+}
+CERTS = {"spiffe_id": "spiffe://cluster.local/ns/default/sa/orders", "serial": "3f2a",
+         "not_before": "2027-01-15T08:00:00Z", "not_after": "2027-01-16T08:00:00Z",
+         "next_renewal": "2027-01-15T20:00:00Z", "last_renewal_error": None}
+
+
+def test_proxy_config_tables():
+    from control_plane.cli.commands import proxy_config
+
+    golden("proxy_config_routes.txt", proxy_config.render("routes", CONFIG_DUMP))
+    golden("proxy_config_clusters.txt", proxy_config.render("clusters", CLUSTERS))
+    golden("proxy_config_endpoints.txt", proxy_config.render("endpoints", CLUSTERS))
+    golden("proxy_config_certs.txt", proxy_config.render("certs", CERTS))
+    assert proxy_config.render("certs", {"odd": 1}) == '{\n  "odd": 1\n}'
