@@ -651,6 +651,11 @@ def _service_entry_check(value: dict, path: str, ctx: Ctx) -> None:
                     join(join(ep_path, "ports"), name),
                     f"port name {name!r} is not one of the ServiceEntry's ports",
                 )
+    if resolution == "STATIC" and not endpoints and "workloadSelector" not in value:
+        ctx.warn(
+            join(path, "resolution"),
+            "STATIC without endpoints or workloadSelector: the service has no endpoints",
+        )
     if resolution == "NONE" and endpoints:
         ctx.warn(join(path, "resolution"), "endpoints are ignored with resolution NONE")
     for i, h in enumerate(value.get("hosts") or []):

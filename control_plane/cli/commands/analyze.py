@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", choices=("text", "json"), default="text", help="output format"
     )
+    parser.epilog = (
+        "exit status:\n"
+        "  0  no errors (warnings may have been printed)\n"
+        "  1  at least one error\n"
+        "  2  a path cannot be read"
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def run(args: argparse.Namespace) -> int:

@@ -741,6 +741,7 @@ WARNINGS = [
         "never matches",
     ),
     (se(resolution="NONE", endpoints=[{"address": "10.0.0.1"}]), "spec.resolution", "ignored"),
+    (se(resolution="STATIC"), "spec.resolution", "no endpoints"),
 ]
 
 
