@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
+# aiohttp's default (4 MiB) is too small for a large mesh's whole snapshot.
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 
 
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S,
@@ -154,6 +156,7 @@ class DiscoveryClient:
         ssl_ctx = self._ssl_factory()
         async with aiohttp.ClientSession() as session, session.ws_connect(
             self.url, ssl=ssl_ctx if ssl_ctx is not None else False, heartbeat=15.0,
+            max_msg_size=MAX_SNAPSHOT_BYTES,
         ) as ws:
             self._ws = ws
             try:
