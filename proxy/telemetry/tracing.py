@@ -38,6 +38,7 @@ __all__ = [
     "PROPAGATION_HEADERS",
     "ParentBasedRatio",
     "TraceContext",
+    "continue_trace",
     "extract",
     "inject",
     "new_context",
@@ -439,6 +440,48 @@ def new_context(
     )
 
 
+def continue_trace(
+    get: Callable[[str], str | None],
+    sampler: ParentBasedRatio,
+    _match=_TRACEPARENT.match,
+    _bits=_getrandbits,
+    _z32=_ZERO32,
+    _z16=_ZERO16,
+) -> TraceContext:
+    """``new_context(extract(get), sampler)``, fused for the common case.
+
+    A well-formed version-00 ``traceparent`` (no surrounding whitespace) is parsed straight into
+    the child context, without building the parent's; everything else takes the general path.
+    Same result either way.
+    """
+    tp = get("traceparent")
+    if (
+        tp is not None
+        and len(tp) == 55
+        and tp[0] == "0"
+        and tp[1] == "0"
+        and _match(tp) is not None
+        and sampler.respect_parent
+    ):
+        trace_id = tp[3:35]
+        parent_id = tp[36:52]
+        span_id = _bits(64).to_bytes(8).hex()
+        if trace_id != _z32 and parent_id != _z16 and span_id != _z16:
+            f = tp[54]
+            ts = get("tracestate")
+            return TraceContext(
+                trace_id,
+                span_id,
+                parent_id,
+                f in _SAMPLED_NIBBLES,
+                _clean_tracestate(ts) if ts else "",
+                "w3c",
+                False,
+                f in _RANDOM_NIBBLES,
+            )
+    return new_context(extract(get), sampler)
+
+
 # --- injection --------------------------------------------------------------------------------
 
 
@@ -470,10 +513,11 @@ def inject(ctx: TraceContext) -> list[tuple[str, str]]:
     return out
 
 
-def new_request_id() -> str:
+# uuid variant bits "10": the nibble after the third dash is 8, 9, a or b.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def new_request_id(_bits=_getrandbits, _variant=_VARIANT) -> str:
     """A UUID version 4 string for ``x-request-id``."""
-    n = _getrandbits(128)
-    # version 4 in bits 76-79, variant 10 in bits 62-63
-    n = (n & 0xFFFFFFFFFFFF0FFF3FFFFFFFFFFFFFFF) | 0x00000000000040008000000000000000
-    h = n.to_bytes(16).hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = _bits(128).to_bytes(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_variant[h[16]]}{h[17:20]}-{h[20:]}"

@@ -5,8 +5,9 @@
 Each figure is the best of several timeit runs timed with ``time.process_time`` (CPU time, so
 other processes on a shared machine inflate it less than wall time would).
 The "request total" line is what an unsampled request pays with tracing configured but access
-logging off, for one hop through one sidecar: extract + new_context (its span) + inject + a new
-x-request-id + one record() + the tail decision. A retry adds one new_context + inject.
+logging off, for one hop through one sidecar: continue_trace (extract + new_context, fused) +
+inject + a new x-request-id + one record() + the tail decision. A retry adds new_context +
+inject.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from proxy.telemetry.metrics import RequestMetrics
 from proxy.telemetry.spans import SpanExporterBridge
 from proxy.telemetry.tracing import (
     ParentBasedRatio,
+    continue_trace,
     extract,
     inject,
     new_context,
@@ -95,8 +97,7 @@ def main() -> None:
     )
 
     def request_total() -> None:
-        p = extract(w3c)
-        ctx = new_context(p, sampler)
+        ctx = continue_trace(w3c, sampler)
         inject(ctx)
         new_request_id()
         record(200, "-", "", 12.5, 0, 1234)
@@ -110,6 +111,7 @@ def main() -> None:
         ("extract() B3 single", lambda: extract(b3)),
         ("extract() B3 multi", lambda: extract(b3multi)),
         ("new_context() child", lambda: new_context(parent, sampler)),
+        ("continue_trace() W3C (extract+new_context)", lambda: continue_trace(w3c, sampler)),
         ("new_context() root (ratio 0.01)", lambda: new_context(None, sampler)),
         ("inject() W3C", lambda: inject(child)),
         ("new_request_id()", new_request_id),

@@ -551,3 +551,43 @@ def test_fuzz_tracestate_output_is_valid(raw):
         # what we propagate parses again to itself
         assert extract({"traceparent": VALID_TP, "tracestate": ts}.get).tracestate == ts
         assert len(ts.split(",")) <= 32
+
+
+_CONTINUE_CASES = [
+    {"traceparent": VALID_TP},
+    {"traceparent": f"00-{TID}-{PID}-00", "tracestate": "foo=1, bar=2"},
+    {"traceparent": f"00-{TID}-{PID}-03", "tracestate": "foo=1,foo=2"},
+    {"traceparent": f" {VALID_TP}"},
+    {"traceparent": f"00-{'0' * 32}-{PID}-01"},
+    {"traceparent": f"00-{TID}-{'0' * 16}-01"},
+    {"traceparent": f"00-{TID.replace('1', 'A')}-{PID}-01"},
+    {"traceparent": f"ff-{TID}-{PID}-01"},
+    {"traceparent": f"cc-{TID}-{PID}-01"},
+    {"b3": f"{TID}-{S}-1-{P}"},
+    {"x-b3-traceid": TID, "x-b3-spanid": S},
+    {"b3": "0"},
+    {},
+]
+
+
+@pytest.mark.parametrize("headers", _CONTINUE_CASES)
+@pytest.mark.parametrize(
+    "sampler",
+    [ParentBasedRatio(1.0), ParentBasedRatio(0.0), ParentBasedRatio(0.0, respect_parent=False)],
+)
+def test_continue_trace_equals_extract_then_new_context(headers, sampler):
+    from proxy.telemetry.tracing import continue_trace
+
+    fused = continue_trace(headers.get, sampler)
+    general = new_context(extract(headers.get), sampler)
+    assert fused.span_id != general.span_id  # fresh ids each time
+    if general.parent_id:  # continued a trace: everything but the new span id is determined
+        general.span_id = fused.span_id
+        assert fused == general
+    else:  # new root
+        assert fused.parent_id == "" and fused.tracestate == ""
+        assert (fused.fmt, fused.sampled, fused.debug) == (
+            general.fmt,
+            general.sampled,
+            general.debug,
+        )
