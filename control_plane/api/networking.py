@@ -97,6 +97,17 @@ def _header_key(key: str) -> str | None:
 
 HEADER_MATCHES = map_of(PRESENCE_MATCH, key=_header_key)
 
+
+def _ignored_header_keys(value: dict, path: str, ctx: Ctx) -> None:
+    for field in ("headers", "withoutHeaders"):
+        for k in value.get(field) or {}:
+            if k in ("uri", "scheme", "method", "authority"):
+                ctx.warn(
+                    join(join(path, field), k),
+                    f"Istio ignores {k!r} under {field}; use the match's own {k} field",
+                )
+
+
 HTTP_MATCH = obj(
     {
         "name": string(),
@@ -113,7 +124,8 @@ HTTP_MATCH = obj(
         "gateways": list_of(string(nonempty=True)),
         "ignoreUriCase": boolean(),
         "statPrefix": string(),
-    }
+    },
+    checks=[_ignored_header_keys],
 )
 
 PORT_SELECTOR = obj({"number": port_number})

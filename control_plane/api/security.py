@@ -59,6 +59,19 @@ def _method(value: Any, path: str, ctx: Ctx) -> None:
 
 
 WILDCARD_LIST = list_of(string(nonempty=True, check=_wildcard))
+
+
+def _principal(value: Any, path: str, ctx: Ctx) -> None:
+    string(nonempty=True, check=_wildcard)(value, path, ctx)
+    if isinstance(value, str) and value.startswith("spiffe://"):
+        ctx.warn(
+            path,
+            f"{value!r} never matches: principals are written without spiffe:// "
+            f"({value[len('spiffe://') :]!r})",
+        )
+
+
+PRINCIPALS = list_of(_principal)
 IP_LIST = list_of(string(nonempty=True, check=ip_or_cidr))
 
 
@@ -71,8 +84,8 @@ def _source_check(value: dict, path: str, ctx: Ctx) -> None:
 
 SOURCE = obj(
     {
-        "principals": WILDCARD_LIST,
-        "notPrincipals": WILDCARD_LIST,
+        "principals": PRINCIPALS,
+        "notPrincipals": PRINCIPALS,
         "requestPrincipals": WILDCARD_LIST,
         "notRequestPrincipals": WILDCARD_LIST,
         "namespaces": WILDCARD_LIST,
@@ -154,6 +167,16 @@ RULE = obj(
     }
 )
 
+
+def _no_custom_action(value: dict, path: str, ctx: Ctx) -> None:
+    if value.get("action") == "CUSTOM":
+        ctx.error(
+            join(path, "action"),
+            "CUSTOM is not supported by meshlet (no external authorization provider); "
+            "use ALLOW, DENY or AUDIT",
+        )
+
+
 AUTHORIZATION_POLICY = obj(
     {
         "selector": MATCH_LABELS,
@@ -165,17 +188,7 @@ AUTHORIZATION_POLICY = obj(
         "targetRef": "targetRef is not supported by meshlet; use selector",
         "targetRefs": "targetRefs is not supported by meshlet; use selector",
     },
-    checks=[
-        lambda v, p, ctx: (
-            ctx.error(
-                join(p, "action"),
-                "CUSTOM is not supported by meshlet (no external authorization provider); "
-                "use ALLOW, DENY or AUDIT",
-            )
-            if v.get("action") == "CUSTOM"
-            else None
-        )
-    ],
+    checks=[_no_custom_action],
 )
 
 MTLS_MODE = obj({"mode": enum("UNSET", "DISABLE", "PERMISSIVE", "STRICT")})

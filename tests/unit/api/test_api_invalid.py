@@ -742,6 +742,16 @@ WARNINGS = [
     ),
     (se(resolution="NONE", endpoints=[{"address": "10.0.0.1"}]), "spec.resolution", "ignored"),
     (se(resolution="STATIC"), "spec.resolution", "no endpoints"),
+    (
+        rules(**{"from": [{"source": {"principals": ["spiffe://cluster.local/ns/a/sa/b"]}}]}),
+        "spec.rules[0].from[0].source.principals[0]",
+        "written without spiffe://",
+    ),
+    (
+        vs_match(headers={"uri": {"prefix": "/a"}}),
+        "spec.http[0].match[0].headers.uri",
+        "Istio ignores 'uri' under headers",
+    ),
 ]
 
 
