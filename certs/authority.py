@@ -7,6 +7,7 @@ On-disk layout under ``<data_dir>/ca/`` (keys 0600, directory 0700):
 ``signer-cert.pem``  its certificate (the root itself, or a plugged-in intermediate)
 ``signer-chain.pem`` intermediates between the signer and its root (empty for a self-signed root)
 ``trust-bundle.pem`` every root currently trusted; during a rotation, the old and the new one
+``pending-root-key.pem`` the key of a root added to the bundle but not signing yet (if any)
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _SIGNER_KEY = "signer-key.pem"
 _SIGNER_CERT = "signer-cert.pem"
 _SIGNER_CHAIN = "signer-chain.pem"
 _BUNDLE = "trust-bundle.pem"
+_PENDING_KEY = "pending-root-key.pem"
 
 
 class CAError(Exception):
@@ -51,7 +53,7 @@ def random_serial() -> int:
     return secrets.randbits(128) or 1
 
 
-def _hash_for(key: PrivateKey) -> hashes.HashAlgorithm:
+def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
         return hashes.SHA384()
     return hashes.SHA256()
@@ -158,6 +160,10 @@ class CertificateAuthority:
         self._chain = list(signer_chain)
         self._roots = list(roots)
         self._clock = clock
+        #: Bumped whenever the signer or the bundle changes, so holders of derived state
+        #: (the control plane's serving context) know to rebuild it.
+        self.generation = 0
+        self._pending_key: PrivateKey | None = None
         if not keys.same_public_key(signer_key.public_key(), signer_cert.public_key()):
             raise CAError("signer key does not match signer certificate")
         if not self._roots:
@@ -211,7 +217,11 @@ class CertificateAuthority:
         chain_pem = chain_path.read_bytes() if chain_path.exists() else b""
         chain = x509.load_pem_x509_certificates(chain_pem) if chain_pem.strip() else []
         roots = keys.load_certificates((ca_dir / _BUNDLE).read_bytes())
-        return cls(data_dir, trust_domain, key, cert, chain, roots, clock=clock)
+        ca = cls(data_dir, trust_domain, key, cert, chain, roots, clock=clock)
+        pending = ca_dir / _PENDING_KEY
+        if pending.exists():
+            ca._pending_key = keys.load_private_key(pending.read_bytes())
+        return ca
 
     @classmethod
     def import_plugged(
@@ -303,19 +313,52 @@ class CertificateAuthority:
         """sha256 of the signing root's SubjectPublicKeyInfo, hex: what join tokens pin."""
         return keys.spki_sha256(self.signing_root().public_key())
 
-    def rotate_root(self, root_ttl_seconds: int = ROOT_TTL) -> str:
-        """Create a new root, add it to the bundle (the old stays) and sign with it from now on.
+    def rotate_root(self, root_ttl_seconds: int = ROOT_TTL, *, activate: bool = True) -> str:
+        """Create a new root and add it to the bundle; the old root stays. Returns the new
+        root's fingerprint.
 
-        Returns the new root's fingerprint. Only for a self-signed CA: a plugged-in CA is
-        rotated by importing new files.
+        ``activate=True`` (default) signs with the new root from now on. Safer is two steps,
+        the documented pattern (research §1.6): ``rotate_root(activate=False)`` only publishes
+        the new root; once every sidecar has fetched the bundle holding both roots,
+        :meth:`activate_root` switches signing. A peer that sees a leaf (or a control plane
+        serving certificate) from a root it does not hold yet refuses the handshake.
+
+        Only for a self-signed CA: a plugged-in CA is rotated by importing new files.
         """
         if not self.is_self_signed:
             raise CAError("root rotation is for a self-signed CA; import new cacerts instead")
+        if self._pending_key is not None:
+            raise CAError("a new root is already pending; activate it first")
         key = keys.generate_private_key()
         root = build_root(key, self.trust_domain, self._clock(), root_ttl_seconds)
         self._roots.append(root)
-        self._key, self._cert, self._chain = key, root, []
+        self._pending_key = key
+        keys.write_private_file(self._dir / _PENDING_KEY, keys.private_key_to_pem(key))
         self._save()
+        self.generation += 1
+        if activate:
+            self.activate_root()
+        return keys.cert_fingerprint(root)
+
+    def pending_root(self) -> x509.Certificate | None:
+        """The root published by ``rotate_root(activate=False)`` and not signing yet."""
+        if self._pending_key is None:
+            return None
+        for root in self._roots:
+            if keys.same_public_key(root.public_key(), self._pending_key.public_key()):
+                return root
+        return None
+
+    def activate_root(self) -> str:
+        """Start signing with the pending root; return its fingerprint."""
+        root = self.pending_root()
+        if root is None or self._pending_key is None:
+            raise CAError("no pending root to activate")
+        self._key, self._cert, self._chain = self._pending_key, root, []
+        self._pending_key = None
+        self._save()
+        (self._dir / _PENDING_KEY).unlink(missing_ok=True)
+        self.generation += 1
         return keys.cert_fingerprint(root)
 
     def retire_root(self, fingerprint: str) -> None:
@@ -323,11 +366,15 @@ class CertificateAuthority:
         fingerprint = fingerprint.lower().replace(":", "")
         if fingerprint == keys.cert_fingerprint(self.signing_root()):
             raise CAError("cannot retire the root the CA currently signs with")
+        pending = self.pending_root()
+        if pending is not None and fingerprint == keys.cert_fingerprint(pending):
+            raise CAError("cannot retire the pending root; activate it first")
         remaining = [r for r in self._roots if keys.cert_fingerprint(r) != fingerprint]
         if len(remaining) == len(self._roots):
             raise CAError(f"no root with fingerprint {fingerprint} in the bundle")
         self._roots = remaining
         self._save()
+        self.generation += 1
 
     # -- signing ---------------------------------------------------------------------------
 

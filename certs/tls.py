@@ -11,7 +11,7 @@ import os
 import shutil
 import ssl
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from certs.spiffe import SpiffeId
 from certs.verify import InvalidSvid, spiffe_id_from_der
@@ -86,10 +86,48 @@ def server_context(
     fails the handshake. ``False``: a certificate is requested and, if sent, must verify, but
     a client may connect without one (the control plane's API: join-token callers have none).
     """
-    ctx = _base(ssl.PROTOCOL_TLS_SERVER, alpn)
+    ctx = _server_base(require_client_cert, alpn)
     _load_cert_chain(ctx, chain_pem, key_pem)
     _load_bundle(ctx, bundle_pem)
+    return ctx
+
+
+def _server_base(require_client_cert: bool, alpn: Sequence[str] | None) -> ssl.SSLContext:
+    ctx = _base(ssl.PROTOCOL_TLS_SERVER, alpn)
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    # No resumption tickets: a resumed session would skip verifying the client against the
+    # current bundle (and mesh peers keep long-lived connections anyway).
+    ctx.num_tickets = 0
+    return ctx
+
+
+def dispatching_server_context(
+    current: Callable[[], ssl.SSLContext],
+    require_client_cert: bool = True,
+    *,
+    alpn: Sequence[str] | None = MESH_ALPN,
+) -> ssl.SSLContext:
+    """A server context for a long-lived listener whose certificate and trust bundle change.
+
+    ``asyncio`` and ``aiohttp`` fix a listener's SSLContext when it starts. This one holds no
+    certificate: at each ClientHello its SNI callback switches the handshake to ``current()``
+    (a :func:`server_context`), so new connections get the current certificate and are checked
+    against the current bundle, while established ones keep theirs. OpenSSL takes the
+    certificate, the trust store and ALPN from the switched-to context, but the verify mode,
+    protocol versions and ciphers from this one, so those are set the same here; pass the
+    same ``require_client_cert`` and ``alpn`` as the contexts ``current`` returns.
+    """
+    ctx = _server_base(require_client_cert, alpn)
+
+    def _switch(ssl_object: ssl.SSLObject, server_name: str | None, _: object) -> int | None:
+        try:
+            ssl_object.context = current()
+        except Exception:
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+        return None
+
+    ctx.sni_callback = _switch  # type: ignore[assignment]
     return ctx
 
 

@@ -12,7 +12,8 @@ import ipaddress
 import json
 import logging
 import ssl
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
@@ -160,11 +161,55 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+class ServingTLS:
+    """The control plane's listener TLS: one stable SSLContext (give it to the listener) whose
+    certificate and trust bundle follow the CA.
+
+    The serving certificate is re-issued, and client certificates are checked against the new
+    bundle, for every handshake after a root rotation or retirement, and once the certificate
+    is past half its life. Client certificates are requested (renewals) but not required
+    (join-token callers and the CLI have none). HTTP/1.1 ALPN only (aiohttp).
+    """
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        hosts: Iterable[str] = (),
+        ttl_seconds: int = SERVING_CERT_TTL,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ca = ca
+        self.hosts = list(hosts)
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._inner: ssl.SSLContext | None = None
+        self._generation = -1
+        self._refresh_at = 0.0
+        self.context = tls.dispatching_server_context(
+            self.current, require_client_cert=False, alpn=tls.HTTP11_ALPN
+        )
+
+    def current(self) -> ssl.SSLContext:
+        if (
+            self._inner is None
+            or self._generation != self.ca.generation
+            or self._clock() >= self._refresh_at
+        ):
+            self.reload()
+        assert self._inner is not None
+        return self._inner
+
+    def reload(self) -> None:
+        chain, key = serving_certificate(self.ca, self.hosts, self.ttl_seconds)
+        self._inner = tls.server_context(
+            chain, key, self.ca.bundle_pem(), require_client_cert=False, alpn=tls.HTTP11_ALPN
+        )
+        self._generation = self.ca.generation
+        nb, na = cert_times(keys.load_certificates(chain)[0])
+        self._refresh_at = (self._clock() + na) / 2
+
+
 def serving_context(ca: CertificateAuthority, hosts: Iterable[str] = ()) -> ssl.SSLContext:
-    """The control plane's server SSLContext: its CA-signed certificate, client certificates
-    requested (for renewals) but not required (join-token callers and the CLI have none),
-    HTTP/1.1 ALPN only (aiohttp)."""
-    chain, key = serving_certificate(ca, hosts)
-    return tls.server_context(
-        chain, key, ca.bundle_pem(), require_client_cert=False, alpn=tls.HTTP11_ALPN
-    )
+    """The SSLContext for the control plane's HTTPS listener (see :class:`ServingTLS`)."""
+    return ServingTLS(ca, hosts).context

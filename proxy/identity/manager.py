@@ -135,6 +135,7 @@ class IdentityManager:
         ttl_seconds: int = 0,
         min_retry: float = 1.0,
         max_retry: float = 60.0,
+        bundle_refresh_s: float = 300.0,
     ) -> None:
         self._url = control_plane_url.rstrip("/") if control_plane_url else None
         self._token = JoinToken.parse(join_token) if join_token else None
@@ -146,10 +147,17 @@ class IdentityManager:
         self._ttl = ttl_seconds
         self._min_retry = min_retry
         self._max_retry = max_retry
+        # SPIFFE's suggested default refresh when a bundle carries no hint: 5 minutes. This is
+        # how a root rotation reaches sidecars well before their next certificate renewal.
+        self._bundle_refresh = bundle_refresh_s
+        self._bundle_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.last_bundle_error: str | None = None
         self._current: _Identity | None = None
         self._renew_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._static = False
+        self._listener_ctx: ssl.SSLContext | None = None
         self.last_renewal_error: str | None = None
         self.renewals = 0
         #: Called with the manager after every new certificate (first one included).
@@ -189,6 +197,14 @@ class IdentityManager:
     def server_context(self) -> ssl.SSLContext:
         """The inbound mTLS context for the current certificate (client cert required)."""
         return self._cur().server_ctx
+
+    def listener_context(self) -> ssl.SSLContext:
+        """One stable context for the inbound listener (asyncio fixes a listener's context at
+        start): each handshake is switched to the then-current :meth:`server_context`, so a
+        renewal takes effect for new connections without restarting the listener."""
+        if self._listener_ctx is None:
+            self._listener_ctx = tls.dispatching_server_context(self.server_context)
+        return self._listener_ctx
 
     def client_context(self) -> ssl.SSLContext:
         """The outbound mTLS context for the current certificate."""
@@ -250,6 +266,7 @@ class IdentityManager:
             else None,
             "renewals": self.renewals,
             "last_renewal_error": self.last_renewal_error,
+            "last_bundle_error": self.last_bundle_error,
         }
 
     async def start(self) -> None:
@@ -273,20 +290,54 @@ class IdentityManager:
                     self._note_failure(exc)
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
-        self._task = asyncio.get_running_loop().create_task(
-            self._renew_loop(), name=f"identity-renewal-{self.service}"
-        )
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._renew_loop(), name=f"identity-renewal-{self.service}")
+        if self._bundle_refresh > 0:
+            self._bundle_task = loop.create_task(
+                self._bundle_loop(), name=f"identity-bundle-{self.service}"
+            )
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        tasks = [t for t in (self._task, self._bundle_task) if t is not None]
+        self._task = self._bundle_task = None
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
     async def renew_now(self) -> None:
         """Renew immediately (operator action, tests); raises on failure."""
         await self._renew()
+
+    async def refresh_bundle(self) -> bool:
+        """Fetch the trust bundle over mTLS from the (verified) control plane and adopt it if it
+        changed; return whether it did. If the new bundle no longer trusts our own certificate
+        (its root was retired), renew at once instead."""
+        cur = self._cur()
+        assert self._url is not None
+        ctx = tls.client_context(cur.chain_pem, cur.key_pem, cur.bundle_pem, alpn=tls.HTTP11_ALPN)
+        async with (
+            aiohttp.ClientSession(
+                connector=_ControlPlaneConnector(ctx, cur.spiffe_id.trust_domain),
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+            ) as session,
+            session.get(f"{self._url}/v1/trust-bundle") as resp,
+        ):
+            if resp.status != 200:
+                raise IdentityError(f"trust bundle fetch: HTTP {resp.status}")
+            bundle = await resp.read()
+        if bundle == cur.bundle_pem:
+            return False
+        try:
+            ident = _build(cur.chain_pem, cur.key_pem, bundle, cur.obtained_at)
+        except (IdentityError, ValueError) as exc:
+            _log.info("new trust bundle does not cover our certificate (%s); renewing", exc)
+            self._renew_at = self._clock()
+            self._wake.set()
+            return False
+        self._install(ident, renewed=False)
+        return True
 
     # -- obtaining certificates -----------------------------------------------------------
 
@@ -374,23 +425,26 @@ class IdentityManager:
             raise IdentityError(f"trust domain changed to {ident.spiffe_id.trust_domain}")
         self._install(ident)
 
-    def _install(self, ident: _Identity) -> None:
+    def _install(self, ident: _Identity, *, renewed: bool = True) -> None:
         previous = self._current
         self._current = ident
         nb, na = cert_times(ident.leaf)
-        # Lifetime runs from when we got it, not from the backdated NotBefore (Istio does the
-        # same), else short certificates would renew far too early.
-        self._renew_at = renew_at(max(nb, min(ident.obtained_at, na)), na, self._rng)
-        self.last_renewal_error = None
-        if previous is not None:
-            self.renewals += 1
+        if renewed:
+            # Lifetime runs from when we got it, not from the backdated NotBefore (Istio does
+            # the same), else short certificates would renew far too early.
+            self._renew_at = renew_at(max(nb, min(ident.obtained_at, na)), na, self._rng)
+            self.last_renewal_error = None
+            if previous is not None:
+                self.renewals += 1
+            self._wake.set()  # the renewal loop picks up the new schedule
         self._save_state(ident)
         _log.info(
-            "identity %s serial %x valid until %s, renewing at %s",
+            "identity %s serial %x valid until %s, renewing at %s, %d root(s) trusted",
             ident.spiffe_id,
             ident.leaf.serial_number,
             rfc3339(na),
-            rfc3339(self._renew_at),
+            rfc3339(self._renew_at or na),
+            len(keys.load_certificates(ident.bundle_pem)),
         )
         for cb in list(self.on_change):
             try:
@@ -409,9 +463,18 @@ class IdentityManager:
 
     async def _renew_loop(self) -> None:
         attempt = 0
-        while True:
+        while self._task is not None:
             assert self._renew_at is not None
-            await asyncio.sleep(max(self._renew_at - self._clock(), 0.0))
+            delay = self._renew_at - self._clock()
+            if delay > 0:
+                # Sleep until the renewal time, or until something reschedules it. (Not
+                # wait_for: on 3.11 it can swallow a cancel that races with the wake-up.)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                self._wake.clear()
+                continue
+            self._wake.clear()
             try:
                 await self._renew()
                 attempt = 0
@@ -422,6 +485,18 @@ class IdentityManager:
                 self._note_failure(exc)
                 self._renew_at = self._clock() + self._backoff(attempt)
                 attempt += 1
+
+    async def _bundle_loop(self) -> None:
+        while self._bundle_task is not None:
+            await asyncio.sleep(self._bundle_refresh * (0.9 + 0.2 * self._rng()))
+            try:
+                await self.refresh_bundle()
+                self.last_bundle_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_bundle_error = f"{type(exc).__name__}: {exc}"
+                _log.warning("trust bundle refresh: %s", self.last_bundle_error)
 
     # -- state on disk --------------------------------------------------------------------
 

@@ -282,18 +282,106 @@ async def test_from_files_static_mode(tmp_path):
         )
 
 
-async def test_root_rotation_reaches_the_sidecar(tmp_path):
+async def test_two_phase_root_rotation_reaches_the_sidecar(tmp_path):
+    cp = await _start_cp(tmp_path, lifetime_s=3600)
+    try:
+        mgr = IdentityManager(cp.url, cp.tokens.create("orders"), "orders", "default", None)
+        peer = IdentityManager(cp.url, cp.tokens.create("payment"), "payment", "default", None)
+        await mgr.start()
+        await peer.start()
+        old_fp = cp.ca.root_fingerprints()[0]
+        old_issuer = keys.load_certificates(mgr._cur().chain_pem)[0].issuer
+        serial = mgr.serial
+        # 1. publish the new root; sidecars pick up the two-root bundle without renewing.
+        new_fp = cp.ca.rotate_root(activate=False)
+        assert await mgr.refresh_bundle()
+        assert await peer.refresh_bundle()
+        assert mgr.bundle_fingerprints == [old_fp, new_fp]
+        assert mgr.serial == serial
+        assert not await mgr.refresh_bundle()  # unchanged now
+        # 2. switch signing: the control plane's serving certificate and new leaves come from
+        #    the new root, and a sidecar holding both roots renews fine.
+        cp.ca.activate_root()
+        await mgr.renew_now()
+        assert keys.load_certificates(mgr._cur().chain_pem)[0].issuer != old_issuer
+        # old-root leaf (peer) and new-root leaf (mgr) talk mTLS both ways
+        for server, client in ((mgr, peer), (peer, mgr)):
+            srv = await asyncio.start_server(_ok, "127.0.0.1", 0, ssl=server.server_context())
+            port = srv.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client.client_context()
+            )
+            assert tls.peer_spiffe_id(writer.get_extra_info("ssl_object")) == server.spiffe_id
+            assert await reader.read() == b"ok"
+            writer.close()
+            srv.close()
+            await srv.wait_closed()
+        # 3. retire the old root: the peer's old-root certificate is no longer covered by the
+        #    new bundle, so fetching it triggers an immediate renewal... which the control
+        #    plane refuses (old root retired): the peer keeps its certificate and reports it.
+        await peer.renew_now()  # renewing before retirement is the correct order
+        cp.ca.retire_root(old_fp)
+        assert await mgr.refresh_bundle()
+        assert mgr.bundle_fingerprints == [new_fp]
+        await mgr.renew_now()
+        await mgr.close()
+        await peer.close()
+    finally:
+        await cp.runner.cleanup()
+        cp.tokens.close()
+
+
+async def _ok(reader, writer):
+    writer.write(b"ok")
+    await writer.drain()
+    writer.close()
+
+
+async def test_activation_before_distribution_fails_safe(tmp_path):
+    # The failure mode two-phase rotation avoids: the sidecar does not trust the control
+    # plane's new certificate yet, so renewal fails and the current certificate stays.
     cp = await _start_cp(tmp_path, lifetime_s=3600)
     try:
         mgr = IdentityManager(cp.url, cp.tokens.create("orders"), "orders", "default", None)
         await mgr.start()
-        old_issuer = keys.load_certificates(mgr._cur().chain_pem)[0].issuer
-        cp.ca.rotate_root()
-        await mgr.renew_now()
-        assert mgr.bundle_fingerprints == cp.ca.root_fingerprints()
-        assert len(mgr.bundle_fingerprints) == 2
-        assert keys.load_certificates(mgr._cur().chain_pem)[0].issuer != old_issuer
+        serial = mgr.serial
+        cp.ca.rotate_root()  # publish and activate at once
+        with pytest.raises(Exception, match="certificate verify failed"):
+            await mgr.renew_now()
+        assert mgr.serial == serial and mgr.ready
         await mgr.close()
+    finally:
+        await cp.runner.cleanup()
+        cp.tokens.close()
+
+
+async def test_listener_context_follows_renewals(tmp_path):
+    cp = await _start_cp(tmp_path, lifetime_s=3600)
+    try:
+        a = IdentityManager(cp.url, cp.tokens.create("orders"), "orders", "default", None)
+        b = IdentityManager(cp.url, cp.tokens.create("inventory"), "inventory", "default", None)
+        await a.start()
+        await b.start()
+        srv = await asyncio.start_server(_ok, "127.0.0.1", 0, ssl=b.listener_context())
+        port = srv.sockets[0].getsockname()[1]
+        serials = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=a.client_context()
+            )
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            from cryptography import x509
+
+            serials.append(format(x509.load_der_x509_certificate(der).serial_number, "x"))
+            assert await reader.read() == b"ok"
+            writer.close()
+            await b.renew_now()
+        assert serials[0] != serials[1]
+        assert serials[1] != b.serial  # b renewed once more after the second connection
+        srv.close()
+        await srv.wait_closed()
+        await a.close()
+        await b.close()
     finally:
         await cp.runner.cleanup()
         cp.tokens.close()

@@ -301,3 +301,29 @@ def test_serving_certificate_has_dns_and_ip(ca):
     assert san.get_values_for_type(x509.DNSName) == ["localhost", "cp.example"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [str(cp)]
+
+
+def test_two_phase_rotation(ca, tmp_path):
+    old_fp = ca.root_fingerprints()[0]
+    gen = ca.generation
+    new_fp = ca.rotate_root(activate=False)
+    assert ca.generation > gen
+    assert ca.root_fingerprints() == [old_fp, new_fp]
+    assert keys.cert_fingerprint(ca.signing_root()) == old_fp  # still signing with the old
+    assert keys.cert_fingerprint(ca.pending_root()) == new_fp
+    assert (os.stat(tmp_path / "cp" / "ca" / "pending-root-key.pem").st_mode & 0o777) == 0o600
+    with pytest.raises(CAError, match="pending"):
+        ca.retire_root(new_fp)
+    with pytest.raises(CAError, match="already pending"):
+        ca.rotate_root(activate=False)
+    # The pending key survives a restart.
+    reloaded = CertificateAuthority.load(tmp_path / "cp", TD)
+    assert keys.cert_fingerprint(reloaded.pending_root()) == new_fp
+    assert reloaded.activate_root() == new_fp
+    assert keys.cert_fingerprint(reloaded.signing_root()) == new_fp
+    assert reloaded.pending_root() is None
+    assert not (tmp_path / "cp" / "ca" / "pending-root-key.pem").exists()
+    leaf = _leaf(_sign(reloaded)[0])
+    assert leaf.issuer == reloaded.signing_root().subject
+    with pytest.raises(CAError, match="no pending"):
+        reloaded.activate_root()

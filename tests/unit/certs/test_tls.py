@@ -198,3 +198,27 @@ def test_key_material_is_not_left_on_disk(ca, issue, monkeypatch, tmp_path):
     import os
 
     assert made and not any(os.path.exists(d) for d in made)
+
+
+async def test_dispatching_context_switches_certificate_and_bundle(ca, issue, tmp_path):
+    other = CertificateAuthority.create_self_signed(tmp_path / "other", TD)
+    first = tls.server_context(*issue("s1"), ca.bundle_pem())
+    second = tls.server_context(*issue("s2", authority=other), other.bundle_pem())
+    current = [first]
+    listener = tls.dispatching_server_context(lambda: current[0])
+    a_client = tls.client_context(*issue("c"), ca.bundle_pem())
+    b_client = tls.client_context(*issue("c", authority=other), other.bundle_pem())
+    async with Server(listener) as srv:
+        ssl_object, data = await _connect(srv.port, a_client)
+        assert tls.peer_spiffe_id(ssl_object).service_account == "s1"
+        assert data == b"h2"
+        await _refused(srv.port, b_client)  # not in the first bundle
+        current[0] = second
+        ssl_object, _ = await _connect(srv.port, b_client)
+        assert tls.peer_spiffe_id(ssl_object).service_account == "s2"
+        await _refused(srv.port, a_client)  # the switched-to bundle is the one used
+        # still a client certificate required, still TLS >= 1.2
+        await _refused(srv.port, tls.client_context(None, None, other.bundle_pem()))
+        rc, out = await _s_client(srv.port, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
+        assert rc != 0 and "Cipher is (NONE)" in out
+        assert [p.trust_domain if p else None for p in srv.peers] == [TD, TD]
