@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class SidecarOptions:
     key_file: str | None = None
     ca_file: str | None = None
     state_dir: str | None = None
+    advertise_address: str = "127.0.0.1"
     drain_timeout: float = 20.0
     access_log: bool = True
     header_timeout: float = 10.0
@@ -73,6 +75,8 @@ class Sidecar:
         self.registry: list[dict[str, Any]] = []
         self.telemetry: Any = None
         self.identity: Any = None
+        self.discovery: Any = None
+        self.state_dir = opts.state_dir or ""
         self._stopped: asyncio.Event | None = None
         self._draining_task: asyncio.Task[Any] | None = None
 
@@ -82,11 +86,28 @@ class Sidecar:
         table = compile_table(resources, registry, self.opts.namespace, self.runtime.labels, version)
         for w in table.warnings:
             log.warning("config %s: %s", version, w)
+        self.runtime.mtls_mode = self._mtls_mode(resources)
         self.runtime.swap(table)
         self.resources = list(resources)
         self.registry = list(registry)
         if self.telemetry is not None:
             self.telemetry.on_config(version, True)
+
+    def apply_snapshot(self, snap: dict[str, Any]) -> None:
+        """A pushed snapshot: validated with the same code the control plane used, compiled,
+        swapped; raising makes the discovery client NACK it and keep the last good table."""
+        from control_plane.api.resources import InvalidConfig, from_dict
+
+        resources, errors = [], []
+        for i, doc in enumerate(snap.get("resources") or (), 1):
+            try:
+                resources.append(from_dict(doc, f"snapshot {snap.get('version')}", i))
+            except InvalidConfig as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise InvalidConfig(errors)
+        self.apply_resources(resources, list(snap.get("registry") or ()), str(snap.get("version")))
+        self.ready = self.identity is None or self.identity.ready
 
     def load_file(self) -> None:
         from control_plane.api.resources import load_path
@@ -101,6 +122,14 @@ class Sidecar:
             json.dumps([r.to_dict() for r in resources], sort_keys=True).encode()
         ).hexdigest()[:12]
         self.apply_resources(resources, [], f"file-{digest}")
+
+    def _mtls_mode(self, resources: list[Any]) -> str:
+        try:
+            from proxy.authz.peer_auth import resolve_mtls_mode
+        except ImportError:  # TODO(lead): remove once proxy.authz lands
+            return "PERMISSIVE"
+        return resolve_mtls_mode(resources, self.opts.namespace, self.runtime.labels,
+                                 self.opts.inbound_port)
 
     def reload(self) -> bool:
         try:
@@ -121,6 +150,7 @@ class Sidecar:
         o = self.opts
         if o.config_file:
             self.load_file()  # at start an invalid file is fatal: there is nothing to keep
+        await self._setup_identity()
         self._setup_telemetry()
         out = Listener("outbound", self.forwarder.outbound, o.outbound_bind, o.outbound_port,
                        header_timeout=o.header_timeout, idle_timeout=o.idle_timeout)
@@ -128,6 +158,8 @@ class Sidecar:
         inb = Listener("inbound", self.forwarder.inbound, o.inbound_bind, o.inbound_port,
                        ssl_context=inbound_ssl, peer_identity=peer_identity,
                        header_timeout=o.header_timeout, idle_timeout=o.idle_timeout)
+        if inbound_ssl is not None:
+            inb.mtls_mode = lambda: self.runtime.mtls_mode
         for lst in (out, inb):
             lst.local_reply_hook = self.runtime.count_local_reply
             await lst.start()
@@ -144,6 +176,8 @@ class Sidecar:
             loop.add_signal_handler(signal.SIGINT, self.request_drain)
         except (NotImplementedError, RuntimeError):
             pass
+        if o.control_plane:
+            self._start_discovery(inb.port)
         self.ready = bool(self.runtime.config_version) or not (o.config_file or o.control_plane)
         log.info(
             "meshlet sidecar %s for %s.%s: outbound %d, inbound %d, admin %d, fastpath %s",
@@ -162,27 +196,69 @@ class Sidecar:
             return
         self.telemetry = Telemetry(self)
 
-    def _inbound_tls(self) -> tuple[Any, Any]:
+    async def _setup_identity(self) -> None:
+        """Certificates from the control plane (renewed on their own) or from files."""
         o = self.opts
-        if not (o.cert_file and o.key_file and o.ca_file):
-            return None, None
         from certs import tls
+        from proxy.identity.manager import IdentityManager
 
-        with open(o.cert_file, "rb") as f:
-            chain = f.read()
-        with open(o.key_file, "rb") as f:
-            key = f.read()
-        with open(o.ca_file, "rb") as f:
-            bundle = f.read()
-        server = tls.server_context(chain, key, bundle, require_client_cert=True)
-        client = tls.client_context(chain, key, bundle)
-        self.runtime.client_ssl = lambda: client
+        if o.control_plane:
+            assert o.token_file is not None
+            with open(o.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+            state = o.state_dir or os.path.join(
+                os.path.expanduser("~/.meshlet/sidecars"), f"{o.service}.{o.namespace}-{o.inbound_port}")
+            os.makedirs(state, mode=0o700, exist_ok=True)
+            self.state_dir = state
+            self.identity = IdentityManager(o.control_plane, token, o.service, o.namespace, state)
+            await self.identity.start()
+        elif o.cert_file and o.key_file and o.ca_file:
+            self.identity = IdentityManager.from_files(o.cert_file, o.key_file, o.ca_file)
+        if self.identity is None:
+            return
+        ident = self.identity
+        self.runtime.client_ssl = ident.client_context
+        sid = ident.spiffe_id
+        if sid is not None:
+            self.runtime.spiffe_id = str(sid)
 
-        def identity(sslobj: Any) -> str | None:
+        def peer(sslobj: Any) -> str | None:
             sid = tls.peer_spiffe_id(sslobj)
             return str(sid) if sid is not None else None
 
-        return server, identity
+        self.runtime.peer_identity = peer
+
+    def _inbound_tls(self) -> tuple[Any, Any]:
+        if self.identity is None:
+            return None, None
+        return self.identity.listener_context(), self.runtime.peer_identity
+
+    def _start_discovery(self, inbound_port: int) -> None:
+        from proxy.discovery import DiscoveryClient
+
+        o = self.opts
+        registration = {
+            "service": o.service, "namespace": o.namespace, "version": o.version,
+            "labels": self.runtime.labels,
+            "address": f"{o.advertise_address}:{inbound_port}",
+            "admin_address": f"{o.admin_bind}:{self.admin_port}",
+            "node": f"{o.service}-{o.version or 'v'}.{o.namespace}@{o.advertise_address}:{inbound_port}",
+        }
+        if self.identity is not None and self.identity.not_after:
+            registration["cert_expiry"] = self.identity.not_after
+        assert o.control_plane is not None and self.identity is not None
+        self.discovery = DiscoveryClient(
+            o.control_plane, self.identity.client_context, registration, self.apply_snapshot,
+            os.path.join(self.state_dir, "config-cache.json"),
+        )
+        cached = self.discovery.load_cache()
+        if cached is not None:
+            try:
+                self.apply_snapshot(cached)
+                log.info("started from the cached config %s", cached.get("version"))
+            except Exception as exc:
+                log.warning("cached config unusable: %s", exc)
+        self.discovery.start()
 
     def not_ready_reason(self) -> str:
         if not self.runtime.config_version:
@@ -209,6 +285,10 @@ class Sidecar:
         await self.stop()
 
     async def stop(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.stop()  # deregisters first: peers stop sending here at once
+        if self.identity is not None:
+            await self.identity.close()
         for lst in self.listeners.values():
             lst.stop_accepting()
             lst.close_all()
@@ -288,8 +368,8 @@ class Sidecar:
 
     def certs_view(self) -> dict[str, Any]:
         if self.identity is not None:
-            return dict(self.identity.status())
-        return {"spiffe_id": self.runtime.spiffe_id, "mode": "plaintext" if not self.opts.cert_file else "files"}
+            return {**self.identity.status(), "mtls_mode": self.runtime.mtls_mode}
+        return {"spiffe_id": None, "mode": "plaintext (no certificate configured)"}
 
     def explain(self, query: dict[str, str]) -> dict[str, Any]:
         from proxy.explain import explain

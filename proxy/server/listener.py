@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -44,9 +45,17 @@ class Listener:
         self.draining = False
         self.log = logging.getLogger(f"meshlet.proxy.{name}")
         self.local_reply_hook: Callable[[int, str], None] | None = None
+        # PeerAuthentication on this port: a callable giving the mode in force now
+        # ("STRICT" | "PERMISSIVE" | "DISABLE"); None for a plain listener
+        self.mtls_mode: Callable[[], str] | None = None
+        self.refused = 0
+        self._sock: socket.socket | None = None
+        self._pending: dict[socket.socket, float] = {}
 
     async def start(self) -> int:
         self.loop = asyncio.get_running_loop()
+        if self.mtls_mode is not None and self.ssl is not None:
+            return self._start_detecting()
         self.server = await self.loop.create_server(
             lambda: Downstream(self), self.host, self.port, ssl=self.ssl, reuse_address=True,
             backlog=1024,
@@ -55,10 +64,86 @@ class Listener:
         self._sweeper = self.loop.call_later(1.0, self._sweep)
         return self.port
 
+    # -- PERMISSIVE / STRICT / DISABLE on one port -------------------------------------------------
+    def _start_detecting(self) -> int:
+        """Accept ourselves, peek at the first bytes, then hand the socket to the transport.
+
+        mTLS and plaintext share the inbound port (Istio PERMISSIVE); the first byte tells them
+        apart without consuming it (MSG_PEEK), so TLS still sees its ClientHello. This costs one
+        peek per connection, nothing per request. The mode is read at each accept, so a pushed
+        PeerAuthentication applies to new connections at once.
+        """
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self.loop.add_reader(sock.fileno(), self._on_accept)
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+        return self.port
+
+    def _on_accept(self) -> None:
+        assert self._sock is not None
+        for _ in range(64):
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log.warning("accept failed: %s", exc)
+                return
+            if self.draining:
+                conn.close()
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._pending[conn] = self.loop.time()
+            self.loop.add_reader(conn.fileno(), self._on_first_bytes, conn)
+
+    def _on_first_bytes(self, conn: socket.socket) -> None:
+        try:
+            head = conn.recv(8, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            head = b""
+        self.loop.remove_reader(conn.fileno())
+        self._pending.pop(conn, None)
+        if not head:
+            conn.close()
+            return
+        is_tls = head[0] == 0x16 and head[1:2] == b"\x03"
+        mode = self.mtls_mode() if self.mtls_mode is not None else "PERMISSIVE"
+        if (mode == "STRICT" and not is_tls) or (mode == "DISABLE" and is_tls):
+            # STRICT refuses plaintext (Istio answers with a reset, not an HTTP error)
+            self.refused += 1
+            conn.close()
+            return
+        self.loop.create_task(self._adopt(conn, self.ssl if is_tls else None))
+
+    async def _adopt(self, conn: socket.socket, ctx: ssl.SSLContext | None) -> None:
+        try:
+            async with asyncio.timeout(self.header_timeout):
+                await self.loop.connect_accepted_socket(
+                    lambda: Downstream(self), conn, ssl=ctx
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            # a failed handshake: no certificate, an untrusted one, an old TLS version
+            self.refused += 1
+            self.log.debug("inbound handshake refused: %r", exc)
+            conn.close()
+
     def _sweep(self) -> None:
         now = self.loop.time()
         for conn in list(self.connections):
             conn.sweep(now)
+        for sock, since in list(self._pending.items()):
+            if now - since > self.header_timeout:
+                self.loop.remove_reader(sock.fileno())
+                self._pending.pop(sock, None)
+                sock.close()
         self._sweeper = self.loop.call_later(min(1.0, self.header_timeout / 4), self._sweep)
 
     def on_local_reply(self, conn: Downstream, status: int, flag: str) -> None:
@@ -75,6 +160,10 @@ class Listener:
         self.draining = True
         if self.server is not None:
             self.server.close()
+        if self._sock is not None:
+            self.loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
         for conn in list(self.connections):
             if conn.task is None:
                 conn.close()  # idle keep-alive connections go now; busy ones after their response

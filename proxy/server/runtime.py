@@ -67,6 +67,8 @@ class Runtime:
             endpoints=(Endpoint(app_host, app_port, {}, 1, False, "", f"{app_host}:{app_port}"),),
         )
         self.client_ssl: Callable[[], ssl.SSLContext | None] = lambda: None
+        self.peer_identity: Callable[[Any], str | None] | None = None
+        self.mtls_mode = "PERMISSIVE"  # inbound PeerAuthentication mode in force
         self.authorizer: Callable[[Any, Any], str | None] | None = None
         self.recorder: Callable[[Any, Any, str], None] | None = None
         self.local_reply_counter: Callable[[int, str], None] | None = None
@@ -124,9 +126,18 @@ class Runtime:
         key = (ep.key, ep.tls)
         p = self.pools.get(key)
         if p is None:
-            ctx = self.client_ssl() if ep.tls else None
+            verify = None
+            if ep.tls and ep.spiffe_id and self.peer_identity is not None:
+                expected = ep.spiffe_id
+                ident = self.peer_identity
+
+                def verify(sslobj: Any) -> bool:
+                    # the server must be the identity the destination service should have
+                    return ident(sslobj) == expected
+
             p = self.pools[key] = EndpointPool(
-                ep.address, ep.port, ctx, cluster.idle_timeout, cluster.max_requests_per_connection
+                ep.address, ep.port, self.client_ssl if ep.tls else None, cluster.idle_timeout,
+                cluster.max_requests_per_connection, verify,
             )
         return p
 

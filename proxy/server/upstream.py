@@ -264,13 +264,14 @@ class EndpointPool:
         self,
         host: str,
         port: int,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: Callable[[], ssl.SSLContext | None] | None = None,
         idle_timeout: float = 55.0,
         max_requests: int = 0,
         verify_peer: Callable[[Any], bool] | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        # a factory, called per new connection: a renewed certificate is used at once
         self.ssl = ssl_context
         self.server_hostname = "" if ssl_context is not None else None
         self.idle: list[UpstreamConnection] = []
@@ -296,7 +297,7 @@ class EndpointPool:
                     lambda: UpstreamConnection(self),
                     self.host,
                     self.port,
-                    ssl=self.ssl,
+                    ssl=self.ssl() if self.ssl is not None else None,
                     server_hostname=self.server_hostname,
                 )
         except BaseException:
