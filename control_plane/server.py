@@ -102,6 +102,7 @@ class ControlPlane:
         path = self.data_dir / ADMIN_TOKEN_FILE
         if not path.exists():
             write_secret(path, secrets.token_urlsafe(32) + "\n")
+            log.info("first start in %s: created the admin token %s", self.data_dir, path)
         return path.read_text().strip()
 
     # -- lifecycle -------------------------------------------------------------------------
