@@ -1,7 +1,8 @@
 # Augments _frames_py.py (compiled as _frames_c): C types for the same source.
 import cython
 
-cdef Py_ssize_t _PREFACE_LEN
+cdef Py_ssize_t _PREFACE_LEN, _HDR
+cdef unsigned int _PADDED, _PRIO, _ACK, _END_STREAM, _END_HEADERS
 
 
 cdef class FrameParser:

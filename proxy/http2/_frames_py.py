@@ -48,6 +48,13 @@ _PROTOCOL_ERROR = ErrorCode.PROTOCOL_ERROR
 _FRAME_SIZE_ERROR = ErrorCode.FRAME_SIZE_ERROR
 _FLOW_CONTROL_ERROR = ErrorCode.FLOW_CONTROL_ERROR
 _PREFACE_LEN = len(PREFACE)
+# C-typed copies of the constants for the compiled twin (the public names stay Python objects)
+_HDR = FRAME_HEADER_SIZE
+_PADDED = FLAG_PADDED
+_PRIO = FLAG_PRIORITY
+_ACK = FLAG_ACK
+_END_STREAM = FLAG_END_STREAM
+_END_HEADERS = FLAG_END_HEADERS
 
 
 class FrameParser:
@@ -92,7 +99,7 @@ class FrameParser:
                 return frames
             self._preface = False
             pos = _PREFACE_LEN
-        while end - pos >= FRAME_HEADER_SIZE:
+        while end - pos >= _HDR:
             length = (b[pos] << 16) | (b[pos + 1] << 8) | b[pos + 2]
             if length > self.max_frame_size:
                 raise H2Error(
@@ -100,24 +107,24 @@ class FrameParser:
                     f"frame of {length} octets exceeds SETTINGS_MAX_FRAME_SIZE "
                     f"{self.max_frame_size}",
                 )
-            if end - pos - FRAME_HEADER_SIZE < length:
+            if end - pos - _HDR < length:
                 break
             ftype = b[pos + 3]
             flags = b[pos + 4]
             stream_id = (
                 ((b[pos + 5] & 0x7F) << 24) | (b[pos + 6] << 16) | (b[pos + 7] << 8) | b[pos + 8]
             )
-            pos += FRAME_HEADER_SIZE
+            pos += _HDR
             frames.append((ftype, flags, stream_id, buf[pos : pos + length]))
             pos += length
         if pos < end:
             self._pending += buf[pos:]
-            if end - pos >= FRAME_HEADER_SIZE:
-                self._need = FRAME_HEADER_SIZE + (
+            if end - pos >= _HDR:
+                self._need = _HDR + (
                     (b[pos] << 16) | (b[pos + 1] << 8) | b[pos + 2]
                 )
             else:
-                self._need = FRAME_HEADER_SIZE
+                self._need = _HDR
         return frames
 
     @property
@@ -129,7 +136,7 @@ class FrameParser:
 def _padded(payload: bytes, flags: int, skip: int) -> tuple:
     """Strip ``skip`` leading octets and, with PADDED, the pad length octet and the padding."""
     n = len(payload)
-    if flags & FLAG_PADDED:
+    if flags & _PADDED:
         if n < 1 + skip:
             raise H2Error(_FRAME_SIZE_ERROR, "frame too short for its padding")
         b = payload
@@ -146,7 +153,7 @@ def parse_data(flags: int, stream_id: int, payload: bytes) -> bytes:
     """DATA (6.1): the data without padding. Flow control counts ``len(payload)``."""
     if stream_id == 0:
         raise H2Error(_PROTOCOL_ERROR, "DATA on stream 0")
-    if not flags & FLAG_PADDED:
+    if not flags & _PADDED:
         return payload
     start, stop = _padded(payload, flags, 0)
     return payload[start:stop]
@@ -157,9 +164,9 @@ def parse_headers(flags: int, stream_id: int, payload: bytes) -> tuple:
     ``(depends_on, weight, exclusive)`` with ``weight`` in 1..256."""
     if stream_id == 0:
         raise H2Error(_PROTOCOL_ERROR, "HEADERS on stream 0")
-    if not flags & (FLAG_PADDED | FLAG_PRIORITY):
+    if not flags & (_PADDED | _PRIO):
         return payload, None
-    if flags & FLAG_PRIORITY:
+    if flags & _PRIO:
         start, stop = _padded(payload, flags, 5)
         priority = _priority(payload, start - 5, stream_id)
     else:
@@ -208,7 +215,7 @@ def parse_settings(flags: int, stream_id: int, payload: bytes) -> list:
     if stream_id != 0:
         raise H2Error(_PROTOCOL_ERROR, "SETTINGS on a stream")
     n = len(payload)
-    if flags & FLAG_ACK:
+    if flags & _ACK:
         if n:
             raise H2Error(_FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
         return []
@@ -289,7 +296,7 @@ def frame(ftype: int, flags: int, stream_id: int, payload: bytes) -> bytes:
     n = len(payload)
     if n > MAX_MAX_FRAME_SIZE:
         raise ValueError("frame payload too large")
-    header = bytearray(FRAME_HEADER_SIZE)
+    header = bytearray(_HDR)
     h = header
     h[0] = (n >> 16) & 0xFF
     h[1] = (n >> 8) & 0xFF
@@ -300,7 +307,7 @@ def frame(ftype: int, flags: int, stream_id: int, payload: bytes) -> bytes:
     h[6] = (stream_id >> 16) & 0xFF
     h[7] = (stream_id >> 8) & 0xFF
     h[8] = stream_id & 0xFF
-    return bytes(h[:FRAME_HEADER_SIZE]) + payload
+    return bytes(h[:_HDR]) + payload
 
 
 def _check_stream(stream_id: int) -> None:
@@ -321,11 +328,11 @@ def data_frame(
     _check_stream(stream_id)
     n = len(data)
     if n <= max_frame_size:
-        return frame(DATA, FLAG_END_STREAM if end_stream else 0, stream_id, data)
+        return frame(DATA, _END_STREAM if end_stream else 0, stream_id, data)
     parts = []
     for at in range(0, n, max_frame_size):
         last = at + max_frame_size >= n
-        flags = FLAG_END_STREAM if end_stream and last else 0
+        flags = _END_STREAM if end_stream and last else 0
         parts.append(frame(DATA, flags, stream_id, data[at : at + max_frame_size]))
     return b"".join(parts)
 
@@ -339,17 +346,17 @@ def headers_frame(
     """A HEADERS frame carrying the HPACK ``block``, split into CONTINUATION frames when it
     exceeds ``max_frame_size`` (the peer's SETTINGS_MAX_FRAME_SIZE)."""
     _check_stream(stream_id)
-    flags = FLAG_END_STREAM if end_stream else 0
+    flags = _END_STREAM if end_stream else 0
     n = len(block)
     if n <= max_frame_size:
-        return frame(HEADERS, flags | FLAG_END_HEADERS, stream_id, block)
+        return frame(HEADERS, flags | _END_HEADERS, stream_id, block)
     parts = [frame(HEADERS, flags, stream_id, block[:max_frame_size])]
     for at in range(max_frame_size, n, max_frame_size):
         last = at + max_frame_size >= n
         parts.append(
             frame(
                 CONTINUATION,
-                FLAG_END_HEADERS if last else 0,
+                _END_HEADERS if last else 0,
                 stream_id,
                 block[at : at + max_frame_size],
             )
@@ -368,13 +375,13 @@ def settings_frame(settings: dict) -> bytes:
 
 
 def settings_ack() -> bytes:
-    return frame(SETTINGS, FLAG_ACK, 0, b"")
+    return frame(SETTINGS, _ACK, 0, b"")
 
 
 def ping(ack: bool, data: bytes) -> bytes:
     if len(data) != 8:
         raise ValueError("PING data must be 8 octets")
-    return frame(PING, FLAG_ACK if ack else 0, 0, data)
+    return frame(PING, _ACK if ack else 0, 0, data)
 
 
 def rst_stream(stream_id: int, code: int) -> bytes:

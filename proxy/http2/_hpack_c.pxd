@@ -1,7 +1,8 @@
 # Augments _hpack_py.py (compiled as _hpack_c): C types for the same source.
 import cython
 
-cdef Py_ssize_t _STATIC_LEN
+cdef Py_ssize_t _STATIC_LEN, _OVERHEAD
+cdef long long _MAX_INT
 cdef dict _STATIC_FULL, _STATIC_NAMES
 cdef bytes _HUFF_DECODE, _HUFF_LEN
 cdef tuple _HUFF_CODE
@@ -17,7 +18,8 @@ cdef bytes _huffman_decode(unsigned char *data, Py_ssize_t start, Py_ssize_t end
 cdef Py_ssize_t _huffman_length(bytes data) except -1
 
 @cython.locals(buf=cython.p_uchar, lens=cython.p_uchar, codes=tuple, acc=cython.ulonglong,
-               nbits=cython.int, i=Py_ssize_t, c=cython.uint, n=cython.uint, out=bytearray,
+               nbits=cython.int, i=Py_ssize_t, c=cython.uint, n=cython.uint, code=cython.ulonglong,
+               out=bytearray,
                ob=cython.p_uchar, k=Py_ssize_t)
 cdef bytearray _huffman_encode(bytes data, Py_ssize_t length)
 

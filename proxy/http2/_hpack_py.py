@@ -22,6 +22,10 @@ MAX_INT = 0x7FFFFFFF
 #: fields that must never enter a compression context (RFC 7541 7.1.3: CRIME-style probing)
 NEVER_INDEXED = frozenset((b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"))
 
+# C-typed copies for the compiled twin (the public names stay Python objects)
+_OVERHEAD = ENTRY_OVERHEAD
+_MAX_INT = MAX_INT
+
 _STATIC_LEN = len(STATIC_TABLE)
 _STATIC_FULL: dict[tuple[bytes, bytes], int] = {}
 _STATIC_NAMES: dict[bytes, int] = {}
@@ -153,7 +157,8 @@ def _huffman_encode(data: bytes, length: int) -> bytearray:
     for i in range(len(data)):
         c = buf[i]
         n = lens[c]
-        acc = (acc << n) | codes[c]
+        code = codes[c]
+        acc = (acc << n) | code
         nbits += n
         while nbits >= 8:
             nbits -= 8
@@ -289,7 +294,7 @@ class Decoder:
                     self._add(name, value)
                 field = (name, value)
             count += 1
-            total += len(name) + len(value) + ENTRY_OVERHEAD
+            total += len(name) + len(value) + _OVERHEAD
             if too_large:
                 continue
             if total > self.max_header_list_size or (
@@ -320,7 +325,7 @@ class Decoder:
                 b = buf[pos]
                 pos += 1
                 value += (b & 127) << shift
-                if value > MAX_INT:
+                if value > _MAX_INT:
                     raise HPACKError("integer overflow")
                 if not b & 128:
                     break
@@ -353,7 +358,7 @@ class Decoder:
         return self._table[n - 1 - index]
 
     def _add(self, name: bytes, value: bytes) -> None:
-        size = len(name) + len(value) + ENTRY_OVERHEAD
+        size = len(name) + len(value) + _OVERHEAD
         if size > self._max_size:
             # RFC 7541 4.4: an entry larger than the table empties it and is not added
             self._table.clear()
@@ -366,7 +371,7 @@ class Decoder:
     def _evict(self, room: int) -> None:
         while self._table_size + room > self._max_size:
             name, value = self._table.pop(0)
-            self._table_size -= len(name) + len(value) + ENTRY_OVERHEAD
+            self._table_size -= len(name) + len(value) + _OVERHEAD
 
 
 class Encoder:
@@ -399,7 +404,7 @@ class Encoder:
 
         The next block starts with the size update(s) telling the decoder (RFC 7541 4.2).
         """
-        if value < 0 or value > MAX_INT:
+        if value < 0 or value > _MAX_INT:
             raise ValueError("header table size out of range")
         self._max_size = value
         self._evict(0)
@@ -432,7 +437,7 @@ class Encoder:
                 _emit_int(out, _STATIC_LEN + self._next_seq - seq, 7, 0x80)
                 continue
             index = self._name_index(name)
-            size = len(name) + len(value) + ENTRY_OVERHEAD
+            size = len(name) + len(value) + _OVERHEAD
             if size * 4 <= self._max_size * 3:
                 _emit_int(out, index, 6, 0x40)
                 if not index:

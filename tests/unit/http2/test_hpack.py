@@ -12,7 +12,7 @@ from proxy.http2.errors import HeaderListTooLarge, HPACKError
 from tests.unit.http2.conftest import load
 
 SETTINGS = settings(
-    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 NAMES = [
@@ -28,7 +28,10 @@ value_st = st.one_of(
     st.sampled_from([b"", b"GET", b"POST", b"/", b"http", b"application/grpc", b"trailers", b"200"]),
     st.binary(max_size=40),
     st.text(max_size=30).map(lambda s: s.encode()),
-    st.binary(min_size=3000, max_size=6000),  # larger than 3/4 of the table: never indexed
+    # huge values (more than 3/4 of the table: never indexed), cheap to generate
+    st.tuples(st.binary(min_size=1, max_size=8), st.integers(3000, 6000)).map(
+        lambda t: (t[0] * 6000)[: t[1]]
+    ),
 )
 headers_st = st.lists(st.tuples(name_st, value_st), max_size=12)
 size_st = st.one_of(st.none(), st.integers(0, 4096))
@@ -202,11 +205,12 @@ def test_our_encoder_to_hpack_decoder(blocks, huffman):
 
 
 @SETTINGS
-@given(blocks=blocks_st, sensitive=st.sets(st.integers(0, 11)))
-def test_hpack_encoder_to_our_decoder(blocks, sensitive):
+@given(blocks=blocks_st, sensitive=st.sets(st.integers(0, 11)), huffman=st.booleans())
+def test_hpack_encoder_to_our_decoder(blocks, sensitive, huffman):
     py, c = load("hpack", "python"), load("hpack", "cython")
     decoders = [py.Decoder(), c.Decoder()]
     lib = hpack.Encoder()
+    oracle = hpack.Decoder()
     for size, headers in blocks:
         if size is not None:
             lib.header_table_size = size
@@ -214,14 +218,17 @@ def test_hpack_encoder_to_our_decoder(blocks, sensitive):
             hpack.NeverIndexedHeaderTuple(*h) if i in sensitive else hpack.HeaderTuple(*h)
             for i, h in enumerate(headers)
         ]
-        block = lib.encode(tuples)
+        block = lib.encode(tuples, huffman=huffman)
+        # hpack sends a sensitive field that is already in a table as an index, so ask a
+        # reference decoder which fields really went out never-indexed
+        expected = [i for i, h in enumerate(oracle.decode(block, raw=True)) if not h.indexable]
         for dec in decoders:
             assert dec.decode(block) == headers
-            assert dec.never_indexed == sorted(i for i in sensitive if i < len(headers))
+            assert dec.never_indexed == expected
         assert decoders[0].table == decoders[1].table
 
 
-@SETTINGS
+@settings(max_examples=40, deadline=None)
 @given(blocks=blocks_st)
 def test_round_trip_ours(hp, blocks):
     enc, dec = hp.Encoder(), hp.Decoder()
@@ -250,7 +257,7 @@ def test_garbage_raises_only_hpack_errors_and_twins_agree(data, prime):
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(headers=headers_st, cut=st.integers(0, 10_000), flip=st.integers(0, 10_000),
        bit=st.integers(0, 7))
 def test_damaged_blocks(headers, cut, flip, bit):

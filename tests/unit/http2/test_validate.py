@@ -178,7 +178,7 @@ field_st = st.tuples(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(headers=st.lists(field_st, max_size=8), base=st.booleans())
 def test_twins_agree(headers, base):
     if base:
