@@ -94,17 +94,32 @@ def _value(v: Any) -> str:
     return _json_str(str(v))
 
 
-def format_line(fields: dict[str, Any]) -> str:
+def format_line(
+    fields: dict[str, Any],
+    _pf: tuple[tuple[str, str], ...] = tuple(zip(_PREFIXES, FIELDS, strict=True)),
+    _js: Any = _json_str,
+    _str: type = str,
+) -> str:
     """One JSON line (with ``\\n``): every :data:`FIELDS` key in order, then any extra keys."""
     get = fields.get
-    parts = [p + _value(get(k)) for p, k in zip(_PREFIXES, FIELDS, strict=True)]
-    if len(fields) > len(parts) or not _FIELD_SET.issuperset(fields):
+    parts: list[str] = []
+    app = parts.append
+    for p, k in _pf:  # the common types inline; _value() for the rest
+        v = get(k)
+        t = type(v)
+        if t is _str:
+            app(p + _js(v))
+        elif v is None:
+            app(p + "null")
+        elif t is int:
+            app(p + _str(v))
+        else:
+            app(p + _value(v))
+    if len(fields) > len(_pf) or not _FIELD_SET.issuperset(fields):
         parts.extend(
-            "," + _json_str(str(k)) + ":" + _value(v)
-            for k, v in fields.items()
-            if k not in _FIELD_SET
+            "," + _js(_str(k)) + ":" + _value(v) for k, v in fields.items() if k not in _FIELD_SET
         )
-    parts.append("}\n")
+    app("}\n")
     return "".join(parts)
 
 
