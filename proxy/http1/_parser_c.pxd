@@ -2,9 +2,9 @@
 # MODE_* stay Python-visible (they are exported), so they are not declared here.
 import cython
 
-cdef object _FIELD_RE, _TOKEN_RE, _VALUE_RE, _VERSION_RE
+cdef object _FIELD_RE, _TOKEN_RE, _VALUE_RE, _VERSION_RE, _METHOD_RE
 cdef object _HOST_RE, _AUTHORITY_FORM_RE, _ABSOLUTE_FORM_RE, _CHUNK_LINE_RE
-cdef bytes _TCHAR_BYTES, _METHOD_BYTES, _TARGET_BYTES, _DIGIT_BYTES, _HEAD_BYTES
+cdef bytes _HEAD_BYTES
 cdef frozenset _METHODS
 cdef dict _SPECIAL_FIELDS, _KNOWN_FIELDS
 cdef int _F_HOST, _F_CONTENT_LENGTH, _F_TRANSFER_ENCODING, _F_CONNECTION, _F_UPGRADE, _F_EXPECT
@@ -47,28 +47,27 @@ cdef long long _parse_content_length(str value, int status) except? -2
 
 cdef tuple _connection_tokens(str value, tuple current, int status)
 
-@cython.locals(crlf=Py_ssize_t)
-cdef _check_head_bytes(object head, int status)
+@cython.locals(text=str, lines=list, crlf=Py_ssize_t)
+cdef list _split_head(object head, int status)
 
 @cython.locals(
-    limit=Py_ssize_t, count=Py_ssize_t, host_count=int, content_length="long long",
-    te_count=int, n="long long", expect_continue=bint, name=str, value=str, headers=list,
-    connection=tuple, upgrade=str, host=str, te_value=str, eol=Py_ssize_t, colon=Py_ssize_t,
-    known=tuple, code=int,
+    i=Py_ssize_t, count=Py_ssize_t, host_count=int, content_length="long long",
+    te_count=int, n="long long", expect_continue=bint, name=str, colon=str, value=str,
+    headers=list, connection=tuple, upgrade=str, host=str, te_value=str, known=tuple, code=int,
 )
-cdef tuple _parse_fields(object head, str text, Py_ssize_t pos, Py_ssize_t max_headers, int status)
+cdef tuple _parse_fields(list lines, Py_ssize_t max_headers, int status)
 
 @cython.locals(
-    end=Py_ssize_t, line_end=Py_ssize_t, sp1=Py_ssize_t, sp2=Py_ssize_t, q=Py_ssize_t,
-    text=str, method=str, target=str, http_version=str, path=str, query=str, host=str,
-    host_count=int, content_length="long long", te_count=int, te_value=str, connection=tuple,
-    upgrade=str, expect_continue=bint, headers=list, version=int, chunked=bint, keep_alive=bint,
+    end=Py_ssize_t, q=Py_ssize_t, lines=list, parts=list, method=str, target=str,
+    http_version=str, path=str, query=str, host=str, host_count=int,
+    content_length="long long", te_count=int, te_value=str, connection=tuple, upgrade=str,
+    expect_continue=bint, headers=list, version=int, chunked=bint, keep_alive=bint,
     req=RequestHead,
 )
 cpdef object parse_request_head(object buf, Py_ssize_t max_head=*, Py_ssize_t max_headers=*, Py_ssize_t max_uri=*)
 
 @cython.locals(
-    end=Py_ssize_t, line_end=Py_ssize_t, text=str, http_version=str, reason=str,
+    end=Py_ssize_t, lines=list, line=str, http_version=str, code=str, reason=str,
     content_length="long long", te_count=int, te_value=str, connection=tuple, headers=list,
     version=int, status=int, chunked=bint, keep_alive=bint, resp=ResponseHead,
 )

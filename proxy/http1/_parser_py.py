@@ -24,12 +24,9 @@ MODE_CLOSE = 3
 
 # RFC 9110 §5.6.2 tchar; methods are restricted to uppercase (Istio: lowercase method -> 400).
 _TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
-_TCHAR_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_METHOD_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_TARGET_BYTES = bytes(range(0x21, 0x7F))
-_DIGIT_BYTES = b"0123456789"
-# Everything a head may contain: HTAB, CR, LF (pairing checked apart), SP, VCHAR, obs-text.
-_HEAD_BYTES = b"\t\r\n" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+_METHOD_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
+# What a head line may contain besides its CRLF: HTAB, SP, VCHAR, obs-text.
+_HEAD_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 _VERSION_RE = re.compile(r"HTTP/[0-9]\.[0-9]")
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "PATCH"))
 # Field names with meaning to the parser; 0 = none.
@@ -159,6 +156,37 @@ class RequestHead:
         "connection",
     )
 
+    def __init__(
+        self,
+        method="GET",
+        target="/",
+        path="/",
+        query="",
+        version=11,
+        headers=None,
+        host="",
+        content_length=-1,
+        chunked=False,
+        keep_alive=True,
+        upgrade="",
+        expect_continue=False,
+        connection=(),
+    ):
+        # Only for building heads by hand (tests, synthetic requests); the parser bypasses it.
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = [] if headers is None else headers
+        self.host = host
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.expect_continue = expect_continue
+        self.connection = connection
+
     def get(self, name, default=None):
         """The first value of the (lowercase) field ``name``."""
         for k, v in self.headers:
@@ -186,6 +214,27 @@ class ResponseHead:
         "keep_alive",
         "connection",
     )
+
+    def __init__(
+        self,
+        status=200,
+        reason="",
+        version=11,
+        headers=None,
+        content_length=-1,
+        chunked=False,
+        keep_alive=True,
+        connection=(),
+    ):
+        # Only for building heads by hand (tests, local replies); the parser bypasses it.
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = [] if headers is None else headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.connection = connection
 
     def get(self, name, default=None):
         """The first value of the (lowercase) field ``name``."""
@@ -223,19 +272,22 @@ def _incomplete(buf, max_head, status):
     return None
 
 
-def _check_head_bytes(head, status):
-    """Reject bare CR, bare LF and CTLs anywhere in a complete head, before any other check.
+def _split_head(head, status):
+    """Decode a complete head (ending in CRLFCRLF) and split it into lines.
 
-    ``head`` ends with the CRLFCRLF. Every CR must start a CRLF and every LF end one; every other
-    byte must be HTAB, SP, VCHAR or obs-text. After this, line walking can trust ``find``.
+    Bare CR, bare LF and CTLs anywhere are rejected first, before any other check, so that a head
+    fed byte at a time fails with the same status as the head fed whole. ``rest`` keeps only the
+    CR, LF and forbidden bytes; the head is clean iff ``rest`` is exactly one CRLF per line break.
     """
-    crlf = head.count(b"\r\n")
-    if head.count(b"\n") != crlf:
-        raise ProtocolError(status, "bare LF in head")
-    if head.count(b"\r") != crlf:
-        raise ProtocolError(status, "bare CR in head")
-    if head.translate(None, _HEAD_BYTES):
-        raise ProtocolError(status, "invalid character in head")
+    text = head.decode("latin-1")
+    lines = text.split("\r\n")
+    crlf = len(lines) - 1
+    rest = head.translate(None, _HEAD_BYTES)
+    if len(rest) != 2 * crlf or rest.count(b"\r\n") != crlf:
+        if rest.translate(None, b"\r\n"):
+            raise ProtocolError(status, "invalid character in head")
+        raise ProtocolError(status, "bare CR or LF in head")
+    return lines
 
 
 def _parse_content_length(value, status):
@@ -269,14 +321,12 @@ def _connection_tokens(value, current, status):
     return tuple(tokens)
 
 
-def _parse_fields(head, text, pos, max_headers, status):
-    """Split and check the field lines of ``text[pos:]`` (already through _check_head_bytes).
+def _parse_fields(lines, max_headers, status):
+    """Check and split the field lines ``lines[1:-2]`` (the head went through _split_head).
 
-    ``text`` is ``head`` decoded as latin-1 without the final empty line, so indexes agree.
     One pass; returns ``(headers, host, host_count, content_length, te_count, te_value,
     connection, upgrade, expect_continue)``.
     """
-    limit = len(text)
     headers = []
     count = 0
     host = ""
@@ -287,36 +337,34 @@ def _parse_fields(head, text, pos, max_headers, status):
     connection = ()
     upgrade = ""
     expect_continue = False
-    while pos < limit:
-        eol = text.find("\r\n", pos)
-        colon = text.find(":", pos, eol)
-        if colon <= pos:
+    for i in range(1, len(lines) - 2):
+        name, colon, value = lines[i].partition(":")
+        if not colon or not name:
             raise ProtocolError(status, "invalid header line")
         count += 1
         if count > max_headers:
             raise ProtocolError(431 if status == 400 else status, "too many headers")
-        name = text[pos:colon]
         known = _KNOWN_FIELDS.get(name)
         if known is None:
             # obs-fold, whitespace before the colon or before the first field land here
-            if head[pos:colon].translate(None, _TCHAR_BYTES):
+            if _TOKEN_RE.fullmatch(name) is None:
                 raise ProtocolError(status, "invalid header name")
             name = name.lower()
             code = _SPECIAL_FIELDS.get(name, 0)
         else:
             name, code = known
-        value = text[colon + 1 : eol].strip(" \t")
-        pos = eol + 2
+        value = value.strip(" \t")
         if code != 0:
             if code == _F_CONTENT_LENGTH:
                 n = _parse_content_length(value, status)
                 if content_length == -1:
                     content_length = n
-                    value = str(n)
+                    if len(value) > 1 and (value[0] == "0" or "," in value):
+                        value = str(n)  # forward one canonical value
                 elif n != content_length:
                     raise ProtocolError(status, "conflicting content-length")
                 else:
-                    continue  # identical duplicate: forward one canonical field
+                    continue  # identical duplicate: forward one field
             elif code == _F_HOST:
                 host_count += 1
                 host = value
@@ -353,25 +401,18 @@ def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
     end = buf.find(b"\r\n\r\n", 0, max_head)
     if end < 0:
         return _incomplete(buf, max_head, 400)
-    head = buf[: end + 4]
-    _check_head_bytes(head, 400)
-    text = head[: end + 2].decode("latin-1")
+    lines = _split_head(buf[: end + 4], 400)
 
     # request-line = method SP request-target SP HTTP-version, single SPs (RFC 9112 §3)
-    line_end = text.find("\r\n")
-    sp1 = text.find(" ", 0, line_end)
-    if sp1 <= 0:
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
         raise ProtocolError(400, "invalid request line")
-    sp2 = text.find(" ", sp1 + 1, line_end)
-    if sp2 <= sp1 + 1:
-        raise ProtocolError(400, "invalid request line")
-    method = text[:sp1]
-    if method not in _METHODS and head[:sp1].translate(None, _METHOD_BYTES):
+    method, target, http_version = parts
+    if method not in _METHODS and _METHOD_RE.fullmatch(method) is None:
         raise ProtocolError(400, "invalid method")
-    if head[sp1 + 1 : sp2].translate(None, _TARGET_BYTES):
+    # CTLs are gone already; HTAB and obs-text are not VCHAR
+    if not target or not target.isascii() or "\t" in target:
         raise ProtocolError(400, "invalid request target")
-    target = text[sp1 + 1 : sp2]
-    http_version = text[sp2 + 1 : line_end]
     if http_version == "HTTP/1.1":
         version = 11
     elif http_version == "HTTP/1.0":
@@ -391,7 +432,7 @@ def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
         connection,
         upgrade,
         expect_continue,
-    ) = _parse_fields(head, text, line_end + 2, max_headers, 400)
+    ) = _parse_fields(lines, max_headers, 400)
 
     if len(target) > max_uri:
         raise ProtocolError(414, "uri too long")
@@ -483,28 +524,27 @@ def parse_response_head(buf, max_head=61440, max_headers=100):
     end = buf.find(b"\r\n\r\n", 0, max_head)
     if end < 0:
         return _incomplete(buf, max_head, 502)
-    head = buf[: end + 4]
-    _check_head_bytes(head, 502)
-    text = head[: end + 2].decode("latin-1")
+    lines = _split_head(buf[: end + 4], 502)
 
     # status-line = HTTP-version SP 3DIGIT SP [ reason-phrase ]; the second SP is often missing
-    line_end = text.find("\r\n")
-    http_version = text[:8]
+    line = lines[0]
+    http_version = line[:8]
     if http_version == "HTTP/1.1":
         version = 11
     elif http_version == "HTTP/1.0":
         version = 10
     else:
         raise ProtocolError(502, "invalid status line")
-    if line_end < 12 or text[8] != " " or head[9:12].translate(None, _DIGIT_BYTES):
+    code = line[9:12]
+    if len(line) < 12 or line[8] != " " or not (code.isascii() and code.isdigit()):
         raise ProtocolError(502, "invalid status line")
-    if line_end == 12:
+    if len(line) == 12:
         reason = ""
-    elif text[12] == " ":
-        reason = text[13:line_end]
+    elif line[12] == " ":
+        reason = line[13:]
     else:
         raise ProtocolError(502, "invalid status line")
-    status = int(text[9:12])
+    status = int(code)
     if status < 100:
         raise ProtocolError(502, "invalid status code")
 
@@ -518,7 +558,7 @@ def parse_response_head(buf, max_head=61440, max_headers=100):
         connection,
         _upgrade,
         _expect,
-    ) = _parse_fields(head, text, line_end + 2, max_headers, 502)
+    ) = _parse_fields(lines, max_headers, 502)
 
     chunked = False
     if te_count:
