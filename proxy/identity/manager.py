@@ -311,12 +311,14 @@ class IdentityManager:
         await self._renew()
 
     async def refresh_bundle(self) -> bool:
-        """Fetch the trust bundle over mTLS from the (verified) control plane and adopt it if it
+        """Fetch the trust bundle from the (verified) control plane and adopt it if it
         changed; return whether it did. If the new bundle no longer trusts our own certificate
         (its root was retired), renew at once instead."""
         cur = self._cur()
         assert self._url is not None
-        ctx = tls.client_context(cur.chain_pem, cur.key_pem, cur.bundle_pem, alpn=tls.HTTP11_ALPN)
+        # No client certificate: the bundle is public, and a certificate from a retired root
+        # would make the control plane refuse the handshake. The server is still verified.
+        ctx = tls.client_context(None, None, cur.bundle_pem, alpn=tls.HTTP11_ALPN)
         async with (
             aiohttp.ClientSession(
                 connector=_ControlPlaneConnector(ctx, cur.spiffe_id.trust_domain),

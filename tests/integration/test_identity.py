@@ -287,8 +287,10 @@ async def test_two_phase_root_rotation_reaches_the_sidecar(tmp_path):
     try:
         mgr = IdentityManager(cp.url, cp.tokens.create("orders"), "orders", "default", None)
         peer = IdentityManager(cp.url, cp.tokens.create("payment"), "payment", "default", None)
+        stale = IdentityManager(cp.url, cp.tokens.create("stale"), "stale", "default", None)
         await mgr.start()
         await peer.start()
+        await stale.start()
         old_fp = cp.ca.root_fingerprints()[0]
         old_issuer = keys.load_certificates(mgr._cur().chain_pem)[0].issuer
         serial = mgr.serial
@@ -296,6 +298,7 @@ async def test_two_phase_root_rotation_reaches_the_sidecar(tmp_path):
         new_fp = cp.ca.rotate_root(activate=False)
         assert await mgr.refresh_bundle()
         assert await peer.refresh_bundle()
+        assert await stale.refresh_bundle()
         assert mgr.bundle_fingerprints == [old_fp, new_fp]
         assert mgr.serial == serial
         assert not await mgr.refresh_bundle()  # unchanged now
@@ -316,14 +319,20 @@ async def test_two_phase_root_rotation_reaches_the_sidecar(tmp_path):
             writer.close()
             srv.close()
             await srv.wait_closed()
-        # 3. retire the old root: the peer's old-root certificate is no longer covered by the
-        #    new bundle, so fetching it triggers an immediate renewal... which the control
-        #    plane refuses (old root retired): the peer keeps its certificate and reports it.
-        await peer.renew_now()  # renewing before retirement is the correct order
+        # 3. every leaf renewed from the new root, retire the old one.
+        await peer.renew_now()
         cp.ca.retire_root(old_fp)
         assert await mgr.refresh_bundle()
         assert mgr.bundle_fingerprints == [new_fp]
         await mgr.renew_now()
+        # A sidecar that missed the renewal window still holds an old-root leaf: the new
+        # bundle does not cover it, so it tries to renew at once, is refused (the control
+        # plane no longer trusts the old root), keeps its certificate and reports the failure.
+        stale_serial = stale.serial
+        assert not await stale.refresh_bundle()
+        await _poll(lambda: stale.last_renewal_error is not None, timeout=10)
+        assert stale.serial == stale_serial
+        await stale.close()
         await mgr.close()
         await peer.close()
     finally:
