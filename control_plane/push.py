@@ -119,13 +119,18 @@ class PushHub:
         ws: web.WebSocketResponse,
         authorize: Callable[[dict], str | None],
         peer_host: str,
+        cert_expiry: float | None = None,
     ) -> None:
         """Run one sidecar's stream until it closes. ``authorize(registration)`` returns an
-        error string to refuse it."""
+        error string to refuse it. ``cert_expiry`` is the not-after of the client certificate
+        the stream was opened with: it is what the sidecar really holds, so it wins over what
+        the registration claims (``status`` messages update it after a renewal)."""
         first = await ws.receive_json(timeout=10)
         if not isinstance(first, dict) or first.get("type") != "register":
             raise StreamError("the first message must be a registration")
         reg = registration_from_message(first, peer_host)
+        if cert_expiry is not None:
+            reg.cert_expiry = cert_expiry
         refusal = authorize(first)
         if refusal:
             raise StreamError(refusal)

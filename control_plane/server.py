@@ -404,7 +404,8 @@ class ControlPlane:
             return None
 
         try:
-            await self.hub.serve(ws, authorize, peer_host)
+            expiry = self.tls.peer_not_after(request) if self.tls is not None else None
+            await self.hub.serve(ws, authorize, peer_host, expiry)
         except StreamError as e:
             await ws.send_json({"type": "error", "error": str(e)})
             await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION)
@@ -482,6 +483,18 @@ class Security:
             raise ValueError("ttl must be positive")
         token = self.tokens.create(service, namespace, ttl_s)
         return str(token), time.time() + ttl_s
+
+    @staticmethod
+    def peer_not_after(request: web.Request) -> float | None:
+        """Expiry (unix time) of the verified client certificate, if one was sent."""
+        from cryptography import x509
+
+        transport = request.transport
+        sslobj = transport.get_extra_info("ssl_object") if transport else None
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        if not der:
+            return None
+        return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
 
     def peer_identity(self, request: web.Request) -> tuple[str, str] | None:
         """(namespace, service account) of the verified client certificate, if any."""

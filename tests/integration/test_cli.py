@@ -255,8 +255,8 @@ class ThreadedSidecar:
         admin = site._server.sockets[0].getsockname()
         reg = registration()
         reg["admin_address"] = f"{admin[0]}:{admin[1]}"
-        reg["cert_expiry"] = time.time() + 7200
-        ctx = self.cp.workload_context("reviews")
+        reg["cert_expiry"] = time.time() + 60  # the certificate presented wins over this
+        ctx = self.cp.workload_context("reviews", ttl=7200)
         self.client = DiscoveryClient(self.cp.url, lambda: ctx, reg, self._apply,
                                       str(self.tmp / "cache.json"), self._status)
         self.client.start()

@@ -107,13 +107,14 @@ class ControlPlaneProcess:
     def ca_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.data_dir / "ca" / "trust-bundle.pem"))
 
-    def workload_context(self, service: str, namespace: str = "default") -> ssl.SSLContext:
+    def workload_context(self, service: str, namespace: str = "default",
+                         ttl: int = 3600) -> ssl.SSLContext:
         """A client context with a certificate for ``service`` signed by this CA (what a sidecar
         holds after /v1/certify)."""
         ca = CertificateAuthority.load(self.data_dir)
         key = keys.generate_private_key()
         sid = SpiffeId.for_workload(ca.trust_domain, namespace, service)
-        chain = ca.sign(build_csr(key, sid), sid, 3600)
+        chain = ca.sign(build_csr(key, sid), sid, ttl)
         return tls.client_context(chain, keys.private_key_to_pem(key), ca.bundle_pem(),
                                   alpn=tls.HTTP11_ALPN)
 
