@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -369,6 +370,7 @@ class Target:
         self.fastpath = ""
         self.starts = 0
         self.crashes: list[str] = []
+        self.admin_url = ""  # where the proxy's own counters are (saved to the JSON at the end)
 
     @property
     def pid(self) -> int | None:
@@ -433,6 +435,7 @@ def start_meshlet(t: Target, work: Path, up: Upstream, cpu: int | None, twin: bo
     m = wait_until(ready, 30, f"{t.name} ready line")
     t.port = int(m.group(1))
     t.fastpath = m.group(4)
+    t.admin_url = f"http://127.0.0.1:{m.group(3)}/metrics"
     want = "python" if twin else "cython"
     if t.fastpath != want:
         print(f"WARNING: {t.name} reports fastpath={t.fastpath}, expected {want}", file=sys.stderr)
@@ -480,6 +483,8 @@ def start_envoy(t: Target, work: Path, up: Upstream, cpu: int | None) -> None:
         return addr_file.exists() and addr_file.read_text().strip()
 
     admin_addr = wait_until(admin, 30, "envoy admin address")
+    flt = urllib.parse.quote(r"^(http\.ingress_http|cluster\.backend)\.")
+    t.admin_url = f"http://{admin_addr}/stats?filter={flt}"
 
     def listener_port() -> int | None:
         try:
@@ -530,6 +535,28 @@ def probe(port: int) -> int:
         return e.code
     except OSError:
         return -1
+
+
+def git_state() -> dict:
+    """The revision measured; the tree is shared, so also which proxy sources were dirty."""
+
+    def git(*a: str) -> str:
+        try:
+            r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10)
+            return r.stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "proxy", "control_plane", "setup.py")
+    return {"head": git("rev-parse", "HEAD"), "dirty": dirty.splitlines()}
+
+
+def fetch(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.read().decode(errors="replace")
+    except OSError as e:
+        return f"fetch failed: {e}"
 
 
 # ----------------------------------------------------------------------------- wrk
@@ -796,9 +823,8 @@ def ratios(s: dict) -> list[tuple[str, float | None, str, str]]:
         row = s.get(sc) if sc else next(iter(s.values()), None)  # idle RSS: any scenario
         if not row or num not in row or den not in row:
             continue
-        out.append(
-            (f"{label}  {sc}".rstrip(), ratio(row[num].get(key), row[den].get(key)), target, floor)
-        )
+        value = ratio(row[num].get(key), row[den].get(key))
+        out.append((f"{label:<34} {sc}".rstrip(), value, target, floor))
     return out
 
 
@@ -961,6 +987,7 @@ def main() -> int:
         "upstream": upstream_kind,
         "python": sys.version.split()[0],
         "loadavg_start": os.getloadavg(),
+        "git": git_state(),
         "events": [],
     }
     out_path = Path(args.out)
@@ -1032,12 +1059,13 @@ def main() -> int:
         for name, t in tmap.items():
             if t.proc is not None:
                 tail = t.proc.stderr()
-                if re.search(r"Traceback|ERROR|CRITICAL", tail):
+                if re.search(r"Traceback|ERROR|CRITICAL|\[error\]|\[critical\]", tail):
                     meta["events"].append(f"{name} stderr has errors:\n{tail[-3000:]}")
                     print(
                         f"\n[bench] {name} stderr contains errors (tail):\n{tail[-1500:]}",
                         file=sys.stderr,
                     )
+        meta["proxy_counters"] = {n: fetch(t.admin_url) for n, t in tmap.items() if t.admin_url}
         meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         meta["loadavg_end"] = os.getloadavg()
         out_path.write_text(

@@ -240,10 +240,15 @@ def main() -> int:
             raise
         print(out, flush=True)
         total = fails = 0
-        rows = list(csv.DictReader(open(f"{csv_prefix}_stats.csv")))  # noqa: SIM115
-        for row in rows:
-            if row["Name"] == "Aggregated":
-                total, fails = int(row["Request Count"]), int(row["Failure Count"])
+        # the printed summary is final; the CSV can lag it by the last second of requests
+        m = re.search(r"^\s+Aggregated\s+(\d+)\s+(\d+)\(", out, re.M)
+        if m:
+            total, fails = int(m.group(1)), int(m.group(2))
+        else:
+            with open(f"{csv_prefix}_stats.csv") as f:
+                for row in csv.DictReader(f):
+                    if row["Name"] == "Aggregated":
+                        total, fails = int(row["Request Count"]), int(row["Failure Count"])
         ratio = fails / total if total else 1.0
         failures_csv = Path(f"{csv_prefix}_failures.csv")
         if fails and failures_csv.exists():
