@@ -113,7 +113,9 @@ def frame_cases(mod: object | None) -> dict[str, Callable[[], object]]:
 
     return {
         "frames parse HEADERS+DATA": parse_ours,
-        "frames serialize HEADERS+DATA": lambda: m.headers_frame(1, block) + m.data_frame(1, b"x" * 12, True),  # type: ignore[attr-defined]
+        "frames serialize HEADERS+DATA": lambda: (
+            m.headers_frame(1, block) + m.data_frame(1, b"x" * 12, True)
+        ),  # type: ignore[attr-defined]
     }
 
 
@@ -136,12 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         impls["twin"][base] = _accel.load_twin("proxy.http2", base)
         impls["compiled"][base] = _accel.load_compiled("proxy.http2", base)
     if impls["compiled"]["hpack"] is None:
-        print("compiled codec not built: run `python setup.py build_ext --inplace`", file=sys.stderr)
+        print(
+            "compiled codec not built: run `python setup.py build_ext --inplace`", file=sys.stderr
+        )
 
     results: dict[str, dict[str, float]] = {}
     for impl, mods in impls.items():
-        for base, builder in (("hpack", hpack_cases), ("frames", frame_cases),
-                              ("validate", validate_cases)):
+        for base, builder in (
+            ("hpack", hpack_cases),
+            ("frames", frame_cases),
+            ("validate", validate_cases),
+        ):
             mod = mods[base]
             if impl != "library" and mod is None:
                 continue
@@ -149,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 n = number if impl != "twin" or "validate" in case else max(number // 5, 50)
                 results.setdefault(case, {})[impl] = best_us(fn, n, rounds)
 
-    print(f"{'µs per op':32} {'library':>9} {'twin':>9} {'compiled':>9} "
-          f"{'lib/twin':>9} {'lib/comp':>9}")
+    print(
+        f"{'µs per op':32} {'library':>9} {'twin':>9} {'compiled':>9} "
+        f"{'lib/twin':>9} {'lib/comp':>9}"
+    )
     for case, r in results.items():
         lib, twin, comp = r.get("library"), r.get("twin"), r.get("compiled")
 

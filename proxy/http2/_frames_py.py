@@ -120,9 +120,7 @@ class FrameParser:
         if pos < end:
             self._pending += buf[pos:]
             if end - pos >= _HDR:
-                self._need = _HDR + (
-                    (b[pos] << 16) | (b[pos + 1] << 8) | b[pos + 2]
-                )
+                self._need = _HDR + ((b[pos] << 16) | (b[pos + 1] << 8) | b[pos + 2])
             else:
                 self._need = _HDR
         return frames
@@ -226,7 +224,7 @@ def parse_settings(flags: int, stream_id: int, payload: bytes) -> list:
     for at in range(0, n, 6):
         ident = (b[at] << 8) | b[at + 1]
         value = _u32(payload, at + 2)
-        if ident == SETTINGS_ENABLE_PUSH or ident == SETTINGS_ENABLE_CONNECT_PROTOCOL:
+        if ident == SETTINGS_ENABLE_PUSH or ident == SETTINGS_ENABLE_CONNECT_PROTOCOL:  # noqa: SIM109
             if value > 1:
                 raise H2Error(_PROTOCOL_ERROR, f"setting 0x{ident:x} must be 0 or 1")
         elif ident == SETTINGS_INITIAL_WINDOW_SIZE:

@@ -100,7 +100,7 @@ def _has_any(data: bytes, table: bytes, outside) -> bool:  # noqa: ANN001
     if _COMPILED:
         p = data
         t = table
-        for i in range(len(data)):
+        for i in range(len(data)):  # noqa: SIM110 - a C loop once compiled
             if t[p[i]]:
                 return True
         return False
@@ -121,7 +121,7 @@ def _bad_value(value: bytes) -> bool:
         return True
     if _COMPILED:
         t = _VALUE_BAD
-        for i in range(n):
+        for i in range(n):  # noqa: SIM110 - a C loop once compiled
             if t[p[i]]:
                 return True
         return False

@@ -43,7 +43,9 @@ class H2Error(Exception):
         self.stream_id = stream_id
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.code.name}, {self.message!r}, stream_id={self.stream_id})"
+        return (
+            f"{type(self).__name__}({self.code.name}, {self.message!r}, stream_id={self.stream_id})"
+        )
 
 
 class MalformedMessage(H2Error):

@@ -28,23 +28,45 @@ def frames(draw):
     kind = draw(st.sampled_from(range(10)))
     if kind == 0:
         data, p, end = draw(payload), draw(pad), draw(st.booleans())
-        f = hf.DataFrame(draw(sid), data, flags=flags_of(end and "END_STREAM", p is not None and "PADDED"),
-                         pad_length=p or 0)
+        f = hf.DataFrame(
+            draw(sid),
+            data,
+            flags=flags_of(end and "END_STREAM", p is not None and "PADDED"),
+            pad_length=p or 0,
+        )
         return f, data
     if kind == 1:
         data, p = draw(payload), draw(pad)
         stream = draw(sid)
-        prio = draw(st.one_of(st.none(), st.tuples(sid.filter(lambda s: s != stream), st.integers(0, 255), st.booleans())))
+        prio = draw(
+            st.one_of(
+                st.none(),
+                st.tuples(sid.filter(lambda s: s != stream), st.integers(0, 255), st.booleans()),
+            )
+        )
         kw = {}
         if prio:
             kw = {"depends_on": prio[0], "stream_weight": prio[1], "exclusive": prio[2]}
-        f = hf.HeadersFrame(stream, data, flags=flags_of("END_HEADERS", p is not None and "PADDED", prio and "PRIORITY"),
-                            pad_length=p or 0, **kw)
+        f = hf.HeadersFrame(
+            stream,
+            data,
+            flags=flags_of("END_HEADERS", p is not None and "PADDED", prio and "PRIORITY"),
+            pad_length=p or 0,
+            **kw,
+        )
         return f, (data, (prio[0], prio[1] + 1, prio[2]) if prio else None)
     if kind == 2:
         stream = draw(sid)
-        dep, w, ex = draw(sid.filter(lambda s: s != stream)), draw(st.integers(0, 255)), draw(st.booleans())
-        return hf.PriorityFrame(stream, depends_on=dep, stream_weight=w, exclusive=ex), (dep, w + 1, ex)
+        dep, w, ex = (
+            draw(sid.filter(lambda s: s != stream)),
+            draw(st.integers(0, 255)),
+            draw(st.booleans()),
+        )
+        return hf.PriorityFrame(stream, depends_on=dep, stream_weight=w, exclusive=ex), (
+            dep,
+            w + 1,
+            ex,
+        )
     if kind == 3:
         code = draw(st.integers(0, 2**32 - 1))
         return hf.RstStreamFrame(draw(sid), error_code=code), code
@@ -52,27 +74,48 @@ def frames(draw):
         if draw(st.booleans()):
             return hf.SettingsFrame(0, flags=["ACK"]), []
         # hyperframe 6.1 serializes only the low octet of an identifier (`setting & 0xFF`)
-        s = draw(st.dictionaries(st.sampled_from([1, 3, 6, 0x10, 0xFF]), st.integers(0, 2**32 - 1), max_size=5))
+        s = draw(
+            st.dictionaries(
+                st.sampled_from([1, 3, 6, 0x10, 0xFF]), st.integers(0, 2**32 - 1), max_size=5
+            )
+        )
         s.update(draw(st.dictionaries(st.sampled_from([2, 8]), st.integers(0, 1))))
         s.update(draw(st.dictionaries(st.just(4), st.integers(0, 2**31 - 1))))
         s.update(draw(st.dictionaries(st.just(5), st.integers(2**14, 2**24 - 1))))
         return hf.SettingsFrame(0, settings=s), list(s.items())
     if kind == 5:
         data, p, promised = draw(payload), draw(pad), draw(sid)
-        f = hf.PushPromiseFrame(draw(sid), promised_stream_id=promised, data=data,
-                                flags=flags_of("END_HEADERS", p is not None and "PADDED"), pad_length=p or 0)
+        f = hf.PushPromiseFrame(
+            draw(sid),
+            promised_stream_id=promised,
+            data=data,
+            flags=flags_of("END_HEADERS", p is not None and "PADDED"),
+            pad_length=p or 0,
+        )
         return f, (promised, data)
     if kind == 6:
         data = draw(st.binary(min_size=8, max_size=8))
-        return hf.PingFrame(0, opaque_data=data, flags=flags_of(draw(st.booleans()) and "ACK")), data
+        return hf.PingFrame(
+            0, opaque_data=data, flags=flags_of(draw(st.booleans()) and "ACK")
+        ), data
     if kind == 7:
-        last, code, debug = draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 2**32 - 1)), draw(payload)
-        return hf.GoAwayFrame(0, last_stream_id=last, error_code=code, additional_data=debug), (last, code, debug)
+        last, code, debug = (
+            draw(st.integers(0, 2**31 - 1)),
+            draw(st.integers(0, 2**32 - 1)),
+            draw(payload),
+        )
+        return hf.GoAwayFrame(0, last_stream_id=last, error_code=code, additional_data=debug), (
+            last,
+            code,
+            debug,
+        )
     if kind == 8:
         inc = draw(st.integers(1, 2**31 - 1))
         return hf.WindowUpdateFrame(draw(st.integers(0, 2**31 - 1)), window_increment=inc), inc
     data = draw(payload)
-    return hf.ContinuationFrame(draw(sid), data, flags=flags_of(draw(st.booleans()) and "END_HEADERS")), data
+    return hf.ContinuationFrame(
+        draw(sid), data, flags=flags_of(draw(st.booleans()) and "END_HEADERS")
+    ), data
 
 
 def parse_any(m, t):
@@ -116,24 +159,31 @@ def flag_bits(f) -> int:
 
 
 @SETTINGS
-@given(fs=st.lists(frames(), min_size=1, max_size=6), cuts=st.lists(st.integers(0, 10_000), max_size=8))
+@given(
+    fs=st.lists(frames(), min_size=1, max_size=6), cuts=st.lists(st.integers(0, 10_000), max_size=8)
+)
 def test_hyperframe_frames_parse_identically(fs, cuts):
     wire = b"".join(f.serialize() for f, _ in fs)
     for kind in ("python", "cython"):
         m = load("frames", kind)
-        for feed in ((lambda: (m.FrameParser(max_frame_size=2**24 - 1).feed(wire), 0)),
-                     (lambda: feed_split(m, wire, cuts, max_frame_size=2**24 - 1))):
-            parsed, left = feed()
+        for parsed, left in (
+            (m.FrameParser(max_frame_size=2**24 - 1).feed(wire), 0),
+            feed_split(m, wire, cuts, max_frame_size=2**24 - 1),
+        ):
             assert left == 0
             assert len(parsed) == len(fs)
-            for (f, expected), t in zip(fs, parsed):
+            for (f, expected), t in zip(fs, parsed, strict=True):
                 assert t[0] == f.type and t[1] == flag_bits(f) and t[2] == f.stream_id
                 assert parse_any(m, t) == expected
 
 
 @SETTINGS
-@given(stream=sid, data=st.binary(max_size=40_000), end=st.booleans(),
-       size=st.sampled_from([16384, 100, 2**24 - 1]))
+@given(
+    stream=sid,
+    data=st.binary(max_size=40_000),
+    end=st.booleans(),
+    size=st.sampled_from([16384, 100, 2**24 - 1]),
+)
 def test_serializers_match_hyperframe(stream, data, end, size):
     py, c = load("frames", "python"), load("frames", "cython")
     block = py.headers_frame(stream, data, end, size)
@@ -144,16 +194,34 @@ def test_serializers_match_hyperframe(stream, data, end, size):
     assert [bool(t[1] & 4) for t in parsed] == [False] * (len(parsed) - 1) + [True]
     assert bool(parsed[0][1] & 1) == end
     if len(data) <= size:
-        assert block == hf.HeadersFrame(stream, data, flags=flags_of("END_HEADERS", end and "END_STREAM")).serialize()
+        assert (
+            block
+            == hf.HeadersFrame(
+                stream, data, flags=flags_of("END_HEADERS", end and "END_STREAM")
+            ).serialize()
+        )
     dataf = py.data_frame(stream, data, end, size)
     assert dataf == c.data_frame(stream, data, end, size)
     if len(data) <= size:
         assert dataf == hf.DataFrame(stream, data, flags=flags_of(end and "END_STREAM")).serialize()
     for m in (py, c):
-        assert m.window_update(stream, stream) == hf.WindowUpdateFrame(stream, window_increment=stream).serialize()
+        assert (
+            m.window_update(stream, stream)
+            == hf.WindowUpdateFrame(stream, window_increment=stream).serialize()
+        )
         assert m.rst_stream(stream, 8) == hf.RstStreamFrame(stream, error_code=8).serialize()
-        assert m.goaway(stream, 2, data[:50]) == hf.GoAwayFrame(0, last_stream_id=stream, error_code=2, additional_data=data[:50]).serialize()
-        assert m.ping(end, data[:8].ljust(8, b"\0")) == hf.PingFrame(0, opaque_data=data[:8].ljust(8, b"\0"), flags=flags_of(end and "ACK")).serialize()
+        assert (
+            m.goaway(stream, 2, data[:50])
+            == hf.GoAwayFrame(
+                0, last_stream_id=stream, error_code=2, additional_data=data[:50]
+            ).serialize()
+        )
+        assert (
+            m.ping(end, data[:8].ljust(8, b"\0"))
+            == hf.PingFrame(
+                0, opaque_data=data[:8].ljust(8, b"\0"), flags=flags_of(end and "ACK")
+            ).serialize()
+        )
         s = {1: 4096, 3: 100, 4: stream, 6: 65536}
         assert m.settings_frame(s) == hf.SettingsFrame(0, settings=s).serialize()
         assert m.settings_ack() == hf.SettingsFrame(0, flags=["ACK"]).serialize()
@@ -251,9 +319,14 @@ def test_settings_keep_order_and_unknown_ids(fr):
 
 
 def test_serializer_arguments_are_checked(fr):
-    for call in (lambda: fr.window_update(1, 0), lambda: fr.window_update(1, 2**31),
-                 lambda: fr.data_frame(0, b""), lambda: fr.ping(False, b"short"),
-                 lambda: fr.rst_stream(0, 0), lambda: fr.settings_frame({1: -1})):
+    for call in (
+        lambda: fr.window_update(1, 0),
+        lambda: fr.window_update(1, 2**31),
+        lambda: fr.data_frame(0, b""),
+        lambda: fr.ping(False, b"short"),
+        lambda: fr.rst_stream(0, 0),
+        lambda: fr.settings_frame({1: -1}),
+    ):
         with pytest.raises(ValueError):
             call()
 

@@ -11,21 +11,35 @@ from hypothesis import strategies as st
 from proxy.http2.errors import HeaderListTooLarge, HPACKError
 from tests.unit.http2.conftest import load
 
-SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 NAMES = [
-    b":method", b":path", b":authority", b":scheme", b":status", b"content-type", b"te",
-    b"grpc-timeout", b"grpc-encoding", b"user-agent", b"authorization", b"cookie",
-    b"x-request-id", b"traceparent", b"x-b3-traceid", b"accept-encoding", b"content-length",
+    b":method",
+    b":path",
+    b":authority",
+    b":scheme",
+    b":status",
+    b"content-type",
+    b"te",
+    b"grpc-timeout",
+    b"grpc-encoding",
+    b"user-agent",
+    b"authorization",
+    b"cookie",
+    b"x-request-id",
+    b"traceparent",
+    b"x-b3-traceid",
+    b"accept-encoding",
+    b"content-length",
 ]
 name_st = st.one_of(
     st.sampled_from(NAMES),
     st.binary(min_size=1, max_size=20).map(lambda b: b.lower()),
 )
 value_st = st.one_of(
-    st.sampled_from([b"", b"GET", b"POST", b"/", b"http", b"application/grpc", b"trailers", b"200"]),
+    st.sampled_from(
+        [b"", b"GET", b"POST", b"/", b"http", b"application/grpc", b"trailers", b"200"]
+    ),
     st.binary(max_size=40),
     st.text(max_size=30).map(lambda s: s.encode()),
     # huge values (more than 3/4 of the table: never indexed), cheap to generate
@@ -46,18 +60,32 @@ def lib_decode(dec: hpack.Decoder, block: bytes) -> list[tuple[bytes, bytes]]:
 C4 = [
     (
         "828684418cf1e3c2e5f23a6ba0ab90f4ff",
-        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
-         (b":authority", b"www.example.com")],
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":path", b"/"),
+            (b":authority", b"www.example.com"),
+        ],
     ),
     (
         "828684be5886a8eb10649cbf",
-        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
-         (b":authority", b"www.example.com"), (b"cache-control", b"no-cache")],
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":path", b"/"),
+            (b":authority", b"www.example.com"),
+            (b"cache-control", b"no-cache"),
+        ],
     ),
     (
         "828785bf408825a849e95ba97d7f8925a849e95bb8e8b4bf",
-        [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/index.html"),
-         (b":authority", b"www.example.com"), (b"custom-key", b"custom-value")],
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":path", b"/index.html"),
+            (b":authority", b"www.example.com"),
+            (b"custom-key", b"custom-value"),
+        ],
     ),
 ]
 # RFC 7541 C.3: the same without Huffman coding
@@ -74,7 +102,8 @@ def test_rfc7541_request_examples(hp, vectors):
     for hexblock, expected in vectors:
         assert dec.decode(bytes.fromhex(hexblock)) == expected
     assert dec.table == [
-        (b"custom-key", b"custom-value"), (b"cache-control", b"no-cache"),
+        (b"custom-key", b"custom-value"),
+        (b"cache-control", b"no-cache"),
         (b":authority", b"www.example.com"),
     ]
 
@@ -162,8 +191,13 @@ def test_empty_fields_count_their_overhead(hp):
 
 def test_encoder_indexes_repeats_and_never_indexes_secrets(hp):
     enc = hp.Encoder()
-    fields = [(b":method", b"POST"), (b":path", b"/a.B/C"), (b"authorization", b"Bearer x"),
-              (b"cookie", b"a=b"), (b"x-custom", b"v")]
+    fields = [
+        (b":method", b"POST"),
+        (b":path", b"/a.B/C"),
+        (b"authorization", b"Bearer x"),
+        (b"cookie", b"a=b"),
+        (b"x-custom", b"v"),
+    ]
     first = enc.encode(fields)
     second = enc.encode(fields)
     assert len(second) < len(first)
@@ -258,8 +292,12 @@ def test_garbage_raises_only_hpack_errors_and_twins_agree(data, prime):
 
 
 @settings(max_examples=100, deadline=None)
-@given(headers=headers_st, cut=st.integers(0, 10_000), flip=st.integers(0, 10_000),
-       bit=st.integers(0, 7))
+@given(
+    headers=headers_st,
+    cut=st.integers(0, 10_000),
+    flip=st.integers(0, 10_000),
+    bit=st.integers(0, 7),
+)
 def test_damaged_blocks(headers, cut, flip, bit):
     block = hpack.Encoder().encode(headers)
     truncated = block[: cut % (len(block) + 1)]

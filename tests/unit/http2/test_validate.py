@@ -11,9 +11,14 @@ from proxy.http2.errors import ErrorCode, H2Error, MalformedMessage
 from tests.unit.http2.conftest import load
 
 GOOD = [
-    (b":method", b"POST"), (b":scheme", b"https"), (b":path", b"/pkg.Svc/Call"),
-    (b":authority", b"svc.ns:8080"), (b"content-type", b"application/grpc"),
-    (b"te", b"trailers"), (b"content-length", b"5"), (b"x-id", b"a b"),
+    (b":method", b"POST"),
+    (b":scheme", b"https"),
+    (b":path", b"/pkg.Svc/Call"),
+    (b":authority", b"svc.ns:8080"),
+    (b"content-type", b"application/grpc"),
+    (b"te", b"trailers"),
+    (b"content-length", b"5"),
+    (b"x-id", b"a b"),
 ]
 
 
@@ -28,14 +33,23 @@ def replace(name: bytes, value: bytes) -> list:
 def test_good_request(va):
     r = va.validate_request_headers(GOOD, 3)
     assert (r.method, r.scheme, r.authority, r.path, r.protocol, r.content_length) == (
-        b"POST", b"https", b"svc.ns:8080", b"/pkg.Svc/Call", None, 5)
+        b"POST",
+        b"https",
+        b"svc.ns:8080",
+        b"/pkg.Svc/Call",
+        None,
+        5,
+    )
     assert r.headers == GOOD[4:]
 
 
 def test_host_stands_in_for_authority(va):
     r = va.validate_request_headers(without(b":authority") + [(b"host", b"h:1")], 1)
     assert r.authority == b"h:1"
-    assert va.validate_request_headers(GOOD + [(b"host", b"svc.ns:8080")], 1).authority == b"svc.ns:8080"
+    assert (
+        va.validate_request_headers(GOOD + [(b"host", b"svc.ns:8080")], 1).authority
+        == b"svc.ns:8080"
+    )
 
 
 def test_connect_and_options(va):
@@ -43,8 +57,13 @@ def test_connect_and_options(va):
     assert (r.scheme, r.path, r.authority) == (None, None, b"db:5432")
     opts = [(b":method", b"OPTIONS"), (b":scheme", b"https"), (b":path", b"*")]
     assert va.validate_request_headers(opts, 1).path == b"*"
-    ext = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
-           (b":path", b"/chat"), (b":authority", b"a")]
+    ext = [
+        (b":method", b"CONNECT"),
+        (b":protocol", b"websocket"),
+        (b":scheme", b"https"),
+        (b":path", b"/chat"),
+        (b":authority", b"a"),
+    ]
     assert va.validate_request_headers(ext, 1, extended_connect=True).protocol == b"websocket"
     with pytest.raises(MalformedMessage):
         va.validate_request_headers(ext, 1)
@@ -127,7 +146,12 @@ def test_content_length_against_data(va):
 def test_responses(va):
     r = va.validate_response_headers([(b":status", b"204"), (b"server", b"x")], 1)
     assert (r.status, r.content_length, r.headers) == (204, None, [(b"server", b"x")])
-    assert va.validate_response_headers([(b":status", b"200"), (b"content-length", b"0")]).content_length == 0
+    assert (
+        va.validate_response_headers(
+            [(b":status", b"200"), (b"content-length", b"0")]
+        ).content_length
+        == 0
+    )
     for bad in (
         [],
         [(b"server", b"x")],
@@ -151,9 +175,15 @@ def test_responses(va):
 def test_trailers(va):
     t = [(b"grpc-status", b"0"), (b"grpc-message", b"")]
     assert va.validate_trailers(t, 1) == t
-    for bad in ([(b":status", b"200")], [(b"grpc-status", b"0"), (b":path", b"/")],
-                [(b"Grpc-Status", b"0")], [(b"connection", b"close")], [(b"x", b"a\n")],
-                [(b"x", b"a ")], [(b"te", b"gzip")]):
+    for bad in (
+        [(b":status", b"200")],
+        [(b"grpc-status", b"0"), (b":path", b"/")],
+        [(b"Grpc-Status", b"0")],
+        [(b"connection", b"close")],
+        [(b"x", b"a\n")],
+        [(b"x", b"a ")],
+        [(b"te", b"gzip")],
+    ):
         with pytest.raises(MalformedMessage):
             va.validate_trailers(bad, 1)
 
@@ -170,11 +200,27 @@ def outcome(m, fn: str, headers: list):
 
 octet_st = st.sampled_from(b"aZ:- \t\r\n\x00\x7f\xe9/*@0123456789")
 field_st = st.tuples(
-    st.one_of(st.sampled_from([b":method", b":path", b":scheme", b":authority", b":status",
-                               b"host", b"te", b"content-length", b"connection", b"x"]),
-              st.lists(octet_st, max_size=4).map(bytes)),
-    st.one_of(st.sampled_from([b"GET", b"CONNECT", b"/", b"http", b"trailers", b"200", b"5", b"a"]),
-              st.lists(octet_st, max_size=5).map(bytes)),
+    st.one_of(
+        st.sampled_from(
+            [
+                b":method",
+                b":path",
+                b":scheme",
+                b":authority",
+                b":status",
+                b"host",
+                b"te",
+                b"content-length",
+                b"connection",
+                b"x",
+            ]
+        ),
+        st.lists(octet_st, max_size=4).map(bytes),
+    ),
+    st.one_of(
+        st.sampled_from([b"GET", b"CONNECT", b"/", b"http", b"trailers", b"200", b"5", b"a"]),
+        st.lists(octet_st, max_size=5).map(bytes),
+    ),
 )
 
 
