@@ -124,10 +124,8 @@ class Sidecar:
         self.apply_resources(resources, [], f"file-{digest}")
 
     def _mtls_mode(self, resources: list[Any]) -> str:
-        try:
-            from proxy.authz.peer_auth import resolve_mtls_mode
-        except ImportError:  # TODO(lead): remove once proxy.authz lands
-            return "PERMISSIVE"
+        from proxy.authz.peer_auth import resolve_mtls_mode
+
         return resolve_mtls_mode(resources, self.opts.namespace, self.runtime.labels,
                                  self.opts.inbound_port)
 
@@ -242,7 +240,8 @@ class Sidecar:
             "labels": self.runtime.labels,
             "address": f"{o.advertise_address}:{inbound_port}",
             "admin_address": f"{o.admin_bind}:{self.admin_port}",
-            "node": f"{o.service}-{o.version or 'v'}.{o.namespace}@{o.advertise_address}:{inbound_port}",
+            "node": f"{o.service}{'-' + o.version if o.version else ''}.{o.namespace}"
+                    f"@{o.advertise_address}:{inbound_port}",
         }
         if self.identity is not None and self.identity.not_after:
             registration["cert_expiry"] = self.identity.not_after

@@ -117,16 +117,58 @@ class Sidecar:
 
 
 def start_sidecar(
-    workdir: Path, service: str, app_port: int, config: str | Path, *extra: str,
+    workdir: Path, service: str, app_port: int, config: str | Path | None, *extra: str,
     environ: dict[str, str] | None = None, name: str | None = None,
 ) -> Sidecar:
-    cfg = Path(config)
-    if not cfg.exists():
-        cfg = workdir / f"{name or service}-config.yaml"
-        cfg.write_text(str(config))
+    """A sidecar from a config file (text or path), or joined to a control plane when
+    ``config`` is None and ``extra`` carries ``--control-plane URL --token-file F``."""
+    src: list[str] = []
+    if config is not None:
+        cfg = Path(config)
+        if not cfg.exists():
+            cfg = workdir / f"{name or service}-config.yaml"
+            cfg.write_text(str(config))
+        src = ["--config", str(cfg)]
     cmd = [PY, "-m", "control_plane.cli", "sidecar", "--service", service, "--app-port", str(app_port),
-           "--config", str(cfg), "--outbound", "0", "--inbound", "0", "--admin", "0",
+           *src, "--outbound", "0", "--inbound", "0", "--admin", "0",
            "--inbound-bind", "127.0.0.1", *extra]
     proc = Proc(f"sidecar-{name or service}", cmd, workdir, environ)
     m = proc.wait_for(READY)
     return Sidecar(proc, int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+class ControlPlane:
+    def __init__(self, proc: Proc, data_dir: Path, url: str) -> None:
+        self.proc = proc
+        self.data_dir = data_dir
+        self.url = url
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "-m", "control_plane.cli", *args], capture_output=True, text=True, input=input,
+            env=env(MESHLET_DATA_DIR=str(self.data_dir), MESHLET_CONTROL_PLANE=self.url),
+            cwd=str(ROOT), timeout=60,
+        )
+
+    def token(self, service: str, workdir: Path, namespace: str = "default") -> Path:
+        r = self.cli("token", "create", "--service", service, "--namespace", namespace)
+        assert r.returncode == 0, r.stderr
+        path = workdir / f"{service}.{namespace}.token"
+        path.write_text(r.stdout.strip())
+        return path
+
+    def stop(self) -> int | None:
+        return self.proc.stop()
+
+
+def start_control_plane(workdir: Path, data_dir: Path | None = None) -> ControlPlane:
+    data = data_dir or workdir / "cp-data"
+    addr = data / "listen.addr"
+    if addr.exists():
+        addr.unlink()
+    proc = Proc("control-plane", [PY, "-m", "control_plane.cli", "control-plane", "--data-dir", str(data),
+                                  "--listen", "127.0.0.1:0"], workdir)
+    wait_until(lambda: addr.exists() or proc.p.poll() is not None, what="control plane")
+    if proc.p.poll() is not None:
+        raise RuntimeError(proc.stderr())
+    return ControlPlane(proc, data, "https://" + addr.read_text().strip())
