@@ -4,7 +4,7 @@ import cython
 
 cdef object _FIELD_RE, _TOKEN_RE, _VALUE_RE, _VERSION_RE, _METHOD_RE
 cdef object _HOST_RE, _AUTHORITY_FORM_RE, _ABSOLUTE_FORM_RE, _CHUNK_LINE_RE
-cdef bytes _HEAD_BYTES
+cdef bytes _HEAD_BYTES, _REG_NAME_BYTES
 cdef frozenset _METHODS
 cdef dict _SPECIAL_FIELDS, _KNOWN_FIELDS
 cdef int _F_HOST, _F_CONTENT_LENGTH, _F_TRANSFER_ENCODING, _F_CONNECTION, _F_UPGRADE, _F_EXPECT
@@ -42,6 +42,9 @@ cdef class ResponseHead:
 @cython.locals(n=Py_ssize_t, limit=Py_ssize_t, crlf=Py_ssize_t, cr=Py_ssize_t)
 cdef object _incomplete(object buf, Py_ssize_t max_head, int status)
 
+@cython.locals(colon=Py_ssize_t, port=str, raw=bytes)
+cdef bint _valid_host(str host) except -1
+
 @cython.locals(first="long long", n="long long")
 cdef long long _parse_content_length(str value, int status) except? -2
 
@@ -52,7 +55,7 @@ cdef list _split_head(object head, int status)
 
 @cython.locals(
     i=Py_ssize_t, count=Py_ssize_t, host_count=int, content_length="long long",
-    te_count=int, n="long long", expect_continue=bint, name=str, colon=str, value=str,
+    te_count=int, n="long long", expect_continue=bint, name=str, colon=Py_ssize_t, value=str, line=str,
     headers=list, connection=tuple, upgrade=str, host=str, te_value=str, known=tuple, code=int,
 )
 cdef tuple _parse_fields(list lines, Py_ssize_t max_headers, int status)

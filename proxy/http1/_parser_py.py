@@ -123,6 +123,8 @@ del _name, _spelling
 _FIELD_RE = re.compile(r"^([" + _TCHAR + r"]+):([\t\x20-\x7e\x80-\xff]*)\r\n", re.M)
 _TOKEN_RE = re.compile(r"[" + _TCHAR + r"]+")
 _VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# reg-name characters (unreserved / pct-encoded / sub-delims) plus the port separator
+_REG_NAME_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=:"
 # uri-host [ ":" port ]; IP-literal without IPvFuture. Empty is allowed (RFC 9110 §7.2).
 _HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _AUTHORITY_FORM_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+):[0-9]+")
@@ -290,6 +292,19 @@ def _split_head(head, status):
     return lines
 
 
+def _valid_host(host):
+    """uri-host [ ":" port ] (RFC 9110 §7.2); the common reg-name case avoids the regex."""
+    if host.isascii():
+        raw = host.encode("ascii")
+        if not raw.translate(None, _REG_NAME_BYTES):
+            colon = host.find(":")
+            if colon < 0:
+                return True
+            port = host[colon + 1 :]
+            return not port or (port.isdigit() and ":" not in port)
+    return _HOST_RE.fullmatch(host) is not None
+
+
 def _parse_content_length(value, status):
     """1*DIGIT, at most 18 digits; a list of identical values collapses to one (RFC 9112 §6.3)."""
     if len(value) <= 18 and value.isascii() and value.isdigit():
@@ -338,9 +353,11 @@ def _parse_fields(lines, max_headers, status):
     upgrade = ""
     expect_continue = False
     for i in range(1, len(lines) - 2):
-        name, colon, value = lines[i].partition(":")
-        if not colon or not name:
+        line = lines[i]
+        colon = line.find(":")
+        if colon <= 0:
             raise ProtocolError(status, "invalid header line")
+        name = line[:colon]
         count += 1
         if count > max_headers:
             raise ProtocolError(431 if status == 400 else status, "too many headers")
@@ -353,7 +370,7 @@ def _parse_fields(lines, max_headers, status):
             code = _SPECIAL_FIELDS.get(name, 0)
         else:
             name, code = known
-        value = value.strip(" \t")
+        value = line[colon + 1 :].strip(" \t")
         if code != 0:
             if code == _F_CONTENT_LENGTH:
                 n = _parse_content_length(value, status)
@@ -469,7 +486,7 @@ def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
         if scheme != "http" and scheme != "https":
             raise ProtocolError(400, "unsupported scheme in request target")
         url_host = a.group(2)
-        if not url_host or "@" in url_host or _HOST_RE.fullmatch(url_host) is None:
+        if not url_host or not _valid_host(url_host):
             raise ProtocolError(400, "invalid authority in request target")
         path = a.group(3) or "/"
         if a.group(4) is not None:
@@ -480,7 +497,7 @@ def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
     if host_count == 0:
         if version == 11:
             raise ProtocolError(400, "missing host")
-    elif _HOST_RE.fullmatch(host) is None:
+    elif not _valid_host(host):
         raise ProtocolError(400, "invalid host")
     if url_host is not None:
         host = url_host  # RFC 9112 §3.2.2: the target's authority wins

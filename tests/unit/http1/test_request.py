@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.http1.helpers import incremental, outcome, status_of
 
@@ -318,3 +322,47 @@ def test_uri_limit(p):
     assert parse(p, req(b"GET " + target, H))[0].target == target.decode()
     assert status_of(p.parse_request_head, req(b"GET " + target + b"a", H)) == 414
     assert status_of(p.parse_request_head, req(b"GET /abcdef", H), max_uri=5) == 414
+
+
+# -- Host grammar: the fast path agrees with the uri-host [":" port] regex ------------------------
+
+HOST_GRAMMAR = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+
+
+@pytest.mark.parametrize(
+    "host,ok",
+    [
+        ("a.b.svc.cluster.local", True),
+        ("a:8080", True),
+        ("a:", True),
+        ("", True),
+        ("[::1]:8080", True),
+        ("[::1]", True),
+        ("10.0.0.1:80", True),
+        ("a%2Eb", True),
+        ("a:b", False),
+        ("a:80:80", False),
+        ("[::1", False),
+        ("a b", False),
+        ("a@b", False),
+        ("caf\xe9", False),
+        ("a:\xb2", False),
+    ],
+)
+def test_host_values(p, host, ok):
+    data = req(b"GET /", b"Host: " + host.encode("latin-1"))
+    r = outcome(p.parse_request_head, data, reason=False)
+    assert (r[0] == "ok") is ok, r
+
+
+@settings(max_examples=150, deadline=None)
+@given(host=st.text(alphabet="aZ09-._~%!$&'()*+,;=:[]@/ \xe9", max_size=12))
+def test_host_fast_path_matches_grammar(p, host):
+    data = req(b"GET /", b"Host: " + host.encode("latin-1"))
+    r = outcome(p.parse_request_head, data, reason=False)
+    expected = HOST_GRAMMAR.fullmatch(host.strip(" \t")) is not None
+    assert (r[0] == "ok") is expected, (host, r)
+    data = req(b"GET http://" + host.encode("latin-1") + b"/x", H)
+    r = outcome(p.parse_request_head, data, reason=False)
+    if r[0] == "ok":
+        assert HOST_GRAMMAR.fullmatch(r[1]["host"]) is not None and r[1]["host"]
