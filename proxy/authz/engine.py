@@ -1,0 +1,644 @@
+"""The inbound authorization engine: Istio ``AuthorizationPolicy`` compiled once per config into
+an :class:`Authorizer` whose :meth:`~Authorizer.check` decides one request in a few microseconds.
+
+Semantics are Istio's (security-ops.md 2.2-2.5):
+
+* Selection: a policy applies when it sits in the workload's namespace or in the root namespace
+  (mesh-wide) and its ``selector.matchLabels`` is a subset of the workload's labels. A policy with
+  ``targetRef``/``targetRefs`` binds gateways and waypoints in Istio, never a sidecar, so it is
+  skipped with a warning (the validator refuses those fields anyway). A policy annotated
+  ``istio.io/dry-run: "true"`` is not enforced; :attr:`Authorizer.shadow` enforces it, for logging.
+* Order: CUSTOM (refused by the validator) -> DENY (any match denies) -> if no ALLOW policy,
+  allow -> any ALLOW match allows -> deny. A policy without rules matches nothing (so an ALLOW
+  one denies everything); a rule ``{}`` matches everything. AUDIT only sets ``audited``.
+* Strings: exact, ``prefix*``, ``*suffix``, ``*`` (present and non-empty); a list ORs its values;
+  ``notX`` holds when the value is absent or matches none of them; ``X`` and ``notX`` together AND.
+* Identity: ``source_principal`` uses Istio's form, the peer's SPIFFE ID without ``spiffe://``
+  (``cluster.local/ns/default/sa/orders``). ``principals``, ``namespaces``, ``serviceAccounts``
+  and the ``source.principal``/``source.namespace`` conditions see an identity only over mTLS:
+  for a plaintext request it is absent, so ``principals: ["*"]`` does not match it and
+  ``notPrincipals: ["*"]`` does.
+* Fail closed on what cannot be evaluated: HTTP-only fields on a TCP authorizer
+  (``protocol="tcp"``: hosts, methods, paths, request principals, request headers) and what this
+  sidecar has no attribute for (``requestPrincipals`` and ``request.auth.*`` without JWT
+  authentication, ``destination.ip``, ``connection.sni``). In an ALLOW policy the whole rule is
+  dropped (it can only narrow what is allowed); in a DENY or AUDIT policy the field is ignored and
+  the rest of the rule kept (it can only widen what is denied). Each case is a compile warning.
+* ``remote.ip``/``remoteIpBlocks`` use the connection's source address (no trusted proxies).
+
+The request's path must already be normalized (:func:`proxy.authz.normalize.normalize_path`),
+without its query, and the header getter should join repeated fields with ``,``
+(:func:`merged_header_getter`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "DENY_BODY",
+    "DENY_STATUS",
+    "Authorizer",
+    "Decision",
+    "RequestAttrs",
+    "compile_policies",
+    "merged_header_getter",
+    "peer_identity",
+]
+
+log = logging.getLogger("meshlet.proxy.authz")
+
+DENY_STATUS = 403
+DENY_BODY = "RBAC: access denied"  # Envoy's RBAC filter body, which clients and tests look for
+
+Pred = Callable[["RequestAttrs"], bool]
+
+
+def _no_headers(name: str) -> str | None:
+    return None
+
+
+class RequestAttrs:
+    """What the engine may look at for one request (built once per request, read-only)."""
+
+    __slots__ = (
+        "source_principal",
+        "source_namespace",
+        "source_ip",
+        "request_principal",
+        "method",
+        "host",
+        "port",
+        "path",
+        "headers",
+        "mtls",
+    )
+
+    def __init__(
+        self,
+        *,
+        source_principal: str | None = None,
+        source_namespace: str | None = None,
+        source_ip: str = "",
+        request_principal: str | None = None,
+        method: str = "GET",
+        host: str = "",
+        port: int = 0,
+        path: str = "/",
+        headers: Callable[[str], str | None] = _no_headers,
+        mtls: bool = False,
+    ) -> None:
+        self.source_principal = source_principal or None
+        if source_namespace is None and source_principal:
+            source_namespace = _namespace_of(source_principal)
+        self.source_namespace = source_namespace or None
+        self.source_ip = source_ip
+        self.request_principal = request_principal
+        self.method = method
+        self.host = host
+        self.port = port
+        self.path = path
+        self.headers = headers  # get(lowercase name) -> merged value or None
+        self.mtls = mtls
+
+    def __repr__(self) -> str:
+        return (
+            f"<RequestAttrs {self.method} {self.host}{self.path} port={self.port}"
+            f" from={self.source_principal!r} ip={self.source_ip!r} mtls={self.mtls}>"
+        )
+
+
+class Decision:
+    """The outcome: ``policy`` is ``"ns/name"`` of the policy that decided, or ``""`` when none
+    did (no ALLOW policy at all, or no ALLOW policy matched)."""
+
+    __slots__ = ("allowed", "audited", "policy", "reason")
+
+    def __init__(self, allowed: bool, policy: str, reason: str, audited: bool) -> None:
+        self.allowed = allowed
+        self.policy = policy
+        self.reason = reason
+        self.audited = audited
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return (self.allowed, self.policy, self.reason, self.audited) == (
+            other.allowed, other.policy, other.reason, other.audited,
+        )  # fmt: skip
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(allowed={self.allowed}, policy={self.policy!r}, reason={self.reason!r},"
+            f" audited={self.audited})"
+        )
+
+
+def peer_identity(spiffe_id: str) -> tuple[str | None, str | None]:
+    """``(principal, namespace)`` from a peer's SPIFFE ID, Istio's way: the principal is the ID
+    without ``spiffe://``. Compute it once per connection, not per request."""
+    if not spiffe_id:
+        return None, None
+    principal = spiffe_id[9:] if spiffe_id.startswith("spiffe://") else spiffe_id
+    return principal, _namespace_of(principal)
+
+
+def _namespace_of(principal: str) -> str | None:
+    i = principal.find("/ns/")
+    if i <= 0:
+        return None
+    rest = principal[i + 4 :]
+    j = rest.find("/")
+    return rest[:j] if j > 0 else None
+
+
+def merged_header_getter(headers: list[tuple[str, str]]) -> Callable[[str], str | None]:
+    """A getter over lowercase ``(name, value)`` pairs that joins repeated fields with ``,``
+    (so a condition sees every value, CVE-2021-32777). Costs nothing until a rule asks."""
+
+    def get(name: str) -> str | None:
+        found = None
+        for k, v in headers:
+            if k == name:
+                found = v if found is None else found + "," + v
+        return found
+
+    return get
+
+
+class Authorizer:
+    """The compiled policies for one workload. Immutable; swap it whole on a config change."""
+
+    def __init__(
+        self,
+        deny: list[tuple[Pred, str]],
+        allow: list[tuple[Pred, str]],
+        audit: list[Pred],
+        has_allow: bool,
+        policies: list[str],
+        warnings: list[str],
+        shadow: Authorizer | None = None,
+    ) -> None:
+        self.policies = policies  # "ns/name (ACTION)" of every policy in force, for config_dump
+        self.warnings = warnings
+        self.shadow = shadow  # the same with dry-run policies enforced; None when there are none
+        self.empty = not (deny or allow or audit or has_allow)
+        self._audit = tuple(audit)
+        self._has_allow = has_allow
+        # Decisions are prebuilt: check() returns a shared object and allocates nothing.
+        self._deny = tuple(
+            (pred, (_decision(False, name, "denied by"), _decision(False, name, "denied by", True)))
+            for pred, name in deny
+        )
+        self._allow = tuple(
+            (pred, (_decision(True, name, "allowed by"), _decision(True, name, "allowed by", True)))
+            for pred, name in allow
+        )
+        self._no_allow_policy = (
+            Decision(True, "", "no ALLOW policy applies", False),
+            Decision(True, "", "no ALLOW policy applies", True),
+        )
+        self._no_match = (
+            Decision(False, "", "no ALLOW policy matched", False),
+            Decision(False, "", "no ALLOW policy matched", True),
+        )
+
+    def check(self, req: RequestAttrs) -> Decision:
+        audited = 0
+        for pred in self._audit:
+            if pred(req):
+                audited = 1
+                break
+        for pred, decisions in self._deny:
+            if pred(req):
+                return decisions[audited]
+        if not self._has_allow:
+            return self._no_allow_policy[audited]
+        for pred, decisions in self._allow:
+            if pred(req):
+                return decisions[audited]
+        return self._no_match[audited]
+
+
+def _decision(allowed: bool, name: str, verb: str, audited: bool = False) -> Decision:
+    action = "DENY" if not allowed else "ALLOW"
+    return Decision(allowed, name, f"{verb} {action} policy {name}", audited)
+
+
+# -- compilation --------------------------------------------------------------------------------
+
+
+def compile_policies(
+    resources: Iterable[Any],
+    workload_namespace: str,
+    workload_labels: Mapping[str, str],
+    root_namespace: str = "istio-system",
+    *,
+    protocol: str = "http",
+) -> Authorizer:
+    """Compile the AuthorizationPolicies among ``resources`` that apply to this workload.
+
+    ``protocol`` is ``"http"`` or ``"tcp"``; on ``"tcp"`` the HTTP-only fields fail closed.
+    """
+    if protocol not in ("http", "tcp"):
+        raise ValueError(f"protocol must be 'http' or 'tcp', not {protocol!r}")
+    enforced: list[Any] = []
+    dry_run: list[Any] = []
+    warnings: list[str] = []
+    for res in sorted(
+        (r for r in resources if r.kind == "AuthorizationPolicy"),
+        key=lambda r: (r.namespace, r.name),
+    ):
+        if res.namespace not in (workload_namespace, root_namespace):
+            continue
+        spec = res.spec or {}
+        labels = (spec.get("selector") or {}).get("matchLabels") or {}
+        if any(workload_labels.get(k) != v for k, v in labels.items()):
+            continue
+        if "targetRef" in spec or "targetRefs" in spec:
+            _warn(warnings, f"{res.namespace}/{res.name}: targetRef binds gateways and "
+                            "waypoints, not sidecars; policy not applied")  # fmt: skip
+            continue
+        if str((res.annotations or {}).get("istio.io/dry-run", "")).lower() == "true":
+            dry_run.append(res)
+        else:
+            enforced.append(res)
+    shadow = None
+    if dry_run:
+        shadow = _build(enforced + dry_run, protocol, [])
+    return _build(enforced, protocol, warnings, shadow)
+
+
+def _build(
+    policies: list[Any], protocol: str, warnings: list[str], shadow: Authorizer | None = None
+) -> Authorizer:
+    deny: list[tuple[Pred, str]] = []
+    allow: list[tuple[Pred, str]] = []
+    audit: list[Pred] = []
+    has_allow = False
+    names = []
+    for res in policies:
+        name = f"{res.namespace}/{res.name}"
+        action = res.spec.get("action") or "ALLOW"
+        names.append(f"{name} ({action})")
+        if action == "CUSTOM":
+            # Refused by the validator; if one gets here anyway, fail closed as Istio does
+            # for a bad provider (getBadCustomDenyRules).
+            _warn(warnings, f"{name}: CUSTOM is not supported; denying every request")
+            deny.append((_true, name))
+            continue
+        if action == "ALLOW":
+            has_allow = True
+        for i, rule in enumerate(res.spec.get("rules") or ()):
+            pred = _Rule(name, i, action, protocol, res.namespace, warnings).compile(rule)
+            if pred is None:
+                continue  # an ALLOW rule that cannot be evaluated never matches
+            if action == "DENY":
+                deny.append((pred, name))
+            elif action == "ALLOW":
+                allow.append((pred, name))
+            elif action == "AUDIT":
+                audit.append(pred)
+    return Authorizer(deny, allow, audit, has_allow, names, warnings, shadow)
+
+
+def _warn(warnings: list[str], msg: str) -> None:
+    if msg not in warnings:
+        warnings.append(msg)
+        log.warning("authorization: %s", msg)
+
+
+_HTTP_ONLY = frozenset(
+    {"hosts", "notHosts", "methods", "notMethods", "paths", "notPaths",
+     "requestPrincipals", "notRequestPrincipals"}
+)  # fmt: skip
+_NO_ATTRIBUTE = frozenset({"requestPrincipals", "notRequestPrincipals"})
+_HEADER_KEY = re.compile(r"^request\.headers\[([^\[\]]+)\]$")
+
+
+class _Unsupported(Exception):
+    """Raised by a field compiler in an ALLOW policy: the whole rule is dropped."""
+
+
+class _Rule:
+    """Compiles one rule of one policy; carries what the fail-closed choice depends on."""
+
+    def __init__(
+        self, policy: str, index: int, action: str, protocol: str, namespace: str,
+        warnings: list[str],
+    ) -> None:  # fmt: skip
+        self.where = f"{policy}: rules[{index}]"
+        self.action = action
+        self.protocol = protocol
+        self.namespace = namespace
+        self.warnings = warnings
+
+    def compile(self, rule: Mapping[str, Any]) -> Pred | None:
+        try:
+            clauses: list[Pred] = []
+            sources = [self._source(f.get("source") or {}) for f in rule.get("from") or ()]
+            if sources:
+                clauses.append(_any(sources))
+            ops = [self._operation(t.get("operation") or {}) for t in rule.get("to") or ()]
+            if ops:
+                clauses.append(_any(ops))
+            for cond in rule.get("when") or ():
+                clauses.extend(self._condition(cond))
+        except _Unsupported:
+            return None
+        return _all(clauses)
+
+    def _unsupported(self, what: str, why: str) -> None:
+        """Fail closed: drop the rule of an ALLOW policy; ignore the field of a DENY/AUDIT one."""
+        if self.action == "ALLOW":
+            _warn(self.warnings, f"{self.where}: {what} {why}; the rule never matches")
+            raise _Unsupported(what)
+        _warn(self.warnings, f"{self.where}: {what} {why}; ignored, which widens the "
+                             f"{self.action}")  # fmt: skip
+
+    def _source(self, source: Mapping[str, Any]) -> Pred:
+        preds: list[Pred] = []
+        for key, values in source.items():
+            if key in _NO_ATTRIBUTE:
+                self._unsupported(key, "needs JWT authentication, which meshlet lacks")
+                continue
+            neg = key.startswith("not")
+            base = key[3].lower() + key[4:] if neg else key
+            if base == "principals":
+                preds.append(_principal(_strings(values), neg))
+            elif base == "namespaces":
+                preds.append(_namespace(_strings(values), neg))
+            elif base == "serviceAccounts":
+                preds.append(_service_accounts(values, self.namespace, neg))
+            elif base in ("ipBlocks", "remoteIpBlocks"):
+                preds.append(_ip(_ipset(values), neg))
+            else:
+                self._unsupported(key, "is not supported")
+        return _all(preds)
+
+    def _operation(self, op: Mapping[str, Any]) -> Pred:
+        preds: list[Pred] = []
+        for key, values in op.items():
+            if self.protocol == "tcp" and key in _HTTP_ONLY:
+                self._unsupported(key, "is HTTP-only and this is a TCP authorizer")
+                continue
+            neg = key.startswith("not")
+            base = key[3].lower() + key[4:] if neg else key
+            if base == "hosts":
+                preds.append(_host(_strings(values, lower=True), neg))
+            elif base == "ports":
+                preds.append(_port(frozenset(int(p) for p in values), neg))
+            elif base == "methods":
+                preds.append(_method(_strings(values), neg))
+            elif base == "paths":
+                preds.append(_path(_paths(values), neg))
+            else:
+                self._unsupported(key, "is not supported")
+        return _all(preds)
+
+    def _condition(self, cond: Mapping[str, Any]) -> list[Pred]:
+        key = cond.get("key", "")
+        preds: list[Pred] = []
+        header = _HEADER_KEY.match(key)
+        if header is not None:
+            if self.protocol == "tcp":
+                self._unsupported(key, "is HTTP-only and this is a TCP authorizer")
+                return []
+            name = header.group(1).strip().lower()
+            for field, neg in (("values", False), ("notValues", True)):
+                if field in cond:
+                    preds.append(_header(name, _strings(cond[field]), neg))
+            return preds
+        for field, neg in (("values", False), ("notValues", True)):
+            if field not in cond:
+                continue
+            values = cond[field]
+            if key in ("source.ip", "remote.ip"):
+                preds.append(_ip(_ipset(values), neg))
+            elif key == "source.namespace":
+                preds.append(_namespace(_strings(values), neg))
+            elif key == "source.principal":
+                preds.append(_principal(_strings(values), neg))
+            elif key == "destination.port":
+                preds.append(_port(frozenset(int(v) for v in values), neg))
+            elif key.startswith("request.auth."):
+                self._unsupported(key, "needs JWT authentication, which meshlet lacks")
+                return []
+            else:
+                self._unsupported(key, "cannot be evaluated by the sidecar")
+                return []
+        return preds
+
+
+# -- predicates ---------------------------------------------------------------------------------
+# Each returns a closure over precompiled data; nothing here allocates per call except
+# ``host.lower()``.
+
+
+def _true(req: RequestAttrs) -> bool:
+    return True
+
+
+def _false(req: RequestAttrs) -> bool:
+    return False
+
+
+def _all(preds: list[Pred]) -> Pred:
+    if not preds:
+        return _true
+    if len(preds) == 1:
+        return preds[0]
+    items = tuple(preds)
+
+    def all_of(req: RequestAttrs) -> bool:
+        for p in items:  # noqa: SIM110 (a loop, not a generator: no allocation per call)
+            if not p(req):
+                return False
+        return True
+
+    return all_of
+
+
+def _any(preds: list[Pred]) -> Pred:
+    if not preds:
+        return _false
+    if _true in preds:
+        return _true
+    if len(preds) == 1:
+        return preds[0]
+    items = tuple(preds)
+
+    def any_of(req: RequestAttrs) -> bool:
+        for p in items:  # noqa: SIM110
+            if p(req):
+                return True
+        return False
+
+    return any_of
+
+
+StrMatch = Callable[[Any], bool]
+
+
+def _strings(values: Iterable[str], lower: bool = False) -> StrMatch:
+    """One matcher for an ORed list of Istio string matches; ``None`` and ``""`` never match."""
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    suffixes: list[str] = []
+    for v in values:
+        if lower:
+            v = v.lower()
+        if v == "*":
+            return bool  # presence: any non-empty value (every other form needs one too)
+        if v.endswith("*"):
+            prefixes.append(v[:-1])
+        elif v.startswith("*"):
+            suffixes.append(v[1:])
+        else:
+            exact.add(v)
+    ex = frozenset(exact)
+    pre = tuple(prefixes)
+    suf = tuple(suffixes)
+    if not pre and not suf:
+        return ex.__contains__
+    if not pre:
+        return lambda s: s in ex or (s is not None and s.endswith(suf))
+    if not suf:
+        return lambda s: s in ex or (s is not None and s.startswith(pre))
+    return lambda s: s in ex or (s is not None and (s.startswith(pre) or s.endswith(suf)))
+
+
+def _principal(m: StrMatch, neg: bool) -> Pred:
+    if neg:
+        return lambda r: not (r.mtls and m(r.source_principal))
+    return lambda r: r.mtls and m(r.source_principal)
+
+
+def _namespace(m: StrMatch, neg: bool) -> Pred:
+    if neg:
+        return lambda r: not (r.mtls and m(r.source_namespace))
+    return lambda r: r.mtls and m(r.source_namespace)
+
+
+def _service_accounts(values: Iterable[str], policy_ns: str, neg: bool) -> Pred:
+    # "<ns>/<sa>" or "<sa>" (the policy's namespace); matched as "<td>/ns/<ns>/sa/<sa>" with a
+    # non-empty trust domain. No wildcards, no regex: dots are dots (CVE-2026-39350).
+    suffixes = tuple(
+        "/ns/{}/sa/{}".format(*(v.split("/", 1) if "/" in v else (policy_ns, v))) for v in values
+    )
+
+    def m(r: RequestAttrs) -> bool:
+        p = r.source_principal
+        return bool(r.mtls and p and p.endswith(suffixes) and not p.startswith("/ns/"))
+
+    if neg:
+        return lambda r: not m(r)
+    return m
+
+
+def _host(m: StrMatch, neg: bool) -> Pred:
+    if neg:
+        return lambda r: not m(r.host.lower())
+    return lambda r: m(r.host.lower())
+
+
+def _port(ports: frozenset[int], neg: bool) -> Pred:
+    if neg:
+        return lambda r: r.port not in ports
+    return lambda r: r.port in ports
+
+
+def _method(m: StrMatch, neg: bool) -> Pred:
+    if neg:
+        return lambda r: not m(r.method)
+    return lambda r: m(r.method)
+
+
+def _paths(values: Iterable[str]) -> StrMatch:
+    plain = [v for v in values if "{" not in v]
+    templates = [v for v in values if "{" in v]
+    m = _strings(plain)
+    if not templates:
+        return m
+    rx = re.compile("|".join(f"(?:{_template(t)})" for t in templates))
+    fullmatch = rx.fullmatch
+    return lambda s: m(s) or (s is not None and fullmatch(s) is not None)
+
+
+def _template(t: str) -> str:
+    """Istio path template: ``{*}`` is one segment, ``{**}`` zero or more (it comes last; a
+    trailing ``/`` after it is optional: Istio's ``/foo/{**}/`` matches ``/foo/bar/baz.txt``)."""
+    segments = t.split("/")
+    if "{**}" in segments:
+        k = segments.index("{**}")
+        head = "/".join(_segment(s) for s in segments[:k])
+        return head + "/.*" if k else ".*"
+    return "/".join(_segment(s) for s in segments)
+
+
+def _segment(s: str) -> str:
+    return "[^/]+" if s == "{*}" else re.escape(s)
+
+
+def _path(m: StrMatch, neg: bool) -> Pred:
+    if neg:
+        return lambda r: not m(r.path)
+    return lambda r: m(r.path)
+
+
+def _header(name: str, m: StrMatch, neg: bool) -> Pred:
+    if neg:
+        return lambda r: not m(r.headers(name))
+    return lambda r: m(r.headers(name))
+
+
+# IPs: networks as (version, network int, mask int); request addresses parsed once and cached.
+_IPS: dict[str, tuple[int, int] | None] = {}
+_IPS_MAX = 4096
+
+
+def _parse_ip(s: str) -> tuple[int, int] | None:
+    got = _IPS.get(s, False)
+    if got is not False:
+        return got  # type: ignore[return-value]
+    try:
+        ip = ipaddress.ip_address(s)
+        if ip.version == 6 and ip.ipv4_mapped is not None:  # type: ignore[union-attr]
+            ip = ip.ipv4_mapped  # type: ignore[union-attr]
+        val: tuple[int, int] | None = (ip.version, int(ip))
+    except ValueError:
+        val = None
+    if len(_IPS) >= _IPS_MAX:
+        _IPS.clear()
+    _IPS[s] = val
+    return val
+
+
+def _ipset(values: Iterable[str]) -> tuple[tuple[int, int, int], ...]:
+    nets = []
+    for v in values:
+        net = ipaddress.ip_network(v, strict=False)
+        nets.append((net.version, int(net.network_address), int(net.netmask)))
+    return tuple(nets)
+
+
+def _ip(nets: tuple[tuple[int, int, int], ...], neg: bool) -> Pred:
+    def m(r: RequestAttrs) -> bool:
+        addr = _parse_ip(r.source_ip)
+        if addr is None:
+            return False
+        version, value = addr
+        for v, net, mask in nets:  # noqa: SIM110
+            if v == version and value & mask == net:
+                return True
+        return False
+
+    if neg:
+        return lambda r: not m(r)
+    return m
