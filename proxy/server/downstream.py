@@ -18,6 +18,11 @@ from proxy.http1 import parser as h1
 from proxy.http1.errors import ProtocolError
 from proxy.server import local_reply
 from proxy.server.channel import BodyChannel, ChannelClosed
+from proxy.server.headers import response_head
+
+encode_chunk = h1.encode_chunk
+encode_last_chunk = h1.encode_last_chunk
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # states
 HEAD, BODY, WAIT, TUNNEL, CLOSED = range(5)
@@ -49,6 +54,9 @@ class Downstream(asyncio.Protocol):
         self.tunnel_peer: Any = None
         self.requests = 0
         self.read_paused = False
+        self.method = "GET"
+        self.version = 11
+        self._chunk_out = False
 
     # -- connection lifecycle ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -144,6 +152,8 @@ class Downstream(asyncio.Protocol):
                 self.head_since = self.loop.time()
             return
         head, n = res
+        self.method = head.method
+        self.version = head.version
         rest = self.buf[n:]
         self.buf = b""
         self.requests += 1
@@ -244,6 +254,64 @@ class Downstream(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.state != CLOSED:
             self.transport.write(data)  # type: ignore[union-attr]
+
+    # -- the sink surface the forwarder uses (an HTTP/2 stream offers the same) -----------------
+    @property
+    def paused(self) -> bool:
+        return self._paused_writing
+
+    def send_continue(self) -> None:
+        self.write(_CONTINUE)
+
+    def send_response(
+        self, status: int, reason: str, headers: list[tuple[str, str]], connection_tokens: tuple[str, ...],
+        extra: list[str], length: int, end: bool, data: bytes = b"", no_body: bool = False,
+    ) -> None:
+        """The response head (and the whole body when ``end``), framed for this client."""
+        keep = self.keep_alive and not self.listener.draining
+        self._chunk_out = False
+        if no_body:
+            if length >= 0 and self.method == "HEAD":
+                extra.append("content-length: %d" % length)
+        elif end and length < 0:
+            extra.append("content-length: %d" % len(data))
+        elif length >= 0:
+            extra.append("content-length: %d" % length)
+        elif self.version == 11:
+            extra.append("transfer-encoding: chunked")
+            self._chunk_out = True
+        else:
+            keep = False  # HTTP/1.0 without a length: the close ends the body
+        if not keep:
+            extra.append("connection: close")
+            self.keep_alive = False
+        out = response_head(status, reason, headers, connection_tokens, extra, version=self.version)
+        self.write(out + data if data else out)
+
+    def send_data(self, data: bytes) -> None:
+        self.write(encode_chunk(data) if self._chunk_out else data)
+
+    def send_end(self, trailers: list[tuple[str, str]] | None) -> None:
+        if self._chunk_out:
+            self.write(encode_last_chunk(trailers))
+            self._chunk_out = False
+
+    def send_upgrade(self, resp: Any, headers: list[tuple[str, str]], extra: list[str]) -> None:
+        extra.append("connection: upgrade")
+        extra.append("upgrade: " + (resp.get("upgrade") or "websocket"))
+        self.write(response_head(101, resp.reason, headers, resp.connection, extra, version=self.version))
+
+    def send_local(self, status: int, flag: str, body: str | None, extra: tuple[tuple[str, str], ...],
+                   draining: bool) -> None:
+        close = not self.keep_alive or (self.body is not None and not self.body.at_eof) or draining
+        if close:
+            self.keep_alive = False
+        self.write(local_reply.render(status, flag, body, close=close, extra=extra,
+                                      head_only=self.method == "HEAD", version=self.version))
+
+    def reset(self) -> None:
+        self.keep_alive = False
+        self.close()
 
     def _reply_and_close(self, status: int, flag: str, body: str) -> None:
         self.listener.on_local_reply(self, status, flag)

@@ -15,11 +15,9 @@ import time
 from typing import Any
 
 from control_plane.api.hosts import split_host_port
-from proxy.http1 import parser as h1
 from proxy.routes import match
-from proxy.server import local_reply
 from proxy.server.channel import ChannelClosed
-from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops, request_head, response_head
+from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops
 from proxy.server.upstream import UpstreamReset
 from proxy.resilience.deadline import attempt_timeout, format_timeout_ms, parse_expected_timeout_ms
 from proxy.server.policy import RoutePolicy
@@ -32,7 +30,6 @@ log = logging.getLogger("meshlet.proxy")
 
 _rand = random.random
 _monotonic = time.monotonic
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -279,8 +276,7 @@ class Forwarder:
                 try_extra.append("x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout))
             if attempt > 1:
                 try_extra.append("x-envoy-attempt-count: %d" % attempt)
-            up_bytes = request_head(method, target, headers, head.connection, try_extra + framing,
-                                    _PROPAGATION if ex.trace is not None else None)
+            drop = _PROPAGATION if ex.trace is not None else None
             pool = rt.pool(ep, cluster)
             t_try = _monotonic()
             try:
@@ -295,12 +291,13 @@ class Forwarder:
                     continue
                 return self._local(down, head, ex, 503, "URX" if attempt > 1 else "UF", reporter)
             if source is not None and head.expect_continue and not sent_continue:
-                down.write(_CONTINUE)
+                down.send_continue()
                 sent_continue = True
             rt.endpoint_started(ep)
             try:
                 result = await self._attempt(
-                    down, head, conn, up_bytes, source, try_timeout, ex, reporter, resp_ops, ep,
+                    down, head, conn, target, headers, try_extra + framing, drop, source,
+                    try_timeout, ex, reporter, resp_ops, ep,
                     outlier, retry, idem_key, attempt, deadline, dest,
                 )
             finally:
@@ -370,16 +367,17 @@ class Forwarder:
             await asyncio.sleep(delay)
 
     async def _attempt(
-        self, down: Any, head: Any, conn: Any, up_bytes: bytes, source: Any,
+        self, down: Any, head: Any, conn: Any, target: str, headers: list[tuple[str, str]],
+        up_extra: list[str], drop: frozenset[str] | None, source: Any,
         try_timeout: float | None, ex: Exchange, reporter: str, resp_ops: Any, ep: Any,
         outlier: Any, retry: Any, idem_key: bool, attempt: int, deadline: float, dest: Any,
     ) -> tuple[str, int, float | None] | None:
         """One try. None when the response was (at least partly) sent; else why it failed."""
         t_sent = _monotonic()
-        fut = conn.start(up_bytes, head.method)
+        fut = conn.start_request(head.method, target, headers, head.connection, up_extra, drop)
         pump = None
         if source is not None:
-            pump = asyncio.get_running_loop().create_task(_pump(source, conn, head.chunked))
+            pump = asyncio.get_running_loop().create_task(_pump(source, conn))
         try:
             if try_timeout is not None:
                 async with asyncio.timeout(try_timeout):
@@ -419,44 +417,26 @@ class Forwarder:
             extra.append("x-envoy-upstream-service-time: %d" % int(ex.upstream_ms))
         if attempt > 1:
             ex.flags = "URX" if status >= 500 else "-"
-        keep = down.keep_alive and not self.rt.draining
         rbody = conn.body
-        mode = conn.mode
         resp_headers = resp.headers
         if resp_ops is not None and (resp_ops[0] or resp_ops[1]):
             resp_headers = apply_ops(apply_ops(resp_headers, resp_ops[0]), resp_ops[1])
-        chunk_out = False
         if status == 101:
-            extra.append("connection: upgrade")
-            extra.append("upgrade: " + (resp.get("upgrade") or "websocket"))
-        elif mode == h1.MODE_LENGTH:
-            extra.append("content-length: %d" % resp.content_length)
-        elif mode == h1.MODE_CHUNKED or mode == h1.MODE_CLOSE:
-            if head.version == 11:
-                extra.append("transfer-encoding: chunked")
-                chunk_out = True
-            else:
-                keep = False
-        elif mode == h1.MODE_NONE and head.method == "HEAD" and resp.content_length >= 0:
-            extra.append("content-length: %d" % resp.content_length)
-        if not keep and status != 101:
-            extra.append("connection: close")
-            down.keep_alive = False
-        out_head = response_head(status, resp.reason, resp_headers, resp.connection, extra,
-                                 version=head.version)
-        if status == 101:
-            down.write(out_head)
+            down.send_upgrade(resp, resp_headers, extra)
             _tunnel(down, conn)
             self._account(ex, head, reporter)
             return None
+        no_body, length = conn.response_length()
         # -- response body, with a fast path for a body that is already complete
         try:
             data = rbody.read_nowait()
-            if data is not None and rbody.at_eof and not chunk_out:
-                down.write(out_head + data if data else out_head)
+            if data is not None and rbody.at_eof and not rbody.trailers:
+                down.send_response(status, resp.reason, resp_headers, resp.connection, extra,
+                                   length, True, data, no_body)
                 ex.resp_bytes = len(data)
             else:
-                down.write(out_head)
+                down.send_response(status, resp.reason, resp_headers, resp.connection, extra,
+                                   length, False, b"", no_body)
                 total = 0
                 while True:
                     if data is None:
@@ -464,18 +444,16 @@ class Forwarder:
                     if not data:
                         break
                     total += len(data)
-                    down.write(h1.encode_chunk(data) if chunk_out else data)
+                    down.send_data(data)
                     data = None
-                    if down._paused_writing:
+                    if down.paused:
                         await down.drain()
-                if chunk_out:
-                    down.write(h1.encode_last_chunk(rbody.trailers))
+                down.send_end(rbody.trailers)
                 ex.resp_bytes = total
         except ChannelClosed:
             # the upstream reset mid-body: the client must see a broken response, not a short one
             _cancel(pump)
-            down.keep_alive = False
-            down.close()
+            down.reset()
             ex.flags = "UPE"
             self._account(ex, head, reporter)
             return None
@@ -494,11 +472,7 @@ class Forwarder:
                body: str | None = None) -> None:
         ex.status = status
         ex.flags = flag
-        close = not down.keep_alive or (down.body is not None and not down.body.at_eof) or self.rt.draining
-        if close:
-            down.keep_alive = False
-        down.write(local_reply.render(status, flag, body, close=close, head_only=head.method == "HEAD",
-                                      version=head.version))
+        down.send_local(status, flag, body, (), self.rt.draining)
         self.rt.count_local_reply(status, flag)
         self._account(ex, head, reporter)
 
@@ -593,15 +567,15 @@ class _FutureWaiter:
             self.fut.set_result(None)
 
 
-async def _pump(source: ReplayBody, conn: Any, chunked: bool) -> None:
-    """Request body -> upstream, re-chunked when chunked (never raw client chunk bytes)."""
+async def _pump(source: ReplayBody, conn: Any) -> None:
+    """Request body -> upstream; the connection frames it (re-chunked for HTTP/1.1: never raw
+    client chunk bytes)."""
     try:
         async for data in source.pieces():
-            conn.write(h1.encode_chunk(data) if chunked else data)
-            if conn._paused_writing:
+            conn.send_body(data)
+            if conn.paused:
                 await conn.drain()
-        if chunked:
-            conn.write(h1.encode_last_chunk(source.trailers))
+        conn.end_request(source.trailers)
     except ChannelClosed:
         conn.abort()
 

@@ -18,6 +18,10 @@ from typing import Any
 from proxy.http1 import parser as h1
 from proxy.http1.errors import ProtocolError
 from proxy.server.channel import BodyChannel, ChannelClosed
+from proxy.server.headers import request_head
+
+encode_chunk = h1.encode_chunk
+encode_last_chunk = h1.encode_last_chunk
 
 
 class UpstreamReset(Exception):
@@ -33,6 +37,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool", "transport", "buf", "head_waiter", "head", "body", "mode", "remaining",
         "chunked", "closed", "keep_alive", "request_method", "idle_since", "requests",
         "tunnel", "_paused_writing", "_drain_waiter", "got_bytes", "peer_principal",
+        "chunked_request",
     )
 
     def __init__(self, pool: EndpointPool) -> None:
@@ -55,6 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self.got_bytes = False
         self.peer_principal = ""
+        self.chunked_request = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,7 +153,6 @@ class UpstreamConnection(asyncio.Protocol):
                 body.feed_eof()
                 if extra:
                     self.keep_alive = False
-                self._finish_response()
             else:
                 self.remaining -= len(data)
                 body.feed(data)
@@ -164,14 +169,8 @@ class UpstreamConnection(asyncio.Protocol):
                 if dec.unused:
                     self.keep_alive = False
                 body.feed_eof(dec.trailers or None)
-                self._finish_response()
         else:
             body.feed(data)
-
-    def _finish_response(self) -> None:
-        # The response is complete; the pool takes the connection back once the request task
-        # is done with it (release), so nothing to do here but stop reading extra bytes.
-        pass
 
     def _pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -210,8 +209,37 @@ class UpstreamConnection(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_exception(exc)
 
+    def start_request(
+        self, method: str, target: str, headers: list[tuple[str, str]], connection_tokens: tuple[str, ...],
+        extra: list[str], drop: frozenset[str] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Send a request head (hop-by-hop headers filtered, ``extra`` appended); the body, if
+        any, follows with send_body/end_request. Returns the future of the response head."""
+        self.chunked_request = "transfer-encoding: chunked" in extra
+        return self.start(request_head(method, target, headers, connection_tokens, extra, drop), method)
+
+    def send_body(self, data: bytes) -> None:
+        self.write(encode_chunk(data) if self.chunked_request else data)
+
+    def end_request(self, trailers: list[tuple[str, str]] | None) -> None:
+        if self.chunked_request:
+            self.write(encode_last_chunk(trailers))
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_writing
+
+    def response_length(self) -> tuple[bool, int]:
+        """(no body allowed, content-length or -1) of the current response."""
+        mode = self.mode
+        if mode == h1.MODE_NONE:
+            return True, self.head.content_length
+        if mode == h1.MODE_LENGTH:
+            return False, self.head.content_length
+        return False, -1
+
     def start(self, head_bytes: bytes, method: str) -> asyncio.Future[Any]:
-        """Send a request head; returns the future of the response head."""
+        """Send a preformatted request head; returns the future of the response head."""
         self.requests += 1
         self.request_method = method
         self.head = None
