@@ -88,8 +88,39 @@ async def poll(pred, timeout: float = 20.0, what: str = "") -> None:
         await asyncio.sleep(0.05)
 
 
+async def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from control_plane.cli.main import main
+
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, list(argv))  # the CLI runs its own event loop
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def cli_reads_real_sidecars(cp: ControlPlaneProcess, capsys) -> None:
+    conn = ("--data-dir", str(cp.data_dir))
+    code, out, err = await cli(capsys, "proxy-status", *conn)
+    assert code == 0, err
+    rows = out.splitlines()[1:4]
+    assert all(r.endswith("SYNCED") for r in rows), out
+    assert sorted(r.split()[1] for r in rows) == ["productpage.default", "reviews.default",
+                                                  "reviews.default"]
+    code, out, err = await cli(capsys, "proxy-config", "routes", "productpage", *conn)
+    assert code == 0, err
+    assert any(line.split()[:1] == ["reviews.default.svc.cluster.local"]
+               and "default/reviews" in line for line in out.splitlines()), out
+    code, out, err = await cli(capsys, "proxy-config", "endpoints", "productpage", *conn)
+    assert code == 0 and out.count("HEALTHY") >= 2, out
+    code, out, err = await cli(capsys, "proxy-config", "clusters", "productpage", *conn)
+    assert code == 0 and out.startswith("CLUSTER"), out
+    code, out, err = await cli(capsys, "proxy-config", "certs", "productpage", *conn)
+    assert code == 0 and "spiffe://cluster.local/ns/default/sa/productpage" in out, out
+    code, out, err = await cli(capsys, "check", *conn)
+    assert code == 0, out
+
+
 @pytest.mark.slow
-async def test_push_routes_live_traffic_and_survives_control_plane_outage(tmp_path):
+async def test_push_routes_live_traffic_and_survives_control_plane_outage(tmp_path, capsys):
     cp = ControlPlaneProcess(tmp_path / "cp").start()
     procs: list = []
     try:
@@ -118,6 +149,7 @@ async def test_push_routes_live_traffic_and_survives_control_plane_outage(tmp_pa
         for client in (pp, r1):
             assert await wait_versions(client, {"v1"}) < 1.0
         await poll(lambda: synced(cp, 3), what="ACKs")
+        await cli_reads_real_sidecars(cp, capsys)
 
         # The control plane dies: sidecars keep routing on the last config.
         cp.stop(signal.SIGKILL)

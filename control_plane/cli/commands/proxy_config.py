@@ -50,10 +50,11 @@ def _routes(data: dict) -> list[list]:
     rows = []
     for vh in _as_list(data.get("routes")):
         for r in _as_list(vh.get("routes")):
+            ds = [d for d in _as_list(r.get("destinations")) if isinstance(d, dict)]
+            # A weight means something only when the route splits traffic.
             dests = ", ".join(
-                f"{d.get('cluster')}" + (f" {d['weight']}%" if d.get("weight") not in (None, 100)
-                                         else "")
-                for d in _as_list(r.get("destinations")) if isinstance(d, dict)
+                f"{d.get('cluster')}" + (f" {d.get('weight', 0)}%" if len(ds) > 1 else "")
+                for d in ds
             )
             match = ", ".join(str(m) for m in _as_list(r.get("match"))) or "/*"
             rows.append([vh.get("host", ""), match, dests or "-",
