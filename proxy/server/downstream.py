@@ -23,6 +23,7 @@ from proxy.server.headers import response_head
 encode_chunk = h1.encode_chunk
 encode_last_chunk = h1.encode_last_chunk
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # states
 HEAD, BODY, WAIT, TUNNEL, CLOSED = range(5)
@@ -72,6 +73,20 @@ class Downstream(asyncio.Protocol):
             if ident is not None:
                 self.peer_principal = ident(sslobj) or ""
         self.listener.connections.add(self)
+        if self.alpn == "h2":
+            self._hand_over_to_h2(b"")
+
+    def _hand_over_to_h2(self, initial: bytes) -> None:
+        """HTTP/2 (ALPN h2, or the h2c prior-knowledge preface): the connection moves to the
+        HTTP/2 protocol; this object is done with it."""
+        factory = self.listener.h2_factory
+        if factory is None:
+            self.close()
+            return
+        self.state = CLOSED
+        self.listener.connections.discard(self)
+        proto = factory(self.listener, self.transport, initial, self)
+        self.transport.set_protocol(proto)  # type: ignore[union-attr]
 
     def sweep(self, now: float) -> None:
         """Called by the listener about once a second: enforce header and idle timeouts."""
@@ -142,6 +157,12 @@ class Downstream(asyncio.Protocol):
         if not self.buf:
             return
         lst = self.listener
+        if self.requests == 0 and self.buf[:1] == b"P" and H2_PREFACE.startswith(self.buf[:24]):
+            if len(self.buf) < 24:
+                return  # wait for the whole preface
+            buf, self.buf = self.buf, b""
+            self._hand_over_to_h2(buf)
+            return
         try:
             res = h1.parse_request_head(self.buf, lst.max_head, lst.max_headers, lst.max_uri)
         except ProtocolError as exc:

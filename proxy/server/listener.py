@@ -48,6 +48,9 @@ class Listener:
         # PeerAuthentication on this port: a callable giving the mode in force now
         # ("STRICT" | "PERMISSIVE" | "DISABLE"); None for a plain listener
         self.mtls_mode: Callable[[], str] | None = None
+        # HTTP/2: factory(listener, transport, initial_bytes, h1_conn) -> asyncio.Protocol taking
+        # over a connection that spoke the h2c preface or negotiated ALPN h2 (proxy/server/h2)
+        self.h2_factory: Callable[..., Any] | None = None
         self.refused = 0
         self._sock: socket.socket | None = None
         self._pending: dict[socket.socket, float] = {}
