@@ -74,3 +74,8 @@ class HeaderListTooLarge(HPACKError):
     Unlike its base class this is recoverable: the decoder finished the block, so its dynamic
     table is still in step; answer 431 (or RST_STREAM) and keep the connection.
     """
+
+
+class LocalProtocolError(Exception):
+    """This endpoint tried something HTTP/2 forbids (a bug in the caller, not the peer's fault):
+    sending on a closed stream, beyond the flow-control window or the peer's stream limit."""

@@ -1,0 +1,274 @@
+"""The sans-I/O connection against the h2 library as its peer, and the flood budgets of
+research/security-ops.md 6.6."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.http2 import frames as fr
+from proxy.http2.connection import (
+    ConnectionTerminated,
+    Event,
+    H2Connection,
+    Limits,
+    PingReceived,
+    RequestReceived,
+    SettingsAcknowledged,
+    StreamReset,
+    WindowUpdated,
+)
+from proxy.http2.errors import ErrorCode, LocalProtocolError
+
+REQ = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", b"/pkg.Svc/M"),
+    (b":authority", b"svc:50051"),
+    (b"content-type", b"application/grpc"),
+    (b"te", b"trailers"),
+]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def h2_peer(client_side: bool = True) -> h2.connection.H2Connection:
+    conn = h2.connection.H2Connection(
+        config=h2.config.H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            validate_inbound_headers=False,
+        )
+    )
+    conn.initiate_connection()
+    return conn
+
+
+def server(limits: Limits | None = None, clock: Clock | None = None):
+    ours = H2Connection(client_side=False, limits=limits, clock=clock or Clock())
+    ours.initiate_connection()
+    peer = h2_peer()
+    events = ours.receive_data(peer.data_to_send())
+    peer.receive_data(ours.data_to_send())
+    events += ours.receive_data(peer.data_to_send())
+    return ours, peer, events
+
+
+def kinds(events):
+    return [type(e).__name__ for e in events]
+
+
+def test_request_response_round_trip():
+    ours, peer, events = server()
+    assert any(isinstance(e, SettingsAcknowledged) for e in events)
+    peer.send_headers(1, REQ)
+    peer.send_data(1, b"\0\0\0\0\x03abc", end_stream=True)
+    events = ours.receive_data(peer.data_to_send())
+    assert kinds(events) == ["RequestReceived", "DataReceived", "StreamEnded"]
+    req = events[0]
+    assert req.fields.path == b"/pkg.Svc/M" and req.headers == REQ and not req.end_stream
+    assert events[1].data == b"\0\0\0\0\x03abc"
+    ours.acknowledge_received_data(1, events[1].flow_controlled_length)
+    ours.send_headers(1, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    ours.send_data(1, b"\0\0\0\0\x01z")
+    ours.send_headers(1, [(b"grpc-status", b"0")], end_stream=True)
+    got = peer.receive_data(ours.data_to_send())
+    assert [type(e) for e in got] == [
+        h2.events.ResponseReceived,
+        h2.events.DataReceived,
+        h2.events.TrailersReceived,
+        h2.events.StreamEnded,
+    ]
+    assert got[0].headers == [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    assert got[2].headers == [(b"grpc-status", b"0")]
+    assert ours._streams == {}  # both sides closed: forgotten
+
+
+def test_client_against_h2_server():
+    ours = H2Connection(client_side=True, clock=Clock())
+    ours.initiate_connection()
+    peer = h2_peer(client_side=False)
+    peer.receive_data(ours.data_to_send())
+    ours.receive_data(peer.data_to_send())
+    sid = ours.get_next_available_stream_id()
+    ours.send_headers(sid, REQ, end_stream=True)
+    got = peer.receive_data(ours.data_to_send())
+    req = next(e for e in got if isinstance(e, h2.events.RequestReceived))
+    assert req.headers == REQ
+    peer.send_headers(sid, [(b":status", b"200"), (b"content-length", b"2")])
+    peer.send_data(sid, b"ok", end_stream=True)
+    events = ours.receive_data(peer.data_to_send())
+    resp = [e for e in events if not isinstance(e, (SettingsAcknowledged, WindowUpdated))]
+    assert kinds(resp) == ["ResponseReceived", "DataReceived", "StreamEnded"]
+    assert resp[0].fields.status == 200 and resp[1].data == b"ok"
+
+
+def test_malformed_request_is_a_stream_error_and_the_connection_lives():
+    ours, peer, _ = server()
+    peer.send_headers(1, REQ + [(b"Transfer-Encoding", b"chunked")], end_stream=True)
+    events = ours.receive_data(peer.data_to_send())
+    assert kinds(events) == ["StreamReset"]
+    assert events[0].error_code == ErrorCode.PROTOCOL_ERROR and not events[0].remote
+    got = peer.receive_data(ours.data_to_send())
+    assert (
+        isinstance(got[0], h2.events.StreamReset) and got[0].error_code == ErrorCode.PROTOCOL_ERROR
+    )
+    peer.send_headers(3, REQ, end_stream=True)
+    assert kinds(ours.receive_data(peer.data_to_send())) == ["RequestReceived", "StreamEnded"]
+
+
+def test_content_length_mismatch_resets_the_stream():
+    ours, peer, _ = server()
+    peer.send_headers(1, REQ + [(b"content-length", b"3")])
+    peer.send_data(1, b"abcd", end_stream=True)  # H2.CL: more than announced
+    events = ours.receive_data(peer.data_to_send())
+    assert kinds(events) == ["RequestReceived", "StreamReset"]
+    assert events[1].error_code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_hpack_bomb_resets_only_the_stream():
+    ours, peer, _ = server()
+    peer.send_headers(1, REQ + [(b"x-big", b"a" * 4000)], end_stream=True)
+    assert kinds(ours.receive_data(peer.data_to_send()))[0] == "RequestReceived"
+    peer.send_headers(3, REQ + [(b"x-big", b"a" * 4000)] * 40, end_stream=True)  # 160 KB decoded
+    events = ours.receive_data(peer.data_to_send())
+    assert kinds(events) == ["StreamReset"] and events[0].stream_id == 3
+    peer.send_headers(5, REQ, end_stream=True)  # the HPACK context is still in step
+    assert kinds(ours.receive_data(peer.data_to_send())) == ["RequestReceived", "StreamEnded"]
+
+
+def test_rapid_reset_ends_the_connection():
+    ours, peer, _ = server()
+    events = []
+    for i in range(1000):
+        sid = 1 + 2 * i
+        peer.send_headers(sid, REQ)
+        peer.reset_stream(sid)
+        events += ours.receive_data(peer.data_to_send())
+        if ours.closed:
+            break
+    assert isinstance(events[-1], ConnectionTerminated)
+    assert events[-1].error_code == ErrorCode.ENHANCE_YOUR_CALM and not events[-1].remote
+    assert sum(isinstance(e, RequestReceived) for e in events) <= 252
+
+
+def test_slow_resets_are_not_premature():
+    clock = Clock()
+    ours, peer, _ = server(clock=clock)
+    for i in range(400):
+        sid = 1 + 2 * i
+        peer.send_headers(sid, REQ)
+        ours.receive_data(peer.data_to_send())
+        clock.now += 2
+        peer.reset_stream(sid)
+        ours.receive_data(peer.data_to_send())
+    assert not ours.closed
+
+
+@pytest.mark.parametrize("flood", ["ping", "settings", "empty-data"])
+def test_floods(flood):
+    ours, peer, _ = server()
+    raw = b""
+    if flood == "ping":
+        raw = fr.ping(False, b"12345678") * 11
+    elif flood == "settings":
+        raw = fr.settings_frame({1: 4096}) * 11
+    else:
+        peer.send_headers(1, REQ)
+        raw = peer.data_to_send() + fr.data_frame(1, b"") * 3
+    events = ours.receive_data(raw)
+    assert isinstance(events[-1], ConnectionTerminated)
+    assert events[-1].error_code == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_pings_within_budget_are_answered():
+    ours, peer, _ = server()
+    events = ours.receive_data(fr.ping(False, b"abcdefgh") * 3)
+    assert kinds(events) == ["PingReceived"] * 3 and isinstance(events[0], PingReceived)
+    got = peer.receive_data(ours.data_to_send())
+    assert [type(e) for e in got] == [h2.events.PingAckReceived] * 3
+
+
+def test_continuation_flood():
+    ours, peer, _ = server()
+    raw = fr.frame(fr.HEADERS, 0, 1, b"\x82") + fr.frame(fr.CONTINUATION, 0, 1, b"") * 100
+    events = ours.receive_data(raw)
+    assert isinstance(events[-1], ConnectionTerminated)
+    assert events[-1].error_code == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_interrupted_header_block_is_a_connection_error():
+    ours, _, _ = server()
+    events = ours.receive_data(fr.frame(fr.HEADERS, 0, 1, b"\x82") + fr.ping(False, b"x" * 8))
+    assert events[-1].error_code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_flow_control():
+    ours, peer, _ = server(Limits(stream_window=100))
+    peer.send_headers(1, REQ)
+    ours.receive_data(peer.data_to_send())
+    raw = fr.data_frame(1, b"x" * 101)  # the peer ignores our 100-octet stream window
+    events = ours.receive_data(raw)
+    assert kinds(events) == ["StreamReset"] and events[0].error_code == ErrorCode.FLOW_CONTROL_ERROR
+    peer.send_headers(3, REQ)
+    ours.receive_data(peer.data_to_send())
+    window = ours.local_flow_control_window(3)
+    with pytest.raises(LocalProtocolError):
+        ours.send_data(3, b"x" * (window + 1))
+    peer.increment_flow_control_window(1000, 3)
+    peer.increment_flow_control_window(1000)
+    events = ours.receive_data(peer.data_to_send())
+    assert [(e.stream_id, e.delta) for e in events] == [(3, 1000), (0, 1000)]
+    assert ours.local_flow_control_window(3) == window + 1000
+
+
+def test_bad_preface():
+    ours = H2Connection(clock=Clock())
+    events = ours.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert isinstance(events[-1], ConnectionTerminated)
+    assert events[-1].error_code == ErrorCode.PROTOCOL_ERROR
+    assert ours.data_to_send().endswith(b"invalid connection preface")
+
+
+def test_push_promise_refused():
+    ours = H2Connection(client_side=True, clock=Clock())
+    ours.initiate_connection()
+    ours.send_headers(1, REQ, end_stream=True)
+    events = ours.receive_data(fr.frame(fr.PUSH_PROMISE, 4, 1, b"\0\0\0\2\x82"))
+    assert events[-1].error_code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_goaway_and_remote_reset_events():
+    ours, peer, _ = server()
+    peer.send_headers(1, REQ)
+    peer.reset_stream(1, error_code=8)
+    peer.close_connection(error_code=0, last_stream_id=0)
+    events = ours.receive_data(peer.data_to_send())
+    assert kinds(events) == ["RequestReceived", "StreamReset", "ConnectionTerminated"]
+    assert isinstance(events[1], StreamReset) and events[1].remote and events[1].error_code == 8
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=200), cuts=st.lists(st.integers(0, 300), max_size=4))
+def test_garbage_never_raises(data, cuts):
+    ours = H2Connection(clock=Clock())
+    ours.initiate_connection()
+    wire = fr.PREFACE + fr.settings_frame({}) + fr.headers_frame(1, b"\x82\x86\x84\x41\x01a") + data
+    prev = 0
+    for at in sorted(c % (len(wire) + 1) for c in cuts) + [len(wire)]:
+        for e in ours.receive_data(wire[prev:at]):  # events only, never an exception
+            assert isinstance(e, Event)
+        prev = at
+        ours.data_to_send()
