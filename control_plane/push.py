@@ -21,6 +21,7 @@ nothing.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
 import logging
@@ -189,6 +190,32 @@ class PushHub:
             t.cancel()
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _admin_address(address: str, peer_host: str) -> str:
+    """The admin address the control plane may call for ``proxy-config``: only on the host the
+    sidecar connected from, so a registration cannot point the control plane at any other
+    host (no SSRF through ``/v1/proxies/{id}/...``)."""
+    if not address:
+        return ""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return ""
+    host = host.strip("[]")
+    if host in ("0.0.0.0", "::"):
+        host = peer_host
+    same = host == peer_host or (_is_loopback(host) and _is_loopback(peer_host))
+    if not same:
+        log.warning("ignoring admin address %s: not on the sidecar's host %s", address, peer_host)
+        return ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def registration_from_message(msg: dict, peer_host: str) -> Registration:
     service = msg.get("service")
     if not isinstance(service, str) or not service:
@@ -213,6 +240,6 @@ def registration_from_message(msg: dict, peer_host: str) -> Registration:
         version=version,
         labels={str(k): str(v) for k, v in labels.items()},
         address=address,
-        admin_address=str(msg.get("admin_address") or ""),
+        admin_address=_admin_address(str(msg.get("admin_address") or ""), peer_host),
         cert_expiry=float(expiry) if isinstance(expiry, int | float) else None,
     )

@@ -365,7 +365,8 @@ class ControlPlane:
                           "name one by node id", nodes=[r.node_id for r in found])
         reg = found[0]
         if not reg.admin_address:
-            return _error(502, f"sidecar {reg.node_id} did not register an admin address")
+            return _error(502, f"sidecar {reg.node_id} registered no admin address the control "
+                          "plane may call (it must be on the host the sidecar connects from)")
         url = f"http://{reg.admin_address}{ADMIN_PATHS[what]}"
         try:
             timeout = aiohttp.ClientTimeout(total=5)

@@ -70,3 +70,21 @@ def test_find_by_node_or_service():
     assert {r.node_id for r in reg.find("orders")} == {"a", "b"}
     assert [r.node_id for r in reg.find("orders.prod")] == ["b"]
     assert reg.find("nope") == []
+
+
+def test_admin_address_must_be_on_the_sidecars_host():
+    from control_plane.push import registration_from_message
+
+    def admin(addr: str, peer: str) -> str:
+        msg = {"service": "a", "admin_address": addr, "address": "0.0.0.0:15006"}
+        return registration_from_message(msg, peer).admin_address
+
+    assert admin("127.0.0.1:15000", "127.0.0.1") == "127.0.0.1:15000"
+    assert admin("localhost:15000", "::1") == "localhost:15000"
+    assert admin("0.0.0.0:15000", "10.0.0.5") == "10.0.0.5:15000"
+    assert admin("10.0.0.5:15000", "10.0.0.5") == "10.0.0.5:15000"
+    assert admin("10.0.0.9:15000", "10.0.0.5") == ""  # another host: never called
+    assert admin("127.0.0.1:15000", "10.0.0.5") == ""
+    assert admin("garbage", "127.0.0.1") == ""
+    msg = {"service": "a", "address": "0.0.0.0:15006"}
+    assert registration_from_message(msg, "10.0.0.5").address == "10.0.0.5:15006"
