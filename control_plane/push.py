@@ -84,10 +84,10 @@ class PushHub:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop (sync tests): the next push_all() rebuilds
-        loop.call_soon(self._spawn, self.push_all())
+        loop.call_soon(self._spawn_push)
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn_push(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.push_all())
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
