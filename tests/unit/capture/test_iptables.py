@@ -1,0 +1,272 @@
+"""Capture rules: golden iptables-restore files, cleanup, idempotence, hosts file, the CLI."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from collections.abc import Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from control_plane.cli.main import main
+from proxy.capture import iptables as cap
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("MESHLET_UPDATE_GOLDEN") == "1"
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs (MESHLET_UPDATE_GOLDEN=1 to rewrite)"
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+CUSTOM = cap.CaptureConfig(
+    outbound_port=16001, inbound_port=16006, proxy_uids=("1337", "2102"), proxy_gids=("1337",),
+    inbound_ports=(8080, 9090, 15000), exclude_outbound_ports=(15012, 53),
+    include_outbound_cidrs=("10.96.0.0/12", "10.200.0.0/24"),
+    exclude_outbound_cidrs=("169.254.169.254/32",),
+)
+
+
+def test_default_rules_match_the_golden_file() -> None:
+    golden("default.restore", cap.restore_file(cap.CaptureConfig()))
+
+
+def test_custom_rules_match_the_golden_file() -> None:
+    golden("custom.restore", cap.restore_file(CUSTOM))
+
+
+def test_default_rules_follow_istio_structure() -> None:
+    rules = cap.rules(cap.CaptureConfig())
+    # the chain layout of istio-iptables, renamed (research/security-ops.md §3.2)
+    assert rules[:4] == ["-N MESHLET_INBOUND", "-N MESHLET_REDIRECT", "-N MESHLET_IN_REDIRECT",
+                         "-N MESHLET_OUTPUT"]
+    assert "-A MESHLET_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in rules
+    assert "-A MESHLET_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006" in rules
+    assert "-A PREROUTING -p tcp -j MESHLET_INBOUND" in rules
+    assert "-A OUTPUT -j MESHLET_OUTPUT" in rules
+    for p in (15000, 15001, 15006, 15021, 15090):
+        assert f"-A MESHLET_INBOUND -p tcp -m tcp --dport {p} -j RETURN" in rules
+    # the proxy's own traffic returns before the final redirect: no loops
+    uid_return = rules.index("-A MESHLET_OUTPUT -m owner --uid-owner 1337 -j RETURN")
+    gid_return = rules.index("-A MESHLET_OUTPUT -m owner --gid-owner 1337 -j RETURN")
+    assert rules[-1] == "-A MESHLET_OUTPUT -j MESHLET_REDIRECT"
+    assert uid_return < gid_return < len(rules) - 1
+    assert rules[-2] == "-A MESHLET_OUTPUT -d 127.0.0.1/32 -j RETURN"
+
+
+def test_include_and_exclude_lists() -> None:
+    rules = cap.rules(CUSTOM)
+    assert "-A MESHLET_OUTPUT -p tcp -m tcp --dport 53 -j RETURN" in rules
+    assert "-A MESHLET_OUTPUT -d 169.254.169.254/32 -j RETURN" in rules
+    assert rules[-2:] == ["-A MESHLET_OUTPUT -d 10.96.0.0/12 -j MESHLET_REDIRECT",
+                          "-A MESHLET_OUTPUT -d 10.200.0.0/24 -j MESHLET_REDIRECT"]
+    # an explicit inbound list redirects only those ports, minus the excluded ones
+    inbound = [r for r in rules if r.startswith("-A MESHLET_INBOUND")]
+    assert inbound == ["-A MESHLET_INBOUND -p tcp -m tcp --dport 8080 -j MESHLET_IN_REDIRECT",
+                       "-A MESHLET_INBOUND -p tcp -m tcp --dport 9090 -j MESHLET_IN_REDIRECT"]
+
+
+def test_nothing_captured_when_lists_are_empty() -> None:
+    rules = cap.rules(cap.CaptureConfig(inbound_ports=(), include_outbound_cidrs=()))
+    assert not any(r.startswith("-A PREROUTING") for r in rules)
+    assert not any(r.endswith("-j MESHLET_REDIRECT") for r in rules)
+
+
+def test_commands_are_the_restore_rules() -> None:
+    cmds = cap.commands(cap.CaptureConfig())
+    assert cmds[0] == ["iptables", "-t", "nat", "-N", "MESHLET_INBOUND"]
+    assert len(cmds) == len(cap.rules(cap.CaptureConfig()))
+    assert ["iptables", "-t", "nat", "-A", "MESHLET_OUTPUT", "!", "-d", "127.0.0.1/32", "-o", "lo",
+            "-p", "tcp", "-m", "owner", "--uid-owner", "1337", "-j", "MESHLET_IN_REDIRECT"] in cmds
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("*", None), ("", ()), ("80, 443,80", (80, 443)), ("15090,15021", (15021, 15090)),
+])
+def test_parse_ports(value: str, expected: object) -> None:
+    assert cap.parse_ports(value) == expected
+
+
+@pytest.mark.parametrize("bad", ["http", "0", "70000", "-1"])
+def test_parse_ports_refuses(bad: str) -> None:
+    with pytest.raises(ValueError):
+        cap.parse_ports(bad)
+
+
+def test_parse_cidrs_normalizes_and_refuses_ipv6() -> None:
+    assert cap.parse_cidrs("10.1.2.3/8, 192.168.0.0/16") == ("10.0.0.0/8", "192.168.0.0/16")
+    assert cap.parse_cidrs("*") is None
+    with pytest.raises(ValueError):
+        cap.CaptureConfig(exclude_outbound_cidrs=("fd00::/8",))
+    with pytest.raises(ValueError):
+        cap.parse_cidrs("10.0.0.0/33")
+
+
+SAVED = """# Generated by iptables-save v1.8.9 on Wed Nov 25 20:00:00 2026
+*filter
+:INPUT ACCEPT [0:0]
+-A INPUT -j MESHLET_NOT_OURS_IN_FILTER
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+:MESHLET_INBOUND - [0:0]
+:MESHLET_IN_REDIRECT - [0:0]
+:MESHLET_OUTPUT - [0:0]
+:MESHLET_REDIRECT - [0:0]
+-A PREROUTING -p tcp -j MESHLET_INBOUND
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT -j MESHLET_OUTPUT
+-A OUTPUT -m comment --comment "a user's own rule" -j DOCKER
+-A MESHLET_INBOUND -p tcp -m tcp --dport 15000 -j RETURN
+-A MESHLET_OUTPUT -j MESHLET_REDIRECT
+COMMIT
+"""
+
+
+def test_installed_reads_only_our_chains_and_jumps() -> None:
+    state = cap.installed(SAVED)
+    assert state.chains == ("MESHLET_INBOUND", "MESHLET_IN_REDIRECT", "MESHLET_OUTPUT",
+                            "MESHLET_REDIRECT")
+    assert state.jumps == (("PREROUTING", "-p tcp -j MESHLET_INBOUND"),
+                           ("OUTPUT", "-j MESHLET_OUTPUT"))
+
+
+def test_cleanup_commands_remove_exactly_what_was_added() -> None:
+    cmds = cap.cleanup_commands(cap.installed(SAVED))
+    assert cmds[:2] == [["iptables", "-t", "nat", "-D", "PREROUTING", "-p", "tcp", "-j",
+                         "MESHLET_INBOUND"],
+                        ["iptables", "-t", "nat", "-D", "OUTPUT", "-j", "MESHLET_OUTPUT"]]
+    flushes = [c for c in cmds if c[3] == "-F"]
+    deletes = [c for c in cmds if c[3] == "-X"]
+    assert len(flushes) == len(deletes) == 4
+    assert cmds.index(flushes[-1]) < cmds.index(deletes[0])  # flush all before deleting any
+    assert not any("DOCKER" in c for cmd in cmds for c in cmd)
+    assert cap.cleanup_commands(cap.installed("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")) == []
+
+
+class FakeTables:
+    """Records commands; iptables-save answers with whatever the last restore installed."""
+
+    def __init__(self) -> None:
+        self.ran: list[list[str]] = []
+        self.saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+
+    def __call__(self, cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+        self.ran.append(list(cmd))
+        if cmd[0] == "iptables-save":
+            return subprocess.CompletedProcess(cmd, 0, self.saved, "")
+        if cmd[0] == "iptables-restore":
+            assert stdin is not None and "--noflush" in cmd
+            body = [ln for ln in stdin.splitlines() if ln not in ("*nat", "COMMIT")]
+            self.saved = "*nat\n" + "\n".join(body) + "\nCOMMIT\n"
+        elif "-X" in cmd:
+            self.saved = "*nat\nCOMMIT\n"
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+
+def test_apply_removes_an_earlier_copy_first_and_restores_without_flushing() -> None:
+    fake = FakeTables()
+    cap.apply(cap.CaptureConfig(), runner=fake)
+    assert [c[0] for c in fake.ran] == ["iptables-save", "iptables-save", "iptables-restore"]
+    fake.ran.clear()
+    cap.apply(cap.CaptureConfig(), runner=fake)  # again: the first copy goes before the second
+    assert fake.ran[0][0] == "iptables-save"
+    assert ["iptables", "-t", "nat", "-D", "PREROUTING", "-p", "tcp", "-j",
+            "MESHLET_INBOUND"] in fake.ran
+    assert fake.ran[-1][:2] == ["iptables-restore", "--noflush"]
+
+
+def test_a_failing_command_is_one_clear_error() -> None:
+    def runner(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(cmd, 4, "", "Permission denied (you must be root)")
+
+    with pytest.raises(cap.CaptureError, match="iptables-save -t nat: exit 4: Permission denied"):
+        cap.apply(cap.CaptureConfig(), runner=runner)
+
+
+def test_hosts_block_is_replaced_not_appended_twice() -> None:
+    block = cap.hosts_block([("inventory", "10.200.0.4"), ("payment.default", "10.200.0.5")])
+    assert block == ("# BEGIN meshlet\n"
+                     "10.200.0.4\tinventory inventory.default inventory.default.svc.cluster.local\n"
+                     "10.200.0.5\tpayment.default\n"
+                     "# END meshlet\n")
+    existing = "127.0.0.1\tlocalhost\n10.0.0.9\tdb\n"
+    once = cap.merge_hosts(existing, block)
+    assert once == existing + block
+    assert cap.merge_hosts(once, block) == once
+    other = cap.hosts_block([("inventory", "10.200.0.7")])
+    assert cap.merge_hosts(once, other) == existing + other
+    assert cap.merge_hosts(once, "") == existing
+
+
+def test_a_fresh_hosts_file_gets_localhost() -> None:
+    text = cap.merge_hosts("", cap.hosts_block([("inventory", "10.200.0.4")]))
+    assert text.startswith("127.0.0.1\tlocalhost\n")
+    with pytest.raises(ValueError):
+        cap.hosts_block([("inventory", "not-an-ip")])
+
+
+def test_cli_dry_run_prints_the_restore_file() -> None:
+    code, out, _ = cli("iptables", "--dry-run")
+    assert code == 0
+    assert out == cap.restore_file(cap.CaptureConfig())
+
+
+def test_cli_dry_run_commands_with_flags() -> None:
+    code, out, _ = cli("iptables", "--dry-run", "--format", "commands", "--proxy-uid", "2102",
+                       "--outbound-port", "4140", "--inbound-port", "4143",
+                       "--exclude-outbound-cidrs", "10.0.0.0/8", "--exclude-outbound-ports", "53",
+                       "--exclude-inbound-ports", "4190,4191", "--inbound-ports", "*",
+                       "--include-outbound-cidrs", "*")
+    assert code == 0
+    lines = out.splitlines()
+    assert "iptables -t nat -A MESHLET_REDIRECT -p tcp -j REDIRECT --to-ports 4140" in lines
+    assert "iptables -t nat -A MESHLET_IN_REDIRECT -p tcp -j REDIRECT --to-ports 4143" in lines
+    assert "iptables -t nat -A MESHLET_OUTPUT -m owner --gid-owner 2102 -j RETURN" in lines
+    assert "iptables -t nat -A MESHLET_OUTPUT -d 10.0.0.0/8 -j RETURN" in lines
+    assert "iptables -t nat -A MESHLET_INBOUND -p tcp -m tcp --dport 4191 -j RETURN" in lines
+    assert "iptables -t nat -A MESHLET_INBOUND -p tcp -m tcp --dport 15000 -j RETURN" not in lines
+    assert "iptables -t nat -A MESHLET_OUTPUT \\! -d" not in out
+
+
+def test_cli_writes_the_hosts_file(tmp_path: Path) -> None:
+    hosts = tmp_path / "netns" / "pod" / "hosts"
+    args = ("iptables", "--skip-rules", "--hosts-file", str(hosts),
+            "--host", "inventory=10.200.0.4")
+    assert cli(*args)[0] == 0
+    assert cli(*args)[0] == 0  # idempotent
+    text = hosts.read_text()
+    assert text.count("10.200.0.4\tinventory ") == 1
+    assert text.startswith("127.0.0.1\tlocalhost")
+    assert cli("iptables", "--skip-rules", "--cleanup", "--hosts-file", str(hosts))[0] == 0
+    assert "inventory" not in hosts.read_text()
+
+
+@pytest.mark.parametrize("argv", [
+    ("--host", "inventory", "--hosts-file", "/dev/null"),
+    ("--host", "inventory=1.2.3.4",),
+    ("--exclude-outbound-cidrs", "10.0.0.0/40"),
+    ("--inbound-ports", "http"),
+    ("--proxy-uid", "meshlet"),
+])
+def test_cli_refuses_bad_flags(argv: tuple[str, ...]) -> None:
+    code, _, err = cli("iptables", "--dry-run", *argv)
+    assert code == 2
+    assert err.startswith("meshlet iptables: ")
