@@ -4,7 +4,7 @@ import cython
 
 cdef object _FIELD_RE, _TOKEN_RE, _VALUE_RE, _VERSION_RE, _METHOD_RE
 cdef object _HOST_RE, _AUTHORITY_FORM_RE, _ABSOLUTE_FORM_RE, _CHUNK_LINE_RE
-cdef bytes _HEAD_BYTES, _REG_NAME_BYTES
+cdef bytes _HEAD_BYTES, _REG_NAME_BYTES, _HEX_BYTES
 cdef frozenset _METHODS
 cdef dict _SPECIAL_FIELDS, _KNOWN_FIELDS
 cdef int _F_HOST, _F_CONTENT_LENGTH, _F_TRANSFER_ENCODING, _F_CONNECTION, _F_UPGRADE, _F_EXPECT
@@ -89,7 +89,7 @@ cdef class ChunkedDecoder:
     cdef bytes _buf
     cdef Py_ssize_t _max_trailer
 
-    @cython.locals(out=list, buf=bytes, pos=Py_ssize_t, n=Py_ssize_t, i=Py_ssize_t, state=int, take=Py_ssize_t)
+    @cython.locals(out=list, buf=bytes, line=bytes, pos=Py_ssize_t, n=Py_ssize_t, i=Py_ssize_t, state=int, take=Py_ssize_t)
     cpdef list feed(self, object data)
 
     @cython.locals(rest=bytes, crlf=Py_ssize_t, cr=Py_ssize_t)

@@ -136,6 +136,7 @@ _CHUNK_LINE_RE = re.compile(
     rb"(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
     rb'|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*'
 )
+_HEX_BYTES = b"0123456789abcdefABCDEF"
 _MAX_CHUNK_LINE = 4096
 
 
@@ -279,13 +280,14 @@ def _split_head(head, status):
 
     Bare CR, bare LF and CTLs anywhere are rejected first, before any other check, so that a head
     fed byte at a time fails with the same status as the head fed whole. ``rest`` keeps only the
-    CR, LF and forbidden bytes; the head is clean iff ``rest`` is exactly one CRLF per line break.
+    CR, LF and forbidden bytes. It holds at least one CR and one LF per CRLF found by the split,
+    so it is exactly that long iff there is no other CR, LF or forbidden byte.
     """
     text = head.decode("latin-1")
     lines = text.split("\r\n")
     crlf = len(lines) - 1
     rest = head.translate(None, _HEAD_BYTES)
-    if len(rest) != 2 * crlf or rest.count(b"\r\n") != crlf:
+    if len(rest) != 2 * crlf:
         if rest.translate(None, b"\r\n"):
             raise ProtocolError(status, "invalid character in head")
         raise ProtocolError(status, "bare CR or LF in head")
@@ -684,10 +686,14 @@ class ChunkedDecoder:
                     break
                 if i - pos > _MAX_CHUNK_LINE:
                     raise ProtocolError(400, "chunk line too long")
-                m = _CHUNK_LINE_RE.fullmatch(buf, pos, i)
-                if m is None:
-                    raise ProtocolError(400, "invalid chunk line")
-                size = int(m.group(1), 16)
+                line = buf[pos:i]
+                if 0 < len(line) <= 16 and not line.translate(None, _HEX_BYTES):
+                    size = int(line, 16)  # the common case: no extensions
+                else:
+                    m = _CHUNK_LINE_RE.fullmatch(line)
+                    if m is None:
+                        raise ProtocolError(400, "invalid chunk line")
+                    size = int(m.group(1), 16)
                 pos = i + 2
                 if size == 0:
                     self._state = _TRAILER
