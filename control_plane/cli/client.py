@@ -102,6 +102,7 @@ class Client:
         self._ca_arg = getattr(args, "ca_file", None)
         self._token: str | None = None
         self.token_source = ""
+        self.token_path: Path | None = None  # the file the token came from, if any
 
     def _url(self, args: argparse.Namespace) -> str:
         url = getattr(args, "control_plane", None) or os.environ.get("MESHLET_CONTROL_PLANE")
@@ -130,6 +131,7 @@ class Client:
         else:
             path = self.data_dir / "admin.token"
             self.token_source = str(path)
+        self.token_path = path
         try:
             self._token = path.read_text().strip()
         except OSError as e:

@@ -361,6 +361,18 @@ def test_check_unreachable_and_bad_token(capsys, tmp_path):
     assert [c["result"] for c in body["checks"]] == ["ok", "ok", "fail"]
 
 
+def test_check_flags_a_readable_token_file(cp, capsys, tmp_path):
+    import os
+
+    tok = write(tmp_path, "t", cp.token)
+    os.chmod(tok, 0o644)
+    code, out, _ = run(capsys, "check", "--token-file", tok)
+    assert code == 3
+    assert f"× admin token file is private\n    {tok} has mode 0644\n    hint: chmod 600" in out
+    os.chmod(tok, 0o600)
+    assert run(capsys, "check", "--token-file", tok)[0] == 0
+
+
 def test_trust_domain_change_warns_until_restart(cp, capsys, tmp_path):
     f = write(tmp_path, "mesh.yaml", "apiVersion: meshlet.dev/v1alpha1\nkind: MeshConfig\n"
               "metadata: {name: mesh}\nspec: {trustDomain: example.org}\n")

@@ -83,6 +83,9 @@ class Checker:
             Check("admin token is accepted",
                   "use the admin.token from the control plane's data dir (--data-dir or "
                   "--token-file)", self.token_ok, fatal=True),
+            Check("admin token file is private",
+                  "chmod 600 the token file: anyone who reads it controls the mesh",
+                  self.token_private),
             Check("store is writable",
                   "check free space and permissions of store.db in the control plane's data dir",
                   self.store_writable),
@@ -123,6 +126,18 @@ class Checker:
         except CLIError as e:
             raise CheckFailed(str(e))
         return self.client.token_source
+
+    def token_private(self) -> str | None:
+        import os
+        import stat
+
+        path = self.client.token_path
+        if path is None:
+            return None  # given in MESHLET_TOKEN itself
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077:
+            raise CheckFailed(f"{path} has mode {mode:04o}")
+        return None
 
     def store_writable(self) -> str | None:
         if not self.status.get("store_writable"):
