@@ -136,7 +136,7 @@ def test_encoders(p):
         p.encode_last_chunk([("bad name", "1")])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     body=st.lists(st.binary(min_size=0, max_size=40), max_size=8),
     trailers=st.lists(
