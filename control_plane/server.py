@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -57,6 +58,16 @@ def write_secret(path: Path, text: str) -> None:
 
 def _error(status: int, message: str, **extra: object) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def _store_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """A store that cannot be written (disk full, permissions) is a clear 503, not a 500."""
+    try:
+        return await handler(request)
+    except sqlite3.Error as e:
+        log.error("store error on %s %s: %s", request.method, request.path, e)
+        return _error(503, f"the store is unavailable: {e}")
 
 
 class ControlPlane:
@@ -107,7 +118,7 @@ class ControlPlane:
 
     # -- lifecycle -------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[_store_errors])
         r = app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/v1/openapi.yaml", self.openapi)

@@ -31,3 +31,21 @@ def test_every_route_is_documented(tmp_path):
         norm = re.sub(r"\{(\w+)\}", "{x}", path)
         assert any(re.sub(r"\{(\w+)\}", "{x}", p) == norm and m == method
                    for p, m in documented), (path, method)
+
+
+async def test_store_failure_is_a_503_with_a_reason(tmp_path):
+    import aiohttp
+
+    cp = ControlPlane(str(tmp_path), "127.0.0.1:0", plain_http=True)
+    host, port = await cp.start()
+    try:
+        cp.store._db.close()  # what a vanished or unwritable store looks like to a handler
+        async with aiohttp.ClientSession() as s, s.get(
+            f"http://{host}:{port}/v1/resources/vs",
+            headers={"Authorization": f"Bearer {cp.admin_token}"},
+        ) as r:
+            assert r.status == 503
+            assert (await r.json())["error"].startswith("the store is unavailable: ")
+    finally:
+        cp.store.close = lambda: None  # already closed
+        await cp.stop()
