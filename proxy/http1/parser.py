@@ -15,7 +15,16 @@ API (both builds; ``proxy/http1/_parser_py.py`` is the readable source):
 ``RequestHead``: method, target, path, query, version (10/11), headers (lowercase name, value),
 host, content_length (-1 if absent), chunked, keep_alive, upgrade, expect_continue, connection;
 ``get(name, default=None)``. ``ResponseHead``: status, reason, version, headers, content_length,
-chunked, keep_alive, connection; ``get``.
+chunked, keep_alive, connection; ``get``. Both have keyword constructors (defaults: a GET / 200)
+for heads built by hand; the parser does not call them.
+
+Choices beyond RFC minimums (security-ops §6.2): empty lines before the request line, a fragment
+(``#``) in the target, userinfo or a non-http(s) scheme in absolute-form, and non-token Connection
+elements are 400. ``headers`` carries one Content-Length field with the canonical decimal (identical
+duplicates and ``5, 5`` collapse). ``response_body_mode`` also treats a 2xx answer to CONNECT as
+bodiless. ``ChunkedDecoder`` rejects whitespace after the chunk size and lines over 4 KiB; data fed
+after ``done`` is appended to ``unused``. Trailers are returned as parsed: the caller must not let
+framing fields (content-length, transfer-encoding, host) in them change anything.
 """
 
 from __future__ import annotations
