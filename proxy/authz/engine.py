@@ -48,15 +48,13 @@ __all__ = [
     "compile_policies",
     "merged_header_getter",
     "peer_identity",
+    "request_attrs",
 ]
 
 log = logging.getLogger("meshlet.proxy.authz")
 
 DENY_STATUS = 403
 DENY_BODY = "RBAC: access denied"  # Envoy's RBAC filter body, which clients and tests look for
-
-Pred = Callable[["RequestAttrs"], bool]
-
 
 def _no_headers(name: str) -> str | None:
     return None
@@ -172,63 +170,53 @@ def merged_header_getter(headers: list[tuple[str, str]]) -> Callable[[str], str 
     return get
 
 
+def request_attrs(
+    head: Any, path: str, *, peer_spiffe_id: str, peer_ip: str, port: int, tls: bool
+) -> RequestAttrs:
+    """The attributes of an inbound HTTP/1 request head (``method``, ``host``, lowercase
+    ``headers`` pairs), given its *normalized* path and the connection's facts. ``port`` is the
+    destination (application) port; ``tls`` says the peer presented a verified certificate."""
+    principal, namespace = peer_identity(peer_spiffe_id) if tls else (None, None)
+    return RequestAttrs(
+        source_principal=principal,
+        source_namespace=namespace,
+        source_ip=peer_ip,
+        method=head.method,
+        host=head.host or head.get("host") or "",
+        port=port,
+        path=path,
+        headers=merged_header_getter(head.headers),
+        mtls=bool(tls and principal),
+    )
+
+
 class Authorizer:
-    """The compiled policies for one workload. Immutable; swap it whole on a config change."""
+    """The compiled policies for one workload. Immutable; swap it whole on a config change.
+
+    :meth:`check` is one generated function: every rule is inlined as a boolean expression over
+    the request's attributes and precompiled constants (frozensets, tuples, bound regex
+    methods), so a decision costs one call and no allocation. The generated source holds only
+    names; every value from the config is bound in its namespace, never pasted into the text.
+    """
 
     def __init__(
         self,
-        deny: list[tuple[Pred, str]],
-        allow: list[tuple[Pred, str]],
-        audit: list[Pred],
-        has_allow: bool,
+        check: Callable[[RequestAttrs], Decision],
+        source: str,
+        empty: bool,
         policies: list[str],
         warnings: list[str],
         shadow: Authorizer | None = None,
     ) -> None:
-        self.policies = policies  # "ns/name (ACTION)" of every policy in force, for config_dump
+        self.check = check  # type: ignore[method-assign]
+        self.source = source  # the generated check(), for debugging and config_dump
+        self.empty = empty  # no policy applies: the caller may skip building RequestAttrs
+        self.policies = policies  # "ns/name (ACTION)" of every policy in force
         self.warnings = warnings
         self.shadow = shadow  # the same with dry-run policies enforced; None when there are none
-        self.empty = not (deny or allow or audit or has_allow)
-        self._audit = tuple(audit)
-        self._has_allow = has_allow
-        # Decisions are prebuilt: check() returns a shared object and allocates nothing.
-        self._deny = tuple(
-            (pred, (_decision(False, name, "denied by"), _decision(False, name, "denied by", True)))
-            for pred, name in deny
-        )
-        self._allow = tuple(
-            (pred, (_decision(True, name, "allowed by"), _decision(True, name, "allowed by", True)))
-            for pred, name in allow
-        )
-        self._no_allow_policy = (
-            Decision(True, "", "no ALLOW policy applies", False),
-            Decision(True, "", "no ALLOW policy applies", True),
-        )
-        self._no_match = (
-            Decision(False, "", "no ALLOW policy matched", False),
-            Decision(False, "", "no ALLOW policy matched", True),
-        )
 
-    def check(self, req: RequestAttrs) -> Decision:
-        audited = 0
-        for pred in self._audit:
-            if pred(req):
-                audited = 1
-                break
-        for pred, decisions in self._deny:
-            if pred(req):
-                return decisions[audited]
-        if not self._has_allow:
-            return self._no_allow_policy[audited]
-        for pred, decisions in self._allow:
-            if pred(req):
-                return decisions[audited]
-        return self._no_match[audited]
-
-
-def _decision(allowed: bool, name: str, verb: str, audited: bool = False) -> Decision:
-    action = "DENY" if not allowed else "ALLOW"
-    return Decision(allowed, name, f"{verb} {action} policy {name}", audited)
+    def check(self, req: RequestAttrs) -> Decision:  # replaced per instance in __init__
+        raise NotImplementedError
 
 
 # -- compilation --------------------------------------------------------------------------------
@@ -275,12 +263,18 @@ def compile_policies(
     return _build(enforced, protocol, warnings, shadow)
 
 
+def _decisions(allowed: bool, policy: str, reason: str) -> tuple[Decision, Decision]:
+    """The (not audited, audited) pair: check() returns one of these shared objects."""
+    return Decision(allowed, policy, reason, False), Decision(allowed, policy, reason, True)
+
+
 def _build(
     policies: list[Any], protocol: str, warnings: list[str], shadow: Authorizer | None = None
 ) -> Authorizer:
-    deny: list[tuple[Pred, str]] = []
-    allow: list[tuple[Pred, str]] = []
-    audit: list[Pred] = []
+    gen = _Gen()
+    deny: list[tuple[str, str]] = []
+    allow: list[tuple[str, str]] = []
+    audit: list[str] = []
     has_allow = False
     names = []
     for res in policies:
@@ -291,27 +285,64 @@ def _build(
             # Refused by the validator; if one gets here anyway, fail closed as Istio does
             # for a bad provider (getBadCustomDenyRules).
             _warn(warnings, f"{name}: CUSTOM is not supported; denying every request")
-            deny.append((_true, name))
+            deny.append(("True", name))
             continue
         if action == "ALLOW":
             has_allow = True
         for i, rule in enumerate(res.spec.get("rules") or ()):
-            pred = _Rule(name, i, action, protocol, res.namespace, warnings).compile(rule)
-            if pred is None:
+            expr = _Rule(gen, name, i, action, protocol, res.namespace, warnings).compile(rule)
+            if expr is None:
                 continue  # an ALLOW rule that cannot be evaluated never matches
             if action == "DENY":
-                deny.append((pred, name))
+                deny.append((expr, name))
             elif action == "ALLOW":
-                allow.append((pred, name))
+                allow.append((expr, name))
             elif action == "AUDIT":
-                audit.append(pred)
-    return Authorizer(deny, allow, audit, has_allow, names, warnings, shadow)
+                audit.append(expr)
+    lines = ["def check(r):"]
+    if audit:
+        lines.append("    a = 1 if " + " or ".join(f"({e})" for e in audit) + " else 0")
+    else:
+        lines.append("    a = 0")
+    for expr, name in deny:
+        d = gen.bind(_decisions(False, name, f"denied by DENY policy {name}"))
+        lines.append(f"    if {expr}:\n        return {d}[a]")
+    if has_allow:
+        for expr, name in allow:
+            d = gen.bind(_decisions(True, name, f"allowed by ALLOW policy {name}"))
+            lines.append(f"    if {expr}:\n        return {d}[a]")
+        last = gen.bind(_decisions(False, "", "no ALLOW policy matched"))
+    else:
+        last = gen.bind(_decisions(True, "", "no ALLOW policy applies"))
+    lines.append(f"    return {last}[a]")
+    source = "\n".join(lines) + "\n"
+    namespace = dict(gen.ns)
+    exec(compile(source, "<meshlet authz>", "exec"), namespace)  # names only, see Authorizer
+    empty = not (deny or allow or audit or has_allow)
+    return Authorizer(namespace["check"], source, empty, names, warnings, shadow)
 
 
 def _warn(warnings: list[str], msg: str) -> None:
     if msg not in warnings:
         warnings.append(msg)
         log.warning("authorization: %s", msg)
+
+
+class _Gen:
+    """Names for the constants the generated code refers to."""
+
+    def __init__(self) -> None:
+        self.ns: dict[str, Any] = {"__builtins__": {}}
+        self._ids: dict[int, str] = {}
+
+    def bind(self, value: Any) -> str:
+        key = id(value)
+        name = self._ids.get(key)
+        if name is None:
+            name = f"_k{len(self._ids)}"
+            self._ids[key] = name
+            self.ns[name] = value
+        return name
 
 
 _HTTP_ONLY = frozenset(
@@ -327,21 +358,23 @@ class _Unsupported(Exception):
 
 
 class _Rule:
-    """Compiles one rule of one policy; carries what the fail-closed choice depends on."""
+    """Compiles one rule of one policy into a boolean expression over ``r``; carries what the
+    fail-closed choice depends on."""
 
     def __init__(
-        self, policy: str, index: int, action: str, protocol: str, namespace: str,
+        self, gen: _Gen, policy: str, index: int, action: str, protocol: str, namespace: str,
         warnings: list[str],
     ) -> None:  # fmt: skip
+        self.gen = gen
         self.where = f"{policy}: rules[{index}]"
         self.action = action
         self.protocol = protocol
         self.namespace = namespace
         self.warnings = warnings
 
-    def compile(self, rule: Mapping[str, Any]) -> Pred | None:
+    def compile(self, rule: Mapping[str, Any]) -> str | None:
         try:
-            clauses: list[Pred] = []
+            clauses: list[str] = []
             sources = [self._source(f.get("source") or {}) for f in rule.get("from") or ()]
             if sources:
                 clauses.append(_any(sources))
@@ -362,8 +395,9 @@ class _Rule:
         _warn(self.warnings, f"{self.where}: {what} {why}; ignored, which widens the "
                              f"{self.action}")  # fmt: skip
 
-    def _source(self, source: Mapping[str, Any]) -> Pred:
-        preds: list[Pred] = []
+    def _source(self, source: Mapping[str, Any]) -> str:
+        g = self.gen
+        exprs: list[str] = []
         for key, values in source.items():
             if key in _NO_ATTRIBUTE:
                 self._unsupported(key, "needs JWT authentication, which meshlet lacks")
@@ -371,19 +405,22 @@ class _Rule:
             neg = key.startswith("not")
             base = key[3].lower() + key[4:] if neg else key
             if base == "principals":
-                preds.append(_principal(_strings(values), neg))
+                e = f"(r.mtls and {_str(g, values, 'r.source_principal')})"
             elif base == "namespaces":
-                preds.append(_namespace(_strings(values), neg))
+                e = f"(r.mtls and {_str(g, values, 'r.source_namespace')})"
             elif base == "serviceAccounts":
-                preds.append(_service_accounts(values, self.namespace, neg))
+                e = f"{g.bind(_service_accounts(values, self.namespace))}(r)"
             elif base in ("ipBlocks", "remoteIpBlocks"):
-                preds.append(_ip(_ipset(values), neg))
+                e = f"{g.bind(_ip_matcher(values))}(r.source_ip)"
             else:
                 self._unsupported(key, "is not supported")
-        return _all(preds)
+                continue
+            exprs.append(_not(e) if neg else e)
+        return _all(exprs)
 
-    def _operation(self, op: Mapping[str, Any]) -> Pred:
-        preds: list[Pred] = []
+    def _operation(self, op: Mapping[str, Any]) -> str:
+        g = self.gen
+        exprs: list[str] = []
         for key, values in op.items():
             if self.protocol == "tcp" and key in _HTTP_ONLY:
                 self._unsupported(key, "is HTTP-only and this is a TCP authorizer")
@@ -391,103 +428,85 @@ class _Rule:
             neg = key.startswith("not")
             base = key[3].lower() + key[4:] if neg else key
             if base == "hosts":
-                preds.append(_host(_strings(values, lower=True), neg))
+                e = _str(g, values, "r.host.lower()", lower=True)
             elif base == "ports":
-                preds.append(_port(frozenset(int(p) for p in values), neg))
+                e = f"r.port in {g.bind(frozenset(int(p) for p in values))}"
             elif base == "methods":
-                preds.append(_method(_strings(values), neg))
+                e = _str(g, values, "r.method")
             elif base == "paths":
-                preds.append(_path(_paths(values), neg))
+                e = _paths(g, values)
             else:
                 self._unsupported(key, "is not supported")
-        return _all(preds)
+                continue
+            exprs.append(_not(e) if neg else e)
+        return _all(exprs)
 
-    def _condition(self, cond: Mapping[str, Any]) -> list[Pred]:
+    def _condition(self, cond: Mapping[str, Any]) -> list[str]:
+        g = self.gen
         key = cond.get("key", "")
-        preds: list[Pred] = []
+        exprs: list[str] = []
         header = _HEADER_KEY.match(key)
-        if header is not None:
-            if self.protocol == "tcp":
-                self._unsupported(key, "is HTTP-only and this is a TCP authorizer")
-                return []
-            name = header.group(1).strip().lower()
-            for field, neg in (("values", False), ("notValues", True)):
-                if field in cond:
-                    preds.append(_header(name, _strings(cond[field]), neg))
-            return preds
         for field, neg in (("values", False), ("notValues", True)):
             if field not in cond:
                 continue
             values = cond[field]
-            if key in ("source.ip", "remote.ip"):
-                preds.append(_ip(_ipset(values), neg))
+            if header is not None:
+                if self.protocol == "tcp":
+                    self._unsupported(key, "is HTTP-only and this is a TCP authorizer")
+                    return []
+                name = g.bind(header.group(1).strip().lower())
+                e = _str(g, values, f"r.headers({name})")
+            elif key in ("source.ip", "remote.ip"):
+                e = f"{g.bind(_ip_matcher(values))}(r.source_ip)"
             elif key == "source.namespace":
-                preds.append(_namespace(_strings(values), neg))
+                e = f"(r.mtls and {_str(g, values, 'r.source_namespace')})"
             elif key == "source.principal":
-                preds.append(_principal(_strings(values), neg))
+                e = f"(r.mtls and {_str(g, values, 'r.source_principal')})"
             elif key == "destination.port":
-                preds.append(_port(frozenset(int(v) for v in values), neg))
+                e = f"r.port in {g.bind(frozenset(int(v) for v in values))}"
             elif key.startswith("request.auth."):
                 self._unsupported(key, "needs JWT authentication, which meshlet lacks")
                 return []
             else:
                 self._unsupported(key, "cannot be evaluated by the sidecar")
                 return []
-        return preds
+            exprs.append(_not(e) if neg else e)
+        return exprs
 
 
-# -- predicates ---------------------------------------------------------------------------------
-# Each returns a closure over precompiled data; nothing here allocates per call except
-# ``host.lower()``.
+# -- expressions --------------------------------------------------------------------------------
 
 
-def _true(req: RequestAttrs) -> bool:
-    return True
+def _all(exprs: list[str]) -> str:
+    if not exprs:
+        return "True"
+    return exprs[0] if len(exprs) == 1 else "(" + " and ".join(exprs) + ")"
 
 
-def _false(req: RequestAttrs) -> bool:
-    return False
+def _any(exprs: list[str]) -> str:
+    if "True" in exprs:
+        return "True"
+    return exprs[0] if len(exprs) == 1 else "(" + " or ".join(exprs) + ")"
 
 
-def _all(preds: list[Pred]) -> Pred:
-    if not preds:
-        return _true
-    if len(preds) == 1:
-        return preds[0]
-    items = tuple(preds)
-
-    def all_of(req: RequestAttrs) -> bool:
-        for p in items:  # noqa: SIM110 (a loop, not a generator: no allocation per call)
-            if not p(req):
-                return False
-        return True
-
-    return all_of
+def _not(expr: str) -> str:
+    return f"(not {expr})"
 
 
-def _any(preds: list[Pred]) -> Pred:
-    if not preds:
-        return _false
-    if _true in preds:
-        return _true
-    if len(preds) == 1:
-        return preds[0]
-    items = tuple(preds)
-
-    def any_of(req: RequestAttrs) -> bool:
-        for p in items:  # noqa: SIM110
-            if p(req):
-                return True
-        return False
-
-    return any_of
+def _str(g: _Gen, values: Iterable[str], value: str, lower: bool = False) -> str:
+    """An expression matching ``value`` (evaluated once) against an ORed list of Istio string
+    matches; ``None`` and ``""`` never match. Exact sets inline as one frozenset lookup."""
+    m = _strings(values, lower)
+    if isinstance(m, frozenset):
+        return f"({value} in {g.bind(m)})"
+    return f"{g.bind(m)}({value})"
 
 
 StrMatch = Callable[[Any], bool]
 
 
-def _strings(values: Iterable[str], lower: bool = False) -> StrMatch:
-    """One matcher for an ORed list of Istio string matches; ``None`` and ``""`` never match."""
+def _strings(values: Iterable[str], lower: bool = False) -> frozenset[str] | StrMatch:
+    """A frozenset (exact values only) or a matcher function for an ORed list of matches."""
     exact: set[str] = set()
     prefixes: list[str] = []
     suffixes: list[str] = []
@@ -506,7 +525,7 @@ def _strings(values: Iterable[str], lower: bool = False) -> StrMatch:
     pre = tuple(prefixes)
     suf = tuple(suffixes)
     if not pre and not suf:
-        return ex.__contains__
+        return ex
     if not pre:
         return lambda s: s in ex or (s is not None and s.endswith(suf))
     if not suf:
@@ -514,61 +533,29 @@ def _strings(values: Iterable[str], lower: bool = False) -> StrMatch:
     return lambda s: s in ex or (s is not None and (s.startswith(pre) or s.endswith(suf)))
 
 
-def _principal(m: StrMatch, neg: bool) -> Pred:
-    if neg:
-        return lambda r: not (r.mtls and m(r.source_principal))
-    return lambda r: r.mtls and m(r.source_principal)
-
-
-def _namespace(m: StrMatch, neg: bool) -> Pred:
-    if neg:
-        return lambda r: not (r.mtls and m(r.source_namespace))
-    return lambda r: r.mtls and m(r.source_namespace)
-
-
-def _service_accounts(values: Iterable[str], policy_ns: str, neg: bool) -> Pred:
+def _service_accounts(values: Iterable[str], policy_ns: str) -> Callable[[RequestAttrs], bool]:
     # "<ns>/<sa>" or "<sa>" (the policy's namespace); matched as "<td>/ns/<ns>/sa/<sa>" with a
     # non-empty trust domain. No wildcards, no regex: dots are dots (CVE-2026-39350).
     suffixes = tuple(
         "/ns/{}/sa/{}".format(*(v.split("/", 1) if "/" in v else (policy_ns, v))) for v in values
     )
 
-    def m(r: RequestAttrs) -> bool:
+    def match(r: RequestAttrs) -> bool:
         p = r.source_principal
         return bool(r.mtls and p and p.endswith(suffixes) and not p.startswith("/ns/"))
 
-    if neg:
-        return lambda r: not m(r)
-    return m
+    return match
 
 
-def _host(m: StrMatch, neg: bool) -> Pred:
-    if neg:
-        return lambda r: not m(r.host.lower())
-    return lambda r: m(r.host.lower())
-
-
-def _port(ports: frozenset[int], neg: bool) -> Pred:
-    if neg:
-        return lambda r: r.port not in ports
-    return lambda r: r.port in ports
-
-
-def _method(m: StrMatch, neg: bool) -> Pred:
-    if neg:
-        return lambda r: not m(r.method)
-    return lambda r: m(r.method)
-
-
-def _paths(values: Iterable[str]) -> StrMatch:
+def _paths(g: _Gen, values: Iterable[str]) -> str:
+    values = list(values)
     plain = [v for v in values if "{" not in v]
     templates = [v for v in values if "{" in v]
-    m = _strings(plain)
-    if not templates:
-        return m
-    rx = re.compile("|".join(f"(?:{_template(t)})" for t in templates))
-    fullmatch = rx.fullmatch
-    return lambda s: m(s) or (s is not None and fullmatch(s) is not None)
+    exprs = [_str(g, plain, "r.path")] if plain else []
+    if templates:
+        rx = re.compile("|".join(f"(?:{_template(t)})" for t in templates))
+        exprs.append(f"({g.bind(rx.fullmatch)}(r.path) is not None)")
+    return _any(exprs)
 
 
 def _template(t: str) -> str:
@@ -584,18 +571,6 @@ def _template(t: str) -> str:
 
 def _segment(s: str) -> str:
     return "[^/]+" if s == "{*}" else re.escape(s)
-
-
-def _path(m: StrMatch, neg: bool) -> Pred:
-    if neg:
-        return lambda r: not m(r.path)
-    return lambda r: m(r.path)
-
-
-def _header(name: str, m: StrMatch, neg: bool) -> Pred:
-    if neg:
-        return lambda r: not m(r.headers(name))
-    return lambda r: m(r.headers(name))
 
 
 # IPs: networks as (version, network int, mask int); request addresses parsed once and cached.
@@ -620,25 +595,21 @@ def _parse_ip(s: str) -> tuple[int, int] | None:
     return val
 
 
-def _ipset(values: Iterable[str]) -> tuple[tuple[int, int, int], ...]:
+def _ip_matcher(values: Iterable[str]) -> Callable[[str], bool]:
     nets = []
     for v in values:
         net = ipaddress.ip_network(v, strict=False)
         nets.append((net.version, int(net.network_address), int(net.netmask)))
-    return tuple(nets)
+    items = tuple(nets)
 
-
-def _ip(nets: tuple[tuple[int, int, int], ...], neg: bool) -> Pred:
-    def m(r: RequestAttrs) -> bool:
-        addr = _parse_ip(r.source_ip)
+    def match(ip: str) -> bool:
+        addr = _parse_ip(ip)
         if addr is None:
             return False
         version, value = addr
-        for v, net, mask in nets:  # noqa: SIM110
+        for v, net, mask in items:  # noqa: SIM110 (a loop, not a generator: no allocation)
             if v == version and value & mask == net:
                 return True
         return False
 
-    if neg:
-        return lambda r: not m(r)
-    return m
+    return match

@@ -26,7 +26,7 @@ Istio's strictest setting, in Istio's fixed order:
 Path *case* is not normalized (Istio does not either): ``/ADMIN`` stays ``/ADMIN``. A backend that
 treats paths case-insensitively needs ALLOW rules with positive matches, not DENY rules.
 
-The common, already-clean path costs one precompiled regex search and no allocation.
+The common, already-clean path costs one precompiled character-class match and no allocation.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ import re
 
 __all__ = ["normalize_path", "normalize_target"]
 
-# Anything that might need work; a path without any of these is returned as it is.
-_NEEDS_WORK = re.compile(r"[%\\;?#\x00-\x20\x7f-\U0010ffff]|//|/\.")
+# A path made only of these characters, with no "//" and no "/.", is already normal and is
+# returned as it is (one fullmatch of a character class: the cheapest test measured).
+_CLEAN = re.compile(r"/[A-Za-z0-9/\-_~!$&'()*+,=:@.]*")
 _BAD_CHAR = re.compile(r"[\x00-\x20\x7f-\U0010ffff]")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -52,10 +53,10 @@ def normalize_path(
     """
     if not raw_path:
         return None
-    if _NEEDS_WORK.search(raw_path) is None:
-        if raw_path[0] == "/" or raw_path == "*":
-            return raw_path
-        return None
+    if _CLEAN.fullmatch(raw_path) is not None and "//" not in raw_path and "/." not in raw_path:
+        return raw_path
+    if raw_path == "*":
+        return raw_path
     return _slow(raw_path, decode_slashes, path_params)
 
 

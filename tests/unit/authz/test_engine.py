@@ -341,3 +341,30 @@ def test_merged_header_getter() -> None:
 def test_check_returns_shared_decisions() -> None:
     authz = compile_policies([ap("p", ALLOW_ALL)], "default", {})
     assert authz.check(req()) is authz.check(req(path="/other"))
+
+
+def test_config_values_never_become_code() -> None:
+    # The check is generated code; every config value is bound by name, never pasted in.
+    evil = '/x") or True or ("'
+    authz = compile_policies([ap("p", {"rules": [{"to": [{"operation": {
+        "paths": [evil], "methods": ["GET'] or True or ['"]}}]}]})], "default", {})  # fmt: skip
+    assert evil not in authz.source and "True or" not in authz.source
+    assert not authz.check(req(path="/items")).allowed
+    assert not authz.check(req(path=evil)).allowed  # the method does not match either
+
+
+def test_request_attrs_from_a_head() -> None:
+    from proxy.authz.engine import request_attrs
+    from proxy.http1.parser import parse_request_head
+
+    head, _ = parse_request_head(
+        b"GET /a/../items?x=1 HTTP/1.1\r\nHost: Inventory:8080\r\nX-A: 1\r\nx-a: 2\r\n\r\n"
+    )
+    r = request_attrs(head, "/items", peer_spiffe_id="spiffe://" + ORDERS, peer_ip="10.0.0.7",
+                      port=8080, tls=True)  # fmt: skip
+    assert (r.source_principal, r.source_namespace, r.mtls) == (ORDERS, "default", True)
+    assert (r.method, r.host, r.path, r.port, r.headers("x-a")) == (
+        "GET", "Inventory:8080", "/items", 8080, "1,2")  # fmt: skip
+    plain = request_attrs(head, "/items", peer_spiffe_id="spiffe://" + ORDERS,
+                          peer_ip="10.0.0.7", port=8080, tls=False)  # fmt: skip
+    assert (plain.source_principal, plain.mtls) == (None, False)
