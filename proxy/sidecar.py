@@ -86,7 +86,13 @@ class Sidecar:
         table = compile_table(resources, registry, self.opts.namespace, self.runtime.labels, version)
         for w in table.warnings:
             log.warning("config %s: %s", version, w)
+        from proxy.authz.engine import compile_policies
+
+        authz = compile_policies(resources, self.opts.namespace, self.runtime.labels)
+        for w in authz.warnings:
+            log.warning("config %s: %s", version, w)
         self.runtime.mtls_mode = self._mtls_mode(resources)
+        self.runtime.authz = authz
         self.runtime.swap(table)
         self.resources = list(resources)
         self.registry = list(registry)
@@ -215,7 +221,19 @@ class Sidecar:
         if self.identity is None:
             return
         ident = self.identity
-        self.runtime.client_ssl = ident.client_context
+        seen: dict[int, Any] = {}
+
+        def h1_client_context() -> Any:
+            # HTTP/1.1 pools must not be answered in h2: offer only http/1.1 by ALPN on the
+            # contexts they use (the context object changes with each certificate renewal)
+            ctx = ident.client_context()
+            if id(ctx) not in seen:
+                seen.clear()
+                ctx.set_alpn_protocols(["http/1.1"])
+                seen[id(ctx)] = ctx
+            return ctx
+
+        self.runtime.client_ssl = h1_client_context
         sid = ident.spiffe_id
         if sid is not None:
             self.runtime.spiffe_id = str(sid)
@@ -339,6 +357,8 @@ class Sidecar:
                 for vh in {id(v): v for v in t.hosts.values()}.values()
             ],
             "warnings": list(t.warnings),
+            "authorization_policies": list(self.runtime.authz.policies) if self.runtime.authz else [],
+            "mtls_mode": self.runtime.mtls_mode,
         }
 
     def clusters_view(self) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from proxy.server.channel import ChannelClosed
 from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops
 from proxy.server.upstream import UpstreamReset
 from proxy.resilience.deadline import attempt_timeout, format_timeout_ms, parse_expected_timeout_ms
+from proxy.authz.engine import RequestAttrs, merged_header_getter
+from proxy.authz.normalize import normalize_target
 from proxy.server.policy import RoutePolicy
 from proxy.telemetry.tracing import PROPAGATION_HEADERS, extract, inject, new_context
 
@@ -123,9 +125,25 @@ class Forwarder:
         ex.mtls = down.tls and bool(down.peer_principal)
         cluster = rt.inbound_cluster
         ex.cluster = cluster.name
-        denied = rt.authorize(down, head)
-        if denied is not None:
-            return self._local(down, head, ex, 403, "RBAC", "inbound", denied)
+        # what is authorized is what is forwarded: normalize first, refuse what cannot be
+        target = head.target
+        norm = normalize_target(target) if target[:1] == "/" else (head.path, head.query)
+        if norm is None:
+            return self._local(down, head, ex, 400, "DPE", "inbound", "Bad Request")
+        path, query = norm
+        if path != head.path:
+            target = path + "?" + query if query else path
+        authz = rt.authz
+        if authz is not None and not authz.empty:
+            principal = down.peer_principal
+            decision = authz.check(RequestAttrs(
+                source_principal=principal[9:] if principal.startswith("spiffe://") else principal,
+                source_ip=down.peer[0], method=head.method, host=head.host, port=cluster.port,
+                path=path, headers=merged_header_getter(head.headers), mtls=ex.mtls,
+            ))
+            if not decision.allowed:
+                ex.route = decision.policy
+                return self._local(down, head, ex, 403, "RBAC", "inbound", "RBAC: access denied")
         extra = self._inbound_headers(down, head, ex)
         headers = head.headers
         if any(n in SPOOFABLE_INBOUND for n, _ in headers):
@@ -137,8 +155,7 @@ class Forwarder:
             t = parse_expected_timeout_ms(budget)
             if t is not None:
                 policy = RoutePolicy(t, policy.retry, None, None, None)
-        await self._forward(down, head, head.target, headers, extra, cluster, policy, ex,
-                            "inbound", None)
+        await self._forward(down, head, target, headers, extra, cluster, policy, ex, "inbound", None)
 
     # -- headers -----------------------------------------------------------------------------------
     def _trace(self, head: Any, ex: Exchange, extra: list[str]) -> None:

@@ -69,7 +69,7 @@ class Runtime:
         self.client_ssl: Callable[[], ssl.SSLContext | None] = lambda: None
         self.peer_identity: Callable[[Any], str | None] | None = None
         self.mtls_mode = "PERMISSIVE"  # inbound PeerAuthentication mode in force
-        self.authorizer: Callable[[Any, Any], str | None] | None = None
+        self.authz: Any = None  # the compiled AuthorizationPolicies for this workload
         self.recorder: Callable[[Any, Any, str], None] | None = None
         self.local_reply_counter: Callable[[int, str], None] | None = None
         self.mirrors_in_flight = 0
@@ -185,11 +185,6 @@ class Runtime:
             self.retry_counter(dest, outcome)
 
     # -- policy hooks ----------------------------------------------------------------------------
-    def authorize(self, down: Any, head: Any) -> str | None:
-        if self.authorizer is None:
-            return None
-        return self.authorizer(down, head)
-
     def record(self, ex: Any, head: Any, reporter: str) -> None:
         if self.recorder is not None:
             self.recorder(ex, head, reporter)

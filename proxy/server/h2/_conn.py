@@ -1,0 +1,235 @@
+"""What the HTTP/2 server and client protocols share: one ``h2`` engine driven by an asyncio
+transport, and per-stream flow control tied to backpressure in both directions.
+
+Receiving: DATA is acknowledged (WINDOW_UPDATE) only while the stream's :class:`BodyChannel`
+is below its high-water mark; once the reader falls behind, acknowledgements are held back, so
+the peer's window closes and it stops sending. Nothing is buffered beyond one window plus the
+channel's high-water mark.
+
+Sending: each stream queues outgoing DATA and sends what the peer's windows allow; the stream
+reports ``paused`` while more than ``OUT_HIGH`` bytes wait or the transport's write buffer is
+full, and :meth:`StreamIO.drain` resumes the producer once the window opens again.
+
+``h2`` is the engine for now (research: correctness first). Header validation on the receive
+path is ours (``proxy.http2.validate``, the fast path), so a malformed request is a *stream*
+error, never a connection error, and never forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from h2.connection import H2Connection
+from h2.exceptions import H2Error, StreamClosedError
+from hyperframe.frame import GoAwayFrame
+
+from proxy.server.channel import BodyChannel
+
+OUT_HIGH = 65536  # bytes queued on a stream before its producer is told to wait
+STREAM_WINDOW = 65535
+CONN_WINDOW = 1 << 20
+BODY_HIGH = 262144
+
+
+class StreamIO:
+    """Per-stream state: the inbound body channel and the outbound queue."""
+
+    __slots__ = ("sid", "proto", "body", "out", "out_off", "out_size", "out_end", "out_trailers",
+                 "ended_local", "ended_remote", "closed", "unacked", "in_paused", "_drain",
+                 "opened")
+
+    def __init__(self, proto: H2Base, sid: int) -> None:
+        self.sid = sid
+        self.proto = proto
+        self.body: BodyChannel | None = None
+        self.out: deque[bytes] = deque()
+        self.out_off = 0
+        self.out_size = 0
+        self.out_end = False
+        self.out_trailers: list[tuple[bytes, bytes]] | None = None
+        self.ended_local = False
+        self.ended_remote = False
+        self.closed = False
+        self.unacked = 0
+        self.in_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.opened = proto.loop.time()
+
+    # -- inbound body with held-back acknowledgements ------------------------------------------
+    def open_body(self) -> BodyChannel:
+        self.body = BodyChannel(self._pause_in, self._resume_in, high=BODY_HIGH)
+        return self.body
+
+    def _pause_in(self) -> None:
+        self.in_paused = True
+
+    def _resume_in(self) -> None:
+        self.in_paused = False
+        n = self.unacked
+        if n and not self.proto.closed:
+            self.unacked = 0
+            self.proto.ack(self.sid, n)
+            self.proto.flush()
+
+    # -- outbound ---------------------------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return (self.out_size >= OUT_HIGH or self.proto.write_paused) and not self.closed
+
+    async def drain(self) -> None:
+        while self.paused:
+            if self._drain is None or self._drain.done():
+                self._drain = self.proto.loop.create_future()
+            await self._drain
+
+    def wake(self) -> None:
+        w = self._drain
+        if w is not None and not w.done() and not self.paused:
+            self._drain = None
+            w.set_result(None)
+
+    def wake_always(self) -> None:
+        w = self._drain
+        if w is not None and not w.done():
+            self._drain = None
+            w.set_result(None)
+
+
+class H2Base(asyncio.Protocol):
+    """An ``h2`` connection over an asyncio transport (either side)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: Any) -> None:
+        self.loop = loop
+        self.h2 = H2Connection(config=config)
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, StreamIO] = {}
+        self.closed = False
+        self.write_paused = False
+        self.going_away = False
+
+    # -- output -----------------------------------------------------------------------------------
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def ack(self, sid: int, n: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(n, sid)
+        except (StreamClosedError, H2Error):
+            pass
+
+    def on_data(self, st: StreamIO | None, sid: int, data: bytes, flow_len: int) -> None:
+        """DATA for ``st``: into its body, acknowledged now or once the reader catches up."""
+        if st is None or st.body is None or st.closed:
+            self.ack(sid, flow_len)  # a stream we no longer read: keep the connection window open
+            return
+        if data:
+            st.body.feed(data)
+        if st.in_paused:
+            st.unacked += flow_len
+        elif flow_len:
+            self.ack(sid, flow_len)
+
+    def queue(self, st: StreamIO, data: bytes, end: bool = False,
+              trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        if st.closed or st.out_end:
+            return
+        if data:
+            st.out.append(data)
+            st.out_size += len(data)
+        if end:
+            st.out_end = True
+            st.out_trailers = trailers
+        self.push(st)
+        self.flush()
+
+    def push(self, st: StreamIO) -> None:
+        """Send what the windows allow from ``st``'s queue (then END_STREAM / trailers)."""
+        if st.closed or st.ended_local:
+            return
+        h2 = self.h2
+        sid = st.sid
+        out = st.out
+        try:
+            while out:
+                win = h2.local_flow_control_window(sid)
+                if win <= 0:
+                    break
+                n = min(win, h2.max_outbound_frame_size)
+                chunk = out[0]
+                off = st.out_off
+                left = len(chunk) - off
+                if left <= n:
+                    piece = chunk[off:] if off else chunk
+                    out.popleft()
+                    st.out_off = 0
+                    last = not out and st.out_end and st.out_trailers is None
+                    h2.send_data(sid, piece, end_stream=last)
+                    st.out_size -= left
+                    if last:
+                        st.ended_local = True
+                        self.local_ended(st)
+                        break
+                else:
+                    h2.send_data(sid, chunk[off:off + n])
+                    st.out_off = off + n
+                    st.out_size -= n
+            if not out and st.out_end and not st.ended_local:
+                st.ended_local = True
+                if st.out_trailers:
+                    h2.send_headers(sid, st.out_trailers, end_stream=True)
+                else:
+                    h2.end_stream(sid)
+                self.local_ended(st)
+        except StreamClosedError:
+            st.closed = True
+            st.wake_always()
+            return
+        st.wake()
+
+    def local_ended(self, st: StreamIO) -> None:
+        """Hook: ``st`` has sent END_STREAM."""
+
+    def push_all(self) -> None:
+        for st in list(self.streams.values()):
+            if st.out or (st.out_end and not st.ended_local):
+                self.push(st)
+
+    def reset_stream(self, st: StreamIO, code: int) -> None:
+        if not st.closed:
+            st.closed = True
+            try:
+                self.h2.reset_stream(st.sid, code)
+            except (StreamClosedError, H2Error):
+                pass
+            st.out.clear()
+            st.out_size = 0
+            st.wake_always()
+
+    def goaway(self, code: int, debug: bytes = b"") -> None:
+        """GOAWAY and close: a connection error (built by hand, valid in any engine state)."""
+        if self.closed or self.transport is None:
+            return
+        f = GoAwayFrame(0)
+        f.last_stream_id = self.h2.highest_inbound_stream_id
+        f.error_code = code
+        f.additional_data = debug
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - the engine may be in any state after a violation
+            pass
+        self.transport.write(f.serialize())
+        self.transport.close()
+        self.closed = True
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for st in list(self.streams.values()):
+            st.wake()

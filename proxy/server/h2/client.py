@@ -1,0 +1,536 @@
+"""HTTP/2 to upstreams: few multiplexed connections per endpoint, one stream per request.
+
+:class:`H2UpstreamPool` has the surface of the HTTP/1.1 ``EndpointPool`` (``acquire(timeout)``
+-> ``(conn, reused)``, ``release(conn)``, ``active``, ``close()``), and the per-request object
+it hands out (:class:`H2UpstreamStream`) the surface of an ``UpstreamConnection``
+(``start_request``, ``send_body``, ``end_request``, ``body``, ``response_length``, ``paused``,
+``drain``, ``abort``), so the forwarder drives HTTP/1.1 and HTTP/2 upstreams the same way.
+
+Streams are spread over at most ``max_connections`` connections, each carrying no more than the
+peer's SETTINGS_MAX_CONCURRENT_STREAMS (capped at ``max_streams``); a request waits for a slot
+rather than exceed them. A GOAWAY retires a connection: its streams above the last stream id
+fail as resets with nothing received (safe to retry), the others finish.
+
+h2c (prior knowledge) to a local app; h2 over mTLS between sidecars, where the TLS context must
+offer ALPN "h2" and the peer must select it (else the connection is refused: the caller falls
+back to HTTP/1.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from h2 import events as ev
+from h2.config import H2Configuration
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error, ProtocolError
+from h2.settings import SettingCodes, Settings
+
+from proxy.http1 import parser as h1
+from proxy.server.channel import ChannelClosed
+from proxy.server.h2._conn import CONN_WINDOW, STREAM_WINDOW, H2Base, StreamIO
+from proxy.server.upstream import UpstreamReset
+
+# hop-by-hop and framing fields never sent in HTTP/2; ``te: trailers`` is re-added for gRPC
+_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding",
+                   "upgrade", "trailer", "proxy-authenticate", "proxy-authorization",
+                   "content-length", "expect", "http2-settings", "host"})
+_NO_BODY_STATUS = (204, 304)
+
+
+def _config() -> H2Configuration:
+    # responses are validated by h2 (a malformed one is a connection error -> reset -> 502)
+    return H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True,
+                           normalize_inbound_headers=False, validate_outbound_headers=False,
+                           normalize_outbound_headers=False)
+
+
+class H2ClientConnection(H2Base):
+    def __init__(self, pool: H2UpstreamPool) -> None:
+        super().__init__(pool.loop, _config())
+        self.pool = pool
+        self.by_sid: dict[int, H2UpstreamStream] = {}
+        self.reserved = 0  # acquired, not yet released (started or not)
+        self.started = 0
+        self.idle_since = time.monotonic()
+        self.scheme = b"http"
+        self.peer_principal = ""
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if transport.get_extra_info("ssl_object") is not None:
+            self.scheme = b"https"
+        h2 = self.h2
+        h2.local_settings = Settings(client=True, initial_values={
+            SettingCodes.ENABLE_PUSH: 0,
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
+        })
+        h2.initiate_connection()
+        h2.increment_flow_control_window(CONN_WINDOW - 65535)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except (ProtocolError, H2Error) as exc:
+            self.goaway(getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR)
+            self._fail_all(f"upstream HTTP/2 protocol error: {exc}")
+            return
+        for e in events:
+            t = type(e)
+            if t is ev.DataReceived:
+                s = self.by_sid.get(e.stream_id)
+                self.on_data(s.st if s is not None else None, e.stream_id, e.data,
+                             e.flow_controlled_length)
+            elif t is ev.ResponseReceived:
+                s = self.by_sid.get(e.stream_id)
+                if s is not None:
+                    s.on_response(e.headers, e.stream_ended is not None)
+            elif t is ev.TrailersReceived:
+                s = self.by_sid.get(e.stream_id)
+                if s is not None:
+                    s.trailers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in e.headers]
+            elif t is ev.StreamEnded:
+                s = self.by_sid.get(e.stream_id)
+                if s is not None:
+                    s.on_end()
+            elif t is ev.StreamReset:
+                s = self.by_sid.get(e.stream_id)
+                if s is not None:
+                    s.on_reset(f"upstream reset the stream ({e.error_code!r})",
+                               e.error_code == ErrorCodes.REFUSED_STREAM)
+            elif t is ev.WindowUpdated:
+                if e.stream_id:
+                    s = self.by_sid.get(e.stream_id)
+                    if s is not None:
+                        self.push(s.st)
+                else:
+                    self.push_all()
+            elif t is ev.RemoteSettingsChanged:
+                if SettingCodes.INITIAL_WINDOW_SIZE in e.changed_settings:
+                    self.push_all()
+                self.pool.wake()
+            elif t is ev.ConnectionTerminated:
+                self.going_away = True
+                last = e.last_stream_id if e.last_stream_id is not None else 0
+                for sid, s in list(self.by_sid.items()):
+                    if sid > last:
+                        s.on_reset("upstream sent GOAWAY", True)
+                self.pool.discard(self)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        self._fail_all("upstream connection closed")
+
+    def _fail_all(self, why: str) -> None:
+        for s in list(self.by_sid.values()):
+            s.on_reset(why, False)
+
+    # -- capacity ----------------------------------------------------------------------------------
+    def capacity(self) -> int:
+        if self.closed or self.going_away:
+            return 0
+        limit = min(self.h2.remote_settings.max_concurrent_streams, self.pool.max_streams)
+        return limit - self.reserved
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.h2.close_connection()
+                self.flush()
+            except H2Error:
+                pass
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class H2UpstreamStream:
+    """One request on a pooled HTTP/2 connection, with an ``UpstreamConnection``'s surface."""
+
+    __slots__ = ("conn", "st", "head_waiter", "head", "body", "mode", "length", "trailers",
+                 "got_bytes", "keep_alive", "tunnel", "closed", "request_method", "released",
+                 "no_body", "requests")
+
+    def __init__(self, conn: H2ClientConnection) -> None:
+        self.conn = conn
+        self.st: StreamIO | None = None
+        self.head_waiter: asyncio.Future[Any] | None = None
+        self.head: Any = None
+        self.body: Any = None
+        self.mode = h1.MODE_CHUNKED
+        self.length = -1
+        self.trailers: list[tuple[str, str]] | None = None
+        self.got_bytes = False
+        self.keep_alive = True
+        self.tunnel = None
+        self.closed = False
+        self.request_method = "GET"
+        self.released = False
+        self.no_body = False
+        self.requests = 1
+
+    @property
+    def peer_principal(self) -> str:
+        return self.conn.peer_principal
+
+    # -- request ---------------------------------------------------------------------------------
+    def start_request(self, method: str, target: str, headers: list[tuple[str, str]],
+                      connection_tokens: tuple[str, ...], extra: list[str],
+                      drop: frozenset[str] | None = None) -> asyncio.Future[Any]:
+        conn = self.conn
+        fut: asyncio.Future[Any] = conn.loop.create_future()
+        self.head_waiter = fut
+        self.request_method = method
+        if conn.closed or conn.going_away:
+            self.head_waiter = None
+            fut.set_exception(UpstreamReset("upstream connection closed before the request"))
+            return fut
+        authority = ""
+        regular: list[tuple[bytes, bytes]] = []
+        skip = frozenset(connection_tokens) if connection_tokens else None
+        grpc_te = False
+        for name, value in headers:
+            if name == "host":
+                if not authority:
+                    authority = value
+                continue
+            if name == "te":
+                grpc_te = grpc_te or value.strip().lower() == "trailers"
+                continue
+            if name in _DROP or (drop is not None and name in drop) or (skip and name in skip):
+                continue
+            if name == "content-type" and value.startswith("application/grpc"):
+                grpc_te = True
+            regular.append((name.encode("latin-1"), value.encode("latin-1")))
+        has_body = False
+        for line in extra:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            value = value.strip()
+            if name == "transfer-encoding":
+                has_body = True
+                continue
+            if name == "content-length":
+                if value != "0":
+                    has_body = True
+                    regular.append((b"content-length", value.encode("latin-1")))
+                continue
+            if name in _DROP:
+                continue
+            regular.append((name.encode("latin-1"), value.encode("latin-1")))
+        if grpc_te:
+            regular.append((b"te", b"trailers"))
+        out = [(b":method", method.encode("latin-1")), (b":scheme", conn.scheme),
+               (b":authority", authority.encode("latin-1")), (b":path", target.encode("latin-1"))]
+        out.extend(regular)
+        h2 = conn.h2
+        try:
+            sid = h2.get_next_available_stream_id()
+            h2.send_headers(sid, out, end_stream=not has_body)
+        except H2Error as exc:
+            self.head_waiter = None
+            fut.set_exception(UpstreamReset(f"upstream stream refused: {exc}"))
+            return fut
+        st = StreamIO(conn, sid)
+        st.open_body()
+        self.body = st.body
+        if not has_body:
+            st.out_end = True
+            st.ended_local = True
+        self.st = st
+        conn.streams[sid] = st
+        conn.by_sid[sid] = self
+        conn.started += 1
+        conn.flush()
+        return fut
+
+    def send_body(self, data: bytes) -> None:
+        if self.st is not None and data:
+            self.conn.queue(self.st, data)
+
+    def end_request(self, trailers: list[tuple[str, str]] | None) -> None:
+        st = self.st
+        if st is None or st.out_end:
+            return
+        t = None
+        if trailers:
+            t = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in trailers
+                 if n not in _DROP and n[:1] != ":"]
+        self.conn.queue(st, b"", True, t or None)
+
+    # the pre-sink name and raw write, kept for older callers
+    def write(self, data: bytes) -> None:
+        self.send_body(data)
+
+    @property
+    def paused(self) -> bool:
+        return self.st is not None and self.st.paused
+
+    @property
+    def _paused_writing(self) -> bool:
+        return self.paused
+
+    async def drain(self) -> None:
+        if self.st is not None:
+            await self.st.drain()
+
+    def response_length(self) -> tuple[bool, int]:
+        return self.no_body, self.length
+
+    # -- response --------------------------------------------------------------------------------
+    def on_response(self, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
+        self.got_bytes = True
+        status = 0
+        headers: list[tuple[str, str]] = []
+        length = -1
+        for n, v in raw:
+            if n == b":status":
+                status = int(v)
+                continue
+            if n[:1] == b":":
+                continue
+            name = n.decode("latin-1")
+            value = v.decode("latin-1")
+            if name == "content-length":
+                length = int(value)
+            headers.append((name, value))
+        from proxy.server.local_reply import reason
+
+        head = h1.ResponseHead(status=status, reason=reason(status), version=20, headers=headers,
+                               content_length=length, chunked=False, keep_alive=True,
+                               connection=())
+        self.head = head
+        if status in _NO_BODY_STATUS or self.request_method == "HEAD":
+            self.no_body = True
+            self.mode = h1.MODE_NONE
+            self.length = length
+        elif ended:
+            self.mode = h1.MODE_LENGTH
+            self.length = 0
+            head.content_length = 0
+        elif length >= 0:
+            self.mode = h1.MODE_LENGTH
+            self.length = length
+        else:
+            self.mode = h1.MODE_CHUNKED
+        if ended and self.body is not None:
+            self.body.feed_eof()
+        w = self.head_waiter
+        self.head_waiter = None
+        if w is not None and not w.done():
+            w.set_result(head)
+
+    def on_end(self) -> None:
+        st = self.st
+        if st is not None:
+            st.ended_remote = True
+        if self.body is not None and not self.body._eof:
+            self.body.feed_eof(self.trailers)
+        self._maybe_forget()
+
+    def on_reset(self, why: str, refused: bool) -> None:
+        self.closed = True
+        st = self.st
+        if st is not None:
+            st.closed = True
+            st.wake_always()
+        w = self.head_waiter
+        self.head_waiter = None
+        if w is not None and not w.done():
+            if refused:
+                self.got_bytes = False
+            w.set_exception(UpstreamReset(why, False))
+        elif self.body is not None and not self.body.at_eof:
+            self.body.set_exception(ChannelClosed(why))
+        self._forget()
+
+    def _maybe_forget(self) -> None:
+        st = self.st
+        if st is not None and st.ended_remote and st.ended_local:
+            self._forget()
+
+    def _forget(self) -> None:
+        st = self.st
+        if st is not None:
+            self.conn.streams.pop(st.sid, None)
+            self.conn.by_sid.pop(st.sid, None)
+
+    # -- teardown ----------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        st = self.st
+        return st is not None and st.ended_local and st.ended_remote and not self.closed
+
+    def abort(self) -> None:
+        """Give up on this request (RST_STREAM CANCEL); the connection lives on."""
+        st = self.st
+        if st is not None and not st.closed and not (st.ended_local and st.ended_remote):
+            self.conn.reset_stream(st, ErrorCodes.CANCEL)
+            self.conn.flush()
+        self.closed = True
+        w = self.head_waiter
+        self.head_waiter = None
+        if w is not None and not w.done():
+            w.cancel()
+        self._forget()
+
+    def close(self) -> None:
+        self.abort()
+
+    @property
+    def reusable(self) -> bool:
+        return False
+
+
+class H2UpstreamPool:
+    """HTTP/2 connections to one endpoint (address:port, h2c or h2 over mTLS)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: Callable[[], ssl.SSLContext | None] | None = None,
+        idle_timeout: float = 55.0,
+        max_requests: int = 0,
+        verify_peer: Callable[[Any], bool] | None = None,
+        max_connections: int = 4,
+        max_streams: int = 100,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.ssl = ssl_context
+        self.server_hostname = "" if ssl_context is not None else None
+        self.idle_timeout = idle_timeout
+        self.max_requests = max_requests
+        self.verify_peer = verify_peer
+        self.max_connections = max_connections
+        self.max_streams = max_streams
+        self.conns: list[H2ClientConnection] = []
+        self.connecting = 0
+        self.active = 0
+        self.loop = asyncio.get_event_loop()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.peer_principal = ""
+
+    async def acquire(self, timeout: float) -> tuple[H2UpstreamStream, bool]:
+        """A stream slot on a connection with room (opening one when needed) and whether the
+        connection had carried streams before (a reused one may have just gone away)."""
+        self.loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while True:
+                best = None
+                for c in self.conns:
+                    room = c.capacity()
+                    if room > 0 and (best is None or room > best.capacity()):
+                        best = c
+                        if c.reserved == 0:
+                            break
+                if best is not None:
+                    return self._reserve(best, best.started > 0)
+                if len(self.conns) + self.connecting < self.max_connections:
+                    conn = await self._connect()
+                    return self._reserve(conn, False)
+                fut = self.loop.create_future()
+                self._waiters.append(fut)
+                try:
+                    await fut
+                finally:
+                    if fut in self._waiters:
+                        self._waiters.remove(fut)
+
+    def _reserve(self, conn: H2ClientConnection, reused: bool) -> tuple[H2UpstreamStream, bool]:
+        conn.reserved += 1
+        self.active += 1
+        return H2UpstreamStream(conn), reused
+
+    async def _connect(self) -> H2ClientConnection:
+        self.connecting += 1
+        try:
+            ctx = self.ssl() if self.ssl is not None else None
+            _, conn = await self.loop.create_connection(
+                lambda: H2ClientConnection(self), self.host, self.port, ssl=ctx,
+                server_hostname=self.server_hostname if ctx is not None else None,
+            )
+        finally:
+            self.connecting -= 1
+        if ctx is not None:
+            sslobj = conn.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
+            if sslobj is None or sslobj.selected_alpn_protocol() != "h2":
+                conn.abort()
+                raise ConnectionError("upstream did not negotiate h2 (ALPN)")
+            if self.verify_peer is not None and not self.verify_peer(sslobj):
+                conn.abort()
+                raise ConnectionError("upstream presented an unexpected identity")
+        self.conns.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
+        return conn
+
+    def release(self, s: H2UpstreamStream) -> None:
+        if s.released:
+            return
+        s.released = True
+        self.active -= 1
+        conn = s.conn
+        conn.reserved -= 1
+        if s.st is not None and not s.finished:
+            s.abort()
+        if not conn.reserved:
+            conn.idle_since = time.monotonic()
+            if conn.going_away and not conn.by_sid:
+                conn.close()
+        if self.max_requests and conn.started >= self.max_requests and not conn.going_away:
+            conn.going_away = True  # no new streams; it closes when its last one is released
+            self.discard(conn)
+            if not conn.reserved:
+                conn.close()
+        self.wake()
+
+    def wake(self) -> None:
+        for w in self._waiters:
+            if not w.done():
+                w.set_result(None)
+        self._waiters.clear()
+
+    def discard(self, conn: H2ClientConnection) -> None:
+        try:
+            self.conns.remove(conn)
+        except ValueError:
+            pass
+        self.wake()
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = time.monotonic() - self.idle_timeout
+        for c in list(self.conns):
+            if not c.reserved and c.idle_since < cutoff:
+                self.conns.remove(c)
+                c.close()
+        if self.conns:
+            self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
+
+    def close(self) -> None:
+        for c in list(self.conns):
+            c.close()
+        self.conns.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self.wake()
