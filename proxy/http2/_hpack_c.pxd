@@ -74,8 +74,8 @@ cdef class Encoder:
     cdef public object never_index
 
     @cython.locals(out=bytearray, name=bytes, value=bytes, index=Py_ssize_t, seq=Py_ssize_t,
-                   size=Py_ssize_t, key=tuple)
-    cpdef bytes encode(self, object headers, bint huffman=*)
+                   size=Py_ssize_t, key=tuple, i=Py_ssize_t)
+    cpdef bytes encode(self, object headers, bint huffman=*, object sensitive=*)
 
     @cython.locals(index=Py_ssize_t, seq=Py_ssize_t)
     cdef Py_ssize_t _name_index(self, bytes name) except -1

@@ -411,19 +411,25 @@ class Encoder:
         if self._pending_min < 0 or value < self._pending_min:
             self._pending_min = value
 
-    def encode(self, headers: list, huffman: bool = True) -> bytes:
+    def encode(self, headers: list, huffman: bool = True, sensitive: object = None) -> bytes:
+        """Encode one header list. ``sensitive``: positions of fields to send never-indexed
+        besides the ``never_index`` names; a proxy passes the decoder's ``never_indexed`` so
+        that a field the client protected stays protected (RFC 7541 7.1.3 requires it)."""
         out = bytearray()
         if self._pending_min >= 0:
             if self._pending_min < self._max_size:
                 _emit_int(out, self._pending_min, 5, 0x20)
             _emit_int(out, self._max_size, 5, 0x20)
             self._pending_min = -1
+        i = -1
         for field in headers:
+            i += 1
             name = field[0]
             value = field[1]
-            if name in self.never_index:
-                _emit_int(out, self._name_index(name), 4, 0x10)
-                if not self._name_index(name):
+            if name in self.never_index or (sensitive is not None and i in sensitive):
+                index = self._name_index(name)
+                _emit_int(out, index, 4, 0x10)
+                if not index:
                     _emit_str(out, name, huffman)
                 _emit_str(out, value, huffman)
                 continue

@@ -47,6 +47,8 @@ class RequestReceived(Event):
     headers: list
     fields: object  # RequestFields
     end_stream: bool
+    #: positions in ``headers`` sent never-indexed: pass to ``send_headers`` when forwarding
+    never_indexed: list = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -55,6 +57,7 @@ class ResponseReceived(Event):
     headers: list
     fields: object  # ResponseFields
     end_stream: bool
+    never_indexed: list = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -67,6 +70,7 @@ class InformationalResponseReceived(Event):
 class TrailersReceived(Event):
     stream_id: int
     headers: list
+    never_indexed: list = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -242,7 +246,15 @@ class H2Connection:
     def get_next_available_stream_id(self) -> int:
         return self._next_local
 
-    def send_headers(self, stream_id: int, headers: list, end_stream: bool = False) -> None:
+    def send_headers(
+        self,
+        stream_id: int,
+        headers: list,
+        end_stream: bool = False,
+        never_indexed: list | None = None,
+    ) -> None:
+        """Queue HEADERS (+ CONTINUATION). ``never_indexed``: positions in ``headers`` to send
+        never-indexed (a proxy passes on the ``never_indexed`` of the event it forwards)."""
         stream = self._streams.get(stream_id)
         if stream is None:
             if stream_id != self._next_local or not self.client_side:
@@ -254,7 +266,7 @@ class H2Connection:
             self._next_local += 2
         if stream.send_closed:
             raise LocalProtocolError(f"stream {stream_id} is closed for sending")
-        block = self._encoder.encode(headers)
+        block = self._encoder.encode(headers, True, never_indexed)
         self._out.append(fr.headers_frame(stream_id, block, end_stream, self._peer_max_frame_size))
         if end_stream:
             self._close_send(stream)
@@ -468,7 +480,8 @@ class H2Connection:
         if stream.headers_received:  # trailers
             if not end_stream:
                 raise H2Error(ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM", sid)
-            events.append(TrailersReceived(sid, validate_trailers(headers, sid)))
+            trailers = validate_trailers(headers, sid)
+            events.append(TrailersReceived(sid, trailers, self._decoder.never_indexed))
             check_content_length(stream.content_length, stream.received, True, sid)
         elif self.client_side:
             fields = validate_response_headers(headers, sid)
@@ -479,14 +492,18 @@ class H2Connection:
                 return
             stream.headers_received = True
             stream.content_length = fields.content_length
-            events.append(ResponseReceived(sid, headers, fields, end_stream))
+            events.append(
+                ResponseReceived(sid, headers, fields, end_stream, self._decoder.never_indexed)
+            )
         else:
             fields = validate_request_headers(headers, sid)
             stream.headers_received = True
             stream.content_length = fields.content_length
             if end_stream:
                 check_content_length(fields.content_length, 0, True, sid)
-            events.append(RequestReceived(sid, headers, fields, end_stream))
+            events.append(
+                RequestReceived(sid, headers, fields, end_stream, self._decoder.never_indexed)
+            )
         if end_stream:
             self._close_recv(stream, events)
 

@@ -272,3 +272,17 @@ def test_garbage_never_raises(data, cuts):
             assert isinstance(e, Event)
         prev = at
         ours.data_to_send()
+
+
+def test_never_indexed_fields_are_forwarded_never_indexed():
+    import hpack
+
+    ours, peer, _ = server()
+    peer.send_headers(1, REQ + [hpack.NeverIndexedHeaderTuple(b"x-api-key", b"k")], end_stream=True)
+    req = ours.receive_data(peer.data_to_send())[0]
+    assert req.never_indexed == [len(REQ)]
+    upstream = H2Connection(client_side=True, clock=Clock())
+    upstream.send_headers(1, req.headers, True, req.never_indexed)
+    block = upstream.data_to_send()[9:]
+    decoded = hpack.Decoder().decode(block, raw=True)
+    assert [h.indexable for h in decoded][-1] is False

@@ -308,3 +308,16 @@ def test_damaged_blocks(headers, cut, flip, bit):
         assert outcome(load("hpack", "python"), data, b"") == outcome(
             load("hpack", "cython"), data, b""
         )
+
+
+def test_never_indexed_survives_a_proxy_hop(hp):
+    """RFC 7541 7.1.3: an intermediary keeps never-indexed fields never-indexed."""
+    client = hpack.Encoder()
+    block = client.encode(
+        [hpack.HeaderTuple(b"x-a", b"1"), hpack.NeverIndexedHeaderTuple(b"x-token", b"s3cret")]
+    )
+    dec = hp.Decoder()
+    fields = dec.decode(block)
+    assert dec.never_indexed == [1]
+    out = hp.Encoder().encode(fields, sensitive=dec.never_indexed)
+    assert [h.indexable for h in hpack.Decoder().decode(out, raw=True)] == [True, False]
