@@ -286,3 +286,86 @@ def test_never_indexed_fields_are_forwarded_never_indexed():
     block = upstream.data_to_send()[9:]
     decoded = hpack.Decoder().decode(block, raw=True)
     assert [h.indexable for h in decoded][-1] is False
+
+
+_octets = st.sampled_from(b"aZ:- \t\r\n\x00/*@5")
+_names = st.one_of(
+    st.sampled_from(
+        [
+            b":method",
+            b":path",
+            b":scheme",
+            b":authority",
+            b":status",
+            b":protocol",
+            b"host",
+            b"te",
+            b"content-length",
+            b"connection",
+            b"upgrade",
+            b"x-a",
+            b"X-A",
+            b"a b",
+            b"",
+        ]
+    ),
+    st.lists(_octets, min_size=1, max_size=3).map(bytes),
+)
+_values = st.one_of(
+    st.sampled_from(
+        [
+            b"GET",
+            b"POST",
+            b"CONNECT",
+            b"/",
+            b"/a",
+            b"",
+            b"http",
+            b"https",
+            b"trailers",
+            b"gzip",
+            b"0",
+            b"5",
+            b"svc:80",
+            b" x",
+            b"x ",
+        ]
+    ),
+    st.lists(_octets, max_size=4).map(bytes),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    extra=st.lists(
+        st.one_of(
+            st.tuples(
+                st.sampled_from([b"x-a", b"accept", b"host"]), st.sampled_from([b"svc:80", b"1"])
+            ),
+            st.tuples(_names, _values),
+        ),
+        max_size=4,
+    ),
+    base=st.sampled_from([0, 1, 2, 3, 4]),
+    end_stream=st.booleans(),
+)
+def test_at_least_as_strict_as_h2(extra, base, end_stream):
+    """Whatever request h2 (the reference) refuses, meshlet refuses too."""
+    import h2.exceptions
+
+    headers = REQ[:base] + extra + REQ[base:] if base < 4 else REQ + extra
+    wire = fr.PREFACE + fr.settings_frame({})
+    wire += fr.headers_frame(1, H2Connection(client_side=True)._encoder.encode(headers), end_stream)
+    ref = h2.connection.H2Connection(
+        config=h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    ref.initiate_connection()
+    try:
+        h2_accepts = any(isinstance(e, h2.events.RequestReceived) for e in ref.receive_data(wire))
+    except h2.exceptions.ProtocolError:
+        h2_accepts = False
+    ours = H2Connection(clock=Clock())
+    ours.initiate_connection()
+    we_accept = any(isinstance(e, RequestReceived) for e in ours.receive_data(wire))
+    if we_accept:
+        assert h2_accepts, headers
