@@ -159,7 +159,11 @@ def parse_data(flags: int, stream_id: int, payload: bytes) -> bytes:
 
 def parse_headers(flags: int, stream_id: int, payload: bytes) -> tuple:
     """HEADERS (6.2): ``(block_fragment, priority)``; ``priority`` is None or
-    ``(depends_on, weight, exclusive)`` with ``weight`` in 1..256."""
+    ``(depends_on, weight, exclusive)`` with ``weight`` in 1..256.
+
+    A stream depending on itself is a stream error, but the caller must still decode the block
+    (HPACK state is per connection), so that check is the caller's: ``priority[0] == stream_id``.
+    """
     if stream_id == 0:
         raise H2Error(_PROTOCOL_ERROR, "HEADERS on stream 0")
     if not flags & (_PADDED | _PRIO):
@@ -176,8 +180,6 @@ def parse_headers(flags: int, stream_id: int, payload: bytes) -> tuple:
 def _priority(payload: bytes, at: int, stream_id: int) -> tuple:
     b = payload
     depends_on = ((b[at] & 0x7F) << 24) | (b[at + 1] << 16) | (b[at + 2] << 8) | b[at + 3]
-    if depends_on == stream_id:
-        raise H2Error(_PROTOCOL_ERROR, "stream depends on itself", stream_id)
     return depends_on, b[at + 4] + 1, bool(b[at] & 0x80)
 
 
@@ -187,7 +189,10 @@ def parse_priority(stream_id: int, payload: bytes) -> tuple:
         raise H2Error(_PROTOCOL_ERROR, "PRIORITY on stream 0")
     if len(payload) != 5:
         raise H2Error(_FRAME_SIZE_ERROR, "PRIORITY payload is not 5 octets", stream_id)
-    return _priority(payload, 0, stream_id)
+    priority = _priority(payload, 0, stream_id)
+    if priority[0] == stream_id:
+        raise H2Error(_PROTOCOL_ERROR, "stream depends on itself", stream_id)
+    return priority
 
 
 def _u32(payload: bytes, at: int) -> int:

@@ -217,6 +217,7 @@ class H2Connection:
         self._premature = 0
         # streams we reset: frames already in flight on them are ignored (RFC 9113 5.4.2)
         self._reset_ids: deque[int] = deque(maxlen=128)
+        self._self_dependent = 0
         self.closed = False
 
     # -- sending ---------------------------------------------------------------------------
@@ -351,7 +352,9 @@ class H2Connection:
         if ftype == fr.DATA:
             self._data(flags, sid, payload, events)
         elif ftype == fr.HEADERS:
-            fragment, _priority = fr.parse_headers(flags, sid, payload)
+            fragment, priority = fr.parse_headers(flags, sid, payload)
+            if priority is not None and priority[0] == sid:
+                self._self_dependent = sid  # reset once the block is decoded
             self._headers_start(sid, flags, fragment, events)
         elif ftype == fr.CONTINUATION:
             self._continuation(flags, sid, fr.parse_continuation(flags, sid, payload), events)
@@ -458,6 +461,11 @@ class H2Connection:
             too_large = False
         except HeaderListTooLarge:
             headers, too_large = [], True
+        if self._self_dependent == sid:
+            self._self_dependent = 0
+            if sid > self._highest_remote and (sid & 1) != self.client_side:
+                self._highest_remote = sid
+            raise H2Error(ErrorCode.PROTOCOL_ERROR, "stream depends on itself", sid)
         stream = self._streams.get(sid)
         if stream is None:
             if sid in self._reset_ids:

@@ -369,3 +369,34 @@ def test_at_least_as_strict_as_h2(extra, base, end_stream):
     we_accept = any(isinstance(e, RequestReceived) for e in ours.receive_data(wire))
     if we_accept:
         assert h2_accepts, headers
+
+
+def test_self_dependent_headers_reset_the_stream_but_keep_hpack_in_step():
+    ours, peer, _ = server()
+    enc = H2Connection(client_side=True)._encoder
+    block = enc.encode(REQ + [(b"x-new", b"indexed")])  # inserts into the dynamic table
+    raw = fr.frame(fr.HEADERS, 0x25, 1, b"\0\0\0\1\x10" + block)
+    events = ours.receive_data(raw)
+    assert kinds(events) == ["StreamReset"] and events[0].error_code == ErrorCode.PROTOCOL_ERROR
+    events = ours.receive_data(
+        fr.headers_frame(3, enc.encode(REQ + [(b"x-new", b"indexed")]), True)
+    )
+    assert kinds(events) == ["RequestReceived", "StreamEnded"]
+    assert events[0].headers[-1] == (b"x-new", b"indexed")
+
+
+def test_peer_settings_are_applied():
+    ours, peer, _ = server()
+    peer.send_headers(1, REQ)
+    ours.receive_data(peer.data_to_send())
+    before = ours.local_flow_control_window(1)
+    peer.update_settings({4: 1000, 5: 20000, 1: 0})
+    events = ours.receive_data(peer.data_to_send())
+    assert kinds(events) == ["RemoteSettingsChanged"]
+    assert ours.local_flow_control_window(1) == min(before - 65535 + 1000, 65535)
+    ours.send_headers(1, [(b":status", b"200")])
+    out = ours.data_to_send()
+    assert out.startswith(fr.settings_ack())
+    got = peer.receive_data(out)
+    assert any(isinstance(e, h2.events.SettingsAcknowledged) for e in got)
+    assert any(isinstance(e, h2.events.ResponseReceived) for e in got)
