@@ -268,6 +268,14 @@ class Sidecar:
             o.control_plane, self.identity.client_context, registration, self.apply_snapshot,
             os.path.join(self.state_dir, "config-cache.json"),
         )
+        disc = self.discovery
+
+        def cert_changed(ident: Any) -> None:
+            # the control plane shows certificate expiry in proxy-status and `meshlet check`
+            if ident.not_after:
+                asyncio.get_running_loop().create_task(disc.update_status(cert_expiry=ident.not_after))
+
+        self.identity.on_change.append(cert_changed)
         cached = self.discovery.load_cache()
         if cached is not None:
             try:

@@ -1,0 +1,318 @@
+"""``meshlet demo``: the whole mesh on loopback, driven and explained in one command.
+
+It starts a control plane, the sample services ``orders`` (v1 and a v2 canary), ``inventory``
+and ``payment``, each behind its own sidecar that joins with a join token, plus a ``frontend``
+sidecar that plays the caller. It applies ``configs/demo/`` (shipped inside the package) and then
+shows, with real traffic: the canary split, retries hiding a flaky dependency, a circuit breaker
+tripping, a call denied by an AuthorizationPolicy, mTLS identities, and one trace across the hops
+(spans collected by an OTLP receiver the demo runs itself). Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+NAME = "demo"
+HELP = "run the demo mesh on loopback and show what it does (Ctrl-C stops it)"
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "demo" / "config"
+PY = sys.executable
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", help="where logs and state go (default: a temporary folder)")
+    p.add_argument("--once", action="store_true", help="run the scenarios once and exit")
+    p.add_argument("--requests", type=int, default=100, help="requests for the canary split")
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class _Procs:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        out = open(self.work / f"{name}.log", "wb")
+        p = subprocess.Popen([PY, "-m", *args], stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=env or _env(), start_new_session=True)
+        self.procs.append((name, p))
+        return p
+
+    def stop(self) -> None:
+        for _, p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _, p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[3])
+    e["PYTHONPATH"] = root + os.pathsep + e.get("PYTHONPATH", "")
+    e.update(extra)
+    return e
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _ready(admin: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz/ready", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class _Receiver:
+    """A tiny OTLP/HTTP traces endpoint, so the demo can print a trace without a backend."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, object]] = []
+        self.port = 0
+        self.runner = None
+
+    async def start(self) -> None:
+        from aiohttp import web
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            if request.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            msg = ExportTraceServiceRequest()
+            msg.ParseFromString(body)
+            for rs in msg.resource_spans:
+                svc = next((kv.value.string_value for kv in rs.resource.attributes
+                            if kv.key == "service.name"), "?")
+                for ss in rs.scope_spans:
+                    for sp in ss.spans:
+                        attrs = {kv.key: getattr(kv.value, kv.value.WhichOneof("value"))
+                                 for kv in sp.attributes}
+                        self.spans.append({"service": svc, "trace": sp.trace_id.hex(),
+                                           "id": sp.span_id.hex(), "parent": sp.parent_span_id.hex(),
+                                           "kind": sp.kind, "name": sp.name, "attrs": attrs,
+                                           "ms": (sp.end_time_unix_nano - sp.start_time_unix_nano) / 1e6})
+            return web.Response(body=b"", content_type="application/x-protobuf")
+
+        app = web.Application()
+        app.router.add_post("/v1/traces", handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+async def _scenarios(front: int, apps: dict[str, int], receiver: _Receiver, n: int) -> int:
+    import aiohttp
+
+    failures = 0
+    base = f"http://127.0.0.1:{front}"
+    async with aiohttp.ClientSession() as s:
+
+        async def get(host: str, path: str, **headers: str) -> tuple[int, dict[str, str], str]:
+            async with s.get(base + path, headers={"Host": host, **headers}) as r:
+                return r.status, dict(r.headers), await r.text()
+
+        _say("\n== 1. Canary: orders v1 80 %, v2 20 % (VirtualService weights) ==")
+        counts: collections.Counter[str] = collections.Counter()
+        for _ in range(n):
+            status, _, text = await get("orders", "/orders")
+            counts[json.loads(text).get("version", "?") if status == 200 else str(status)] += 1
+        for k in sorted(counts):
+            _say(f"   {k}: {counts[k]:4d}  {'#' * (counts[k] * 50 // n)}")
+        status, _, text = await get("orders", "/orders", **{"x-canary": "always"})
+        _say(f"   with x-canary: always -> {json.loads(text)['version']} (header match)")
+        failures += counts.get("v1", 0) == 0 or counts.get("v2", 0) == 0
+
+        _say("\n== 2. Retries: inventory fails twice with 503, the sidecar retries (GET is idempotent) ==")
+        async with s.post(f"http://127.0.0.1:{apps['inventory']}/flaky/reset") as r:
+            await r.read()
+        status, headers, text = await get("inventory", "/flaky?n=2&code=503")
+        seen = json.loads(text) if status == 200 else {}
+        _say(f"   answer {status}, after {seen.get('headers', {}).get('x-envoy-attempt-count', '1')} attempts;"
+             " the caller never saw the 503s")
+        failures += status != 200
+
+        _say("\n== 3. Circuit breaker: payment keeps failing, orders' sidecar opens its breaker ==")
+        row = []
+        for _ in range(14):
+            status, headers, text = await get("orders", "/call/payment/status/500", **{"x-canary": "always"})
+            data = json.loads(text)
+            flag = data.get("upstream_flags") or ""
+            row.append(f"{data.get('upstream_status')}{'/' + flag if flag else ''}")
+        _say("   " + " ".join(row))
+        _say("   500 = payment failed; 503/UO = refused by the open breaker: payment is spared and")
+        _say("   orders fails fast instead of waiting (ResiliencePolicy, Resilience4j semantics)")
+        failures += "503/UO" not in row
+
+        _say("\n== 4. Zero trust: every hop is mTLS with SPIFFE identities ==")
+        status, _, text = await get("orders", "/call/payment/pay")
+        data = json.loads(text)
+        xfcc = data.get("upstream", {}).get("headers", {}).get("x-forwarded-client-cert", "") \
+            if isinstance(data.get("upstream"), dict) else ""
+        _say(f"   orders -> payment: {data.get('upstream_status')} (allowed); payment saw {xfcc}")
+        status, _, text = await get("inventory", "/call/payment/pay")
+        data = json.loads(text)
+        _say(f"   inventory -> payment: {data.get('upstream_status')} {data.get('upstream_flags')} "
+             f"(AuthorizationPolicy payment-from-orders: only orders may call payment)")
+        failures += data.get("upstream_status") != 403
+
+        _say("\n== 5. One trace across the mesh (OpenTelemetry spans from every sidecar) ==")
+        trace = os.urandom(16).hex()
+        status, headers, text = await get("orders", "/call/inventory/items",
+                                          traceparent=f"00-{trace}-{os.urandom(8).hex()}-01")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum(sp["trace"] == trace for sp in receiver.spans) < 4:
+            await asyncio.sleep(0.1)
+        new = [sp for sp in receiver.spans if sp["trace"] == trace]
+        if new:
+            spans = new
+            by_parent: dict[str, list[dict[str, object]]] = collections.defaultdict(list)
+            ids = {sp["id"] for sp in spans}
+            for sp in spans:
+                by_parent[str(sp["parent"]) if sp["parent"] in ids else ""].append(sp)
+
+            def show(parent: str, depth: int) -> None:
+                for sp in by_parent.get(parent, []):
+                    kind = {2: "server", 3: "client"}.get(int(sp["kind"]), "?")  # type: ignore[call-overload]
+                    _say(f"   {'  ' * depth}{sp['service']:<20} {kind:<6} {sp['name']:<24} "
+                         f"{sp['attrs'].get('http.response.status_code')} {sp['ms']:.1f} ms")  # type: ignore[union-attr]
+                    show(str(sp["id"]), depth + 1)
+
+            _say(f"   trace {trace}")
+            show("", 0)
+        else:
+            _say("   (no spans arrived)")
+            failures += 1
+    return failures
+
+
+def run(args: argparse.Namespace) -> int:
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="meshlet-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    procs = _Procs(work)
+    try:
+        return asyncio.run(_main(work, procs, args))
+    except KeyboardInterrupt:
+        _say("\nstopping the demo mesh ...")
+        return 0
+    except RuntimeError as exc:
+        print(f"meshlet demo: {exc} (logs in {work})", file=sys.stderr)
+        return 1
+    finally:
+        procs.stop()
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
+    receiver = _Receiver()
+    await receiver.start()
+    data = work / "control-plane"
+    _say(f"meshlet demo: work dir {work}")
+    cp = procs.start("control-plane", ["control_plane.cli", "control-plane", "--data-dir", str(data),
+                                       "--listen", "127.0.0.1:0"])
+    await asyncio.to_thread(_wait, lambda: (data / "listen.addr").exists() or cp.poll() is not None,
+                            30, "the control plane")
+    if cp.poll() is not None:
+        raise RuntimeError("the control plane did not start")
+    url = "https://" + (data / "listen.addr").read_text().strip()
+    cli_env = _env(MESHLET_DATA_DIR=str(data), MESHLET_CONTROL_PLANE=url)
+
+    def cli(*a: str) -> str:
+        r = subprocess.run([PY, "-m", "control_plane.cli", *a], capture_output=True, text=True,
+                           env=cli_env, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"meshlet {' '.join(a)} failed: {r.stderr.strip()}")
+        return r.stdout
+
+    _say(f"control plane up at {url}")
+    otel = _env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
+                OTEL_BSP_SCHEDULE_DELAY="200")
+    workloads = [("orders", "v1"), ("orders", "v2"), ("inventory", "v1"), ("payment", "v1"),
+                 ("frontend", "v1")]
+    admins: dict[str, int] = {}
+    apps: dict[str, int] = {}
+    front = 0
+    for svc, ver in workloads:
+        name = f"{svc}-{ver}"
+        token = work / f"{svc}.token"
+        if not token.exists():
+            token.write_text(cli("token", "create", "--service", svc).strip())
+        app_port, out_port, in_port, admin = (_free_port() for _ in range(4))
+        if svc != "frontend":
+            procs.start(f"app-{name}", ["control_plane.demo.apps", "--name", svc, "--version", ver,
+                                        "--port", str(app_port), "--outbound", f"127.0.0.1:{out_port}"])
+            apps.setdefault(svc, app_port)
+        else:
+            front = out_port
+        procs.start(f"sidecar-{name}", [
+            "control_plane.cli", "sidecar", "--service", svc, "--version", ver,
+            "--app-port", str(app_port), "--control-plane", url, "--token-file", str(token),
+            "--outbound", str(out_port), "--inbound", str(in_port), "--admin", str(admin),
+            "--inbound-bind", "127.0.0.1", "--state-dir", str(work / f"state-{name}"), "--no-access-log",
+        ], env=otel)
+        admins[name] = admin
+    for name, admin in admins.items():
+        await asyncio.to_thread(_wait, lambda a=admin: _ready(a), 60, f"sidecar {name}")
+    _say("sidecars up: " + ", ".join(admins))
+    _say(cli("apply", "-f", str(CONFIG_DIR)).rstrip())
+    # every sidecar has the config and sees every peer before traffic starts
+    await asyncio.to_thread(_wait, lambda: cli("proxy-status").count("SYNCED") >= len(workloads), 30,
+                            "every sidecar to acknowledge the config")
+    _say("\n" + cli("proxy-status").rstrip())
+    failures = await _scenarios(front, apps, receiver, args.requests)
+    _say("\n== Where to look ==")
+    _say(f"   meshlet proxy-status / proxy-config routes frontend-v1 (MESHLET_DATA_DIR={data})")
+    _say(f"   metrics: curl http://127.0.0.1:{admins['orders-v1']}/metrics")
+    _say(f"   logs: {work}")
+    if args.once:
+        return 1 if failures else 0
+    _say("\nThe mesh keeps running; Ctrl-C stops it.")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    _say("\nstopping the demo mesh ...")
+    return 0
