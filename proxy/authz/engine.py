@@ -1,5 +1,5 @@
 """The inbound authorization engine: Istio ``AuthorizationPolicy`` compiled once per config into
-an :class:`Authorizer` whose :meth:`~Authorizer.check` decides one request in a few microseconds.
+an :class:`Authorizer` whose ``check(req)`` decides one request in a few microseconds.
 
 Semantics are Istio's (security-ops.md 2.2-2.5):
 
@@ -193,10 +193,11 @@ def request_attrs(
 class Authorizer:
     """The compiled policies for one workload. Immutable; swap it whole on a config change.
 
-    :meth:`check` is one generated function: every rule is inlined as a boolean expression over
-    the request's attributes and precompiled constants (frozensets, tuples, bound regex
-    methods), so a decision costs one call and no allocation. The generated source holds only
-    names; every value from the config is bound in its namespace, never pasted into the text.
+    ``check(req) -> Decision`` is one generated function: every rule is inlined as a boolean
+    expression over the request's attributes and precompiled constants (frozensets, tuples,
+    bound regex methods), so a decision costs one call, and the Decision returned is a shared,
+    prebuilt object. The generated source (``source``) holds only names; every value from the
+    config is bound in its namespace, never pasted into the text.
     """
 
     def __init__(
@@ -208,15 +209,12 @@ class Authorizer:
         warnings: list[str],
         shadow: Authorizer | None = None,
     ) -> None:
-        self.check = check  # type: ignore[method-assign]
+        self.check = check
         self.source = source  # the generated check(), for debugging and config_dump
         self.empty = empty  # no policy applies: the caller may skip building RequestAttrs
         self.policies = policies  # "ns/name (ACTION)" of every policy in force
         self.warnings = warnings
         self.shadow = shadow  # the same with dry-run policies enforced; None when there are none
-
-    def check(self, req: RequestAttrs) -> Decision:  # replaced per instance in __init__
-        raise NotImplementedError
 
 
 # -- compilation --------------------------------------------------------------------------------
