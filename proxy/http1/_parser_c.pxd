@@ -45,8 +45,8 @@ cdef object _incomplete(object buf, Py_ssize_t max_head, int status)
 @cython.locals(colon=Py_ssize_t, port=str, raw=bytes)
 cdef bint _valid_host(str host) except -1
 
-@cython.locals(first="long long", n="long long")
-cdef long long _parse_content_length(str value, int status) except? -2
+@cython.locals(first=str, part=str)
+cdef str _content_length_digits(str value, int status)
 
 cdef tuple _connection_tokens(str value, tuple current, int status)
 
@@ -55,7 +55,7 @@ cdef list _split_head(object head, int status)
 
 @cython.locals(
     i=Py_ssize_t, count=Py_ssize_t, host_count=int, content_length="long long",
-    te_count=int, n="long long", expect_continue=bint, name=str, colon=Py_ssize_t, value=str, line=str,
+    te_count=int, digits=str, cl_digits=str, expect_continue=bint, name=str, colon=Py_ssize_t, value=str, line=str,
     headers=list, connection=tuple, upgrade=str, host=str, te_value=str, known=tuple, code=int,
 )
 cdef tuple _parse_fields(list lines, Py_ssize_t max_headers, int status)

@@ -307,21 +307,23 @@ def _valid_host(host):
     return _HOST_RE.fullmatch(host) is not None
 
 
-def _parse_content_length(value, status):
-    """1*DIGIT, at most 18 digits; a list of identical values collapses to one (RFC 9112 §6.3)."""
+def _content_length_digits(value, status):
+    """The one 1*DIGIT (at most 18) element of a Content-Length value (RFC 9112 §6.3).
+
+    A list is accepted only when its elements are identical as written (``5, 5``; not ``5, 05``).
+    """
     if len(value) <= 18 and value.isascii() and value.isdigit():
-        return int(value)
+        return value
     if "," not in value:
         raise ProtocolError(status, "invalid content-length")
-    first = -1
+    first = ""
     for part in value.split(","):
         part = part.strip(" \t")
         if not (len(part) <= 18 and part.isascii() and part.isdigit()):
             raise ProtocolError(status, "invalid content-length")
-        n = int(part)
-        if first == -1:
-            first = n
-        elif n != first:
+        if not first:
+            first = part
+        elif part != first:
             raise ProtocolError(status, "conflicting content-length")
     return first
 
@@ -349,6 +351,7 @@ def _parse_fields(lines, max_headers, status):
     host = ""
     host_count = 0
     content_length = -1
+    cl_digits = ""
     te_count = 0
     te_value = ""
     connection = ()
@@ -375,12 +378,13 @@ def _parse_fields(lines, max_headers, status):
         value = line[colon + 1 :].strip(" \t")
         if code != 0:
             if code == _F_CONTENT_LENGTH:
-                n = _parse_content_length(value, status)
+                digits = _content_length_digits(value, status)
                 if content_length == -1:
-                    content_length = n
-                    if len(value) > 1 and (value[0] == "0" or "," in value):
-                        value = str(n)  # forward one canonical value
-                elif n != content_length:
+                    content_length = int(digits)
+                    cl_digits = digits
+                    if len(digits) > 1 and digits[0] == "0" or len(digits) != len(value):
+                        value = str(content_length)  # forward one canonical value
+                elif digits != cl_digits:
                     raise ProtocolError(status, "conflicting content-length")
                 else:
                     continue  # identical duplicate: forward one field

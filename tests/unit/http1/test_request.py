@@ -210,6 +210,9 @@ BAD_REQUESTS = [
     ("3 19 digits", req(b"POST /", H, b"Content-Length: 1234567890123456789"), 400),
     ("3 empty", req(b"POST /", H, b"Content-Length:"), 400),
     ("3 empty element", req(b"POST /", H, b"Content-Length: 5,,5"), 400),
+    # identical means identical as written (as h11): 5 and 05 are different field values
+    ("3 5 and 05", req(b"POST /", H, b"Content-Length: 5", b"Content-Length: 05"), 400),
+    ("3 list 5,05", req(b"POST /", H, b"Content-Length: 5, 05"), 400),
     ("3 inner space", req(b"POST /", H, b"Content-Length: 5 5"), 400),
     ("3 unicode digit", req(b"POST /", H, b"Content-Length: \xb2"), 400),
     # 5: bare LF anywhere
