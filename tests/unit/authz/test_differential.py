@@ -184,7 +184,7 @@ def reference(policies: list[dict], q: dict) -> tuple[bool, bool]:
     return any(matches(p) for p in allows), audited
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(POLICY, max_size=3), st.lists(REQUEST, min_size=1, max_size=5))
 def test_generated_check_agrees_with_the_reference(policies: list[dict], reqs: list[dict]) -> None:
     resources = [ap(f"p{i}", p) for i, p in enumerate(policies)]
