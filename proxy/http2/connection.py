@@ -143,6 +143,8 @@ class Limits:
     settings_per_second: int = 10
     max_outbound_control_frames: int = 1000
     max_consecutive_empty_frames: int = 1
+    #: PRIORITY frames allowed per connection: this many times (1 + streams opened) (Envoy)
+    priority_frames_per_stream: int = 100
     #: premature resets (peer RST_STREAM, or ours provoked by the peer, within a second of the
     #: stream opening) among the last ``reset_window`` closed streams before GOAWAY
     max_premature_resets: int = 250
@@ -218,6 +220,8 @@ class H2Connection:
         # streams we reset: frames already in flight on them are ignored (RFC 9113 5.4.2)
         self._reset_ids: deque[int] = deque(maxlen=128)
         self._self_dependent = 0
+        self._priority_frames = 0
+        self._streams_opened = 0
         self.closed = False
 
     # -- sending ---------------------------------------------------------------------------
@@ -385,6 +389,10 @@ class H2Connection:
             events.append(ConnectionTerminated(code, last, debug, True))
         elif ftype == fr.PRIORITY:
             fr.parse_priority(sid, payload)  # RFC 9113 deprecates priority: checked, ignored
+            self._priority_frames += 1
+            budget = self.limits.priority_frames_per_stream * (1 + self._streams_opened)
+            if self._priority_frames > budget:
+                raise H2Error(ErrorCode.ENHANCE_YOUR_CALM, "PRIORITY flood")
         elif ftype == fr.PUSH_PROMISE:
             fr.parse_push_promise(flags, sid, payload)  # always refused: push is disabled
         # unknown frame types are ignored (RFC 9113 5.5)
@@ -397,6 +405,7 @@ class H2Connection:
     def _open(self, sid: int) -> _Stream:
         stream = _Stream(sid, self._peer_initial_window, self.limits.stream_window, self._clock())
         self._streams[sid] = stream
+        self._streams_opened += 1
         return stream
 
     def _data(self, flags: int, sid: int, payload: bytes, events: list) -> None:

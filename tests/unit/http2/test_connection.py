@@ -177,7 +177,7 @@ def test_slow_resets_are_not_premature():
     assert not ours.closed
 
 
-@pytest.mark.parametrize("flood", ["ping", "settings", "empty-data"])
+@pytest.mark.parametrize("flood", ["ping", "settings", "empty-data", "priority"])
 def test_floods(flood):
     ours, peer, _ = server()
     raw = b""
@@ -185,6 +185,8 @@ def test_floods(flood):
         raw = fr.ping(False, b"12345678") * 11
     elif flood == "settings":
         raw = fr.settings_frame({1: 4096}) * 11
+    elif flood == "priority":
+        raw = fr.frame(fr.PRIORITY, 0, 5, b"\0\0\0\3\x10") * 101
     else:
         peer.send_headers(1, REQ)
         raw = peer.data_to_send() + fr.data_frame(1, b"") * 3
