@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,7 +48,7 @@ def best_us(fn: Callable[[], object], number: int, rounds: int) -> float:
     return best / number * 1e6
 
 
-def hpack_cases(mod: object | None) -> dict[str, Callable[[], object]]:
+def hpack_cases(mod: Any) -> dict[str, Callable[[], object]]:
     lib_enc = hpack.Encoder()
     cold_block = lib_enc.encode(GRPC_REQUEST)
     warm_block = lib_enc.encode(GRPC_REQUEST)
@@ -75,7 +76,7 @@ def hpack_cases(mod: object | None) -> dict[str, Callable[[], object]]:
     }
 
 
-def frame_cases(mod: object | None) -> dict[str, Callable[[], object]]:
+def frame_cases(mod: Any) -> dict[str, Callable[[], object]]:
     block = hpack.Encoder().encode(GRPC_REQUEST)
     if mod is None:
         from hyperframe.frame import DataFrame, HeadersFrame
@@ -119,7 +120,7 @@ def frame_cases(mod: object | None) -> dict[str, Callable[[], object]]:
     }
 
 
-def validate_cases(mod: object | None) -> dict[str, Callable[[], object]]:
+def validate_cases(mod: Any) -> dict[str, Callable[[], object]]:
     if mod is None:
         return {}
     fn = mod.validate_request_headers  # type: ignore[attr-defined]
@@ -138,6 +139,7 @@ def connection_cycle_us(ours: bool, n: int) -> float:
         config=h2.config.H2Configuration(client_side=True, header_encoding=None)
     )
     client.initiate_connection()
+    server: Any
     if ours:
         server = H2Connection(client_side=False)
     else:
@@ -161,6 +163,7 @@ def connection_cycle_us(ours: bool, n: int) -> float:
     t0 = time.perf_counter()
     for i, raw in enumerate(requests):
         sid = 1 + 2 * i
+        event: Any
         for event in server.receive_data(raw):
             if type(event).__name__ == "DataReceived":
                 if ours:

@@ -9,6 +9,8 @@ read by index (a ``const unsigned char *`` once compiled), the read cursor lives
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 from proxy.http2._hpack_tables import HUFFMAN_CODES, STATIC_TABLE
 from proxy.http2.errors import HeaderListTooLarge, HPACKError
 
@@ -411,7 +413,9 @@ class Encoder:
         if self._pending_min < 0 or value < self._pending_min:
             self._pending_min = value
 
-    def encode(self, headers: list, huffman: bool = True, sensitive: object = None) -> bytes:
+    def encode(
+        self, headers: list, huffman: bool = True, sensitive: Container[int] | None = None
+    ) -> bytes:
         """Encode one header list. ``sensitive``: positions of fields to send never-indexed
         besides the ``never_index`` names; a proxy passes the decoder's ``never_indexed`` so
         that a field the client protected stays protected (RFC 7541 7.1.3 requires it)."""
