@@ -132,8 +132,9 @@ class Sidecar:
     def _mtls_mode(self, resources: list[Any]) -> str:
         from proxy.authz.peer_auth import resolve_mtls_mode
 
+        # portLevelMtls keys are the application's ports (Istio), not the sidecar's
         return resolve_mtls_mode(resources, self.opts.namespace, self.runtime.labels,
-                                 self.opts.inbound_port)
+                                 self.opts.app_port)
 
     def reload(self) -> bool:
         try:

@@ -35,6 +35,10 @@ from proxy.routes.table import (
 )
 
 
+#: VirtualService annotation: its routes may retry requests that are not idempotent (POST ...)
+RETRY_NON_IDEMPOTENT = "retry.meshlet.dev/non-idempotent"
+
+
 class CompileError(ValueError):
     """A config that validated but cannot be turned into a route table (names the resource)."""
 
@@ -327,6 +331,9 @@ class _Compiler:
             rewrite_authority=rewrite.get("authority"),
             request_headers=_header_ops(hdr.get("request")),
             response_headers=_header_ops(hdr.get("response")),
+            retry_non_idempotent=str(
+                (getattr(vs, "annotations", None) or {}).get(RETRY_NON_IDEMPOTENT, "")
+            ).lower() == "true",
             direct_response=(
                 (int(direct["status"]), str((direct.get("body") or {}).get("string", "")))
                 if direct

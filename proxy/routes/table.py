@@ -113,7 +113,7 @@ class Route:
     request_headers: HeaderOps = HeaderOps()
     response_headers: HeaderOps = HeaderOps()
     direct_response: tuple[int, str] | None = None
-    compiled_policy: Any = None  # filled by the resilience layer at compile time
+    retry_non_idempotent: bool = False  # the VirtualService opted in (annotation)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops
 from proxy.server.upstream import UpstreamReset
 from proxy.resilience.deadline import attempt_timeout, format_timeout_ms, parse_expected_timeout_ms
 from proxy.authz.engine import RequestAttrs, merged_header_getter
-from proxy.authz.normalize import normalize_target
+from proxy.authz.normalize import normalize_path, normalize_target
 from proxy.server.policy import RoutePolicy
 from proxy.telemetry.tracing import PROPAGATION_HEADERS, extract, inject, new_context
 
@@ -127,11 +127,17 @@ class Forwarder:
         ex.cluster = cluster.name
         # what is authorized is what is forwarded: normalize first, refuse what cannot be
         target = head.target
-        norm = normalize_target(target) if target[:1] == "/" else (head.path, head.query)
+        if target[:1] == "/":
+            norm = normalize_target(target)
+        elif target == "*":
+            norm = ("*", "")
+        else:  # absolute-form: normalized the same way, forwarded in origin-form
+            p = normalize_path(head.path)
+            norm = (p, head.query) if p is not None else None
         if norm is None:
             return self._local(down, head, ex, 400, "DPE", "inbound", "Bad Request")
         path, query = norm
-        if path != head.path:
+        if path != head.path or target[:1] not in ("/", "*"):
             target = path + "?" + query if query else path
         authz = rt.authz
         if authz is not None and not authz.empty:

@@ -22,8 +22,6 @@ from proxy.resilience.outlier import OutlierDetector
 from proxy.resilience.ratelimit import RateLimiter
 from proxy.resilience.retry import RetryPolicy
 
-NON_IDEMPOTENT_OPT_IN = "meshlet.dev/retry-non-idempotent"
-
 
 class DestinationState:
     __slots__ = ("service", "breaker", "bulkhead", "limiter", "budget", "tracker", "hedge",
@@ -112,13 +110,9 @@ class PolicyStore:
         key = (id(route), cluster.name)
         p = self.policies.get(key)
         if p is None:
-            opt_in = bool(route.retries and route.retries.get(NON_IDEMPOTENT_OPT_IN))
-            retries = dict(route.retries) if route.retries else None
-            if retries:
-                retries.pop(NON_IDEMPOTENT_OPT_IN, None)
             p = RoutePolicy(
                 route.timeout,
-                RetryPolicy.from_spec(retries, self.mesh_default_retry, opt_in),
+                RetryPolicy.from_spec(route.retries, self.mesh_default_retry, route.retry_non_idempotent),
                 FaultPolicy.from_spec(route.fault) if route.fault else None,
                 self.destination(cluster),
                 self.outlier(cluster),

@@ -218,6 +218,8 @@ spec:
     assert _raw_get(out, "/items%2F..%2Fadmin").startswith(b"HTTP/1.1 400")
     assert _raw_get(out, "/items/..;/admin").split(b"\r\n", 1)[0] in (b"HTTP/1.1 400 Bad Request",
                                                                       b"HTTP/1.1 403 Forbidden")
+    # absolute-form targets are normalized the same way and forwarded in origin-form
+    assert _raw_get(out, "http://inventory//items/../admin").startswith(b"HTTP/1.1 403")
     # the app sees the normalized path
     body = _raw_get(out, "/items/./a//b").split(b"\r\n\r\n", 1)[1]
     assert json.loads(body)["path"] == "/items/a/b"
