@@ -49,8 +49,11 @@ SCENARIOS = {
     "h1-c10": (10, "GET"),
     "h1-c100": (100, "GET"),
     "h1-echo-c10": (10, "POST"),
+    # fixed rate (perf-anchors T5/T6): h2load --h1, 20 connections x 100 req/s = 2,000 req/s
+    "h1-2krps": (20, "RATE"),
 }
-DEFAULT_SCENARIOS = "h1-c1,h1-c10,h1-c100"
+DEFAULT_SCENARIOS = "h1-c1,h1-c10,h1-c100,h1-2krps"
+RATE_PER_CONN = 100
 ALL_TARGETS = ("direct", "meshlet", "meshlet-py", "envoy")
 
 
@@ -644,6 +647,49 @@ def run_wrk(cmd: list[str], duration: float) -> tuple[str, int]:
     return out, p.returncode
 
 
+def run_load(
+    port: int, conns: int, duration: float, method: str, lua: Path, cpu: int | None
+) -> tuple[str, int, dict]:
+    """One load run: wrk (closed loop) or, for RATE, h2load at a fixed rate."""
+    if method != "RATE":
+        out, rc = run_wrk(wrk_cmd(port, conns, duration, method, lua, cpu), duration)
+        return out, rc, parse_wrk(out)
+    fd, log = tempfile.mkstemp(prefix="h2load-", suffix=".log")
+    os.close(fd)
+    try:
+        cmd = ["h2load", "--h1", "-t1", f"-c{conns}", f"--rps={RATE_PER_CONN}",
+               f"-D{max(1, round(duration))}", "-H", f":authority: {HOST_HEADER}",
+               f"--log-file={log}", f"http://127.0.0.1:{port}/"]  # fmt: skip
+        out, rc = run_wrk(pinned(cpu, cmd), duration)
+        with open(log) as f:
+            lat = sorted(int(line.split("\t")[2]) for line in f if line.count("\t") >= 2)
+    finally:
+        os.unlink(log)
+    return out, rc, parse_h2load(out, lat)
+
+
+def parse_h2load(out: str, lat: list[int]) -> dict:
+    r: dict = {"rps": 0.0, "requests": len(lat), "non2xx": 0,
+               "socket_errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0}}  # fmt: skip
+    for pct in (50, 75, 90, 99):
+        i = min(len(lat) - 1, int(len(lat) * pct / 100))
+        r[f"p{pct}_us"] = float(lat[i]) if lat else float("nan")
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if m:
+        r["non2xx"] = int(m.group(3)) + int(m.group(4))
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, \d+ failed, "
+                  r"(\d+) errored, (\d+) timeout", out)  # fmt: skip
+    if m:
+        r["socket_errors"]["read"] = int(m.group(1))
+        r["socket_errors"]["timeout"] = int(m.group(2))
+    elif not lat:
+        r["socket_errors"]["connect"] = 1  # h2load did not run or could not connect
+    return r
+
+
 def measure(
     t: Target,
     scenario: str,
@@ -656,17 +702,16 @@ def measure(
     conns, method = SCENARIOS[scenario]
     load_cpu, proxy_cpu = cpus
     if warmup > 0:
-        run_wrk(wrk_cmd(t.port, conns, warmup, method, lua, load_cpu), warmup)
+        run_load(t.port, conns, warmup, method, lua, load_cpu)
     pid = t.pid
     c0 = cpu_seconds(pid) if pid else 0.0
     b0 = cpu_busy(proxy_cpu) if proxy_cpu is not None else (0.0, 0.0)
     w0 = time.monotonic()
     with RssSampler(pid, rss_interval) as rs:
-        out, rc = run_wrk(wrk_cmd(t.port, conns, duration, method, lua, load_cpu), duration)
+        out, rc, r = run_load(t.port, conns, duration, method, lua, load_cpu)
     wall = time.monotonic() - w0
     c1 = cpu_seconds(pid) if pid else 0.0
     b1 = cpu_busy(proxy_cpu) if proxy_cpu is not None else (0.0, 0.0)
-    r = parse_wrk(out)
     cpu = (c1 - c0) / wall if pid else None
     r.update(
         {
@@ -735,96 +780,40 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-# (label, scenario, numerator target, denominator target, key, target, floor)
+# (numerator target, denominator target, metric key, scenario ("" = any), target, floor)
 RATIO_SPECS = [
-    (
-        "meshlet / envoy      rps-per-core",
-        "h1-c10",
-        "meshlet",
-        "envoy",
-        "rps_per_core",
-        ">= 1.0",
-        ">= 0.8",
-    ),
-    (
-        "meshlet / envoy      rps-per-core",
-        "h1-c100",
-        "meshlet",
-        "envoy",
-        "rps_per_core",
-        ">= 1.0",
-        ">= 0.8",
-    ),
-    (
-        "meshlet / envoy      rps-per-core",
-        "h1-echo-c10",
-        "meshlet",
-        "envoy",
-        "rps_per_core",
-        ">= 1.0",
-        ">= 0.8",
-    ),
-    ("meshlet-py / envoy   rps-per-core", "h1-c10", "meshlet-py", "envoy", "rps_per_core", "", ""),
-    ("meshlet-py / envoy   rps-per-core", "h1-c100", "meshlet-py", "envoy", "rps_per_core", "", ""),
-    (
-        "python-twin / cython rps-per-core",
-        "h1-c10",
-        "meshlet-py",
-        "meshlet",
-        "rps_per_core",
-        "",
-        "",
-    ),
-    (
-        "python-twin / cython rps-per-core",
-        "h1-c100",
-        "meshlet-py",
-        "meshlet",
-        "rps_per_core",
-        "",
-        "",
-    ),
-    (
-        "meshlet / envoy      added p50",
-        "h1-c1",
-        "meshlet",
-        "envoy",
-        "added_p50_us",
-        "<= 1.0",
-        "<= 1.25",
-    ),
-    ("meshlet / envoy      added p99", "h1-c1", "meshlet", "envoy", "added_p99_us", "(noise)", ""),
-    (
-        "meshlet / envoy      added p99",
-        "h1-c10",
-        "meshlet",
-        "envoy",
-        "added_p99_us",
-        "(<= 1.0)*",
-        "(<= 1.5)*",
-    ),
-    (
-        "meshlet / envoy      added p99",
-        "h1-c100",
-        "meshlet",
-        "envoy",
-        "added_p99_us",
-        "(<= 1.0)*",
-        "(<= 1.5)*",
-    ),
-    ("meshlet / envoy      idle RSS", "", "meshlet", "envoy", "rss_idle_mb", "<= 0.6", "<= 0.8"),
-    ("meshlet / envoy      peak RSS", "h1-c100", "meshlet", "envoy", "rss_peak_mb", "", ""),
+    ("meshlet", "envoy", "rps_per_core", "h1-c10", ">= 1.0", ">= 0.8"),
+    ("meshlet", "envoy", "rps_per_core", "h1-c100", ">= 1.0", ">= 0.8"),
+    ("meshlet", "envoy", "rps_per_core", "h1-echo-c10", ">= 1.0", ">= 0.8"),
+    ("meshlet-py", "envoy", "rps_per_core", "h1-c10", "", ""),
+    ("meshlet-py", "envoy", "rps_per_core", "h1-c100", "", ""),
+    ("meshlet-py", "meshlet", "rps_per_core", "h1-c10", "", ""),
+    ("meshlet-py", "meshlet", "rps_per_core", "h1-c100", "", ""),
+    ("meshlet", "envoy", "added_p50_us", "h1-c1", "<= 1.0", "<= 1.25"),
+    ("meshlet", "envoy", "added_p99_us", "h1-c1", "(noise)", ""),
+    ("meshlet", "envoy", "added_p99_us", "h1-c10", "(<= 1.0)*", "(<= 1.5)*"),
+    ("meshlet", "envoy", "added_p99_us", "h1-c100", "(<= 1.0)*", "(<= 1.5)*"),
+    ("meshlet", "envoy", "added_p99_us", "h1-2krps", "<= 1.0", "<= 1.5"),
+    ("meshlet", "envoy", "proxy_cpu", "h1-2krps", "<= 1.0", "<= 1.3"),
+    ("meshlet", "envoy", "rss_idle_mb", "", "<= 0.6", "<= 0.8"),
+    ("meshlet", "envoy", "rss_peak_mb", "h1-c100", "", ""),
 ]
+NAMES = {"meshlet": "meshlet", "meshlet-py": "python-twin", "envoy": "envoy"}
+KEYS = {"rps_per_core": "rps-per-core", "added_p50_us": "added p50", "added_p99_us": "added p99",
+        "proxy_cpu": "proxy CPU", "rss_idle_mb": "idle RSS", "rss_peak_mb": "peak RSS"}  # fmt: skip
 
 
 def ratios(s: dict) -> list[tuple[str, float | None, str, str]]:
     out: list[tuple[str, float | None, str, str]] = []
-    for label, sc, num, den, key, target, floor in RATIO_SPECS:
+    for num, den, key, sc, target, floor in RATIO_SPECS:
+        label = f"{NAMES[num] + ' / ' + NAMES[den]:<22} {KEYS[key]:<13}"
+        if (num, den) == ("meshlet-py", "meshlet"):
+            label = f"{'python-twin / cython':<22} {KEYS[key]:<13}"
         row = s.get(sc) if sc else next(iter(s.values()), None)  # idle RSS: any scenario
         if not row or num not in row or den not in row:
             continue
         value = ratio(row[num].get(key), row[den].get(key))
-        out.append((f"{label:<34} {sc}".rstrip(), value, target, floor))
+        out.append((f"{label} {sc}".rstrip(), value, target, floor))
     return out
 
 
