@@ -114,12 +114,14 @@ def response_status(resp_headers: Iterable[tuple[str, str]] | None,
     return code if code is not None else status_of(resp_headers)
 
 
-def request_deadline(grpc_timeout: str | None, expected_rq_timeout_ms: str | None = None) -> float | None:
+def request_deadline(grpc_timeout: str | None,
+                     expected_rq_timeout_ms: str | None = None) -> float | None:
     """The caller's deadline in seconds (``grpc-timeout`` and/or Envoy's expected timeout)."""
     return incoming_deadline(grpc_timeout, expected_rq_timeout_ms)
 
 
-def rewrite_timeout(headers: list[tuple[str, str]], remaining: float | None) -> list[tuple[str, str]]:
+def rewrite_timeout(headers: list[tuple[str, str]],
+                    remaining: float | None) -> list[tuple[str, str]]:
     """``headers`` with ``grpc-timeout`` set to the remaining budget of this try.
 
     Only ever shortens: a present header larger than ``remaining`` is rewritten, a smaller one

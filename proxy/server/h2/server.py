@@ -400,7 +400,8 @@ class H2ServerProtocol(H2Base):
         if len(r) > self.limits.reset_window:
             self.recent_resets -= r.popleft()
 
-    def _close_stream(self, st: StreamIO, reset: bool = False, code: int = ErrorCodes.CANCEL) -> None:
+    def _close_stream(self, st: StreamIO, reset: bool = False,
+                      code: int = ErrorCodes.CANCEL) -> None:
         """Forget a stream; ``reset`` sends RST_STREAM (counted like a peer's early reset:
         resets the server is made to send are MadeYouReset)."""
         if reset:
@@ -684,7 +685,8 @@ class H2Stream:
             t.cancel()
 
 
-def h2_factory(listener: Any, transport: asyncio.BaseTransport, initial_bytes: bytes = b"") -> H2ServerProtocol:
+def h2_factory(listener: Any, transport: asyncio.BaseTransport,
+               initial_bytes: bytes = b"") -> H2ServerProtocol:
     """The hook the HTTP/1.1 downstream calls when it sees the HTTP/2 preface or ALPN "h2":
     build the HTTP/2 protocol, hand it the transport and the bytes already read."""
     proto = H2ServerProtocol(listener)
