@@ -402,3 +402,56 @@ def test_peer_settings_are_applied():
     got = peer.receive_data(out)
     assert any(isinstance(e, h2.events.SettingsAcknowledged) for e in got)
     assert any(isinstance(e, h2.events.ResponseReceived) for e in got)
+
+
+def test_concurrency_limit_refuses_streams():
+    ours, peer, _ = server(Limits(max_concurrent_streams=2))
+    for sid in (1, 3):
+        peer.send_headers(sid, REQ)
+    raw = peer.data_to_send()
+    raw += fr.headers_frame(5, H2Connection(client_side=True)._encoder.encode(REQ))
+    events = ours.receive_data(raw)
+    assert kinds(events)[:2] == ["RequestReceived", "RequestReceived"]
+    assert isinstance(events[-1], StreamReset) and events[-1].error_code == ErrorCode.REFUSED_STREAM
+    assert not ours.closed
+
+
+def test_frames_on_streams_we_reset_are_ignored():
+    ours, peer, _ = server()
+    peer.send_headers(1, REQ)
+    ours.receive_data(peer.data_to_send())
+    ours.reset_stream(1)
+    peer.send_data(1, b"late", end_stream=True)
+    assert ours.receive_data(peer.data_to_send()) == []
+    assert fr.rst_stream(1, ErrorCode.CANCEL) in ours.data_to_send()
+
+
+def test_client_gets_informational_then_final_response_and_trailers():
+    ours = H2Connection(client_side=True, clock=Clock())
+    ours.initiate_connection()
+    peer = h2_peer(client_side=False)
+    peer.receive_data(ours.data_to_send())
+    ours.receive_data(peer.data_to_send())
+    ours.send_headers(1, REQ, end_stream=True)
+    peer.receive_data(ours.data_to_send())
+    peer.send_headers(1, [(b":status", b"103"), (b"link", b"</a>")])
+    peer.send_headers(1, [(b":status", b"200")])
+    peer.send_data(1, b"x")
+    peer.send_headers(1, [(b"grpc-status", b"0")], end_stream=True)
+    events = [e for e in ours.receive_data(peer.data_to_send()) if not isinstance(e, WindowUpdated)]
+    names = [k for k in kinds(events) if k not in ("SettingsAcknowledged", "RemoteSettingsChanged")]
+    assert names == [
+        "InformationalResponseReceived",
+        "ResponseReceived",
+        "DataReceived",
+        "TrailersReceived",
+        "StreamEnded",
+    ]
+
+
+def test_headers_on_an_even_stream_from_a_client_is_a_connection_error():
+    ours, _, _ = server()
+    block = H2Connection(client_side=True)._encoder.encode(REQ)
+    events = ours.receive_data(fr.headers_frame(2, block, True))
+    assert isinstance(events[-1], ConnectionTerminated)
+    assert events[-1].error_code == ErrorCode.PROTOCOL_ERROR
