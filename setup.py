@@ -22,7 +22,9 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
 PACKAGES = ("proxy", "control_plane", "certs")
-NO_EXTENSIONS = os.environ.get("MESHLET_NO_EXTENSIONS") == "1" or sys.implementation.name != "cpython"
+NO_EXTENSIONS = (
+    os.environ.get("MESHLET_NO_EXTENSIONS") == "1" or sys.implementation.name != "cpython"
+)
 REQUIRE_EXTENSIONS = os.environ.get("MESHLET_REQUIRE_EXTENSIONS") == "1"
 
 
@@ -51,9 +53,16 @@ def find_extensions() -> list[Extension]:
             twin = pxd.with_name(pxd.name[: -len("_c.pxd")] + "_py.py")
             link = pxd.with_suffix(".py")
             if twin.exists() and link.exists():
-                sources.append((".".join(link.relative_to(HERE).with_suffix("").parts), str(link.relative_to(HERE))))
+                sources.append(
+                    (
+                        ".".join(link.relative_to(HERE).with_suffix("").parts),
+                        str(link.relative_to(HERE)),
+                    )
+                )
         for pyx in sorted((HERE / pkg).rglob("*.pyx")):
-            sources.append((".".join(pyx.relative_to(HERE).with_suffix("").parts), str(pyx.relative_to(HERE))))
+            sources.append(
+                (".".join(pyx.relative_to(HERE).with_suffix("").parts), str(pyx.relative_to(HERE)))
+            )
     if not sources:
         return []
     from Cython.Build import cythonize

@@ -26,7 +26,9 @@ class Telemetry:
         self.rt = rt
         self.registry = CollectorRegistry()
         self.requests = RequestMetrics(self.registry)
-        self.meshlet = MeshletMetrics(self.registry, version=__version__, fastpath=_accel.fastpath())
+        self.meshlet = MeshletMetrics(
+            self.registry, version=__version__, fastpath=_accel.fastpath()
+        )
         self._series: dict[tuple[str, str, str], Any] = {}
         self._local: dict[tuple[int, str], Any] = {}
         self.access_log: Any = None
@@ -55,14 +57,18 @@ class Telemetry:
     def count_local_reply(self, status: int, flag: str) -> None:
         c = self._local.get((status, flag))
         if c is None:
-            c = self._local[(status, flag)] = self.meshlet.local_replies.labels(code=str(status), flag=flag)
+            c = self._local[(status, flag)] = self.meshlet.local_replies.labels(
+                code=str(status), flag=flag
+            )
         c.inc()
 
     def count_protection(self, subject: Any, kind: str) -> None:
         """Rare events (a rejection, a skipped retry, an ejection): label lookup is fine here."""
         m = self.meshlet
         if kind == "ejection":
-            m.outlier_ejections.labels(destination_service=getattr(subject, "service", "unknown")).inc()
+            m.outlier_ejections.labels(
+                destination_service=getattr(subject, "service", "unknown")
+            ).inc()
             return
         svc = subject.service
         if kind == "rate_limited":
@@ -98,18 +104,26 @@ class Telemetry:
             dest_version = labels.get("version", "unknown")
             s = self.requests.series(
                 reporter="source",
-                source_workload=self.workload, source_workload_namespace=rt.namespace,
-                source_principal=rt.spiffe_id, source_app=rt.service,
-                source_version=rt.version or "unknown", source_canonical_service=rt.service,
+                source_workload=self.workload,
+                source_workload_namespace=rt.namespace,
+                source_principal=rt.spiffe_id,
+                source_app=rt.service,
+                source_version=rt.version or "unknown",
+                source_canonical_service=rt.service,
                 source_canonical_revision=rt.version or "latest",
-                destination_workload=dest_app + ("-" + dest_version if dest_version != "unknown" else ""),
+                destination_workload=dest_app
+                + ("-" + dest_version if dest_version != "unknown" else ""),
                 destination_workload_namespace=service_namespace(ex.service),
                 destination_principal=ex.peer or "unknown",
-                destination_app=dest_app, destination_version=dest_version,
-                destination_service=ex.service, destination_service_name=dest_app,
+                destination_app=dest_app,
+                destination_version=dest_version,
+                destination_service=ex.service,
+                destination_service_name=dest_app,
                 destination_service_namespace=service_namespace(ex.service),
                 destination_canonical_service=dest_app,
-                destination_canonical_revision=dest_version if dest_version != "unknown" else "latest",
+                destination_canonical_revision=dest_version
+                if dest_version != "unknown"
+                else "latest",
                 request_protocol="http",
                 connection_security_policy="unknown",
             )
@@ -119,14 +133,20 @@ class Telemetry:
             src_sa = peer.rsplit("/sa/", 1)[1] if "/sa/" in peer else "unknown"
             s = self.requests.series(
                 reporter="destination",
-                source_workload=src_sa, source_workload_namespace=src_ns,
-                source_principal=peer or "unknown", source_app=src_sa,
+                source_workload=src_sa,
+                source_workload_namespace=src_ns,
+                source_principal=peer or "unknown",
+                source_app=src_sa,
                 source_canonical_service=src_sa,
-                destination_workload=self.workload, destination_workload_namespace=rt.namespace,
+                destination_workload=self.workload,
+                destination_workload_namespace=rt.namespace,
                 destination_principal=rt.spiffe_id if ex.mtls else "unknown",
-                destination_app=rt.service, destination_version=rt.version or "unknown",
-                destination_service=rt.local_service_fqdn, destination_service_name=rt.service,
-                destination_service_namespace=rt.namespace, destination_canonical_service=rt.service,
+                destination_app=rt.service,
+                destination_version=rt.version or "unknown",
+                destination_service=rt.local_service_fqdn,
+                destination_service_name=rt.service,
+                destination_service_namespace=rt.namespace,
+                destination_canonical_service=rt.service,
                 destination_canonical_revision=rt.version or "latest",
                 request_protocol="http",
                 connection_security_policy="mutual_tls" if ex.mtls else "none",
@@ -151,19 +171,28 @@ class Telemetry:
         if self.access_log is not None:
             self.access_log.log(
                 start_time=time.time() - (now - ex.start),
-                method=head.method, authority=head.host, path=head.target,
+                method=head.method,
+                authority=head.host,
+                path=head.target,
                 protocol="HTTP/1.1" if head.version == 11 else "HTTP/1.0",
-                response_code=ex.status, response_flags=ex.flags, grpc_status=ex.grpc,
-                duration_ms=round(dur, 3), upstream_service_time_ms=round(ex.upstream_ms, 3),
-                bytes_received=ex.req_bytes, bytes_sent=ex.resp_bytes,
-                upstream_host=ex.upstream, upstream_cluster=ex.cluster,
+                response_code=ex.status,
+                response_flags=ex.flags,
+                grpc_status=ex.grpc,
+                duration_ms=round(dur, 3),
+                upstream_service_time_ms=round(ex.upstream_ms, 3),
+                bytes_received=ex.req_bytes,
+                bytes_sent=ex.resp_bytes,
+                upstream_host=ex.upstream,
+                upstream_cluster=ex.cluster,
                 request_id=ex.request_id,
                 trace_id=tr.trace_id if tr is not None else "",
                 span_id=tr.span_id if tr is not None else "",
                 downstream_peer_principal=ex.peer if reporter == "inbound" else "",
                 user_agent=head.get("user-agent") or "",
                 x_forwarded_for=head.get("x-forwarded-for") or "",
-                route_name=ex.route, reporter=reporter, attempts=ex.attempts,
+                route_name=ex.route,
+                reporter=reporter,
+                attempts=ex.attempts,
             )
 
     def _span(self, ex: Any, head: Any, reporter: str, tr: Any, dur_ns: int, error: bool) -> None:
@@ -188,8 +217,15 @@ class Telemetry:
         if ex.request_id:
             attrs["meshlet.request_id"] = ex.request_id
         kind = "client" if reporter == "outbound" else "server"
-        self.spans.record_span(tr, kind, f"{head.method} {ex.route or head.path}"
-                               if kind == "client" else f"{head.method}", end - dur_ns, end, attrs, error)
+        self.spans.record_span(
+            tr,
+            kind,
+            f"{head.method} {ex.route or head.path}" if kind == "client" else f"{head.method}",
+            end - dur_ns,
+            end,
+            attrs,
+            error,
+        )
 
     def render(self) -> tuple[bytes, str]:
         return render(self.registry), CONTENT_TYPE

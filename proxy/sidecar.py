@@ -63,8 +63,9 @@ class Sidecar:
         labels.setdefault("app", opts.service)
         if opts.version:
             labels.setdefault("version", opts.version)
-        self.runtime = Runtime(opts.service, opts.namespace, opts.version, labels, opts.app_port,
-                               opts.app_host)
+        self.runtime = Runtime(
+            opts.service, opts.namespace, opts.version, labels, opts.app_port, opts.app_host
+        )
         self.forwarder = Forwarder(self.runtime)
         self.listeners: dict[str, Listener] = {}
         self.admin_runner: web.AppRunner | None = None
@@ -81,9 +82,13 @@ class Sidecar:
         self._draining_task: asyncio.Task[Any] | None = None
 
     # -- config ------------------------------------------------------------------------------
-    def apply_resources(self, resources: list[Any], registry: list[dict[str, Any]], version: str) -> None:
+    def apply_resources(
+        self, resources: list[Any], registry: list[dict[str, Any]], version: str
+    ) -> None:
         """Compile and swap atomically; raises (and keeps the running table) when invalid."""
-        table = compile_table(resources, registry, self.opts.namespace, self.runtime.labels, version)
+        table = compile_table(
+            resources, registry, self.opts.namespace, self.runtime.labels, version
+        )
         for w in table.warnings:
             log.warning("config %s: %s", version, w)
         from proxy.authz.engine import compile_policies
@@ -133,15 +138,18 @@ class Sidecar:
         from proxy.authz.peer_auth import resolve_mtls_mode
 
         # portLevelMtls keys are the application's ports (Istio), not the sidecar's
-        return resolve_mtls_mode(resources, self.opts.namespace, self.runtime.labels,
-                                 self.opts.app_port)
+        return resolve_mtls_mode(
+            resources, self.opts.namespace, self.runtime.labels, self.opts.app_port
+        )
 
     def reload(self) -> bool:
         try:
             self.load_file()
         except Exception as exc:
             self.last_error = str(exc)
-            log.error("config reload refused, keeping version %s:\n%s", self.runtime.config_version, exc)
+            log.error(
+                "config reload refused, keeping version %s:\n%s", self.runtime.config_version, exc
+            )
             if self.telemetry is not None:
                 self.telemetry.on_config(self.runtime.config_version, False)
             return False
@@ -157,12 +165,25 @@ class Sidecar:
             self.load_file()  # at start an invalid file is fatal: there is nothing to keep
         await self._setup_identity()
         self._setup_telemetry()
-        out = Listener("outbound", self.forwarder.outbound, o.outbound_bind, o.outbound_port,
-                       header_timeout=o.header_timeout, idle_timeout=o.idle_timeout)
+        out = Listener(
+            "outbound",
+            self.forwarder.outbound,
+            o.outbound_bind,
+            o.outbound_port,
+            header_timeout=o.header_timeout,
+            idle_timeout=o.idle_timeout,
+        )
         inbound_ssl, peer_identity = self._inbound_tls()
-        inb = Listener("inbound", self.forwarder.inbound, o.inbound_bind, o.inbound_port,
-                       ssl_context=inbound_ssl, peer_identity=peer_identity,
-                       header_timeout=o.header_timeout, idle_timeout=o.idle_timeout)
+        inb = Listener(
+            "inbound",
+            self.forwarder.inbound,
+            o.inbound_bind,
+            o.inbound_port,
+            ssl_context=inbound_ssl,
+            peer_identity=peer_identity,
+            header_timeout=o.header_timeout,
+            idle_timeout=o.idle_timeout,
+        )
         if inbound_ssl is not None:
             inb.mtls_mode = lambda: self.runtime.mtls_mode
         for lst in (out, inb):
@@ -186,12 +207,19 @@ class Sidecar:
         self.ready = bool(self.runtime.config_version) or not (o.config_file or o.control_plane)
         log.info(
             "meshlet sidecar %s for %s.%s: outbound %d, inbound %d, admin %d, fastpath %s",
-            __version__, o.service, o.namespace, out.port, inb.port, self.admin_port, _accel.fastpath(),
+            __version__,
+            o.service,
+            o.namespace,
+            out.port,
+            inb.port,
+            self.admin_port,
+            _accel.fastpath(),
         )
         print(
             f"meshlet sidecar ready service={o.service} outbound={out.port} inbound={inb.port} "
             f"admin={self.admin_port} fastpath={_accel.fastpath()}",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
 
     def _setup_telemetry(self) -> None:
@@ -212,7 +240,9 @@ class Sidecar:
             with open(o.token_file, encoding="utf-8") as f:
                 token = f.read().strip()
             state = o.state_dir or os.path.join(
-                os.path.expanduser("~/.meshlet/sidecars"), f"{o.service}.{o.namespace}-{o.inbound_port}")
+                os.path.expanduser("~/.meshlet/sidecars"),
+                f"{o.service}.{o.namespace}-{o.inbound_port}",
+            )
             os.makedirs(state, mode=0o700, exist_ok=True)
             self.state_dir = state
             self.identity = IdentityManager(o.control_plane, token, o.service, o.namespace, state)
@@ -255,18 +285,23 @@ class Sidecar:
 
         o = self.opts
         registration = {
-            "service": o.service, "namespace": o.namespace, "version": o.version,
+            "service": o.service,
+            "namespace": o.namespace,
+            "version": o.version,
             "labels": self.runtime.labels,
             "address": f"{o.advertise_address}:{inbound_port}",
             "admin_address": f"{o.admin_bind}:{self.admin_port}",
             "node": f"{o.service}{'-' + o.version if o.version else ''}.{o.namespace}"
-                    f"@{o.advertise_address}:{inbound_port}",
+            f"@{o.advertise_address}:{inbound_port}",
         }
         if self.identity is not None and self.identity.not_after:
             registration["cert_expiry"] = self.identity.not_after
         assert o.control_plane is not None and self.identity is not None
         self.discovery = DiscoveryClient(
-            o.control_plane, self.identity.client_context, registration, self.apply_snapshot,
+            o.control_plane,
+            self.identity.client_context,
+            registration,
+            self.apply_snapshot,
             os.path.join(self.state_dir, "config-cache.json"),
         )
         disc = self.discovery
@@ -274,7 +309,9 @@ class Sidecar:
         def cert_changed(ident: Any) -> None:
             # the control plane shows certificate expiry in proxy-status and `meshlet check`
             if ident.not_after:
-                asyncio.get_running_loop().create_task(disc.update_status(cert_expiry=ident.not_after))
+                asyncio.get_running_loop().create_task(
+                    disc.update_status(cert_expiry=ident.not_after)
+                )
 
         self.identity.on_change.append(cert_changed)
         cached = self.discovery.load_cache()
@@ -298,14 +335,18 @@ class Sidecar:
     async def drain(self) -> None:
         rt = self.runtime
         rt.draining = True
-        log.info("draining: %d requests in flight", sum(lst.busy for lst in self.listeners.values()))
+        log.info(
+            "draining: %d requests in flight", sum(lst.busy for lst in self.listeners.values())
+        )
         for lst in self.listeners.values():
             lst.stop_accepting()
         deadline = asyncio.get_running_loop().time() + self.opts.drain_timeout
         while any(lst.busy for lst in self.listeners.values()):
             if asyncio.get_running_loop().time() > deadline:
-                log.warning("drain timeout: closing %d busy connections",
-                            sum(lst.busy for lst in self.listeners.values()))
+                log.warning(
+                    "drain timeout: closing %d busy connections",
+                    sum(lst.busy for lst in self.listeners.values()),
+                )
                 break
             await asyncio.sleep(0.05)
         await self.stop()
@@ -356,7 +397,8 @@ class Sidecar:
                             "name": r.name,
                             "match": [b.name for b in r.matches],
                             "destinations": [
-                                {"cluster": d.default_cluster, "weight": d.weight} for d in r.destinations
+                                {"cluster": d.default_cluster, "weight": d.weight}
+                                for d in r.destinations
                             ],
                             "timeout": r.timeout,
                         }
@@ -366,7 +408,9 @@ class Sidecar:
                 for vh in {id(v): v for v in t.hosts.values()}.values()
             ],
             "warnings": list(t.warnings),
-            "authorization_policies": list(self.runtime.authz.policies) if self.runtime.authz else [],
+            "authorization_policies": list(self.runtime.authz.policies)
+            if self.runtime.authz
+            else [],
             "mtls_mode": self.runtime.mtls_mode,
         }
 
@@ -374,24 +418,26 @@ class Sidecar:
         rt = self.runtime
         out = []
         for c in rt.table.clusters.values():
-            out.append({
-                "name": c.name,
-                "service": c.service,
-                "subset": c.subset,
-                "port": c.port,
-                "lb": c.lb,
-                "endpoints": [
-                    {
-                        "address": ep.key,
-                        "labels": ep.labels,
-                        "tls": ep.tls,
-                        "active_requests": rt.active.get(ep.key, 0),
-                        **rt.endpoint_health(c, ep),
-                    }
-                    for ep in c.endpoints
-                ],
-                **rt.cluster_health(c),
-            })
+            out.append(
+                {
+                    "name": c.name,
+                    "service": c.service,
+                    "subset": c.subset,
+                    "port": c.port,
+                    "lb": c.lb,
+                    "endpoints": [
+                        {
+                            "address": ep.key,
+                            "labels": ep.labels,
+                            "tls": ep.tls,
+                            "active_requests": rt.active.get(ep.key, 0),
+                            **rt.endpoint_health(c, ep),
+                        }
+                        for ep in c.endpoints
+                    ],
+                    **rt.cluster_health(c),
+                }
+            )
         return {"version": rt.config_version, "clusters": out}
 
     def certs_view(self) -> dict[str, Any]:

@@ -27,7 +27,9 @@ def env(**extra: str) -> dict[str, str]:
     return e
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> object:
+def wait_until(
+    cond: Callable[[], object], timeout: float = 15.0, interval: float = 0.02, what: str = ""
+) -> object:
     deadline = time.monotonic() + timeout
     while True:
         v = cond()
@@ -39,15 +41,23 @@ def wait_until(cond: Callable[[], object], timeout: float = 15.0, interval: floa
 
 
 class Proc:
-    def __init__(self, name: str, cmd: list[str], workdir: Path, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, cmd: list[str], workdir: Path, environ: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.cmd = cmd
         self.out = workdir / f"{name}.out"
         self.err = workdir / f"{name}.err"
-        self._fo = open(self.out, "wb")
-        self._fe = open(self.err, "wb")
-        self.p = subprocess.Popen(cmd, stdout=self._fo, stderr=self._fe, stdin=subprocess.DEVNULL,
-                                  env=environ or env(), cwd=str(ROOT))
+        self._fo = open(self.out, "wb")  # noqa: SIM115 - open for the process lifetime
+        self._fe = open(self.err, "wb")  # noqa: SIM115 - open for the process lifetime
+        self.p = subprocess.Popen(
+            cmd,
+            stdout=self._fo,
+            stderr=self._fe,
+            stdin=subprocess.DEVNULL,
+            env=environ or env(),
+            cwd=str(ROOT),
+        )
 
     def stderr(self) -> str:
         return self.err.read_text(errors="replace")
@@ -60,7 +70,9 @@ class Proc:
 
         def check() -> re.Match[str] | None:
             if self.p.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.p.returncode}:\n{self.stderr()[-4000:]}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.p.returncode}:\n{self.stderr()[-4000:]}"
+                )
             return rx.search(self.stderr())
 
         return wait_until(check, timeout, what=f"{self.name}: {pattern}")  # type: ignore[return-value]
@@ -82,10 +94,23 @@ class Proc:
         return self.p.returncode
 
 
-def start_app(workdir: Path, name: str, version: str = "v1", outbound: str = "") -> tuple[Proc, int]:
+def start_app(
+    workdir: Path, name: str, version: str = "v1", outbound: str = ""
+) -> tuple[Proc, int]:
     port_file = workdir / f"app-{name}-{version}.port"
-    cmd = [PY, "-m", "control_plane.demo.apps", "--name", name, "--version", version,
-           "--port", "0", "--port-file", str(port_file)]
+    cmd = [
+        PY,
+        "-m",
+        "control_plane.demo.apps",
+        "--name",
+        name,
+        "--version",
+        version,
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+    ]
     if outbound:
         cmd += ["--outbound", outbound]
     proc = Proc(f"app-{name}-{version}", cmd, workdir)
@@ -117,8 +142,13 @@ class Sidecar:
 
 
 def start_sidecar(
-    workdir: Path, service: str, app_port: int, config: str | Path | None, *extra: str,
-    environ: dict[str, str] | None = None, name: str | None = None,
+    workdir: Path,
+    service: str,
+    app_port: int,
+    config: str | Path | None,
+    *extra: str,
+    environ: dict[str, str] | None = None,
+    name: str | None = None,
 ) -> Sidecar:
     """A sidecar from a config file (text or path), or joined to a control plane when
     ``config`` is None and ``extra`` carries ``--control-plane URL --token-file F``."""
@@ -129,9 +159,26 @@ def start_sidecar(
             cfg = workdir / f"{name or service}-config.yaml"
             cfg.write_text(str(config))
         src = ["--config", str(cfg)]
-    cmd = [PY, "-m", "control_plane.cli", "sidecar", "--service", service, "--app-port", str(app_port),
-           *src, "--outbound", "0", "--inbound", "0", "--admin", "0",
-           "--inbound-bind", "127.0.0.1", *extra]
+    cmd = [
+        PY,
+        "-m",
+        "control_plane.cli",
+        "sidecar",
+        "--service",
+        service,
+        "--app-port",
+        str(app_port),
+        *src,
+        "--outbound",
+        "0",
+        "--inbound",
+        "0",
+        "--admin",
+        "0",
+        "--inbound-bind",
+        "127.0.0.1",
+        *extra,
+    ]
     proc = Proc(f"sidecar-{name or service}", cmd, workdir, environ)
     m = proc.wait_for(READY)
     return Sidecar(proc, int(m.group(1)), int(m.group(2)), int(m.group(3)))
@@ -145,9 +192,13 @@ class ControlPlane:
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [PY, "-m", "control_plane.cli", *args], capture_output=True, text=True, input=input,
+            [PY, "-m", "control_plane.cli", *args],
+            capture_output=True,
+            text=True,
+            input=input,
             env=env(MESHLET_DATA_DIR=str(self.data_dir), MESHLET_CONTROL_PLANE=self.url),
-            cwd=str(ROOT), timeout=60,
+            cwd=str(ROOT),
+            timeout=60,
         )
 
     def token(self, service: str, workdir: Path, namespace: str = "default") -> Path:
@@ -166,8 +217,20 @@ def start_control_plane(workdir: Path, data_dir: Path | None = None) -> ControlP
     addr = data / "listen.addr"
     if addr.exists():
         addr.unlink()
-    proc = Proc("control-plane", [PY, "-m", "control_plane.cli", "control-plane", "--data-dir", str(data),
-                                  "--listen", "127.0.0.1:0"], workdir)
+    proc = Proc(
+        "control-plane",
+        [
+            PY,
+            "-m",
+            "control_plane.cli",
+            "control-plane",
+            "--data-dir",
+            str(data),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        workdir,
+    )
     wait_until(lambda: addr.exists() or proc.p.poll() is not None, what="control plane")
     if proc.p.poll() is not None:
         raise RuntimeError(proc.stderr())

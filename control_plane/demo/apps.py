@@ -34,7 +34,8 @@ def build_app(name: str, version: str, outbound: str = "") -> web.Application:
                 "query": request.query_string,
                 "headers": {k.lower(): v for k, v in request.headers.items()},
                 "peer": "%s:%s" % (request.transport.get_extra_info("peername") or ("", 0))[:2]
-                if request.transport else "",
+                if request.transport
+                else "",
                 **extra,
             }
         )
@@ -112,14 +113,19 @@ def build_app(name: str, version: str, outbound: str = "") -> web.Application:
         if not outbound:
             return web.Response(status=500, text="no outbound sidecar configured\n")
         fwd = {k: v for k, v in request.headers.items() if k.lower() in _PROPAGATE}
-        async with ClientSession(timeout=ClientTimeout(total=30)) as s, s.get(
-            f"http://{outbound}/{rest}", headers={**fwd, "Host": target}
-        ) as r:
+        async with (
+            ClientSession(timeout=ClientTimeout(total=30)) as s,
+            s.get(f"http://{outbound}/{rest}", headers={**fwd, "Host": target}) as r,
+        ):
             text = await r.text()
             return web.json_response(
-                {"service": name, "version": version, "upstream_status": r.status,
-                 "upstream_flags": r.headers.get("x-meshlet-response-flags", ""),
-                 "upstream": _maybe_json(text)},
+                {
+                    "service": name,
+                    "version": version,
+                    "upstream_status": r.status,
+                    "upstream_flags": r.headers.get("x-meshlet-response-flags", ""),
+                    "upstream": _maybe_json(text),
+                },
                 status=200 if r.status < 500 else 502,
             )
 
@@ -137,8 +143,19 @@ def build_app(name: str, version: str, outbound: str = "") -> web.Application:
     return app
 
 
-_PROPAGATE = {"x-request-id", "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
-              "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "x-user", "end-user"}
+_PROPAGATE = {
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-user",
+    "end-user",
+}
 
 
 def _maybe_json(text: str) -> object:
@@ -148,7 +165,9 @@ def _maybe_json(text: str) -> object:
         return text
 
 
-async def serve(name: str, version: str, host: str, port: int, outbound: str, port_file: str | None) -> None:
+async def serve(
+    name: str, version: str, host: str, port: int, outbound: str, port_file: str | None
+) -> None:
     runner = web.AppRunner(build_app(name, version, outbound), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

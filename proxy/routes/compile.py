@@ -27,13 +27,12 @@ from proxy.routes.table import (
     Destination,
     Endpoint,
     HeaderOps,
-    Matcher,
     MatchBlock,
+    Matcher,
     Route,
     RouteTable,
     VirtualHost,
 )
-
 
 #: VirtualService annotation: its routes may retry requests that are not idempotent (POST ...)
 RETRY_NON_IDEMPOTENT = "retry.meshlet.dev/non-idempotent"
@@ -169,8 +168,8 @@ class _Compiler:
             app = (we.spec.get("labels") or {}).get("app") or we.labels.get("app")
             if not app:
                 self.warnings.append(
-                    f"WorkloadEntry {we.namespace}/{we.name}: no ServiceEntry selects it and it has "
-                    "no app label; ignored"
+                    f"WorkloadEntry {we.namespace}/{we.name}: no ServiceEntry selects it "
+                    "and it has no app label; ignored"
                 )
                 continue
             self._service(app, we.namespace).endpoints.append(_we_endpoint(we))
@@ -180,9 +179,7 @@ class _Compiler:
             labels = dict(reg.get("labels") or {})
             if reg.get("version"):
                 labels.setdefault("version", str(reg["version"]))
-            svc.endpoints.append(
-                (host, {}, labels, 1, True, str(reg.get("spiffe_id") or ""), port)
-            )
+            svc.endpoints.append((host, {}, labels, 1, True, str(reg.get("spiffe_id") or ""), port))
         for dr in by_kind.get("DestinationRule", []):
             self.drs.setdefault(fqdn(dr.spec["host"], dr.namespace), dr)
         for rp in by_kind.get("ResiliencePolicy", []):
@@ -213,12 +210,18 @@ class _Compiler:
                         if not port:
                             continue
                         eps.append(
-                            Endpoint(address, port, labels, weight, tls, spiffe, f"{address}:{port}")
+                            Endpoint(
+                                address, port, labels, weight, tls, spiffe, f"{address}:{port}"
+                            )
                         )
                     name = f"outbound|{number}|{subset}|{svc.fqdn}"
-                    self.clusters[name] = _cluster(name, svc.fqdn, subset, number, eps, policy, self.resilience.get(svc.fqdn))
+                    self.clusters[name] = _cluster(
+                        name, svc.fqdn, subset, number, eps, policy, self.resilience.get(svc.fqdn)
+                    )
 
-    def cluster_map(self, host: str, namespace: str, subset: str, port: int) -> tuple[dict[int, str], str]:
+    def cluster_map(
+        self, host: str, namespace: str, subset: str, port: int
+    ) -> tuple[dict[int, str], str]:
         fq = fqdn(host, namespace)
         svc = self.services.get(fq)
         if svc is None:
@@ -232,7 +235,9 @@ class _Compiler:
             name = f"outbound|{number}|{subset}|{fq}"
             if name not in self.clusters:
                 # a subset the DestinationRule does not define: Envoy answers 503 NC at runtime
-                self.warnings.append(f"subset {subset!r} of {fq} is not defined by a DestinationRule")
+                self.warnings.append(
+                    f"subset {subset!r} of {fq} is not defined by a DestinationRule"
+                )
                 self.clusters[name] = _cluster(name, fq, subset, number, [], {}, None)
             by_port[number] = name
         if port and port in by_port:
@@ -264,13 +269,17 @@ class _Compiler:
             return None
         headers = [_string_match(k.lower(), v) for k, v in (m.get("headers") or {}).items()]
         headers += [
-            _string_match(k.lower(), v, invert=True) for k, v in (m.get("withoutHeaders") or {}).items()
+            _string_match(k.lower(), v, invert=True)
+            for k, v in (m.get("withoutHeaders") or {}).items()
         ]
         ignore_case = bool(m.get("ignoreUriCase"))
         uri = _string_match("uri", m["uri"]) if m.get("uri") else None
         if uri is not None and ignore_case:
             uri = Matcher(
-                "uri", uri.op, uri.value.lower(), re.compile(uri.value, re.I) if uri.op == REGEX else None
+                "uri",
+                uri.op,
+                uri.value.lower(),
+                re.compile(uri.value, re.I) if uri.op == REGEX else None,
             )
         return MatchBlock(
             name=str(m.get("name") or index),
@@ -304,10 +313,15 @@ class _Compiler:
         mirror = None
         mspec = spec.get("mirror") or ((spec.get("mirrors") or [{}])[0].get("destination"))
         if mspec:
-            pct = spec.get("mirrorPercentage") or ((spec.get("mirrors") or [{}])[0].get("percentage"))
+            pct = spec.get("mirrorPercentage") or (
+                (spec.get("mirrors") or [{}])[0].get("percentage")
+            )
             frac = float(pct.get("value", 100.0)) / 100.0 if pct else 1.0
             _, mcluster = self.cluster_map(
-                mspec["host"], ns, mspec.get("subset") or "", int((mspec.get("port") or {}).get("number") or 0)
+                mspec["host"],
+                ns,
+                mspec.get("subset") or "",
+                int((mspec.get("port") or {}).get("number") or 0),
             )
             mirror = (mcluster, frac)
         rewrite = spec.get("rewrite") or {}
@@ -333,7 +347,8 @@ class _Compiler:
             response_headers=_header_ops(hdr.get("response")),
             retry_non_idempotent=str(
                 (getattr(vs, "annotations", None) or {}).get(RETRY_NON_IDEMPOTENT, "")
-            ).lower() == "true",
+            ).lower()
+            == "true",
             direct_response=(
                 (int(direct["status"]), str((direct.get("body") or {}).get("string", "")))
                 if direct
@@ -364,8 +379,14 @@ class _Compiler:
             by_port, _ = self.cluster_map(fq, svc.namespace, "", 0)
             dest = Destination(fq, "", 0, 100, HeaderOps(), HeaderOps(), by_port, default)
             vhosts[fq] = [
-                Route(name="default", virtual_service="", matches=(), destinations=(dest,),
-                      cum_weights=(1,), total_weight=1)
+                Route(
+                    name="default",
+                    virtual_service="",
+                    matches=(),
+                    destinations=(dest,),
+                    cum_weights=(1,),
+                    total_weight=1,
+                )
             ]
             vs_names[fq] = ""
         hosts: dict[str, VirtualHost] = {}

@@ -18,8 +18,18 @@ class ChannelClosed(Exception):
 
 class BodyChannel:
     __slots__ = (
-        "_chunks", "_size", "_eof", "_exc", "_waiter", "_pause", "_resume", "_paused",
-        "high", "low", "trailers", "total",
+        "_chunks",
+        "_size",
+        "_eof",
+        "_exc",
+        "_waiter",
+        "_pause",
+        "_resume",
+        "_paused",
+        "high",
+        "low",
+        "trailers",
+        "total",
     )
 
     def __init__(

@@ -204,7 +204,7 @@ class Downstream(asyncio.Protocol):
         assert body is not None
         if self.chunked is None:
             if len(data) >= self.remaining:
-                rest = data[self.remaining:]
+                rest = data[self.remaining :]
                 body.feed(data[: self.remaining])
                 self.remaining = 0
                 body.feed_eof()
@@ -285,8 +285,16 @@ class Downstream(asyncio.Protocol):
         self.write(_CONTINUE)
 
     def send_response(
-        self, status: int, reason: str, headers: list[tuple[str, str]], connection_tokens: tuple[str, ...],
-        extra: list[str], length: int, end: bool, data: bytes = b"", no_body: bool = False,
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        connection_tokens: tuple[str, ...],
+        extra: list[str],
+        length: int,
+        end: bool,
+        data: bytes = b"",
+        no_body: bool = False,
     ) -> None:
         """The response head (and the whole body when ``end``), framed for this client."""
         keep = self.keep_alive and not self.listener.draining
@@ -320,15 +328,32 @@ class Downstream(asyncio.Protocol):
     def send_upgrade(self, resp: Any, headers: list[tuple[str, str]], extra: list[str]) -> None:
         extra.append("connection: upgrade")
         extra.append("upgrade: " + (resp.get("upgrade") or "websocket"))
-        self.write(response_head(101, resp.reason, headers, resp.connection, extra, version=self.version))
+        self.write(
+            response_head(101, resp.reason, headers, resp.connection, extra, version=self.version)
+        )
 
-    def send_local(self, status: int, flag: str, body: str | None, extra: tuple[tuple[str, str], ...],
-                   draining: bool) -> None:
+    def send_local(
+        self,
+        status: int,
+        flag: str,
+        body: str | None,
+        extra: tuple[tuple[str, str], ...],
+        draining: bool,
+    ) -> None:
         close = not self.keep_alive or (self.body is not None and not self.body.at_eof) or draining
         if close:
             self.keep_alive = False
-        self.write(local_reply.render(status, flag, body, close=close, extra=extra,
-                                      head_only=self.method == "HEAD", version=self.version))
+        self.write(
+            local_reply.render(
+                status,
+                flag,
+                body,
+                close=close,
+                extra=extra,
+                head_only=self.method == "HEAD",
+                version=self.version,
+            )
+        )
 
     def reset(self) -> None:
         self.keep_alive = False

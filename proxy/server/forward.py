@@ -15,18 +15,18 @@ import time
 from typing import Any
 
 from control_plane.api.hosts import split_host_port
+from proxy.authz.engine import RequestAttrs, merged_header_getter
+from proxy.authz.normalize import normalize_path, normalize_target
+from proxy.resilience.deadline import attempt_timeout, format_timeout_ms, parse_expected_timeout_ms
+from proxy.resilience.retry import Outcome, retry_after_delay
 from proxy.routes import match
 from proxy.server.channel import ChannelClosed
 from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops
-from proxy.server.upstream import UpstreamReset
-from proxy.resilience.deadline import attempt_timeout, format_timeout_ms, parse_expected_timeout_ms
-from proxy.authz.engine import RequestAttrs, merged_header_getter
-from proxy.authz.normalize import normalize_path, normalize_target
 from proxy.server.policy import RoutePolicy
+from proxy.server.upstream import UpstreamReset
 from proxy.telemetry.tracing import PROPAGATION_HEADERS, extract, inject, new_context
 
 _PROPAGATION = frozenset(PROPAGATION_HEADERS)
-from proxy.resilience.retry import Outcome, retry_after_delay
 
 log = logging.getLogger("meshlet.proxy")
 
@@ -42,9 +42,25 @@ class Timeout(Exception):
 class Exchange:
     """What one request did, for metrics and the access log (filled as it goes)."""
 
-    __slots__ = ("start", "status", "flags", "upstream", "cluster", "service", "route",
-                 "req_bytes", "resp_bytes", "upstream_ms", "attempts", "request_id", "grpc",
-                 "peer", "mtls", "endpoint", "trace")
+    __slots__ = (
+        "start",
+        "status",
+        "flags",
+        "upstream",
+        "cluster",
+        "service",
+        "route",
+        "req_bytes",
+        "resp_bytes",
+        "upstream_ms",
+        "attempts",
+        "request_id",
+        "grpc",
+        "peer",
+        "mtls",
+        "endpoint",
+        "trace",
+    )
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -78,7 +94,9 @@ class Forwarder:
         ex = Exchange(_monotonic())
         table = rt.table
         host, port = split_host_port(head.host)
-        res = match.find(table, host, head.path, head.query, head.method, head.host, "http", head.headers)
+        res = match.find(
+            table, host, head.path, head.query, head.method, head.host, "http", head.headers
+        )
         if res is None or res[1] is None:
             ex.service = res[0].service if res is not None else host
             return self._local(down, head, ex, 404, "NR", "outbound")
@@ -89,7 +107,9 @@ class Forwarder:
             status, body = route.direct_response
             return self._local(down, head, ex, status, "-", "outbound", body)
         dest = match.pick_destination(route, _rand())
-        cname = dest.clusters.get(port, dest.default_cluster) if dest.clusters else dest.default_cluster
+        cname = (
+            dest.clusters.get(port, dest.default_cluster) if dest.clusters else dest.default_cluster
+        )
         cluster = table.clusters.get(cname)
         if cluster is None:
             return self._local(down, head, ex, 503, "NC", "outbound")
@@ -109,13 +129,19 @@ class Forwarder:
             target = new_path + ("?" + head.query if head.query else "")
         req_headers = head.headers
         if route.request_headers or dest.request_headers:
-            req_headers = apply_ops(apply_ops(req_headers, route.request_headers), dest.request_headers)
+            req_headers = apply_ops(
+                apply_ops(req_headers, route.request_headers), dest.request_headers
+            )
         if route.rewrite_authority:
-            req_headers = [(n, route.rewrite_authority if n == "host" else v) for n, v in req_headers]
+            req_headers = [
+                (n, route.rewrite_authority if n == "host" else v) for n, v in req_headers
+            ]
         if route.mirror is not None:
             rt.mirror(route.mirror, head, target, req_headers, down.body)
         resp_ops = (route.response_headers, dest.response_headers)
-        await self._forward(down, head, target, req_headers, extra, cluster, policy, ex, "outbound", resp_ops)
+        await self._forward(
+            down, head, target, req_headers, extra, cluster, policy, ex, "outbound", resp_ops
+        )
 
     async def inbound(self, down: Any, head: Any) -> None:
         rt = self.rt
@@ -142,11 +168,20 @@ class Forwarder:
         authz = rt.authz
         if authz is not None and not authz.empty:
             principal = down.peer_principal
-            decision = authz.check(RequestAttrs(
-                source_principal=principal[9:] if principal.startswith("spiffe://") else principal,
-                source_ip=down.peer[0], method=head.method, host=head.host, port=cluster.port,
-                path=path, headers=merged_header_getter(head.headers), mtls=ex.mtls,
-            ))
+            decision = authz.check(
+                RequestAttrs(
+                    source_principal=principal[9:]
+                    if principal.startswith("spiffe://")
+                    else principal,
+                    source_ip=down.peer[0],
+                    method=head.method,
+                    host=head.host,
+                    port=cluster.port,
+                    path=path,
+                    headers=merged_header_getter(head.headers),
+                    mtls=ex.mtls,
+                )
+            )
             if not decision.allowed:
                 ex.route = decision.policy
                 return self._local(down, head, ex, 403, "RBAC", "inbound", "RBAC: access denied")
@@ -161,7 +196,9 @@ class Forwarder:
             t = parse_expected_timeout_ms(budget)
             if t is not None:
                 policy = RoutePolicy(t, policy.retry, None, None, None)
-        await self._forward(down, head, target, headers, extra, cluster, policy, ex, "inbound", None)
+        await self._forward(
+            down, head, target, headers, extra, cluster, policy, ex, "inbound", None
+        )
 
     # -- headers -----------------------------------------------------------------------------------
     def _trace(self, head: Any, ex: Exchange, extra: list[str]) -> None:
@@ -174,7 +211,9 @@ class Forwarder:
         for name, value in inject(ctx):
             extra.append(name + ": " + value)
 
-    def _outbound_headers(self, head: Any, route: Any, dest: Any, policy: Any, ex: Exchange) -> list[str]:
+    def _outbound_headers(
+        self, head: Any, route: Any, dest: Any, policy: Any, ex: Exchange
+    ) -> list[str]:
         extra: list[str] = []
         self._trace(head, ex, extra)
         rid = head.get("x-request-id")
@@ -199,18 +238,31 @@ class Forwarder:
         if head.get("x-forwarded-proto") is None:
             extra.append("x-forwarded-proto: " + ("https" if down.tls else "http"))
         if down.peer_principal:
-            extra.append(f"x-forwarded-client-cert: By={self.rt.spiffe_id};URI={down.peer_principal}")
+            extra.append(
+                f"x-forwarded-client-cert: By={self.rt.spiffe_id};URI={down.peer_principal}"
+            )
         return extra
 
     # -- the exchange ------------------------------------------------------------------------------
     async def _forward(
-        self, down: Any, head: Any, target: str, headers: list[tuple[str, str]], extra: list[str],
-        cluster: Any, policy: Any, ex: Exchange, reporter: str, resp_ops: Any,
+        self,
+        down: Any,
+        head: Any,
+        target: str,
+        headers: list[tuple[str, str]],
+        extra: list[str],
+        cluster: Any,
+        policy: Any,
+        ex: Exchange,
+        reporter: str,
+        resp_ops: Any,
     ) -> None:
         """Local protections, then tries until one answers or the retry policy says stop."""
         dest = policy.dest
         if dest is None:
-            await self._tries(down, head, target, headers, extra, cluster, policy, ex, reporter, resp_ops)
+            await self._tries(
+                down, head, target, headers, extra, cluster, policy, ex, reporter, resp_ops
+            )
             return
         if dest.limiter is not None:
             wait = dest.limiter.acquire()
@@ -233,7 +285,9 @@ class Forwarder:
         dest.budget.deposit()
         ok = False
         try:
-            await self._tries(down, head, target, headers, extra, cluster, policy, ex, reporter, resp_ops)
+            await self._tries(
+                down, head, target, headers, extra, cluster, policy, ex, reporter, resp_ops
+            )
             ok = 0 < ex.status < 500 and ex.flags in ("-", "DC")
         finally:
             if bulkhead is not None:
@@ -247,15 +301,26 @@ class Forwarder:
                 dest.tracker.observe(_monotonic() - ex.start)
 
     async def _tries(
-        self, down: Any, head: Any, target: str, headers: list[tuple[str, str]], extra: list[str],
-        cluster: Any, policy: Any, ex: Exchange, reporter: str, resp_ops: Any,
+        self,
+        down: Any,
+        head: Any,
+        target: str,
+        headers: list[tuple[str, str]],
+        extra: list[str],
+        cluster: Any,
+        policy: Any,
+        ex: Exchange,
+        reporter: str,
+        resp_ops: Any,
     ) -> None:
         rt = self.rt
         method = head.method
         framing: list[str] = []
         if head.chunked:
             framing.append("transfer-encoding: chunked")
-        elif head.content_length >= 0 and (head.content_length > 0 or method in ("POST", "PUT", "PATCH")):
+        elif head.content_length >= 0 and (
+            head.content_length > 0 or method in ("POST", "PUT", "PATCH")
+        ):
             framing.append("content-length: %d" % head.content_length)
         if head.upgrade == "websocket":
             framing.append("connection: upgrade")
@@ -296,20 +361,32 @@ class Forwarder:
             try_timeout = attempt_timeout(retry.per_try_timeout, remaining)
             try_extra = list(extra)
             if try_timeout is not None and reporter == "outbound":
-                try_extra.append("x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout))
+                try_extra.append(
+                    "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout)
+                )
             if attempt > 1:
                 try_extra.append("x-envoy-attempt-count: %d" % attempt)
             drop = _PROPAGATION if ex.trace is not None else None
             pool = rt.pool(ep, cluster)
-            t_try = _monotonic()
             try:
                 ct = cluster.connect_timeout
                 conn, reused = await pool.acquire(min(ct, try_timeout) if try_timeout else ct)
             except (OSError, TimeoutError, ConnectionError) as exc:
                 log.debug("connect to %s failed: %r", ep.key, exc)
                 rt.endpoint_outcome(outlier, ep, None, True)
-                if self._retry(retry, Outcome.CONNECT_FAILURE, 0, None, head, idem_key, attempt,
-                               source, deadline, dest, ex):
+                if self._retry(
+                    retry,
+                    Outcome.CONNECT_FAILURE,
+                    0,
+                    None,
+                    head,
+                    idem_key,
+                    attempt,
+                    source,
+                    deadline,
+                    dest,
+                    ex,
+                ):
                     await self._backoff(retry, attempt, None, deadline)
                     continue
                 return self._local(down, head, ex, 503, "URX" if attempt > 1 else "UF", reporter)
@@ -319,9 +396,25 @@ class Forwarder:
             rt.endpoint_started(ep)
             try:
                 result = await self._attempt(
-                    down, head, conn, target, headers, try_extra + framing, drop, source,
-                    try_timeout, ex, reporter, resp_ops, ep,
-                    outlier, retry, idem_key, attempt, deadline, dest,
+                    down,
+                    head,
+                    conn,
+                    target,
+                    headers,
+                    try_extra + framing,
+                    drop,
+                    source,
+                    try_timeout,
+                    ex,
+                    reporter,
+                    resp_ops,
+                    ep,
+                    outlier,
+                    retry,
+                    idem_key,
+                    attempt,
+                    deadline,
+                    dest,
                 )
             finally:
                 rt.endpoint_finished(ep)
@@ -343,32 +436,63 @@ class Forwarder:
             if kind == "timeout":
                 global_hit = deadline and _monotonic() >= deadline - 0.0005
                 rt.endpoint_outcome(outlier, ep, None, True)
-                if not global_hit and self._retry(retry, Outcome.TIMEOUT, 0, None, head, idem_key,
-                                                  attempt, source, deadline, dest, ex):
+                if not global_hit and self._retry(
+                    retry,
+                    Outcome.TIMEOUT,
+                    0,
+                    None,
+                    head,
+                    idem_key,
+                    attempt,
+                    source,
+                    deadline,
+                    dest,
+                    ex,
+                ):
                     await self._backoff(retry, attempt, None, deadline)
                     continue
                 return self._local(down, head, ex, 504, "UT", reporter)
             # reset: the connection closed or broke before a response head
             rt.endpoint_outcome(outlier, ep, None, True)
             got_nothing = not status  # status carries "bytes came back" for resets
-            if reused and got_nothing and source_fresh(source) and (
-                    method in IDEMPOTENT or idem_key) and attempt < 3:
+            if (
+                reused
+                and got_nothing
+                and source_fresh(source)
+                and (method in IDEMPOTENT or idem_key)
+                and attempt < 3
+            ):
                 # A keep-alive connection the upstream had just closed: the classic stale-pool
                 # race. The request got no answer at all; Envoy retries these too.
                 tried.discard(ep.key)
                 continue
             outcome = Outcome.RESET
-            if self._retry(retry, outcome, 0, None, head, idem_key, attempt, source, deadline, dest, ex):
+            if self._retry(
+                retry, outcome, 0, None, head, idem_key, attempt, source, deadline, dest, ex
+            ):
                 await self._backoff(retry, attempt, None, deadline)
                 continue
             return self._local(down, head, ex, 503, "URX" if attempt > 1 else "UC", reporter)
 
-    def _retry(self, retry: Any, outcome: Any, status: int, grpc: int | None, head: Any,
-               idem_key: bool, attempt: int, source: Any, deadline: float, dest: Any,
-               ex: Exchange, ratelimited: bool = False) -> bool:
+    def _retry(
+        self,
+        retry: Any,
+        outcome: Any,
+        status: int,
+        grpc: int | None,
+        head: Any,
+        idem_key: bool,
+        attempt: int,
+        source: Any,
+        deadline: float,
+        dest: Any,
+        ex: Exchange,
+        ratelimited: bool = False,
+    ) -> bool:
         """The whole retry decision: policy, replayable body, time left, then the budget."""
-        if not retry.should_retry(outcome, status, grpc, head.method, idem_key, False, attempt,
-                                  ratelimited=ratelimited):
+        if not retry.should_retry(
+            outcome, status, grpc, head.method, idem_key, False, attempt, ratelimited=ratelimited
+        ):
             return False
         if source is not None and not source.replayable:
             return False
@@ -380,7 +504,9 @@ class Forwarder:
         self.rt.count_retry(dest, outcome)
         return True
 
-    async def _backoff(self, retry: Any, attempt: int, retry_after: float | None, deadline: float) -> None:
+    async def _backoff(
+        self, retry: Any, attempt: int, retry_after: float | None, deadline: float
+    ) -> None:
         delay = retry.backoff(attempt, self.rt.random)
         if retry_after is not None:
             delay = max(delay, retry_after)
@@ -390,10 +516,26 @@ class Forwarder:
             await asyncio.sleep(delay)
 
     async def _attempt(
-        self, down: Any, head: Any, conn: Any, target: str, headers: list[tuple[str, str]],
-        up_extra: list[str], drop: frozenset[str] | None, source: Any,
-        try_timeout: float | None, ex: Exchange, reporter: str, resp_ops: Any, ep: Any,
-        outlier: Any, retry: Any, idem_key: bool, attempt: int, deadline: float, dest: Any,
+        self,
+        down: Any,
+        head: Any,
+        conn: Any,
+        target: str,
+        headers: list[tuple[str, str]],
+        up_extra: list[str],
+        drop: frozenset[str] | None,
+        source: Any,
+        try_timeout: float | None,
+        ex: Exchange,
+        reporter: str,
+        resp_ops: Any,
+        ep: Any,
+        outlier: Any,
+        retry: Any,
+        idem_key: bool,
+        attempt: int,
+        deadline: float,
+        dest: Any,
     ) -> tuple[str, int, float | None] | None:
         """One try. None when the response was (at least partly) sent; else why it failed."""
         t_sent = _monotonic()
@@ -429,8 +571,20 @@ class Forwarder:
             ratelimited = resp.get("x-envoy-ratelimited") is not None
             if resp.get("x-envoy-overloaded") is not None:
                 pass  # a peer's local overload reply is never retried (Envoy)
-            elif self._retry(retry, Outcome.RESPONSE, status, grpc, head, idem_key, attempt, source,
-                             deadline, dest, ex, ratelimited):
+            elif self._retry(
+                retry,
+                Outcome.RESPONSE,
+                status,
+                grpc,
+                head,
+                idem_key,
+                attempt,
+                source,
+                deadline,
+                dest,
+                ex,
+                ratelimited,
+            ):
                 _cancel(pump)
                 ra = resp.get("retry-after")
                 return ("retry", status, retry_after_delay(ra, time.time()) if ra else None)
@@ -454,12 +608,30 @@ class Forwarder:
         try:
             data = rbody.read_nowait()
             if data is not None and rbody.at_eof and not rbody.trailers:
-                down.send_response(status, resp.reason, resp_headers, resp.connection, extra,
-                                   length, True, data, no_body)
+                down.send_response(
+                    status,
+                    resp.reason,
+                    resp_headers,
+                    resp.connection,
+                    extra,
+                    length,
+                    True,
+                    data,
+                    no_body,
+                )
                 ex.resp_bytes = len(data)
             else:
-                down.send_response(status, resp.reason, resp_headers, resp.connection, extra,
-                                   length, False, b"", no_body)
+                down.send_response(
+                    status,
+                    resp.reason,
+                    resp_headers,
+                    resp.connection,
+                    extra,
+                    length,
+                    False,
+                    b"",
+                    no_body,
+                )
                 total = 0
                 while True:
                     if data is None:
@@ -491,8 +663,16 @@ class Forwarder:
         return None
 
     # -- local replies and accounting --------------------------------------------------------------
-    def _local(self, down: Any, head: Any, ex: Exchange, status: int, flag: str, reporter: str,
-               body: str | None = None) -> None:
+    def _local(
+        self,
+        down: Any,
+        head: Any,
+        ex: Exchange,
+        status: int,
+        flag: str,
+        reporter: str,
+        body: str | None = None,
+    ) -> None:
         ex.status = status
         ex.flags = flag
         down.send_local(status, flag, body, (), self.rt.draining)

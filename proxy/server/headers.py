@@ -10,16 +10,41 @@ from __future__ import annotations
 from typing import Any
 
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
-     "trailer", "proxy-authenticate", "proxy-authorization", "content-length", "expect",
-     "http2-settings"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "content-length",
+        "expect",
+        "http2-settings",
+    }
 )
 # Never removable through a Connection token (security-ops 6.2 row 18)
-PROTECTED = frozenset({"x-forwarded-client-cert", "x-request-id", "traceparent", "host",
-                       "authorization", "x-forwarded-for"})
+PROTECTED = frozenset(
+    {
+        "x-forwarded-client-cert",
+        "x-request-id",
+        "traceparent",
+        "host",
+        "authorization",
+        "x-forwarded-for",
+    }
+)
 # Set by the sidecar only; a client's copy is dropped (security-ops 6.2 row 19)
-SPOOFABLE_INBOUND = frozenset({"x-forwarded-client-cert", "x-meshlet-peer-identity",
-                               "x-envoy-peer-metadata", "x-envoy-peer-metadata-id"})
+SPOOFABLE_INBOUND = frozenset(
+    {
+        "x-forwarded-client-cert",
+        "x-meshlet-peer-identity",
+        "x-envoy-peer-metadata",
+        "x-envoy-peer-metadata-id",
+    }
+)
 
 
 def request_head(
@@ -33,7 +58,9 @@ def request_head(
     """``method target HTTP/1.1`` + filtered headers + ``extra`` (preformatted ``name: value``)."""
     parts = [f"{method} {target} HTTP/1.1"]
     append = parts.append
-    skip_tokens = connection_tokens and frozenset(t for t in connection_tokens if t not in PROTECTED)
+    skip_tokens = connection_tokens and frozenset(
+        t for t in connection_tokens if t not in PROTECTED
+    )
     for name, value in headers:
         if name in HOP_BY_HOP or (drop is not None and name in drop):
             continue

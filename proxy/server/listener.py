@@ -60,7 +60,11 @@ class Listener:
         if self.mtls_mode is not None and self.ssl is not None:
             return self._start_detecting()
         self.server = await self.loop.create_server(
-            lambda: Downstream(self), self.host, self.port, ssl=self.ssl, reuse_address=True,
+            lambda: Downstream(self),
+            self.host,
+            self.port,
+            ssl=self.ssl,
+            reuse_address=True,
             backlog=1024,
         )
         self.port = self.server.sockets[0].getsockname()[1]
@@ -76,7 +80,9 @@ class Listener:
         peek per connection, nothing per request. The mode is read at each accept, so a pushed
         PeerAuthentication applies to new connections at once.
         """
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM
+        )
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         sock.listen(1024)
@@ -129,9 +135,7 @@ class Listener:
     async def _adopt(self, conn: socket.socket, ctx: ssl.SSLContext | None) -> None:
         try:
             async with asyncio.timeout(self.header_timeout):
-                await self.loop.connect_accepted_socket(
-                    lambda: Downstream(self), conn, ssl=ctx
-                )
+                await self.loop.connect_accepted_socket(lambda: Downstream(self), conn, ssl=ctx)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             # a failed handshake: no certificate, an untrusted one, an old TLS version
             self.refused += 1
@@ -155,7 +159,11 @@ class Listener:
 
     def on_downstream_lost(self, conn: Downstream) -> None:
         """The client went away mid-request: cancel its request (Envoy resets the upstream)."""
-        if conn.task is not None and conn.body is None or (conn.body is not None and conn.body.at_eof):
+        if (
+            conn.task is not None
+            and conn.body is None
+            or (conn.body is not None and conn.body.at_eof)
+        ):
             if conn.task is not None:
                 conn.task.cancel()
 

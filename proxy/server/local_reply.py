@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+_RESET = "upstream connect error or disconnect/reset before headers. "
+
 # flag -> default body, as Envoy words it
 BODIES = {
     "NR": "",
     "UH": "no healthy upstream",
-    "UF": "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-    "URX": "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection failure",
-    "UC": "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+    "UF": _RESET + "reset reason: connection failure",
+    "URX": _RESET + "retried and the latest reset reason: connection failure",
+    "UC": _RESET + "reset reason: connection termination",
     "UT": "upstream request timeout",
     "UO": "upstream overflow",
     "RL": "local_rate_limited",

@@ -24,8 +24,16 @@ from proxy.resilience.retry import RetryPolicy
 
 
 class DestinationState:
-    __slots__ = ("service", "breaker", "bulkhead", "limiter", "budget", "tracker", "hedge",
-                 "metrics")
+    __slots__ = (
+        "service",
+        "breaker",
+        "bulkhead",
+        "limiter",
+        "budget",
+        "tracker",
+        "hedge",
+        "metrics",
+    )
 
     def __init__(self, service: str, spec: dict[str, Any]) -> None:
         self.service = service
@@ -47,8 +55,14 @@ class RoutePolicy:
 
     __slots__ = ("timeout", "retry", "fault", "dest", "outlier", "connect_retries")
 
-    def __init__(self, timeout: float | None, retry: RetryPolicy, fault: FaultPolicy | None,
-                 dest: DestinationState | None, outlier: OutlierDetector | None) -> None:
+    def __init__(
+        self,
+        timeout: float | None,
+        retry: RetryPolicy,
+        fault: FaultPolicy | None,
+        dest: DestinationState | None,
+        outlier: OutlierDetector | None,
+    ) -> None:
         self.timeout = timeout
         self.retry = retry
         self.fault = fault
@@ -112,7 +126,9 @@ class PolicyStore:
         if p is None:
             p = RoutePolicy(
                 route.timeout,
-                RetryPolicy.from_spec(route.retries, self.mesh_default_retry, route.retry_non_idempotent),
+                RetryPolicy.from_spec(
+                    route.retries, self.mesh_default_retry, route.retry_non_idempotent
+                ),
                 FaultPolicy.from_spec(route.fault) if route.fault else None,
                 self.destination(cluster),
                 self.outlier(cluster),
@@ -126,8 +142,12 @@ class PolicyStore:
         if p is None:
             # inbound: the app is local; only a connect failure (app not up yet) is retried
             p = self.policies[key] = RoutePolicy(
-                None, RetryPolicy.from_spec({"attempts": 1, "retryOn": "connect-failure"}),
-                None, None, None)
+                None,
+                RetryPolicy.from_spec({"attempts": 1, "retryOn": "connect-failure"}),
+                None,
+                None,
+                None,
+            )
         return p
 
 

@@ -63,7 +63,9 @@ class Runtime:
         self.policies = PolicyStore(self.random)
         self.inbound_cluster = Cluster(
             name=f"inbound|{app_port}||{self.local_service_fqdn}",
-            service=self.local_service_fqdn, subset="", port=app_port,
+            service=self.local_service_fqdn,
+            subset="",
+            port=app_port,
             endpoints=(Endpoint(app_host, app_port, {}, 1, False, "", f"{app_host}:{app_port}"),),
         )
         self.client_ssl: Callable[[], ssl.SSLContext | None] = lambda: None
@@ -92,7 +94,9 @@ class Runtime:
             self.pools.pop(key).close()
 
     # -- endpoints -----------------------------------------------------------------------------
-    def pick_endpoint(self, cluster: Cluster, tried: set[str], outlier: Any = None) -> Endpoint | None:
+    def pick_endpoint(
+        self, cluster: Cluster, tried: set[str], outlier: Any = None
+    ) -> Endpoint | None:
         """Load-balance over healthy endpoints, preferring ones this request has not tried.
 
         Istio's retry host predicate (previous_hosts): a retry goes elsewhere when it can, and
@@ -136,8 +140,12 @@ class Runtime:
                     return ident(sslobj) == expected
 
             p = self.pools[key] = EndpointPool(
-                ep.address, ep.port, self.client_ssl if ep.tls else None, cluster.idle_timeout,
-                cluster.max_requests_per_connection, verify,
+                ep.address,
+                ep.port,
+                self.client_ssl if ep.tls else None,
+                cluster.idle_timeout,
+                cluster.max_requests_per_connection,
+                verify,
             )
         return p
 
@@ -147,7 +155,9 @@ class Runtime:
     def endpoint_finished(self, ep: Endpoint) -> None:
         self.active[ep.key] -= 1
 
-    def endpoint_outcome(self, outlier: Any, ep: Endpoint, status: int | None, local_failure: bool) -> None:
+    def endpoint_outcome(
+        self, outlier: Any, ep: Endpoint, status: int | None, local_failure: bool
+    ) -> None:
         """Feed passive health: a response status, or a connect failure / reset / timeout."""
         if outlier is not None:
             before = outlier.ejections_total
@@ -168,8 +178,11 @@ class Runtime:
         if d.breaker is not None:
             out["circuit_breaker"] = d.breaker.status()
         if d.bulkhead is not None:
-            out["bulkhead"] = {"active": d.bulkhead.active, "waiting": d.bulkhead.waiting,
-                               "rejected": d.bulkhead.rejected}
+            out["bulkhead"] = {
+                "active": d.bulkhead.active,
+                "waiting": d.bulkhead.waiting,
+                "rejected": d.bulkhead.rejected,
+            }
         det = self.policies.outlier(cluster)
         if det is not None:
             out["outlier_ejections_total"] = det.ejections_total
@@ -194,8 +207,14 @@ class Runtime:
             self.local_reply_counter(status, flag)
 
     # -- mirroring -------------------------------------------------------------------------------
-    def mirror(self, mirror: tuple[str, float], head: Any, target: str, headers: list[tuple[str, str]],
-               body: Any) -> None:
+    def mirror(
+        self,
+        mirror: tuple[str, float],
+        head: Any,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: Any,
+    ) -> None:
         """Fire and forget a copy (Envoy's shadow): bounded in flight, bodiless requests only."""
         cname, fraction = mirror
         if body is not None or self.mirrors_in_flight >= self.max_mirrors:
@@ -207,8 +226,9 @@ class Runtime:
             return
         self.spawn(self._send_mirror(cluster, head, target, headers))
 
-    async def _send_mirror(self, cluster: Cluster, head: Any, target: str,
-                           headers: list[tuple[str, str]]) -> None:
+    async def _send_mirror(
+        self, cluster: Cluster, head: Any, target: str, headers: list[tuple[str, str]]
+    ) -> None:
         from proxy.server.headers import request_head
 
         self.mirrors_in_flight += 1

@@ -34,9 +34,25 @@ class UpstreamReset(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "pool", "transport", "buf", "head_waiter", "head", "body", "mode", "remaining",
-        "chunked", "closed", "keep_alive", "request_method", "idle_since", "requests",
-        "tunnel", "_paused_writing", "_drain_waiter", "got_bytes", "peer_principal",
+        "pool",
+        "transport",
+        "buf",
+        "head_waiter",
+        "head",
+        "body",
+        "mode",
+        "remaining",
+        "chunked",
+        "closed",
+        "keep_alive",
+        "request_method",
+        "idle_since",
+        "requests",
+        "tunnel",
+        "_paused_writing",
+        "_drain_waiter",
+        "got_bytes",
+        "peer_principal",
         "chunked_request",
     )
 
@@ -147,7 +163,7 @@ class UpstreamConnection(asyncio.Protocol):
         mode = self.mode
         if mode == h1.MODE_LENGTH:
             if len(data) >= self.remaining:
-                extra = data[self.remaining:]
+                extra = data[self.remaining :]
                 body.feed(data[: self.remaining])
                 self.remaining = 0
                 body.feed_eof()
@@ -210,13 +226,20 @@ class UpstreamConnection(asyncio.Protocol):
             w.set_exception(exc)
 
     def start_request(
-        self, method: str, target: str, headers: list[tuple[str, str]], connection_tokens: tuple[str, ...],
-        extra: list[str], drop: frozenset[str] | None = None,
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        connection_tokens: tuple[str, ...],
+        extra: list[str],
+        drop: frozenset[str] | None = None,
     ) -> asyncio.Future[Any]:
         """Send a request head (hop-by-hop headers filtered, ``extra`` appended); the body, if
         any, follows with send_body/end_request. Returns the future of the response head."""
         self.chunked_request = "transfer-encoding: chunked" in extra
-        return self.start(request_head(method, target, headers, connection_tokens, extra, drop), method)
+        return self.start(
+            request_head(method, target, headers, connection_tokens, extra, drop), method
+        )
 
     def send_body(self, data: bytes) -> None:
         self.write(encode_chunk(data) if self.chunked_request else data)
@@ -285,8 +308,19 @@ class UpstreamConnection(asyncio.Protocol):
 class EndpointPool:
     """Keep-alive connections to one endpoint (address:port, plaintext or mTLS)."""
 
-    __slots__ = ("host", "port", "ssl", "server_hostname", "idle", "active", "loop", "idle_timeout",
-                 "max_requests", "_sweeper", "verify_peer")
+    __slots__ = (
+        "host",
+        "port",
+        "ssl",
+        "server_hostname",
+        "idle",
+        "active",
+        "loop",
+        "idle_timeout",
+        "max_requests",
+        "_sweeper",
+        "verify_peer",
+    )
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support import start_app, start_sidecar, wait_until
+from tests.support import start_app, start_sidecar
 
 CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -125,9 +125,19 @@ def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     procs += [inv1, inv2, pay]
     cfg = work / "mesh.yaml"
     cfg.write_text(CONFIG.format(inv1=p1, inv2=p2, pay=p3, dead=_dead_port()))
-    e = env(MESHLET_NO_EXTENSIONS="1") if request.param == "python" else env(MESHLET_REQUIRE_EXTENSIONS="1")
+    e = (
+        env(MESHLET_NO_EXTENSIONS="1")
+        if request.param == "python"
+        else env(MESHLET_REQUIRE_EXTENSIONS="1")
+    )
     sc = start_sidecar(work, "orders", p3, cfg, environ=e)
-    yield {"sidecar": sc, "work": work, "cfg": cfg, "ports": (p1, p2, p3), "fastpath": request.param}
+    yield {
+        "sidecar": sc,
+        "work": work,
+        "cfg": cfg,
+        "ports": (p1, p2, p3),
+        "fastpath": request.param,
+    }
     sc.stop()
     for p in procs:
         p.stop()
@@ -136,9 +146,10 @@ def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 async def _get(mesh, host: str, path: str, **kw):
     sc = mesh["sidecar"]
     headers = {"Host": host, **kw.pop("headers", {})}
-    async with aiohttp.ClientSession() as s, s.get(
-        f"http://127.0.0.1:{sc.outbound}{path}", headers=headers, **kw
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{sc.outbound}{path}", headers=headers, **kw) as r,
+    ):
         body = await r.read()
         return r.status, dict(r.headers), body
 
@@ -154,16 +165,26 @@ async def test_weighted_split_within_tolerance(mesh):
     n = 400
     async with aiohttp.ClientSession() as s:
         for _ in range(n):
-            async with s.get(f"http://127.0.0.1:{mesh['sidecar'].outbound}/items",
-                             headers={"Host": "inventory:8080"}) as r:
+            async with s.get(
+                f"http://127.0.0.1:{mesh['sidecar'].outbound}/items",
+                headers={"Host": "inventory:8080"},
+            ) as r:
                 assert r.status == 200
                 counts[(await r.json())["version"]] += 1
     # 80/20 split: binomial sd = sqrt(400*.2*.8) = 8; allow 4 sd
     assert abs(counts["v2"] - 80) <= 32, counts
 
 
-@pytest.mark.parametrize("host", ["inventory", "inventory.default", "inventory.default.svc.cluster.local",
-                                  "inventory.default.svc.cluster.local:8080", "INVENTORY:8080"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "inventory",
+        "inventory.default",
+        "inventory.default.svc.cluster.local",
+        "inventory.default.svc.cluster.local:8080",
+        "INVENTORY:8080",
+    ],
+)
 async def test_host_forms(mesh, host):
     status, _, body = await _get(mesh, host, "/v1only")
     assert status == 200
@@ -204,7 +225,9 @@ async def test_envoy_headers_set(mesh):
     assert seen["x-forwarded-proto"] == "http"
     assert "x-envoy-upstream-service-time" in headers
     # a request id that came in is kept
-    status, headers, body = await _get(mesh, "inventory", "/v1only", headers={"x-request-id": "abc"})
+    status, headers, body = await _get(
+        mesh, "inventory", "/v1only", headers={"x-request-id": "abc"}
+    )
     assert json.loads(body)["headers"]["x-request-id"] == "abc"
 
 
@@ -212,9 +235,10 @@ async def test_direct_response_and_query_match(mesh):
     status, headers, body = await _get(mesh, "payment", "/pay", headers={}, allow_redirects=False)
     assert status == 200  # withoutHeaders x-real: absent -> matches
     sc = mesh["sidecar"]
-    async with aiohttp.ClientSession() as s, s.delete(
-        f"http://127.0.0.1:{sc.outbound}/pay", headers={"Host": "payment"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.delete(f"http://127.0.0.1:{sc.outbound}/pay", headers={"Host": "payment"}) as r,
+    ):
         assert r.status == 405 and await r.text() == "no deletes"
     status, headers, _ = await _get(mesh, "payment", "/pay", headers={"x-real": "1"})
     assert status == 404 and headers["x-meshlet-response-flags"] == "NR"
@@ -253,8 +277,9 @@ async def test_keep_alive_reuses_upstream_connections(mesh):
     conn = aiohttp.TCPConnector(limit=1)
     async with aiohttp.ClientSession(connector=conn) as s:
         for _ in range(30):
-            async with s.get(f"http://127.0.0.1:{mesh['sidecar'].outbound}/v1only",
-                             headers={"Host": "inventory"}) as r:
+            async with s.get(
+                f"http://127.0.0.1:{mesh['sidecar'].outbound}/v1only", headers={"Host": "inventory"}
+            ) as r:
                 peers.add((await r.json())["peer"])
     assert len(peers) == 1, peers
 
@@ -274,8 +299,9 @@ async def test_large_bodies_stream_both_ways(mesh):
     size = 100 << 20
     got = 0
     async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{sc.outbound}/download?size={size}",
-                         headers={"Host": "inventory"}) as r:
+        async with s.get(
+            f"http://127.0.0.1:{sc.outbound}/download?size={size}", headers={"Host": "inventory"}
+        ) as r:
             assert r.status == 200
             async for chunk in r.content.iter_any():
                 got += len(chunk)
@@ -286,8 +312,9 @@ async def test_large_bodies_stream_both_ways(mesh):
             for _ in range(1024):  # 64 MiB
                 yield piece
 
-        async with s.post(f"http://127.0.0.1:{sc.outbound}/upload", data=gen(),
-                          headers={"Host": "inventory"}) as r:
+        async with s.post(
+            f"http://127.0.0.1:{sc.outbound}/upload", data=gen(), headers={"Host": "inventory"}
+        ) as r:
             data = await r.json()
             assert r.status == 200 and data["body_len"] == 64 << 20
     growth = rss() - before
@@ -297,18 +324,22 @@ async def test_large_bodies_stream_both_ways(mesh):
 async def test_content_length_upload(mesh):
     body = b"z" * 300000
     sc = mesh["sidecar"]
-    async with aiohttp.ClientSession() as s, s.put(
-        f"http://127.0.0.1:{sc.outbound}/upload", data=body, headers={"Host": "inventory"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.put(
+            f"http://127.0.0.1:{sc.outbound}/upload", data=body, headers={"Host": "inventory"}
+        ) as r,
+    ):
         data = await r.json()
     assert data["body_len"] == len(body)
 
 
 async def test_websocket_through_proxy(mesh):
     sc = mesh["sidecar"]
-    async with aiohttp.ClientSession() as s, s.ws_connect(
-        f"http://127.0.0.1:{sc.outbound}/ws", headers={"Host": "inventory"}
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(f"http://127.0.0.1:{sc.outbound}/ws", headers={"Host": "inventory"}) as ws,
+    ):
         for i in range(5):
             await ws.send_str(f"hello{i}")
             msg = await ws.receive(timeout=5)
@@ -334,10 +365,15 @@ def _raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
 def test_pipelined_requests_answered_in_order(mesh):
     port = mesh["sidecar"].outbound
     req = b"GET /v1only/%d HTTP/1.1\r\nHost: inventory\r\n\r\n"
-    data = b"".join(req % i for i in range(5)) + b"GET /v1only/last HTTP/1.1\r\nHost: inventory\r\nConnection: close\r\n\r\n"
+    data = (
+        b"".join(req % i for i in range(5))
+        + b"GET /v1only/last HTTP/1.1\r\nHost: inventory\r\nConnection: close\r\n\r\n"
+    )
     out = _raw(port, data)
-    paths = [json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])["path"]
-             for part in out.split(b"HTTP/1.1 200")[1:]]
+    paths = [
+        json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])["path"]
+        for part in out.split(b"HTTP/1.1 200")[1:]
+    ]
     assert paths == [f"/v1only/{i}" for i in range(5)] + ["/v1only/last"]
 
 
@@ -347,7 +383,9 @@ def test_head_and_expect_continue(mesh):
     head, _, rest = out.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and rest == b""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(b"POST /echo HTTP/1.1\r\nHost: inventory\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+    s.sendall(
+        b"POST /echo HTTP/1.1\r\nHost: inventory\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
     first = s.recv(100)
     assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
     s.sendall(b"hello")
@@ -363,11 +401,26 @@ def test_head_and_expect_continue(mesh):
 
 
 SMUGGLING = [
-    (b"POST /echo HTTP/1.1\r\nHost: inventory\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"POST /echo HTTP/1.1\r\nHost: inventory\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 501),
-    (b"POST /echo HTTP/1.1\r\nHost: inventory\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 501),
-    (b"POST /echo HTTP/1.1\r\nHost: inventory\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"POST /echo HTTP/1.1\r\nHost: inventory\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", 400),
+    (
+        b"POST /echo HTTP/1.1\r\nHost: inventory\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        b"POST /echo HTTP/1.1\r\nHost: inventory\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        501,
+    ),
+    (
+        b"POST /echo HTTP/1.1\r\nHost: inventory\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        501,
+    ),
+    (
+        b"POST /echo HTTP/1.1\r\nHost: inventory\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        b"POST /echo HTTP/1.1\r\nHost: inventory\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        400,
+    ),
     (b"POST /echo HTTP/1.1\r\nHost: inventory\r\nContent-Length: +5\r\n\r\nhello", 400),
     (b"POST /echo HTTP/1.1\r\nHost: inventory\r\nContent-Length: 5, 6\r\n\r\nhello", 400),
     (b"GET / HTTP/1.1\nHost: inventory\n\n", 400),
@@ -381,7 +434,12 @@ SMUGGLING = [
     (b"GET  / HTTP/1.1\r\nHost: inventory\r\n\r\n", 400),
     (b"get / HTTP/1.1\r\nHost: inventory\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: inventory\r\n" + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\nHost: inventory\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n", 431),
+    (
+        b"GET / HTTP/1.1\r\nHost: inventory\r\n"
+        + b"".join(b"X-%d: 1\r\n" % i for i in range(101))
+        + b"\r\n",
+        431,
+    ),
 ]
 
 
@@ -390,7 +448,10 @@ def test_smuggling_vectors_rejected_and_closed(mesh, raw, status):
     port = mesh["sidecar"].outbound
 
     def app_count() -> int:
-        out = _raw(port, b"GET /stats HTTP/1.1\r\nHost: inventory\r\nx-canary: yes\r\nConnection: close\r\n\r\n")
+        out = _raw(
+            port,
+            b"GET /stats HTTP/1.1\r\nHost: inventory\r\nx-canary: yes\r\nConnection: close\r\n\r\n",
+        )
         return json.loads(out.split(b"\r\n\r\n", 1)[1])["requests"]
 
     before = app_count()
@@ -404,7 +465,10 @@ def test_smuggling_vectors_rejected_and_closed(mesh, raw, status):
 
 def test_bad_chunked_body_never_reaches_app(mesh):
     port = mesh["sidecar"].outbound
-    out = _raw(port, b"POST /upload HTTP/1.1\r\nHost: inventory\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n")
+    out = _raw(
+        port,
+        b"POST /upload HTTP/1.1\r\nHost: inventory\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+    )
     assert not out.startswith(b"HTTP/1.1 200"), out[:200]
 
 

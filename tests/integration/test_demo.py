@@ -14,14 +14,32 @@ from tests.support import ROOT, env
 @pytest.mark.slow
 def test_demo_runs_every_scenario(tmp_path):
     p = subprocess.run(
-        [sys.executable, "-m", "control_plane.cli", "demo", "--once", "--requests", "60",
-         "--workdir", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=240, cwd=str(ROOT), env=env(),
+        [
+            sys.executable,
+            "-m",
+            "control_plane.cli",
+            "demo",
+            "--once",
+            "--requests",
+            "60",
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=str(ROOT),
+        env=env(),
     )
     out = p.stdout
     assert p.returncode == 0, out + p.stderr
-    for section in ("== 1. Canary", "== 2. Retries", "== 3. Circuit breaker", "== 4. Zero trust",
-                    "== 5. One trace"):
+    for section in (
+        "== 1. Canary",
+        "== 2. Retries",
+        "== 3. Circuit breaker",
+        "== 4. Zero trust",
+        "== 5. One trace",
+    ):
         assert section in out
     assert "503/UO" in out
     assert "403 RBAC" in out

@@ -21,20 +21,52 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("mtls")
     cp = start_control_plane(work)
     inv_app, inv_port = start_app(work, "inventory")
-    inv = start_sidecar(work, "inventory", inv_port, None, "--version", "v1", "--control-plane", cp.url,
-                        "--token-file", str(cp.token("inventory", work)), "--state-dir", str(work / "inv"),
-                        name="inventory")
-    orders = start_sidecar(work, "orders", 1, None, "--control-plane", cp.url,
-                           "--token-file", str(cp.token("orders", work)), "--state-dir", str(work / "orders"),
-                           name="orders")
-    m = {"cp": cp, "inv": inv, "orders": orders, "work": work, "inv_app": inv_app, "inv_port": inv_port}
+    inv = start_sidecar(
+        work,
+        "inventory",
+        inv_port,
+        None,
+        "--version",
+        "v1",
+        "--control-plane",
+        cp.url,
+        "--token-file",
+        str(cp.token("inventory", work)),
+        "--state-dir",
+        str(work / "inv"),
+        name="inventory",
+    )
+    orders = start_sidecar(
+        work,
+        "orders",
+        1,
+        None,
+        "--control-plane",
+        cp.url,
+        "--token-file",
+        str(cp.token("orders", work)),
+        "--state-dir",
+        str(work / "orders"),
+        name="orders",
+    )
+    m = {
+        "cp": cp,
+        "inv": inv,
+        "orders": orders,
+        "work": work,
+        "inv_app": inv_app,
+        "inv_port": inv_port,
+    }
     yield m
     for p in (m["orders"], m["inv"], inv_app, m["cp"]):
         p.stop()
 
 
 async def _get(port: int, path: str, host: str = "inventory") -> tuple[int, dict, bytes]:
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path}", headers={"Host": host}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{port}{path}", headers={"Host": host}) as r,
+    ):
         return r.status, dict(r.headers), await r.read()
 
 
@@ -56,11 +88,16 @@ async def test_call_over_mtls_with_spiffe_identities(mesh):
     status, headers, body = await _get(mesh["orders"].outbound, "/items")
     seen = json.loads(body)["headers"]
     assert seen["x-forwarded-client-cert"] == (
-        "By=spiffe://cluster.local/ns/default/sa/inventory;URI=spiffe://cluster.local/ns/default/sa/orders")
+        "By=spiffe://cluster.local/ns/default/sa/inventory;URI=spiffe://cluster.local/ns/default/sa/orders"
+    )
     certs = json.loads(mesh["inv"].admin_get("/certs")[1])
     assert certs["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/inventory"
     text = mesh["inv"].admin_get("/metrics")[1].decode()
-    line = next(x for x in text.splitlines() if x.startswith("istio_requests_total{") and 'reporter="destination"' in x)
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("istio_requests_total{") and 'reporter="destination"' in x
+    )
     assert 'connection_security_policy="mutual_tls"' in line
     assert 'source_principal="spiffe://cluster.local/ns/default/sa/orders"' in line
 
@@ -113,7 +150,10 @@ def _tls_without_cert_refused(port: int) -> bool:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as s:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            ctx.wrap_socket(raw) as s,
+        ):
             s.sendall(b"GET /items HTTP/1.1\r\nHost: inventory\r\n\r\n")
             return s.recv(100) == b""
     except (ssl.SSLError, ConnectionResetError, BrokenPipeError, OSError):
@@ -135,17 +175,27 @@ metadata: {name: default, namespace: default}
 spec: {mtls: {mode: STRICT}}
 """
     assert mesh["cp"].cli("apply", "-f", "-", input=pa).returncode == 0
-    wait_until(lambda: json.loads(mesh["inv"].admin_get("/certs")[1]).get("mtls_mode") == "STRICT",
-               what="STRICT in force")
+    wait_until(
+        lambda: json.loads(mesh["inv"].admin_get("/certs")[1]).get("mtls_mode") == "STRICT",
+        what="STRICT in force",
+    )
     assert _plaintext_refused(inbound)
     assert _tls_without_cert_refused(inbound)
     # openssl as an independent TLS client: no client certificate, handshake refused
-    p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{inbound}", "-tls1_3"],
-                       input=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", capture_output=True, timeout=20)
+    p = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{inbound}", "-tls1_3"],
+        input=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        capture_output=True,
+        timeout=20,
+    )
     assert b"HTTP/1.1" not in p.stdout
     # TLS 1.1 is refused outright
-    p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{inbound}", "-tls1_1"],
-                       input=b"", capture_output=True, timeout=20)
+    p = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{inbound}", "-tls1_1"],
+        input=b"",
+        capture_output=True,
+        timeout=20,
+    )
     assert p.returncode != 0
     # the mesh path (mTLS) still works
     assert (await _get(mesh["orders"].outbound, "/items"))[0] == 200
@@ -160,19 +210,47 @@ async def test_sidecars_survive_control_plane_outage(mesh):
     mesh["orders"].stop()
     cp_url = mesh["cp"].url
     work = mesh["work"]
-    mesh["orders"] = start_sidecar(work, "orders", 1, None, "--control-plane", cp_url, "--token-file",
-                                   str(work / "orders.default.token"), "--state-dir", str(work / "orders"),
-                                   name="orders2")
+    mesh["orders"] = start_sidecar(
+        work,
+        "orders",
+        1,
+        None,
+        "--control-plane",
+        cp_url,
+        "--token-file",
+        str(work / "orders.default.token"),
+        "--state-dir",
+        str(work / "orders"),
+        name="orders2",
+    )
     assert (await _get(mesh["orders"].outbound, "/items"))[0] == 200
     # the control plane comes back on the same data dir and port: sidecars reconnect
     from tests.support import Proc
 
     data = mesh["cp"].data_dir
     host_port = cp_url.split("//", 1)[1]
-    mesh["cp"].proc = Proc("control-plane-2", ["python", "-m", "control_plane.cli", "control-plane", "--data-dir",
-                                               str(data), "--listen", host_port], work)
-    wait_until(lambda: "SYNCED" in mesh["cp"].cli("proxy-status").stdout
-               and mesh["cp"].cli("proxy-status").stdout.count("SYNCED") >= 2, timeout=60, what="reconnect")
+    mesh["cp"].proc = Proc(
+        "control-plane-2",
+        [
+            "python",
+            "-m",
+            "control_plane.cli",
+            "control-plane",
+            "--data-dir",
+            str(data),
+            "--listen",
+            host_port,
+        ],
+        work,
+    )
+    wait_until(
+        lambda: (
+            "SYNCED" in mesh["cp"].cli("proxy-status").stdout
+            and mesh["cp"].cli("proxy-status").stdout.count("SYNCED") >= 2
+        ),
+        timeout=60,
+        what="reconnect",
+    )
 
 
 def _raw_get(port: int, target: str) -> bytes:
@@ -216,8 +294,10 @@ spec:
     assert merged.startswith(b"HTTP/1.1 200")
     assert json.loads(merged.split(b"\r\n\r\n", 1)[1])["path"] == "/items/admin"
     assert _raw_get(out, "/items%2F..%2Fadmin").startswith(b"HTTP/1.1 400")
-    assert _raw_get(out, "/items/..;/admin").split(b"\r\n", 1)[0] in (b"HTTP/1.1 400 Bad Request",
-                                                                      b"HTTP/1.1 403 Forbidden")
+    assert _raw_get(out, "/items/..;/admin").split(b"\r\n", 1)[0] in (
+        b"HTTP/1.1 400 Bad Request",
+        b"HTTP/1.1 403 Forbidden",
+    )
     # absolute-form targets are normalized the same way and forwarded in origin-form
     assert _raw_get(out, "http://inventory//items/../admin").startswith(b"HTTP/1.1 403")
     # the app sees the normalized path

@@ -137,14 +137,23 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
 
 async def _req(mesh, host: str, path: str, method: str = "GET", **kw):
     sc = mesh["sidecar"]
-    async with aiohttp.ClientSession() as s, s.request(
-        method, f"http://127.0.0.1:{sc.outbound}{path}", headers={"Host": host, **kw.pop("headers", {})}, **kw
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(
+            method,
+            f"http://127.0.0.1:{sc.outbound}{path}",
+            headers={"Host": host, **kw.pop("headers", {})},
+            **kw,
+        ) as r,
+    ):
         return r.status, dict(r.headers), await r.read()
 
 
 async def _reset_flaky(mesh) -> None:
-    async with aiohttp.ClientSession() as s, s.post(f"http://127.0.0.1:{mesh['b']}/flaky/reset") as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"http://127.0.0.1:{mesh['b']}/flaky/reset") as r,
+    ):
         assert r.status == 200
 
 
@@ -175,15 +184,21 @@ async def test_post_not_retried_without_opt_in(mesh):
     # POST is not idempotent: a 503 from the app is passed back, not retried (safe default)
     sc = mesh["sidecar"]
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"http://127.0.0.1:{sc.outbound}/status/503", headers={"Host": "flaky"}) as r:
+        async with s.post(
+            f"http://127.0.0.1:{sc.outbound}/status/503", headers={"Host": "flaky"}
+        ) as r:
             assert r.status == 503
         # the same POST with an Idempotency-Key is retried (3 retries, all 503: still 503)
         async with s.post(f"http://127.0.0.1:{mesh['b']}/stats") as r:
             pass
     before = await _app_requests(mesh)
-    async with aiohttp.ClientSession() as s, s.post(
-        f"http://127.0.0.1:{sc.outbound}/status/503", headers={"Host": "flaky", "Idempotency-Key": "k1"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"http://127.0.0.1:{sc.outbound}/status/503",
+            headers={"Host": "flaky", "Idempotency-Key": "k1"},
+        ) as r,
+    ):
         assert r.status == 503
     assert await _app_requests(mesh) == before + 4
 
@@ -201,8 +216,11 @@ async def test_per_try_timeout_retries(mesh):
     assert status == 504 and headers["x-meshlet-response-flags"] == "UT"
     assert 0.8 <= time.monotonic() - t0 < 1.9
     text = mesh["sidecar"].admin_get("/metrics")[1].decode()
-    assert re.search(r'meshlet_retries_total\{destination_service="flaky.default.svc.cluster.local",'
-                     r'reason="timeout"\} 3(\.0)?\n', text), text
+    assert re.search(
+        r'meshlet_retries_total\{destination_service="flaky.default.svc.cluster.local",'
+        r'reason="timeout"\} 3(\.0)?\n',
+        text,
+    ), text
 
 
 async def test_connect_failure_retried_and_outlier_ejects(mesh):
@@ -223,15 +241,24 @@ async def test_circuit_breaker_opens(mesh):
     statuses = []
     for _ in range(8):
         status, headers, _ = await _req(mesh, "guarded", "/status/500")
-        statuses.append((status, headers.get("x-meshlet-response-flags", "-"), headers.get("x-envoy-overloaded")))
+        statuses.append(
+            (
+                status,
+                headers.get("x-meshlet-response-flags", "-"),
+                headers.get("x-envoy-overloaded"),
+            )
+        )
     assert statuses[:4] == [(500, "-", None)] * 4
     assert statuses[4:] == [(503, "UO", "true")] * 4
     clusters = json.loads(mesh["sidecar"].admin_get("/clusters")[1])["clusters"]
     g = next(c for c in clusters if c["service"] == "guarded.default.svc.cluster.local")
     assert g["circuit_breaker"]["state"] == "OPEN"
     text = mesh["sidecar"].admin_get("/metrics")[1].decode()
-    assert re.search(r'meshlet_circuit_breaker_state\{destination_service="guarded.default.svc.cluster.local",'
-                     r'state="open"\} 1(\.0)?\n', text), text
+    assert re.search(
+        r'meshlet_circuit_breaker_state\{destination_service="guarded.default.svc.cluster.local",'
+        r'state="open"\} 1(\.0)?\n',
+        text,
+    ), text
 
 
 async def test_rate_limiter_429(mesh):

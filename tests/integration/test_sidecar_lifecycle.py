@@ -39,7 +39,10 @@ spec:
 
 
 async def _status(port: int, path: str, host: str = "inventory") -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path}", headers={"Host": host}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{port}{path}", headers={"Host": host}) as r,
+    ):
         await r.read()
         return r.status, dict(r.headers)
 
@@ -59,24 +62,40 @@ async def test_metrics_count_known_requests(tmp_path):
         status, body = sc.admin_get("/metrics")
         text = body.decode()
         assert status == 200
-        ok = [line for line in text.splitlines() if line.startswith("istio_requests_total{")
-              and 'response_code="200"' in line and 'reporter="source"' in line]
+        ok = [
+            line
+            for line in text.splitlines()
+            if line.startswith("istio_requests_total{")
+            and 'response_code="200"' in line
+            and 'reporter="source"' in line
+        ]
         assert len(ok) == 1 and _value(ok[0]) == 7, ok
         assert 'destination_service="inventory.default.svc.cluster.local"' in ok[0]
         assert 'destination_version="v1"' in ok[0]
-        nr = [line for line in text.splitlines() if line.startswith("istio_requests_total{")
-              and 'response_flags="NR"' in line]
+        nr = [
+            line
+            for line in text.splitlines()
+            if line.startswith("istio_requests_total{") and 'response_flags="NR"' in line
+        ]
         assert len(nr) == 1 and _value(nr[0]) == 3, nr
-        count = [line for line in text.splitlines()
-                 if line.startswith("istio_request_duration_milliseconds_count{") and 'response_code="200"' in line]
+        count = [
+            line
+            for line in text.splitlines()
+            if line.startswith("istio_request_duration_milliseconds_count{")
+            and 'response_code="200"' in line
+        ]
         assert count and _value(count[0]) == 7
         assert 'meshlet_build_info{fastpath="cython"' in text
         # promtool agrees the exposition is valid
-        p = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
+        p = subprocess.run(
+            ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30
+        )
         # exit 3 = lint findings only; the one promtool reports is Istio's own naming
         # (durations in milliseconds), which dashboards depend on and we keep on purpose
         lint = [x for x in (p.stdout + p.stderr).decode().splitlines() if x.strip()]
-        assert p.returncode == 0 or (p.returncode == 3 and all("base unit" in x for x in lint)), lint
+        assert p.returncode == 0 or (p.returncode == 3 and all("base unit" in x for x in lint)), (
+            lint
+        )
     finally:
         sc.stop()
         app.stop()
@@ -113,13 +132,17 @@ async def test_sighup_reload_and_invalid_file_keeps_running_config(tmp_path):
         v1 = json.loads(sc.admin_get("/config_dump")[1])["version"]
         cfg.write_text(SE.format(port=port) + VS.format())
         sc.proc.signal(signal.SIGHUP)
-        wait_until(lambda: json.loads(sc.admin_get("/config_dump")[1])["version"] != v1, what="reload")
+        wait_until(
+            lambda: json.loads(sc.admin_get("/config_dump")[1])["version"] != v1, what="reload"
+        )
         assert (await _status(sc.outbound, "/blocked"))[0] == 418
         v2 = json.loads(sc.admin_get("/config_dump")[1])["version"]
         # an invalid file: refused whole, the running config stays, the error names the field
         cfg.write_text(SE.format(port=port) + VS.format().replace("status: 418", "status: banana"))
         sc.proc.signal(signal.SIGHUP)
-        wait_until(lambda: json.loads(sc.admin_get("/config_dump")[1])["last_error"], what="refusal")
+        wait_until(
+            lambda: json.loads(sc.admin_get("/config_dump")[1])["last_error"], what="refusal"
+        )
         dump = json.loads(sc.admin_get("/config_dump")[1])
         assert dump["version"] == v2
         assert "document 2" in dump["last_error"] and "directResponse.status" in dump["last_error"]
@@ -137,9 +160,12 @@ async def test_sigterm_drains_in_flight_requests(tmp_path):
         assert sc.admin_get("/healthz/ready")[0] == 200
 
         async def slow() -> int:
-            async with aiohttp.ClientSession() as s, s.get(
-                f"http://127.0.0.1:{sc.outbound}/delay?ms=1500", headers={"Host": "inventory"}
-            ) as r:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(
+                    f"http://127.0.0.1:{sc.outbound}/delay?ms=1500", headers={"Host": "inventory"}
+                ) as r,
+            ):
                 await r.read()
                 return r.status
 
@@ -168,7 +194,9 @@ async def test_admin_clusters_and_ready(tmp_path):
         clusters = json.loads(body)["clusters"]
         names = [c["name"] for c in clusters]
         assert "outbound|8080||inventory.default.svc.cluster.local" in names
-        ep = clusters[names.index("outbound|8080||inventory.default.svc.cluster.local")]["endpoints"][0]
+        ep = clusters[names.index("outbound|8080||inventory.default.svc.cluster.local")][
+            "endpoints"
+        ][0]
         assert ep["address"] == f"127.0.0.1:{port}" and ep["healthy"] is True
         assert sc.admin_get("/healthz/ready")[0] == 200
     finally:

@@ -47,19 +47,32 @@ async def _mesh(tmp_path, receiver, ratio: str):
     inb = {n: _free_port() for n in ("inventory", "payment")}
     outb = {n: _free_port() for n in ("orders", "inventory")}
     config = "".join(SE.format(name=n, port=p) for n, p in inb.items())
-    e = env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
-            OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG=ratio,
-            OTEL_BSP_SCHEDULE_DELAY="100")
+    e = env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG=ratio,
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
     procs = []
     pay, pp = start_app(tmp_path, "payment")
     inv, ip = start_app(tmp_path, "inventory", outbound=f"127.0.0.1:{outb['inventory']}")
     procs += [pay, inv]
     sidecars = [
         start_sidecar(tmp_path, "payment", pp, config, "--inbound", str(inb["payment"]), environ=e),
-        start_sidecar(tmp_path, "inventory", ip, config, "--inbound", str(inb["inventory"]),
-                      "--outbound", str(outb["inventory"]), environ=e),
-        start_sidecar(tmp_path, "orders", _free_port(), config, "--outbound", str(outb["orders"]),
-                      environ=e),
+        start_sidecar(
+            tmp_path,
+            "inventory",
+            ip,
+            config,
+            "--inbound",
+            str(inb["inventory"]),
+            "--outbound",
+            str(outb["inventory"]),
+            environ=e,
+        ),
+        start_sidecar(
+            tmp_path, "orders", _free_port(), config, "--outbound", str(outb["orders"]), environ=e
+        ),
     ]
     return procs, sidecars, outb["orders"]
 
@@ -74,9 +87,12 @@ def _cleanup(procs, sidecars):
 async def test_one_trace_across_three_services(tmp_path, receiver):
     procs, sidecars, entry = await _mesh(tmp_path, receiver, "1.0")
     try:
-        async with aiohttp.ClientSession() as s, s.get(
-            f"http://127.0.0.1:{entry}/call/payment/pay?amount=3", headers={"Host": "inventory"}
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(
+                f"http://127.0.0.1:{entry}/call/payment/pay?amount=3", headers={"Host": "inventory"}
+            ) as r,
+        ):
             assert r.status == 200
             body = await r.json()
         seen = body["upstream"]["headers"]
@@ -113,9 +129,13 @@ async def test_error_spans_kept_at_ratio_zero(tmp_path, receiver):
     try:
         async with aiohttp.ClientSession() as s:
             for _ in range(3):
-                async with s.get(f"http://127.0.0.1:{entry}/ok", headers={"Host": "inventory"}) as r:
+                async with s.get(
+                    f"http://127.0.0.1:{entry}/ok", headers={"Host": "inventory"}
+                ) as r:
                     assert r.status == 200
-            async with s.get(f"http://127.0.0.1:{entry}/status/503", headers={"Host": "inventory"}) as r:
+            async with s.get(
+                f"http://127.0.0.1:{entry}/status/503", headers={"Host": "inventory"}
+            ) as r:
                 assert r.status == 503
         await wait_for(lambda: len(receiver.spans()) >= 2, timeout=15)
         spans = receiver.spans()

@@ -52,10 +52,18 @@ class _Procs:
         self.work = work
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        out = open(self.work / f"{name}.log", "wb")
-        p = subprocess.Popen([PY, "-m", *args], stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=env or _env(), start_new_session=True)
+    def start(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        out = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
+        p = subprocess.Popen(
+            [PY, "-m", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env or _env(),
+            start_new_session=True,
+        )
         self.procs.append((name, p))
         return p
 
@@ -107,7 +115,9 @@ class _Receiver:
 
     async def start(self) -> None:
         from aiohttp import web
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
 
         async def handle(request: web.Request) -> web.Response:
             body = await request.read()
@@ -116,16 +126,32 @@ class _Receiver:
             msg = ExportTraceServiceRequest()
             msg.ParseFromString(body)
             for rs in msg.resource_spans:
-                svc = next((kv.value.string_value for kv in rs.resource.attributes
-                            if kv.key == "service.name"), "?")
+                svc = next(
+                    (
+                        kv.value.string_value
+                        for kv in rs.resource.attributes
+                        if kv.key == "service.name"
+                    ),
+                    "?",
+                )
                 for ss in rs.scope_spans:
                     for sp in ss.spans:
-                        attrs = {kv.key: getattr(kv.value, kv.value.WhichOneof("value"))
-                                 for kv in sp.attributes}
-                        self.spans.append({"service": svc, "trace": sp.trace_id.hex(),
-                                           "id": sp.span_id.hex(), "parent": sp.parent_span_id.hex(),
-                                           "kind": sp.kind, "name": sp.name, "attrs": attrs,
-                                           "ms": (sp.end_time_unix_nano - sp.start_time_unix_nano) / 1e6})
+                        attrs = {
+                            kv.key: getattr(kv.value, kv.value.WhichOneof("value"))
+                            for kv in sp.attributes
+                        }
+                        self.spans.append(
+                            {
+                                "service": svc,
+                                "trace": sp.trace_id.hex(),
+                                "id": sp.span_id.hex(),
+                                "parent": sp.parent_span_id.hex(),
+                                "kind": sp.kind,
+                                "name": sp.name,
+                                "attrs": attrs,
+                                "ms": (sp.end_time_unix_nano - sp.start_time_unix_nano) / 1e6,
+                            }
+                        )
             return web.Response(body=b"", content_type="application/x-protobuf")
 
         app = web.Application()
@@ -163,19 +189,27 @@ async def _scenarios(front: int, apps: dict[str, int], receiver: _Receiver, n: i
         _say(f"   with x-canary: always -> {json.loads(text)['version']} (header match)")
         failures += counts.get("v1", 0) == 0 or counts.get("v2", 0) == 0
 
-        _say("\n== 2. Retries: inventory fails twice with 503, the sidecar retries (GET is idempotent) ==")
+        _say(
+            "\n== 2. Retries: inventory fails twice with 503, the sidecar retries "
+            "(GET is idempotent) =="
+        )
         async with s.post(f"http://127.0.0.1:{apps['inventory']}/flaky/reset") as r:
             await r.read()
         status, headers, text = await get("inventory", "/flaky?n=2&code=503")
         seen = json.loads(text) if status == 200 else {}
-        _say(f"   answer {status}, after {seen.get('headers', {}).get('x-envoy-attempt-count', '1')} attempts;"
-             " the caller never saw the 503s")
+        _say(
+            f"   answer {status}, after "
+            f"{seen.get('headers', {}).get('x-envoy-attempt-count', '1')} attempts;"
+            " the caller never saw the 503s"
+        )
         failures += status != 200
 
         _say("\n== 3. Circuit breaker: payment keeps failing, orders' sidecar opens its breaker ==")
         row = []
         for _ in range(14):
-            status, headers, text = await get("orders", "/call/payment/status/500", **{"x-canary": "always"})
+            status, headers, text = await get(
+                "orders", "/call/payment/status/500", **{"x-canary": "always"}
+            )
             data = json.loads(text)
             flag = data.get("upstream_flags") or ""
             row.append(f"{data.get('upstream_status')}{'/' + flag if flag else ''}")
@@ -187,21 +221,29 @@ async def _scenarios(front: int, apps: dict[str, int], receiver: _Receiver, n: i
         _say("\n== 4. Zero trust: every hop is mTLS with SPIFFE identities ==")
         status, _, text = await get("orders", "/call/payment/pay")
         data = json.loads(text)
-        xfcc = data.get("upstream", {}).get("headers", {}).get("x-forwarded-client-cert", "") \
-            if isinstance(data.get("upstream"), dict) else ""
+        xfcc = (
+            data.get("upstream", {}).get("headers", {}).get("x-forwarded-client-cert", "")
+            if isinstance(data.get("upstream"), dict)
+            else ""
+        )
         _say(f"   orders -> payment: {data.get('upstream_status')} (allowed); payment saw {xfcc}")
         status, _, text = await get("inventory", "/call/payment/pay")
         data = json.loads(text)
-        _say(f"   inventory -> payment: {data.get('upstream_status')} {data.get('upstream_flags')} "
-             f"(AuthorizationPolicy payment-from-orders: only orders may call payment)")
+        _say(
+            f"   inventory -> payment: {data.get('upstream_status')} {data.get('upstream_flags')} "
+            f"(AuthorizationPolicy payment-from-orders: only orders may call payment)"
+        )
         failures += data.get("upstream_status") != 403
 
         _say("\n== 5. One trace across the mesh (OpenTelemetry spans from every sidecar) ==")
         trace = os.urandom(16).hex()
-        status, headers, text = await get("orders", "/call/inventory/items",
-                                          traceparent=f"00-{trace}-{os.urandom(8).hex()}-01")
+        status, headers, text = await get(
+            "orders", "/call/inventory/items", traceparent=f"00-{trace}-{os.urandom(8).hex()}-01"
+        )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and sum(sp["trace"] == trace for sp in receiver.spans) < 4:
+        while (
+            time.monotonic() < deadline and sum(sp["trace"] == trace for sp in receiver.spans) < 4
+        ):
             await asyncio.sleep(0.1)
         new = [sp for sp in receiver.spans if sp["trace"] == trace]
         if new:
@@ -214,8 +256,10 @@ async def _scenarios(front: int, apps: dict[str, int], receiver: _Receiver, n: i
             def show(parent: str, depth: int) -> None:
                 for sp in by_parent.get(parent, []):
                     kind = {2: "server", 3: "client"}.get(int(sp["kind"]), "?")  # type: ignore[call-overload]
-                    _say(f"   {'  ' * depth}{sp['service']:<20} {kind:<6} {sp['name']:<24} "
-                         f"{sp['attrs'].get('http.response.status_code')} {sp['ms']:.1f} ms")  # type: ignore[union-attr]
+                    _say(
+                        f"   {'  ' * depth}{sp['service']:<20} {kind:<6} {sp['name']:<24} "
+                        f"{sp['attrs'].get('http.response.status_code')} {sp['ms']:.1f} ms"
+                    )  # type: ignore[union-attr]
                     show(str(sp["id"]), depth + 1)
 
             _say(f"   trace {trace}")
@@ -249,27 +293,45 @@ async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
     await receiver.start()
     data = work / "control-plane"
     _say(f"meshlet demo: work dir {work}")
-    cp = procs.start("control-plane", ["control_plane.cli", "control-plane", "--data-dir", str(data),
-                                       "--listen", "127.0.0.1:0"])
-    await asyncio.to_thread(_wait, lambda: (data / "listen.addr").exists() or cp.poll() is not None,
-                            30, "the control plane")
+    cp = procs.start(
+        "control-plane",
+        ["control_plane.cli", "control-plane", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
+    )
+    await asyncio.to_thread(
+        _wait,
+        lambda: (data / "listen.addr").exists() or cp.poll() is not None,
+        30,
+        "the control plane",
+    )
     if cp.poll() is not None:
         raise RuntimeError("the control plane did not start")
     url = "https://" + (data / "listen.addr").read_text().strip()
     cli_env = _env(MESHLET_DATA_DIR=str(data), MESHLET_CONTROL_PLANE=url)
 
     def cli(*a: str) -> str:
-        r = subprocess.run([PY, "-m", "control_plane.cli", *a], capture_output=True, text=True,
-                           env=cli_env, timeout=60)
+        r = subprocess.run(
+            [PY, "-m", "control_plane.cli", *a],
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            timeout=60,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"meshlet {' '.join(a)} failed: {r.stderr.strip()}")
         return r.stdout
 
     _say(f"control plane up at {url}")
-    otel = _env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
-                OTEL_BSP_SCHEDULE_DELAY="200")
-    workloads = [("orders", "v1"), ("orders", "v2"), ("inventory", "v1"), ("payment", "v1"),
-                 ("frontend", "v1")]
+    otel = _env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
+        OTEL_BSP_SCHEDULE_DELAY="200",
+    )
+    workloads = [
+        ("orders", "v1"),
+        ("orders", "v2"),
+        ("inventory", "v1"),
+        ("payment", "v1"),
+        ("frontend", "v1"),
+    ]
     admins: dict[str, int] = {}
     apps: dict[str, int] = {}
     front = 0
@@ -280,25 +342,64 @@ async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
             token.write_text(cli("token", "create", "--service", svc).strip())
         app_port, out_port, in_port, admin = (_free_port() for _ in range(4))
         if svc != "frontend":
-            procs.start(f"app-{name}", ["control_plane.demo.apps", "--name", svc, "--version", ver,
-                                        "--port", str(app_port), "--outbound", f"127.0.0.1:{out_port}"])
+            procs.start(
+                f"app-{name}",
+                [
+                    "control_plane.demo.apps",
+                    "--name",
+                    svc,
+                    "--version",
+                    ver,
+                    "--port",
+                    str(app_port),
+                    "--outbound",
+                    f"127.0.0.1:{out_port}",
+                ],
+            )
             apps.setdefault(svc, app_port)
         else:
             front = out_port
-        procs.start(f"sidecar-{name}", [
-            "control_plane.cli", "sidecar", "--service", svc, "--version", ver,
-            "--app-port", str(app_port), "--control-plane", url, "--token-file", str(token),
-            "--outbound", str(out_port), "--inbound", str(in_port), "--admin", str(admin),
-            "--inbound-bind", "127.0.0.1", "--state-dir", str(work / f"state-{name}"), "--no-access-log",
-        ], env=otel)
+        procs.start(
+            f"sidecar-{name}",
+            [
+                "control_plane.cli",
+                "sidecar",
+                "--service",
+                svc,
+                "--version",
+                ver,
+                "--app-port",
+                str(app_port),
+                "--control-plane",
+                url,
+                "--token-file",
+                str(token),
+                "--outbound",
+                str(out_port),
+                "--inbound",
+                str(in_port),
+                "--admin",
+                str(admin),
+                "--inbound-bind",
+                "127.0.0.1",
+                "--state-dir",
+                str(work / f"state-{name}"),
+                "--no-access-log",
+            ],
+            env=otel,
+        )
         admins[name] = admin
     for name, admin in admins.items():
         await asyncio.to_thread(_wait, lambda a=admin: _ready(a), 60, f"sidecar {name}")
     _say("sidecars up: " + ", ".join(admins))
     _say(cli("apply", "-f", str(CONFIG_DIR)).rstrip())
     # every sidecar has the config and sees every peer before traffic starts
-    await asyncio.to_thread(_wait, lambda: cli("proxy-status").count("SYNCED") >= len(workloads), 30,
-                            "every sidecar to acknowledge the config")
+    await asyncio.to_thread(
+        _wait,
+        lambda: cli("proxy-status").count("SYNCED") >= len(workloads),
+        30,
+        "every sidecar to acknowledge the config",
+    )
     _say("\n" + cli("proxy-status").rstrip())
     failures = await _scenarios(front, apps, receiver, args.requests)
     _say("\n== Where to look ==")

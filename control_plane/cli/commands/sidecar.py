@@ -31,8 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="standalone mTLS: private key PEM")
     p.add_argument("--ca", help="standalone mTLS: trust bundle PEM")
     p.add_argument("--state-dir", help="where the sidecar keeps its key and config cache")
-    p.add_argument("--advertise-address", default="127.0.0.1",
-                   help="the address peers reach this sidecar's inbound port at")
+    p.add_argument(
+        "--advertise-address",
+        default="127.0.0.1",
+        help="the address peers reach this sidecar's inbound port at",
+    )
     p.add_argument("--drain-timeout", type=float, default=20.0, help="seconds (default 20)")
     p.add_argument("--no-access-log", action="store_true", help="turn off the access log")
     p.add_argument("--log-level", default="INFO")
@@ -57,14 +60,28 @@ def run(args: argparse.Namespace) -> int:
         print("meshlet sidecar: --control-plane needs --token-file", file=sys.stderr)
         return 2
     opts = SidecarOptions(
-        service=args.service, namespace=args.namespace, version=args.version, labels=labels,
-        app_port=args.app_port, app_host=args.app_host, outbound_port=args.outbound,
-        inbound_port=args.inbound, admin_port=args.admin, outbound_bind=args.outbound_bind,
-        inbound_bind=args.inbound_bind, admin_bind=args.admin_bind, config_file=args.config,
-        control_plane=args.control_plane, token_file=args.token_file, cert_file=args.cert,
-        key_file=args.key, ca_file=args.ca, state_dir=args.state_dir,
+        service=args.service,
+        namespace=args.namespace,
+        version=args.version,
+        labels=labels,
+        app_port=args.app_port,
+        app_host=args.app_host,
+        outbound_port=args.outbound,
+        inbound_port=args.inbound,
+        admin_port=args.admin,
+        outbound_bind=args.outbound_bind,
+        inbound_bind=args.inbound_bind,
+        admin_bind=args.admin_bind,
+        config_file=args.config,
+        control_plane=args.control_plane,
+        token_file=args.token_file,
+        cert_file=args.cert,
+        key_file=args.key,
+        ca_file=args.ca,
+        state_dir=args.state_dir,
         advertise_address=args.advertise_address,
-        drain_timeout=args.drain_timeout, access_log=not args.no_access_log,
+        drain_timeout=args.drain_timeout,
+        access_log=not args.no_access_log,
     )
     try:
         import uvloop

@@ -13,8 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from proxy import __version__, _accel
-    from proxy import fastpath_modules
+    from proxy import __version__, _accel, fastpath_modules
 
     fastpath_modules.load_all()
     print(f"meshlet {__version__}")
