@@ -1,7 +1,8 @@
 """Differential and fuzz tests: twin vs compiled, byte-at-a-time vs whole, and h11 as reference.
 
 Reference comparison (h11 0.16, a strict parser, security-ops §6.3): whenever we accept a request
-head, h11 must accept it too with the same method, target and fields. We are stricter than h11 in
+head, h11 must accept it too with the same method, target and fields (and likewise for response
+heads: same status, reason and fields). We are stricter than h11 in
 many places (bare LF, lowercase methods, CL+TE, TE on HTTP/1.0, CTLs other than NUL/VT/FF in
 values, fragments, userinfo, non-http schemes, invalid Host chars, HTTP/1.x other than 1.0/1.1) -
 those only make us reject more, which this test allows. Documented normalisation differences in
@@ -154,6 +155,33 @@ def test_h11_agrees_on_unmutated_grammar(p, data):
         conn.next_event()
     except h11.RemoteProtocolError as exc:
         assert isinstance(ours, ProtocolError), (data, exc)
+
+
+def check_response_against_h11(p, data):
+    """If we accept a response head, h11 (as a client after a GET) accepts the same head."""
+    try:
+        result = p.parse_response_head(data)
+    except ProtocolError:
+        return
+    if result is None:
+        return
+    head, n = result
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=1 << 20)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "a")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data[:n])
+    event = conn.next_event()
+    assert isinstance(event, (h11.Response, h11.InformationalResponse)), event
+    assert event.status_code == head.status
+    assert event.reason.decode("latin-1") == head.reason
+    ref = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
+    assert _normalise(ref) == _normalise(head.headers)
+
+
+@SETTINGS
+@given(data=response_heads())
+def test_never_accept_a_response_h11_rejects(p, data):
+    check_response_against_h11(p, data)
 
 
 # -- fuzz invariant: parse, None, or ProtocolError - never anything else -------------------------
