@@ -34,7 +34,7 @@ ADMIN_TOKEN_FILE = "admin.token"
 LISTEN_ADDR_FILE = "listen.addr"
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 ADMIN_PATHS = {"routes": "/config_dump", "clusters": "/clusters", "endpoints": "/clusters",
-               "certs": "/certs"}
+               "certs": "/certs", "explain": "/explain"}
 
 
 def default_data_dir() -> str:
@@ -379,6 +379,8 @@ class ControlPlane:
             return _error(502, f"sidecar {reg.node_id} registered no admin address the control "
                           "plane may call (it must be on the host the sidecar connects from)")
         url = f"http://{reg.admin_address}{ADMIN_PATHS[what]}"
+        if what == "explain" and request.query_string:
+            url += "?" + request.query_string
         try:
             timeout = aiohttp.ClientTimeout(total=5)
             async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as resp:

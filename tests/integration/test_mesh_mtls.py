@@ -308,3 +308,22 @@ spec:
     assert direct.startswith(b"HTTP/1.1 403")
     assert mesh["cp"].cli("delete", "authorizationpolicy", "inventory-readers").returncode == 0
     wait_until(lambda: _raw_get(out, "/admin").startswith(b"HTTP/1.1 200"), what="policy removed")
+
+
+async def test_explain_outbound_and_inbound(mesh):
+    await _wait_routable(mesh)
+    r = mesh["cp"].cli("proxy-config", "explain", "orders.default", "--host", "inventory:8080",
+                       "--path", "/items?x=1", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["virtual_host"]["service"] == "inventory.default.svc.cluster.local"
+    dest = data["destinations"][0]
+    assert dest["endpoints"][0]["mtls"] is True
+    assert dest["endpoints"][0]["identity"] == "spiffe://cluster.local/ns/default/sa/inventory"
+    assert "retries" in dest["policy"] and "retry_budget" in dest["policy"]
+    status, body = mesh["orders"].admin_get("/explain?host=nowhere&path=/")
+    assert json.loads(body)["decision"].startswith("404 NR")
+    status, body = mesh["inv"].admin_get(
+        "/explain?direction=inbound&path=/a/../b&principal=spiffe://cluster.local/ns/default/sa/orders")
+    data = json.loads(body)
+    assert data["normalized_path"] == "/b" and data["authorization"]["allowed"] is True

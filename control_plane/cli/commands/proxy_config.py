@@ -17,15 +17,25 @@ TYPES = {
     "clusters": "clusters", "cluster": "clusters", "c": "clusters",
     "endpoints": "endpoints", "endpoint": "endpoints", "ep": "endpoints",
     "certs": "certs", "cert": "certs", "secret": "certs", "secrets": "certs", "s": "certs",
+    "explain": "explain",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("type", metavar="TYPE",
-                        help="routes (r), clusters (c), endpoints (ep) or certs (secret, s)")
+                        help="routes (r), clusters (c), endpoints (ep), certs (secret, s) or "
+                             "explain (what the sidecar would do with a request)")
     parser.add_argument("sidecar", metavar="SIDECAR",
                         help="node id, or service name (service.namespace) if it has one sidecar")
     parser.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    ex = parser.add_argument_group("explain")
+    ex.add_argument("--method", default="GET")
+    ex.add_argument("--host", default="", help="the Host the app would send (outbound)")
+    ex.add_argument("--path", default="/")
+    ex.add_argument("-H", "--header", action="append", default=[], metavar="NAME:VALUE")
+    ex.add_argument("--inbound", action="store_true",
+                    help="explain the inbound side (authorization) instead of outbound routing")
+    ex.add_argument("--principal", default="", help="inbound: the caller's SPIFFE ID")
     cli_client.add_connection_arguments(parser)
     parser.epilog = cli_client.EXIT_CODES_EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -120,7 +130,19 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown config type {args.type!r}: use routes, clusters, endpoints or "
                        "certs", ExitStatus.USAGE)
     c = cli_client.Client(args)
-    answer = c.request("GET", f"/v1/proxies/{quote(args.sidecar, safe='')}/{kind}")
+    path = f"/v1/proxies/{quote(args.sidecar, safe='')}/{kind}"
+    if kind == "explain":
+        from urllib.parse import urlencode
+
+        q = [("method", args.method), ("host", args.host), ("path", args.path),
+             ("direction", "inbound" if args.inbound else "outbound"), ("principal", args.principal)]
+        q += [("h." + h.partition(":")[0].strip().lower(), h.partition(":")[2].strip())
+              for h in args.header]
+        path += "?" + urlencode(q)
+        answer = c.request("GET", path)
+        output.out(output.dump(answer.get("data"), "yaml" if args.output == "table" else args.output))
+        return 0
+    answer = c.request("GET", path)
     data = answer.get("data")
     if args.output != "table":
         output.out(output.dump(data, args.output))
