@@ -47,13 +47,14 @@ class EchoServer:
     """A real grpcio server (its own threads) implementing ``meshtest.Echo``.
 
     Unary understands a few commands in ``text``: ``sleep:SECONDS``, ``flaky:KEY:N`` (UNAVAILABLE
-    for the first N calls with that key, then OK), ``deadline`` (answers the time remaining
-    the server saw, in ``text``), ``metadata`` (the request metadata, in ``text``).
+    for the first N calls with that key, then OK), ``deadline`` (the time remaining the server
+    saw), ``whoami`` (the server's name), ``metadata`` (the request metadata).
     """
 
-    def __init__(self, pb2: ModuleType, pb2_grpc: ModuleType) -> None:
+    def __init__(self, pb2: ModuleType, pb2_grpc: ModuleType, name: str = "echo") -> None:
         import grpc
 
+        self.name = name
         self.pb2 = pb2
         self.calls: dict[str, int] = {}
         self.total = 0
@@ -94,6 +95,8 @@ class EchoServer:
                         outer.calls[key] = seen + 1
                     if seen < int(n):
                         context.abort(grpc.StatusCode.UNAVAILABLE, f"flaky {seen + 1}")
+                elif text == "whoami":
+                    return pb2.Msg(text=outer.name)
                 elif text == "deadline":
                     return pb2.Msg(text="%.3f" % (context.time_remaining() or -1.0))
                 elif text == "metadata":
@@ -116,5 +119,8 @@ class EchoServer:
             def Bidi(self, request_iterator: Any, context: Any) -> Any:
                 for m in request_iterator:
                     yield pb2.Msg(data=m.data, count=m.count)
+
+            def Forbidden(self, request: Any, context: Any) -> Any:
+                return pb2.Msg(text="reached")
 
         return Servicer()

@@ -56,7 +56,7 @@ class InProcSidecar:
         self.servers: list[asyncio.AbstractServer] = []
         self.outbound = self.inbound = 0
 
-    def _pool(self, ep: Any, cluster: Any) -> H2UpstreamPool:
+    def _pool(self, ep: Any, cluster: Any, h2: bool = True) -> H2UpstreamPool:
         p = self.pools.get(ep.key)
         if p is None:
             p = self.pools[ep.key] = H2UpstreamPool(ep.address, ep.port, None, cluster.idle_timeout)
@@ -92,7 +92,9 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: echo}}
+metadata:
+  name: echo
+  annotations: {{retry.meshlet.dev/non-idempotent: "true"}}  # gRPC is POST
 spec:
   hosts: [echo]
   http:
@@ -258,7 +260,7 @@ def _grpc_retry_supported() -> bool:
 
     from proxy.server import forward
 
-    return "grpc_status" in inspect.getsource(forward) or "h2.grpc" in inspect.getsource(forward)
+    return "proxy.server.h2" in inspect.getsource(forward)
 
 
 @pytest.mark.skipif(not _grpc_retry_supported(),
@@ -269,7 +271,7 @@ async def test_retry_on_unavailable(mesh, app, protos):
     key = f"k{time.monotonic_ns()}"
     with _channel(a.outbound) as ch:
         r = await _call(pb2_grpc.EchoStub(ch).Unary, pb2.Msg(text=f"flaky:{key}:2"), timeout=10,
-                        metadata=[("x-route", "retry"), ("idempotency-key", key)])
+                        metadata=[("x-route", "retry")])
     assert r.text == f"flaky:{key}:2"
     assert app.calls[key] == 3
 

@@ -685,10 +685,12 @@ class H2Stream:
             t.cancel()
 
 
-def h2_factory(listener: Any, transport: asyncio.BaseTransport,
-               initial_bytes: bytes = b"") -> H2ServerProtocol:
+def h2_factory(listener: Any, transport: asyncio.BaseTransport, initial_bytes: bytes = b"",
+               downstream: Any = None) -> H2ServerProtocol:
     """The hook the HTTP/1.1 downstream calls when it sees the HTTP/2 preface or ALPN "h2":
-    build the HTTP/2 protocol, hand it the transport and the bytes already read."""
+    build the HTTP/2 protocol, hand it the transport (``set_protocol``; the caller may call it
+    again, harmlessly) and the bytes already read. ``downstream`` (the HTTP/1.1 protocol that
+    gives the connection up) lends its peer facts, already read from the TLS handshake."""
     proto = H2ServerProtocol(listener)
     proto.adopt(transport, initial_bytes)
     return proto
