@@ -13,28 +13,47 @@ NAME = "proxy-config"
 HELP = "what one sidecar has in effect: routes, clusters, endpoints or certs"
 
 TYPES = {
-    "routes": "routes", "route": "routes", "r": "routes",
-    "clusters": "clusters", "cluster": "clusters", "c": "clusters",
-    "endpoints": "endpoints", "endpoint": "endpoints", "ep": "endpoints",
-    "certs": "certs", "cert": "certs", "secret": "certs", "secrets": "certs", "s": "certs",
+    "routes": "routes",
+    "route": "routes",
+    "r": "routes",
+    "clusters": "clusters",
+    "cluster": "clusters",
+    "c": "clusters",
+    "endpoints": "endpoints",
+    "endpoint": "endpoints",
+    "ep": "endpoints",
+    "certs": "certs",
+    "cert": "certs",
+    "secret": "certs",
+    "secrets": "certs",
+    "s": "certs",
     "explain": "explain",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("type", metavar="TYPE",
-                        help="routes (r), clusters (c), endpoints (ep), certs (secret, s) or "
-                             "explain (what the sidecar would do with a request)")
-    parser.add_argument("sidecar", metavar="SIDECAR",
-                        help="node id, or service name (service.namespace) if it has one sidecar")
+    parser.add_argument(
+        "type",
+        metavar="TYPE",
+        help="routes (r), clusters (c), endpoints (ep), certs (secret, s) or "
+        "explain (what the sidecar would do with a request)",
+    )
+    parser.add_argument(
+        "sidecar",
+        metavar="SIDECAR",
+        help="node id, or service name (service.namespace) if it has one sidecar",
+    )
     parser.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     ex = parser.add_argument_group("explain")
     ex.add_argument("--method", default="GET")
     ex.add_argument("--host", default="", help="the Host the app would send (outbound)")
     ex.add_argument("--path", default="/")
     ex.add_argument("-H", "--header", action="append", default=[], metavar="NAME:VALUE")
-    ex.add_argument("--inbound", action="store_true",
-                    help="explain the inbound side (authorization) instead of outbound routing")
+    ex.add_argument(
+        "--inbound",
+        action="store_true",
+        help="explain the inbound side (authorization) instead of outbound routing",
+    )
     ex.add_argument("--principal", default="", help="inbound: the caller's SPIFFE ID")
     cli_client.add_connection_arguments(parser)
     parser.epilog = cli_client.EXIT_CODES_EPILOG
@@ -45,8 +64,10 @@ def _as_list(value: object) -> list:
     if isinstance(value, list):
         return value
     if isinstance(value, dict):
-        return [{"name": k, **v} if isinstance(v, dict) else {"name": k, "value": v}
-                for k, v in value.items()]
+        return [
+            {"name": k, **v} if isinstance(v, dict) else {"name": k, "value": v}
+            for k, v in value.items()
+        ]
     return []
 
 
@@ -67,8 +88,7 @@ def _routes(data: dict) -> list[list]:
                 for d in ds
             )
             match = ", ".join(str(m) for m in _as_list(r.get("match"))) or "/*"
-            rows.append([vh.get("host", ""), match, dests or "-",
-                         vh.get("virtual_service") or "-"])
+            rows.append([vh.get("host", ""), match, dests or "-", vh.get("virtual_service") or "-"])
     return rows
 
 
@@ -80,25 +100,36 @@ def render(kind: str, data: object) -> str:
         head = f"config version: {data.get('version') or '-'}\n\n"
         rows = _routes(data)
         if rows:
-            return head + output.table(["HOST", "MATCH", "DESTINATIONS", "VIRTUAL SERVICE"],
-                                       rows)
+            return head + output.table(["HOST", "MATCH", "DESTINATIONS", "VIRTUAL SERVICE"], rows)
         items = [r for r in _as_list(data.get("resources")) if isinstance(r, dict)]
         if items:
-            rows = [[r.get("kind", ""), (r.get("metadata") or {}).get("namespace", ""),
-                     (r.get("metadata") or {}).get("name", ""),
-                     ",".join((r.get("spec") or {}).get("hosts") or [])
-                     or (r.get("spec") or {}).get("host", "")] for r in items]
+            rows = [
+                [
+                    r.get("kind", ""),
+                    (r.get("metadata") or {}).get("namespace", ""),
+                    (r.get("metadata") or {}).get("name", ""),
+                    ",".join((r.get("spec") or {}).get("hosts") or [])
+                    or (r.get("spec") or {}).get("host", ""),
+                ]
+                for r in items
+            ]
             return head + output.table(["KIND", "NAMESPACE", "NAME", "HOSTS"], rows)
     if kind in ("clusters", "endpoints") and isinstance(data, dict | list):
         clusters = _as_list(data.get("clusters", data) if isinstance(data, dict) else data)
         clusters = [c for c in clusters if isinstance(c, dict)]
         if clusters and kind == "clusters":
-            rows = [[c.get("name", ""), c.get("subset") or "-", c.get("port") or "-",
-                     c.get("lb") or "-", len(_as_list(c.get("endpoints"))),
-                     _state(c.get("circuit_breaker", c.get("breaker")))]
-                    for c in clusters]
-            return output.table(["CLUSTER", "SUBSET", "PORT", "LB", "ENDPOINTS", "BREAKER"],
-                                rows)
+            rows = [
+                [
+                    c.get("name", ""),
+                    c.get("subset") or "-",
+                    c.get("port") or "-",
+                    c.get("lb") or "-",
+                    len(_as_list(c.get("endpoints"))),
+                    _state(c.get("circuit_breaker", c.get("breaker"))),
+                ]
+                for c in clusters
+            ]
+            return output.table(["CLUSTER", "SUBSET", "PORT", "LB", "ENDPOINTS", "BREAKER"], rows)
         rows = []
         for c in clusters:
             for e in _as_list(c.get("endpoints")):
@@ -110,11 +141,18 @@ def render(kind: str, data: object) -> str:
         if rows:
             return output.table(["ENDPOINT", "STATUS", "CLUSTER"], rows)
     if kind == "certs" and isinstance(data, dict) and "spiffe_id" in data:
-        rows = [[data.get("spiffe_id") or "-", data.get("serial") or "-",
-                 data.get("not_before") or "-", data.get("not_after") or "-",
-                 data.get("next_renewal") or "-"]]
-        text = output.table(["SPIFFE ID", "SERIAL", "NOT BEFORE", "NOT AFTER", "NEXT RENEWAL"],
-                            rows)
+        rows = [
+            [
+                data.get("spiffe_id") or "-",
+                data.get("serial") or "-",
+                data.get("not_before") or "-",
+                data.get("not_after") or "-",
+                data.get("next_renewal") or "-",
+            ]
+        ]
+        text = output.table(
+            ["SPIFFE ID", "SERIAL", "NOT BEFORE", "NOT AFTER", "NEXT RENEWAL"], rows
+        )
         if data.get("last_renewal_error"):
             text += f"\n\nlast renewal error: {data['last_renewal_error']}"
         return text
@@ -127,20 +165,31 @@ def run(args: argparse.Namespace) -> int:
 
     kind = TYPES.get(args.type.lower())
     if kind is None:
-        raise CLIError(f"unknown config type {args.type!r}: use routes, clusters, endpoints or "
-                       "certs", ExitStatus.USAGE)
+        raise CLIError(
+            f"unknown config type {args.type!r}: use routes, clusters, endpoints or certs",
+            ExitStatus.USAGE,
+        )
     c = cli_client.Client(args)
     path = f"/v1/proxies/{quote(args.sidecar, safe='')}/{kind}"
     if kind == "explain":
         from urllib.parse import urlencode
 
-        q = [("method", args.method), ("host", args.host), ("path", args.path),
-             ("direction", "inbound" if args.inbound else "outbound"), ("principal", args.principal)]
-        q += [("h." + h.partition(":")[0].strip().lower(), h.partition(":")[2].strip())
-              for h in args.header]
+        q = [
+            ("method", args.method),
+            ("host", args.host),
+            ("path", args.path),
+            ("direction", "inbound" if args.inbound else "outbound"),
+            ("principal", args.principal),
+        ]
+        q += [
+            ("h." + h.partition(":")[0].strip().lower(), h.partition(":")[2].strip())
+            for h in args.header
+        ]
         path += "?" + urlencode(q)
         answer = c.request("GET", path)
-        output.out(output.dump(answer.get("data"), "yaml" if args.output == "table" else args.output))
+        output.out(
+            output.dump(answer.get("data"), "yaml" if args.output == "table" else args.output)
+        )
         return 0
     answer = c.request("GET", path)
     data = answer.get("data")
