@@ -63,13 +63,15 @@ class PushHub:
         self._nonces = itertools.count(1)
         self._dirty = False
         self._tasks: set[asyncio.Task] = set()
+        self.extra_mesh: Callable[[], dict] | None = None  # control-plane state sidecars follow
         store.add_listener(lambda _rev: self.mark_dirty())
         registry.add_listener(self.mark_dirty)
 
     # -- snapshot --------------------------------------------------------------------------
     def rebuild(self) -> dict:
         revision, resources = self.store.snapshot()
-        snap = snapshot_mod.build(revision, resources, self.registry.all(), self.trust_domain)
+        extra = self.extra_mesh() if self.extra_mesh is not None else None
+        snap = snapshot_mod.build(revision, resources, self.registry.all(), self.trust_domain, extra)
         if self.current is None or snap["version"] != self.current["version"]:
             self.current = snap
             # Encoded once, not once per sidecar.

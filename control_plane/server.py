@@ -92,6 +92,8 @@ class ControlPlane:
             self.tls = Security(self.data_dir, td, [split_listen(listen)[0]], lifetime)
         self.hub = PushHub(self.store, self.registry,
                            self.tls.trust_domain if self.tls is not None else None)
+        if self.tls is not None:
+            self.hub.extra_mesh = self.tls.bundle_state
         self.started = time.time()
         self.address: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
@@ -132,6 +134,8 @@ class ControlPlane:
         r.add_post("/v1/tokens", self.create_token)
         r.add_get("/v1/proxies", self.proxies)
         r.add_get("/v1/proxies/{id}/{what}", self.proxy_config)
+        r.add_get("/v1/ca", self.ca_status)
+        r.add_post("/v1/ca/{action}", self.ca_action)
         if self.tls is not None:
             self.tls.setup_routes(app)
         return app
@@ -362,6 +366,45 @@ class ControlPlane:
             "proxies": [r.to_dict() for r in self.registry.all()],
         })
 
+    async def ca_status(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        if self.tls is None:
+            return _error(404, "no CA (plain HTTP test server)")
+        return web.json_response(self.tls.rotation_status())
+
+    async def ca_action(self, request: web.Request) -> web.Response:
+        """Root rotation in three steps, each pushed to every sidecar: ``rotate`` adds a new
+        root to the trust bundle, ``activate`` signs with it (and asks sidecars to renew),
+        ``retire`` drops the old root once nothing chains to it."""
+        if not self._authorized(request):
+            return self._unauthorized()
+        if self.tls is None:
+            return _error(404, "no CA (plain HTTP test server)")
+        action = request.match_info["action"]
+        body = await request.json() if request.can_read_body else {}
+        try:
+            if action == "rotate":
+                self.tls.ca.rotate_root(activate=False)
+            elif action == "activate":
+                self.tls.ca.activate_root()
+                self.tls.renew_issued_before = time.time()
+            elif action == "retire":
+                fp = str(body.get("fingerprint") or "")
+                if not fp:
+                    return _error(400, "retire needs a fingerprint")
+                self.tls.check_retirable(fp, self.registry.all())
+                self.tls.ca.retire_root(fp)
+            else:
+                return _error(404, f"unknown CA action {action!r}: rotate, activate or retire")
+        except (ValueError, RuntimeError) as exc:
+            return _error(409, str(exc))
+        except Exception as exc:  # CAError and friends: a refused step, not a crash
+            return _error(409, f"{type(exc).__name__}: {exc}")
+        log.info("CA %s: roots now %s", action, self.tls.ca.root_fingerprints())
+        self.hub.mark_dirty()
+        return web.json_response(self.tls.rotation_status())
+
     async def proxy_config(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self._unauthorized()
@@ -475,6 +518,34 @@ class Security:
         from control_plane.ca import service
 
         service.setup_routes(app, self.ca, self.tokens, self.trust_domain, self.lifetime_s)
+
+    renew_issued_before = 0.0
+
+    def bundle_state(self) -> dict:
+        """What every sidecar must follow: the roots it must trust, and certificates issued
+        before an activation must be renewed (from the new root)."""
+        from certs import keys
+
+        return {"trustBundle": {
+            "fingerprints": self.ca.root_fingerprints(),
+            "signingRoot": keys.cert_fingerprint(self.ca.signing_root()),
+            "renewIssuedBefore": self.renew_issued_before,
+        }}
+
+    def rotation_status(self) -> dict:
+        from certs import keys
+
+        pending = self.ca.pending_root()
+        return {**self.bundle_state()["trustBundle"],
+                "pendingRoot": keys.cert_fingerprint(pending) if pending is not None else None}
+
+    def check_retirable(self, fingerprint: str, registrations: object) -> None:
+        from certs import keys
+
+        if fingerprint == keys.cert_fingerprint(self.ca.signing_root()):
+            raise ValueError("that root still signs: activate the new root first")
+        if fingerprint not in self.ca.root_fingerprints():
+            raise ValueError(f"no root {fingerprint} in the trust bundle")
 
     def ca_info(self) -> dict:
         from certs import keys

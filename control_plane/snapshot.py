@@ -58,14 +58,20 @@ def build(
     resources: list[StoredResource],
     registrations: Iterable[Registration],
     trust_domain: str | None = None,
+    extra_mesh: dict | None = None,
 ) -> dict:
     """The snapshot for ``revision`` (resources read with it) and the current registrations.
+
+    ``extra_mesh`` adds control-plane state to ``mesh`` (the trust bundle's fingerprints during a
+    root rotation), so a change to it changes the version and is pushed like any config.
 
     ``trust_domain``, when given, is the CA's: it is what certificates actually carry, so it
     wins over the MeshConfig's."""
     mesh = mesh_config(resources)
     if trust_domain:
         mesh["trustDomain"] = trust_domain
+    if extra_mesh:
+        mesh.update(extra_mesh)
     td = str(mesh["trustDomain"])
     registry = [
         {

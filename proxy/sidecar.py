@@ -119,6 +119,21 @@ class Sidecar:
             raise InvalidConfig(errors)
         self.apply_resources(resources, list(snap.get("registry") or ()), str(snap.get("version")))
         self.ready = self.identity is None or self.identity.ready
+        self._follow_trust_bundle((snap.get("mesh") or {}).get("trustBundle"))
+
+    def _follow_trust_bundle(self, state: dict[str, Any] | None) -> None:
+        """Root rotation: fetch the new bundle as soon as the control plane has one, and renew
+        a certificate issued before a new root was activated. Both run in the background; the
+        current certificate keeps serving meanwhile."""
+        ident = self.identity
+        if not state or ident is None or ident.obtained_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        if set(state.get("fingerprints") or ()) != set(ident.bundle_fingerprints):
+            self.runtime.spawn(ident.refresh_bundle())
+        if float(state.get("renewIssuedBefore") or 0) > ident.obtained_at:
+            self.runtime.spawn(ident.renew_now())
+        del loop
 
     def load_file(self) -> None:
         from control_plane.api.resources import load_path

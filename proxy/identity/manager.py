@@ -231,6 +231,11 @@ class IdentityManager:
         return self._current.bundle_pem if self._current else None
 
     @property
+    def obtained_at(self) -> float | None:
+        """When the current certificate arrived (wall clock)."""
+        return self._current.obtained_at if self._current else None
+
+    @property
     def bundle_fingerprints(self) -> list[str]:
         if self._current is None:
             return []
