@@ -114,3 +114,42 @@ def test_original_dst_recovers_the_redirected_destination() -> None:
     assert res["redirected"] == ["127.0.0.2", 9080]
     assert res["local"][1] != 9080
     assert res["direct"] is None
+
+
+def test_original_dst_from_a_uvloop_transport_socket() -> None:
+    """The hook's exact call: ``original_dst(transport.get_extra_info("socket"))`` on uvloop."""
+    res = in_netns("""
+        import asyncio, json, socket, subprocess
+        import uvloop
+        from proxy.capture.original_dst import original_dst
+        def sh(*cmd):
+            subprocess.run(cmd, check=True, timeout=20)
+        sh("ip", "link", "set", "lo", "up")
+        seen = []
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport):
+                seen.append(original_dst(transport.get_extra_info("socket")))
+                transport.close()
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(Proto, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            sh("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "10.96.0.10",
+               "--dport", "8080", "-j", "REDIRECT", "--to-ports", str(port))
+            # a "service range" reached through an interface, as a cluster IP would be
+            sh("ip", "link", "add", "svc0", "type", "veth", "peer", "name", "svc1")
+            sh("ip", "addr", "add", "10.96.0.1/16", "dev", "svc0")
+            sh("ip", "link", "set", "svc0", "up")
+            sh("ip", "link", "set", "svc1", "up")
+            for target in (("10.96.0.10", 8080), ("127.0.0.1", port)):
+                r, w = await asyncio.wait_for(asyncio.open_connection(*target), 5)
+                await asyncio.wait_for(r.read(), 5)
+                w.close()
+            server.close()
+            print(json.dumps(seen))
+
+        uvloop.run(main())
+    """)
+    assert res == [["10.96.0.10", 8080], None]
