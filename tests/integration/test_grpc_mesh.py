@@ -296,3 +296,27 @@ async def test_h2load_smoke(mesh, app, tmp_path):
     assert proc.returncode == 0, text
     assert "2000 succeeded" in text and "2000 2xx" in text, text
     assert sum(1 for r in a.records if r[0].status == 200) >= 2000
+
+
+async def test_cancelled_streams_give_back_their_slots(mesh, protos):
+    """Clients that cancel mid-stream: both sidecars reset the upstream streams and the pools'
+    stream slots come back (no leak towards SETTINGS_MAX_CONCURRENT_STREAMS)."""
+    a, b = mesh
+    pb2, pb2_grpc = protos
+    with _channel(a.outbound) as ch:
+        stub = pb2_grpc.EchoStub(ch)
+
+        def run() -> None:
+            for _ in range(30):
+                call = stub.ServerStream(pb2.Msg(data=b"x" * 65536, count=1000), timeout=10)
+                next(call)
+                call.cancel()
+
+        await _call(run)
+        deadline = time.monotonic() + 5
+        while any(c.reserved for s in (a, b) for p in s.pools.values() for c in p.conns):
+            assert time.monotonic() < deadline, "stream slots leaked"
+            await asyncio.sleep(0.02)
+        r = await _call(stub.Unary, pb2.Msg(text="still"), timeout=10)
+    assert r.text == "still"
+    assert all(len(p.conns) == 1 for s in (a, b) for p in s.pools.values())

@@ -458,7 +458,13 @@ class H2UpstreamPool:
     def _reserve(self, conn: H2ClientConnection, reused: bool) -> tuple[H2UpstreamStream, bool]:
         conn.reserved += 1
         self.active += 1
-        return H2UpstreamStream(conn), reused
+        s = H2UpstreamStream(conn)
+        task = asyncio.current_task()
+        if task is not None:
+            # a request task cancelled mid-response (its client went away) may never release
+            # its stream: the slot comes back, and the stream is reset, when the task ends
+            task.add_done_callback(lambda _t, s=s: self.release(s))
+        return s, reused
 
     async def _connect(self) -> H2ClientConnection:
         self.connecting += 1
