@@ -79,6 +79,8 @@ class Telemetry:
             m.bulkhead_rejected.labels(destination_service=svc).inc()
         elif kind == "budget_skipped":
             m.retry_budget_skipped.labels(destination_service=svc).inc()
+        elif kind == "hedge":
+            m.hedges.labels(destination_service=svc).inc()
 
     def count_retry(self, dest: Any, outcome: Any) -> None:
         svc = dest.service if dest is not None else self.rt.local_service_fqdn

@@ -393,6 +393,47 @@ class Forwarder:
             if source is not None and head.expect_continue and not sent_continue:
                 down.send_continue()
                 sent_continue = True
+            if (
+                attempt == 1
+                and dest is not None
+                and dest.hedge is not None
+                and source is None
+                and (method in IDEMPOTENT or idem_key)
+            ):
+                delay = dest.hedge.delay_s(dest.tracker)
+                if delay is not None and (try_timeout is None or delay < try_timeout):
+                    hedged = await self._hedged(
+                        down,
+                        head,
+                        conn,
+                        pool,
+                        ep,
+                        delay,
+                        cluster,
+                        tried,
+                        target,
+                        headers,
+                        try_extra + framing,
+                        drop,
+                        try_timeout,
+                        ex,
+                        reporter,
+                        resp_ops,
+                        outlier,
+                        retry,
+                        idem_key,
+                        deadline,
+                        dest,
+                    )
+                    if hedged is None:
+                        return
+                    kind, status, retry_after = hedged
+                    if kind == "retry":
+                        await self._backoff(retry, attempt, retry_after, deadline)
+                        continue
+                    if kind == "timeout":
+                        return self._local(down, head, ex, 504, "UT", reporter)
+                    return self._local(down, head, ex, 503, "UC", reporter)
             rt.endpoint_started(ep)
             try:
                 result = await self._attempt(
@@ -474,6 +515,130 @@ class Forwarder:
                 continue
             return self._local(down, head, ex, 503, "URX" if attempt > 1 else "UC", reporter)
 
+    async def _hedged(
+        self,
+        down: Any,
+        head: Any,
+        conn: Any,
+        pool: Any,
+        ep: Any,
+        delay: float,
+        cluster: Any,
+        tried: set[str],
+        target: str,
+        headers: list[tuple[str, str]],
+        up_extra: list[str],
+        drop: frozenset[str] | None,
+        try_timeout: float | None,
+        ex: Exchange,
+        reporter: str,
+        resp_ops: Any,
+        outlier: Any,
+        retry: Any,
+        idem_key: bool,
+        deadline: float,
+        dest: Any,
+    ) -> tuple[str, int, float | None] | None:
+        """The first try, hedged: if no answer comes within ``delay`` (the observed p95, or a
+        fixed delay), a second try goes to another endpoint, paid from the retry budget; the
+        first response wins and the other connection is aborted."""
+        rt = self.rt
+        gate = _Gate()
+        loop = asyncio.get_running_loop()
+        tries = [(conn, pool, ep)]
+        rt.endpoint_started(ep)
+        t1 = loop.create_task(
+            self._attempt(
+                down,
+                head,
+                conn,
+                target,
+                headers,
+                up_extra,
+                drop,
+                None,
+                try_timeout,
+                ex,
+                reporter,
+                resp_ops,
+                ep,
+                outlier,
+                retry,
+                idem_key,
+                1,
+                deadline,
+                dest,
+                gate,
+            )
+        )
+        tasks = [t1]
+        try:
+            done, _ = await asyncio.wait({t1}, timeout=delay)
+            if not done and dest.budget.try_withdraw():
+                ep2 = rt.pick_endpoint(cluster, tried | {ep.key}, outlier)
+                if ep2 is not None and ep2.key != ep.key:
+                    pool2 = rt.pool(ep2, cluster)
+                    try:
+                        conn2, _ = await pool2.acquire(cluster.connect_timeout)
+                    except (OSError, TimeoutError, ConnectionError):
+                        conn2 = None
+                    if conn2 is not None and gate.winner is None:
+                        tried.add(ep2.key)
+                        rt.count_protection(dest, "hedge")
+                        tries.append((conn2, pool2, ep2))
+                        gate.conns = [conn, conn2]
+                        rt.endpoint_started(ep2)
+                        tasks.append(
+                            loop.create_task(
+                                self._attempt(
+                                    down,
+                                    head,
+                                    conn2,
+                                    target,
+                                    headers,
+                                    up_extra + ["x-envoy-attempt-count: 2"],
+                                    drop,
+                                    None,
+                                    try_timeout,
+                                    ex,
+                                    reporter,
+                                    resp_ops,
+                                    ep2,
+                                    outlier,
+                                    retry,
+                                    idem_key,
+                                    1,
+                                    deadline,
+                                    dest,
+                                    gate,
+                                )
+                            )
+                        )
+                    elif conn2 is not None:
+                        pool2.release(conn2)
+            results = await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            for t in tasks:
+                t.cancel()
+            for c, p, _ep in tries:
+                c.abort()
+                p.release(c)
+            raise
+        finally:
+            for _, _, e in tries:
+                rt.endpoint_finished(e)
+        outcome: tuple[str, int, float | None] | None = ("reset", 0, None)
+        for (c, p, _), r in zip(tries, results, strict=True):
+            if r is None:
+                p.release(c)  # the winner, response delivered
+                outcome = None
+            else:
+                c.abort()
+                p.release(c)
+                if outcome is not None and r[0] != "lost":
+                    outcome = r
+        return outcome
+
     def _retry(
         self,
         retry: Any,
@@ -536,8 +701,12 @@ class Forwarder:
         attempt: int,
         deadline: float,
         dest: Any,
+        gate: Any = None,
     ) -> tuple[str, int, float | None] | None:
-        """One try. None when the response was (at least partly) sent; else why it failed."""
+        """One try. None when the response was (at least partly) sent; else why it failed.
+
+        With a ``gate`` this try races a hedge: the first response head claims the gate (which
+        aborts the other try's connection); the loser returns ("lost", ...)."""
         t_sent = _monotonic()
         fut = conn.start_request(head.method, target, headers, head.connection, up_extra, drop)
         pump = None
@@ -554,14 +723,23 @@ class Forwarder:
             return ("timeout", 0, None)
         except UpstreamReset:
             _cancel(pump)
+            if gate is not None and gate.winner is not None and gate.winner is not conn:
+                return ("lost", 0, None)
             return ("reset", 1 if conn.got_bytes else 0, None)
         except asyncio.CancelledError:
             _cancel(pump)
             conn.abort()
-            ex.status = 0
-            ex.flags = "DC"
-            self._account(ex, head, reporter)
+            if gate is None or gate.winner is None or gate.winner is conn:
+                ex.status = 0
+                ex.flags = "DC"
+                self._account(ex, head, reporter)
             raise
+        if gate is not None:
+            if not gate.claim(conn):
+                _cancel(pump)
+                return ("lost", 0, None)
+            ex.upstream = ep.key
+            ex.endpoint = ep
         ex.upstream_ms = (_monotonic() - t_sent) * 1000.0
         status = resp.status
         ex.status = status
@@ -681,6 +859,25 @@ class Forwarder:
 
     def _account(self, ex: Exchange, head: Any, reporter: str) -> None:
         self.rt.record(ex, head, reporter)
+
+
+class _Gate:
+    """Who won a hedged race: the first try with a response head; the others are aborted."""
+
+    __slots__ = ("winner", "conns")
+
+    def __init__(self) -> None:
+        self.winner: Any = None
+        self.conns: list[Any] = []
+
+    def claim(self, conn: Any) -> bool:
+        if self.winner is not None:
+            return self.winner is conn
+        self.winner = conn
+        for other in self.conns:
+            if other is not conn:
+                other.abort()
+        return True
 
 
 REPLAY_LIMIT = 65536

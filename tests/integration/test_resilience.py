@@ -123,6 +123,58 @@ spec:
 """
 
 
+HEDGE = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: hedged}}
+spec:
+  hosts: [hedged]
+  ports: [{{number: 8080, name: http}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {hole}}}}}
+  - {{address: 127.0.0.1, ports: {{http: {a}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: hedged}}
+spec:
+  hosts: [hedged]
+  http:
+  - route: [{{destination: {{host: hedged}}}}]
+    timeout: 5s
+    retries: {{attempts: 0}}
+---
+apiVersion: meshlet.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {{name: hedged}}
+spec:
+  host: hedged
+  hedging: {{delay: 50ms, maxHedges: 1}}
+"""
+
+
+async def test_hedging_beats_a_stuck_endpoint(tmp_path):
+    """One endpoint accepts connections and never answers; the hedge after 50 ms wins."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # never accepts: the kernel completes handshakes, nobody answers
+    app, pa = start_app(tmp_path, "inventory")
+    sc = start_sidecar(tmp_path, "orders", pa, HEDGE.format(hole=hole.getsockname()[1], a=pa))
+    try:
+        mesh = {"sidecar": sc}
+        for _ in range(8):
+            t0 = time.monotonic()
+            status, headers, _ = await _req(mesh, "hedged", "/items")
+            assert status == 200 and time.monotonic() - t0 < 2.0
+        text = sc.admin_get("/metrics")[1].decode()
+        assert re.search(r'meshlet_hedges_total\{destination_service="hedged.default.svc.cluster.local"\} [1-9]', text), text
+    finally:
+        sc.stop()
+        app.stop()
+        hole.close()
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("resilience")
