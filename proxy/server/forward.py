@@ -744,8 +744,11 @@ class Forwarder:
         status = resp.status
         ex.status = status
         self.rt.endpoint_outcome(outlier, ep, status, False)
-        if status >= 500 or status == 409 or status == 429:
-            grpc = None
+        grpc_hdr = resp.get("grpc-status") if status == 200 else None
+        if grpc_hdr is not None:
+            ex.grpc = grpc_hdr  # a trailers-only gRPC answer
+        if status >= 500 or status == 409 or status == 429 or (grpc_hdr and grpc_hdr != "0"):
+            grpc = int(grpc_hdr) if grpc_hdr and grpc_hdr.isdigit() else None
             ratelimited = resp.get("x-envoy-ratelimited") is not None
             if resp.get("x-envoy-overloaded") is not None:
                 pass  # a peer's local overload reply is never retried (Envoy)
@@ -821,8 +824,14 @@ class Forwarder:
                     data = None
                     if down.paused:
                         await down.drain()
-                down.send_end(rbody.trailers)
+                trailers = rbody.trailers
+                down.send_end(trailers)
                 ex.resp_bytes = total
+                if trailers:
+                    for name, value in trailers:
+                        if name == "grpc-status":
+                            ex.grpc = value
+                            break
         except ChannelClosed:
             # the upstream reset mid-body: the client must see a broken response, not a short one
             _cancel(pump)
