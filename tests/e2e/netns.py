@@ -137,6 +137,7 @@ class TestBed:
         self.home.mkdir(mode=0o777)
         os.chmod(self.home, 0o1777)
         self._wanted = pods
+        self._made_netns_etc = not NETNS_ETC.exists()
         self.proxy_ids = proxy_identity()
         self._cleanup_leftovers()
         try:
@@ -210,6 +211,11 @@ class TestBed:
             sh("ip", "link", "del", self._veth(name), check=False)
             shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
         sh("ip", "link", "del", BRIDGE, check=False)
+        if self._made_netns_etc:
+            try:
+                NETNS_ETC.rmdir()  # only if we created it and nothing else is in it now
+            except OSError:
+                pass
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> TestBed:
