@@ -361,9 +361,16 @@ class Forwarder:
             try_timeout = attempt_timeout(retry.per_try_timeout, remaining)
             try_extra = list(extra)
             if try_timeout is not None and reporter == "outbound":
-                try_extra.append(
-                    "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout)
-                )
+                if attempt == 1 and retry is policy.retry:
+                    # the first try's budget is known at config time: formatted once per policy
+                    hdr = policy.first_try_header
+                    if hdr is None:
+                        hdr = policy.first_try_header = (
+                            "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout))
+                    try_extra.append(hdr)
+                else:
+                    try_extra.append(
+                        "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout))
             if attempt > 1:
                 try_extra.append("x-envoy-attempt-count: %d" % attempt)
             drop = _PROPAGATION if ex.trace is not None else None
@@ -712,12 +719,14 @@ class Forwarder:
         pump = None
         if source is not None:
             pump = asyncio.get_running_loop().create_task(_pump(source, conn))
+        # one timer per try (asyncio.timeout costs several times more on this path)
+        timer = (
+            asyncio.get_running_loop().call_later(try_timeout, _expire, fut)
+            if try_timeout is not None
+            else None
+        )
         try:
-            if try_timeout is not None:
-                async with asyncio.timeout(try_timeout):
-                    resp = await fut
-            else:
-                resp = await fut
+            resp = await fut
         except TimeoutError:
             _cancel(pump)
             return ("timeout", 0, None)
@@ -734,6 +743,9 @@ class Forwarder:
                 ex.flags = "DC"
                 self._account(ex, head, reporter)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         if gate is not None:
             if not gate.claim(conn):
                 _cancel(pump)
@@ -868,6 +880,11 @@ class Forwarder:
 
     def _account(self, ex: Exchange, head: Any, reporter: str) -> None:
         self.rt.record(ex, head, reporter)
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 class _Gate:

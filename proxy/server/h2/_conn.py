@@ -108,9 +108,18 @@ class H2Base(asyncio.Protocol):
         self.closed = False
         self.write_paused = False
         self.going_away = False
+        self._flush_pending = False
 
     # -- output -----------------------------------------------------------------------------------
     def flush(self) -> None:
+        """Write what the engine has queued, once per event-loop turn: the frames of every
+        stream answered in this turn go out in one ``write`` (one syscall, not one per frame)."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_pending = False
         data = self.h2.data_to_send()
         if data and not self.closed and self.transport is not None:
             self.transport.write(data)
@@ -218,7 +227,7 @@ class H2Base(asyncio.Protocol):
         f.error_code = code
         f.additional_data = debug
         try:
-            self.flush()
+            self.flush_now()
         except Exception:  # noqa: BLE001 - the engine may be in any state after a violation
             pass
         self.transport.write(f.serialize())

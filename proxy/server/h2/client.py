@@ -22,6 +22,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from h2 import events as ev
@@ -79,7 +80,7 @@ class H2ClientConnection(H2Base):
         if self.closed:
             return
         try:
-            events = self.h2.receive_data(data)
+            events: list[Any] = self.h2.receive_data(data)
         except (ProtocolError, H2Error) as exc:
             self.goaway(getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR)
             self._fail_all(f"upstream HTTP/2 protocol error: {exc}")
@@ -110,7 +111,7 @@ class H2ClientConnection(H2Base):
             elif t is ev.WindowUpdated:
                 if e.stream_id:
                     s = self.by_sid.get(e.stream_id)
-                    if s is not None:
+                    if s is not None and s.st is not None:
                         self.push(s.st)
                 else:
                     self.push_all()
@@ -147,7 +148,7 @@ class H2ClientConnection(H2Base):
         if not self.closed:
             try:
                 self.h2.close_connection()
-                self.flush()
+                self.flush_now()
             except H2Error:
                 pass
             self.closed = True
@@ -398,6 +399,10 @@ class H2UpstreamStream:
         return False
 
 
+def _release_on_done(pool: H2UpstreamPool, s: H2UpstreamStream, _task: Any) -> None:
+    pool.release(s)
+
+
 class H2UpstreamPool:
     """HTTP/2 connections to one endpoint (address:port, h2c or h2 over mTLS)."""
 
@@ -463,7 +468,7 @@ class H2UpstreamPool:
         if task is not None:
             # a request task cancelled mid-response (its client went away) may never release
             # its stream: the slot comes back, and the stream is reset, when the task ends
-            task.add_done_callback(lambda _t, s=s: self.release(s))
+            task.add_done_callback(partial(_release_on_done, self, s))
         return s, reused
 
     async def _connect(self) -> H2ClientConnection:

@@ -193,7 +193,7 @@ class H2ServerProtocol(H2Base):
                                      last_stream_id=self.h2.highest_inbound_stream_id)
         except H2Error:
             pass
-        self.flush()
+        self.flush_now()
         if not self.sinks:
             self.close()
 
@@ -202,6 +202,7 @@ class H2ServerProtocol(H2Base):
             if not self._goaway_sent:
                 self.shutdown()
                 return
+            self.flush_now()
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
@@ -228,7 +229,7 @@ class H2ServerProtocol(H2Base):
         if self.closed:
             return
         try:
-            events = self.h2.receive_data(data)
+            events: list[Any] = self.h2.receive_data(data)
         except DenialOfServiceError as exc:
             self.listener_count("header list too large")
             self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, str(exc).encode()[:100])
@@ -618,7 +619,7 @@ class H2Stream:
             self.proto.queue(self.st, data)
 
     def send_end(self, trailers: list[tuple[str, str]] | None) -> None:
-        t = None
+        t: list[tuple[bytes, bytes]] | None = None
         if trailers:
             t = []
             _out_headers(trailers, (), (), t)
