@@ -23,14 +23,76 @@ from typing import Any
 
 from h2.connection import H2Connection
 from h2.exceptions import H2Error, StreamClosedError
+from hpack import exceptions as hpack_errors
 from hyperframe.frame import GoAwayFrame
 
+from proxy.http2 import hpack as fast_hpack
 from proxy.server.channel import BodyChannel
 
 OUT_HIGH = 65536  # bytes queued on a stream before its producer is told to wait
 STREAM_WINDOW = 65535
 CONN_WINDOW = 1 << 20
 BODY_HIGH = 262144
+
+
+class FastDecoder:
+    """meshlet's HPACK decoder (the Cython fast path) behind the interface ``h2`` drives,
+    raising the ``hpack`` exceptions ``h2`` turns into connection errors. The header-list
+    size is enforced while decoding (HPACK bomb); the header count is the server's business
+    (it answers 431), so the codec does not count."""
+
+    __slots__ = ("d",)
+
+    def __init__(self, max_header_list_size: int = 65536) -> None:
+        self.d = fast_hpack.Decoder(4096, max_header_list_size, 0)
+
+    @property
+    def max_header_list_size(self) -> int:
+        return self.d.max_header_list_size
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self.d.max_header_list_size = value
+
+    @property
+    def max_allowed_table_size(self) -> int:
+        return self.d.max_allowed_table_size
+
+    @max_allowed_table_size.setter
+    def max_allowed_table_size(self, value: int) -> None:
+        self.d.max_allowed_table_size = value
+
+    @property
+    def header_table_size(self) -> int:
+        return self.d.header_table_size
+
+    def decode(self, data: bytes, raw: bool = True) -> list:
+        try:
+            return self.d.decode(bytes(data))
+        except fast_hpack.HeaderListTooLarge as exc:
+            raise hpack_errors.OversizedHeaderListError(str(exc)) from None
+        except fast_hpack.HPACKError as exc:
+            raise hpack_errors.HPACKDecodingError(str(exc)) from None
+
+
+class FastEncoder:
+    """meshlet's HPACK encoder behind the interface ``h2`` drives (bytes fields only)."""
+
+    __slots__ = ("e",)
+
+    def __init__(self) -> None:
+        self.e = fast_hpack.Encoder()
+
+    @property
+    def header_table_size(self) -> int:
+        return self.e.header_table_size
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.e.header_table_size = value
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        return self.e.encode(headers if isinstance(headers, list) else list(headers), huffman)
 
 
 class StreamIO:
@@ -103,6 +165,8 @@ class H2Base(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, config: Any) -> None:
         self.loop = loop
         self.h2 = H2Connection(config=config)
+        self.h2.encoder = FastEncoder()  # type: ignore[assignment]
+        self.h2.decoder = FastDecoder()  # type: ignore[assignment]
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, StreamIO] = {}
         self.closed = False
