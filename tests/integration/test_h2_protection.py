@@ -405,3 +405,42 @@ async def test_request_body_flow_control_follows_the_reader(server):
     # the body channel holds before acknowledgements stop
     assert stalled and stalled[0] <= 262144 + 2 * 65536 + 16384, stalled
     assert sent == body and result == str(body).encode()
+
+
+async def test_drain_sends_goaway_and_finishes_in_flight_streams(server):
+    """Listener drain (the sweep sees ``draining``): GOAWAY(NO_ERROR, last stream id) at once,
+    the stream in flight still gets its whole response, then the connection closes."""
+    gate = asyncio.Event()
+
+    async def slow(sink: Any, head: Any) -> None:
+        await gate.wait()
+        sink.send_response(200, "OK", [], (), [], -1, True, b"finished")
+
+    server.handler = slow
+    server.draining = False
+    loop = asyncio.get_running_loop()
+
+    def run() -> list[Any]:
+        c = Raw(server.port)
+        c.send(c.headers(1, GOOD))
+        fs = c.frames(lambda f: False, timeout=0.3)  # the request is in flight
+        loop.call_soon_threadsafe(_drain)
+        fs += c.frames(lambda f: isinstance(f, GoAwayFrame))
+        loop.call_soon_threadsafe(gate.set)
+        fs += c.frames(lambda f: f is None or (isinstance(f, DataFrame)
+                                               and "END_STREAM" in f.flags))
+        fs += c.frames(lambda f: f is None, timeout=3)
+        c.close()
+        return fs
+
+    def _drain() -> None:
+        server.draining = True
+        for conn in list(server.connections):
+            conn.sweep(loop.time())
+
+    fs = await _in_thread(run)
+    ga = _goaway(fs)
+    assert ga is not None and ga.error_code == 0 and ga.last_stream_id == 1
+    data = b"".join(f.data for f in fs if isinstance(f, DataFrame))
+    assert data == b"finished"
+    assert fs[-1] is None  # closed once the stream was done

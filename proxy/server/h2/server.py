@@ -26,6 +26,7 @@ from h2.config import H2Configuration
 from h2.errors import ErrorCodes
 from h2.exceptions import DenialOfServiceError, H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 
 from proxy.http1 import parser as h1
 from proxy.http2.errors import MalformedMessage
@@ -110,6 +111,7 @@ class H2ServerProtocol(H2Base):
         self.pings = _Bucket(lim.ping_rate, lim.ping_burst, now)
         self.settings = _Bucket(lim.settings_rate, lim.settings_burst, now)
         self._goaway_sent = False
+        self._goaway_last = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -188,12 +190,15 @@ class H2ServerProtocol(H2Base):
             return
         self._goaway_sent = True
         self.going_away = True
-        try:
-            self.h2.close_connection(ErrorCodes.NO_ERROR,
-                                     last_stream_id=self.h2.highest_inbound_stream_id)
-        except H2Error:
-            pass
+        # built by hand: h2's close_connection would refuse to send anything more on the
+        # streams that are still finishing
+        self._goaway_last = self.h2.highest_inbound_stream_id
+        f = GoAwayFrame(0)
+        f.last_stream_id = self._goaway_last
+        f.error_code = ErrorCodes.NO_ERROR
         self.flush_now()
+        if self.transport is not None:
+            self.transport.write(f.serialize())
         if not self.sinks:
             self.close()
 
@@ -322,6 +327,11 @@ class H2ServerProtocol(H2Base):
         st = StreamIO(self, sid)
         self.streams[sid] = st
         self.requests += 1
+        if self._goaway_sent and sid > self._goaway_last:
+            # opened after our GOAWAY: never processed, safe for the client to retry elsewhere
+            self.reset_stream(st, ErrorCodes.REFUSED_STREAM)
+            self.streams.pop(sid, None)
+            return None
         ended = e.stream_ended is not None
         try:
             fields = validate_request_headers(e.headers, sid)
