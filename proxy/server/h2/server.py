@@ -98,6 +98,7 @@ class H2ServerProtocol(H2Base):
         self.peer_principal = ""
         self.tls = False
         self.alpn = ""
+        self.original_dst: tuple[str, int] | None = None  # transparent capture: the app's target
         self.started = self.loop.time()
         self.idle_since = self.started
         self.requests = 0
@@ -129,6 +130,11 @@ class H2ServerProtocol(H2Base):
         conns = getattr(self.listener, "connections", None)
         if conns is not None:
             conns.add(self)
+        if getattr(self.listener, "transparent", False) and self.original_dst is None:
+            from proxy.capture.original_dst import original_dst
+
+            sock = transport.get_extra_info("socket")
+            self.original_dst = original_dst(sock) if sock is not None else None
         lim = self.limits
         h2 = self.h2
         h2.local_settings = Settings(client=False, initial_values={
@@ -567,6 +573,10 @@ class H2Stream:
         return self.proto.tls
 
     @property
+    def original_dst(self) -> tuple[str, int] | None:
+        return self.proto.original_dst
+
+    @property
     def keep_alive(self) -> bool:
         return not self.proto.going_away
 
@@ -680,6 +690,13 @@ class H2Stream:
     def close(self) -> None:
         self.reset()
 
+    def start_tunnel(self, peer: Any) -> None:
+        """No HTTP/1.1 upgrade over HTTP/2: the upstream side is dropped, the stream reset."""
+        close = getattr(peer, "close", None)
+        if close is not None:
+            close()
+        self.reset()
+
     def _after_send(self) -> None:
         if self.task is None and self.st.ended_local:
             self.proto._maybe_done(self)
@@ -703,5 +720,7 @@ def h2_factory(listener: Any, transport: asyncio.BaseTransport, initial_bytes: b
     again, harmlessly) and the bytes already read. ``downstream`` (the HTTP/1.1 protocol that
     gives the connection up) lends its peer facts, already read from the TLS handshake."""
     proto = H2ServerProtocol(listener)
+    if downstream is not None:
+        proto.original_dst = getattr(downstream, "original_dst", None)
     proto.adopt(transport, initial_bytes)
     return proto
