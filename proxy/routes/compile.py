@@ -47,6 +47,7 @@ class _Service:
     fqdn: str
     namespace: str
     ports: list[tuple[int, str, int]] = field(default_factory=list)  # (number, name, targetPort)
+    addresses: list[str] = field(default_factory=list)  # ServiceEntry VIPs
     # (address, {port name: port}, labels, weight, tls, spiffe_id, fixed port or 0)
     endpoints: list[tuple[str, dict[str, int], dict[str, str], int, bool, str, int]] = field(
         default_factory=list
@@ -158,6 +159,7 @@ class _Compiler:
                     endpoints.append((host, {}, {}, 1, False, "", 0))
             for host in spec.get("hosts") or ():
                 svc = self._service(host, se.namespace)
+                svc.addresses.extend(a for a in spec.get("addresses") or () if "/" not in a)
                 for p in ports:
                     if p not in svc.ports:
                         svc.ports.append(p)
@@ -395,11 +397,21 @@ class _Compiler:
             for alias in aliases(fq, self.namespace):
                 hosts.setdefault(alias, vh)
         services = {fq: tuple(p[0] for p in s.ports) for fq, s in self.services.items()}
+        by_address: dict[str, str] = {}
+        for fq, svc in self.services.items():
+            for vip in svc.addresses:
+                by_address.setdefault(vip, fq)
+                for number, _, _ in svc.ports:
+                    by_address.setdefault(f"{vip}:{number}", fq)
+        for c in self.clusters.values():
+            for ep in c.endpoints:
+                by_address.setdefault(ep.key, c.service)
         return RouteTable(
             version=self.version,
             hosts=hosts,
             clusters=dict(self.clusters),
             services=services,
+            by_address=by_address,
             resources=tuple(self.resources),
             warnings=tuple(self.warnings),
         )

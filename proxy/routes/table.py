@@ -130,6 +130,9 @@ class RouteTable:
     clusters: dict[str, Cluster]
     services: dict[str, tuple[int, ...]]  # FQDN -> its ports
     resources: tuple[Any, ...] = ()  # what it was built from, for /config_dump
+    # "ip:port" and "ip" of every endpoint and ServiceEntry address -> the service's host (for
+    # captured connections whose Host header is an address)
+    by_address: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
     def cluster(self, name: str) -> Cluster | None:

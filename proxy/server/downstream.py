@@ -57,6 +57,7 @@ class Downstream(asyncio.Protocol):
         self.read_paused = False
         self.method = "GET"
         self.version = 11
+        self.original_dst: tuple[str, int] | None = None
         self._chunk_out = False
 
     # -- connection lifecycle ----------------------------------------------------------------
@@ -73,6 +74,12 @@ class Downstream(asyncio.Protocol):
             if ident is not None:
                 self.peer_principal = ident(sslobj) or ""
         self.listener.connections.add(self)
+        if self.listener.transparent:
+            # iptables capture: where the app meant to go (one getsockopt per connection)
+            from proxy.capture.original_dst import original_dst
+
+            sock = transport.get_extra_info("socket")
+            self.original_dst = original_dst(sock) if sock is not None else None
         if self.alpn == "h2":
             self._hand_over_to_h2(b"")
 
@@ -133,7 +140,10 @@ class Downstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state == TUNNEL:
-            self.tunnel_peer.write(data)
+            if self.tunnel_peer is None:
+                self.buf += data  # the passthrough connection is still opening
+            else:
+                self.tunnel_peer.write(data)
             return
         if state == BODY:
             self._feed_body(data)
@@ -157,6 +167,11 @@ class Downstream(asyncio.Protocol):
         if not self.buf:
             return
         lst = self.listener
+        if self.requests == 0 and self.original_dst is not None and not 65 <= self.buf[0] <= 90:
+            # a captured connection that does not start like HTTP (a method is uppercase
+            # letters): TLS to an external :443, a database protocol... passed through unchanged
+            self._passthrough_tcp()
+            return
         if self.requests == 0 and self.buf[:1] == b"P" and H2_PREFACE.startswith(self.buf[:24]):
             if len(self.buf) < 24:
                 return  # wait for the whole preface
@@ -370,6 +385,25 @@ class Downstream(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
 
+    def _passthrough_tcp(self) -> None:
+        assert self.original_dst is not None
+        self.state = TUNNEL
+        self.task = self.loop.create_task(self._open_passthrough(self.original_dst))
+
+    async def _open_passthrough(self, dst: tuple[str, int]) -> None:
+        try:
+            _, peer = await self.loop.create_connection(lambda: _RawPeer(self), dst[0], dst[1])
+        except OSError:
+            self.close()
+            return
+        finally:
+            self.task = None
+        self.listener.on_passthrough(self, dst)
+        self.tunnel_peer = peer
+        if self.buf:
+            peer.write(self.buf)
+            self.buf = b""
+
     def start_tunnel(self, peer: Any) -> None:
         """After a 101: bytes flow unchanged both ways until either side closes."""
         self.state = TUNNEL
@@ -380,3 +414,32 @@ class Downstream(asyncio.Protocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
+
+
+class _RawPeer(asyncio.Protocol):
+    """The upstream end of a TCP passthrough: bytes both ways, unchanged."""
+
+    def __init__(self, down: Downstream) -> None:
+        self.down = down
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.down.write(data)
+
+    def eof_received(self) -> bool:
+        self.down.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.down.close()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -97,6 +97,15 @@ class Forwarder:
         res = match.find(
             table, host, head.path, head.query, head.method, head.host, "http", head.headers
         )
+        if res is None and down.original_dst is not None:
+            # captured: the Host may be an address; else where the app dialled decides
+            dst = down.original_dst
+            svc = table.by_address.get(f"{dst[0]}:{dst[1]}") or table.by_address.get(host)
+            if svc is not None:
+                res = match.find(table, svc, head.path, head.query, head.method, head.host, "http",
+                                 head.headers)
+            else:
+                return await self._passthrough(down, head, ex, dst)
         if res is None or res[1] is None:
             ex.service = res[0].service if res is not None else host
             return self._local(down, head, ex, 404, "NR", "outbound")
@@ -142,6 +151,15 @@ class Forwarder:
         await self._forward(
             down, head, target, req_headers, extra, cluster, policy, ex, "outbound", resp_ops
         )
+
+    async def _passthrough(self, down: Any, head: Any, ex: Exchange, dst: tuple[str, int]) -> None:
+        """A captured request for an address outside the mesh goes where the app sent it,
+        unchanged but for hop-by-hop headers (Istio's PassthroughCluster, ALLOW_ANY)."""
+        cluster = self.rt.passthrough_cluster(dst)
+        ex.service = cluster.service
+        ex.cluster = cluster.name
+        await self._forward(down, head, head.target, head.headers, [], cluster,
+                            self.rt.policies.inbound(cluster), ex, "outbound", None)
 
     async def inbound(self, down: Any, head: Any) -> None:
         rt = self.rt

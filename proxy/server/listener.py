@@ -52,6 +52,9 @@ class Listener:
         # over a connection that spoke the h2c preface or negotiated ALPN h2 (proxy/server/h2)
         self.h2_factory: Callable[..., Any] | None = None
         self.refused = 0
+        # outbound under iptables capture: read SO_ORIGINAL_DST per connection
+        self.transparent = False
+        self.passthrough_hook: Callable[[Any, tuple[str, int]], None] | None = None
         self._sock: socket.socket | None = None
         self._pending: dict[socket.socket, float] = {}
 
@@ -156,6 +159,10 @@ class Listener:
     def on_local_reply(self, conn: Downstream, status: int, flag: str) -> None:
         if self.local_reply_hook is not None:
             self.local_reply_hook(status, flag)
+
+    def on_passthrough(self, conn: Downstream, dst: tuple[str, int]) -> None:
+        if self.passthrough_hook is not None:
+            self.passthrough_hook(conn, dst)
 
     def on_downstream_lost(self, conn: Downstream) -> None:
         """The client went away mid-request: cancel its request (Envoy resets the upstream)."""

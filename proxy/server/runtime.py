@@ -61,6 +61,7 @@ class Runtime:
         self.active: dict[str, int] = {}
         self.random = random.Random()
         self.policies = PolicyStore(self.random)
+        self._passthrough: dict[str, Cluster] = {}
         self.inbound_cluster = Cluster(
             name=f"inbound|{app_port}||{self.local_service_fqdn}",
             service=self.local_service_fqdn,
@@ -92,6 +93,18 @@ class Runtime:
         live.add((self.inbound_cluster.endpoints[0].key, False))
         for key in [k for k in self.pools if k not in live]:
             self.pools.pop(key).close()
+
+    def passthrough_cluster(self, dst: tuple[str, int]) -> Cluster:
+        key = f"{dst[0]}:{dst[1]}"
+        c = self._passthrough.get(key)
+        if c is None:
+            if len(self._passthrough) > 4096:
+                self._passthrough.clear()
+            c = self._passthrough[key] = Cluster(
+                name="PassthroughCluster", service=key, subset="", port=dst[1],
+                endpoints=(Endpoint(dst[0], dst[1], {}, 1, False, "", key),),
+            )
+        return c
 
     # -- endpoints -----------------------------------------------------------------------------
     def pick_endpoint(

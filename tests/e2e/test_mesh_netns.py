@@ -189,9 +189,6 @@ def test_an_aiohttp_client_with_no_proxy_settings(mesh: Mesh) -> None:
     assert out["body"]["headers"]["x-forwarded-client-cert"].endswith(f"URI={ORDERS_ID}")
 
 
-@pytest.mark.xfail(reason="needs the SO_ORIGINAL_DST hook in the outbound listener: a captured "
-                          "connection to a non-mesh address is answered 404 NR instead of being "
-                          "passed through", strict=True)
 def test_a_non_mesh_destination_passes_through(mesh: Mesh) -> None:
     status, _, body = mesh.orders.curl(f"http://{mesh.cp.ip}:9000/hello", timeout=5)
     assert status == 200 and json.loads(body)["service"] == "external"
