@@ -167,9 +167,10 @@ async def test_deadlines(mesh):
                 await _call(stub.Unary, pb2.Msg(text="sleep:5"), timeout=timeout, metadata=md)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert time.monotonic() - t0 < 3.0
-        # the remaining budget reaches the server as grpc-timeout, never more than the caller's
-        r = await _call(stub.Unary, pb2.Msg(text="deadline"), timeout=2.0)
-        assert 0 < float(r.text) <= 2.0
+        # the route's 0.5 s budget reaches the server as grpc-timeout, not the caller's 10 s
+        r = await _call(stub.Unary, pb2.Msg(text="deadline"), timeout=10.0,
+                        metadata=[("x-route", "slow")])
+        assert 0 < float(r.text) < 0.6
 
 
 async def test_retry_on_unavailable(mesh):
