@@ -444,3 +444,42 @@ async def test_drain_sends_goaway_and_finishes_in_flight_streams(server):
     data = b"".join(f.data for f in fs if isinstance(f, DataFrame))
     assert data == b"finished"
     assert fs[-1] is None  # closed once the stream was done
+
+
+async def test_stream_idle_timeout_resets_a_silent_stream(server):
+    """A stream with no DATA either way for stream_idle_timeout is reset (the handler is
+    cancelled), while the connection and its other streams go on."""
+    cancelled = asyncio.Event()
+
+    async def silent(sink: Any, head: Any) -> None:
+        if head.path == "/ok":
+            sink.send_response(200, "OK", [], (), [], -1, True, b"ok")
+            return
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    server.handler = silent
+    server.stream_idle_timeout = 0.2
+    loop = asyncio.get_running_loop()
+
+    def sweep() -> None:
+        for conn in list(server.connections):
+            conn.sweep(loop.time())
+
+    def run() -> tuple[list[Any], bool]:
+        c = Raw(server.port)
+        c.send(c.headers(1, GOOD[:3] + [(":path", "/silent")], end=False))
+        c.frames(lambda f: False, timeout=0.4)
+        loop.call_soon_threadsafe(sweep)
+        fs = c.frames(lambda f: isinstance(f, RstStreamFrame))
+        ok = _response_ok(server.port)
+        c.close()
+        return fs, ok
+
+    fs, ok = await _in_thread(run)
+    rst = next(f for f in fs if isinstance(f, RstStreamFrame))
+    assert rst.stream_id == 1 and rst.error_code == 0x8
+    assert cancelled.is_set() and ok

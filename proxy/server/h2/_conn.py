@@ -100,7 +100,7 @@ class StreamIO:
 
     __slots__ = ("sid", "proto", "body", "out", "out_off", "out_size", "out_end", "out_trailers",
                  "ended_local", "ended_remote", "closed", "unacked", "in_paused", "_drain",
-                 "opened")
+                 "opened", "last")
 
     def __init__(self, proto: H2Base, sid: int) -> None:
         self.sid = sid
@@ -117,7 +117,7 @@ class StreamIO:
         self.unacked = 0
         self.in_paused = False
         self._drain: asyncio.Future[None] | None = None
-        self.opened = proto.loop.time()
+        self.opened = self.last = proto.now
 
     # -- inbound body with held-back acknowledgements ------------------------------------------
     def open_body(self) -> BodyChannel:
@@ -173,6 +173,7 @@ class H2Base(asyncio.Protocol):
         self.write_paused = False
         self.going_away = False
         self._flush_pending = False
+        self.now = loop.time()  # refreshed once per read: a coarse clock for per-stream idleness
 
     # -- output -----------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -199,6 +200,7 @@ class H2Base(asyncio.Protocol):
         if st is None or st.body is None or st.closed:
             self.ack(sid, flow_len)  # a stream we no longer read: keep the connection window open
             return
+        st.last = self.now
         if data:
             st.body.feed(data)
         if st.in_paused:
@@ -210,6 +212,7 @@ class H2Base(asyncio.Protocol):
               trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         if st.closed or st.out_end:
             return
+        st.last = self.now
         if data:
             st.out.append(data)
             st.out_size += len(data)

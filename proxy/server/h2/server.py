@@ -45,6 +45,10 @@ _DROP_OUT = frozenset({"connection", "keep-alive", "proxy-connection", "transfer
                        "upgrade", "te", "trailer", "content-length", "http2-settings"})
 
 
+_PROVOKED = frozenset({ErrorCodes.PROTOCOL_ERROR, ErrorCodes.FLOW_CONTROL_ERROR,
+                       ErrorCodes.STREAM_CLOSED, ErrorCodes.FRAME_SIZE_ERROR})
+
+
 class Limits:
     """Per-connection budgets (research 6.6 "meshlet default limits")."""
 
@@ -59,6 +63,7 @@ class Limits:
     max_empty_frames = 1  # consecutive empty DATA frames without END_STREAM
     priority_per_stream = 100
     max_queued_control = 1000  # control-frame answers queued while the peer is not reading
+    stream_idle_timeout = 300.0  # seconds without DATA either way on a stream
 
 
 class _Bucket:
@@ -175,10 +180,17 @@ class H2ServerProtocol(H2Base):
         lst = self.listener
         if self.closed:
             return
+        self.now = now
         if getattr(lst, "draining", False) and not self._goaway_sent:
             self.shutdown()
             return
         if self.sinks:
+            limit = getattr(lst, "stream_idle_timeout", self.limits.stream_idle_timeout)
+            for sink in list(self.sinks.values()):
+                if limit and now - sink.st.last > limit:
+                    # no DATA either way for that long (Envoy stream_idle_timeout)
+                    self._close_stream(sink.st, reset=True, code=ErrorCodes.CANCEL)
+                    sink.lost()
             return
         if self._goaway_sent:
             self.close()
@@ -254,7 +266,7 @@ class H2ServerProtocol(H2Base):
             self.goaway(ErrorCodes.PROTOCOL_ERROR, str(exc).encode()[:100])
             return
         started: list[H2Stream] = []
-        now = self.loop.time()
+        now = self.now = self.loop.time()
         for e in events:
             if self.closed:
                 return
@@ -423,7 +435,9 @@ class H2ServerProtocol(H2Base):
         resets the server is made to send are MadeYouReset)."""
         if reset:
             self.reset_stream(st, code)
-            self._note_closed(code != ErrorCodes.NO_ERROR)
+            # only resets the client provoked count (MadeYouReset); an upstream failing
+            # mid-response or an idle stream is not the client's doing
+            self._note_closed(code in _PROVOKED)
             self.flush()
         else:
             self._note_closed(False)
