@@ -41,6 +41,7 @@ _DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transf
                    "upgrade", "trailer", "proxy-authenticate", "proxy-authorization",
                    "content-length", "expect", "http2-settings", "host"})
 _NO_BODY_STATUS = (204, 304)
+SETTINGS_WAIT = 1.0  # seconds a new connection waits for the peer's SETTINGS at most
 
 
 def _config() -> H2Configuration:
@@ -60,6 +61,8 @@ class H2ClientConnection(H2Base):
         self.idle_since = time.monotonic()
         self.scheme = b"http"
         self.peer_principal = ""
+        # the peer's first SETTINGS (its MAX_CONCURRENT_STREAMS) before streams are opened
+        self.settings_seen: asyncio.Future[None] = pool.loop.create_future()
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -118,6 +121,8 @@ class H2ClientConnection(H2Base):
             elif t is ev.RemoteSettingsChanged:
                 if SettingCodes.INITIAL_WINDOW_SIZE in e.changed_settings:
                     self.push_all()
+                if not self.settings_seen.done():
+                    self.settings_seen.set_result(None)
                 self.pool.wake()
             elif t is ev.ConnectionTerminated:
                 self.going_away = True
@@ -131,6 +136,8 @@ class H2ClientConnection(H2Base):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.discard(self)
+        if not self.settings_seen.done():
+            self.settings_seen.set_result(None)
         self._fail_all("upstream connection closed")
 
     def _fail_all(self, why: str) -> None:
@@ -472,24 +479,37 @@ class H2UpstreamPool:
         return s, reused
 
     async def _connect(self) -> H2ClientConnection:
-        self.connecting += 1
+        self.connecting += 1  # until the connection is in ``conns`` (or failed)
+        conn: H2ClientConnection | None = None
         try:
             ctx = self.ssl() if self.ssl is not None else None
             _, conn = await self.loop.create_connection(
                 lambda: H2ClientConnection(self), self.host, self.port, ssl=ctx,
                 server_hostname=self.server_hostname if ctx is not None else None,
             )
+            if ctx is not None:
+                sslobj = conn.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
+                if sslobj is None or sslobj.selected_alpn_protocol() != "h2":
+                    raise ConnectionError("upstream did not negotiate h2 (ALPN)")
+                if self.verify_peer is not None and not self.verify_peer(sslobj):
+                    raise ConnectionError("upstream presented an unexpected identity")
+            # one round trip on a new connection: opening more streams than the peer allows
+            # before its SETTINGS arrive would be refused (or end the connection)
+            try:
+                async with asyncio.timeout(SETTINGS_WAIT):
+                    await asyncio.shield(conn.settings_seen)
+            except TimeoutError:
+                pass
+            if conn.closed:
+                raise ConnectionError("upstream closed the connection before its SETTINGS")
+            self.conns.append(conn)
+        except BaseException:
+            if conn is not None and not conn.closed:
+                conn.abort()
+            raise
         finally:
             self.connecting -= 1
-        if ctx is not None:
-            sslobj = conn.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
-            if sslobj is None or sslobj.selected_alpn_protocol() != "h2":
-                conn.abort()
-                raise ConnectionError("upstream did not negotiate h2 (ALPN)")
-            if self.verify_peer is not None and not self.verify_peer(sslobj):
-                conn.abort()
-                raise ConnectionError("upstream presented an unexpected identity")
-        self.conns.append(conn)
+            self.wake()
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
         return conn
