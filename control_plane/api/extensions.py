@@ -131,7 +131,8 @@ MESH_CONFIG = obj(
             pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9_]*[a-z0-9])?)*$",
             what="trust domain (lowercase letters, digits, '.', '-', '_')",
         ),
-        "certificateLifetime": duration(60.0),
+        # short lifetimes (down to 5 s) are for rotation drills and tests; 24 h is the default
+        "certificateLifetime": duration(5.0),
         "defaultRetryPolicy": RETRIES,
         "tracing": obj({"sampling": number(0, 100)}),
         "accessLog": obj(

@@ -333,3 +333,39 @@ async def test_fault_abort_and_delay(mesh):
     t0 = time.monotonic()
     status, _, _ = await _req(mesh, "inventory", "/slowfault")
     assert status == 200 and time.monotonic() - t0 >= 0.2
+
+
+async def test_bulkhead_keeps_a_hung_dependency_from_delaying_a_healthy_one(mesh):
+    """'bulk' hangs (2 s per call) and its bulkhead is full; calls to 'inventory' through the
+    same sidecar at the same time are not delayed."""
+    hung = [asyncio.ensure_future(_req(mesh, "bulk", "/delay?ms=2000")) for _ in range(6)]
+    await asyncio.sleep(0.2)
+    t0 = time.monotonic()
+    for _ in range(10):
+        status, _, _ = await _req(mesh, "inventory", "/items")
+        assert status == 200
+    assert time.monotonic() - t0 < 1.5  # ten healthy calls while six hung ones are pending
+    codes = sorted(r[0] for r in await asyncio.gather(*hung))
+    assert codes == [200, 200, 503, 503, 503, 503]
+
+
+async def test_retry_budget_caps_attempts_under_total_failure(mesh):
+    """Every call fails (503) on a route with 3 retries: without a budget the app would see 4x
+    the requests; the default budget (20 % + 10/s over 10 s) caps the retries."""
+    before = await _app_requests(mesh)
+    n = 300
+    sem = asyncio.Semaphore(20)
+
+    async def one() -> int:
+        async with sem:
+            return (await _req(mesh, "flaky", "/status/503"))[0]
+
+    codes = await asyncio.gather(*[one() for _ in range(n)])
+    assert all(c == 503 for c in codes)
+    attempts = await _app_requests(mesh) - before - 0  # /stats is not counted by the app
+    retries = attempts - n
+    # budget: ratio 0.2 of requests + 10/s for the 10 s window (Linkerd's defaults)
+    assert retries <= 0.2 * n + 10 * 10 + 5, (attempts, n)
+    assert attempts < 4 * n / 2  # far from the 4x an unbudgeted policy would send
+    text = mesh["sidecar"].admin_get("/metrics")[1].decode()
+    assert "meshlet_retry_budget_skipped_total" in text

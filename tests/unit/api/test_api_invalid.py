@@ -657,9 +657,9 @@ CASES = [
         "not a valid trust domain",
     ),
     (
-        doc("MeshConfig", {"certificateLifetime": "30s"}),
+        doc("MeshConfig", {"certificateLifetime": "2s"}),
         "spec.certificateLifetime",
-        "must be at least 1m",
+        "must be at least 5s",
     ),
     (
         doc("MeshConfig", {"defaultRetryPolicy": {"attempts": 2, "retryOn": "sometimes"}}),
