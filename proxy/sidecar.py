@@ -203,8 +203,11 @@ class Sidecar:
         )
         if inbound_ssl is not None:
             inb.mtls_mode = lambda: self.runtime.mtls_mode
+        from proxy.server.h2.server import h2_factory
+
         for lst in (out, inb):
             lst.local_reply_hook = self.runtime.count_local_reply
+            lst.h2_factory = h2_factory
             await lst.start()
             self.listeners[lst.name] = lst
         self.admin_runner = web.AppRunner(build_app(self), access_log=None)
@@ -288,6 +291,17 @@ class Sidecar:
             return ctx
 
         self.runtime.client_ssl = h1_client_context
+        h2_ctx: list[Any] = [None, None]  # (identity, context) of the current certificate
+
+        def h2_client_context() -> Any:
+            # HTTP/2 pools offer only h2: a peer that cannot speak it is refused, not misread
+            cur = ident._cur()
+            if h2_ctx[0] is not cur:
+                h2_ctx[:] = [cur, tls.client_context(cur.chain_pem, cur.key_pem, cur.bundle_pem,
+                                                     alpn=("h2",))]
+            return h2_ctx[1]
+
+        self.runtime.client_ssl_h2 = h2_client_context
         sid = ident.spiffe_id
         if sid is not None:
             self.runtime.spiffe_id = str(sid)

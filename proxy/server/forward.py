@@ -21,6 +21,7 @@ from proxy.resilience.deadline import attempt_timeout, format_timeout_ms, parse_
 from proxy.resilience.retry import Outcome, retry_after_delay
 from proxy.routes import match
 from proxy.server.channel import ChannelClosed
+from proxy.server.h2 import grpc as h2grpc
 from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops
 from proxy.server.policy import RoutePolicy
 from proxy.server.upstream import UpstreamReset
@@ -32,6 +33,7 @@ log = logging.getLogger("meshlet.proxy")
 
 _rand = random.random
 _monotonic = time.monotonic
+_GRPC_TIMEOUT = frozenset({"grpc-timeout"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -352,6 +354,13 @@ class Forwarder:
             if ro is not None or rg is not None or mr is not None:
                 retry = retry.with_request_headers(ro, rg, mr)
         deadline = ex.start + policy.timeout if policy.timeout else 0.0
+        is_grpc = h2grpc.is_grpc(head.get("content-type"))
+        grpc_timeout = head.get("grpc-timeout") if is_grpc else None
+        if grpc_timeout is not None:
+            # the caller's gRPC deadline caps the route timeout (Envoy max_grpc_timeout)
+            g = h2grpc.request_deadline(grpc_timeout)
+            if g is not None and (not deadline or ex.start + g < deadline):
+                deadline = ex.start + g
         source = ReplayBody(down.body) if down.body is not None else None
         idem_key = head.get("idempotency-key") is not None
         dest = policy.dest
@@ -392,7 +401,11 @@ class Forwarder:
             if attempt > 1:
                 try_extra.append("x-envoy-attempt-count: %d" % attempt)
             drop = _PROPAGATION if ex.trace is not None else None
-            pool = rt.pool(ep, cluster)
+            if is_grpc and try_timeout is not None:
+                # grpc-timeout rewritten to what is left of this try's budget
+                try_extra.append(h2grpc.timeout_extra(grpc_timeout, try_timeout))
+                drop = (drop or frozenset()) | _GRPC_TIMEOUT
+            pool = rt.pool(ep, cluster, head.version == 20 and (is_grpc or ep.tls))
             try:
                 ct = cluster.connect_timeout
                 conn, reused = await pool.acquire(min(ct, try_timeout) if try_timeout else ct)
@@ -892,6 +905,8 @@ class Forwarder:
     ) -> None:
         ex.status = status
         ex.flags = flag
+        if h2grpc.is_grpc(head.get("content-type")):
+            ex.grpc = str(h2grpc.status_for_local(status, flag))
         down.send_local(status, flag, body, (), self.rt.draining)
         self.rt.count_local_reply(status, flag)
         self._account(ex, head, reporter)

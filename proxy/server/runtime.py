@@ -70,6 +70,7 @@ class Runtime:
             endpoints=(Endpoint(app_host, app_port, {}, 1, False, "", f"{app_host}:{app_port}"),),
         )
         self.client_ssl: Callable[[], ssl.SSLContext | None] = lambda: None
+        self.client_ssl_h2: Callable[[], ssl.SSLContext | None] = lambda: None  # ALPN h2
         self.peer_identity: Callable[[Any], str | None] | None = None
         self.mtls_mode = "PERMISSIVE"  # inbound PeerAuthentication mode in force
         self.authz: Any = None  # the compiled AuthorizationPolicies for this workload
@@ -91,7 +92,7 @@ class Runtime:
         self.config_version = table.version
         live = {(ep.key, ep.tls) for c in table.clusters.values() for ep in c.endpoints}
         live.add((self.inbound_cluster.endpoints[0].key, False))
-        for key in [k for k in self.pools if k not in live]:
+        for key in [k for k in self.pools if k[:2] not in live]:
             self.pools.pop(key).close()
 
     def passthrough_cluster(self, dst: tuple[str, int]) -> Cluster:
@@ -139,8 +140,8 @@ class Runtime:
             return a if act.get(a.key, 0) <= act.get(b.key, 0) else b
         return eps[int(self.random.random() * n)]
 
-    def pool(self, ep: Endpoint, cluster: Cluster) -> EndpointPool:
-        key = (ep.key, ep.tls)
+    def pool(self, ep: Endpoint, cluster: Cluster, h2: bool = False) -> Any:
+        key = (ep.key, ep.tls, h2)
         p = self.pools.get(key)
         if p is None:
             verify = None
@@ -152,6 +153,14 @@ class Runtime:
                     # the server must be the identity the destination service should have
                     return ident(sslobj) == expected
 
+            if h2:
+                from proxy.server.h2.client import H2UpstreamPool
+
+                p = self.pools[key] = H2UpstreamPool(
+                    ep.address, ep.port, self.client_ssl_h2 if ep.tls else None,
+                    cluster.idle_timeout, cluster.max_requests_per_connection, verify,
+                )
+                return p
             p = self.pools[key] = EndpointPool(
                 ep.address,
                 ep.port,

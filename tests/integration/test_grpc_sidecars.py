@@ -26,7 +26,6 @@ def _wired() -> bool:
     return "h2_factory" in inspect.getsource(sidecar)
 
 
-pytestmark = pytest.mark.skipif(not _wired(), reason="the sidecar does not set h2_factory yet")
 
 B_CONFIG = """
 apiVersion: security.istio.io/v1

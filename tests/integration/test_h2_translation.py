@@ -57,7 +57,7 @@ spec:
 
 async def _curl(*args: str) -> tuple[int, bytes]:
     if shutil.which("curl") is None:
-        pytest.skip("curl not installed")
+        pytest.fail("curl not installed (apt-get install curl)")
     p = await asyncio.create_subprocess_exec("curl", "-sS", "--http2-prior-knowledge", *args,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(p.communicate(), 30)
