@@ -71,7 +71,9 @@ class PushHub:
     def rebuild(self) -> dict:
         revision, resources = self.store.snapshot()
         extra = self.extra_mesh() if self.extra_mesh is not None else None
-        snap = snapshot_mod.build(revision, resources, self.registry.all(), self.trust_domain, extra)
+        snap = snapshot_mod.build(
+            revision, resources, self.registry.all(), self.trust_domain, extra
+        )
         if self.current is None or snap["version"] != self.current["version"]:
             self.current = snap
             # Encoded once, not once per sidecar.
