@@ -68,6 +68,13 @@ class Destination:
     # port -> cluster name, and the cluster used when the port is not listed
     clusters: dict[int, str]
     default_cluster: str
+    # bool(request_headers) / bool(response_headers), computed once: read on every request
+    request_ops: bool = field(init=False, repr=False, compare=False)
+    response_ops: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "request_ops", bool(self.request_headers))
+        object.__setattr__(self, "response_ops", bool(self.response_headers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +121,13 @@ class Route:
     response_headers: HeaderOps = HeaderOps()
     direct_response: tuple[int, str] | None = None
     retry_non_idempotent: bool = False  # the VirtualService opted in (annotation)
+    # bool(request_headers) / bool(response_headers), computed once: read on every request
+    request_ops: bool = field(init=False, repr=False, compare=False)
+    response_ops: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "request_ops", bool(self.request_headers))
+        object.__setattr__(self, "response_ops", bool(self.response_headers))
 
 
 @dataclass(frozen=True, slots=True)

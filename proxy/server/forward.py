@@ -25,9 +25,26 @@ from proxy.server.h2 import grpc as h2grpc
 from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops
 from proxy.server.policy import RoutePolicy
 from proxy.server.upstream import UpstreamReset
-from proxy.telemetry.tracing import PROPAGATION_HEADERS, extract, inject, new_context
+from proxy.telemetry.tracing import PROPAGATION_HEADERS, continue_trace, inject
 
 _PROPAGATION = frozenset(PROPAGATION_HEADERS)
+# Every request header the forwarder reads, collected in one pass over the head (first value
+# wins, as head.get) instead of one scan of the header list per name.
+_WANTED = frozenset(
+    {
+        "x-request-id",
+        "x-forwarded-proto",
+        "x-forwarded-for",
+        "x-envoy-retry-on",
+        "x-envoy-retry-grpc-on",
+        "x-envoy-max-retries",
+        "x-envoy-expected-rq-timeout-ms",
+        "idempotency-key",
+        "content-type",
+        "grpc-timeout",
+        *PROPAGATION_HEADERS,
+    }
+)
 
 log = logging.getLogger("meshlet.proxy")
 
@@ -35,6 +52,10 @@ _rand = random.random
 _monotonic = time.monotonic
 _GRPC_TIMEOUT = frozenset({"grpc-timeout"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+# traceparent flags suffix by (sampled | random-trace-id << 1), as inject() formats them
+_FLAGS = ("-00", "-01", "-02", "-03")
 
 
 class Timeout(Exception):
@@ -62,6 +83,7 @@ class Exchange:
         "mtls",
         "endpoint",
         "trace",
+        "hdrs",
     )
 
     def __init__(self, start: float) -> None:
@@ -82,6 +104,22 @@ class Exchange:
         self.mtls = False
         self.endpoint: Any = None
         self.trace: Any = None
+        self.hdrs: dict[str, str] = {}
+
+
+def _scan(headers: list[tuple[str, str]], ex: Exchange) -> bool:
+    """One pass: the headers the forwarder reads into ``ex.hdrs`` (the first value of each);
+    True when a sidecar-only (spoofable) header is present."""
+    found: dict[str, str] = {}
+    spoofed = False
+    for name, value in headers:
+        if name in _WANTED:
+            if name not in found:
+                found[name] = value
+        elif name in SPOOFABLE_INBOUND:
+            spoofed = True
+    ex.hdrs = found
+    return spoofed
 
 
 class Forwarder:
@@ -94,6 +132,7 @@ class Forwarder:
     async def outbound(self, down: Any, head: Any) -> None:
         rt = self.rt
         ex = Exchange(_monotonic())
+        _scan(head.headers, ex)
         table = rt.table
         host, port = split_host_port(head.host)
         res = match.find(
@@ -139,7 +178,7 @@ class Forwarder:
             new_path = match.rewrite_path(route, block, head.path)
             target = new_path + ("?" + head.query if head.query else "")
         req_headers = head.headers
-        if route.request_headers or dest.request_headers:
+        if route.request_ops or dest.request_ops:
             req_headers = apply_ops(
                 apply_ops(req_headers, route.request_headers), dest.request_headers
             )
@@ -149,7 +188,12 @@ class Forwarder:
             ]
         if route.mirror is not None:
             rt.mirror(route.mirror, head, target, req_headers, down.body)
-        resp_ops = (route.response_headers, dest.response_headers)
+        # None when neither level has response header operations (decided at config time)
+        resp_ops = (
+            (route.response_headers, dest.response_headers)
+            if route.response_ops or dest.response_ops
+            else None
+        )
         await self._forward(
             down, head, target, req_headers, extra, cluster, policy, ex, "outbound", resp_ops
         )
@@ -166,6 +210,7 @@ class Forwarder:
     async def inbound(self, down: Any, head: Any) -> None:
         rt = self.rt
         ex = Exchange(_monotonic())
+        spoofed = _scan(head.headers, ex)
         ex.service = rt.local_service_fqdn
         ex.peer = down.peer_principal
         ex.mtls = down.tls and bool(down.peer_principal)
@@ -207,10 +252,10 @@ class Forwarder:
                 return self._local(down, head, ex, 403, "RBAC", "inbound", "RBAC: access denied")
         extra = self._inbound_headers(down, head, ex)
         headers = head.headers
-        if any(n in SPOOFABLE_INBOUND for n, _ in headers):
+        if spoofed:
             headers = [(n, v) for n, v in headers if n not in SPOOFABLE_INBOUND]
         policy = rt.policies.inbound(cluster)
-        budget = head.get("x-envoy-expected-rq-timeout-ms")
+        budget = ex.hdrs.get("x-envoy-expected-rq-timeout-ms")
         if budget is not None:
             # the caller's remaining deadline is honoured, never extended
             t = parse_expected_timeout_ms(budget)
@@ -226,8 +271,17 @@ class Forwarder:
         sampler = self.rt.sampler
         if sampler is None:
             return
-        ctx = new_context(extract(head.get), sampler)
+        ctx = continue_trace(ex.hdrs.get, sampler)
         ex.trace = ctx
+        if ctx.fmt == "w3c":
+            # inject()'s W3C case, formatted straight into the head line
+            extra.append(
+                "traceparent: 00-" + ctx.trace_id + "-" + ctx.span_id
+                + _FLAGS[(1 if ctx.sampled else 0) | (2 if ctx.random_id else 0)]
+            )
+            if ctx.tracestate:
+                extra.append("tracestate: " + ctx.tracestate)
+            return
         for name, value in inject(ctx):
             extra.append(name + ": " + value)
 
@@ -236,26 +290,28 @@ class Forwarder:
     ) -> list[str]:
         extra: list[str] = []
         self._trace(head, ex, extra)
-        rid = head.get("x-request-id")
+        hdrs = ex.hdrs
+        rid = hdrs.get("x-request-id")
         if not rid:
             rid = self.rt.new_request_id()
             extra.append("x-request-id: " + rid)
         ex.request_id = rid
-        if head.get("x-forwarded-proto") is None:
+        if hdrs.get("x-forwarded-proto") is None:
             extra.append("x-forwarded-proto: http")
         return extra
 
     def _inbound_headers(self, down: Any, head: Any, ex: Exchange) -> list[str]:
         extra: list[str] = []
         self._trace(head, ex, extra)
-        rid = head.get("x-request-id")
+        hdrs = ex.hdrs
+        rid = hdrs.get("x-request-id")
         if not rid:
             rid = self.rt.new_request_id()
             extra.append("x-request-id: " + rid)
         ex.request_id = rid
-        xff = head.get("x-forwarded-for")
+        xff = hdrs.get("x-forwarded-for")
         extra.append("x-forwarded-for: " + (xff + ", " + down.peer[0] if xff else down.peer[0]))
-        if head.get("x-forwarded-proto") is None:
+        if hdrs.get("x-forwarded-proto") is None:
             extra.append("x-forwarded-proto: " + ("https" if down.tls else "http"))
         if down.peer_principal:
             extra.append(
@@ -346,23 +402,25 @@ class Forwarder:
             framing.append("connection: upgrade")
             framing.append("upgrade: websocket")
         retry = policy.retry
+        hdrs = ex.hdrs
         if reporter == "outbound":
             # Envoy's per-request overrides from the local app (never from a remote peer)
-            ro = head.get("x-envoy-retry-on")
-            rg = head.get("x-envoy-retry-grpc-on")
-            mr = head.get("x-envoy-max-retries")
+            ro = hdrs.get("x-envoy-retry-on")
+            rg = hdrs.get("x-envoy-retry-grpc-on")
+            mr = hdrs.get("x-envoy-max-retries")
             if ro is not None or rg is not None or mr is not None:
                 retry = retry.with_request_headers(ro, rg, mr)
         deadline = ex.start + policy.timeout if policy.timeout else 0.0
-        is_grpc = h2grpc.is_grpc(head.get("content-type"))
-        grpc_timeout = head.get("grpc-timeout") if is_grpc else None
+        ct = hdrs.get("content-type")
+        is_grpc = ct is not None and h2grpc.is_grpc(ct)
+        grpc_timeout = hdrs.get("grpc-timeout") if is_grpc else None
         if grpc_timeout is not None:
             # the caller's gRPC deadline caps the route timeout (Envoy max_grpc_timeout)
             g = h2grpc.request_deadline(grpc_timeout)
             if g is not None and (not deadline or ex.start + g < deadline):
                 deadline = ex.start + g
         source = ReplayBody(down.body) if down.body is not None else None
-        idem_key = head.get("idempotency-key") is not None
+        idem_key = "idempotency-key" in hdrs
         dest = policy.dest
         outlier = policy.outlier
         tried: set[str] = set()
@@ -820,7 +878,7 @@ class Forwarder:
             ex.flags = "URX" if status >= 500 else "-"
         rbody = conn.body
         resp_headers = resp.headers
-        if resp_ops is not None and (resp_ops[0] or resp_ops[1]):
+        if resp_ops is not None:
             resp_headers = apply_ops(apply_ops(resp_headers, resp_ops[0]), resp_ops[1])
         if status == 101:
             down.send_upgrade(resp, resp_headers, extra)
@@ -905,7 +963,7 @@ class Forwarder:
     ) -> None:
         ex.status = status
         ex.flags = flag
-        if h2grpc.is_grpc(head.get("content-type")):
+        if h2grpc.is_grpc(ex.hdrs.get("content-type")):
             ex.grpc = str(h2grpc.status_for_local(status, flag))
         down.send_local(status, flag, body, (), self.rt.draining)
         self.rt.count_local_reply(status, flag)
