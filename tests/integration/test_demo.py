@@ -36,8 +36,8 @@ def test_demo_runs_every_scenario(tmp_path):
     for section in (
         "== 1. Canary",
         "== 2. Retries",
-        "== 3. Circuit breaker",
-        "== 4. Zero trust",
+        "== 4. Circuit breaker",
+        "== 3. Zero trust",
         "== 5. One trace",
     ):
         assert section in out

@@ -204,21 +204,7 @@ async def _scenarios(front: int, apps: dict[str, int], receiver: _Receiver, n: i
         )
         failures += status != 200
 
-        _say("\n== 3. Circuit breaker: payment keeps failing, orders' sidecar opens its breaker ==")
-        row = []
-        for _ in range(14):
-            status, headers, text = await get(
-                "orders", "/call/payment/status/500", **{"x-canary": "always"}
-            )
-            data = json.loads(text)
-            flag = data.get("upstream_flags") or ""
-            row.append(f"{data.get('upstream_status')}{'/' + flag if flag else ''}")
-        _say("   " + " ".join(row))
-        _say("   500 = payment failed; 503/UO = refused by the open breaker: payment is spared and")
-        _say("   orders fails fast instead of waiting (ResiliencePolicy, Resilience4j semantics)")
-        failures += "503/UO" not in row
-
-        _say("\n== 4. Zero trust: every hop is mTLS with SPIFFE identities ==")
+        _say("\n== 3. Zero trust: every hop is mTLS with SPIFFE identities ==")
         status, _, text = await get("orders", "/call/payment/pay")
         data = json.loads(text)
         xfcc = (
@@ -234,6 +220,20 @@ async def _scenarios(front: int, apps: dict[str, int], receiver: _Receiver, n: i
             f"(AuthorizationPolicy payment-from-orders: only orders may call payment)"
         )
         failures += data.get("upstream_status") != 403
+
+        _say("\n== 4. Circuit breaker: payment keeps failing, orders' sidecar opens its breaker ==")
+        row = []
+        for _ in range(14):
+            status, headers, text = await get(
+                "orders", "/call/payment/status/500", **{"x-canary": "always"}
+            )
+            data = json.loads(text)
+            flag = data.get("upstream_flags") or ""
+            row.append(f"{data.get('upstream_status')}{'/' + flag if flag else ''}")
+        _say("   " + " ".join(row))
+        _say("   500 = payment failed; 503/UO = refused by the open breaker: payment is spared and")
+        _say("   orders fails fast instead of waiting (ResiliencePolicy, Resilience4j semantics)")
+        failures += "503/UO" not in row
 
         _say("\n== 5. One trace across the mesh (OpenTelemetry spans from every sidecar) ==")
         trace = os.urandom(16).hex()
