@@ -54,40 +54,9 @@ def _query_dict(query):
     return d
 
 
-def _block_matches(block, path, method, authority, scheme, hdrs, query, qd):
-    m = block.uri
-    if m is not None:
-        subject = path.lower() if block.ignore_uri_case else path
-        if m.op == REGEX:
-            if m.rx.fullmatch(subject) is None:
-                return False, hdrs, qd
-        elif not _str_match(m.op, m.value, m.rx, subject):
-            return False, hdrs, qd
-    m = block.method
-    if m is not None and not _str_match(m.op, m.value, m.rx, method):
-        return False, hdrs, qd
-    m = block.authority
-    if m is not None and not _str_match(m.op, m.value, m.rx, authority):
-        return False, hdrs, qd
-    m = block.scheme
-    if m is not None and not _str_match(m.op, m.value, m.rx, scheme):
-        return False, hdrs, qd
-    if block.headers:
-        if hdrs is None:
-            hdrs = {}
-        for m in block.headers:
-            value = hdrs.get(m.name)
-            ok = value is not None and _str_match(m.op, m.value, m.rx, value)
-            if ok == m.invert:
-                return False, hdrs, qd
-    if block.query:
-        if qd is None:
-            qd = _query_dict(query)
-        for m in block.query:
-            value = qd.get(m.name)
-            if value is None or not _str_match(m.op, m.value, m.rx, value):
-                return False, hdrs, qd
-    return True, hdrs, qd
+def _plan_str(mp, subject):
+    """A flattened Matcher ``(op, value, rx, name, invert)`` against ``subject``."""
+    return _str_match(mp[0], mp[1], mp[2], subject)
 
 
 def find(table, host, path, query, method, authority, scheme, headers):
@@ -96,21 +65,62 @@ def find(table, host, path, query, method, authority, scheme, headers):
     Returns None when no service has this host (404 NR) and ``(vh, None, None)`` when the host
     is known but no rule matches (also 404 NR, with the virtual host for telemetry).
     ``headers`` is the parsed header list; it is turned into a dict only if a rule needs it.
+    Walks ``vh.plan``, the routes' match blocks flattened to tuples at config time.
     """
     vh = table.hosts.get(host)
     if vh is None:
         return None
     hdrs = None
     qd = None
-    for route in vh.routes:
-        if not route.matches:
-            return vh, route, None
-        for block in route.matches:
-            if block.headers and hdrs is None:
-                hdrs = _header_dict(headers)
-            ok, hdrs, qd = _block_matches(block, path, method, authority, scheme, hdrs, query, qd)
-            if ok:
-                return vh, route, block
+    for rp in vh.plan:
+        blocks = rp[1]
+        if not blocks:
+            return vh, rp[0], None
+        for bp in blocks:
+            p = bp[1]
+            # uri, method, authority, scheme, then headers and query (cheapest first)
+            uop = p[0]
+            if uop >= 0:
+                subject = path.lower() if p[3] else path
+                if uop == REGEX:
+                    if p[2].fullmatch(subject) is None:
+                        continue
+                elif not _str_match(uop, p[1], p[2], subject):
+                    continue
+            mp = p[4]
+            if mp is not None and not _plan_str(mp, method):
+                continue
+            mp = p[5]
+            if mp is not None and not _plan_str(mp, authority):
+                continue
+            mp = p[6]
+            if mp is not None and not _plan_str(mp, scheme):
+                continue
+            ms = p[7]
+            if ms:
+                if hdrs is None:
+                    hdrs = _header_dict(headers)
+                ok = True
+                for mp in ms:
+                    value = hdrs.get(mp[3])
+                    if (value is not None and _plan_str(mp, value)) == mp[4]:
+                        ok = False
+                        break
+                if not ok:
+                    continue
+            ms = p[8]
+            if ms:
+                if qd is None:
+                    qd = _query_dict(query)
+                ok = True
+                for mp in ms:
+                    value = qd.get(mp[3])
+                    if value is None or not _plan_str(mp, value):
+                        ok = False
+                        break
+                if not ok:
+                    continue
+            return vh, rp[0], bp[0]
     return vh, None, None
 
 

@@ -100,6 +100,32 @@ class MatchBlock:
     headers: tuple[Matcher, ...]  # includes withoutHeaders (invert=True)
     query: tuple[Matcher, ...]
     ignore_uri_case: bool = False
+    # the matcher's view, flattened to tuples once (see _plan): read per request without
+    # attribute lookups
+    plan: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        u = self.uri
+        object.__setattr__(
+            self,
+            "plan",
+            (
+                -1 if u is None else u.op,
+                "" if u is None else u.value,
+                None if u is None else u.rx,
+                self.ignore_uri_case,
+                _mplan(self.method),
+                _mplan(self.authority),
+                _mplan(self.scheme),
+                tuple(_mplan(m) for m in self.headers),
+                tuple(_mplan(m) for m in self.query),
+            ),
+        )
+
+
+def _mplan(m: Matcher | None) -> tuple[int, str, Any, str, bool] | None:
+    """A Matcher as ``(op, value, rx, name, invert)``."""
+    return None if m is None else (m.op, m.value, m.rx, m.name, m.invert)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +161,15 @@ class VirtualHost:
     name: str
     service: str
     routes: tuple[Route, ...]
+    # ((route, ((block, block.plan), ...)), ...): what the matcher walks
+    plan: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "plan",
+            tuple((r, tuple((b, b.plan) for b in r.matches)) for r in self.routes),
+        )
 
 
 @dataclass(frozen=True, slots=True)
