@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import importlib
 
-FACADES = ("proxy.http1.parser", "proxy.routes.match")
+FACADES = (
+    "proxy.http1.parser",
+    "proxy.routes.match",
+    "proxy.http2.hpack",
+    "proxy.http2.frames",
+    "proxy.http2.validate",
+)
 
 
 def load_all() -> None:
