@@ -808,12 +808,16 @@ class Forwarder:
         pump = None
         if source is not None:
             pump = asyncio.get_running_loop().create_task(_pump(source, conn))
-        # one timer per try (asyncio.timeout costs several times more on this path)
-        timer = (
-            asyncio.get_running_loop().call_later(try_timeout, _expire, fut)
-            if try_timeout is not None
-            else None
-        )
+        # one timer per try (asyncio.timeout costs several times more on this path); an HTTP/1.1
+        # connection keeps one timer for its sequential requests instead
+        timer = None
+        arm = None
+        if try_timeout is not None:
+            arm = getattr(conn, "arm_timeout", None)
+            if arm is not None:
+                arm(fut, try_timeout)
+            else:
+                timer = asyncio.get_running_loop().call_later(try_timeout, _expire, fut)
         try:
             resp = await fut
         except TimeoutError:
@@ -835,6 +839,8 @@ class Forwarder:
         finally:
             if timer is not None:
                 timer.cancel()
+            elif arm is not None:
+                conn.disarm_timeout()
         if gate is not None:
             if not gate.claim(conn):
                 _cancel(pump)

@@ -54,6 +54,10 @@ class UpstreamConnection(asyncio.Protocol):
         "got_bytes",
         "peer_principal",
         "chunked_request",
+        "_timer",
+        "_timer_when",
+        "_t_deadline",
+        "_t_fut",
     )
 
     def __init__(self, pool: EndpointPool) -> None:
@@ -77,6 +81,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.peer_principal = ""
         self.chunked_request = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._t_deadline = 0.0
+        self._t_fut: asyncio.Future[Any] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -204,6 +212,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.tunnel is not None:
             self.tunnel(b"")
             return
@@ -240,6 +251,41 @@ class UpstreamConnection(asyncio.Protocol):
         return self.start(
             request_head(method, target, headers, connection_tokens, extra, drop), method
         )
+
+    # -- the per-try timeout -----------------------------------------------------------------
+    def arm_timeout(self, fut: asyncio.Future[Any], timeout: float) -> None:
+        """Fail ``fut`` with TimeoutError after ``timeout`` s unless :meth:`disarm_timeout` is
+        called first. A connection runs one request at a time, so it keeps one loop timer and
+        re-arms it lazily when it fires early for a later request: no timer per request."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._t_deadline = deadline
+        self._t_fut = fut
+        t = self._timer
+        if t is not None:
+            if self._timer_when <= deadline:
+                return  # fires first; _on_timer re-arms for this deadline
+            t.cancel()
+        self._timer_when = deadline
+        self._timer = loop.call_at(deadline, self._on_timer)
+
+    def disarm_timeout(self) -> None:
+        self._t_fut = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        fut = self._t_fut
+        if fut is None:
+            return  # no try waiting: the timer stops until the next arm_timeout
+        loop = asyncio.get_running_loop()
+        deadline = self._t_deadline
+        if loop.time() < deadline - 0.001:  # (the loop's timers have millisecond resolution)
+            self._timer_when = deadline
+            self._timer = loop.call_at(deadline, self._on_timer)
+            return
+        self._t_fut = None
+        if not fut.done():
+            fut.set_exception(TimeoutError())
 
     def send_body(self, data: bytes) -> None:
         self.write(encode_chunk(data) if self.chunked_request else data)
