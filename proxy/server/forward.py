@@ -54,6 +54,22 @@ _GRPC_TIMEOUT = frozenset({"grpc-timeout"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
+# Host header -> split_host_port(Host): a handful of distinct values per sidecar, so the split is
+# remembered (bounded: cleared when full)
+_HOST_PORT: dict[str, tuple[str, int]] = {}
+_HOST_PORT_MAX = 1024
+
+
+def _host_port(authority: str) -> tuple[str, int]:
+    hp = _HOST_PORT.get(authority)
+    if hp is None:
+        hp = split_host_port(authority)
+        if len(_HOST_PORT) >= _HOST_PORT_MAX:
+            _HOST_PORT.clear()
+        _HOST_PORT[authority] = hp
+    return hp
+
+
 # traceparent flags suffix by (sampled | random-trace-id << 1), as inject() formats them
 _FLAGS = ("-00", "-01", "-02", "-03")
 
@@ -134,7 +150,7 @@ class Forwarder:
         ex = Exchange(_monotonic())
         _scan(head.headers, ex)
         table = rt.table
-        host, port = split_host_port(head.host)
+        host, port = _host_port(head.host)
         res = match.find(
             table, host, head.path, head.query, head.method, head.host, "http", head.headers
         )
