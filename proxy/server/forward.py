@@ -25,7 +25,7 @@ from proxy.server.h2 import grpc as h2grpc
 from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops
 from proxy.server.policy import RoutePolicy
 from proxy.server.upstream import UpstreamReset
-from proxy.telemetry.tracing import PROPAGATION_HEADERS, continue_trace, inject
+from proxy.telemetry.tracing import PROPAGATION_HEADERS, continue_trace, inject, new_context
 
 _PROPAGATION = frozenset(PROPAGATION_HEADERS)
 # Every request header the forwarder reads, collected in one pass over the head (first value
@@ -287,7 +287,18 @@ class Forwarder:
         sampler = self.rt.sampler
         if sampler is None:
             return
-        ctx = continue_trace(ex.hdrs.get, sampler)
+        hdrs = ex.hdrs
+        if (
+            "traceparent" in hdrs
+            or "b3" in hdrs
+            or "x-b3-traceid" in hdrs
+            or "x-b3-sampled" in hdrs
+            or "x-b3-flags" in hdrs
+        ):
+            ctx = continue_trace(hdrs.get, sampler)
+        else:
+            # none of the headers extract() starts from: it would return None (a new root)
+            ctx = new_context(None, sampler)
         ex.trace = ctx
         if ctx.fmt == "w3c":
             # inject()'s W3C case, formatted straight into the head line
