@@ -8,8 +8,10 @@ proxy's own CPU (utime+stime of its process tree over the run's wall time).
 
 Targets: ``direct`` (wrk straight to the upstream, the latency baseline), ``meshlet`` (compiled
 fast path, full permissive feature chain from loadtests/meshlet.yaml, access log off),
-``meshlet-py`` (same, pure-Python twin: MESHLET_NO_EXTENSIONS=1) and ``envoy`` (1.40,
---concurrency 1, loadtests/envoy.yaml).
+``meshlet-py`` (same, pure-Python twin: MESHLET_NO_EXTENSIONS=1), ``meshlet-bare`` (compiled,
+loadtests/meshlet-bare.yaml: the ServiceEntry only; full-chain / bare = what the features cost),
+``meshlet+FEATURE`` (bare plus one resilience feature: retries, breaker, bulkhead, ratelimit,
+outlier; not in the default list) and ``envoy`` (1.40, --concurrency 1, loadtests/envoy.yaml).
 
     python loadtests/bench_http1.py --duration 10 --rounds 3 --out results.json
     python loadtests/bench_http1.py --quick
@@ -54,7 +56,58 @@ SCENARIOS = {
 }
 DEFAULT_SCENARIOS = "h1-c1,h1-c10,h1-c100,h1-2krps"
 RATE_PER_CONN = 100
-ALL_TARGETS = ("direct", "meshlet", "meshlet-py", "envoy")
+# one resilience feature each on top of meshlet-bare, configured and never triggered
+FEATURES = {
+    "retries": """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  http:
+  - timeout: 15s
+    retries: {attempts: 2, perTryTimeout: 5s, retryOn: "connect-failure,refused-stream,reset"}
+    route: [{destination: {host: backend}}]
+""",
+    "breaker": """apiVersion: meshlet.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: backend}
+spec:
+  host: backend.default.svc.cluster.local
+  circuitBreaker: {failureRateThreshold: 100, slowCallRateThreshold: 100,
+    slowCallDurationThreshold: 60s, slidingWindowType: COUNT_BASED, slidingWindowSize: 100,
+    minimumNumberOfCalls: 100, waitDurationInOpenState: 1s,
+    permittedNumberOfCallsInHalfOpenState: 10}
+""",
+    "bulkhead": """apiVersion: meshlet.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: backend}
+spec:
+  host: backend.default.svc.cluster.local
+  bulkhead: {maxConcurrentCalls: 100000, maxWaitDuration: 0s}
+""",
+    "ratelimit": """apiVersion: meshlet.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: backend}
+spec:
+  host: backend.default.svc.cluster.local
+  rateLimiter: {limitForPeriod: 100000000, limitRefreshPeriod: 1s, timeoutDuration: 0s}
+""",
+    "outlier": """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1000, interval: 10s, baseEjectionTime: 30s,
+      maxEjectionPercent: 50}
+""",
+}
+FEATURE_TARGETS = tuple(f"meshlet+{f}" for f in FEATURES)
+ALL_TARGETS = ("direct", "meshlet", "meshlet-py", "meshlet-bare", *FEATURE_TARGETS, "envoy")
+DEFAULT_TARGETS = ("direct", "meshlet", "meshlet-py", "meshlet-bare", "envoy")
+# meshlet-bare: the same sidecar with only the ServiceEntry (no VirtualService, DestinationRule,
+# ResiliencePolicy or AuthorizationPolicy): full-chain / bare is what the features cost.
+CONFIGS = {"meshlet": "meshlet.yaml", "meshlet-py": "meshlet.yaml"}  # others: meshlet-bare.yaml
 
 
 # ----------------------------------------------------------------------------- /proc helpers
@@ -384,12 +437,11 @@ class Target:
 
 
 def start_meshlet(t: Target, work: Path, up: Upstream, cpu: int | None, twin: bool) -> None:
-    cfg = work / "meshlet.yaml"
-    cfg.write_text(
-        string.Template((HERE / "meshlet.yaml").read_text()).substitute(
-            port_v1=up.ports[0], port_v2=up.ports[1]
-        )
-    )
+    cfg = work / f"{t.name}.yaml"
+    src = (HERE / CONFIGS.get(t.name, "meshlet-bare.yaml")).read_text()
+    if t.name in FEATURE_TARGETS:
+        src += "---\n" + FEATURES[t.name.split("+", 1)[1]]
+    cfg.write_text(string.Template(src).substitute(port_v1=up.ports[0], port_v2=up.ports[1]))
     e = dict(os.environ)
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
     e.pop("MESHLET_NO_EXTENSIONS", None)
@@ -456,14 +508,14 @@ def envoy_binary() -> str:
         return found
 
 
-def start_envoy(t: Target, work: Path, up: Upstream, cpu: int | None) -> None:
-    cfg = work / "envoy.yaml"
-    cfg.write_text(
-        string.Template((HERE / "envoy.yaml").read_text()).substitute(
-            listen_port=0, admin_port=0, upstream_port=up.ports[0]
-        )
-    )
-    addr_file = work / f"envoy-admin-{t.starts}.addr"
+def launch_envoy(
+    name: str, config: str, work: Path, cpu: int | None, tag: str = ""
+) -> tuple[Proc, str, int]:
+    """Envoy --concurrency 1 from config text (listeners and admin on port 0); returns the
+    process, its admin address and the port of its first listener once it is LIVE."""
+    cfg = work / f"{name}{tag}.yaml"
+    cfg.write_text(config)
+    addr_file = work / f"{name}-admin{tag}.addr"
     cmd = [
         envoy_binary(),
         "-c",
@@ -476,18 +528,14 @@ def start_envoy(t: Target, work: Path, up: Upstream, cpu: int | None) -> None:
         "--admin-address-path",
         str(addr_file),
     ]
-    t.proc = Proc(t.name, pinned(cpu, cmd), work)
+    proc = Proc(name, pinned(cpu, cmd), work)
 
     def admin():
-        if not t.proc.alive():
-            raise RuntimeError(
-                f"envoy exited with {t.proc.p.returncode}:\n{t.proc.stderr()[-3000:]}"
-            )
+        if not proc.alive():
+            raise RuntimeError(f"{name} exited with {proc.p.returncode}:\n{proc.stderr()[-3000:]}")
         return addr_file.exists() and addr_file.read_text().strip()
 
-    admin_addr = wait_until(admin, 30, "envoy admin address")
-    flt = urllib.parse.quote(r"^(http\.ingress_http|cluster\.backend)\.")
-    t.admin_url = f"http://{admin_addr}/stats?filter={flt}"
+    admin_addr = wait_until(admin, 30, f"{name} admin address")
 
     def listener_port() -> int | None:
         try:
@@ -504,7 +552,16 @@ def start_envoy(t: Target, work: Path, up: Upstream, cpu: int | None) -> None:
         except (OSError, KeyError, IndexError, ValueError):
             return None
 
-    t.port = wait_until(listener_port, 30, "envoy listener")
+    return proc, admin_addr, wait_until(listener_port, 30, f"{name} listener")
+
+
+def start_envoy(t: Target, work: Path, up: Upstream, cpu: int | None) -> None:
+    config = string.Template((HERE / "envoy.yaml").read_text()).substitute(
+        listen_port=0, admin_port=0, upstream_port=up.ports[0]
+    )
+    t.proc, admin_addr, t.port = launch_envoy(t.name, config, work, cpu, f"-{t.starts}")
+    flt = urllib.parse.quote(r"^(http\.ingress_http|cluster\.backend)\.")
+    t.admin_url = f"http://{admin_addr}/stats?filter={flt}"
 
 
 def start_target(t: Target, work: Path, up: Upstream, cpu: int | None) -> None:
@@ -515,6 +572,8 @@ def start_target(t: Target, work: Path, up: Upstream, cpu: int | None) -> None:
         start_meshlet(t, work, up, cpu, twin=False)
     elif t.name == "meshlet-py":
         start_meshlet(t, work, up, cpu, twin=True)
+    elif t.name == "meshlet-bare" or t.name in FEATURE_TARGETS:
+        start_meshlet(t, work, up, cpu, twin=False)
     elif t.name == "envoy":
         start_envoy(t, work, up, cpu)
     else:
@@ -528,8 +587,8 @@ def start_target(t: Target, work: Path, up: Upstream, cpu: int | None) -> None:
         t.idle_rss = rss_bytes(t.pid)
 
 
-def probe(port: int) -> int:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": HOST_HEADER})
+def probe(port: int, host: str = HOST_HEADER) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             r.read()
@@ -789,6 +848,15 @@ RATIO_SPECS = [
     ("meshlet-py", "envoy", "rps_per_core", "h1-c100", "", ""),
     ("meshlet-py", "meshlet", "rps_per_core", "h1-c10", "", ""),
     ("meshlet-py", "meshlet", "rps_per_core", "h1-c100", "", ""),
+    ("meshlet", "meshlet-bare", "rps_per_core", "h1-c10", ">= 0.95", ""),
+    ("meshlet", "meshlet-bare", "rps_per_core", "h1-c100", ">= 0.95", ""),
+    *[
+        (f, "meshlet-bare", "rps_per_core", sc, ">= 0.95", "")
+        for f in FEATURE_TARGETS
+        for sc in ("h1-c10", "h1-c100")
+    ],
+    ("meshlet-bare", "envoy", "rps_per_core", "h1-c10", "", ""),
+    ("meshlet-bare", "envoy", "rps_per_core", "h1-c100", "", ""),
     ("meshlet", "envoy", "added_p50_us", "h1-c1", "<= 1.0", "<= 1.25"),
     ("meshlet", "envoy", "added_p99_us", "h1-c1", "(noise)", ""),
     ("meshlet", "envoy", "added_p99_us", "h1-c10", "(<= 1.0)*", "(<= 1.5)*"),
@@ -798,7 +866,8 @@ RATIO_SPECS = [
     ("meshlet", "envoy", "rss_idle_mb", "", "<= 0.6", "<= 0.8"),
     ("meshlet", "envoy", "rss_peak_mb", "h1-c100", "", ""),
 ]
-NAMES = {"meshlet": "meshlet", "meshlet-py": "python-twin", "envoy": "envoy"}
+NAMES = {"meshlet": "meshlet", "meshlet-py": "python-twin", "meshlet-bare": "meshlet-bare",
+         "envoy": "envoy", **{f: f for f in FEATURE_TARGETS}}  # fmt: skip
 KEYS = {"rps_per_core": "rps-per-core", "added_p50_us": "added p50", "added_p99_us": "added p99",
         "proxy_cpu": "proxy CPU", "rss_idle_mb": "idle RSS", "rss_peak_mb": "peak RSS"}  # fmt: skip
 
@@ -806,9 +875,11 @@ KEYS = {"rps_per_core": "rps-per-core", "added_p50_us": "added p50", "added_p99_
 def ratios(s: dict) -> list[tuple[str, float | None, str, str]]:
     out: list[tuple[str, float | None, str, str]] = []
     for num, den, key, sc, target, floor in RATIO_SPECS:
-        label = f"{NAMES[num] + ' / ' + NAMES[den]:<22} {KEYS[key]:<13}"
+        label = f"{NAMES[num] + ' / ' + NAMES[den]:<31} {KEYS[key]:<13}"
         if (num, den) == ("meshlet-py", "meshlet"):
-            label = f"{'python-twin / cython':<22} {KEYS[key]:<13}"
+            label = f"{'python-twin / cython':<31} {KEYS[key]:<13}"
+        if (num, den) == ("meshlet", "meshlet-bare"):
+            label = f"{'full-chain / bare':<31} {KEYS[key]:<13}"
         row = s.get(sc) if sc else next(iter(s.values()), None)  # idle RSS: any scenario
         if not row or num not in row or den not in row:
             continue
@@ -847,7 +918,7 @@ def print_report(s: dict, rounds: int, duration: float, upstream: str, file=sys.
         "compare ratios.",
         "",
     ]
-    cols = [("scenario", "<12"), ("target", "<11"), ("rps", ">9"), ("cpu", ">5"),
+    cols = [("scenario", "<12"), ("target", "<17"), ("rps", ">9"), ("cpu", ">5"),
             ("rps/core", ">9"), ("vs envoy", ">8"), ("p50", ">8"), ("p99", ">8"), ("+p50", ">8"),
             ("+p99", ">8"), ("idleMB", ">7"), ("peakMB", ">7"), ("errors", ">6")]  # fmt: skip
     hdr = " ".join(format(name, spec) for name, spec in cols)
@@ -865,10 +936,10 @@ def print_report(s: dict, rounds: int, duration: float, upstream: str, file=sys.
             )
         lines.append("")
     lines.append("RATIOS (same run; meshlet = compiled fast path, meshlet-py = pure-Python twin)")
-    rh = f"{'metric':<46} {'ratio':>7}  {'target':<10} {'floor':<10}"
+    rh = f"{'metric':<55} {'ratio':>7}  {'target':<10} {'floor':<10}"
     lines += [rh, "-" * len(rh)]
     for name, val, target, floor in ratios(s):
-        lines.append(f"{name:<46} {fmt(val, '.2f'):>7}  {target:<10} {floor:<10}")
+        lines.append(f"{name:<55} {fmt(val, '.2f'):>7}  {target:<10} {floor:<10}")
     lines.append(
         "* perf-anchors T5 sets the added-p99 target at a fixed 2k req/s; at c10/c100 "
         "(closed loop) added p99 mostly tracks throughput."
@@ -899,7 +970,9 @@ def main() -> int:
         help=f"comma list from {', '.join(SCENARIOS)} (default {DEFAULT_SCENARIOS})",
     )
     ap.add_argument(
-        "--targets", default=",".join(ALL_TARGETS), help="comma list from " + ", ".join(ALL_TARGETS)
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma list from {', '.join(ALL_TARGETS)} (default {','.join(DEFAULT_TARGETS)})",
     )
     ap.add_argument(
         "--upstream",
