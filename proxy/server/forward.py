@@ -492,8 +492,14 @@ class Forwarder:
                 drop = (drop or frozenset()) | _GRPC_TIMEOUT
             pool = rt.pool(ep, cluster, head.version == 20 and (is_grpc or ep.tls))
             try:
-                ct = cluster.connect_timeout
-                conn, reused = await pool.acquire(min(ct, try_timeout) if try_timeout else ct)
+                # an idle keep-alive connection without a coroutine round trip when there is one
+                take = getattr(pool, "take_idle", None)
+                conn = take() if take is not None else None
+                if conn is not None:
+                    reused = True
+                else:
+                    ct = cluster.connect_timeout
+                    conn, reused = await pool.acquire(min(ct, try_timeout) if try_timeout else ct)
             except (OSError, TimeoutError, ConnectionError) as exc:
                 log.debug("connect to %s failed: %r", ep.key, exc)
                 rt.endpoint_outcome(outlier, ep, None, True)

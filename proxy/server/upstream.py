@@ -390,6 +390,16 @@ class EndpointPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self.verify_peer = verify_peer
 
+    def take_idle(self) -> UpstreamConnection | None:
+        """The warmest idle connection (counted active, as acquire's reuse), or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self.active += 1
+                return conn
+        return None
+
     async def acquire(self, timeout: float) -> tuple[UpstreamConnection, bool]:
         """A connection and whether it was reused from the pool (a reused one may be stale)."""
         idle = self.idle
