@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
@@ -292,7 +291,6 @@ def test_content_type():
     assert CONTENT_TYPE.startswith("text/plain; version=0.0.4")
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_exposition_passes_promtool(tmp_path):
     r = CollectorRegistry()
     m = RequestMetrics(r)
