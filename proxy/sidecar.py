@@ -203,11 +203,10 @@ class Sidecar:
         )
         if inbound_ssl is not None:
             inb.mtls_mode = lambda: self.runtime.mtls_mode
-        from proxy.server.h2.server import h2_factory
 
         for lst in (out, inb):
             lst.local_reply_hook = self.runtime.count_local_reply
-            lst.h2_factory = h2_factory
+            lst.h2_factory = _h2_factory
             await lst.start()
             self.listeners[lst.name] = lst
         self.admin_runner = web.AppRunner(build_app(self), access_log=None)
@@ -258,6 +257,8 @@ class Sidecar:
     async def _setup_identity(self) -> None:
         """Certificates from the control plane (renewed on their own) or from files."""
         o = self.opts
+        if not (o.control_plane or (o.cert_file and o.key_file and o.ca_file)):
+            return  # plaintext: no TLS stack loaded at all (cryptography costs ~7 MB of RSS)
         from certs import tls
         from proxy.identity.manager import IdentityManager
 
@@ -486,6 +487,14 @@ class Sidecar:
         from proxy.explain import explain
 
         return explain(self, query)
+
+
+def _h2_factory(*args: Any) -> Any:
+    """Loads the HTTP/2 stack on the first HTTP/2 connection (the h2 library costs RSS that an
+    HTTP/1.1-only sidecar never needs)."""
+    from proxy.server.h2.server import h2_factory
+
+    return h2_factory(*args)
 
 
 async def run_sidecar(opts: SidecarOptions) -> int:
