@@ -103,11 +103,16 @@ spec:
 """,
 }
 FEATURE_TARGETS = tuple(f"meshlet+{f}" for f in FEATURES)
-ALL_TARGETS = ("direct", "meshlet", "meshlet-py", "meshlet-bare", *FEATURE_TARGETS, "envoy")
+# Tracing cost: the full chain with spans exported (OTLP/HTTP to a local sink) at these
+# sampling ratios; plain "meshlet" propagates trace headers but exports nothing.
+TRACE_TARGETS = {"meshlet+trace0": "0", "meshlet+trace0.01": "0.01", "meshlet+trace1": "1"}
+ALL_TARGETS = ("direct", "meshlet", "meshlet-py", "meshlet-bare", *FEATURE_TARGETS,
+               *TRACE_TARGETS, "envoy")  # fmt: skip
 DEFAULT_TARGETS = ("direct", "meshlet", "meshlet-py", "meshlet-bare", "envoy")
 # meshlet-bare: the same sidecar with only the ServiceEntry (no VirtualService, DestinationRule,
 # ResiliencePolicy or AuthorizationPolicy): full-chain / bare is what the features cost.
-CONFIGS = {"meshlet": "meshlet.yaml", "meshlet-py": "meshlet.yaml"}  # others: meshlet-bare.yaml
+CONFIGS = {"meshlet": "meshlet.yaml", "meshlet-py": "meshlet.yaml",
+           **{t: "meshlet.yaml" for t in TRACE_TARGETS}}  # others: meshlet-bare.yaml
 
 
 # ----------------------------------------------------------------------------- /proc helpers
@@ -450,6 +455,10 @@ def start_meshlet(t: Target, work: Path, up: Upstream, cpu: int | None, twin: bo
         e["MESHLET_NO_EXTENSIONS"] = "1"
     else:
         e["MESHLET_REQUIRE_EXTENSIONS"] = "1"
+    if t.name in TRACE_TARGETS:
+        e["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_sink(work)}"
+        e["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        e["OTEL_TRACES_SAMPLER_ARG"] = TRACE_TARGETS[t.name]
     cmd = [
         PY,
         "-m",
@@ -494,6 +503,33 @@ def start_meshlet(t: Target, work: Path, up: Upstream, cpu: int | None, twin: bo
     want = "python" if twin else "cython"
     if t.fastpath != want:
         print(f"WARNING: {t.name} reports fastpath={t.fastpath}, expected {want}", file=sys.stderr)
+
+
+_SINK: list[Proc] = []
+_SINK_PORT: list[int] = []
+OTLP_SINK = """
+import asyncio, sys
+from aiohttp import web
+async def ok(request):
+    await request.read()
+    return web.Response(body=b"", content_type="application/x-protobuf")
+app = web.Application(client_max_size=64 << 20)
+app.router.add_post("/v1/traces", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def otlp_sink(work: Path) -> int:
+    """A local OTLP/HTTP endpoint that accepts and drops spans (started once, on the load CPU)."""
+    if not _SINK_PORT:
+        port = free_port()
+        script = work / "otlp_sink.py"
+        script.write_text(OTLP_SINK)
+        cmd = pinned(0, [PY, str(script), str(port)])
+        _SINK.append(Proc("otlp-sink", cmd, work, dict(os.environ)))
+        wait_until(lambda: _can_connect(port), 20, "OTLP sink")
+        _SINK_PORT.append(port)
+    return _SINK_PORT[0]
 
 
 def envoy_binary() -> str:
@@ -572,7 +608,7 @@ def start_target(t: Target, work: Path, up: Upstream, cpu: int | None) -> None:
         start_meshlet(t, work, up, cpu, twin=False)
     elif t.name == "meshlet-py":
         start_meshlet(t, work, up, cpu, twin=True)
-    elif t.name == "meshlet-bare" or t.name in FEATURE_TARGETS:
+    elif t.name == "meshlet-bare" or t.name in FEATURE_TARGETS or t.name in TRACE_TARGETS:
         start_meshlet(t, work, up, cpu, twin=False)
     elif t.name == "envoy":
         start_envoy(t, work, up, cpu)
@@ -855,6 +891,11 @@ RATIO_SPECS = [
         for f in FEATURE_TARGETS
         for sc in ("h1-c10", "h1-c100")
     ],
+    *[
+        (tr, "meshlet", "rps_per_core", sc, "", "")
+        for tr in TRACE_TARGETS
+        for sc in ("h1-c10", "h1-c100")
+    ],
     ("meshlet-bare", "envoy", "rps_per_core", "h1-c10", "", ""),
     ("meshlet-bare", "envoy", "rps_per_core", "h1-c100", "", ""),
     ("meshlet", "envoy", "added_p50_us", "h1-c1", "<= 1.0", "<= 1.25"),
@@ -867,7 +908,8 @@ RATIO_SPECS = [
     ("meshlet", "envoy", "rss_peak_mb", "h1-c100", "", ""),
 ]
 NAMES = {"meshlet": "meshlet", "meshlet-py": "python-twin", "meshlet-bare": "meshlet-bare",
-         "envoy": "envoy", **{f: f for f in FEATURE_TARGETS}}  # fmt: skip
+         "envoy": "envoy", **{f: f for f in FEATURE_TARGETS},
+         **{t: t for t in TRACE_TARGETS}}  # fmt: skip
 KEYS = {"rps_per_core": "rps-per-core", "added_p50_us": "added p50", "added_p99_us": "added p99",
         "proxy_cpu": "proxy CPU", "rss_idle_mb": "idle RSS", "rss_peak_mb": "peak RSS"}  # fmt: skip
 
