@@ -27,6 +27,17 @@ def env(**extra: str) -> dict[str, str]:
     return e
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on right now (also a port that refuses connections)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def wait_until(
     cond: Callable[[], object], timeout: float = 15.0, interval: float = 0.02, what: str = ""
 ) -> object:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-from tests.support import PY, ROOT, env, start_app, start_sidecar
+from tests.support import PY, ROOT, env, free_port, start_app, start_sidecar
 
 CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -21,23 +20,38 @@ spec:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_cmd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "control_plane.cli", "wait", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env(), cwd=str(ROOT))
+    return subprocess.run(
+        [PY, "-m", "control_plane.cli", "wait", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(),
+        cwd=str(ROOT),
+    )
 
 
 def test_wait_blocks_until_the_sidecar_is_ready_then_fails_once_it_drains(tmp_path: Path) -> None:
     port = free_port()
-    waiter = subprocess.Popen([PY, "-m", "control_plane.cli", "wait", "--admin", str(port),
-                               "--timeout", "40", "--interval", "0.1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                              cwd=str(ROOT))
+    waiter = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "control_plane.cli",
+            "wait",
+            "--admin",
+            str(port),
+            "--timeout",
+            "40",
+            "--interval",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        cwd=str(ROOT),
+    )
     app, app_port = start_app(tmp_path, "orders")
     sc = None
     try:

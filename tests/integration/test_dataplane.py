@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support import start_app, start_sidecar
+from tests.support import free_port, start_app, start_sidecar
 
 CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -105,14 +105,6 @@ spec:
 """
 
 
-def _dead_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture(scope="module", params=["cython", "python"])
 def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     from tests.support import env
@@ -124,7 +116,7 @@ def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     pay, p3 = start_app(work, "payment", "v1")
     procs += [inv1, inv2, pay]
     cfg = work / "mesh.yaml"
-    cfg.write_text(CONFIG.format(inv1=p1, inv2=p2, pay=p3, dead=_dead_port()))
+    cfg.write_text(CONFIG.format(inv1=p1, inv2=p2, pay=p3, dead=free_port()))
     e = (
         env(MESHLET_NO_EXTENSIONS="1")
         if request.param == "python"

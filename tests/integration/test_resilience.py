@@ -12,16 +12,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.support import start_app, start_sidecar
-
-
-def _dead_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
+from tests.support import free_port, start_app, start_sidecar
 
 CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -168,7 +159,10 @@ async def test_hedging_beats_a_stuck_endpoint(tmp_path):
             status, headers, _ = await _req(mesh, "hedged", "/items")
             assert status == 200 and time.monotonic() - t0 < 2.0
         text = sc.admin_get("/metrics")[1].decode()
-        assert re.search(r'meshlet_hedges_total\{destination_service="hedged.default.svc.cluster.local"\} [1-9]', text), text
+        assert re.search(
+            r'meshlet_hedges_total\{destination_service="hedged.default.svc.cluster.local"\} [1-9]',
+            text,
+        ), text
     finally:
         sc.stop()
         app.stop()
@@ -180,7 +174,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("resilience")
     a, pa = start_app(work, "inventory")
     b, pb = start_app(work, "flaky")
-    sc = start_sidecar(work, "orders", pa, CONFIG.format(a=pa, b=pb, dead=_dead_port()))
+    sc = start_sidecar(work, "orders", pa, CONFIG.format(a=pa, b=pb, dead=free_port()))
     yield {"sidecar": sc, "a": pa, "b": pb}
     sc.stop()
     a.stop()

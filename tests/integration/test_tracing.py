@@ -4,22 +4,11 @@ the HTTP semantic-convention attributes, and that error spans are kept at sampli
 
 from __future__ import annotations
 
-import socket
-
 import aiohttp
 import pytest
 
-from tests.support import env, start_app, start_sidecar
+from tests.support import env, free_port, start_app, start_sidecar
 from tests.unit.telemetry.test_spans import Receiver, attrs, wait_for
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
 
 SE = """
 ---
@@ -44,8 +33,8 @@ async def receiver():
 
 async def _mesh(tmp_path, receiver, ratio: str):
     """orders -> inventory -> payment, each app behind its own sidecar."""
-    inb = {n: _free_port() for n in ("inventory", "payment")}
-    outb = {n: _free_port() for n in ("orders", "inventory")}
+    inb = {n: free_port() for n in ("inventory", "payment")}
+    outb = {n: free_port() for n in ("orders", "inventory")}
     config = "".join(SE.format(name=n, port=p) for n, p in inb.items())
     e = env(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
@@ -71,7 +60,7 @@ async def _mesh(tmp_path, receiver, ratio: str):
             environ=e,
         ),
         start_sidecar(
-            tmp_path, "orders", _free_port(), config, "--outbound", str(outb["orders"]), environ=e
+            tmp_path, "orders", free_port(), config, "--outbound", str(outb["orders"]), environ=e
         ),
     ]
     return procs, sidecars, outb["orders"]
