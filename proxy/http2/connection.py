@@ -251,6 +251,16 @@ class H2Connection:
     def get_next_available_stream_id(self) -> int:
         return self._next_local
 
+    @property
+    def highest_inbound_stream_id(self) -> int:
+        """The last stream id the peer opened (a GOAWAY's last-stream-id)."""
+        return self._highest_remote
+
+    @property
+    def remote_max_concurrent_streams(self) -> int:
+        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until its SETTINGS arrive)."""
+        return self._peer_max_concurrent
+
     def send_headers(
         self,
         stream_id: int,
@@ -264,8 +274,8 @@ class H2Connection:
         if stream is None:
             if stream_id != self._next_local or not self.client_side:
                 raise LocalProtocolError(f"stream {stream_id} cannot be opened here")
-            active = sum(1 for s in self._streams.values() if s.stream_id & 1)
-            if active >= self._peer_max_concurrent:
+            # a client's streams are all its own (push is disabled), so no count is needed
+            if len(self._streams) >= self._peer_max_concurrent:
                 raise LocalProtocolError("peer's SETTINGS_MAX_CONCURRENT_STREAMS reached")
             stream = self._open(stream_id)
             self._next_local += 2

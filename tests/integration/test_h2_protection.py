@@ -293,7 +293,8 @@ async def test_hpack_bomb(server):
         c = Raw(server.port)
         # one 4 KB dynamic-table entry referenced again and again: ~100 KB decoded
         c.send(c.headers(1, GOOD + [("x-bomb", "a" * 4000)] * 25))
-        fs = c.frames(lambda f: isinstance(f, (GoAwayFrame, RstStreamFrame)))
+        # the stream is reset (the block decoded whole, HPACK stays in step), then GOAWAY
+        fs = c.frames(lambda f: isinstance(f, GoAwayFrame))
         c.close()
         return fs
 

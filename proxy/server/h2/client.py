@@ -25,13 +25,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from h2 import events as ev
-from h2.config import H2Configuration
-from h2.errors import ErrorCodes
-from h2.exceptions import H2Error, ProtocolError
-from h2.settings import SettingCodes, Settings
-
 from proxy.http1 import parser as h1
+from proxy.http2 import connection as ev
+from proxy.http2 import frames as fr
+from proxy.http2.errors import ErrorCode as ErrorCodes
+from proxy.http2.errors import LocalProtocolError
 from proxy.server.channel import ChannelClosed
 from proxy.server.h2._conn import CONN_WINDOW, STREAM_WINDOW, H2Base, StreamIO
 from proxy.server.upstream import UpstreamReset
@@ -44,16 +42,14 @@ _NO_BODY_STATUS = (204, 304)
 SETTINGS_WAIT = 1.0  # seconds a new connection waits for the peer's SETTINGS at most
 
 
-def _config() -> H2Configuration:
-    # responses are validated by h2 (a malformed one is a connection error -> reset -> 502)
-    return H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True,
-                           normalize_inbound_headers=False, validate_outbound_headers=False,
-                           normalize_outbound_headers=False)
+# responses are validated by the connection: a malformed one resets its stream (-> 502)
+_LIMITS = ev.Limits(stream_window=STREAM_WINDOW, connection_window=CONN_WINDOW,
+                    max_header_list_size=65536, max_header_count=0)
 
 
 class H2ClientConnection(H2Base):
     def __init__(self, pool: H2UpstreamPool) -> None:
-        super().__init__(pool.loop, _config())
+        super().__init__(pool.loop, True, _LIMITS)
         self.pool = pool
         self.by_sid: dict[int, H2UpstreamStream] = {}
         self.reserved = 0  # acquired, not yet released (started or not)
@@ -69,25 +65,13 @@ class H2ClientConnection(H2Base):
         self.transport = transport  # type: ignore[assignment]
         if transport.get_extra_info("ssl_object") is not None:
             self.scheme = b"https"
-        h2 = self.h2
-        h2.local_settings = Settings(client=True, initial_values={
-            SettingCodes.ENABLE_PUSH: 0,
-            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
-        })
-        h2.initiate_connection()
-        h2.increment_flow_control_window(CONN_WINDOW - 65535)
+        self.h2.initiate_connection()  # preface, SETTINGS (push off), connection window
         self.flush()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        try:
-            events: list[Any] = self.h2.receive_data(data)
-        except (ProtocolError, H2Error) as exc:
-            self.goaway(getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR)
-            self._fail_all(f"upstream HTTP/2 protocol error: {exc}")
-            return
+        events = self.h2.receive_data(data)
         for e in events:
             t = type(e)
             if t is ev.DataReceived:
@@ -97,7 +81,7 @@ class H2ClientConnection(H2Base):
             elif t is ev.ResponseReceived:
                 s = self.by_sid.get(e.stream_id)
                 if s is not None:
-                    s.on_response(e.headers, e.stream_ended is not None)
+                    s.on_response(e.headers, e.end_stream)
             elif t is ev.TrailersReceived:
                 s = self.by_sid.get(e.stream_id)
                 if s is not None:
@@ -119,12 +103,20 @@ class H2ClientConnection(H2Base):
                 else:
                     self.push_all()
             elif t is ev.RemoteSettingsChanged:
-                if SettingCodes.INITIAL_WINDOW_SIZE in e.changed_settings:
+                if fr.SETTINGS_INITIAL_WINDOW_SIZE in e.changes:
                     self.push_all()
                 if not self.settings_seen.done():
                     self.settings_seen.set_result(None)
                 self.pool.wake()
             elif t is ev.ConnectionTerminated:
+                if not e.remote:
+                    # the upstream broke the protocol: our GOAWAY is queued; send it, fail all
+                    self.flush_now()
+                    self.abort()
+                    self.pool.discard(self)
+                    self._fail_all("upstream HTTP/2 protocol error: "
+                                   + e.debug.decode("latin-1", "replace"))
+                    return
                 self.going_away = True
                 last = e.last_stream_id if e.last_stream_id is not None else 0
                 for sid, s in list(self.by_sid.items()):
@@ -148,16 +140,13 @@ class H2ClientConnection(H2Base):
     def capacity(self) -> int:
         if self.closed or self.going_away:
             return 0
-        limit = min(self.h2.remote_settings.max_concurrent_streams, self.pool.max_streams)
+        limit = min(self.h2.remote_max_concurrent_streams, self.pool.max_streams)
         return limit - self.reserved
 
     def close(self) -> None:
         if not self.closed:
-            try:
-                self.h2.close_connection()
-                self.flush_now()
-            except H2Error:
-                pass
+            self.h2.close_connection()
+            self.flush_now()
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
@@ -251,7 +240,7 @@ class H2UpstreamStream:
         try:
             sid = h2.get_next_available_stream_id()
             h2.send_headers(sid, out, end_stream=not has_body)
-        except H2Error as exc:
+        except LocalProtocolError as exc:
             self.head_waiter = None
             fut.set_exception(UpstreamReset(f"upstream stream refused: {exc}"))
             return fut

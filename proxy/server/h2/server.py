@@ -21,16 +21,11 @@ import logging
 from collections import deque
 from typing import Any
 
-from h2 import events as ev
-from h2.config import H2Configuration
-from h2.errors import ErrorCodes
-from h2.exceptions import DenialOfServiceError, H2Error, ProtocolError
-from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
-
 from proxy.http1 import parser as h1
-from proxy.http2.errors import MalformedMessage
-from proxy.http2.validate import validate_request_headers, validate_trailers
+from proxy.http2 import connection as ev
+from proxy.http2 import frames as fr
+from proxy.http2.errors import ErrorCode as ErrorCodes
+from proxy.http2.errors import LocalProtocolError
 from proxy.server import local_reply
 from proxy.server.channel import ChannelClosed
 from proxy.server.h2 import grpc
@@ -84,20 +79,49 @@ class _Bucket:
         return True
 
 
-def _config() -> H2Configuration:
-    return H2Configuration(client_side=False, header_encoding=None,
-                           validate_inbound_headers=False, normalize_inbound_headers=False,
-                           validate_outbound_headers=False, normalize_outbound_headers=False)
+def _engine_limits(lim: Limits) -> ev.Limits:
+    """The connection's own budgets. Resets (Rapid Reset / MadeYouReset), PING and SETTINGS
+    rates and the header count stay with this protocol, which counts them for the listener's
+    metrics and answers 431; the connection enforces what only it sees (CONTINUATION floods,
+    empty DATA, PRIORITY churn, queued control frames), with rate limits above the buckets'
+    bursts as a backstop."""
+    return ev.Limits(
+        max_concurrent_streams=lim.max_concurrent_streams,
+        stream_window=STREAM_WINDOW,
+        connection_window=CONN_WINDOW,
+        max_header_list_size=lim.max_header_list_size,
+        max_header_count=0,
+        pings_per_second=int(lim.ping_burst) * 4,
+        settings_per_second=int(lim.settings_burst) * 4,
+        max_outbound_control_frames=lim.max_queued_control,
+        max_consecutive_empty_frames=lim.max_empty_frames,
+        priority_frames_per_stream=lim.priority_per_stream,
+        max_premature_resets=1 << 30,
+    )
+
+
+_WHY = (("continuation", "continuation flood"), ("empty data", "empty frames"),
+        ("priority", "priority churn"), ("ping", "ping flood"), ("settings flood", "settings flood"),
+        ("control frames", "control frames queued"))
+
+
+def _why(code: int, debug: str) -> str:
+    """The protection-metric label for a connection error the engine detected."""
+    d = debug.lower()
+    for key, label in _WHY:
+        if key in d:
+            return label
+    return "protocol error"
 
 
 class H2ServerProtocol(H2Base):
     """One client connection speaking HTTP/2."""
 
     def __init__(self, listener: Any, limits: Limits | None = None) -> None:
-        super().__init__(listener.loop, _config())
+        self.limits = limits or Limits()
+        super().__init__(listener.loop, False, _engine_limits(self.limits))
         self.listener = listener
         self.handler = listener.handler
-        self.limits = limits or Limits()
         self.sinks: dict[int, H2Stream] = {}
         self.peer = ("", 0)
         self.peer_principal = ""
@@ -109,8 +133,6 @@ class H2ServerProtocol(H2Base):
         self.requests = 0
         self.recent: deque[int] = deque()
         self.recent_resets = 0
-        self.priority_frames = 0
-        self.empty_frames = 0
         self.queued_control = 0
         now = self.loop.time()
         lim = self.limits
@@ -140,17 +162,9 @@ class H2ServerProtocol(H2Base):
 
             sock = transport.get_extra_info("socket")
             self.original_dst = original_dst(sock) if sock is not None else None
-        lim = self.limits
-        h2 = self.h2
-        h2.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: lim.max_concurrent_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: lim.max_header_list_size,
-            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-        })
-        h2.initiate_connection()
-        h2.increment_flow_control_window(CONN_WINDOW - 65535)
-        # the HPACK bomb guard applies from the first header block, not from our SETTINGS' ACK
-        h2.decoder.max_header_list_size = lim.max_header_list_size
+        # our SETTINGS and the connection window; the HPACK bomb guard applies from the first
+        # header block, not from the peer's ACK of our SETTINGS
+        self.h2.initiate_connection()
         self.flush()
 
     def adopt(self, transport: asyncio.BaseTransport, initial: bytes) -> None:
@@ -211,12 +225,9 @@ class H2ServerProtocol(H2Base):
         # built by hand: h2's close_connection would refuse to send anything more on the
         # streams that are still finishing
         self._goaway_last = self.h2.highest_inbound_stream_id
-        f = GoAwayFrame(0)
-        f.last_stream_id = self._goaway_last
-        f.error_code = ErrorCodes.NO_ERROR
         self.flush_now()
         if self.transport is not None:
-            self.transport.write(f.serialize())
+            self.transport.write(fr.goaway(self._goaway_last, ErrorCodes.NO_ERROR, b""))
         if not self.sinks:
             self.close()
 
@@ -251,20 +262,7 @@ class H2ServerProtocol(H2Base):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        try:
-            events: list[Any] = self.h2.receive_data(data)
-        except DenialOfServiceError as exc:
-            self.listener_count("header list too large")
-            self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, str(exc).encode()[:100])
-            return
-        except ProtocolError as exc:
-            code = getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
-            self.listener_count("protocol error")
-            self.goaway(code, str(exc).encode()[:100])
-            return
-        except H2Error as exc:
-            self.goaway(ErrorCodes.PROTOCOL_ERROR, str(exc).encode()[:100])
-            return
+        events = self.h2.receive_data(data)
         started: list[H2Stream] = []
         now = self.now = self.loop.time()
         for e in events:
@@ -272,25 +270,22 @@ class H2ServerProtocol(H2Base):
                 return
             t = type(e)
             if t is ev.DataReceived:
-                st = self.streams.get(e.stream_id)
-                if not e.data and e.stream_ended is None:
-                    self.empty_frames += 1
-                    if self.empty_frames > self.limits.max_empty_frames:
-                        return self._calm("empty frames")
-                else:
-                    self.empty_frames = 0
-                self.on_data(st, e.stream_id, e.data, e.flow_controlled_length)
+                self.on_data(self.streams.get(e.stream_id), e.stream_id, e.data,
+                             e.flow_controlled_length)
                 sink = self.sinks.get(e.stream_id)
                 if sink is not None:
                     sink.received += len(e.data)
             elif t is ev.RequestReceived:
-                sink = self._request(e, now)
+                sink = self._request(e)
                 if sink is not None:
                     started.append(sink)
             elif t is ev.StreamEnded:
                 self._remote_end(e.stream_id, None)
             elif t is ev.TrailersReceived:
-                self._trailers(e)
+                sink = self.sinks.get(e.stream_id)
+                if sink is not None:
+                    sink.trailers = [(n.decode("latin-1"), v.decode("latin-1"))
+                                     for n, v in e.headers]
             elif t is ev.WindowUpdated:
                 if e.stream_id:
                     st = self.streams.get(e.stream_id)
@@ -299,7 +294,10 @@ class H2ServerProtocol(H2Base):
                 else:
                     self.push_all()
             elif t is ev.StreamReset:
-                self._peer_reset(e, now)
+                if e.remote:
+                    self._peer_reset(e, now)
+                else:
+                    self._stream_error(e)
             elif t is ev.PingReceived:
                 if not self.pings.take(now):
                     return self._calm("ping flood")
@@ -308,13 +306,17 @@ class H2ServerProtocol(H2Base):
                 if not self.settings.take(now):
                     return self._calm("settings flood")
                 self._control_queued()
-                if SettingCodes.INITIAL_WINDOW_SIZE in e.changed_settings:
+                if fr.SETTINGS_INITIAL_WINDOW_SIZE in e.changes:
                     self.push_all()
-            elif t is ev.PriorityUpdated:
-                self.priority_frames += 1
-                if self.priority_frames > self.limits.priority_per_stream * (1 + self.requests):
-                    return self._calm("priority churn")
             elif t is ev.ConnectionTerminated:
+                if not e.remote:
+                    # the peer broke the protocol: GOAWAY is queued; send it and close
+                    why = e.debug.decode("latin-1", "replace")
+                    log.debug("h2 %s: connection error %s", self.peer, why)
+                    self.listener_count(_why(e.error_code, why))
+                    self.flush_now()
+                    self.abort_streams()
+                    return
                 self.going_away = True
                 if not self.sinks:
                     self.close()
@@ -326,6 +328,37 @@ class H2ServerProtocol(H2Base):
         for sink in started:
             if not sink.st.closed and not self.closed:
                 sink.task = self.loop.create_task(self._run(sink))
+
+    def abort_streams(self) -> None:
+        """After a connection error: close the transport once GOAWAY is written."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        for sink in list(self.sinks.values()):
+            sink.lost()
+
+    def _stream_error(self, e: Any) -> None:
+        """The connection reset a stream the client got wrong (malformed, flow control...)."""
+        sid = e.stream_id
+        refused = e.error_code == ErrorCodes.REFUSED_STREAM
+        self.listener_count("refused stream" if refused else "malformed")
+        log.debug("h2 stream %d reset: %s", sid, e.reason)
+        if e.reason.startswith("header list too large"):
+            # an HPACK bomb: the block decoded past SETTINGS_MAX_HEADER_LIST_SIZE
+            self._calm("header list too large")
+            return
+        st = self.streams.pop(sid, None)
+        sink = self.sinks.pop(sid, None)
+        if st is not None:
+            st.closed = True
+            st.wake_always()
+        if sink is not None:
+            sink.lost()
+        self._note_closed(e.error_code in _PROVOKED)
+        if not self.sinks:
+            self.idle_since = self.loop.time()
+        if not self.closed and self.recent_resets > self.limits.reset_budget:
+            self._calm("rapid reset")
 
     def _control_queued(self) -> None:
         if self.write_paused:
@@ -340,7 +373,7 @@ class H2ServerProtocol(H2Base):
         self.queued_control = 0
         super().resume_writing()
 
-    def _request(self, e: Any, now: float) -> H2Stream | None:
+    def _request(self, e: Any) -> H2Stream | None:
         sid = e.stream_id
         st = StreamIO(self, sid)
         self.streams[sid] = st
@@ -350,14 +383,8 @@ class H2ServerProtocol(H2Base):
             self.reset_stream(st, ErrorCodes.REFUSED_STREAM)
             self.streams.pop(sid, None)
             return None
-        ended = e.stream_ended is not None
-        try:
-            fields = validate_request_headers(e.headers, sid)
-        except MalformedMessage as exc:
-            log.debug("h2 stream %d malformed: %s", sid, exc.message)
-            self.listener_count("malformed")
-            self._close_stream(st, reset=True, code=ErrorCodes.PROTOCOL_ERROR)
-            return None
+        ended = e.end_stream
+        fields = e.fields  # validated by the connection (a malformed request never gets here)
         if len(fields.headers) > self.limits.max_headers:
             sink = H2Stream(self, st, None, False)
             self.sinks[sid] = sink
@@ -379,19 +406,6 @@ class H2ServerProtocol(H2Base):
         sink.expected = fields.content_length
         self.sinks[sid] = sink
         return sink
-
-    def _trailers(self, e: Any) -> None:
-        sink = self.sinks.get(e.stream_id)
-        try:
-            trailers = validate_trailers(e.headers, e.stream_id)
-        except MalformedMessage:
-            if sink is not None:
-                if sink.body is not None:
-                    sink.body.set_exception(ChannelClosed("malformed trailers"))
-                self._close_stream(sink.st, reset=True, code=ErrorCodes.PROTOCOL_ERROR)
-            return
-        if sink is not None:
-            sink.trailers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in trailers]
 
     def _remote_end(self, sid: int, _: Any) -> None:
         sink = self.sinks.get(sid)
@@ -640,7 +654,7 @@ class H2Stream:
         self.headers_sent = True
         try:
             proto.h2.send_headers(self.st.sid, out, end_stream=end)
-        except H2Error:
+        except LocalProtocolError:
             self.st.closed = True
             return
         if end:
