@@ -101,8 +101,8 @@ def _engine_limits(lim: Limits) -> ev.Limits:
 
 
 _WHY = (("continuation", "continuation flood"), ("empty data", "empty frames"),
-        ("priority", "priority churn"), ("ping", "ping flood"), ("settings flood", "settings flood"),
-        ("control frames", "control frames queued"))
+        ("priority", "priority churn"), ("ping", "ping flood"),
+        ("settings flood", "settings flood"), ("control frames", "control frames queued"))
 
 
 def _why(code: int, debug: str) -> str:
