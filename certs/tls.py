@@ -79,14 +79,24 @@ def server_context(
     require_client_cert: bool = True,
     *,
     alpn: Sequence[str] | None = MESH_ALPN,
+    session_tickets: bool = False,
 ) -> ssl.SSLContext:
     """A server context presenting ``chain_pem`` and verifying clients against ``bundle_pem``.
 
     ``require_client_cert=True`` (inbound mTLS, STRICT): a client without a valid certificate
     fails the handshake. ``False``: a certificate is requested and, if sent, must verify, but
     a client may connect without one (the control plane's API: join-token callers have none).
+
+    ``session_tickets=True`` issues one TLS 1.3 ticket per connection so peers can resume.
+    Only for a caller that handles what a resumed session skips (chain verification against
+    the current bundle): each connection must be created from this very context, so the
+    ticket keys (held by the context) die with it when the certificate or bundle changes, and
+    a resumed peer's certificate must be re-checked for expiry. The sidecar's inbound listener
+    does both (``proxy/server/tls_session.py``); nothing else should turn this on.
     """
     ctx = _server_base(require_client_cert, alpn)
+    if session_tickets:
+        ctx.num_tickets = 1
     _load_cert_chain(ctx, chain_pem, key_pem)
     _load_bundle(ctx, bundle_pem)
     return ctx
@@ -96,8 +106,11 @@ def _server_base(require_client_cert: bool, alpn: Sequence[str] | None) -> ssl.S
     ctx = _base(ssl.PROTOCOL_TLS_SERVER, alpn)
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
-    # No resumption tickets: a resumed session would skip verifying the client against the
-    # current bundle (and mesh peers keep long-lived connections anyway).
+    # No resumption tickets by default: a resumed session skips verifying the client against
+    # the current bundle. server_context(session_tickets=True) opts in, for a caller that
+    # handles that (see its docstring); a dispatching context never does, because tickets are
+    # keyed on it (OpenSSL's session context), so they would survive certificate and bundle
+    # changes made by switching to another context.
     ctx.num_tickets = 0
     return ctx
 

@@ -203,6 +203,7 @@ class Sidecar:
         )
         if inbound_ssl is not None:
             inb.mtls_mode = lambda: self.runtime.mtls_mode
+            self._inbound_resumption(inb)
 
         for lst in (out, inb):
             lst.local_reply_hook = self.runtime.count_local_reply
@@ -298,8 +299,10 @@ class Sidecar:
             # HTTP/2 pools offer only h2: a peer that cannot speak it is refused, not misread
             cur = ident._cur()
             if h2_ctx[0] is not cur:
-                h2_ctx[:] = [cur, tls.client_context(cur.chain_pem, cur.key_pem, cur.bundle_pem,
-                                                     alpn=("h2",))]
+                h2_ctx[:] = [
+                    cur,
+                    tls.client_context(cur.chain_pem, cur.key_pem, cur.bundle_pem, alpn=("h2",)),
+                ]
             return h2_ctx[1]
 
         self.runtime.client_ssl_h2 = h2_client_context
@@ -317,6 +320,26 @@ class Sidecar:
         if self.identity is None:
             return None, None
         return self.identity.listener_context(), self.runtime.peer_identity
+
+    def _inbound_resumption(self, inb: Listener) -> None:
+        """Inbound TLS session resumption for peers, under the policy of
+        ``proxy/server/tls_session.py``: every accepted connection is created from the current
+        identity's ticket-issuing context (rebuilt on renewal, bundle change and hourly, so
+        tickets never outlive the trust they were issued under), and a resumed session whose
+        peer certificate has expired since is closed."""
+        from certs import tls
+        from proxy.server.tls_session import TicketingServerContexts, resumed_peer_valid
+
+        ident = self.identity
+        assert ident is not None
+
+        def build(cur: Any) -> Any:
+            return tls.server_context(
+                cur.chain_pem, cur.key_pem, cur.bundle_pem, True, session_tickets=True
+            )
+
+        inb.accept_context = TicketingServerContexts(ident._cur, build)
+        inb.resumed_ok = resumed_peer_valid
 
     def _start_discovery(self, inbound_port: int) -> None:
         from proxy.discovery import DiscoveryClient

@@ -57,6 +57,14 @@ class Listener:
         self.passthrough_hook: Callable[[Any, tuple[str, int]], None] | None = None
         self._sock: socket.socket | None = None
         self._pending: dict[socket.socket, float] = {}
+        # TLS accepts (detecting path): the context each accepted connection is created from,
+        # read per connection, and the check a resumed session must pass (None: none needed).
+        # With session tickets the context holds the ticket keys, so handing each connection
+        # the current identity's context (instead of switching by SNI callback from one fixed
+        # context) makes a certificate or bundle change invalidate every earlier ticket; see
+        # proxy/server/tls_session.py. It also spares the SNI callback on every handshake.
+        self.accept_context: Callable[[], ssl.SSLContext] | None = None
+        self.resumed_ok: Callable[[Any], bool] | None = None
 
     async def start(self) -> int:
         self.loop = asyncio.get_running_loop()
@@ -133,17 +141,40 @@ class Listener:
             self.refused += 1
             conn.close()
             return
-        self.loop.create_task(self._adopt(conn, self.ssl if is_tls else None))
+        ctx = None
+        if is_tls:
+            ctx = self.ssl
+            if self.accept_context is not None:
+                try:
+                    ctx = self.accept_context()
+                except Exception:
+                    self.log.exception("no TLS context for an inbound connection")
+                    self.refused += 1
+                    conn.close()
+                    return
+        self.loop.create_task(self._adopt(conn, ctx))
 
     async def _adopt(self, conn: socket.socket, ctx: ssl.SSLContext | None) -> None:
         try:
             async with asyncio.timeout(self.header_timeout):
-                await self.loop.connect_accepted_socket(lambda: Downstream(self), conn, ssl=ctx)
+                transport, _ = await self.loop.connect_accepted_socket(
+                    lambda: Downstream(self), conn, ssl=ctx
+                )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             # a failed handshake: no certificate, an untrusted one, an old TLS version
             self.refused += 1
             self.log.debug("inbound handshake refused: %r", exc)
             conn.close()
+            return
+        if ctx is not None and self.resumed_ok is not None:
+            # Runs before the connection's first bytes are read: both loops' SSLProtocol wake
+            # the handshake's waiter before they schedule the first read (so user code can
+            # look at the session first), hence a refused session never gets a request served.
+            sslobj = transport.get_extra_info("ssl_object")
+            if sslobj is not None and sslobj.session_reused and not self.resumed_ok(sslobj):
+                self.refused += 1
+                self.log.debug("inbound resumed session refused: peer certificate not valid")
+                transport.abort()
 
     def _sweep(self) -> None:
         now = self.loop.time()

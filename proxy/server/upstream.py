@@ -58,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_timer_when",
         "_t_deadline",
         "_t_fut",
+        "tls_fresh",
     )
 
     def __init__(self, pool: EndpointPool) -> None:
@@ -85,6 +86,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._timer_when = 0.0
         self._t_deadline = 0.0
         self._t_fut: asyncio.Future[Any] | None = None
+        # a new TLS connection whose session (and TLS 1.3 ticket) the pool has not taken yet
+        self.tls_fresh = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -366,6 +369,7 @@ class EndpointPool:
         "max_requests",
         "_sweeper",
         "verify_peer",
+        "sessions",
     )
 
     def __init__(
@@ -389,6 +393,12 @@ class EndpointPool:
         self.max_requests = max_requests
         self._sweeper: asyncio.TimerHandle | None = None
         self.verify_peer = verify_peer
+        # TLS session resumption: the endpoint's last session, offered on new connections
+        self.sessions: Any = None
+        if ssl_context is not None:
+            from proxy.server.tls_session import SessionCache
+
+            self.sessions = SessionCache()
 
     def take_idle(self) -> UpstreamConnection | None:
         """The warmest idle connection (counted active, as acquire's reuse), or None."""
@@ -409,27 +419,48 @@ class EndpointPool:
                 self.active += 1
                 return conn, True
         self.active += 1
+        ctx = self.ssl() if self.ssl is not None else None
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl() if self.ssl is not None else None,
-                    server_hostname=self.server_hostname,
-                )
+                if ctx is None:
+                    _, conn = await self.loop.create_connection(
+                        lambda: UpstreamConnection(self), self.host, self.port
+                    )
+                else:
+                    from proxy.server.tls_session import open_connection
+
+                    # offers the endpoint's last TLS session (resumption), counts the handshake
+                    _, conn = await open_connection(
+                        self.loop,
+                        lambda: UpstreamConnection(self),
+                        self.host,
+                        self.port,
+                        ctx,
+                        self.sessions,
+                        server_hostname=self.server_hostname or "",
+                    )
         except BaseException:
             self.active -= 1
             raise
-        if self.verify_peer is not None and self.ssl is not None:
-            if not self.verify_peer(conn.transport.get_extra_info("ssl_object")):  # type: ignore[union-attr]
+        if ctx is not None:
+            # resumed or not: the session records the peer's certificate, checked again here
+            if self.verify_peer is not None and not self.verify_peer(
+                conn.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
+            ):
                 self.active -= 1
+                self.sessions.forget()
                 conn.abort()
                 raise ConnectionError("upstream presented an unexpected identity")
+            conn.tls_fresh = True
         return conn, False
 
     def release(self, conn: UpstreamConnection) -> None:
         self.active -= 1
+        if conn.tls_fresh:
+            conn.tls_fresh = False
+            if conn.head is not None and conn.transport is not None:
+                # a response was read, so the TLS 1.3 ticket sent after the handshake was too
+                self.sessions.remember(conn.transport.get_extra_info("ssl_object"))
         if conn.reusable and (not self.max_requests or conn.requests < self.max_requests):
             conn.idle_since = time.monotonic()
             self.idle.append(conn)

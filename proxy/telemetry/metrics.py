@@ -46,6 +46,8 @@ __all__ = [
     "ENVOY_BUCKETS_MS",
     "ISTIO_LABELS",
     "SERIES_LABELS",
+    "UPSTREAM_TLS_HANDSHAKES",
+    "HandshakeCounts",
     "MeshletMetrics",
     "RequestMetrics",
     "RequestSeries",
@@ -420,6 +422,47 @@ def service_labels(host: str) -> dict[str, str]:
     return out
 
 
+class HandshakeCounts:
+    """Outbound mTLS handshakes of this process, full and resumed: two plain integers bumped
+    once per new upstream connection (``proxy/server/tls_session.py``), exposed as
+    ``meshlet_upstream_tls_handshakes_total{resumed="true|false"}`` by :class:`MeshletMetrics`.
+    Process-wide because the pools that count them know nothing of telemetry."""
+
+    __slots__ = ("full", "resumed")
+
+    def __init__(self) -> None:
+        self.full = 0
+        self.resumed = 0
+
+    def count(self, resumed: bool) -> None:
+        if resumed:
+            self.resumed += 1
+        else:
+            self.full += 1
+
+
+#: The one instance the sidecar's upstream pools count into.
+UPSTREAM_TLS_HANDSHAKES = HandshakeCounts()
+
+
+class _HandshakeCollector:
+    def __init__(self, counts: HandshakeCounts) -> None:
+        self.counts = counts
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        m = CounterMetricFamily(
+            "meshlet_upstream_tls_handshakes",
+            "Outbound mTLS handshakes, by whether the TLS session was resumed.",
+            labels=["resumed"],
+        )
+        m.add_metric(["false"], self.counts.full)
+        m.add_metric(["true"], self.counts.resumed)
+        yield m
+
+
 #: Circuit-breaker states, as Resilience4j names them (lowercase).
 BREAKER_STATES = ("closed", "open", "half_open", "disabled", "forced_open")
 
@@ -540,6 +583,7 @@ class MeshletMetrics:
             ["code", "flag"],
             registry=r,
         )
+        r.register(_HandshakeCollector(UPSTREAM_TLS_HANDSHAKES))  # type: ignore[arg-type]
 
     def set_config_version(self, version: str) -> None:
         """Make ``version`` the only series of ``meshlet_config_version``."""
