@@ -840,7 +840,13 @@ class Forwarder:
         fut = conn.start_request(head.method, target, headers, head.connection, up_extra, drop)
         pump = None
         if source is not None:
-            pump = asyncio.get_running_loop().create_task(_pump(source, conn))
+            whole = source.complete()
+            if whole is None:
+                pump = asyncio.get_running_loop().create_task(_pump(source, conn))
+            else:
+                for data in whole:
+                    conn.send_body(data)
+                conn.end_request(source.trailers)
         # one timer per try (asyncio.timeout costs several times more on this path); an HTTP/1.1
         # connection keeps one timer for its sequential requests instead
         timer = None
@@ -979,8 +985,8 @@ class Forwarder:
             ex.flags = "UPE"
             self._account(ex, head, reporter)
             return None
-        if pump is not None:
-            if not pump.done():
+        if source is not None:
+            if pump is not None and not pump.done():
                 # the upstream answered before reading the whole request body
                 _cancel(pump)
                 down.keep_alive = False
@@ -1066,6 +1072,28 @@ class ReplayBody:
     @property
     def trailers(self) -> Any:
         return self.ch.trailers
+
+    def complete(self) -> list[bytes] | None:
+        """The whole body, when it has all arrived already (a unary gRPC call, a small POST:
+        HEADERS and DATA in one read), so the try sends it at once instead of starting a pump
+        task; None while more is to come."""
+        ch = self.ch
+        if not ch._eof or ch._exc is not None or self.overflow:
+            return None
+        if not self.started:
+            self.started = True
+            data = ch.read_nowait()
+            if data:
+                if self.size + len(data) <= REPLAY_LIMIT:
+                    self.buf.append(data)
+                    self.size += len(data)
+                else:
+                    self.overflow = True
+                    self.buf = []
+                    return [data]
+        elif ch._chunks:
+            return None  # a retry of a body the first try did not read whole: use the pump
+        return self.buf
 
     async def pieces(self) -> Any:
         self.started = True

@@ -433,16 +433,13 @@ class H2UpstreamPool:
     async def acquire(self, timeout: float) -> tuple[H2UpstreamStream, bool]:
         """A stream slot on a connection with room (opening one when needed) and whether the
         connection had carried streams before (a reused one may have just gone away)."""
+        best = self._roomiest()
+        if best is not None:  # the common case, without a timeout scope
+            return self._reserve(best, best.started > 0)
         self.loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             while True:
-                best = None
-                for c in self.conns:
-                    room = c.capacity()
-                    if room > 0 and (best is None or room > best.capacity()):
-                        best = c
-                        if c.reserved == 0:
-                            break
+                best = self._roomiest()
                 if best is not None:
                     return self._reserve(best, best.started > 0)
                 if len(self.conns) + self.connecting < self.max_connections:
@@ -455,6 +452,18 @@ class H2UpstreamPool:
                 finally:
                     if fut in self._waiters:
                         self._waiters.remove(fut)
+
+    def _roomiest(self) -> H2ClientConnection | None:
+        """The connection with the most free stream slots (an unused one at once), or None."""
+        best = None
+        best_room = 0
+        for c in self.conns:
+            room = c.capacity()
+            if room > best_room:
+                best, best_room = c, room
+                if c.reserved == 0:
+                    break
+        return best
 
     def _reserve(self, conn: H2ClientConnection, reused: bool) -> tuple[H2UpstreamStream, bool]:
         conn.reserved += 1
