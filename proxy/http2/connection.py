@@ -318,11 +318,21 @@ class H2Connection:
     def acknowledge_received_data(self, stream_id: int, n: int) -> None:
         """The application consumed ``n`` flow-controlled octets: reopen the windows, in batches
         of half a window so that a dribble of data does not become a flood of WINDOW_UPDATEs."""
+        self.acknowledge_connection_data(n)
+        self.acknowledge_stream_data(stream_id, n)
+
+    def acknowledge_connection_data(self, n: int) -> None:
+        """Reopen only the connection window: a proxy does so as soon as DATA is buffered on
+        its stream, so that a stream whose reader stalls (its own window closes) cannot starve
+        the other streams of the connection window (Envoy does the same)."""
         self._conn_unacked += n
         if self._conn_unacked >= self.limits.connection_window // 2:
             self._out.append(fr.window_update(0, self._conn_unacked))
             self._recv_window += self._conn_unacked
             self._conn_unacked = 0
+
+    def acknowledge_stream_data(self, stream_id: int, n: int) -> None:
+        """Reopen only ``stream_id``'s window (its reader caught up)."""
         stream = self._streams.get(stream_id)
         if stream is not None and not stream.recv_closed:
             stream.unacked += n

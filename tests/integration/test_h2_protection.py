@@ -484,3 +484,71 @@ async def test_stream_idle_timeout_resets_a_silent_stream(server):
     rst = next(f for f in fs if isinstance(f, RstStreamFrame))
     assert rst.stream_id == 1 and rst.error_code == 0x8
     assert cancelled.is_set() and ok
+
+
+async def test_a_stalled_stream_does_not_stall_the_connection(server):
+    """Streams whose handlers do not read hold back only their own windows: the connection
+    window reopens as DATA is buffered, so a later stream's body still flows (the stalled ones
+    could otherwise fill the 1 MiB connection window between them)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    gate = asyncio.Event()
+
+    async def handler(sink: Any, head: Any) -> None:
+        if head.path == "/stall":
+            await gate.wait()
+        total = 0
+        while True:
+            piece = await sink.body.read()
+            if not piece:
+                break
+            total += len(piece)
+        sink.send_response(200, "OK", [], (), [], -1, True, str(total).encode())
+
+    server.handler = handler
+    stalled_ids = list(range(1, 40, 2))  # 20 streams x 64 KiB windows > the 1 MiB connection window
+    body = 1 << 20
+
+    def client() -> tuple[int, Any]:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        conn.initiate_connection()
+        post = [(":method", "POST"), (":scheme", "http"), (":authority", "svc")]
+        for sid in stalled_ids:
+            conn.send_headers(sid, [*post, (":path", "/stall")])
+        conn.send_headers(41, [*post, (":path", "/ok")])
+        sent = dict.fromkeys([*stalled_ids, 41], 0)
+        result = None
+        sock.settimeout(0.05)
+        deadline = time.monotonic() + 10
+        while result is None and time.monotonic() < deadline:
+            for sid in sent:
+                while sent[sid] < body:
+                    n = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size,
+                            body - sent[sid])
+                    if n <= 0:
+                        break
+                    conn.send_data(sid, b"x" * n, end_stream=sent[sid] + n == body)
+                    sent[sid] += n
+            sock.sendall(conn.data_to_send())
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                break
+            for e in conn.receive_data(data):
+                if isinstance(e, h2.events.DataReceived) and e.stream_id == 41:
+                    result = e.data
+        sock.close()
+        return sum(sent[s] for s in stalled_ids), result
+
+    try:
+        stalled_sent, result = await _in_thread(client)
+    finally:
+        gate.set()
+    assert result == str(body).encode()
+    # each stalled stream took no more than its window plus what its body channel holds
+    assert stalled_sent <= len(stalled_ids) * (262144 + 2 * 65536 + 16384), stalled_sent

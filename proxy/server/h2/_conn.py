@@ -2,9 +2,11 @@
 transport, and per-stream flow control tied to backpressure in both directions.
 
 Receiving: DATA is acknowledged (WINDOW_UPDATE) only while the stream's :class:`BodyChannel`
-is below its high-water mark; once the reader falls behind, acknowledgements are held back, so
-the peer's window closes and it stops sending. Nothing is buffered beyond one window plus the
-channel's high-water mark.
+is below its high-water mark; once the reader falls behind, the stream's acknowledgements are
+held back, so the peer's stream window closes and it stops sending on that stream. The
+connection window is always reopened at once, so a stalled stream does not stall its
+neighbours. Nothing is buffered per stream beyond one window plus the channel's high-water
+mark.
 
 Sending: each stream queues outgoing DATA and sends what the peer's windows allow; the stream
 reports ``paused`` while more than ``OUT_HIGH`` bytes wait or the transport's write buffer is
@@ -70,7 +72,7 @@ class StreamIO:
         n = self.unacked
         if n and not self.proto.closed:
             self.unacked = 0
-            self.proto.ack(self.sid, n)
+            self.proto.h2.acknowledge_stream_data(self.sid, n)  # the connection's was at once
             self.proto.flush()
 
     # -- outbound ---------------------------------------------------------------------------------
@@ -137,7 +139,10 @@ class H2Base(asyncio.Protocol):
         if data:
             st.body.feed(data)
         if st.in_paused:
+            # hold back only the stream's window; the connection's reopens at once, so one
+            # stalled stream never blocks the others (its buffer is bounded by its own window)
             st.unacked += flow_len
+            self.h2.acknowledge_connection_data(flow_len)
         elif flow_len:
             self.ack(sid, flow_len)
 
