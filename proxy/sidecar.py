@@ -328,14 +328,18 @@ class Sidecar:
         tickets never outlive the trust they were issued under), and a resumed session whose
         peer certificate has expired since is closed."""
         from certs import tls
-        from proxy.server.tls_session import TicketingServerContexts, resumed_peer_valid
+        from proxy.server.tls_session import (
+            RESUMPTION,
+            TicketingServerContexts,
+            resumed_peer_valid,
+        )
 
         ident = self.identity
         assert ident is not None
 
         def build(cur: Any) -> Any:
             return tls.server_context(
-                cur.chain_pem, cur.key_pem, cur.bundle_pem, True, session_tickets=True
+                cur.chain_pem, cur.key_pem, cur.bundle_pem, True, session_tickets=RESUMPTION
             )
 
         inb.accept_context = TicketingServerContexts(ident._cur, build)

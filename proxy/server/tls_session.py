@@ -51,6 +51,7 @@ contexts keep ``num_tickets = 0``.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -60,6 +61,18 @@ from proxy.telemetry.metrics import UPSTREAM_TLS_HANDSHAKES
 
 #: How long one set of inbound ticket keys (one server context) lives at most.
 TICKET_KEY_ROTATION_S = 3600.0
+
+#: ``MESHLET_TLS_RESUMPTION=off`` turns resumption off on both sides (no tickets issued, no
+#: sessions offered): an escape hatch, and the benchmark's no-resumption baseline. Issuing a
+#: ticket costs a full handshake ~18 % more CPU with OpenSSL 3.0 (it re-encodes and re-parses
+#: the session, peer certificate included), so a sidecar whose peers never resume pays that
+#: for nothing.
+RESUMPTION = os.environ.get("MESHLET_TLS_RESUMPTION", "on").strip().lower() not in (
+    "off",
+    "0",
+    "false",
+    "no",
+)
 
 
 class _SessionOffer:
@@ -145,7 +158,7 @@ async def open_connection(
     peer's identity afterwards, exactly as for a full handshake, and calls
     ``cache.remember(ssl_object)`` once the first response has been read (or ``cache.forget()``
     if it refuses the peer)."""
-    session = cache.offer(context) if cache is not None else None
+    session = cache.offer(context) if cache is not None and RESUMPTION else None
     ssl_arg: Any = context if session is None else _SessionOffer(context, session)
     try:
         transport, proto = await loop.create_connection(

@@ -343,3 +343,51 @@ async def test_resumed_peer_valid_checks_the_certificate_validity_period(mesh):
     assert not resumed_peer_valid(so, now=time.time() - 86400 * 365)  # before notBefore
     pool.close()
     app.server.close()
+
+
+async def test_resumption_off_offers_no_session(mesh, monkeypatch):
+    """MESHLET_TLS_RESUMPTION=off (read at import into RESUMPTION): full handshakes only."""
+    from proxy.server import tls_session
+
+    monkeypatch.setattr(tls_session, "RESUMPTION", False)
+    server_ctx = mesh.server()
+    client_ctx = mesh.client()
+    app = TlsApp(lambda: server_ctx)
+    port = await app.start()
+    pool = EndpointPool("127.0.0.1", port, lambda: client_ctx)
+    assert [(await _request(pool))[0] for _ in range(3)] == [False, False, False]
+    assert app.resumed == [False, False, False]
+    pool.close()
+    app.server.close()
+
+
+def test_peer_spiffe_id_is_parsed_once_per_certificate(mesh, monkeypatch):
+    chain, _ = mesh.svid("orders")
+    der = ssl.PEM_cert_to_DER_cert(
+        chain.decode().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    )
+    parsed: list[bytes] = []
+    real = tls.spiffe_id_from_der
+
+    def counting(d: bytes) -> Any:
+        parsed.append(d)
+        return real(d)
+
+    monkeypatch.setattr(tls, "spiffe_id_from_der", counting)
+    monkeypatch.setattr(tls, "_PEER_IDS", {})
+
+    class Peer:
+        def getpeercert(self, binary_form: bool = False) -> bytes:
+            return der
+
+    assert str(tls.peer_spiffe_id(Peer())) == ORD  # type: ignore[arg-type]
+    assert str(tls.peer_spiffe_id(Peer())) == ORD  # type: ignore[arg-type]
+    assert len(parsed) == 1
+    monkeypatch.setattr(tls, "_PEER_IDS_MAX", 1)
+
+    class Other(Peer):
+        def getpeercert(self, binary_form: bool = False) -> bytes:
+            return b"not a certificate"
+
+    assert tls.peer_spiffe_id(Other()) is None  # type: ignore[arg-type]
+    assert len(tls._PEER_IDS) == 1  # bounded: cleared when full
