@@ -16,6 +16,11 @@ Pairs (both proxies of a pair pinned to CPU 1, wrk + upstream + control plane on
                  (client certificate required and verified, caller SAN matched); certificates made
                  here with openssl (ECDSA P-256, SPIFFE URI SANs), TLS 1.3
   envoy-plain    the same two Envoys without TLS
+  meshlet-churn  meshlet-mtls with a DestinationRule ``maxRequestsPerConnection: 1``: every request
+                 opens a new proxy-to-proxy mTLS connection (resumed after the first one)
+  meshlet-churn-nores  the same with ``MESHLET_TLS_RESUMPTION=off`` (full handshakes only)
+  envoy-churn    envoy-mtls with ``max_requests_per_connection: 1`` on the client's cluster
+                 (Envoy resumes upstream sessions by default)
 
 Scenarios:
 
@@ -25,7 +30,11 @@ Scenarios:
                  cost of accepting plaintext connections plus one request, not of TLS handshakes
   hs-new         openssl s_time -new against the server proxy's inbound port with the client
                  certificate: full TLS handshakes/s (CPU of the server proxy only)
-  hs-reuse       the same with -reuse (session resumption)
+  hs-reuse       the same with -reuse (session resumption; 'resumed' is the share s_time
+                 reports resumed: meshlet issues TLS 1.3 tickets on its inbound port)
+  churn-c10      wrk -c10 keep-alive through a churn pair (only those): requests/s per pair
+                 core when each request costs a proxy-to-proxy mTLS handshake; 'resumed' is
+                 the share of those handshakes that resumed (the client proxy's counters)
 
 Process management, pinning, CPU accounting, wrk parsing, interleaved rounds and the median
 come from bench_http1.py.
@@ -58,6 +67,7 @@ ROOT = h.ROOT
 PY = h.PY
 HOST = "inventory"
 PAIRS = ("meshlet-mtls", "envoy-mtls", "meshlet-plain", "envoy-plain")
+CHURN_PAIRS = ("meshlet-churn", "meshlet-churn-nores", "envoy-churn")
 SCENARIOS = {
     # name: (kind, connections)
     "c10": ("wrk", 10),
@@ -65,6 +75,7 @@ SCENARIOS = {
     "newconn-c10": ("close", 10),
     "hs-new": ("s_time", "-new"),
     "hs-reuse": ("s_time", "-reuse"),
+    "churn-c10": ("churn", 10),
 }
 DEFAULT_SCENARIOS = "c10,c100,newconn-c10,hs-new,hs-reuse"
 SPIFFE = "spiffe://cluster.local/ns/default/sa/{}"
@@ -171,7 +182,8 @@ class Pair:
         self.extra: list[h.Proc] = []  # the control plane (not counted in the pair's CPU)
         self.port = 0
         self.inbound = 0
-        self.tls = name.endswith("mtls")
+        self.tls = name.endswith("mtls") or "churn" in name
+        self.churn = "churn" in name
         self.s_time_args: list[str] = []  # client cert for openssl s_time
         self.admin: list[str] = []
 
@@ -194,13 +206,19 @@ def sidecar_env() -> dict[str, str]:
 
 
 def launch_sidecar(
-    name: str, service: str, app_port: int, extra: list[str], work: Path, cpu: int | None
+    name: str,
+    service: str,
+    app_port: int,
+    extra: list[str],
+    work: Path,
+    cpu: int | None,
+    env: dict[str, str] | None = None,
 ) -> tuple[h.Proc, int, int, int]:
     cmd = [PY, "-m", "control_plane.cli", "sidecar", "--service", service,
            "--app-port", str(app_port), "--outbound", "0", "--inbound", "0", "--admin", "0",
            "--inbound-bind", "127.0.0.1", "--no-access-log", "--drain-timeout", "1",
            "--log-level", "WARNING", *extra]  # fmt: skip
-    p = h.Proc(name, h.pinned(cpu, cmd), work, sidecar_env())
+    p = h.Proc(name, h.pinned(cpu, cmd), work, {**sidecar_env(), **(env or {})})
 
     def ready():
         if not p.alive():
@@ -223,8 +241,29 @@ def cli(data: Path, url: str, *args: str) -> str:
     return r.stdout.strip()
 
 
+ONE_REQUEST_PER_CONNECTION = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: inventory}
+spec:
+  host: inventory
+  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}
+"""
+HANDSHAKES = re.compile(r'^meshlet_upstream_tls_handshakes_total\{resumed="(\w+)"\} (\S+)$', re.M)
+ENVOY_SSL = re.compile(r"^cluster\.inventory\.ssl\.(handshake|session_reused): (\d+)$", re.M)
+
+
+def handshakes(pair: Pair) -> tuple[float, float]:
+    """(all, resumed) outbound mTLS handshakes of the pair's client proxy so far."""
+    text = h.fetch(pair.admin[0])
+    if pair.name.startswith("envoy"):
+        e = {k: float(v) for k, v in ENVOY_SSL.findall(text)}
+        return e.get("handshake", 0.0), e.get("session_reused", 0.0)
+    m = {k: float(v) for k, v in HANDSHAKES.findall(text)}
+    return m.get("true", 0.0) + m.get("false", 0.0), m.get("true", 0.0)
+
+
 def start_meshlet_mtls(pair: Pair, work: Path, up: h.Upstream, cpu, load_cpu) -> None:
-    data = work / "cp-data"
+    data = work / f"cp-data-{pair.name}"
     addr = data / "listen.addr"
     if addr.exists():
         addr.unlink()
@@ -240,21 +279,35 @@ def start_meshlet_mtls(pair: Pair, work: Path, up: h.Upstream, cpu, load_cpu) ->
     for svc in ("inventory", "orders"):
         toks[svc] = work / f"{svc}.token"
         toks[svc].write_text(cli(data, url, "token", "create", "--service", svc))
+    if pair.churn:
+        # before the sidecars start: a pool keeps the maxRequestsPerConnection it was made with
+        dr = work / f"{pair.name}-dr.yaml"
+        dr.write_text(ONE_REQUEST_PER_CONNECTION)
+        cli(data, url, "apply", "-f", str(dr))
     state = {svc: work / f"state-{svc}-{time.monotonic_ns()}" for svc in toks}
+    env = {"MESHLET_TLS_RESUMPTION": "off"} if pair.name.endswith("nores") else None
     pair.server, _, pair.inbound, adm_s = launch_sidecar(
-        "meshlet-mtls-inventory", "inventory", up.ports[0],
+        f"{pair.name}-inventory", "inventory", up.ports[0],
         ["--control-plane", url, "--token-file", str(toks["inventory"]),
-         "--state-dir", str(state["inventory"])], work, cpu)  # fmt: skip
+         "--state-dir", str(state["inventory"])], work, cpu, env)  # fmt: skip
     pair.client, pair.port, _, adm_c = launch_sidecar(
-        "meshlet-mtls-orders", "orders", up.ports[1],
+        f"{pair.name}-orders", "orders", up.ports[1],
         ["--control-plane", url, "--token-file", str(toks["orders"]),
-         "--state-dir", str(state["orders"])], work, cpu)  # fmt: skip
+         "--state-dir", str(state["orders"])], work, cpu, env)  # fmt: skip
     pair.admin = [f"http://127.0.0.1:{adm_c}/metrics", f"http://127.0.0.1:{adm_s}/metrics"]
     o = state["orders"]
     pair.s_time_args = ["-cert", str(o / "cert-chain.pem"), "-key", str(o / "key.pem"),
                         "-CAfile", str(o / "root-cert.pem")]  # fmt: skip
     # the registry has to tell orders where inventory is
     h.wait_until(lambda: h.probe(pair.port, HOST) == 200, 20, "orders -> inventory routable")
+    if pair.churn:
+
+        def one_handshake_per_request() -> bool:
+            before = handshakes(pair)[0]
+            ok = h.probe(pair.port, HOST) == 200 and h.probe(pair.port, HOST) == 200
+            return ok and handshakes(pair)[0] - before == 2
+
+        h.wait_until(one_handshake_per_request, 20, f"{pair.name}: one request per connection")
 
 
 def start_meshlet_plain(pair: Pair, work: Path, up: h.Upstream, cpu, load_cpu) -> None:
@@ -281,6 +334,14 @@ spec:
     pair.admin = [f"http://127.0.0.1:{adm_c}/metrics", f"http://127.0.0.1:{adm_s}/metrics"]
 
 
+ENVOY_ONE_REQUEST_PER_CONNECTION = """    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: {max_requests_per_connection: 1}
+        explicit_http_config: {http_protocol_options: {}}
+"""
+
+
 def start_envoy_pair(pair: Pair, work: Path, up: h.Upstream, cpu, certs, tag: str) -> None:
     server = string.Template((HERE / "envoy-mtls-server.yaml").read_text()).substitute(
         admin_port=0, listen_port=0, upstream_port=up.ports[0],
@@ -289,7 +350,8 @@ def start_envoy_pair(pair: Pair, work: Path, up: h.Upstream, cpu, certs, tag: st
     pair.server, adm_s, pair.inbound = h.launch_envoy(f"{pair.name}-server", server, work, cpu, tag)
     client = string.Template((HERE / "envoy-mtls-client.yaml").read_text()).substitute(
         admin_port=0, listen_port=0, peer_port=pair.inbound,
-        transport=envoy_client_transport(certs) if pair.tls else "",
+        transport=(envoy_client_transport(certs) if pair.tls else "")
+        + (ENVOY_ONE_REQUEST_PER_CONNECTION if pair.churn else ""),
     )  # fmt: skip
     pair.client, adm_c, pair.port = h.launch_envoy(f"{pair.name}-client", client, work, cpu, tag)
     flt = "filter=ssl|upstream_cx_total|downstream_cx_total"
@@ -299,7 +361,7 @@ def start_envoy_pair(pair: Pair, work: Path, up: h.Upstream, cpu, certs, tag: st
 
 
 def start_pair(pair: Pair, work: Path, up: h.Upstream, cpu, load_cpu, certs, n: int) -> None:
-    if pair.name == "meshlet-mtls":
+    if pair.name == "meshlet-mtls" or pair.name.startswith("meshlet-churn"):
         start_meshlet_mtls(pair, work, up, cpu, load_cpu)
     elif pair.name == "meshlet-plain":
         start_meshlet_plain(pair, work, up, cpu, load_cpu)
@@ -353,6 +415,7 @@ def measure(pair: Pair, scenario: str, duration: float, warmup: float, cpus) -> 
     pids = [pair.server.pid] if kind == "s_time" else pair.pids()
     if warmup > 0:
         h.run_wrk(load_cmd(pair, scenario, warmup, load_cpu), warmup)
+    hs0 = handshakes(pair) if kind == "churn" else (0.0, 0.0)
     c0 = sum(h.cpu_seconds(p) for p in pids)
     b0 = h.cpu_busy(proxy_cpu) if proxy_cpu is not None else (0.0, 0.0)
     w0 = time.monotonic()
@@ -361,6 +424,11 @@ def measure(pair: Pair, scenario: str, duration: float, warmup: float, cpus) -> 
     c1 = sum(h.cpu_seconds(p) for p in pids)
     b1 = h.cpu_busy(proxy_cpu) if proxy_cpu is not None else (0.0, 0.0)
     r = parse_s_time(out) if kind == "s_time" else h.parse_wrk(out)
+    if kind == "churn":
+        hs1 = handshakes(pair)
+        n = hs1[0] - hs0[0]
+        r["handshakes"] = n
+        r["resumed_fraction"] = round((hs1[1] - hs0[1]) / n, 3) if n > 0 else None
     if kind == "s_time":  # s_time's own clock counts whole seconds: use ours for CPU/s
         r["rps"] = r["requests"] / wall if r["requests"] else 0.0
     cpu = (c1 - c0) / wall
@@ -399,6 +467,8 @@ RATIOS = [
     ("meshlet-plain", "envoy-plain", "newconn-c10", "meshlet / envoy new conns, plain pair"),
     ("meshlet-mtls", "envoy-mtls", "hs-new", "meshlet / envoy full handshakes"),
     ("meshlet-mtls", "envoy-mtls", "hs-reuse", "meshlet / envoy resumed handshakes"),
+    ("meshlet-churn", "envoy-churn", "churn-c10", "meshlet / envoy, new mTLS conn per request"),
+    ("meshlet-churn", "meshlet-churn-nores", "churn-c10", "meshlet resumed / full handshakes"),
 ]
 
 
@@ -475,7 +545,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="3 s x 1 round")
     ap.add_argument("--scenarios", default=DEFAULT_SCENARIOS, help=", ".join(SCENARIOS))
-    ap.add_argument("--pairs", default=",".join(PAIRS), help=", ".join(PAIRS))
+    ap.add_argument("--pairs", default=",".join(PAIRS), help=", ".join(PAIRS + CHURN_PAIRS))
     ap.add_argument("--upstream", choices=("auto", "nginx", "python"), default="auto")
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--load-cpu", type=int, default=0)
@@ -494,7 +564,7 @@ def main() -> int:
         if x not in SCENARIOS:
             ap.error(f"unknown scenario {x}")
     for x in pairs:
-        if x not in PAIRS:
+        if x not in PAIRS + CHURN_PAIRS:
             ap.error(f"unknown pair {x}")
     for tool in ("wrk", "openssl"):
         if not shutil.which(tool):
@@ -531,6 +601,8 @@ def main() -> int:
                 for name in order:
                     if SCENARIOS[sc][0] == "s_time" and not pmap[name].tls:
                         continue
+                    if pmap[name].churn != (SCENARIOS[sc][0] == "churn"):
+                        continue  # churn pairs run churn-c10 only, and only they run it
                     plan.append((rnd, sc, name))
         total = len(plan)
         for n, (rnd, sc, name) in enumerate(plan, 1):

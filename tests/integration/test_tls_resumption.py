@@ -58,6 +58,7 @@ def _handshakes(sc: Sidecar) -> dict[str, float]:
 
 
 def _mesh(work: Path, cp) -> tuple[Proc, Sidecar, Sidecar]:
+    assert cp.cli("apply", "-f", "-", input=ONE_REQUEST_PER_CONNECTION).returncode == 0
     app, port = start_app(work, "inventory")
     inv = start_sidecar(work, "inventory", port, None, "--control-plane", cp.url, "--token-file",
                         str(cp.token("inventory", work)), "--state-dir", str(work / "inv"),
@@ -69,7 +70,9 @@ def _mesh(work: Path, cp) -> tuple[Proc, Sidecar, Sidecar]:
 
 
 def _one_request_per_connection(cp, orders: Sidecar) -> None:
-    assert cp.cli("apply", "-f", "-", input=ONE_REQUEST_PER_CONNECTION).returncode == 0
+    """Wait until the mesh routes and each request costs one upstream handshake. The
+    DestinationRule is applied before the sidecars start (``_mesh``): an endpoint pool keeps
+    the maxRequestsPerConnection it was created with."""
     wait_until(lambda: _call(orders.outbound)[0] == 200, timeout=20, what="mesh routable")
 
     # the DestinationRule is in force once two requests cost two handshakes
