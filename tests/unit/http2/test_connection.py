@@ -236,6 +236,23 @@ def test_flow_control():
     assert ours.local_flow_control_window(3) == window + 1000
 
 
+def test_connection_and_stream_windows_reopen_separately():
+    """A proxy reopens the connection window as soon as DATA is buffered and a stream's window
+    only when its reader consumes: the peer sees exactly those WINDOW_UPDATEs."""
+    ours, peer, _ = server(Limits(stream_window=1000, connection_window=2000))
+    peer.send_headers(1, REQ)
+    peer.send_data(1, b"x" * 1000)
+    ours.receive_data(peer.data_to_send())
+    ours.acknowledge_connection_data(1000)
+    got = peer.receive_data(ours.data_to_send())
+    assert [(e.stream_id, e.delta) for e in got] == [(0, 1000)]
+    assert peer.local_flow_control_window(1) == 0  # the stream stays closed...
+    ours.acknowledge_stream_data(1, 1000)
+    got = peer.receive_data(ours.data_to_send())
+    assert [(e.stream_id, e.delta) for e in got] == [(1, 1000)]  # ...until its reader catches up
+    assert peer.local_flow_control_window(1) == 1000
+
+
 def test_bad_preface():
     ours = H2Connection(clock=Clock())
     events = ours.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
