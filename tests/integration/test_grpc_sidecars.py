@@ -270,3 +270,64 @@ async def test_h2_over_mtls_between_sidecars(mtls_mesh):
                 and 'reporter="destination"' in x)
     assert 'connection_security_policy="mutual_tls"' in line
     assert 'source_principal="spiffe://cluster.local/ns/default/sa/client"' in line
+
+
+async def test_h2_between_sidecars_resumes_tls_sessions(tmp_path):
+    """With one stream per upstream connection (maxRequestsPerConnection: 1, applied before the
+    sidecars start: a pool keeps the limit it was made with) each call opens a new h2-over-mTLS
+    connection from A to B; after the first, they resume B's TLS 1.3 session, and B still sees
+    A's SPIFFE identity on each."""
+    import re
+
+    from tests.support import start_control_plane
+
+    pb2, pb2_grpc = build(tmp_path / "gen")
+    app = EchoServer(pb2, pb2_grpc, "resume").start()
+    cp = start_control_plane(tmp_path)
+    started: list[Any] = [cp]
+    one_stream = ("apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+                  "metadata: {name: echo}\nspec:\n  host: echo\n"
+                  "  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}\n")
+    try:
+        assert cp.cli("apply", "-f", "-", input=one_stream).returncode == 0
+        b = start_sidecar(tmp_path, "echo", app.port, None, "--control-plane", cp.url,
+                          "--token-file", str(cp.token("echo", tmp_path)),
+                          "--state-dir", str(tmp_path / "echo"), name="echo")
+        started.append(b)
+        a = start_sidecar(tmp_path, "client", 1, None, "--control-plane", cp.url,
+                          "--token-file", str(cp.token("client", tmp_path)),
+                          "--state-dir", str(tmp_path / "client"), name="client")
+        started.append(a)
+        mesh = {"a": a, "pb2_grpc": pb2_grpc}
+
+        def handshakes() -> dict[str, float]:
+            text = a.admin_get("/metrics")[1].decode()
+            pat = r'^meshlet_upstream_tls_handshakes_total\{resumed="(\w+)"\} (\S+)$'
+            return {k: float(v) for k, v in re.findall(pat, text, re.M)}
+
+        stub, ch = _stub(mesh)
+        with ch:
+            deadline = time.monotonic() + 20
+            while True:  # until the registry has pushed echo's endpoint to A
+                try:
+                    await _call(stub.Unary, pb2.Msg(text="metadata"), timeout=5)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+            before = handshakes()
+            for _ in range(6):
+                r = await _call(stub.Unary, pb2.Msg(text="metadata"), timeout=5)
+                md = dict(line.split("=", 1) for line in r.text.splitlines())
+                assert md["x-forwarded-client-cert"].endswith(
+                    "URI=spiffe://cluster.local/ns/default/sa/client")
+        after = handshakes()
+        resumed = after.get("true", 0) - before.get("true", 0)
+        full = after.get("false", 0) - before.get("false", 0)
+        assert resumed + full == 6, (before, after)
+        assert resumed >= 5, (resumed, full)
+    finally:
+        for p in reversed(started):
+            p.stop()
+        app.stop()

@@ -429,6 +429,12 @@ class H2UpstreamPool:
         self._waiters: list[asyncio.Future[None]] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self.peer_principal = ""
+        # TLS session resumption: the endpoint's last session, offered on new connections
+        self.sessions: Any = None
+        if ssl_context is not None:
+            from proxy.server.tls_session import SessionCache
+
+            self.sessions = SessionCache()
 
     async def acquire(self, timeout: float) -> tuple[H2UpstreamStream, bool]:
         """A stream slot on a connection with room (opening one when needed) and whether the
@@ -481,15 +487,25 @@ class H2UpstreamPool:
         conn: H2ClientConnection | None = None
         try:
             ctx = self.ssl() if self.ssl is not None else None
-            _, conn = await self.loop.create_connection(
-                lambda: H2ClientConnection(self), self.host, self.port, ssl=ctx,
-                server_hostname=self.server_hostname if ctx is not None else None,
-            )
-            if ctx is not None:
+            sslobj = None
+            if ctx is None:
+                _, conn = await self.loop.create_connection(
+                    lambda: H2ClientConnection(self), self.host, self.port
+                )
+            else:
+                from proxy.server.tls_session import open_connection
+
+                # offers the endpoint's last TLS session (resumption), counts the handshake
+                _, conn = await open_connection(
+                    self.loop, lambda: H2ClientConnection(self), self.host, self.port, ctx,
+                    self.sessions, server_hostname=self.server_hostname or "",
+                )
                 sslobj = conn.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
                 if sslobj is None or sslobj.selected_alpn_protocol() != "h2":
                     raise ConnectionError("upstream did not negotiate h2 (ALPN)")
+                # resumed or not: the session records the peer's certificate, checked here
                 if self.verify_peer is not None and not self.verify_peer(sslobj):
+                    self.sessions.forget()
                     raise ConnectionError("upstream presented an unexpected identity")
             # one round trip on a new connection: opening more streams than the peer allows
             # before its SETTINGS arrive would be refused (or end the connection)
@@ -500,6 +516,9 @@ class H2UpstreamPool:
                 pass
             if conn.closed:
                 raise ConnectionError("upstream closed the connection before its SETTINGS")
+            if sslobj is not None:
+                # a TLS 1.3 ticket arrives after the handshake, before the peer's SETTINGS
+                self.sessions.remember(sslobj)
             self.conns.append(conn)
         except BaseException:
             if conn is not None and not conn.closed:
