@@ -222,7 +222,8 @@ class H2Connection:
         self._self_dependent = 0
         self._priority_frames = 0
         self._streams_opened = 0
-        self.closed = False
+        self.closed = False  # we sent GOAWAY (or the connection failed): nothing more is read
+        self.goaway_received = False  # the peer sent GOAWAY: no new streams of ours
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -274,6 +275,8 @@ class H2Connection:
         if stream is None:
             if stream_id != self._next_local or not self.client_side:
                 raise LocalProtocolError(f"stream {stream_id} cannot be opened here")
+            if self.goaway_received:
+                raise LocalProtocolError("the peer sent GOAWAY: no new streams")
             # a client's streams are all its own (push is disabled), so no count is needed
             if len(self._streams) >= self._peer_max_concurrent:
                 raise LocalProtocolError("peer's SETTINGS_MAX_CONCURRENT_STREAMS reached")
@@ -404,8 +407,15 @@ class H2Connection:
             self._control(fr.ping(True, data))
             events.append(PingReceived(data))
         elif ftype == fr.GOAWAY:
+            # The peer opens no more streams and processed none of ours above ``last``; the
+            # streams at or below it carry on to the end (a graceful shutdown drains them), so
+            # frames keep being read. The peer closes the connection when it is done.
             last, code, debug = fr.parse_goaway(sid, payload)
-            self.closed = True
+            self.goaway_received = True
+            mine = 1 if self.client_side else 0
+            for gone in [i for i in self._streams if i > last and (i & 1) == mine]:
+                del self._streams[gone]
+                self._reset_ids.append(gone)  # frames still in flight on it are ignored
             events.append(ConnectionTerminated(code, last, debug, True))
         elif ftype == fr.PRIORITY:
             fr.parse_priority(sid, payload)  # RFC 9113 deprecates priority: checked, ignored

@@ -135,3 +135,27 @@ async def test_goaway_retires_the_connection(upstream):
     assert (await _get(pool, "/two"))[1] == b"/two"
     assert pool.conns and pool.conns[0] is not first
     pool.close()
+
+
+async def test_a_graceful_goaway_lets_streams_in_flight_finish(upstream):
+    """The upstream shuts down gracefully (GOAWAY with the last stream it took) while a response
+    is pending: that response still arrives whole, and later requests use a new connection."""
+    pool = H2UpstreamPool("127.0.0.1", upstream.port)
+    pending = asyncio.create_task(_get(pool, "/pending"))
+    for _ in range(200):
+        if upstream.active:
+            break
+        await asyncio.sleep(0.01)
+    for c in list(upstream.connections):
+        c.shutdown()  # GOAWAY(NO_ERROR, last stream = the pending one)
+    first = pool.conns[0]
+    for _ in range(100):
+        if first.going_away:
+            break
+        await asyncio.sleep(0.01)
+    upstream.gate.set()
+    status, body, _ = await asyncio.wait_for(pending, 5)
+    assert (status, body) == (200, b"/pending")
+    assert (await _get(pool, "/after"))[1] == b"/after"
+    assert pool.conns and pool.conns[0] is not first
+    pool.close()

@@ -279,6 +279,30 @@ def test_goaway_and_remote_reset_events():
     assert isinstance(events[1], StreamReset) and events[1].remote and events[1].error_code == 8
 
 
+def test_streams_below_a_graceful_goaway_finish():
+    """A server's GOAWAY(last_stream_id=1): stream 1 is still answered in full, stream 3 (never
+    processed) is forgotten, and no new stream may be opened."""
+    ours = H2Connection(client_side=True, clock=Clock())
+    ours.initiate_connection()
+    peer = h2_peer(client_side=False)
+    peer.receive_data(ours.data_to_send())
+    ours.receive_data(peer.data_to_send())
+    for sid in (1, 3):
+        ours.send_headers(sid, REQ, end_stream=True)
+    peer.receive_data(ours.data_to_send())
+    peer.data_to_send()
+    peer.send_headers(1, [(b":status", b"200")])
+    peer.send_data(1, b"done", end_stream=True)
+    # GOAWAY first (by hand: h2 sends nothing after its own GOAWAY), then stream 1's answer
+    events = ours.receive_data(fr.goaway(1, 0, b"") + peer.data_to_send())
+    assert kinds(events) == ["ConnectionTerminated", "ResponseReceived", "DataReceived",
+                             "StreamEnded"]  # fmt: skip
+    assert events[0].last_stream_id == 1 and events[2].data == b"done"
+    assert 3 not in ours._streams
+    with pytest.raises(LocalProtocolError):
+        ours.send_headers(5, REQ, end_stream=True)
+
+
 @settings(max_examples=150, deadline=None)
 @given(data=st.binary(max_size=200), cuts=st.lists(st.integers(0, 300), max_size=4))
 def test_garbage_never_raises(data, cuts):
