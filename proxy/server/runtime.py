@@ -94,6 +94,18 @@ class Runtime:
         live.add((self.inbound_cluster.endpoints[0].key, False))
         for key in [k for k in self.pools if k[:2] not in live]:
             self.pools.pop(key).close()
+        # pools that stay take the new DestinationRule settings and expected identity: a
+        # connectionPool change (maxRequestsPerConnection, idleTimeout) or a new service account
+        # applies to the next connection, without dropping the ones open now
+        if self.pools:
+            for c in table.clusters.values():
+                for ep in c.endpoints:
+                    for h2 in (False, True):
+                        p = self.pools.get((ep.key, ep.tls, h2))
+                        if p is not None:
+                            p.idle_timeout = c.idle_timeout
+                            p.max_requests = c.max_requests_per_connection
+                            p.verify_peer = self._verifier(ep)
 
     def passthrough_cluster(self, dst: tuple[str, int]) -> Cluster:
         key = f"{dst[0]}:{dst[1]}"
@@ -144,15 +156,7 @@ class Runtime:
         key = (ep.key, ep.tls, h2)
         p = self.pools.get(key)
         if p is None:
-            verify = None
-            if ep.tls and ep.spiffe_id and self.peer_identity is not None:
-                expected = ep.spiffe_id
-                ident = self.peer_identity
-
-                def verify(sslobj: Any) -> bool:
-                    # the server must be the identity the destination service should have
-                    return ident(sslobj) == expected
-
+            verify = self._verifier(ep)
             if h2:
                 from proxy.server.h2.client import H2UpstreamPool
 
@@ -170,6 +174,19 @@ class Runtime:
                 verify,
             )
         return p
+
+    def _verifier(self, ep: Endpoint) -> Callable[[Any], bool] | None:
+        """The check of an mTLS upstream's identity: the server must be the identity the
+        destination service should have (its SPIFFE ID from the registry)."""
+        if not (ep.tls and ep.spiffe_id and self.peer_identity is not None):
+            return None
+        expected = ep.spiffe_id
+        ident = self.peer_identity
+
+        def verify(sslobj: Any) -> bool:
+            return ident(sslobj) == expected
+
+        return verify
 
     def endpoint_started(self, ep: Endpoint) -> None:
         self.active[ep.key] = self.active.get(ep.key, 0) + 1
