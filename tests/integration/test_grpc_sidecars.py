@@ -218,6 +218,13 @@ async def test_grpc_status_in_metrics(mesh):
 
 
 
+def _joined(work: Any, cp: Any, service: str, app_port: int) -> Any:
+    """A sidecar process that joins the control plane ``cp`` with a join token."""
+    return start_sidecar(work, service, app_port, None, "--control-plane", cp.url,
+                         "--token-file", str(cp.token(service, work)),
+                         "--state-dir", str(work / service), name=service)
+
+
 @pytest.fixture(scope="module")
 def mtls_mesh(tmp_path_factory: pytest.TempPathFactory):
     """A control plane, and sidecars that join it: A -> B is h2 over mTLS chosen by ALPN."""
@@ -229,13 +236,9 @@ def mtls_mesh(tmp_path_factory: pytest.TempPathFactory):
     cp = start_control_plane(work)
     started: list[Any] = [cp]
     try:
-        b = start_sidecar(work, "echo", app.port, None, "--control-plane", cp.url,
-                          "--token-file", str(cp.token("echo", work)),
-                          "--state-dir", str(work / "echo"), name="echo")
+        b = _joined(work, cp, "echo", app.port)
         started.append(b)
-        a = start_sidecar(work, "client", 1, None, "--control-plane", cp.url,
-                          "--token-file", str(cp.token("client", work)),
-                          "--state-dir", str(work / "client"), name="client")
+        a = _joined(work, cp, "client", 1)
         started.append(a)
         yield {"a": a, "b": b, "apps": [app], "pb2": pb2, "pb2_grpc": pb2_grpc}
     finally:
@@ -290,13 +293,9 @@ async def test_h2_between_sidecars_resumes_tls_sessions(tmp_path):
                   "  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}\n")
     try:
         assert cp.cli("apply", "-f", "-", input=one_stream).returncode == 0
-        b = start_sidecar(tmp_path, "echo", app.port, None, "--control-plane", cp.url,
-                          "--token-file", str(cp.token("echo", tmp_path)),
-                          "--state-dir", str(tmp_path / "echo"), name="echo")
+        b = _joined(tmp_path, cp, "echo", app.port)
         started.append(b)
-        a = start_sidecar(tmp_path, "client", 1, None, "--control-plane", cp.url,
-                          "--token-file", str(cp.token("client", tmp_path)),
-                          "--state-dir", str(tmp_path / "client"), name="client")
+        a = _joined(tmp_path, cp, "client", 1)
         started.append(a)
         mesh = {"a": a, "pb2_grpc": pb2_grpc}
 
