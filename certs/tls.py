@@ -13,6 +13,7 @@ import ssl
 import tempfile
 from collections.abc import Callable, Sequence
 
+from certs import session_cache
 from certs.spiffe import SpiffeId
 from certs.verify import InvalidSvid, spiffe_id_from_der
 
@@ -87,16 +88,19 @@ def server_context(
     fails the handshake. ``False``: a certificate is requested and, if sent, must verify, but
     a client may connect without one (the control plane's API: join-token callers have none).
 
-    ``session_tickets=True`` issues one TLS 1.3 ticket per connection so peers can resume.
+    ``session_tickets=True`` issues one TLS 1.3 ticket per connection so peers can resume,
+    stateful where possible (sessions kept in the context's own bounded cache, see
+    ``certs/session_cache.py``: a resumption then decodes nothing and costs about a third).
     Only for a caller that handles what a resumed session skips (chain verification against
     the current bundle): each connection must be created from this very context, so the
-    ticket keys (held by the context) die with it when the certificate or bundle changes, and
-    a resumed peer's certificate must be re-checked for expiry. The sidecar's inbound listener
-    does both (``proxy/server/tls_session.py``); nothing else should turn this on.
+    sessions (and ticket keys) it holds die with it when the certificate or bundle changes,
+    and a resumed peer's certificate must be re-checked for expiry. The sidecar's inbound
+    listener does both (``proxy/server/tls_session.py``); nothing else should turn this on.
     """
     ctx = _server_base(require_client_cert, alpn)
     if session_tickets:
         ctx.num_tickets = 1
+        session_cache.enable(ctx)
     _load_cert_chain(ctx, chain_pem, key_pem)
     _load_bundle(ctx, bundle_pem)
     return ctx

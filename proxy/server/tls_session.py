@@ -26,20 +26,23 @@ not: ``getpeercert`` returns the certificate recorded in the session.
 Inbound (server side)
 ---------------------
 A resumed session skips chain verification: the server trusts what it verified when it issued
-the ticket. OpenSSL encrypts tickets with keys held by the *session context* (the context the
-connection was created from, not one switched to by an SNI callback). Meshlet's policy, in
-:class:`TicketingServerContexts`:
+the ticket. The tickets are stateful (``certs/session_cache.py``): each is an id into the
+*session context's* own bounded session cache (the context the connection was created from,
+not one switched to by an SNI callback), which makes a resumption about three times cheaper
+than decoding a stateless ticket with OpenSSL 3.0. (Where the cache cannot be set up the
+context falls back to stateless tickets, whose keys the context holds: the policy below is the
+same for both.) Meshlet's policy, in :class:`TicketingServerContexts`:
 
 * every accepted TLS connection is created from the context of the current identity, built
-  with tickets on; a new certificate or a new trust bundle is a new context, hence new ticket
-  keys: a ticket issued before the change does not decrypt after it, and the client falls back
-  to a full handshake verified against the current bundle. A ticket can therefore only resume
+  with tickets on; a new certificate or a new trust bundle is a new context, hence an empty
+  session cache (new ticket keys): a ticket issued before the change does not resume after it,
+  and the client falls back to a full handshake verified against the current bundle. A ticket can therefore only resume
   under the very bundle its chain was verified against (Envoy gets the same from rotating
   ticket keys; we rotate by rebuilding the context);
 * the context is also rebuilt every ``rotate_after`` seconds (default one hour), which bounds
   how long a chain of resumptions can go without a full verification (OpenSSL resets a
-  session's age each time it issues a fresh ticket on a resumed connection, and its own
-  7200 s ticket lifetime cannot be set from Python);
+  session's age each time it issues a fresh ticket on a resumed connection; the cached
+  sessions themselves expire after an hour);
 * on a resumed connection the listener re-checks in Python that the peer's certificate is
   within its validity period now (:func:`resumed_peer_valid`): a session must not outlive the
   certificate it authenticated. Cheap: only resumed connections pay, and ``getpeercert()``
@@ -65,10 +68,7 @@ from proxy.telemetry.metrics import UPSTREAM_TLS_HANDSHAKES
 TICKET_KEY_ROTATION_S = 3600.0
 
 #: ``MESHLET_TLS_RESUMPTION=off`` turns resumption off on both sides (no tickets issued, no
-#: sessions offered): an escape hatch, and the benchmark's no-resumption baseline. Issuing a
-#: ticket costs a full handshake ~18 % more CPU with OpenSSL 3.0 (it re-encodes and re-parses
-#: the session, peer certificate included), so a sidecar whose peers never resume pays that
-#: for nothing.
+#: sessions offered): an escape hatch, and the benchmark's no-resumption baseline.
 RESUMPTION = os.environ.get("MESHLET_TLS_RESUMPTION", "on").strip().lower() not in (
     "off",
     "0",
