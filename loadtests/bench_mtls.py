@@ -22,6 +22,18 @@ Pairs (both proxies of a pair pinned to CPU 1, wrk + upstream + control plane on
   envoy-churn    envoy-mtls with ``max_requests_per_connection: 1`` on the client's cluster
                  (Envoy resumes upstream sessions by default)
 
+Server-only REFERENCE targets (hs-new / hs-reuse only; not in the default run; no client proxy,
+s_time connects straight to them; pinned to the proxy CPU; envoy-mtls' certificates: inventory's
+as the server certificate, orders' as s_time's client certificate):
+
+  openssl-server  ``openssl s_server -WWW`` (C, the system OpenSSL 3.0 that Python's ``ssl``
+                 links), TLS 1.3, client certificate required and verified (``-Verify 2``),
+                 default session tickets; s_time asks for a ~100-byte ``/index.txt``. The
+                 same library without Python: does it explain meshlet's gap to Envoy (BoringSSL)?
+  py-uvloop-tls  loadtests/tls_ceiling_server.py: uvloop ``create_server`` with an SSLContext like
+                 meshlet's inbound (TLS 1.3, CERT_REQUIRED, ``num_tickets = 1``) answering a fixed
+                 HTTP/1.0 200 and closing: the ceiling for any Python proxy on this stack
+
 Scenarios:
 
   c10, c100      wrk -t1 -cN GET / (keep-alive): requests/s per pair core (CPU of both proxies)
@@ -41,6 +53,8 @@ come from bench_http1.py.
 
     python loadtests/bench_mtls.py --duration 10 --rounds 3
     python loadtests/bench_mtls.py --quick
+    python loadtests/bench_mtls.py --pairs meshlet-mtls,envoy-mtls,openssl-server,py-uvloop-tls \
+        --scenarios hs-new,hs-reuse --duration 6 --rounds 3
 """
 
 from __future__ import annotations
@@ -68,6 +82,7 @@ PY = h.PY
 HOST = "inventory"
 PAIRS = ("meshlet-mtls", "envoy-mtls", "meshlet-plain", "envoy-plain")
 CHURN_PAIRS = ("meshlet-churn", "meshlet-churn-nores", "envoy-churn")
+REFERENCE = ("openssl-server", "py-uvloop-tls")  # server-only, hs-* scenarios only
 SCENARIOS = {
     # name: (kind, connections)
     "c10": ("wrk", 10),
@@ -182,9 +197,11 @@ class Pair:
         self.extra: list[h.Proc] = []  # the control plane (not counted in the pair's CPU)
         self.port = 0
         self.inbound = 0
-        self.tls = name.endswith("mtls") or "churn" in name
+        self.reference = name in REFERENCE  # server only: no client proxy, no admin
+        self.tls = name.endswith("mtls") or "churn" in name or self.reference
         self.churn = "churn" in name
         self.s_time_args: list[str] = []  # client cert for openssl s_time
+        self.s_time_path = "/"  # what s_time -www asks for
         self.admin: list[str] = []
 
     def pids(self) -> list[int]:
@@ -360,7 +377,57 @@ def start_envoy_pair(pair: Pair, work: Path, up: h.Upstream, cpu, certs, tag: st
                         "-CAfile", str(certs["ca"])]  # fmt: skip
 
 
+REFERENCE_BODY = b"bench_mtls reference target: a small fixed body, one hundred bytes or so, ok.\n"
+
+
+def start_reference(pair: Pair, work: Path, cpu, certs) -> None:
+    """openssl-server / py-uvloop-tls: a server only, the envoy pairs' certificates."""
+    if pair.name == "openssl-server":
+        www = work / "openssl-www"
+        www.mkdir(exist_ok=True)
+        (www / "index.txt").write_bytes(REFERENCE_BODY)
+        pair.inbound = h.free_port()
+        # -WWW serves files relative to the cwd; Proc runs in ROOT, so env -C (exec, same pid)
+        cmd = ["env", "-C", str(www), "openssl", "s_server",
+               "-accept", f"127.0.0.1:{pair.inbound}", "-tls1_3",
+               "-cert", str(certs["inventory_cert"]), "-key", str(certs["inventory_key"]),
+               "-CAfile", str(certs["ca"]), "-Verify", "2", "-verify_return_error",
+               "-WWW", "-quiet", "-verify_quiet"]  # fmt: skip
+        pair.server = h.Proc(pair.name, h.pinned(cpu, cmd), work)
+        pair.s_time_path = "/index.txt"
+    else:
+        cmd = [PY, str(HERE / "tls_ceiling_server.py"), "--cert", str(certs["inventory_cert"]),
+               "--key", str(certs["inventory_key"]), "--ca", str(certs["ca"])]  # fmt: skip
+        pair.server = p = h.Proc(pair.name, h.pinned(cpu, cmd), work)
+
+        def port() -> re.Match | None:
+            if not p.alive():
+                raise RuntimeError(f"{pair.name} exited:\n{p.stderr()[-3000:]}")
+            return re.search(r"^port=(\d+)$", p.out_path.read_text(), re.M)
+
+        pair.inbound = int(h.wait_until(port, 20, f"{pair.name} port").group(1))
+    pair.s_time_args = ["-cert", str(certs["orders_cert"]), "-key", str(certs["orders_key"]),
+                        "-CAfile", str(certs["ca"])]  # fmt: skip
+
+    def answers() -> bool:
+        if not pair.server.alive():
+            raise RuntimeError(f"{pair.name} exited:\n{pair.server.stderr()[-3000:]}")
+        req = f"GET {pair.s_time_path} HTTP/1.0\r\n\r\n"
+        try:
+            r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{pair.inbound}",
+                                "-quiet", *pair.s_time_args], input=req, capture_output=True,
+                               text=True, timeout=10)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return False
+        return r.stdout.startswith("HTTP/1.0 200")
+
+    h.wait_until(answers, 20, f"{pair.name}: HTTP/1.0 200 over mTLS", interval=0.2)
+
+
 def start_pair(pair: Pair, work: Path, up: h.Upstream, cpu, load_cpu, certs, n: int) -> None:
+    if pair.reference:
+        start_reference(pair, work, cpu, certs)
+        return
     if pair.name == "meshlet-mtls" or pair.name.startswith("meshlet-churn"):
         start_meshlet_mtls(pair, work, up, cpu, load_cpu)
     elif pair.name == "meshlet-plain":
@@ -382,7 +449,8 @@ def load_cmd(pair: Pair, scenario: str, duration: float, cpu: int | None) -> lis
         # -www makes s_time send a request and read the answer: with TLS 1.3 the session ticket
         # arrives after the handshake, so without reading, -reuse would never resume
         return h.pinned(cpu, ["openssl", "s_time", "-connect", f"127.0.0.1:{pair.inbound}",
-                              arg, "-time", str(d), "-www", "/", *pair.s_time_args])  # fmt: skip
+                              arg, "-time", str(d), "-www", pair.s_time_path,
+                              *pair.s_time_args])  # fmt: skip
     cmd = ["wrk", "-t1", f"-c{arg}", f"-d{d}s", "--latency", "--timeout", "5s",
            "-H", f"Host: {HOST}"]  # fmt: skip
     if kind == "close":
@@ -467,6 +535,13 @@ RATIOS = [
     ("meshlet-plain", "envoy-plain", "newconn-c10", "meshlet / envoy new conns, plain pair"),
     ("meshlet-mtls", "envoy-mtls", "hs-new", "meshlet / envoy full handshakes"),
     ("meshlet-mtls", "envoy-mtls", "hs-reuse", "meshlet / envoy resumed handshakes"),
+    # reference targets (--pairs ...,openssl-server,py-uvloop-tls): where the ceiling is
+    ("meshlet-mtls", "openssl-server", "hs-new", "meshlet / openssl s_server full hs"),
+    ("meshlet-mtls", "openssl-server", "hs-reuse", "meshlet / openssl s_server resumed hs"),
+    ("openssl-server", "envoy-mtls", "hs-new", "openssl s_server / envoy full hs"),
+    ("openssl-server", "envoy-mtls", "hs-reuse", "openssl s_server / envoy resumed hs"),
+    ("py-uvloop-tls", "envoy-mtls", "hs-new", "py uvloop TLS server / envoy full hs"),
+    ("py-uvloop-tls", "envoy-mtls", "hs-reuse", "py uvloop TLS server / envoy resumed hs"),
     ("meshlet-churn", "envoy-churn", "churn-c10", "meshlet / envoy, new mTLS conn per request"),
     ("meshlet-churn", "meshlet-churn-nores", "churn-c10", "meshlet resumed / full handshakes"),
 ]
@@ -506,7 +581,8 @@ def report(s: dict, rounds: int, duration: float) -> tuple[str, list[dict]]:
     lines += [hdr, "-" * len(hdr)]
     for sc, row in s.items():
         for p, v in row.items():
-            env = row.get(p.replace("meshlet", "envoy"), {}).get("rps_per_core")
+            twin = "envoy-mtls" if p in REFERENCE else p.replace("meshlet", "envoy")
+            env = row.get(twin, {}).get("rps_per_core")
             rel = h.ratio(v["rps_per_core"], env)
             cells = [sc, p, f"{v['rps']:.0f}", h.fmt(v["proxy_cpu"], ".2f"),
                      h.fmt(v["rps_per_core"], ",.0f"), h.fmt(rel, ".2f"),
@@ -532,6 +608,11 @@ def report(s: dict, rounds: int, duration: float) -> tuple[str, list[dict]]:
         "hs-*: openssl s_time -www / with the client certificate: handshake + one HTTP/1.0 "
         "request per connection; 'resumed' = share of connections s_time marked resumed."
     )
+    if any(p in row for row in s.values() for p in REFERENCE):
+        lines.append(
+            "openssl-server (C s_server -WWW, system OpenSSL) and py-uvloop-tls (bare uvloop + "
+            "ssl server) are server-only references, 'vs envoy' against envoy-mtls's server."
+        )
     return "\n".join(lines), out
 
 
@@ -545,7 +626,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="3 s x 1 round")
     ap.add_argument("--scenarios", default=DEFAULT_SCENARIOS, help=", ".join(SCENARIOS))
-    ap.add_argument("--pairs", default=",".join(PAIRS), help=", ".join(PAIRS + CHURN_PAIRS))
+    ap.add_argument("--pairs", default=",".join(PAIRS),
+                    help=", ".join(PAIRS + CHURN_PAIRS + REFERENCE))  # fmt: skip
     ap.add_argument("--upstream", choices=("auto", "nginx", "python"), default="auto")
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--load-cpu", type=int, default=0)
@@ -564,7 +646,7 @@ def main() -> int:
         if x not in SCENARIOS:
             ap.error(f"unknown scenario {x}")
     for x in pairs:
-        if x not in PAIRS + CHURN_PAIRS:
+        if x not in PAIRS + CHURN_PAIRS + REFERENCE:
             ap.error(f"unknown pair {x}")
     for tool in ("wrk", "openssl"):
         if not shutil.which(tool):
@@ -595,11 +677,18 @@ def main() -> int:
             print(f"[mtls] started {p.name:<14} port={p.port} inbound={p.inbound} "
                   f"pids={p.pids()}", file=sys.stderr)  # fmt: skip
         plan = []
+        for name in pairs:
+            skip = [sc for sc in scenarios if SCENARIOS[sc][0] != "s_time"]
+            if pmap[name].reference and skip:
+                print(f"[mtls] {name} is a server-only reference (hs-* only): skipping "
+                      f"{','.join(skip)}", file=sys.stderr)  # fmt: skip
         for rnd in range(args.rounds):
             order = pairs[rnd % len(pairs) :] + pairs[: rnd % len(pairs)]
             for sc in scenarios:
                 for name in order:
                     if SCENARIOS[sc][0] == "s_time" and not pmap[name].tls:
+                        continue
+                    if pmap[name].reference and SCENARIOS[sc][0] != "s_time":
                         continue
                     if pmap[name].churn != (SCENARIOS[sc][0] == "churn"):
                         continue  # churn pairs run churn-c10 only, and only they run it
