@@ -73,8 +73,10 @@ def build_app(name: str, version: str, outbound: str = "") -> web.Application:
         return web.json_response({"service": name, "version": version, **state})
 
     async def download(request: web.Request) -> web.StreamResponse:
-        """Streams ``size`` bytes in 64 KiB pieces, chunked (no content-length)."""
+        """Streams ``size`` bytes in 64 KiB pieces, chunked (no content-length), ``pause_ms``
+        apart (a slow stream, for timeouts that must cut a body)."""
         size = int(request.query.get("size", str(1 << 20)))
+        pause = float(request.query.get("pause_ms", "0")) / 1000.0
         resp = web.StreamResponse()
         resp.enable_chunked_encoding()
         await resp.prepare(request)
@@ -84,6 +86,8 @@ def build_app(name: str, version: str, outbound: str = "") -> web.Application:
             n = min(len(piece), size - sent)
             await resp.write(piece[:n])
             sent += n
+            if pause:
+                await asyncio.sleep(pause)
         await resp.write_eof()
         return resp
 

@@ -159,8 +159,9 @@ class Forwarder:
             dst = down.original_dst
             svc = table.by_address.get(f"{dst[0]}:{dst[1]}") or table.by_address.get(host)
             if svc is not None:
-                res = match.find(table, svc, head.path, head.query, head.method, head.host, "http",
-                                 head.headers)
+                res = match.find(
+                    table, svc, head.path, head.query, head.method, head.host, "http", head.headers
+                )
             else:
                 return await self._passthrough(down, head, ex, dst)
         if res is None or res[1] is None:
@@ -220,8 +221,18 @@ class Forwarder:
         cluster = self.rt.passthrough_cluster(dst)
         ex.service = cluster.service
         ex.cluster = cluster.name
-        await self._forward(down, head, head.target, head.headers, [], cluster,
-                            self.rt.policies.inbound(cluster), ex, "outbound", None)
+        await self._forward(
+            down,
+            head,
+            head.target,
+            head.headers,
+            [],
+            cluster,
+            self.rt.policies.inbound(cluster),
+            ex,
+            "outbound",
+            None,
+        )
 
     async def inbound(self, down: Any, head: Any) -> None:
         rt = self.rt
@@ -303,7 +314,10 @@ class Forwarder:
         if ctx.fmt == "w3c":
             # inject()'s W3C case, formatted straight into the head line
             extra.append(
-                "traceparent: 00-" + ctx.trace_id + "-" + ctx.span_id
+                "traceparent: 00-"
+                + ctx.trace_id
+                + "-"
+                + ctx.span_id
                 + _FLAGS[(1 if ctx.sampled else 0) | (2 if ctx.random_id else 0)]
             )
             if ctx.tracestate:
@@ -478,11 +492,13 @@ class Forwarder:
                     hdr = policy.first_try_header
                     if hdr is None:
                         hdr = policy.first_try_header = (
-                            "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout))
+                            "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout)
+                        )
                     try_extra.append(hdr)
                 else:
                     try_extra.append(
-                        "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout))
+                        "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout)
+                    )
             if attempt > 1:
                 try_extra.append("x-envoy-attempt-count: %d" % attempt)
             drop = _PROPAGATION if ex.trace is not None else None
@@ -932,6 +948,7 @@ class Forwarder:
             return None
         no_body, length = conn.response_length()
         # -- response body, with a fast path for a body that is already complete
+        cut: list[bool] | None = None
         try:
             data = rbody.read_nowait()
             if data is not None and rbody.at_eof and not rbody.trailers:
@@ -960,16 +977,27 @@ class Forwarder:
                     no_body,
                 )
                 total = 0
-                while True:
-                    if data is None:
-                        data = await rbody.read()
-                    if not data:
-                        break
-                    total += len(data)
-                    down.send_data(data)
-                    data = None
-                    if down.paused:
-                        await down.drain()
+                stop = None
+                if deadline:
+                    # the route timeout spans the whole response, body included (Envoy)
+                    cut = []
+                    stop = asyncio.get_running_loop().call_later(
+                        max(0.0, deadline - _monotonic()), _cut_body, conn, rbody, down, cut
+                    )
+                try:
+                    while True:
+                        if data is None:
+                            data = await rbody.read()
+                        if not data:
+                            break
+                        total += len(data)
+                        down.send_data(data)
+                        data = None
+                        if down.paused:
+                            await down.drain()
+                finally:
+                    if stop is not None:
+                        stop.cancel()
                 trailers = rbody.trailers
                 down.send_end(trailers)
                 ex.resp_bytes = total
@@ -979,10 +1007,11 @@ class Forwarder:
                             ex.grpc = value
                             break
         except ChannelClosed:
-            # the upstream reset mid-body: the client must see a broken response, not a short one
+            # the upstream reset mid-body, or the route timeout cut it: the client must see a
+            # broken response, not a short one
             _cancel(pump)
             down.reset()
-            ex.flags = "UPE"
+            ex.flags = "UT" if cut else "UPE"
             self._account(ex, head, reporter)
             return None
         if source is not None:
@@ -1115,6 +1144,16 @@ class ReplayBody:
 
 def source_fresh(source: Any) -> bool:
     return source is None or not source.started or source.replayable
+
+
+def _cut_body(conn: Any, rbody: Any, down: Any, cut: list[bool]) -> None:
+    """The route timeout fired while the response body was streaming: reset both sides. The
+    status already went out, so the client learns it from the broken framing (HTTP/1.1: the
+    connection closes before the body's end; HTTP/2: RST_STREAM), as from Envoy."""
+    cut.append(True)
+    rbody.set_exception(ChannelClosed("route timeout during the response body"))
+    conn.abort()
+    down.reset()
 
 
 def _cancel(task: Any) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import socket
+import subprocess
 import time
 
 import aiohttp
@@ -72,6 +73,9 @@ spec:
     route: [{{destination: {{host: inventory}}}}]
   - match: [{{uri: {{prefix: /abort}}}}]
     fault: {{abort: {{httpStatus: 503, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: inventory}}}}]
+  - match: [{{uri: {{prefix: /download}}}}]
+    timeout: 600ms
     route: [{{destination: {{host: inventory}}}}]
   - match: [{{uri: {{prefix: /slowfault}}}}]
     fault: {{delay: {{fixedDelay: 200ms, percentage: {{value: 100}}}}}}
@@ -208,6 +212,50 @@ async def test_route_timeout_is_504_ut(mesh):
     status, headers, _ = await _req(mesh, "inventory", "/delay?ms=2000")
     assert status == 504 and headers["x-meshlet-response-flags"] == "UT"
     assert time.monotonic() - t0 < 1.5
+
+
+async def test_route_timeout_cuts_a_response_body_that_outlasts_it(mesh):
+    """Envoy's route timeout spans the whole response: a body still streaming when it fires
+    is cut (the client sees a broken body, never a short one passed off as whole)."""
+    sc = mesh["sidecar"]
+    t0 = time.monotonic()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(
+            f"http://127.0.0.1:{sc.outbound}/download?size=1048576&pause_ms=100",
+            headers={"Host": "inventory"},
+        ) as r,
+    ):
+        assert r.status == 200  # 16 pieces 100 ms apart: 1.6 s of body, 600 ms allowed
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    assert time.monotonic() - t0 < 1.4
+    # a body that ends in time is whole
+    status, _, body = await _req(mesh, "inventory", "/download?size=300000&pause_ms=20")
+    assert status == 200 and len(body) == 300000
+    _, text = sc.admin_get("/metrics")
+    cut = [
+        line
+        for line in text.decode().splitlines()
+        if line.startswith("istio_requests_total{")
+        and 'response_flags="UT"' in line
+        and 'response_code="200"' in line
+    ]
+    assert cut and float(cut[0].rsplit(" ", 1)[1]) >= 1
+
+
+def test_route_timeout_cuts_an_h2_response_body(mesh):
+    """The same over HTTP/2 (h2c prior knowledge, curl): the stream is reset, not ended."""
+    sc = mesh["sidecar"]
+    url = f"http://127.0.0.1:{sc.outbound}/download?size=1048576&pause_ms=100"
+    r = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "-H", "Host: inventory", "-o", "/dev/null",
+         "-w", "%{http_code} %{size_download}", "--max-time", "5", url],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    code, size = r.stdout.split()
+    assert r.returncode not in (0, 28), r.stderr  # an error, and not curl's own timeout
+    assert code == "200" and 0 < int(size) < 1048576
 
 
 async def test_timeout_propagated_downstream(mesh):
