@@ -55,6 +55,7 @@ class SidecarOptions:
     access_log: bool = True
     header_timeout: float = 10.0
     idle_timeout: float = 300.0
+    stream_idle_timeout: float = 300.0
 
 
 class Sidecar:
@@ -188,6 +189,7 @@ class Sidecar:
             o.outbound_port,
             header_timeout=o.header_timeout,
             idle_timeout=o.idle_timeout,
+            stream_idle_timeout=o.stream_idle_timeout,
         )
         out.transparent = True  # SO_ORIGINAL_DST when iptables captured the connection
         inbound_ssl, peer_identity = self._inbound_tls()
@@ -200,6 +202,7 @@ class Sidecar:
             peer_identity=peer_identity,
             header_timeout=o.header_timeout,
             idle_timeout=o.idle_timeout,
+            stream_idle_timeout=o.stream_idle_timeout,
         )
         if inbound_ssl is not None:
             inb.mtls_mode = lambda: self.runtime.mtls_mode

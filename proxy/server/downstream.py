@@ -59,6 +59,14 @@ class Downstream(asyncio.Protocol):
         self.version = 11
         self.original_dst: tuple[str, int] | None = None
         self._chunk_out = False
+        # stream idle timeout: ``io`` counts reads and writes; the sweep notes when it last
+        # moved, so the hot path pays one increment, no clock read and no timer
+        self.io = 0
+        self._io_seen = -1
+        self._io_since = 0.0
+        self.responded = False
+        # why the request's task was cancelled, when not because the client left
+        self.lost_reason: tuple[int, str] | None = None
 
     # -- connection lifecycle ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,8 +104,13 @@ class Downstream(asyncio.Protocol):
         self.transport.set_protocol(proto)  # type: ignore[union-attr]
 
     def sweep(self, now: float) -> None:
-        """Called by the listener about once a second: enforce header and idle timeouts."""
-        if self.state != HEAD or self.task is not None:
+        """Called by the listener about once a second: enforce header, idle and stream idle
+        timeouts."""
+        if self.task is not None:
+            if self.state != TUNNEL and self.state != CLOSED:
+                self._sweep_stream(now)
+            return
+        if self.state != HEAD:
             return
         lst = self.listener
         if self.buf:
@@ -106,6 +119,32 @@ class Downstream(asyncio.Protocol):
                 self._reply_and_close(408, "DPE", "request header timeout")
         elif lst.idle_timeout and now - self.idle_since > lst.idle_timeout:
             self.close()
+
+    def _sweep_stream(self, now: float) -> None:
+        limit = self.listener.stream_idle_timeout
+        if not limit:
+            return
+        if self.io != self._io_seen:
+            self._io_seen = self.io
+            self._io_since = now
+        elif now - self._io_since > limit:
+            self._stream_idle()
+
+    def _stream_idle(self) -> None:
+        """No byte either way for the stream idle timeout (Envoy's ``stream_idle_timeout``): a
+        stuck upstream or a client that stopped reading must not hold the connection, its
+        buffers and its task forever. 408 ``stream timeout`` (flag SI) when no response has
+        started, as Envoy answers; otherwise the connection closes mid-response (a reset).
+        The request is cancelled either way, which resets the upstream connection."""
+        self.lost_reason = (408, "SI")
+        self.keep_alive = False
+        if self.responded:
+            self.close()
+        else:
+            self._reply_and_close(408, "SI", "stream timeout")
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
@@ -138,6 +177,7 @@ class Downstream(asyncio.Protocol):
 
     # -- input ---------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self.io += 1
         state = self.state
         if state == TUNNEL:
             if self.tunnel_peer is None:
@@ -193,6 +233,7 @@ class Downstream(asyncio.Protocol):
         rest = self.buf[n:]
         self.buf = b""
         self.requests += 1
+        self.responded = False
         self.keep_alive = head.keep_alive and not lst.draining
         self.head_since = 0.0
         if head.chunked:
@@ -289,6 +330,8 @@ class Downstream(asyncio.Protocol):
     # -- output --------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         if self.state != CLOSED:
+            self.io += 1
+            self.responded = True
             self.transport.write(data)  # type: ignore[union-attr]
 
     # -- the sink surface the forwarder uses (an HTTP/2 stream offers the same) -----------------

@@ -887,8 +887,8 @@ class Forwarder:
             _cancel(pump)
             conn.abort()
             if gate is None or gate.winner is None or gate.winner is conn:
-                ex.status = 0
-                ex.flags = "DC"
+                # the client left (DC), or the sidecar ended the request (stream idle: 408 SI)
+                ex.status, ex.flags = getattr(down, "lost_reason", None) or (0, "DC")
                 self._account(ex, head, reporter)
             raise
         finally:

@@ -26,6 +26,7 @@ class Listener:
         max_uri: int = 8192,
         header_timeout: float = 10.0,
         idle_timeout: float = 300.0,
+        stream_idle_timeout: float = 300.0,
     ) -> None:
         self.name = name
         self.handler = handler
@@ -38,6 +39,9 @@ class Listener:
         self.max_uri = max_uri
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        # a request with no byte either way for this long is ended (Envoy's
+        # stream_idle_timeout; HTTP/1.1 here, HTTP/2 streams in proxy/server/h2); 0: never
+        self.stream_idle_timeout = stream_idle_timeout
         self.loop = asyncio.get_event_loop()
         self.connections: set[Downstream] = set()
         self.server: asyncio.AbstractServer | None = None

@@ -36,9 +36,9 @@ same for both.) Meshlet's policy, in :class:`TicketingServerContexts`:
 * every accepted TLS connection is created from the context of the current identity, built
   with tickets on; a new certificate or a new trust bundle is a new context, hence an empty
   session cache (new ticket keys): a ticket issued before the change does not resume after it,
-  and the client falls back to a full handshake verified against the current bundle. A ticket can therefore only resume
-  under the very bundle its chain was verified against (Envoy gets the same from rotating
-  ticket keys; we rotate by rebuilding the context);
+  and the client falls back to a full handshake verified against the current bundle. A ticket
+  can therefore only resume under the very bundle its chain was verified against (Envoy gets
+  the same from rotating ticket keys; we rotate by rebuilding the context);
 * the context is also rebuilt every ``rotate_after`` seconds (default one hour), which bounds
   how long a chain of resumptions can go without a full verification (OpenSSL resets a
   session's age each time it issues a fresh ticket on a resumed connection; the cached

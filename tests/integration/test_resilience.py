@@ -411,3 +411,75 @@ async def test_retry_budget_caps_attempts_under_total_failure(mesh):
     assert attempts < 4 * n / 2  # far from the 4x an unbudgeted policy would send
     text = mesh["sidecar"].admin_get("/metrics")[1].decode()
     assert "meshlet_retry_budget_skipped_total" in text
+
+
+IDLE = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: inventory}}
+spec:
+  hosts: [inventory]
+  ports: [{{number: 8080, name: http}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {a}}}}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def idle_sidecar(tmp_path_factory: pytest.TempPathFactory):
+    """A sidecar whose stream idle timeout is 1 s, routes without a route timeout."""
+    work = tmp_path_factory.mktemp("stream-idle")
+    app, port = start_app(work, "inventory")
+    sc = start_sidecar(work, "orders", port, IDLE.format(a=port), "--stream-idle-timeout", "1")
+    yield sc
+    sc.stop()
+    app.stop()
+
+
+async def test_stream_idle_timeout_408_when_no_response_started(idle_sidecar):
+    sc = idle_sidecar
+    t0 = time.monotonic()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{sc.outbound}/delay?ms=8000", headers={"Host": "inventory"}) as r,
+    ):
+        body = await r.read()
+        assert r.status == 408 and r.headers["x-meshlet-response-flags"] == "SI"
+        assert b"stream timeout" in body
+    assert time.monotonic() - t0 < 4  # 1 s of silence, noticed by the once-a-second sweep
+    _, text = sc.admin_get("/metrics")
+    assert any(
+        line.startswith("istio_requests_total{")
+        and 'response_code="408"' in line
+        and 'response_flags="SI"' in line
+        for line in text.decode().splitlines()
+    )
+
+
+async def test_stream_idle_timeout_resets_a_stalled_body_but_not_a_slow_one(idle_sidecar):
+    sc = idle_sidecar
+    url = f"http://127.0.0.1:{sc.outbound}/download"
+    async with aiohttp.ClientSession() as s:
+        # a piece, then 6 s of silence: the response is cut
+        t0 = time.monotonic()
+        async with s.get(url + "?size=131072&pause_ms=6000", headers={"Host": "inventory"}) as r:
+            assert r.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+        assert time.monotonic() - t0 < 5
+        # 8 pieces 300 ms apart (2.4 s in all, longer than the timeout, never silent for it)
+        async with s.get(url + "?size=524288&pause_ms=300", headers={"Host": "inventory"}) as r:
+            assert r.status == 200 and len(await r.read()) == 524288
+
+
+def test_stream_idle_timeout_applies_to_h2_streams(idle_sidecar):
+    """The same flag bounds HTTP/2 streams (h2c, curl): a silent stream is reset."""
+    url = f"http://127.0.0.1:{idle_sidecar.outbound}/delay?ms=8000"
+    t0 = time.monotonic()
+    r = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "-H", "Host: inventory", "-o", "/dev/null",
+         "--max-time", "7", url],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert r.returncode not in (0, 28), r.stderr  # reset by the sidecar, not curl's own timeout
+    assert time.monotonic() - t0 < 5

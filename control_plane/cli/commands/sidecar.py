@@ -37,6 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the address peers reach this sidecar's inbound port at",
     )
     p.add_argument("--drain-timeout", type=float, default=20.0, help="seconds (default 20)")
+    p.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a request may go without a byte either way before it is ended: 408 if "
+        "no response has started, else a reset (Envoy's stream_idle_timeout; default 300, "
+        "0 = never, as Istio's sidecars)",
+    )
     p.add_argument("--no-access-log", action="store_true", help="turn off the access log")
     p.add_argument("--log-level", default="INFO")
 
@@ -81,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         advertise_address=args.advertise_address,
         drain_timeout=args.drain_timeout,
+        stream_idle_timeout=args.stream_idle_timeout,
         access_log=not args.no_access_log,
     )
     try:
