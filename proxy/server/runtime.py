@@ -56,7 +56,9 @@ class Runtime:
         self.table: RouteTable = EMPTY
         self.config_version = ""
         self.draining = False
-        self.pools: dict[tuple[str, bool], EndpointPool] = {}
+        # (endpoint key, mTLS, h2, idleTimeout, maxRequestsPerConnection) -> pool
+        self.pools: dict[tuple[str, bool, bool, float, int], Any] = {}
+        self._pool_owners: dict[tuple[str, bool, bool, float, int], str] = {}  # who made each
         self.rr: dict[str, int] = {}
         self.active: dict[str, int] = {}
         self.random = random.Random()
@@ -90,22 +92,52 @@ class Runtime:
         self.policies.reset_table(table)
         self.table = table
         self.config_version = table.version
-        live = {(ep.key, ep.tls) for c in table.clusters.values() for ep in c.endpoints}
-        live.add((self.inbound_cluster.endpoints[0].key, False))
-        for key in [k for k in self.pools if k[:2] not in live]:
-            self.pools.pop(key).close()
-        # pools that stay take the new DestinationRule settings and expected identity: a
-        # connectionPool change (maxRequestsPerConnection, idleTimeout) or a new service account
-        # applies to the next connection, without dropping the ones open now
-        if self.pools:
-            for c in table.clusters.values():
-                for ep in c.endpoints:
-                    for h2 in (False, True):
-                        p = self.pools.get((ep.key, ep.tls, h2))
-                        if p is not None:
-                            p.idle_timeout = c.idle_timeout
-                            p.max_requests = c.max_requests_per_connection
-                            p.verify_peer = self._verifier(ep)
+        self._refit_pools(table)
+
+    def _refit_pools(self, table: RouteTable) -> None:
+        """Fit the endpoint pools to a new table without dropping open connections.
+
+        A pool belongs to one endpoint *and* one set of connection settings (idleTimeout,
+        maxRequestsPerConnection), as Envoy keeps a pool per cluster: two subsets or services
+        reaching the same endpoint with different DestinationRule settings get a pool each,
+        and equal settings share one. A pool whose settings no cluster uses any more takes
+        over settings that have no pool yet (its connections stay open and follow the new
+        settings from the next request), else it closes. Every pool also takes the endpoint's
+        current expected identity."""
+        want: dict[tuple[str, bool], set[tuple[float, int]]] = {}
+        eps: dict[tuple[str, bool], Endpoint] = {}
+        by_cluster: dict[str, tuple[float, int]] = {}
+        for c in (*table.clusters.values(), self.inbound_cluster):
+            settings = by_cluster[c.name] = (c.idle_timeout, c.max_requests_per_connection)
+            for ep in c.endpoints:
+                want.setdefault((ep.key, ep.tls), set()).add(settings)
+                eps[(ep.key, ep.tls)] = ep
+        pools, owners = self.pools, self._pool_owners
+        moved: dict[tuple[str, bool, bool, float, int], Any] = {}
+        for key, p in list(pools.items()):
+            k, tls, h2, idle, max_req = key
+            wanted = want.get((k, tls))
+            if wanted is not None and (idle, max_req) in wanted:
+                continue
+            del pools[key]
+            owner = owners.pop(key, "")
+            free = [
+                s
+                for s in wanted or ()
+                if (k, tls, h2, *s) not in pools and (k, tls, h2, *s) not in moved
+            ]
+            if not free:
+                p.close()
+                continue
+            # the settings of the cluster that made the pool, if that cluster still has it
+            mine = by_cluster.get(owner)
+            s = mine if mine in free else min(free)
+            p.idle_timeout, p.max_requests = s
+            moved[(k, tls, h2, *s)] = p
+            owners[(k, tls, h2, *s)] = owner
+        pools.update(moved)
+        for (k, tls, _h2, _i, _m), p in pools.items():
+            p.verify_peer = self._verifier(eps[(k, tls)])
 
     def passthrough_cluster(self, dst: tuple[str, int]) -> Cluster:
         key = f"{dst[0]}:{dst[1]}"
@@ -114,7 +146,10 @@ class Runtime:
             if len(self._passthrough) > 4096:
                 self._passthrough.clear()
             c = self._passthrough[key] = Cluster(
-                name="PassthroughCluster", service=key, subset="", port=dst[1],
+                name="PassthroughCluster",
+                service=key,
+                subset="",
+                port=dst[1],
                 endpoints=(Endpoint(dst[0], dst[1], {}, 1, False, "", key),),
             )
         return c
@@ -153,16 +188,22 @@ class Runtime:
         return eps[int(self.random.random() * n)]
 
     def pool(self, ep: Endpoint, cluster: Cluster, h2: bool = False) -> Any:
-        key = (ep.key, ep.tls, h2)
+        # one pool per endpoint and connection settings (see _refit_pools)
+        key = (ep.key, ep.tls, h2, cluster.idle_timeout, cluster.max_requests_per_connection)
         p = self.pools.get(key)
         if p is None:
             verify = self._verifier(ep)
+            self._pool_owners[key] = cluster.name
             if h2:
                 from proxy.server.h2.client import H2UpstreamPool
 
                 p = self.pools[key] = H2UpstreamPool(
-                    ep.address, ep.port, self.client_ssl_h2 if ep.tls else None,
-                    cluster.idle_timeout, cluster.max_requests_per_connection, verify,
+                    ep.address,
+                    ep.port,
+                    self.client_ssl_h2 if ep.tls else None,
+                    cluster.idle_timeout,
+                    cluster.max_requests_per_connection,
+                    verify,
                 )
                 return p
             p = self.pools[key] = EndpointPool(
@@ -310,6 +351,7 @@ class Runtime:
         for p in self.pools.values():
             p.close()
         self.pools.clear()
+        self._pool_owners.clear()
 
 
 def monotonic() -> float:
