@@ -110,6 +110,8 @@ class UpstreamConnection(asyncio.Protocol):
             await self._drain_waiter
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # aborted, closing over TLS (see abort)
         self.got_bytes = True
         if self.tunnel is not None:
             self.tunnel(data)
@@ -337,9 +339,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.discard(self)
 
     def abort(self) -> None:
+        """Give up on this connection (a cancelled or timed-out request, a hedge that lost).
+
+        Over TLS it still ends with a close_notify, at once: OpenSSL drops from the peer's
+        session cache the session of a connection that ends without one (as truncated), so
+        a burst of cancelled requests would otherwise cost every connection opened after it a
+        full handshake instead of a resumption. The peer sees the end of the connection just
+        as soon; bytes it sends meanwhile are ignored."""
         self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
+        t = self.transport
+        if t is not None:
+            if self.pool.ssl is not None:
+                t.close()
+            else:
+                t.abort()
         self.pool.discard(self)
 
     @property

@@ -391,3 +391,77 @@ def test_peer_spiffe_id_is_parsed_once_per_certificate(mesh, monkeypatch):
 
     assert tls.peer_spiffe_id(Other()) is None  # type: ignore[arg-type]
     assert len(tls._PEER_IDS) == 1  # bounded: cleared when full
+
+
+class KeepAliveTlsApp:
+    """Keeps connections open: ``GET /`` gets an empty 200, ``GET /hang`` no answer at all."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.ctx = ctx
+        self.resumed: list[bool] = []
+        self.ended = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.resumed.append(writer.get_extra_info("ssl_object").session_reused)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"GET /hang"):
+                    await reader.read()  # until the client goes away
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            self.ended += 1
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ctx)
+        return self.server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("loop", list(LOOPS))
+def test_an_aborted_connection_leaves_its_session_resumable(mesh, loop):
+    """A cancelled request aborts its pooled connection; over TLS the abort still sends
+    close_notify, so the server keeps the session (OpenSSL drops a truncated connection's
+    session from its cache) and the pool's next connection resumes it."""
+    server_ctx = mesh.server()
+    client_ctx = mesh.client()
+
+    async def main() -> None:
+        app = KeepAliveTlsApp(server_ctx)
+        port = await app.start()
+        pool = EndpointPool("127.0.0.1", port, lambda: client_ctx)
+        conn, _ = await pool.acquire(5)
+        head = await asyncio.wait_for(conn.start(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", "GET"), 5)
+        assert head.status == 200
+        pool.release(conn)  # idle, and its session is the one the pool offers from now on
+        conn, reused = await pool.acquire(5)
+        assert reused
+        pending = asyncio.ensure_future(conn.start(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n", "GET"))
+        await asyncio.sleep(0.1)
+        pending.cancel()
+        conn.abort()  # what the forwarder does when the request is cancelled
+        pool.release(conn)
+        for _ in range(250):  # until the server has let go of that connection
+            if app.ended:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # its SSL object freed with its handler
+        assert (await _request_keepalive(pool))[0] is True
+        assert app.resumed == [False, True]
+        pool.close()
+        app.server.close()
+
+    LOOPS[loop](main())
+
+
+async def _request_keepalive(pool: EndpointPool) -> tuple[bool, bool]:
+    conn, reused = await pool.acquire(5)
+    so = conn.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
+    head = await asyncio.wait_for(conn.start(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", "GET"), 5)
+    assert head.status == 200
+    pool.release(conn)
+    return so.session_reused, reused
