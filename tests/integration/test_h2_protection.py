@@ -447,19 +447,25 @@ async def test_drain_sends_goaway_and_finishes_in_flight_streams(server):
     assert fs[-1] is None  # closed once the stream was done
 
 
-async def test_stream_idle_timeout_resets_a_silent_stream(server):
-    """A stream with no DATA either way for stream_idle_timeout is reset (the handler is
-    cancelled), while the connection and its other streams go on."""
-    cancelled = asyncio.Event()
+async def test_stream_idle_timeout_ends_a_silent_stream(server):
+    """A stream with no DATA either way for stream_idle_timeout is ended and its handler
+    cancelled, while the connection and its other streams go on: 408 ``stream timeout`` (flag
+    SI) then RST_STREAM NO_ERROR when no response had started (Envoy), RST_STREAM CANCEL when
+    one had."""
+    from hpack import Decoder
+
+    cancelled: list[str] = []
 
     async def silent(sink: Any, head: Any) -> None:
         if head.path == "/ok":
             sink.send_response(200, "OK", [], (), [], -1, True, b"ok")
             return
+        if head.path == "/half":
+            sink.send_response(200, "OK", [], (), [], -1, False, b"")
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
-            cancelled.set()
+            cancelled.append(head.path)
             raise
 
     server.handler = silent
@@ -473,17 +479,29 @@ async def test_stream_idle_timeout_resets_a_silent_stream(server):
     def run() -> tuple[list[Any], bool]:
         c = Raw(server.port)
         c.send(c.headers(1, GOOD[:3] + [(":path", "/silent")], end=False))
-        c.frames(lambda f: False, timeout=0.4)
+        c.send(c.headers(3, GOOD[:3] + [(":path", "/half")], end=False))
+        early = c.frames(lambda f: False, timeout=0.4)  # /half's response head
         loop.call_soon_threadsafe(sweep)
-        fs = c.frames(lambda f: isinstance(f, RstStreamFrame))
+        seen: set[int] = set()
+
+        def both_reset(f: Any) -> bool:
+            if isinstance(f, RstStreamFrame):
+                seen.add(f.stream_id)
+            return seen == {1, 3}
+
+        fs = early + c.frames(both_reset)
         ok = _response_ok(server.port)
         c.close()
         return fs, ok
 
     fs, ok = await _in_thread(run)
-    rst = next(f for f in fs if isinstance(f, RstStreamFrame))
-    assert rst.stream_id == 1 and rst.error_code == 0x8
-    assert cancelled.is_set() and ok
+    rst = {f.stream_id: f.error_code for f in fs if isinstance(f, RstStreamFrame)}
+    assert rst == {1: 0x0, 3: 0x8}
+    dec = Decoder()
+    heads = {f.stream_id: dict(dec.decode(f.data)) for f in fs if isinstance(f, HeadersFrame)}
+    assert heads[1][":status"] == "408" and heads[1]["x-meshlet-response-flags"] == "SI"
+    assert heads[3][":status"] == "200"
+    assert sorted(cancelled) == ["/half", "/silent"] and ok
 
 
 async def test_a_stalled_stream_does_not_stall_the_connection(server):

@@ -202,8 +202,19 @@ class H2ServerProtocol(H2Base):
             limit = getattr(lst, "stream_idle_timeout", self.limits.stream_idle_timeout)
             for sink in list(self.sinks.values()):
                 if limit and now - sink.st.last > limit:
-                    # no DATA either way for that long (Envoy stream_idle_timeout)
-                    self._close_stream(sink.st, reset=True, code=ErrorCodes.CANCEL)
+                    # no DATA either way for that long (Envoy stream_idle_timeout): 408 if no
+                    # response has started (then RST_STREAM NO_ERROR ends the request side,
+                    # RFC 9113 8.1), else a reset
+                    sink.lost_reason = (408, "SI")
+                    if not sink.headers_sent and not sink.st.closed:
+                        sink.send_local(408, "SI", "stream timeout", ())
+                        hook = getattr(lst, "on_local_reply", None)
+                        if hook is not None:
+                            hook(sink, 408, "SI")
+                        code = ErrorCodes.NO_ERROR
+                    else:
+                        code = ErrorCodes.CANCEL
+                    self._close_stream(sink.st, reset=True, code=code)
                     sink.lost()
             return
         if self._goaway_sent:
@@ -571,7 +582,7 @@ class H2Stream:
     version = 20
 
     __slots__ = ("proto", "st", "head", "grpc", "body", "task", "headers_sent", "trailers",
-                 "received", "expected", "gone", "method")
+                 "received", "expected", "gone", "method", "lost_reason")
 
     def __init__(self, proto: H2ServerProtocol, st: StreamIO, head: Any, is_grpc: bool) -> None:
         self.proto = proto
@@ -586,6 +597,8 @@ class H2Stream:
         self.expected: int | None = None
         self.gone = False
         self.method = head.method if head is not None else "GET"
+        # why the sidecar ended the request itself (stream idle: (408, "SI")); None: the client
+        self.lost_reason: tuple[int, str] | None = None
 
     # connection facts the forwarder and authorization read
     @property
