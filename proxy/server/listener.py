@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.server.downstream import Downstream
+from proxy.telemetry.metrics import INBOUND_TLS_HANDSHAKES
 
 
 class Listener:
@@ -164,12 +165,16 @@ class Listener:
             self.log.debug("inbound handshake refused: %r", exc)
             conn.close()
             return
-        if ctx is not None and self.resumed_ok is not None:
+        if ctx is None:
+            return
+        sslobj = transport.get_extra_info("ssl_object")
+        resumed = sslobj is not None and sslobj.session_reused
+        INBOUND_TLS_HANDSHAKES.count(resumed)
+        if resumed and self.resumed_ok is not None:
             # Runs before the connection's first bytes are read: both loops' SSLProtocol wake
             # the handshake's waiter before they schedule the first read (so user code can
             # look at the session first), hence a refused session never gets a request served.
-            sslobj = transport.get_extra_info("ssl_object")
-            if sslobj is not None and sslobj.session_reused and not self.resumed_ok(sslobj):
+            if not self.resumed_ok(sslobj):
                 self.refused += 1
                 self.log.debug("inbound resumed session refused: peer certificate not valid")
                 transport.abort()

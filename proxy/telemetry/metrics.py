@@ -47,6 +47,7 @@ __all__ = [
     "ISTIO_LABELS",
     "SERIES_LABELS",
     "UPSTREAM_TLS_HANDSHAKES",
+    "INBOUND_TLS_HANDSHAKES",
     "HandshakeCounts",
     "MeshletMetrics",
     "RequestMetrics",
@@ -443,21 +444,22 @@ class HandshakeCounts:
 
 #: The one instance the sidecar's upstream pools count into.
 UPSTREAM_TLS_HANDSHAKES = HandshakeCounts()
+#: Inbound TLS handshakes the listeners completed (``meshlet_inbound_tls_handshakes_total``):
+#: with the upstream count of the calling sidecars, how well resumption works across the mesh.
+INBOUND_TLS_HANDSHAKES = HandshakeCounts()
 
 
 class _HandshakeCollector:
-    def __init__(self, counts: HandshakeCounts) -> None:
+    def __init__(self, counts: HandshakeCounts, name: str, doc: str) -> None:
         self.counts = counts
+        self.name = name
+        self.doc = doc
 
     def describe(self) -> Iterable[Metric]:
         return self.collect()
 
     def collect(self) -> Iterator[Metric]:
-        m = CounterMetricFamily(
-            "meshlet_upstream_tls_handshakes",
-            "Outbound mTLS handshakes, by whether the TLS session was resumed.",
-            labels=["resumed"],
-        )
+        m = CounterMetricFamily(self.name, self.doc, labels=["resumed"])
         m.add_metric(["false"], self.counts.full)
         m.add_metric(["true"], self.counts.resumed)
         yield m
@@ -583,7 +585,19 @@ class MeshletMetrics:
             ["code", "flag"],
             registry=r,
         )
-        r.register(_HandshakeCollector(UPSTREAM_TLS_HANDSHAKES))  # type: ignore[arg-type]
+        for counts, name, doc in (
+            (
+                UPSTREAM_TLS_HANDSHAKES,
+                "meshlet_upstream_tls_handshakes",
+                "Outbound mTLS handshakes, by whether the TLS session was resumed.",
+            ),
+            (
+                INBOUND_TLS_HANDSHAKES,
+                "meshlet_inbound_tls_handshakes",
+                "Inbound TLS handshakes completed, by whether the TLS session was resumed.",
+            ),
+        ):
+            r.register(_HandshakeCollector(counts, name, doc))  # type: ignore[arg-type]
 
     def set_config_version(self, version: str) -> None:
         """Make ``version`` the only series of ``meshlet_config_version``."""

@@ -50,9 +50,9 @@ def _call(port: int) -> tuple[int, dict]:
         return -1, {}
 
 
-def _handshakes(sc: Sidecar) -> dict[str, float]:
+def _handshakes(sc: Sidecar, side: str = "upstream") -> dict[str, float]:
     text = sc.admin_get("/metrics")[1].decode()
-    found = dict(re.findall(r'^meshlet_upstream_tls_handshakes_total\{resumed="(\w+)"\} (\S+)$',
+    found = dict(re.findall(rf'^meshlet_{side}_tls_handshakes_total\{{resumed="(\w+)"\}} (\S+)$',
                             text, re.M))  # fmt: skip
     return {k: float(v) for k, v in found.items()}
 
@@ -90,6 +90,7 @@ def test_sidecars_resume_and_still_authenticate(tmp_path):
     try:
         _one_request_per_connection(cp, orders)
         before = _handshakes(orders)
+        inbound_before = _handshakes(inv, "inbound")
         for _ in range(8):
             status, body = _call(orders.outbound)
             assert status == 200
@@ -100,6 +101,10 @@ def test_sidecars_resume_and_still_authenticate(tmp_path):
         full = after["false"] - before.get("false", 0)
         assert resumed + full == 8
         assert resumed >= 7, (resumed, full)  # only a ticket-less first connection may be full
+        # inventory counted the same connections, from its side
+        inbound = _handshakes(inv, "inbound")
+        assert inbound["true"] - inbound_before.get("true", 0) == resumed
+        assert inbound["false"] - inbound_before.get("false", 0) == full
 
         # a real openssl client resumes against the inbound port with orders' certificate
         state = tmp_path / "orders"
