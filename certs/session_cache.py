@@ -116,15 +116,22 @@ def _ssl_ctx(ctx: ssl.SSLContext, lib: ctypes.CDLL) -> int | None:
     return ptr
 
 
+def _reach(ctx: ssl.SSLContext) -> tuple[ctypes.CDLL, int] | None:
+    """libssl and the context's ``SSL_CTX *``, or None where they cannot be had safely."""
+    lib = _lib()
+    if lib is None:
+        return None
+    ptr = _ssl_ctx(ctx, lib)
+    return None if ptr is None else (lib, ptr)
+
+
 def enable(ctx: ssl.SSLContext, *, cache_size: int = CACHE_SIZE) -> bool:
     """Make ``ctx`` (a server context issuing tickets) resume through a bounded, stateful
     session cache. Returns False, leaving ``ctx`` as it was, where that cannot be done."""
-    lib = _lib()
-    if lib is None:
+    reached = _reach(ctx)
+    if reached is None:
         return False
-    ptr = _ssl_ctx(ctx, lib)
-    if ptr is None:
-        return False
+    lib, ptr = reached
     lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_SESS_CACHE_MODE, _SSL_SESS_CACHE_SERVER, None)
     lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_SESS_CACHE_SIZE, cache_size, None)
     lib.SSL_CTX_set_timeout(ptr, SESSION_TIMEOUT_S)
@@ -133,13 +140,11 @@ def enable(ctx: ssl.SSLContext, *, cache_size: int = CACHE_SIZE) -> bool:
 
 
 def settings(ctx: ssl.SSLContext) -> dict[str, int | bool] | None:
-    """What the context's cache is set to (for tests and ``/certs``), or None if unknown."""
-    lib = _lib()
-    if lib is None:
+    """What the context's cache is set to (for tests), or None if unknown."""
+    reached = _reach(ctx)
+    if reached is None:
         return None
-    ptr = _ssl_ctx(ctx, lib)
-    if ptr is None:
-        return None
+    lib, ptr = reached
     return {
         "stateful": bool(ctx.options & ssl.OP_NO_TICKET),
         "cache_size": lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_SESS_CACHE_SIZE + 1, 0, None),
