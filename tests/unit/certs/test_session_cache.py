@@ -11,9 +11,10 @@ import pytest
 
 from certs import session_cache, tls
 
-pytestmark = pytest.mark.skipif(
-    session_cache._lib() is None, reason="libssl symbols not reachable from _ssl"
-)
+
+def test_libssl_is_reachable_from_ssl() -> None:
+    """Where it is not, contexts silently fall back to stateless tickets: fail loudly here."""
+    assert session_cache._lib() is not None
 
 
 class Pair:
@@ -60,7 +61,9 @@ class Pair:
 @pytest.fixture
 def contexts(ca, issue):
     def make() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-        server = tls.server_context(*issue("inventory"), ca.bundle_pem(), True, session_tickets=True)
+        server = tls.server_context(
+            *issue("inventory"), ca.bundle_pem(), True, session_tickets=True
+        )
         client = tls.client_context(*issue("orders"), ca.bundle_pem())
         return client, server
 

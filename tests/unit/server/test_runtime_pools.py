@@ -17,7 +17,7 @@ spec:
   hosts: [inventory]
   ports: [{number: 80, name: http}]
   resolution: STATIC
-  endpoints: [{address: 127.0.0.1, ports: {http: 9}}]
+  endpoints: [{address: 127.0.0.1, ports: {http: 9}, labels: {version: v1, track: stable}}]
 """
 DR = """---
 apiVersion: networking.istio.io/v1
@@ -51,16 +51,9 @@ async def test_a_later_destination_rule_reaches_existing_pools():
     rt.close()
 
 
-SUBSETS = """
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: inventory}
-spec:
-  hosts: [inventory]
-  ports: [{number: 80, name: http}]
-  resolution: STATIC
-  endpoints: [{address: 127.0.0.1, ports: {http: 9}, labels: {version: v1, track: stable}}]
----
+SUBSETS = (
+    SE
+    + """---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: inventory}
@@ -74,6 +67,7 @@ spec:
     labels: {track: stable}
     trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: %d}}}
 """
+)
 
 
 def _subsets(rt: Runtime) -> dict[str, object]:
