@@ -4,9 +4,13 @@
 Algorithm (tower `TpsBudget`, research 4.1): every original request deposits `D` units, every
 retry or hedge withdraws `W` units where `W / D = 1 / ratio`; a withdrawal succeeds while
 `sum(window) + reserve >= W`, with `reserve = min_per_second * ttl * W`. Deposits and
-withdrawals both expire after `ttl`, so within any window of `ttl` seconds::
+withdrawals both expire after `ttl`, so at every granted retry, over the `ttl` window ending
+there::
 
     retries <= ratio * requests + min_per_second * ttl
+
+(Deposits that paid for a retry may expire before it does; the window is then in deficit and
+grants nothing until new requests pay it back, as tower's budget.)
 
 The window is 10 buckets of `ttl / 10`, kept with a running sum, so `deposit` and
 `try_withdraw` are O(1) (a bucket rotation touches at most 10 slots).
