@@ -17,13 +17,17 @@ from typing import Any
 from control_plane.api.hosts import split_host_port
 from proxy.authz.engine import RequestAttrs, merged_header_getter
 from proxy.authz.normalize import normalize_path, normalize_target
-from proxy.resilience.deadline import attempt_timeout, format_timeout_ms, parse_expected_timeout_ms
+from proxy.resilience.deadline import (
+    attempt_timeout,
+    effective_timeout,
+    format_timeout_ms,
+    incoming_deadline,
+)
 from proxy.resilience.retry import Outcome, retry_after_delay
 from proxy.routes import match
 from proxy.server.channel import ChannelClosed
 from proxy.server.h2 import grpc as h2grpc
 from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops
-from proxy.server.policy import RoutePolicy
 from proxy.server.upstream import UpstreamReset
 from proxy.telemetry.tracing import PROPAGATION_HEADERS, continue_trace, inject, new_context
 
@@ -51,6 +55,7 @@ log = logging.getLogger("meshlet.proxy")
 _rand = random.random
 _monotonic = time.monotonic
 _GRPC_TIMEOUT = frozenset({"grpc-timeout"})
+_EXPECTED_TIMEOUT = frozenset({"x-envoy-expected-rq-timeout-ms"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -281,15 +286,10 @@ class Forwarder:
         headers = head.headers
         if spoofed:
             headers = [(n, v) for n, v in headers if n not in SPOOFABLE_INBOUND]
-        policy = rt.policies.inbound(cluster)
-        budget = ex.hdrs.get("x-envoy-expected-rq-timeout-ms")
-        if budget is not None:
-            # the caller's remaining deadline is honoured, never extended
-            t = parse_expected_timeout_ms(budget)
-            if t is not None:
-                policy = RoutePolicy(t, policy.retry, None, None, None)
+        # the caller's remaining deadline (x-envoy-expected-rq-timeout-ms) is honoured in _tries
         await self._forward(
-            down, head, target, headers, extra, cluster, policy, ex, "inbound", None
+            down, head, target, headers, extra, cluster, rt.policies.inbound(cluster), ex,
+            "inbound", None,
         )
 
     # -- headers -----------------------------------------------------------------------------------
@@ -451,15 +451,17 @@ class Forwarder:
             mr = hdrs.get("x-envoy-max-retries")
             if ro is not None or rg is not None or mr is not None:
                 retry = retry.with_request_headers(ro, rg, mr)
-        deadline = ex.start + policy.timeout if policy.timeout else 0.0
         ct = hdrs.get("content-type")
         is_grpc = ct is not None and h2grpc.is_grpc(ct)
         grpc_timeout = hdrs.get("grpc-timeout") if is_grpc else None
-        if grpc_timeout is not None:
-            # the caller's gRPC deadline caps the route timeout (Envoy max_grpc_timeout)
-            g = h2grpc.request_deadline(grpc_timeout)
-            if g is not None and (not deadline or ex.start + g < deadline):
-                deadline = ex.start + g
+        expected = hdrs.get("x-envoy-expected-rq-timeout-ms")
+        # This request's own deadline: the caller's (gRPC or Envoy header) caps the route
+        # timeout and is never extended. Per request: nothing of it may outlive the request.
+        if grpc_timeout is None and expected is None:
+            total = policy.timeout
+        else:
+            total = effective_timeout(policy.timeout, incoming_deadline(grpc_timeout, expected))
+        deadline = ex.start + total if total else 0.0
         source = ReplayBody(down.body) if down.body is not None else None
         idem_key = "idempotency-key" in hdrs
         dest = policy.dest
@@ -486,22 +488,16 @@ class Forwarder:
                 return self._local(down, head, ex, 504, "UT", reporter)
             try_timeout = attempt_timeout(retry.per_try_timeout, remaining)
             try_extra = list(extra)
+            drop = _PROPAGATION if ex.trace is not None else None
             if try_timeout is not None and reporter == "outbound":
-                if attempt == 1 and retry is policy.retry:
-                    # the first try's budget is known at config time: formatted once per policy
-                    hdr = policy.first_try_header
-                    if hdr is None:
-                        hdr = policy.first_try_header = (
-                            "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout)
-                        )
-                    try_extra.append(hdr)
-                else:
-                    try_extra.append(
-                        "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout)
-                    )
+                # what is left of this request's budget for this try, replacing the caller's
+                try_extra.append(
+                    "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout)
+                )
+                if expected is not None:
+                    drop = (drop or frozenset()) | _EXPECTED_TIMEOUT
             if attempt > 1:
                 try_extra.append("x-envoy-attempt-count: %d" % attempt)
-            drop = _PROPAGATION if ex.trace is not None else None
             if is_grpc and try_timeout is not None:
                 # grpc-timeout rewritten to what is left of this try's budget
                 try_extra.append(h2grpc.timeout_extra(grpc_timeout, try_timeout))

@@ -53,8 +53,7 @@ class DestinationState:
 class RoutePolicy:
     """What one (route, cluster) pair decides, compiled once per table."""
 
-    __slots__ = ("timeout", "retry", "fault", "dest", "outlier", "connect_retries",
-                 "first_try_header")
+    __slots__ = ("timeout", "retry", "fault", "dest", "outlier", "connect_retries")
 
     def __init__(
         self,
@@ -70,7 +69,6 @@ class RoutePolicy:
         self.dest = dest
         self.outlier = outlier
         self.connect_retries = retry.attempts
-        self.first_try_header: str | None = None  # x-envoy-expected-rq-timeout-ms, try 1
 
 
 class PolicyStore:
