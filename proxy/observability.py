@@ -18,6 +18,17 @@ from control_plane.api.hosts import service_name, service_namespace
 from proxy import __version__, _accel
 from proxy.telemetry.metrics import CONTENT_TYPE, MeshletMetrics, RequestMetrics, render
 
+# head.version -> the access log's protocol, as Envoy's %PROTOCOL% writes it
+_PROTOCOL = {20: "HTTP/2", 11: "HTTP/1.1", 10: "HTTP/1.0"}
+
+
+def _address(peer: tuple[str, int]) -> str | None:
+    """Envoy's %DOWNSTREAM_REMOTE_ADDRESS%: ``ip:port`` (``[ip]:port`` for IPv6); None unknown."""
+    ip = peer[0]
+    if not ip:
+        return None
+    return ("[" + ip + "]" if ":" in ip else ip) + ":" + str(peer[1])
+
 
 class Telemetry:
     def __init__(self, sidecar: Any) -> None:
@@ -176,7 +187,7 @@ class Telemetry:
                 method=head.method,
                 authority=head.host,
                 path=head.target,
-                protocol="HTTP/1.1" if head.version == 11 else "HTTP/1.0",
+                protocol=_PROTOCOL.get(head.version, "HTTP/1.0"),
                 response_code=ex.status,
                 response_flags=ex.flags,
                 grpc_status=ex.grpc,
@@ -189,6 +200,7 @@ class Telemetry:
                 request_id=ex.request_id,
                 trace_id=tr.trace_id if tr is not None else "",
                 span_id=tr.span_id if tr is not None else "",
+                downstream_remote_address=_address(ex.downstream),
                 downstream_peer_principal=ex.peer if reporter == "inbound" else "",
                 user_agent=head.get("user-agent") or "",
                 x_forwarded_for=head.get("x-forwarded-for") or "",
@@ -207,7 +219,7 @@ class Telemetry:
             "server.address": host,
             "server.port": int(port) if port.isdigit() else 80,
             "http.response.status_code": ex.status,
-            "network.protocol.version": "1.1" if head.version == 11 else "1.0",
+            "network.protocol.version": _PROTOCOL.get(head.version, "HTTP/1.0")[5:],
             "meshlet.response_flags": ex.flags,
             "meshlet.upstream.address": ex.upstream,
             "meshlet.attempt": ex.attempts,

@@ -8,7 +8,7 @@ cdef bytes _HEAD_BYTES, _REG_NAME_BYTES, _HEX_BYTES
 cdef frozenset _METHODS
 cdef dict _SPECIAL_FIELDS, _KNOWN_FIELDS
 cdef int _F_HOST, _F_CONTENT_LENGTH, _F_TRANSFER_ENCODING, _F_CONNECTION, _F_UPGRADE, _F_EXPECT
-cdef Py_ssize_t _MAX_CHUNK_LINE
+cdef Py_ssize_t _MAX_CHUNK_LINE, _REQUEST_LINE_EXTRA
 cdef int _SIZE, _DATA, _DATA_CRLF, _TRAILER, _DONE
 
 
@@ -40,7 +40,7 @@ cdef class ResponseHead:
 
 
 @cython.locals(n=Py_ssize_t, limit=Py_ssize_t, crlf=Py_ssize_t, cr=Py_ssize_t)
-cdef object _incomplete(object buf, Py_ssize_t max_head, int status)
+cdef object _incomplete(object buf, Py_ssize_t max_head, int status, Py_ssize_t max_line)
 
 @cython.locals(colon=Py_ssize_t, port=str, raw=bytes)
 cdef bint _valid_host(str host) except -1
@@ -61,7 +61,7 @@ cdef list _split_head(object head, int status)
 cdef tuple _parse_fields(list lines, Py_ssize_t max_headers, int status)
 
 @cython.locals(
-    end=Py_ssize_t, q=Py_ssize_t, lines=list, parts=list, method=str, target=str,
+    end=Py_ssize_t, max_line=Py_ssize_t, q=Py_ssize_t, lines=list, parts=list, method=str, target=str,
     http_version=str, path=str, query=str, host=str, host_count=int,
     content_length="long long", te_count=int, te_value=str, connection=tuple, upgrade=str,
     expect_continue=bint, headers=list, version=int, chunked=bint, keep_alive=bint,

@@ -88,6 +88,9 @@ _CHUNK_LINE_RE = re.compile(
 )
 _HEX_BYTES = b"0123456789abcdefABCDEF"
 _MAX_CHUNK_LINE = 4096
+# A request line may exceed the target limit by this much (method, two SPs, "HTTP/1.1"): the
+# longest registered methods are under 20 bytes.
+_REQUEST_LINE_EXTRA = 64
 
 
 class RequestHead:
@@ -203,12 +206,13 @@ class ResponseHead:
         )
 
 
-def _incomplete(buf, max_head, status):
+def _incomplete(buf, max_head, status, max_line):
     """Decide for a buffer without a complete head within ``max_head``: None or an error.
 
     Bare CR/LF is reported as soon as it is seen, so that feeding a head byte at a time fails with
     the same status as feeding it whole (the complete-head path also reports it as a syntax 400
-    before any other status).
+    before any other status). A request line still unended past ``max_line`` bytes is 414 at
+    once (RFC 9110 §15.5.15), not 431 later: it is the target, not the fields, that is too long.
     """
     n = len(buf)
     limit = n if n < max_head else max_head
@@ -220,6 +224,11 @@ def _incomplete(buf, max_head, status):
         cr -= 1  # a trailing CR may be the first half of a CRLF still to come
     if cr != crlf:
         raise ProtocolError(status if status == 502 else 400, "bare CR in head")
+    if max_line > 0 and crlf == 0 and (n > max_line or n >= max_head):
+        # as the complete-head path: forbidden bytes first (400), then the length (414)
+        if buf[:limit].translate(None, _HEAD_BYTES).translate(None, b"\r"):
+            raise ProtocolError(400, "invalid character in head")
+        raise ProtocolError(414, "request line too long")
     if n >= max_head:
         raise ProtocolError(status if status == 502 else 431, "head too large")
     return None
@@ -372,9 +381,12 @@ def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
     Returns ``(head, consumed)`` or None while the head is incomplete; raises ProtocolError.
     """
     end = buf.find(b"\r\n\r\n", 0, max_head)
+    max_line = max_uri + _REQUEST_LINE_EXTRA
     if end < 0:
-        return _incomplete(buf, max_head, 400)
+        return _incomplete(buf, max_head, 400, max_line)
     lines = _split_head(buf[: end + 4], 400)
+    if len(lines[0]) > max_line:
+        raise ProtocolError(414, "request line too long")
 
     # request-line = method SP request-target SP HTTP-version, single SPs (RFC 9112 §3)
     parts = lines[0].split(" ")
@@ -496,7 +508,7 @@ def parse_response_head(buf, max_head=61440, max_headers=100):
     """Parse one response head (1xx included); every problem is ProtocolError(502)."""
     end = buf.find(b"\r\n\r\n", 0, max_head)
     if end < 0:
-        return _incomplete(buf, max_head, 502)
+        return _incomplete(buf, max_head, 502, 0)
     lines = _split_head(buf[: end + 4], 502)
 
     # status-line = HTTP-version SP 3DIGIT SP [ reason-phrase ]; the second SP is often missing

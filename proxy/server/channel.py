@@ -16,6 +16,11 @@ class ChannelClosed(Exception):
     """The producer went away before the end of the body (a reset)."""
 
 
+class MalformedBody(ChannelClosed):
+    """The client's body broke its own framing (bad chunked encoding): a client error (400),
+    not an upstream failure, even when the request head has already gone upstream."""
+
+
 class BodyChannel:
     __slots__ = (
         "_chunks",

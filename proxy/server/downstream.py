@@ -17,7 +17,7 @@ from typing import Any
 from proxy.http1 import parser as h1
 from proxy.http1.errors import ProtocolError
 from proxy.server import local_reply
-from proxy.server.channel import BodyChannel, ChannelClosed
+from proxy.server.channel import BodyChannel, ChannelClosed, MalformedBody
 from proxy.server.headers import response_head
 
 encode_chunk = h1.encode_chunk
@@ -276,7 +276,7 @@ class Downstream(asyncio.Protocol):
             for piece in dec.feed(data):
                 body.feed(piece)
         except ProtocolError as exc:
-            body.set_exception(ChannelClosed(f"malformed chunked body: {exc.reason}"))
+            body.set_exception(MalformedBody(f"malformed chunked body: {exc.reason}"))
             self.keep_alive = False
             self.state = WAIT
             return

@@ -25,10 +25,10 @@ from proxy.resilience.deadline import (
 )
 from proxy.resilience.retry import Outcome, retry_after_delay
 from proxy.routes import match
-from proxy.server.channel import ChannelClosed
+from proxy.server.channel import ChannelClosed, MalformedBody
 from proxy.server.h2 import grpc as h2grpc
 from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops
-from proxy.server.upstream import UpstreamReset
+from proxy.server.upstream import UpstreamProtocolError, UpstreamReset
 from proxy.telemetry.tracing import PROPAGATION_HEADERS, continue_trace, inject, new_context
 
 _PROPAGATION = frozenset(PROPAGATION_HEADERS)
@@ -105,6 +105,7 @@ class Exchange:
         "endpoint",
         "trace",
         "hdrs",
+        "downstream",
     )
 
     def __init__(self, start: float) -> None:
@@ -126,6 +127,7 @@ class Exchange:
         self.endpoint: Any = None
         self.trace: Any = None
         self.hdrs: dict[str, str] = {}
+        self.downstream: tuple[str, int] = ("", 0)  # the caller's address, for the access log
 
 
 def _scan(headers: list[tuple[str, str]], ex: Exchange) -> bool:
@@ -153,7 +155,15 @@ class Forwarder:
     async def outbound(self, down: Any, head: Any) -> None:
         rt = self.rt
         ex = Exchange(_monotonic())
+        ex.downstream = down.peer
         _scan(head.headers, ex)
+        if head.method == "CONNECT":
+            # No route ever matches a CONNECT here (tunnels are HBONE's, on their own port):
+            # Envoy's answer without a connect_matcher route is 404 NR. Nothing is forwarded,
+            # and the connection closes, since the client may already be sending tunnel bytes.
+            ex.service = head.host
+            down.keep_alive = False
+            return self._local(down, head, ex, 404, "NR", "outbound")
         table = rt.table
         host, port = _host_port(head.host)
         res = match.find(
@@ -242,6 +252,7 @@ class Forwarder:
     async def inbound(self, down: Any, head: Any) -> None:
         rt = self.rt
         ex = Exchange(_monotonic())
+        ex.downstream = down.peer
         spoofed = _scan(head.headers, ex)
         ex.service = rt.local_service_fqdn
         ex.peer = down.peer_principal
@@ -250,6 +261,7 @@ class Forwarder:
         ex.cluster = cluster.name
         # what is authorized is what is forwarded: normalize first, refuse what cannot be
         target = head.target
+        absolute = False
         if target[:1] == "/":
             norm = normalize_target(target)
         elif target == "*":
@@ -257,6 +269,7 @@ class Forwarder:
         else:  # absolute-form: normalized the same way, forwarded in origin-form
             p = normalize_path(head.path)
             norm = (p, head.query) if p is not None else None
+            absolute = True
         if norm is None:
             return self._local(down, head, ex, 400, "DPE", "inbound", "Bad Request")
         path, query = norm
@@ -286,6 +299,11 @@ class Forwarder:
         headers = head.headers
         if spoofed:
             headers = [(n, v) for n, v in headers if n not in SPOOFABLE_INBOUND]
+        if absolute:
+            # RFC 9112 §3.2.2: the target's authority replaces Host (the parser put it in
+            # head.host, which authorization saw); the app gets what was authorized
+            headers = [(n, v) for n, v in headers if n != "host"]
+            headers.insert(0, ("host", head.host))
         # the caller's remaining deadline (x-envoy-expected-rq-timeout-ms) is honoured in _tries
         await self._forward(
             down, head, target, headers, extra, cluster, rt.policies.inbound(cluster), ex,
@@ -612,6 +630,12 @@ class Forwarder:
             kind, status, retry_after = result
             if kind == "downstream":
                 return
+            if kind == "malformed":  # the client's body broke its framing: its error, not ours
+                down.keep_alive = False
+                return self._local(down, head, ex, 400, "DPE", reporter, "Bad Request")
+            if kind == "upe":  # the upstream's response broke HTTP/1.1 (Envoy: 502 UPE)
+                rt.endpoint_outcome(outlier, ep, None, True)
+                return self._local(down, head, ex, 502, "UPE", reporter)
             if kind == "retry":  # a response the policy retries (already decided and budgeted)
                 await self._backoff(retry, attempt, retry_after, deadline)
                 continue
@@ -874,10 +898,14 @@ class Forwarder:
         except TimeoutError:
             _cancel(pump)
             return ("timeout", 0, None)
-        except UpstreamReset:
+        except UpstreamReset as exc:
             _cancel(pump)
             if gate is not None and gate.winner is not None and gate.winner is not conn:
                 return ("lost", 0, None)
+            if source is not None and source.malformed:
+                return ("malformed", 0, None)  # our pump reset the upstream request
+            if type(exc) is UpstreamProtocolError:
+                return ("upe", 0, None)
             return ("reset", 1 if conn.got_bytes else 0, None)
         except asyncio.CancelledError:
             _cancel(pump)
@@ -1093,6 +1121,11 @@ class ReplayBody:
     @property
     def total(self) -> int:
         return self.ch.total
+
+    @property
+    def malformed(self) -> bool:
+        """The client's body broke its framing (the pump then reset the upstream request)."""
+        return type(self.ch._exc) is MalformedBody
 
     @property
     def trailers(self) -> Any:

@@ -32,6 +32,11 @@ class UpstreamReset(Exception):
         self.response_started = response_started
 
 
+class UpstreamProtocolError(UpstreamReset):
+    """The upstream's response head broke HTTP/1.1 (conflicting Content-Length, bad framing):
+    Envoy's 502 ``UPE``, not a connection failure."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool",
@@ -138,7 +143,7 @@ class UpstreamConnection(asyncio.Protocol):
                     continue  # interim responses are not forwarded (we answered 100 ourselves)
                 break
         except ProtocolError as exc:
-            self._fail(UpstreamReset(f"malformed upstream response: {exc.reason}", False))
+            self._fail(UpstreamProtocolError(f"malformed upstream response: {exc.reason}", False))
             self.close()
             return
         self.head = head

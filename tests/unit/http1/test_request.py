@@ -327,6 +327,24 @@ def test_uri_limit(p):
     assert status_of(p.parse_request_head, req(b"GET /abcdef", H), max_uri=5) == 414
 
 
+def test_request_line_over_the_head_limit_is_414_not_431(p):
+    """A request line longer than the whole head limit is still an over-long target: 414, whole,
+    unended, or fed a byte at a time, and without waiting for max_head bytes."""
+    line = b"GET /" + b"a" * 70000 + b" HTTP/1.1"
+    assert status_of(p.parse_request_head, line + b"\r\nHost: a\r\n\r\n") == 414
+    assert status_of(p.parse_request_head, line[:61440]) == 414
+    assert status_of(p.parse_request_head, b"GET /" + b"a" * 8300) == 414
+    assert p.parse_request_head(b"GET /" + b"a" * 8200) is None  # may still be a valid line
+    small = b"GET /" + b"a" * 200
+    assert status_of(p.parse_request_head, small, max_head=100) == 414
+    # forbidden bytes in the line are a 400 first, as when the head is complete
+    assert status_of(p.parse_request_head, b"GET /\x01" + b"a" * 9000) == 400
+    assert status_of(p.parse_request_head, b"GET /\x01" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n") == 400
+    # a long method with a target under the limit still fits the request line
+    ok = req(b"GET /" + b"a" * 8100, H)
+    assert parse(p, ok)[1] == len(ok)
+
+
 # -- Host grammar: the fast path agrees with the uri-host [":" port] regex ------------------------
 
 HOST_GRAMMAR = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
