@@ -30,6 +30,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "AuthorizationPolicy": ("authorizationpolicy", "authorizationpolicies", "ap"),
     "PeerAuthentication": ("peerauthentication", "peerauthentications", "pa"),
     "ResiliencePolicy": ("resiliencepolicy", "resiliencepolicies", "rp"),
+    "InboundRateLimit": ("inboundratelimit", "inboundratelimits", "irl"),
     "MeshConfig": ("meshconfig", "meshconfigs", "mc"),
 }
 _ALIASES = {alias: kind for kind, names in KINDS.items() for alias in (kind.lower(), *names)}

@@ -81,6 +81,9 @@ class Telemetry:
                 destination_service=getattr(subject, "service", "unknown")
             ).inc()
             return
+        if kind == "inbound_rate_limited":  # subject: (policy, limit), from InboundLimits.check
+            m.inbound_rate_limited.labels(policy=subject[0], limit=subject[1]).inc()
+            return
         svc = subject.service
         if kind == "rate_limited":
             m.rate_limited.labels(destination_service=svc).inc()

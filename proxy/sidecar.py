@@ -98,8 +98,14 @@ class Sidecar:
         authz = compile_policies(resources, self.opts.namespace, self.runtime.labels)
         for w in authz.warnings:
             log.warning("config %s: %s", version, w)
+        from proxy.resilience.inbound_ratelimit import compile_limits
+
+        limits = compile_limits(
+            resources, self.opts.namespace, self.runtime.labels, self.runtime.inbound_limits
+        )
         self.runtime.mtls_mode = self._mtls_mode(resources)
         self.runtime.authz = authz
+        self.runtime.inbound_limits = limits
         self.runtime.swap(table)
         self.resources = list(resources)
         self.registry = list(registry)

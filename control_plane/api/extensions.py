@@ -1,5 +1,5 @@
-"""Spec schemas of meshlet's own kinds (``meshlet.dev/v1alpha1``): ResiliencePolicy and
-MeshConfig, with the contract's defaults (Resilience4j's and Linkerd's).
+"""Spec schemas of meshlet's own kinds (``meshlet.dev/v1alpha1``): ResiliencePolicy,
+InboundRateLimit and MeshConfig, with the contract's defaults (Resilience4j's and Linkerd's).
 """
 
 from __future__ import annotations
@@ -8,13 +8,18 @@ import copy
 import re
 from typing import Any
 
-from control_plane.api.networking import HOST, RETRIES
+from control_plane.api.networking import HOST, MATCH_LABELS, RETRIES
 from control_plane.api.schema import (
     Ctx,
     boolean,
+    dns1123_label,
+    dns1123_subdomain,
     duration,
     enum,
+    index,
     integer,
+    join,
+    list_of,
     number,
     obj,
     parse_duration,
@@ -121,6 +126,104 @@ def defaults_resilience(spec: dict) -> dict:
             merged.update(copy.deepcopy(spec.get(section) or {}))
             out[section] = merged
     return out
+
+
+# InboundRateLimit: the server side's own limit (Linkerd 2.17's HTTPLocalRateLimitPolicy:
+# total, per identity, overrides for named clients), on the workloads its selector picks.
+# Its own kind rather than a ResiliencePolicy section: a ResiliencePolicy names a destination
+# host and is enforced by every *caller's* sidecar, each with its own buckets; this one names
+# the *receiving* workload (selected like an AuthorizationPolicy) and is enforced once, in that
+# workload's sidecar, where the caller's identity is known from mTLS.
+_RPS = obj({"requestsPerSecond": integer(1)}, required=["requestsPerSecond"])
+
+
+def _path_pattern(value: Any, path: str, ctx: Ctx) -> None:
+    if not isinstance(value, str) or not value:
+        ctx.error(path, "must be a non-empty string")
+    elif value != "*" and value.count("*") > 1:
+        ctx.error(path, 'at most one "*", at the start or the end')
+    elif "*" in value[1:-1]:
+        ctx.error(path, '"*" may only start or end a path (exact, "prefix*", "*suffix", "*")')
+    elif not (value.startswith(("/", "*"))):
+        ctx.error(path, 'must start with "/" (or "*")')
+
+
+def _dns_name(check: Any) -> Any:
+    def v(value: Any, path: str, ctx: Ctx) -> None:
+        why = check(value) if isinstance(value, str) else "must be a string"
+        if why is not None:
+            ctx.error(path, why)
+
+    return v
+
+
+_CLIENT_REF = obj(
+    {
+        "kind": enum("ServiceAccount"),
+        "group": enum(""),
+        "name": _dns_name(dns1123_subdomain),
+        "namespace": _dns_name(dns1123_label),
+    },
+    required=["name"],
+)
+
+
+def _limits_check(value: dict, path: str, ctx: Ctx) -> None:
+    """Linkerd's rules: a per-client rate above the total could never be reached; one client
+    in two overrides is ambiguous."""
+    total = (value.get("total") or {}).get("requestsPerSecond")
+    ident = (value.get("identity") or {}).get("requestsPerSecond")
+    if total is not None and ident is not None and ident > total:
+        ctx.error(join(join(path, "identity"), "requestsPerSecond"),
+                  f"{ident} is more than total.requestsPerSecond ({total})")
+    seen: dict[tuple[str, str], str] = {}
+    for i, o in enumerate(value.get("overrides") or ()):
+        where = index(join(path, "overrides"), i)
+        rps = o.get("requestsPerSecond")
+        if total is not None and rps is not None and rps > total:
+            ctx.error(join(where, "requestsPerSecond"),
+                      f"{rps} is more than total.requestsPerSecond ({total})")
+        for j, ref in enumerate(o.get("clientRefs") or ()):
+            key = (str(ref.get("namespace") or ""), str(ref.get("name")))
+            ref_path = index(join(where, "clientRefs"), j)
+            if key in seen:
+                ctx.error(ref_path, f"ServiceAccount {key[1]} is already in {seen[key]}")
+            else:
+                seen[key] = ref_path
+
+
+INBOUND_RATE_LIMIT = obj(
+    {
+        "selector": MATCH_LABELS,
+        "match": list_of(
+            obj(
+                {
+                    "paths": list_of(_path_pattern, nonempty=True),
+                    "methods": list_of(string(nonempty=True), nonempty=True),
+                },
+                at_least_one=[("paths", "methods")],
+            ),
+            nonempty=True,
+        ),
+        "total": _RPS,
+        "identity": _RPS,
+        "overrides": list_of(
+            obj(
+                {
+                    "requestsPerSecond": integer(1),
+                    "clientRefs": list_of(_CLIENT_REF, nonempty=True),
+                },
+                required=["requestsPerSecond", "clientRefs"],
+            ),
+            nonempty=True,
+        ),
+    },
+    at_least_one=[("total", "identity", "overrides")],
+    checks=[_limits_check],
+    unsupported={
+        "targetRef": "targetRef is not supported by meshlet; use selector (the workload's labels)"
+    },
+)
 
 
 # MeshConfig: the one per mesh.

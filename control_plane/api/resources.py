@@ -73,6 +73,7 @@ KINDS: dict[str, set[str]] = {
     "AuthorizationPolicy": _SECURITY,
     "PeerAuthentication": _SECURITY,
     "ResiliencePolicy": _MESHLET,
+    "InboundRateLimit": _MESHLET,
     "MeshConfig": _MESHLET,
 }
 
@@ -84,6 +85,7 @@ SCHEMAS: dict[str, Validator] = {
     "AuthorizationPolicy": security.AUTHORIZATION_POLICY,
     "PeerAuthentication": security.PEER_AUTHENTICATION,
     "ResiliencePolicy": extensions.RESILIENCE_POLICY,
+    "InboundRateLimit": extensions.INBOUND_RATE_LIMIT,
     "MeshConfig": extensions.MESH_CONFIG,
 }
 

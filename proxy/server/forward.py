@@ -295,6 +295,14 @@ class Forwarder:
             if not decision.allowed:
                 ex.route = decision.policy
                 return self._local(down, head, ex, 403, "RBAC", "inbound", "RBAC: access denied")
+        limits = rt.inbound_limits
+        if limits is not None:
+            # the workload's own rate limits, after authorization (a denied call spends nothing)
+            refused = limits.check(head.method, path, down.peer_principal)
+            if refused is not None:
+                ex.route = refused[0]
+                rt.count_protection(refused, "inbound_rate_limited")
+                return self._local(down, head, ex, 429, "RL", "inbound")
         extra = self._inbound_headers(down, head, ex)
         headers = head.headers
         if spoofed:

@@ -556,6 +556,13 @@ class MeshletMetrics:
             ["destination_service"],
             registry=r,
         )
+        self.inbound_rate_limited = Counter(
+            "meshlet_inbound_rate_limited",
+            "Inbound requests refused by an InboundRateLimit (429 RL), by policy and by which "
+            "of its limits refused: total, identity or override.",
+            ["policy", "limit"],
+            registry=r,
+        )
         self.hedges = Counter(
             "meshlet_hedges",
             "Hedged requests sent.",
