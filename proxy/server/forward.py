@@ -641,8 +641,16 @@ class Forwarder:
             if kind == "malformed":  # the client's body broke its framing: its error, not ours
                 down.keep_alive = False
                 return self._local(down, head, ex, 400, "DPE", reporter, "Bad Request")
-            if kind == "upe":  # the upstream's response broke HTTP/1.1 (Envoy: 502 UPE)
+            if kind == "upe":
+                # the upstream's response broke HTTP/1.1: a reset with reason "protocol error"
+                # to the retry policy, and 502 UPE when not retried (Envoy)
                 rt.endpoint_outcome(outlier, ep, None, True)
+                if self._retry(
+                    retry, Outcome.RESET, 0, None, head, idem_key, attempt, source, deadline,
+                    dest, ex,
+                ):
+                    await self._backoff(retry, attempt, None, deadline)
+                    continue
                 return self._local(down, head, ex, 502, "UPE", reporter)
             if kind == "retry":  # a response the policy retries (already decided and budgeted)
                 await self._backoff(retry, attempt, retry_after, deadline)

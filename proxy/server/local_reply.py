@@ -18,6 +18,7 @@ BODIES = {
     "UF": _RESET + "reset reason: connection failure",
     "URX": _RESET + "retried and the latest reset reason: connection failure",
     "UC": _RESET + "reset reason: connection termination",
+    "UPE": _RESET + "reset reason: protocol error",
     "UT": "upstream request timeout",
     "UO": "upstream overflow",
     "RL": "local_rate_limited",

@@ -39,6 +39,17 @@ spec:
   resolution: STATIC
   endpoints:
   - {{address: 127.0.0.1, ports: {{http: {raw}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: raw}}
+spec:
+  hosts: [raw]
+  http:
+  - match: [{{headers: {{x-retry: {{exact: "yes"}}}}}}]
+    retries: {{attempts: 2, retryOn: reset}}
+    route: [{{destination: {{host: raw}}}}]
+  - route: [{{destination: {{host: raw}}}}]
 """
 
 
@@ -201,6 +212,23 @@ def test_malformed_upstream_response_is_502_upe(mesh, reply):
         raw.reply = None
     assert out.startswith(b"HTTP/1.1 502 "), out[:200]
     assert _flag(out) == "UPE"
+
+
+def test_malformed_upstream_response_is_a_reset_to_the_retry_policy(mesh):
+    raw = mesh["raw"]
+    raw.reply = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy"
+    n = len(raw.conns)
+    try:
+        out = _exchange(
+            mesh["sidecar"].outbound,
+            b"GET /x HTTP/1.1\r\nHost: raw\r\nx-retry: yes\r\nConnection: close\r\n\r\n",
+        )
+    finally:
+        raw.reply = None
+    assert out.startswith(b"HTTP/1.1 502 "), out[:200]
+    assert _flag(out) == "UPE"
+    assert b"reset reason: protocol error" in out
+    assert len(raw.conns) - n == 3  # the try and its two retries (retryOn: reset)
 
 
 def test_inbound_absolute_form_authority_replaces_host(mesh):
