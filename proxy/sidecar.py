@@ -504,6 +504,8 @@ class Sidecar:
                         for ep in c.endpoints
                     ],
                     **rt.cluster_health(c),
+                    "connection_pool": rt.pool_status(c),
+                    "tls_mode": c.tls_mode or "auto",
                 }
             )
         return {"version": rt.config_version, "clusters": out}

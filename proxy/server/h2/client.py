@@ -30,8 +30,10 @@ from proxy.http2 import connection as ev
 from proxy.http2 import frames as fr
 from proxy.http2.errors import ErrorCode as ErrorCodes
 from proxy.http2.errors import LocalProtocolError
+from proxy.routes.table import UNLIMITED
 from proxy.server.channel import ChannelClosed
 from proxy.server.h2._conn import CONN_WINDOW, STREAM_WINDOW, H2Base, StreamIO
+from proxy.server.pool_limits import PoolOverflow
 from proxy.server.upstream import UpstreamReset
 
 # hop-by-hop and framing fields never sent in HTTP/2; ``te: trailers`` is re-added for gRPC
@@ -421,7 +423,13 @@ class H2UpstreamPool:
         self.max_requests = max_requests
         self.verify_peer = verify_peer
         self.max_connections = max_connections
+        self._connections_cap = max_connections  # meshlet's own bound; maxConnections lowers it
         self.max_streams = max_streams
+        # DestinationRule connectionPool thresholds (see pool_limits.py): no limit by default
+        self.max_pending = UNLIMITED
+        self.max_active = UNLIMITED
+        self.overflows = {"connections": 0, "pending": 0, "requests": 0}
+        self.on_overflow: Callable[[str], None] | None = None
         self.conns: list[H2ClientConnection] = []
         self.connecting = 0
         self.active = 0
@@ -436,9 +444,42 @@ class H2UpstreamPool:
 
             self.sessions = SessionCache()
 
-    async def acquire(self, timeout: float) -> tuple[H2UpstreamStream, bool]:
+    def apply(self, settings: tuple[float, int, int, int, int]) -> None:
+        """Take a cluster's ``pool_settings``: idleTimeout, maxRequestsPerConnection,
+        maxConnections, http1MaxPendingRequests (streams waiting for a slot) and
+        http2MaxRequests (streams in flight)."""
+        self.idle_timeout, self.max_requests, max_conns, self.max_pending, self.max_active = (
+            settings
+        )
+        self.max_connections = min(self._connections_cap, max_conns)
+        self.wake()
+
+    def _overflow(self, kind: str) -> PoolOverflow:
+        self.overflows[kind] += 1
+        if self.on_overflow is not None:
+            self.on_overflow(kind)
+        return PoolOverflow(kind)
+
+    def status(self) -> dict[str, Any]:
+        """Limits and current counts, for the admin ``/clusters`` view."""
+        return {
+            "max_connections": self.max_connections,
+            "max_pending_requests": self.max_pending,
+            "max_requests": self.max_active,
+            "max_requests_per_connection": self.max_requests,
+            "connections": len(self.conns) + self.connecting,
+            "pending_requests": len(self._waiters),
+            "active_requests": self.active,
+            "overflows": dict(self.overflows),
+        }
+
+    async def acquire(
+        self, timeout: float, wait_timeout: float | None = None
+    ) -> tuple[H2UpstreamStream, bool]:
         """A stream slot on a connection with room (opening one when needed) and whether the
         connection had carried streams before (a reused one may have just gone away)."""
+        if self.active >= self.max_active:
+            raise self._overflow("requests")
         best = self._roomiest()
         if best is not None:  # the common case, without a timeout scope
             return self._reserve(best, best.started > 0)
@@ -451,6 +492,9 @@ class H2UpstreamPool:
                 if len(self.conns) + self.connecting < self.max_connections:
                     conn = await self._connect()
                     return self._reserve(conn, False)
+                if len(self._waiters) >= self.max_pending:
+                    raise self._overflow("pending")
+                self.overflows["connections"] += 1
                 fut = self.loop.create_future()
                 self._waiters.append(fut)
                 try:
