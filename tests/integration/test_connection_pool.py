@@ -1,0 +1,328 @@
+"""DestinationRule ``connectionPool`` through a real sidecar, as Envoy's circuit breakers: the
+app below counts the connections it accepts and the requests it serves at once, so the tests see
+what reached it, not only what the client was told."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import aiohttp
+import pytest
+
+from tests.support import start_sidecar, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+class CountingApp:
+    """A minimal HTTP/1.1 keep-alive server in the test's loop.
+
+    ``/slow?ms=N`` answers after N ms; ``/fail-first`` answers 503 to a first try and, to a
+    retry (``x-envoy-attempt-count``), 200 after ``retry_ms``. Records connections accepted,
+    the most open at once, the most requests in flight at once, and per connection how many
+    requests it carried."""
+
+    def __init__(self, retry_ms: int = 1500) -> None:
+        self.retry_ms = retry_ms
+        self.accepted = 0
+        self.open = 0
+        self.max_open = 0
+        self.inflight = 0
+        self.max_inflight = 0
+        self.requests = 0
+        self.per_connection: list[int] = []
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> CountingApp:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self.writers):
+            w.close()
+        await self.server.wait_closed()
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        self.accepted += 1
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        idx = len(self.per_connection)
+        self.per_connection.append(0)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                target = lines[0].split(" ")[1]
+                hdrs = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
+                }
+                n = int(hdrs.get("content-length") or 0)
+                if n:
+                    await reader.readexactly(n)
+                self.requests += 1
+                self.per_connection[idx] += 1
+                self.inflight += 1
+                self.max_inflight = max(self.max_inflight, self.inflight)
+                try:
+                    status, body = await self._answer(target, hdrs)
+                finally:
+                    self.inflight -= 1
+                writer.write(
+                    b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n%s" % (status, len(body), body)
+                )
+                await writer.drain()
+        finally:
+            self.open -= 1
+            self.writers.discard(writer)
+            writer.close()
+
+    async def _answer(self, target: str, hdrs: dict[str, str]) -> tuple[int, bytes]:
+        if target.startswith("/slow"):
+            m = re.search(r"ms=(\d+)", target)
+            await asyncio.sleep(int(m.group(1)) / 1000 if m else 0)
+            return 200, b"slow"
+        if target.startswith("/fail-first"):
+            if "x-envoy-attempt-count" not in hdrs:
+                return 503, b"first"
+            await asyncio.sleep(self.retry_ms / 1000)
+            return 200, b"retried"
+        return 200, b"ok"
+
+
+def _config(port: int, pool: str, vs: str = "") -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: inventory}}
+spec:
+  hosts: [inventory]
+  ports: [{{number: 8080, name: http}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: inventory}}
+spec:
+  host: inventory
+  trafficPolicy:
+    connectionPool: {pool}
+{vs}"""
+
+
+async def _get(session: aiohttp.ClientSession, port: int, path: str):
+    async with session.get(
+        f"http://127.0.0.1:{port}{path}", headers={"Host": "inventory"}
+    ) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+def _clusters(sc) -> dict:
+    status, body = sc.admin_get("/clusters")
+    assert status == 200
+    return next(c for c in json.loads(body)["clusters"] if c["service"].startswith("inventory"))
+
+
+def _metric(sc, name: str, **labels: str) -> float:
+    text = sc.admin_get("/metrics")[1].decode()
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_max_connections_and_pending_overflow_is_503_uo(tmp_path):
+    """maxConnections 1 + http1MaxPendingRequests 1, six concurrent calls: one is served on
+    the one connection, one waits for it, four are refused at once with 503 UO and
+    ``x-envoy-overloaded: true``. The app never sees a second connection."""
+    app = await CountingApp().start()
+    sc = start_sidecar(
+        tmp_path,
+        "orders",
+        app.port,
+        _config(app.port, "{tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}"),
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            t0 = time.monotonic()
+            results = await asyncio.gather(
+                *(_get(s, sc.outbound, "/slow?ms=700") for _ in range(6))
+            )
+            elapsed = time.monotonic() - t0
+        codes = sorted(r[0] for r in results)
+        assert codes == [200, 200, 503, 503, 503, 503], codes
+        for status, headers, _ in results:
+            if status == 503:
+                assert headers["x-meshlet-response-flags"] == "UO"
+                assert headers["x-envoy-overloaded"] == "true"
+            else:
+                assert "x-envoy-overloaded" not in headers
+        assert app.accepted == 1 and app.max_open == 1 and app.max_inflight == 1
+        assert app.requests == 2
+        assert elapsed >= 1.4  # the second waited for the first (2 x 700 ms on one connection)
+        view = _clusters(sc)["connection_pool"]
+        assert view["max_connections"] == 1 and view["max_pending_requests"] == 1
+        assert view["max_requests"] == 2**32 - 1
+        (pool,) = view["pools"]
+        assert pool["connections"] == 1 and pool["pending_requests"] == 0
+        assert pool["active_requests"] == 0 and pool["overflows"]["pending"] == 4
+        assert (
+            _metric(
+                sc,
+                "meshlet_upstream_overflow_total",
+                destination_service="inventory.default.svc.cluster.local",
+                kind="pending",
+            )
+            == 4
+        )
+    finally:
+        sc.stop()
+        await app.close()
+
+
+async def test_no_limits_by_default(tmp_path):
+    """Without thresholds (Istio's defaults, 2^32-1) six concurrent calls all go through, on
+    six connections: the same test as above would fail on a defaulted limit."""
+    app = await CountingApp().start()
+    sc = start_sidecar(tmp_path, "orders", app.port, _config(app.port, "{http: {idleTimeout: 30s}}"))
+    try:
+        async with aiohttp.ClientSession() as s:
+            results = await asyncio.gather(
+                *(_get(s, sc.outbound, "/slow?ms=300") for _ in range(6))
+            )
+        assert [r[0] for r in results] == [200] * 6
+        assert app.max_inflight == 6 and app.accepted == 6
+    finally:
+        sc.stop()
+        await app.close()
+
+
+async def test_http2_max_requests_bounds_requests_in_flight_on_http1(tmp_path):
+    """http2MaxRequests is Envoy's max_requests: concurrent requests to the pool whatever the
+    protocol; beyond it 503 UO at once (not queued)."""
+    app = await CountingApp().start()
+    sc = start_sidecar(tmp_path, "orders", app.port, _config(app.port, "{http: {http2MaxRequests: 2}}"))
+    try:
+        async with aiohttp.ClientSession() as s:
+            results = await asyncio.gather(
+                *(_get(s, sc.outbound, "/slow?ms=600") for _ in range(5))
+            )
+        codes = sorted(r[0] for r in results)
+        assert codes == [200, 200, 503, 503, 503], codes
+        assert app.max_inflight == 2
+        (pool,) = _clusters(sc)["connection_pool"]["pools"]
+        assert pool["overflows"]["requests"] == 3
+    finally:
+        sc.stop()
+        await app.close()
+
+
+async def test_max_requests_per_connection_opens_a_new_connection(tmp_path):
+    """maxRequestsPerConnection 3: seven sequential calls reach the app on connections
+    carrying 3, 3 and 1 requests."""
+    app = await CountingApp().start()
+    sc = start_sidecar(
+        tmp_path, "orders", app.port, _config(app.port, "{http: {maxRequestsPerConnection: 3}}")
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(7):
+                status, _, _ = await _get(s, sc.outbound, "/")
+                assert status == 200
+        assert app.per_connection == [3, 3, 1]
+    finally:
+        sc.stop()
+        await app.close()
+
+
+RETRY_VS = """---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: inventory}
+spec:
+  hosts: [inventory]
+  http:
+  - retries: {attempts: 2, retryOn: "5xx"}
+    route: [{destination: {host: inventory}}]
+"""
+
+
+async def test_max_retries_bounds_concurrent_retries(tmp_path):
+    """maxRetries 1: of three concurrent calls whose first try fails, one is retried (its retry
+    is slow, so it is still outstanding) and the other two get the upstream's 503 unretried."""
+    app = await CountingApp(retry_ms=1500).start()
+    sc = start_sidecar(
+        tmp_path, "orders", app.port, _config(app.port, "{http: {maxRetries: 1}}", RETRY_VS)
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            results = await asyncio.gather(
+                *(_get(s, sc.outbound, "/fail-first") for _ in range(3))
+            )
+        assert sorted((r[0], r[2]) for r in results) == [
+            (200, b"retried"),
+            (503, b"first"),
+            (503, b"first"),
+        ]
+        assert app.requests == 4  # three first tries, one retry
+        view = _clusters(sc)["connection_pool"]
+        assert view["max_retries"] == 1 and view["retry_overflows"] == 2
+        assert view["retries_active"] == 0
+        assert (
+            _metric(
+                sc,
+                "meshlet_upstream_overflow_total",
+                destination_service="inventory.default.svc.cluster.local",
+                kind="retries",
+            )
+            == 2
+        )
+        # later, with nothing outstanding, a retry is allowed again
+        async with aiohttp.ClientSession() as s:
+            status, _, body = await _get(s, sc.outbound, "/fail-first")
+        assert (status, body) == (200, b"retried")
+    finally:
+        sc.stop()
+        await app.close()
+
+
+async def test_a_raised_limit_applies_on_reload(tmp_path):
+    """The thresholds follow a config change (SIGHUP re-reads the file) on the same pool."""
+    import signal
+
+    app = await CountingApp().start()
+    cfg = tmp_path / "orders.yaml"
+    cfg.write_text(
+        _config(app.port, "{tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}")
+    )
+    sc = start_sidecar(tmp_path, "orders", app.port, cfg)
+    try:
+        version = json.loads(sc.admin_get("/clusters")[1])["version"]
+        cfg.write_text(_config(app.port, "{tcp: {maxConnections: 4}}"))
+        sc.proc.signal(signal.SIGHUP)
+        wait_until(
+            lambda: json.loads(sc.admin_get("/clusters")[1])["version"] != version,
+            what="config reload",
+        )
+        async with aiohttp.ClientSession() as s:
+            results = await asyncio.gather(
+                *(_get(s, sc.outbound, "/slow?ms=300") for _ in range(4))
+            )
+        assert [r[0] for r in results] == [200] * 4
+        assert app.max_open == 4
+    finally:
+        sc.stop()
+        await app.close()
