@@ -52,5 +52,8 @@ class RetryGate:
         self.active -= 1
 
     def status(self) -> dict[str, int]:
-        return {"max_retries": self.limit, "retries_active": self.active,
-                "retry_overflows": self.overflows}
+        return {
+            "max_retries": self.limit,
+            "retries_active": self.active,
+            "retry_overflows": self.overflows,
+        }

@@ -124,9 +124,7 @@ spec:
 
 
 async def _get(session: aiohttp.ClientSession, port: int, path: str):
-    async with session.get(
-        f"http://127.0.0.1:{port}{path}", headers={"Host": "inventory"}
-    ) as r:
+    async with session.get(f"http://127.0.0.1:{port}{path}", headers={"Host": "inventory"}) as r:
         return r.status, dict(r.headers), await r.read()
 
 
@@ -197,7 +195,9 @@ async def test_no_limits_by_default(tmp_path):
     """Without thresholds (Istio's defaults, 2^32-1) six concurrent calls all go through, on
     six connections: the same test as above would fail on a defaulted limit."""
     app = await CountingApp().start()
-    sc = start_sidecar(tmp_path, "orders", app.port, _config(app.port, "{http: {idleTimeout: 30s}}"))
+    sc = start_sidecar(
+        tmp_path, "orders", app.port, _config(app.port, "{http: {idleTimeout: 30s}}")
+    )
     try:
         async with aiohttp.ClientSession() as s:
             results = await asyncio.gather(
@@ -214,7 +214,9 @@ async def test_http2_max_requests_bounds_requests_in_flight_on_http1(tmp_path):
     """http2MaxRequests is Envoy's max_requests: concurrent requests to the pool whatever the
     protocol; beyond it 503 UO at once (not queued)."""
     app = await CountingApp().start()
-    sc = start_sidecar(tmp_path, "orders", app.port, _config(app.port, "{http: {http2MaxRequests: 2}}"))
+    sc = start_sidecar(
+        tmp_path, "orders", app.port, _config(app.port, "{http: {http2MaxRequests: 2}}")
+    )
     try:
         async with aiohttp.ClientSession() as s:
             results = await asyncio.gather(
@@ -269,9 +271,7 @@ async def test_max_retries_bounds_concurrent_retries(tmp_path):
     )
     try:
         async with aiohttp.ClientSession() as s:
-            results = await asyncio.gather(
-                *(_get(s, sc.outbound, "/fail-first") for _ in range(3))
-            )
+            results = await asyncio.gather(*(_get(s, sc.outbound, "/fail-first") for _ in range(3)))
         assert sorted((r[0], r[2]) for r in results) == [
             (200, b"retried"),
             (503, b"first"),
