@@ -128,10 +128,10 @@ async def _get(session: aiohttp.ClientSession, port: int, path: str):
         return r.status, dict(r.headers), await r.read()
 
 
-def _clusters(sc) -> dict:
+def _clusters(sc, service: str = "inventory") -> dict:
     status, body = sc.admin_get("/clusters")
     assert status == 200
-    return next(c for c in json.loads(body)["clusters"] if c["service"].startswith("inventory"))
+    return next(c for c in json.loads(body)["clusters"] if c["service"].startswith(service))
 
 
 def _metric(sc, name: str, **labels: str) -> float:
@@ -326,3 +326,71 @@ async def test_a_raised_limit_applies_on_reload(tmp_path):
     finally:
         sc.stop()
         await app.close()
+
+
+GRPC_CONFIG = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo}}
+spec:
+  hosts: [echo]
+  ports: [{{number: 50051, name: grpc, protocol: GRPC}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo}}
+spec:
+  host: echo
+  trafficPolicy:
+    connectionPool: {{http: {{http2MaxRequests: 1}}}}
+"""
+
+
+async def test_http2_max_requests_on_an_h2_upstream(tmp_path):
+    """gRPC through the sidecar goes over its HTTP/2 upstream pool: with http2MaxRequests 1,
+    of three concurrent slow calls one is served and two are refused (UNAVAILABLE, from the
+    503 UO local reply, with ``x-envoy-overloaded``)."""
+    import grpc
+
+    from tests.grpc_fixtures import CHANNEL_OPTIONS, EchoServer, build
+
+    pb2, pb2_grpc = build(tmp_path / "gen")
+    echo = EchoServer(pb2, pb2_grpc).start()
+    sc = start_sidecar(tmp_path, "orders", 1, GRPC_CONFIG.format(port=echo.port))
+    ch = grpc.insecure_channel(
+        f"127.0.0.1:{sc.outbound}",
+        options=[
+            ("grpc.default_authority", "echo"),
+            ("grpc.enable_http_proxy", 0),
+            *CHANNEL_OPTIONS,
+        ],
+    )
+    try:
+        stub = pb2_grpc.EchoStub(ch)
+
+        def call() -> tuple[str, dict[str, str]]:
+            try:
+                stub.Unary(pb2.Msg(text="sleep:0.8"), timeout=10)
+                return "OK", {}
+            except grpc.RpcError as err:
+                md = {
+                    k: v
+                    for k, v in (err.initial_metadata() or ()) + (err.trailing_metadata() or ())
+                }
+                return err.code().name, md
+
+        results = await asyncio.gather(*(asyncio.to_thread(call) for _ in range(3)))
+        codes = sorted(r[0] for r in results)
+        assert codes == ["OK", "UNAVAILABLE", "UNAVAILABLE"], results
+        for code, md in results:
+            if code != "OK":
+                assert md.get("x-envoy-overloaded") == "true", md
+        assert echo.total == 1
+        (pool,) = _clusters(sc, "echo")["connection_pool"]["pools"]
+        assert pool["http2"] and pool["max_requests"] == 1 and pool["overflows"]["requests"] == 2
+    finally:
+        ch.close()
+        sc.stop()
+        echo.stop()

@@ -428,6 +428,7 @@ class H2UpstreamPool:
         # DestinationRule connectionPool thresholds (see pool_limits.py): no limit by default
         self.max_pending = UNLIMITED
         self.max_active = UNLIMITED
+        self.acquiring = 0
         self.overflows = {"connections": 0, "pending": 0, "requests": 0}
         self.on_overflow: Callable[[str], None] | None = None
         self.conns: list[H2ClientConnection] = []
@@ -478,12 +479,19 @@ class H2UpstreamPool:
     ) -> tuple[H2UpstreamStream, bool]:
         """A stream slot on a connection with room (opening one when needed) and whether the
         connection had carried streams before (a reused one may have just gone away)."""
-        if self.active >= self.max_active:
+        if self.active + self.acquiring >= self.max_active:
             raise self._overflow("requests")
         best = self._roomiest()
         if best is not None:  # the common case, without a timeout scope
             return self._reserve(best, best.started > 0)
         self.loop = asyncio.get_running_loop()
+        self.acquiring += 1  # in flight for max_active while its connection opens
+        try:
+            return await self._acquire_slow(timeout)
+        finally:
+            self.acquiring -= 1
+
+    async def _acquire_slow(self, timeout: float) -> tuple[H2UpstreamStream, bool]:
         async with asyncio.timeout(timeout):
             while True:
                 best = self._roomiest()
