@@ -6,100 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
 import aiohttp
 import pytest
 
+from tests.counting_app import CountingApp
 from tests.support import start_sidecar, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-class CountingApp:
-    """A minimal HTTP/1.1 keep-alive server in the test's loop.
-
-    ``/slow?ms=N`` answers after N ms; ``/fail-first`` answers 503 to a first try and, to a
-    retry (``x-envoy-attempt-count``), 200 after ``retry_ms``. Records connections accepted,
-    the most open at once, the most requests in flight at once, and per connection how many
-    requests it carried."""
-
-    def __init__(self, retry_ms: int = 1500) -> None:
-        self.retry_ms = retry_ms
-        self.accepted = 0
-        self.open = 0
-        self.max_open = 0
-        self.inflight = 0
-        self.max_inflight = 0
-        self.requests = 0
-        self.per_connection: list[int] = []
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    async def start(self) -> CountingApp:
-        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def close(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in list(self.writers):
-            w.close()
-        await self.server.wait_closed()
-
-    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.add(writer)
-        self.accepted += 1
-        self.open += 1
-        self.max_open = max(self.max_open, self.open)
-        idx = len(self.per_connection)
-        self.per_connection.append(0)
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                target = lines[0].split(" ")[1]
-                hdrs = {
-                    k.strip().lower(): v.strip()
-                    for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
-                }
-                n = int(hdrs.get("content-length") or 0)
-                if n:
-                    await reader.readexactly(n)
-                self.requests += 1
-                self.per_connection[idx] += 1
-                self.inflight += 1
-                self.max_inflight = max(self.max_inflight, self.inflight)
-                try:
-                    status, body = await self._answer(target, hdrs)
-                finally:
-                    self.inflight -= 1
-                writer.write(
-                    b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n%s" % (status, len(body), body)
-                )
-                await writer.drain()
-        finally:
-            self.open -= 1
-            self.writers.discard(writer)
-            writer.close()
-
-    async def _answer(self, target: str, hdrs: dict[str, str]) -> tuple[int, bytes]:
-        if target.startswith("/slow"):
-            m = re.search(r"ms=(\d+)", target)
-            await asyncio.sleep(int(m.group(1)) / 1000 if m else 0)
-            return 200, b"slow"
-        if target.startswith("/fail-first"):
-            if "x-envoy-attempt-count" not in hdrs:
-                return 503, b"first"
-            await asyncio.sleep(self.retry_ms / 1000)
-            return 200, b"retried"
-        return 200, b"ok"
 
 
 def _config(port: int, pool: str, vs: str = "") -> str:
