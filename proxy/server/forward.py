@@ -52,7 +52,6 @@ log = logging.getLogger("meshlet.proxy")
 _rand = random.random
 _monotonic = time.monotonic
 _GRPC_TIMEOUT = frozenset({"grpc-timeout"})
-_OVERLOADED = (("x-envoy-overloaded", "true"),)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -525,7 +524,7 @@ class Forwarder:
                         min(ct, try_timeout) if try_timeout else ct, try_timeout
                     )
             except PoolOverflow:  # a connectionPool threshold (Envoy's circuit breaker)
-                return self._local(down, head, ex, 503, "UO", reporter, None, _OVERLOADED)
+                return self._local(down, head, ex, 503, "UO", reporter)  # x-envoy-overloaded
             except PendingTimeout:
                 return self._local(down, head, ex, 504, "UT", reporter)
             except (OSError, TimeoutError, ConnectionError) as exc:
@@ -1059,13 +1058,12 @@ class Forwarder:
         flag: str,
         reporter: str,
         body: str | None = None,
-        extra: tuple[tuple[str, str], ...] = (),
     ) -> None:
         ex.status = status
         ex.flags = flag
         if h2grpc.is_grpc(ex.hdrs.get("content-type")):
             ex.grpc = str(h2grpc.status_for_local(status, flag))
-        down.send_local(status, flag, body, extra, self.rt.draining)
+        down.send_local(status, flag, body, (), self.rt.draining)
         self.rt.count_local_reply(status, flag)
         self._account(ex, head, reporter)
 

@@ -40,7 +40,10 @@ spec:
 
 async def _get(session: aiohttp.ClientSession, port: int, path: str):
     async with session.get(f"http://127.0.0.1:{port}{path}", headers={"Host": "inventory"}) as r:
-        return r.status, dict(r.headers), await r.read()
+        headers = dict(r.headers)
+        if "x-envoy-overloaded" in headers:
+            assert len(r.headers.getall("x-envoy-overloaded")) == 1
+        return r.status, headers, await r.read()
 
 
 def _clusters(sc, service: str = "inventory") -> dict:
