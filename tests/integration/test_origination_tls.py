@@ -117,6 +117,12 @@ spec:
             se("permissive-auto", permissive),
             se("wrong-identity", strict, sa="payments"),
             dr("wrong-identity", "{mode: ISTIO_MUTUAL}"),
+            se("strict-san", strict, sa="payments"),
+            dr(
+                "strict-san",
+                "{mode: ISTIO_MUTUAL, subjectAltNames: "
+                "[spiffe://cluster.local/ns/default/sa/inventory]}",
+            ),
             se("strict-plain", strict),
             dr("strict-plain", "{mode: DISABLE}"),
             se("ext-simple", tls_app),
@@ -257,6 +263,13 @@ async def test_istio_mutual_refuses_a_peer_with_another_identity(mesh):
     status, headers, _ = await _get(mesh, "wrong-identity")
     # a connect failure, retried by the default policy (connect-failure), then given up
     assert (status, headers["x-meshlet-response-flags"]) == (503, "URX")
+
+
+async def test_istio_mutual_subject_alt_names_name_the_accepted_identities(mesh):
+    """With subjectAltNames the rule, not the ServiceEntry's serviceAccount, says who the
+    peer may be (Istio uses them instead of the service's accounts)."""
+    status, _, _ = await _get(mesh, "strict-san")
+    assert status == 200
 
 
 async def test_disable_to_a_strict_peer_fails(mesh):
