@@ -515,6 +515,7 @@ def _cluster(
         max_requests=_limit(http.get("http2MaxRequests")),
         max_retries=_limit(http.get("maxRetries")),
         max_requests_per_connection=int(http.get("maxRequestsPerConnection") or 0),
+        max_concurrent_streams=int(http.get("maxConcurrentStreams") or 0),
         idle_timeout=_duration(http.get("idleTimeout")) or 55.0,
         outlier=policy.get("outlierDetection"),
         tls_mode=tls,

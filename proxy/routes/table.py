@@ -66,6 +66,7 @@ class Cluster:
     max_requests: int = UNLIMITED  # http.http2MaxRequests (concurrent requests)
     max_retries: int = UNLIMITED  # http.maxRetries (concurrent retries, whole cluster)
     max_requests_per_connection: int = 0
+    max_concurrent_streams: int = 0  # http.maxConcurrentStreams (0: meshlet's 100)
     idle_timeout: float = 55.0
     outlier: dict[str, Any] | None = None
     tls_mode: str = ""  # DestinationRule tls.mode, "" when unset (auto: mTLS to mesh peers)
@@ -74,8 +75,8 @@ class Cluster:
 
     # what an endpoint pool takes from this cluster, computed once (read on every request):
     # (idleTimeout, maxRequestsPerConnection, maxConnections, http1MaxPendingRequests,
-    # http2MaxRequests)
-    pool_settings: tuple[float, int, int, int, int] = field(
+    # http2MaxRequests, maxConcurrentStreams)
+    pool_settings: tuple[float, int, int, int, int, int] = field(
         init=False, repr=False, compare=False
     )
 
@@ -89,6 +90,7 @@ class Cluster:
                 self.max_connections,
                 self.max_pending,
                 self.max_requests,
+                self.max_concurrent_streams,
             ),
         )
 

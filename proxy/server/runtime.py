@@ -355,6 +355,7 @@ class Runtime:
             "max_requests": cluster.max_requests,
             "max_retries": cluster.max_retries,
             "max_requests_per_connection": cluster.max_requests_per_connection,
+            "max_concurrent_streams": cluster.max_concurrent_streams,
             "pools": pools,
         }
         gate = self.retry_gates.get(cluster.name)

@@ -443,14 +443,16 @@ class EndpointPool:
         self.overflows = {"connections": 0, "pending": 0, "requests": 0}
         self.on_overflow: Callable[[str], None] | None = None
 
-    def apply(self, settings: tuple[float, int, int, int, int]) -> None:
-        """Take a cluster's ``pool_settings`` (at creation and when a config changes them)."""
+    def apply(self, settings: tuple[float, int, int, int, int, int]) -> None:
+        """Take a cluster's ``pool_settings`` (at creation and when a config changes them);
+        maxConcurrentStreams is for HTTP/2 pools only."""
         (
             self.idle_timeout,
             self.max_requests,
             self.max_connections,
             self.max_pending,
             self.max_active,
+            _,
         ) = settings
         while self.waiters and self.open < self.max_connections:
             self._wake(None)  # a raised limit lets waiting requests connect

@@ -262,7 +262,7 @@ metadata: {{name: echo}}
 spec:
   host: echo
   trafficPolicy:
-    connectionPool: {{http: {{http2MaxRequests: 1}}}}
+    connectionPool: {{http: {pool}}}
 """
 
 
@@ -276,7 +276,9 @@ async def test_http2_max_requests_on_an_h2_upstream(tmp_path):
 
     pb2, pb2_grpc = build(tmp_path / "gen")
     echo = EchoServer(pb2, pb2_grpc).start()
-    sc = start_sidecar(tmp_path, "orders", 1, GRPC_CONFIG.format(port=echo.port))
+    sc = start_sidecar(
+        tmp_path, "orders", 1, GRPC_CONFIG.format(port=echo.port, pool="{http2MaxRequests: 1}")
+    )
     ch = grpc.insecure_channel(
         f"127.0.0.1:{sc.outbound}",
         options=[
@@ -308,6 +310,43 @@ async def test_http2_max_requests_on_an_h2_upstream(tmp_path):
         assert echo.total == 1
         (pool,) = _clusters(sc, "echo")["connection_pool"]["pools"]
         assert pool["http2"] and pool["max_requests"] == 1 and pool["overflows"]["requests"] == 2
+    finally:
+        ch.close()
+        sc.stop()
+        echo.stop()
+
+
+async def test_max_concurrent_streams_opens_more_http2_connections(tmp_path):
+    """maxConcurrentStreams 1: three concurrent gRPC calls need three HTTP/2 connections to the
+    upstream (by default they share one)."""
+    import grpc
+
+    from tests.grpc_fixtures import CHANNEL_OPTIONS, EchoServer, build
+
+    pb2, pb2_grpc = build(tmp_path / "gen")
+    echo = EchoServer(pb2, pb2_grpc).start()
+    sc = start_sidecar(
+        tmp_path, "orders", 1, GRPC_CONFIG.format(port=echo.port, pool="{maxConcurrentStreams: 1}")
+    )
+    ch = grpc.insecure_channel(
+        f"127.0.0.1:{sc.outbound}",
+        options=[
+            ("grpc.default_authority", "echo"),
+            ("grpc.enable_http_proxy", 0),
+            *CHANNEL_OPTIONS,
+        ],
+    )
+    try:
+        stub = pb2_grpc.EchoStub(ch)
+        replies = await asyncio.gather(
+            *(
+                asyncio.to_thread(stub.Unary, pb2.Msg(text="sleep:0.5"), timeout=10)
+                for _ in range(3)
+            )
+        )
+        assert [r.text for r in replies] == ["sleep:0.5"] * 3
+        (pool,) = _clusters(sc, "echo")["connection_pool"]["pools"]
+        assert pool["max_concurrent_streams"] == 1 and pool["connections"] == 3
     finally:
         ch.close()
         sc.stop()

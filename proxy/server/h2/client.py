@@ -425,6 +425,7 @@ class H2UpstreamPool:
         self.max_connections = max_connections
         self._connections_cap = max_connections  # meshlet's own bound; maxConnections lowers it
         self.max_streams = max_streams
+        self._streams_default = max_streams
         # DestinationRule connectionPool thresholds (see pool_limits.py): no limit by default
         self.max_pending = UNLIMITED
         self.max_active = UNLIMITED
@@ -445,14 +446,15 @@ class H2UpstreamPool:
 
             self.sessions = SessionCache()
 
-    def apply(self, settings: tuple[float, int, int, int, int]) -> None:
+    def apply(self, settings: tuple[float, int, int, int, int, int]) -> None:
         """Take a cluster's ``pool_settings``: idleTimeout, maxRequestsPerConnection,
-        maxConnections, http1MaxPendingRequests (streams waiting for a slot) and
-        http2MaxRequests (streams in flight)."""
-        self.idle_timeout, self.max_requests, max_conns, self.max_pending, self.max_active = (
-            settings
-        )
+        maxConnections, http1MaxPendingRequests (streams waiting for a slot),
+        http2MaxRequests (streams in flight) and maxConcurrentStreams (per connection, under
+        the peer's own SETTINGS limit; 0 keeps meshlet's default)."""
+        idle, self.max_requests, max_conns, self.max_pending, self.max_active, streams = settings
+        self.idle_timeout = idle
         self.max_connections = min(self._connections_cap, max_conns)
+        self.max_streams = streams or self._streams_default
         self.wake()
 
     def _overflow(self, kind: str) -> PoolOverflow:
@@ -468,6 +470,7 @@ class H2UpstreamPool:
             "max_pending_requests": self.max_pending,
             "max_requests": self.max_active,
             "max_requests_per_connection": self.max_requests,
+            "max_concurrent_streams": self.max_streams,
             "connections": len(self.conns) + self.connecting,
             "pending_requests": len(self._waiters),
             "active_requests": self.active,

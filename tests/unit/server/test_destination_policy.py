@@ -36,7 +36,7 @@ def _clusters(text: str, registry=()):
 def test_connection_pool_thresholds_default_to_no_limit():
     c = _clusters("")[(80, "")]
     assert (c.max_connections, c.max_pending, c.max_requests, c.max_retries) == (UNLIMITED,) * 4
-    assert c.pool_settings == (55.0, 0, UNLIMITED, UNLIMITED, UNLIMITED)
+    assert c.pool_settings == (55.0, 0, UNLIMITED, UNLIMITED, UNLIMITED, 0)
 
 
 def test_connection_pool_thresholds_compile():
@@ -51,11 +51,11 @@ spec:
     connectionPool:
       tcp: {maxConnections: 3}
       http: {http1MaxPendingRequests: 4, http2MaxRequests: 5, maxRetries: 6,
-             maxRequestsPerConnection: 7}
+             maxRequestsPerConnection: 7, maxConcurrentStreams: 8}
 """
     )[(80, "")]
     assert (c.max_connections, c.max_pending, c.max_requests, c.max_retries) == (3, 4, 5, 6)
-    assert c.pool_settings == (55.0, 7, 3, 4, 5)
+    assert c.pool_settings == (55.0, 7, 3, 4, 5, 8)
 
 
 LAYERS = """

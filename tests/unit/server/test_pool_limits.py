@@ -40,7 +40,7 @@ async def server():
 
 def _pool(port: int, conns: int = UNLIMITED, pending: int = UNLIMITED, active: int = UNLIMITED):
     p = EndpointPool("127.0.0.1", port)
-    p.apply((55.0, 0, conns, pending, active))
+    p.apply((55.0, 0, conns, pending, active, 0))
     return p
 
 
@@ -146,7 +146,7 @@ async def test_a_raised_limit_wakes_waiting_requests(server):
     first, _ = await pool.acquire(1.0)
     waiter = asyncio.ensure_future(pool.acquire(1.0))
     await _queued(pool, 1)
-    pool.apply((55.0, 0, 2, UNLIMITED, UNLIMITED))
+    pool.apply((55.0, 0, 2, UNLIMITED, UNLIMITED, 0))
     second, reused = await asyncio.wait_for(waiter, 2.0)
     assert second is not first and not reused and pool.open == 2
     for c in (first, second):
@@ -166,12 +166,14 @@ async def test_overflows_are_reported():
 async def test_h2_requests_in_flight_are_bounded():
     seen: list[str] = []
     pool = H2UpstreamPool("127.0.0.1", 9)
-    pool.apply((55.0, 0, 2, 1, 0))
+    pool.apply((55.0, 0, 2, 1, 0, 7))
     pool.on_overflow = seen.append
-    assert pool.max_connections == 2
+    assert pool.max_connections == 2 and pool.max_streams == 7
     with pytest.raises(PoolOverflow):
         await pool.acquire(1.0)
     assert seen == ["requests"] and pool.status()["overflows"]["requests"] == 1
+    pool.apply((55.0, 0, UNLIMITED, UNLIMITED, UNLIMITED, 0))  # unset again: the defaults
+    assert (pool.max_connections, pool.max_streams) == (4, 100)
 
 
 def test_retry_gate():
