@@ -13,6 +13,7 @@ by its ``app`` label, so a standalone sidecar's file can list endpoints without 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -461,6 +462,18 @@ def _limit(value: Any) -> int:
     return int(value) if value else UNLIMITED
 
 
+def _keepalive(spec: Mapping[str, Any] | None) -> tuple[int, int, int] | tuple[()]:
+    """tcp.tcpKeepalive as (idle time s, probe interval s, probes); 0 keeps the OS's value."""
+    if spec is None:
+        return ()
+
+    def secs(v: Any) -> int:
+        d = _duration(v) or 0.0
+        return max(1, math.ceil(d)) if d > 0 else 0  # the socket options take whole seconds
+
+    return (secs(spec.get("time")), secs(spec.get("interval")), int(spec.get("probes") or 0))
+
+
 def _origination(spec: Mapping[str, Any], source: str) -> UpstreamTLS | None:
     mode = spec.get("mode") or ""
     if mode in ("", "DISABLE"):
@@ -516,6 +529,8 @@ def _cluster(
         max_retries=_limit(http.get("maxRetries")),
         max_requests_per_connection=int(http.get("maxRequestsPerConnection") or 0),
         max_concurrent_streams=int(http.get("maxConcurrentStreams") or 0),
+        max_connection_duration=_duration(tcp.get("maxConnectionDuration")) or 0.0,
+        tcp_keepalive=_keepalive(tcp.get("tcpKeepalive")),
         idle_timeout=_duration(http.get("idleTimeout")) or 55.0,
         outlier=policy.get("outlierDetection"),
         tls_mode=tls,

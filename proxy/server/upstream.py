@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any
 
 from proxy.http1 import parser as h1
 from proxy.http1.errors import ProtocolError
-from proxy.routes.table import UNLIMITED
+from proxy.routes.table import UNLIMITED, PoolSettings
 from proxy.server.channel import BodyChannel, ChannelClosed
 from proxy.server.headers import request_head
 from proxy.server.pool_limits import PendingTimeout, PoolOverflow
@@ -33,6 +34,27 @@ class UpstreamReset(Exception):
     def __init__(self, message: str, response_started: bool = False) -> None:
         super().__init__(message)
         self.response_started = response_started
+
+
+def set_keepalive(transport: asyncio.BaseTransport, keepalive: tuple[int, ...]) -> None:
+    """TCP keep-alive on an upstream socket (DestinationRule ``tcp.tcpKeepalive``): idle
+    time, probe interval and probe count, 0 keeping the system's value."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    idle, interval, probes = keepalive
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (
+        (getattr(socket, "TCP_KEEPIDLE", None), idle),
+        (getattr(socket, "TCP_KEEPINTVL", None), interval),
+        (getattr(socket, "TCP_KEEPCNT", None), probes),
+    ):
+        if opt is not None and value:
+            sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+
+
+def _too_old(conn: Any, max_age: float) -> bool:
+    return time.monotonic() - conn.created >= max_age
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -63,6 +85,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_t_fut",
         "tls_fresh",
         "counted",
+        "created",
     )
 
     def __init__(self, pool: EndpointPool) -> None:
@@ -94,10 +117,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.tls_fresh = False
         # counted in the pool's open connections (maxConnections) until discarded
         self.counted = False
+        self.created = 0.0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.created = time.monotonic()
+        if self.pool.keepalive:
+            set_keepalive(transport, self.pool.keepalive)
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -402,6 +429,8 @@ class EndpointPool:
         "waiters",
         "overflows",
         "on_overflow",
+        "max_age",
+        "keepalive",
     )
 
     def __init__(
@@ -442,18 +471,19 @@ class EndpointPool:
         )
         self.overflows = {"connections": 0, "pending": 0, "requests": 0}
         self.on_overflow: Callable[[str], None] | None = None
+        self.max_age = 0.0  # tcp.maxConnectionDuration: no reuse of an older connection
+        self.keepalive: tuple[int, ...] = ()  # tcp.tcpKeepalive for new connections
 
-    def apply(self, settings: tuple[float, int, int, int, int, int]) -> None:
+    def apply(self, settings: PoolSettings) -> None:
         """Take a cluster's ``pool_settings`` (at creation and when a config changes them);
         maxConcurrentStreams is for HTTP/2 pools only."""
-        (
-            self.idle_timeout,
-            self.max_requests,
-            self.max_connections,
-            self.max_pending,
-            self.max_active,
-            _,
-        ) = settings
+        self.idle_timeout = settings.idle_timeout
+        self.max_requests = settings.max_requests_per_connection
+        self.max_connections = settings.max_connections
+        self.max_pending = settings.max_pending
+        self.max_active = settings.max_requests
+        self.max_age = settings.max_connection_duration
+        self.keepalive = settings.keepalive
         while self.waiters and self.open < self.max_connections:
             self._wake(None)  # a raised limit lets waiting requests connect
 
@@ -484,6 +514,9 @@ class EndpointPool:
         while idle:
             conn = idle.pop()
             if not conn.closed:
+                if self.max_age and _too_old(conn, self.max_age):
+                    conn.close()
+                    continue
                 self.active += 1
                 return conn
         return None
@@ -501,6 +534,9 @@ class EndpointPool:
         while idle:
             conn = idle.pop()
             if not conn.closed:
+                if self.max_age and _too_old(conn, self.max_age):
+                    conn.close()
+                    continue
                 self.active += 1
                 return conn, True
         if self.open >= self.max_connections:
@@ -619,7 +655,11 @@ class EndpointPool:
             if conn.head is not None and conn.transport is not None:
                 # a response was read, so the TLS 1.3 ticket sent after the handshake was too
                 self.sessions.remember(conn.transport.get_extra_info("ssl_object"))
-        if conn.reusable and (not self.max_requests or conn.requests < self.max_requests):
+        if (
+            conn.reusable
+            and (not self.max_requests or conn.requests < self.max_requests)
+            and not (self.max_age and _too_old(conn, self.max_age))
+        ):
             if self.waiters and self._wake(conn):
                 return  # straight to a pending request
             conn.idle_since = time.monotonic()

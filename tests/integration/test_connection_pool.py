@@ -351,3 +351,62 @@ async def test_max_concurrent_streams_opens_more_http2_connections(tmp_path):
         ch.close()
         sc.stop()
         echo.stop()
+
+
+async def test_max_connection_duration_retires_a_connection(tmp_path):
+    """tcp.maxConnectionDuration 400ms: calls back to back share a connection; a call after
+    the duration has passed gets a new one."""
+    app = await CountingApp().start()
+    sc = start_sidecar(
+        tmp_path, "orders", app.port, _config(app.port, "{tcp: {maxConnectionDuration: 400ms}}")
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(2):
+                assert (await _get(s, sc.outbound, "/"))[0] == 200
+            assert app.accepted == 1
+            await asyncio.sleep(0.5)  # the duration itself is what is tested
+            assert (await _get(s, sc.outbound, "/"))[0] == 200
+        assert app.accepted == 2 and app.per_connection == [2, 1]
+    finally:
+        sc.stop()
+        await app.close()
+
+
+def _keepalive_timers(app_port: int) -> list[str]:
+    """``ss`` lines of established connections to the app that run a keep-alive timer."""
+    import subprocess
+
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", f"( dport = :{app_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout
+    return [line for line in out.splitlines() if "timer:(keepalive" in line]
+
+
+async def test_tcp_keepalive_on_upstream_connections(tmp_path):
+    app = await CountingApp().start()
+    cfg = "{tcp: {tcpKeepalive: {time: 30s, interval: 5s, probes: 3}}}"
+    sc = start_sidecar(tmp_path, "orders", app.port, _config(app.port, cfg))
+    plain_app = await CountingApp().start()
+    plain = start_sidecar(
+        tmp_path,
+        "orders",
+        plain_app.port,
+        _config(plain_app.port, "{tcp: {connectTimeout: 5s}}"),
+        name="plain",
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            assert (await _get(s, sc.outbound, "/"))[0] == 200
+            assert (await _get(s, plain.outbound, "/"))[0] == 200
+        (line,) = _keepalive_timers(app.port)  # the pooled connection, idle, probed after 30 s
+        assert _keepalive_timers(plain_app.port) == []
+    finally:
+        sc.stop()
+        plain.stop()
+        await app.close()
+        await plain_app.close()

@@ -30,11 +30,11 @@ from proxy.http2 import connection as ev
 from proxy.http2 import frames as fr
 from proxy.http2.errors import ErrorCode as ErrorCodes
 from proxy.http2.errors import LocalProtocolError
-from proxy.routes.table import UNLIMITED
+from proxy.routes.table import UNLIMITED, PoolSettings
 from proxy.server.channel import ChannelClosed
 from proxy.server.h2._conn import CONN_WINDOW, STREAM_WINDOW, H2Base, StreamIO
 from proxy.server.pool_limits import PoolOverflow
-from proxy.server.upstream import UpstreamReset
+from proxy.server.upstream import UpstreamReset, set_keepalive
 
 # hop-by-hop and framing fields never sent in HTTP/2; ``te: trailers`` is re-added for gRPC
 _DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding",
@@ -56,7 +56,7 @@ class H2ClientConnection(H2Base):
         self.by_sid: dict[int, H2UpstreamStream] = {}
         self.reserved = 0  # acquired, not yet released (started or not)
         self.started = 0
-        self.idle_since = time.monotonic()
+        self.idle_since = self.created = time.monotonic()
         self.scheme = b"http"
         self.peer_principal = ""
         # the peer's first SETTINGS (its MAX_CONCURRENT_STREAMS) before streams are opened
@@ -65,6 +65,8 @@ class H2ClientConnection(H2Base):
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.pool.keepalive:
+            set_keepalive(transport, self.pool.keepalive)
         if transport.get_extra_info("ssl_object") is not None:
             self.scheme = b"https"
         self.h2.initiate_connection()  # preface, SETTINGS (push off), connection window
@@ -429,6 +431,8 @@ class H2UpstreamPool:
         # DestinationRule connectionPool thresholds (see pool_limits.py): no limit by default
         self.max_pending = UNLIMITED
         self.max_active = UNLIMITED
+        self.max_age = 0.0
+        self.keepalive: tuple[int, ...] = ()
         self.acquiring = 0
         self.overflows = {"connections": 0, "pending": 0, "requests": 0}
         self.on_overflow: Callable[[str], None] | None = None
@@ -446,15 +450,21 @@ class H2UpstreamPool:
 
             self.sessions = SessionCache()
 
-    def apply(self, settings: tuple[float, int, int, int, int, int]) -> None:
+    def apply(self, settings: PoolSettings) -> None:
         """Take a cluster's ``pool_settings``: idleTimeout, maxRequestsPerConnection,
         maxConnections, http1MaxPendingRequests (streams waiting for a slot),
-        http2MaxRequests (streams in flight) and maxConcurrentStreams (per connection, under
-        the peer's own SETTINGS limit; 0 keeps meshlet's default)."""
-        idle, self.max_requests, max_conns, self.max_pending, self.max_active, streams = settings
-        self.idle_timeout = idle
-        self.max_connections = min(self._connections_cap, max_conns)
-        self.max_streams = streams or self._streams_default
+        http2MaxRequests (streams in flight), maxConcurrentStreams (per connection, under
+        the peer's own SETTINGS limit; 0 keeps meshlet's default), maxConnectionDuration (an
+        older connection takes no new stream and closes when its last one ends) and
+        tcpKeepalive."""
+        self.idle_timeout = settings.idle_timeout
+        self.max_requests = settings.max_requests_per_connection
+        self.max_connections = min(self._connections_cap, settings.max_connections)
+        self.max_pending = settings.max_pending
+        self.max_active = settings.max_requests
+        self.max_streams = settings.max_concurrent_streams or self._streams_default
+        self.max_age = settings.max_connection_duration
+        self.keepalive = settings.keepalive
         self.wake()
 
     def _overflow(self, kind: str) -> PoolOverflow:
@@ -516,6 +526,8 @@ class H2UpstreamPool:
 
     def _roomiest(self) -> H2ClientConnection | None:
         """The connection with the most free stream slots (an unused one at once), or None."""
+        if self.max_age:
+            self._retire_old()
         best = None
         best_room = 0
         for c in self.conns:
@@ -525,6 +537,16 @@ class H2UpstreamPool:
                 if c.reserved == 0:
                     break
         return best
+
+    def _retire_old(self) -> None:
+        """maxConnectionDuration: a connection past it takes no new stream (Envoy drains it)."""
+        cutoff = time.monotonic() - self.max_age
+        for c in list(self.conns):
+            if c.created < cutoff and not c.going_away:
+                c.going_away = True
+                self.conns.remove(c)
+                if not c.reserved:
+                    c.close()
 
     def _reserve(self, conn: H2ClientConnection, reused: bool) -> tuple[H2UpstreamStream, bool]:
         conn.reserved += 1

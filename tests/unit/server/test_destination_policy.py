@@ -10,7 +10,7 @@ from certs import keys
 from certs.authority import CertificateAuthority
 from control_plane.api.resources import load_text
 from proxy.routes.compile import compile_table
-from proxy.routes.table import UNLIMITED
+from proxy.routes.table import UNLIMITED, PoolSettings
 from proxy.server.origination import OriginationError
 from proxy.server.runtime import Runtime
 
@@ -36,7 +36,7 @@ def _clusters(text: str, registry=()):
 def test_connection_pool_thresholds_default_to_no_limit():
     c = _clusters("")[(80, "")]
     assert (c.max_connections, c.max_pending, c.max_requests, c.max_retries) == (UNLIMITED,) * 4
-    assert c.pool_settings == (55.0, 0, UNLIMITED, UNLIMITED, UNLIMITED, 0)
+    assert c.pool_settings == PoolSettings()
 
 
 def test_connection_pool_thresholds_compile():
@@ -55,7 +55,7 @@ spec:
 """
     )[(80, "")]
     assert (c.max_connections, c.max_pending, c.max_requests, c.max_retries) == (3, 4, 5, 6)
-    assert c.pool_settings == (55.0, 7, 3, 4, 5, 8)
+    assert c.pool_settings == PoolSettings(55.0, 7, 3, 4, 5, 8, 0.0, ())
 
 
 LAYERS = """

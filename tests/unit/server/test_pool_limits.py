@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from proxy.routes.table import UNLIMITED
+from proxy.routes.table import UNLIMITED, PoolSettings
 from proxy.server.h2.client import H2UpstreamPool
 from proxy.server.pool_limits import PendingTimeout, PoolOverflow, RetryGate
 from proxy.server.upstream import EndpointPool
@@ -40,7 +40,7 @@ async def server():
 
 def _pool(port: int, conns: int = UNLIMITED, pending: int = UNLIMITED, active: int = UNLIMITED):
     p = EndpointPool("127.0.0.1", port)
-    p.apply((55.0, 0, conns, pending, active, 0))
+    p.apply(PoolSettings(55.0, 0, conns, pending, active))
     return p
 
 
@@ -146,7 +146,7 @@ async def test_a_raised_limit_wakes_waiting_requests(server):
     first, _ = await pool.acquire(1.0)
     waiter = asyncio.ensure_future(pool.acquire(1.0))
     await _queued(pool, 1)
-    pool.apply((55.0, 0, 2, UNLIMITED, UNLIMITED, 0))
+    pool.apply(PoolSettings(max_connections=2))
     second, reused = await asyncio.wait_for(waiter, 2.0)
     assert second is not first and not reused and pool.open == 2
     for c in (first, second):
@@ -166,13 +166,13 @@ async def test_overflows_are_reported():
 async def test_h2_requests_in_flight_are_bounded():
     seen: list[str] = []
     pool = H2UpstreamPool("127.0.0.1", 9)
-    pool.apply((55.0, 0, 2, 1, 0, 7))
+    pool.apply(PoolSettings(55.0, 0, 2, 1, 0, 7))
     pool.on_overflow = seen.append
     assert pool.max_connections == 2 and pool.max_streams == 7
     with pytest.raises(PoolOverflow):
         await pool.acquire(1.0)
     assert seen == ["requests"] and pool.status()["overflows"]["requests"] == 1
-    pool.apply((55.0, 0, UNLIMITED, UNLIMITED, UNLIMITED, 0))  # unset again: the defaults
+    pool.apply(PoolSettings())  # unset again: the defaults
     assert (pool.max_connections, pool.max_streams) == (4, 100)
 
 
@@ -183,3 +183,47 @@ def test_retry_gate():
     g.release()
     assert g.take()
     assert g.status() == {"max_retries": 2, "retries_active": 2, "retry_overflows": 1}
+
+
+async def test_tcp_keepalive_is_set_on_new_connections(server):
+    import socket
+
+    pool = EndpointPool("127.0.0.1", server["port"])
+    pool.apply(PoolSettings(keepalive=(7, 3, 4)))
+    conn, _ = await pool.acquire(1.0)
+    sock = conn.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+    pool.release(conn)
+    pool.close()
+    plain = EndpointPool("127.0.0.1", server["port"])
+    conn, _ = await plain.acquire(1.0)
+    assert (
+        conn.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        == 0
+    )
+    plain.release(conn)
+    plain.close()
+
+
+async def test_a_connection_past_max_duration_is_not_reused(server):
+    pool = EndpointPool("127.0.0.1", server["port"])
+    pool.apply(PoolSettings(max_connection_duration=0.2))
+    first, _ = await pool.acquire(1.0)
+    await _serve(pool, first)
+    pool.release(first)
+    again = pool.take_idle()
+    assert again is first  # young enough
+    await _serve(pool, again)
+    first.created -= 0.2  # (as if 200 ms had passed)
+    pool.release(again)
+    assert first.closed and not pool.idle  # too old to go back to the pool
+    conn, reused = await pool.acquire(1.0)
+    assert conn is not first and not reused
+    await _serve(pool, conn)
+    pool.release(conn)
+    conn.created -= 0.2  # idle past its duration: not taken
+    assert pool.take_idle() is None and conn.closed
+    pool.close()
