@@ -98,9 +98,10 @@ class Sidecar:
         authz = compile_policies(resources, self.opts.namespace, self.runtime.labels)
         for w in authz.warnings:
             log.warning("config %s: %s", version, w)
-        self.runtime.mtls_mode = self._mtls_mode(resources)
+        mtls_mode = self._mtls_mode(resources)
+        self.runtime.swap(table)  # raises (nothing changed) when a DestinationRule's TLS files fail
+        self.runtime.mtls_mode = mtls_mode
         self.runtime.authz = authz
-        self.runtime.swap(table)
         self.resources = list(resources)
         self.registry = list(registry)
         if self.telemetry is not None:

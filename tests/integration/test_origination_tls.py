@@ -325,3 +325,44 @@ spec:
     with pytest.raises(RuntimeError) as err:
         start_sidecar(tmp_path, "orders", 1, cfg)
     assert "DestinationRule default/ext: tls.caCertificates '/nonexistent/ca.pem'" in str(err.value)
+
+
+def test_a_reload_with_an_unreadable_file_changes_nothing(mesh, tmp_path):
+    """SIGHUP with a rule naming a missing file is refused whole: the PeerAuthentication that
+    came with it is not applied either."""
+    import signal
+
+    files = mesh["files"]
+    cfg = tmp_path / "inv.yaml"
+    cfg.write_text(PERMISSIVE)
+    sc = start_sidecar(
+        tmp_path, "inventory", 1, cfg, "--cert", files["client_cert"], "--key",
+        files["client_key"], "--ca", files["ca"], name="reload",
+    )  # fmt: skip
+    try:
+        assert json.loads(sc.admin_get("/certs")[1])["mtls_mode"] == "PERMISSIVE"
+        cfg.write_text(
+            STRICT
+            + """---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [ext]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {http: 9}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ext}
+spec:
+  host: ext
+  trafficPolicy: {tls: {mode: SIMPLE, caCertificates: /nonexistent/ca.pem}}
+"""
+        )
+        sc.proc.signal(signal.SIGHUP)
+        sc.proc.wait_for(r"config reload refused.*\n.*tls.caCertificates '/nonexistent/ca.pem'")
+        assert json.loads(sc.admin_get("/certs")[1])["mtls_mode"] == "PERMISSIVE"
+    finally:
+        sc.stop()
