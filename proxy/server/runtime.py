@@ -360,8 +360,7 @@ class Runtime:
         }
         gate = self.retry_gates.get(cluster.name)
         if gate is not None:
-            out["retries_active"] = gate.active
-            out["retry_overflows"] = gate.overflows
+            out.update(gate.status())
         return out
 
     def count_protection(self, subject: Any, kind: str) -> None:
