@@ -1,11 +1,12 @@
 """TLS the sidecar originates because a DestinationRule says so (``trafficPolicy.tls``).
 
-SIMPLE and MUTUAL name certificate files: they are read and turned into SSL contexts once, when
-a config is applied (a missing or unreadable file rejects the config, naming the rule), never
-per connection. ``subjectAltNames`` are checked on each new connection's certificate (DNS, URI
-or IP SANs); without them, the server's name is checked against ``sni`` (or the service host),
-as Istio verifies the certificate at the client. ISTIO_MUTUAL reuses the sidecar's own mesh
-identity (see ``Runtime.pool``) and checks the peer's SPIFFE ID.
+SIMPLE and MUTUAL name certificate files: they are read and turned into SSL contexts when a
+config is applied (a missing or unreadable file rejects the config, naming the rule), never per
+connection; applying a config again re-reads the files that changed on disk.
+``subjectAltNames`` are checked on each new connection's certificate (DNS, URI or IP SANs);
+without them, the server's name is checked against ``sni`` (or the service host), as Istio
+verifies the certificate at the client. ISTIO_MUTUAL reuses the sidecar's own mesh identity
+(see ``Runtime.pool``) and checks the peer's SPIFFE ID.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ class OriginationError(ValueError):
 class Contexts:
     """The HTTP/1.1 and HTTP/2 client contexts of one DestinationRule TLS setting."""
 
-    __slots__ = ("h1", "h2")
+    __slots__ = ("h1", "h2", "stamp")
 
     def __init__(self, spec: UpstreamTLS, check_hostname: bool) -> None:
         from certs import tls
+
+        self.stamp = stamp(spec)
 
         def read(field: str, path: str) -> bytes | None:
             if not path:
@@ -74,8 +77,25 @@ def build(table: Any, known: dict[UpstreamTLS, Contexts]) -> dict[UpstreamTLS, C
         o = c.origination
         if o is None or o.mode == "ISTIO_MUTUAL" or o in out:
             continue
-        out[o] = known.get(o) or Contexts(o, check_hostname=not o.subject_alt_names)
+        ctxs = known.get(o)
+        if ctxs is None or ctxs.stamp != stamp(o):  # new, or its files changed on disk
+            ctxs = Contexts(o, check_hostname=not o.subject_alt_names)
+        out[o] = ctxs
     return out
+
+
+def stamp(spec: UpstreamTLS) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime, size) of each file a setting names: a config applied again (SIGHUP, a
+    push) after the files were replaced reads them again."""
+    out = []
+    for path in (spec.ca_certificates, spec.client_certificate, spec.private_key, spec.ca_crl):
+        if path:
+            try:
+                st = Path(path).stat()
+                out.append((path, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((path, -1, -1))
+    return tuple(out)
 
 
 def server_name(spec: UpstreamTLS, service: str) -> str:

@@ -227,9 +227,13 @@ class Runtime:
         ssl_factory: Callable[[], ssl.SSLContext | None] | None = None
         server_name = ""
         if o is not None and o.mode != "ISTIO_MUTUAL":
-            ctxs = self.origination[o]
-            ctx = ctxs.h2 if h2 else ctxs.h1
-            ssl_factory = lambda: ctx  # noqa: E731 - built at config time
+            first = self.origination[o]
+
+            def ssl_factory() -> ssl.SSLContext:
+                # per new connection: the contexts of the config in force (files re-read)
+                ctxs = self.origination.get(o) or first
+                return ctxs.h2 if h2 else ctxs.h1
+
             from proxy.server.origination import server_name as _sni
 
             server_name = _sni(o, cluster.service)

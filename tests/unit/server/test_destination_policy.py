@@ -135,6 +135,13 @@ async def test_contexts_are_built_once_per_config_and_pools_dial_with_them(tmp_p
     # the same setting in the next config: the same contexts, not read again
     rt.swap(compile_table(load_text(text), [], "default", {}, "2"))
     assert next(iter(rt.origination.values())) is ctxs
+    # ... unless the file was replaced meanwhile (a rotated CA): read again
+    ca2 = CertificateAuthority.create_self_signed(tmp_path / "ca2", "cluster.local")
+    bundle.write_bytes(ca.bundle_pem() + ca2.bundle_pem())
+    rt.swap(compile_table(load_text(text), [], "default", {}, "3"))
+    (fresh,) = rt.origination.values()
+    assert fresh is not ctxs
+    assert pool.ssl() is fresh.h1 and h2.ssl() is fresh.h2  # the pools' next connections
     rt.close()
 
 
