@@ -166,6 +166,37 @@ def client_context(
     return ctx
 
 
+def origination_context(
+    ca_pem: bytes | None,
+    chain_pem: bytes | None,
+    key_pem: bytes | None,
+    *,
+    alpn: Sequence[str] | None,
+    verify: bool = True,
+    check_hostname: bool = False,
+    crl_path: str = "",
+) -> ssl.SSLContext:
+    """A client context for TLS the sidecar originates to a non-mesh server (DestinationRule
+    ``tls.mode`` SIMPLE or MUTUAL): the server is verified against ``ca_pem`` (the system's
+    roots when None), unless ``verify`` is False (``insecureSkipVerify``); ``chain_pem`` and
+    ``key_pem``, when given, are the client certificate. No X509_STRICT here: the server's
+    chain comes from any CA, not from meshlet's."""
+    ctx = _base(ssl.PROTOCOL_TLS_CLIENT, alpn)
+    ctx.check_hostname = verify and check_hostname
+    ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+    if verify:
+        if ca_pem is not None:
+            ctx.load_verify_locations(cadata=ca_pem.decode("ascii"))
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        if crl_path:
+            ctx.load_verify_locations(cafile=crl_path)
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    if chain_pem is not None and key_pem is not None:
+        _load_cert_chain(ctx, chain_pem, key_pem)
+    return ctx
+
+
 def unverified_client_context(*, alpn: Sequence[str] | None = HTTP11_ALPN) -> ssl.SSLContext:
     """A client context that does NOT verify the server.
 

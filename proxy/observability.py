@@ -51,6 +51,8 @@ class Telemetry:
         rt.local_reply_counter = self.count_local_reply
         rt.protection_counter = self.count_protection
         rt.retry_counter = self.count_retry
+        rt.overflow_counter = self.count_overflow
+        self._overflow: dict[tuple[str, str], Any] = {}
         rt.policies.on_new_destination = self.watch_destination
         from proxy.telemetry.spans import SpanExporterBridge
 
@@ -95,6 +97,14 @@ class Telemetry:
             m.retry_budget_skipped.labels(destination_service=svc).inc()
         elif kind == "hedge":
             m.hedges.labels(destination_service=svc).inc()
+
+    def count_overflow(self, service: str, kind: str) -> None:
+        c = self._overflow.get((service, kind))
+        if c is None:
+            c = self._overflow[(service, kind)] = self.meshlet.upstream_overflow.labels(
+                destination_service=service, kind=kind
+            )
+        c.inc()
 
     def count_retry(self, dest: Any, outcome: Any) -> None:
         svc = dest.service if dest is not None else self.rt.local_service_fqdn

@@ -103,10 +103,11 @@ class Sidecar:
         limits = compile_limits(
             resources, self.opts.namespace, self.runtime.labels, self.runtime.inbound_limits
         )
-        self.runtime.mtls_mode = self._mtls_mode(resources)
+        mtls_mode = self._mtls_mode(resources)
+        self.runtime.swap(table)  # raises (nothing changed) when a DestinationRule's TLS files fail
+        self.runtime.mtls_mode = mtls_mode
         self.runtime.authz = authz
         self.runtime.inbound_limits = limits
-        self.runtime.swap(table)
         self.resources = list(resources)
         self.registry = list(registry)
         if self.telemetry is not None:
@@ -510,6 +511,8 @@ class Sidecar:
                         for ep in c.endpoints
                     ],
                     **rt.cluster_health(c),
+                    "connection_pool": rt.pool_status(c),
+                    "tls_mode": c.tls_mode or "auto",
                 }
             )
         return {"version": rt.config_version, "clusters": out}

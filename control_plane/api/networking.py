@@ -492,10 +492,17 @@ def _tls_check(value: dict, path: str, ctx: Ctx) -> None:
         extra = sorted(k for k in value if k not in ("mode", "sni", "subjectAltNames"))
         if extra:
             ctx.error(path, f"ISTIO_MUTUAL uses mesh certificates; remove {', '.join(extra)}")
-    if value.get("mode") == "MUTUAL" and "credentialName" not in value:
+    if "credentialName" in value:
+        # a Kubernetes secret; the sidecar reads certificate files (and has no secret store)
+        ctx.error(
+            join(path, "credentialName"),
+            "is not supported by meshlet: name the files with clientCertificate, privateKey "
+            "and caCertificates",
+        )
+    elif value.get("mode") == "MUTUAL":
         for k in ("clientCertificate", "privateKey"):
             if k not in value:
-                ctx.error(join(path, k), "is required for MUTUAL (or set credentialName)")
+                ctx.error(join(path, k), "is required for MUTUAL")
 
 
 CLIENT_TLS = obj(

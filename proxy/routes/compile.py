@@ -12,6 +12,8 @@ by its ``app`` label, so a standalone sidecar's file can list endpoints without 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from proxy.routes.table import (
     PREFIX,
     PRESENT,
     REGEX,
+    UNLIMITED,
     Cluster,
     Destination,
     Endpoint,
@@ -31,6 +34,7 @@ from proxy.routes.table import (
     Matcher,
     Route,
     RouteTable,
+    UpstreamTLS,
     VirtualHost,
 )
 
@@ -92,6 +96,14 @@ def _merge_policy(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
                 continue
             out[key] = value
     return out
+
+
+def _port_policy(policy: Mapping[str, Any] | None, number: int) -> Mapping[str, Any] | None:
+    """The portLevelSettings entry of ``policy`` for service port ``number``, if any."""
+    for pl in (policy or {}).get("portLevelSettings") or ():
+        if int((pl.get("port") or {}).get("number", -1)) == number:
+            return pl
+    return None
 
 
 class _Compiler:
@@ -197,13 +209,17 @@ class _Compiler:
                 for s in dr_spec.get("subsets") or ()
             ]
             ports = svc.ports or [(0, "", 0)]
+            source = f"{dr.namespace}/{dr.name}" if dr is not None else ""
             for number, pname, target in ports:
-                port_policy = None
-                for pl in (dr_spec.get("trafficPolicy") or {}).get("portLevelSettings") or ():
-                    if int((pl.get("port") or {}).get("number", -1)) == number:
-                        port_policy = pl
+                port_policy = _port_policy(dr_spec.get("trafficPolicy"), number)
                 for subset, sel, sub_policy in subsets:
-                    policy = _merge_policy(dr_spec.get("trafficPolicy"), port_policy, sub_policy)
+                    # Istio's order: DR level, DR port level, subset level, subset port level
+                    policy = _merge_policy(
+                        dr_spec.get("trafficPolicy"),
+                        port_policy,
+                        sub_policy,
+                        _port_policy(sub_policy, number),
+                    )
                     eps = []
                     for address, pmap, labels, weight, tls, spiffe, fixed in svc.endpoints:
                         if not all(labels.get(k) == v for k, v in sel.items()):
@@ -218,7 +234,14 @@ class _Compiler:
                         )
                     name = f"outbound|{number}|{subset}|{svc.fqdn}"
                     self.clusters[name] = _cluster(
-                        name, svc.fqdn, subset, number, eps, policy, self.resilience.get(svc.fqdn)
+                        name,
+                        svc.fqdn,
+                        subset,
+                        number,
+                        eps,
+                        policy,
+                        self.resilience.get(svc.fqdn),
+                        source,
                     )
 
     def cluster_map(
@@ -434,6 +457,40 @@ def _we_endpoint(we: Any) -> tuple[str, dict[str, int], dict[str, str], int, boo
     )
 
 
+def _limit(value: Any) -> int:
+    """A connectionPool threshold: 0 and unset both mean Istio's default, no limit."""
+    return int(value) if value else UNLIMITED
+
+
+def _keepalive(spec: Mapping[str, Any] | None) -> tuple[int, int, int] | tuple[()]:
+    """tcp.tcpKeepalive as (idle time s, probe interval s, probes); 0 keeps the OS's value."""
+    if spec is None:
+        return ()
+
+    def secs(v: Any) -> int:
+        d = _duration(v) or 0.0
+        return max(1, math.ceil(d)) if d > 0 else 0  # the socket options take whole seconds
+
+    return (secs(spec.get("time")), secs(spec.get("interval")), int(spec.get("probes") or 0))
+
+
+def _origination(spec: Mapping[str, Any], source: str) -> UpstreamTLS | None:
+    mode = spec.get("mode") or ""
+    if mode in ("", "DISABLE"):
+        return None
+    return UpstreamTLS(
+        mode=mode,
+        ca_certificates=str(spec.get("caCertificates") or ""),
+        client_certificate=str(spec.get("clientCertificate") or ""),
+        private_key=str(spec.get("privateKey") or ""),
+        sni=str(spec.get("sni") or ""),
+        subject_alt_names=tuple(str(s) for s in spec.get("subjectAltNames") or ()),
+        insecure_skip_verify=bool(spec.get("insecureSkipVerify")),
+        ca_crl=str(spec.get("caCrl") or ""),
+        source=source,
+    )
+
+
 def _cluster(
     name: str,
     service: str,
@@ -442,6 +499,7 @@ def _cluster(
     endpoints: list[Endpoint],
     policy: Mapping[str, Any],
     resilience: Mapping[str, Any] | None,
+    source: str = "",
 ) -> Cluster:
     lb = (policy.get("loadBalancer") or {}).get("simple") or "ROUND_ROBIN"
     if lb == "LEAST_CONN":
@@ -449,7 +507,14 @@ def _cluster(
     pool = policy.get("connectionPool") or {}
     tcp = pool.get("tcp") or {}
     http = pool.get("http") or {}
-    tls = (policy.get("tls") or {}).get("mode") or "DISABLE"
+    tls_spec = policy.get("tls") or {}
+    tls = tls_spec.get("mode") or ""
+    if tls:
+        # the DestinationRule decides how every endpoint is dialled: ISTIO_MUTUAL is mesh mTLS
+        # even to a ServiceEntry endpoint, DISABLE plaintext even to a mesh peer; SIMPLE and
+        # MUTUAL originate TLS with the rule's own files (see ``origination``)
+        mesh = tls == "ISTIO_MUTUAL"
+        endpoints = [e if e.tls == mesh else dataclasses.replace(e, tls=mesh) for e in endpoints]
     return Cluster(
         name=name,
         service=service,
@@ -458,12 +523,18 @@ def _cluster(
         endpoints=tuple(endpoints),
         lb=lb,
         connect_timeout=_duration(tcp.get("connectTimeout")) or 10.0,
-        max_connections=int(tcp.get("maxConnections") or 1024),
-        max_pending=int(http.get("http1MaxPendingRequests") or 1024),
+        max_connections=_limit(tcp.get("maxConnections")),
+        max_pending=_limit(http.get("http1MaxPendingRequests")),
+        max_requests=_limit(http.get("http2MaxRequests")),
+        max_retries=_limit(http.get("maxRetries")),
         max_requests_per_connection=int(http.get("maxRequestsPerConnection") or 0),
+        max_concurrent_streams=int(http.get("maxConcurrentStreams") or 0),
+        max_connection_duration=_duration(tcp.get("maxConnectionDuration")) or 0.0,
+        tcp_keepalive=_keepalive(tcp.get("tcpKeepalive")),
         idle_timeout=_duration(http.get("idleTimeout")) or 55.0,
         outlier=policy.get("outlierDetection"),
         tls_mode=tls,
+        origination=_origination(tls_spec, source),
         resilience=dict(resilience or {}),
     )
 

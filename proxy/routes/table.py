@@ -9,7 +9,7 @@ them on every call; nothing here is mutated after compilation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 # StringMatch operators, shared with the matcher (kept as ints for the compiled fast path).
 EXACT = 0
@@ -29,6 +29,42 @@ class Endpoint:
     key: str = ""  # "address:port", the key of per-endpoint runtime state
 
 
+#: Istio's default for every connectionPool threshold: effectively no limit.
+UNLIMITED = 2**32 - 1
+
+
+class PoolSettings(NamedTuple):
+    """What an endpoint pool takes from its cluster's DestinationRule ``connectionPool``.
+    Hashable and ordered: pools are keyed by it, and moved between settings on a swap."""
+
+    idle_timeout: float = 55.0  # http.idleTimeout
+    max_requests_per_connection: int = 0  # 0: no limit
+    max_connections: int = UNLIMITED  # tcp.maxConnections
+    max_pending: int = UNLIMITED  # http.http1MaxPendingRequests
+    max_requests: int = UNLIMITED  # http.http2MaxRequests
+    max_concurrent_streams: int = 0  # http.maxConcurrentStreams; 0: meshlet's default
+    max_connection_duration: float = 0.0  # tcp.maxConnectionDuration; 0: no limit
+    keepalive: tuple[int, int, int] | tuple[()] = ()  # tcp.tcpKeepalive (time, interval, probes)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTLS:
+    """A DestinationRule ``trafficPolicy.tls`` other than DISABLE, resolved at compile time.
+
+    ISTIO_MUTUAL uses the sidecar's own identity and the mesh trust bundle; SIMPLE and MUTUAL
+    use the files named here. Hashable: pools and SSL contexts are keyed by it."""
+
+    mode: str  # ISTIO_MUTUAL | SIMPLE | MUTUAL
+    ca_certificates: str = ""
+    client_certificate: str = ""
+    private_key: str = ""
+    sni: str = ""
+    subject_alt_names: tuple[str, ...] = ()
+    insecure_skip_verify: bool = False
+    ca_crl: str = ""
+    source: str = ""  # "namespace/name" of the DestinationRule, for errors
+
+
 @dataclass(frozen=True, slots=True)
 class Cluster:
     name: str  # outbound|PORT|SUBSET|FQDN, as Istio names clusters
@@ -38,13 +74,39 @@ class Cluster:
     endpoints: tuple[Endpoint, ...]
     lb: str = "ROUND_ROBIN"
     connect_timeout: float = 10.0
-    max_connections: int = 1024
-    max_pending: int = 1024
+    # connectionPool thresholds (Envoy's circuit breakers), enforced per endpoint pool
+    max_connections: int = UNLIMITED  # tcp.maxConnections
+    max_pending: int = UNLIMITED  # http.http1MaxPendingRequests
+    max_requests: int = UNLIMITED  # http.http2MaxRequests (concurrent requests)
+    max_retries: int = UNLIMITED  # http.maxRetries (concurrent retries, whole cluster)
     max_requests_per_connection: int = 0
+    max_concurrent_streams: int = 0  # http.maxConcurrentStreams (0: meshlet's 100)
+    max_connection_duration: float = 0.0  # tcp.maxConnectionDuration (0: none)
+    tcp_keepalive: tuple[int, int, int] | tuple[()] = ()  # (time, interval, probes); 0: OS's
     idle_timeout: float = 55.0
     outlier: dict[str, Any] | None = None
-    tls_mode: str = "DISABLE"
+    tls_mode: str = ""  # DestinationRule tls.mode, "" when unset (auto: mTLS to mesh peers)
+    origination: UpstreamTLS | None = None  # TLS the sidecar originates, when tls.mode says so
     resilience: dict[str, Any] = field(default_factory=dict)
+
+    # what an endpoint pool takes from this cluster, computed once (read on every request)
+    pool_settings: PoolSettings = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "pool_settings",
+            PoolSettings(
+                self.idle_timeout,
+                self.max_requests_per_connection,
+                self.max_connections,
+                self.max_pending,
+                self.max_requests,
+                self.max_concurrent_streams,
+                self.max_connection_duration,
+                self.tcp_keepalive,
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from proxy.routes import match
 from proxy.server.channel import ChannelClosed, MalformedBody
 from proxy.server.h2 import grpc as h2grpc
 from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops
+from proxy.server.pool_limits import PendingTimeout, PoolOverflow
 from proxy.server.upstream import UpstreamProtocolError, UpstreamReset
 from proxy.telemetry.tracing import PROPAGATION_HEADERS, continue_trace, inject, new_context
 
@@ -106,6 +107,7 @@ class Exchange:
         "trace",
         "hdrs",
         "downstream",
+        "retry_slot",
     )
 
     def __init__(self, start: float) -> None:
@@ -128,6 +130,7 @@ class Exchange:
         self.trace: Any = None
         self.hdrs: dict[str, str] = {}
         self.downstream: tuple[str, int] = ("", 0)  # the caller's address, for the access log
+        self.retry_slot: Any = None  # the maxRetries gate this request holds a retry slot of
 
 
 def _scan(headers: list[tuple[str, str]], ex: Exchange) -> bool:
@@ -433,6 +436,8 @@ class Forwarder:
             )
             ok = 0 < ex.status < 500 and ex.flags in ("-", "DC")
         finally:
+            if ex.retry_slot is not None:
+                ex.retry_slot.release()
             if bulkhead is not None:
                 bulkhead.release()
             if breaker is not None:
@@ -537,7 +542,13 @@ class Forwarder:
                     reused = True
                 else:
                     ct = cluster.connect_timeout
-                    conn, reused = await pool.acquire(min(ct, try_timeout) if try_timeout else ct)
+                    conn, reused = await pool.acquire(
+                        min(ct, try_timeout) if try_timeout else ct, try_timeout
+                    )
+            except PoolOverflow:  # a connectionPool threshold (Envoy's circuit breaker)
+                return self._local(down, head, ex, 503, "UO", reporter)  # x-envoy-overloaded
+            except PendingTimeout:
+                return self._local(down, head, ex, 504, "UT", reporter)
             except (OSError, TimeoutError, ConnectionError) as exc:
                 log.debug("connect to %s failed: %r", ep.key, exc)
                 rt.endpoint_outcome(outlier, ep, None, True)
@@ -720,11 +731,13 @@ class Forwarder:
         deadline: float,
         dest: Any,
     ) -> tuple[str, int, float | None] | None:
-        """The first try, hedged: if no answer comes within ``delay`` (the observed p95, or a
-        fixed delay), a second try goes to another endpoint, paid from the retry budget; the
-        first response wins and the other connection is aborted."""
+        """The first try, hedged: each time ``delay`` (the observed p95, or a fixed delay) passes
+        without an answer, another copy goes to an endpoint that has none, up to ``maxHedges``
+        copies, each paid from the retry budget; the first response wins and the other
+        connections are aborted."""
         rt = self.rt
         gate = _Gate()
+        gate.conns.append(conn)
         loop = asyncio.get_running_loop()
         tries = [(conn, pool, ep)]
         rt.endpoint_started(ep)
@@ -754,49 +767,53 @@ class Forwarder:
         )
         tasks = [t1]
         try:
-            done, _ = await asyncio.wait({t1}, timeout=delay)
-            if not done and dest.budget.try_withdraw():
-                ep2 = rt.pick_endpoint(cluster, tried | {ep.key}, outlier)
-                if ep2 is not None and ep2.key != ep.key:
-                    pool2 = rt.pool(ep2, cluster)
-                    try:
-                        conn2, _ = await pool2.acquire(cluster.connect_timeout)
-                    except (OSError, TimeoutError, ConnectionError):
-                        conn2 = None
-                    if conn2 is not None and gate.winner is None:
-                        tried.add(ep2.key)
-                        rt.count_protection(dest, "hedge")
-                        tries.append((conn2, pool2, ep2))
-                        gate.conns = [conn, conn2]
-                        rt.endpoint_started(ep2)
-                        tasks.append(
-                            loop.create_task(
-                                self._attempt(
-                                    down,
-                                    head,
-                                    conn2,
-                                    target,
-                                    headers,
-                                    up_extra + ["x-envoy-attempt-count: 2"],
-                                    drop,
-                                    None,
-                                    try_timeout,
-                                    ex,
-                                    reporter,
-                                    resp_ops,
-                                    ep2,
-                                    outlier,
-                                    retry,
-                                    idem_key,
-                                    1,
-                                    deadline,
-                                    dest,
-                                    gate,
-                                )
-                            )
+            # up to maxHedges copies, each after another ``delay`` without an answer
+            for n in range(2, dest.hedge.max_hedges + 2):
+                done, _ = await asyncio.wait(tasks, timeout=delay)
+                if done or gate.winner is not None or not dest.budget.try_withdraw():
+                    break
+                ep2 = rt.pick_endpoint(cluster, tried, outlier)
+                if ep2 is None or ep2.key in tried:
+                    break  # every endpoint already has a copy of this request
+                pool2 = rt.pool(ep2, cluster)
+                try:
+                    conn2, _ = await pool2.acquire(cluster.connect_timeout)
+                except (OSError, TimeoutError, ConnectionError, PoolOverflow):
+                    continue
+                if gate.winner is not None:
+                    pool2.release(conn2)
+                    break
+                tried.add(ep2.key)
+                rt.count_protection(dest, "hedge")
+                tries.append((conn2, pool2, ep2))
+                gate.conns.append(conn2)
+                rt.endpoint_started(ep2)
+                tasks.append(
+                    loop.create_task(
+                        self._attempt(
+                            down,
+                            head,
+                            conn2,
+                            target,
+                            headers,
+                            up_extra + ["x-envoy-attempt-count: %d" % n],
+                            drop,
+                            None,
+                            try_timeout,
+                            ex,
+                            reporter,
+                            resp_ops,
+                            ep2,
+                            outlier,
+                            retry,
+                            idem_key,
+                            1,
+                            deadline,
+                            dest,
+                            gate,
                         )
-                    elif conn2 is not None:
-                        pool2.release(conn2)
+                    )
+                )
             results = await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             for t in tasks:
@@ -844,6 +861,13 @@ class Forwarder:
             return False
         if deadline and _monotonic() >= deadline:
             return False
+        if ex.retry_slot is None:
+            gate = self.rt.retry_gates.get(ex.cluster) if self.rt.retry_gates else None
+            if gate is not None:  # http.maxRetries: concurrent retries of the cluster
+                if not gate.take():
+                    self.rt.count_overflow(gate.service, "retries")
+                    return False
+                ex.retry_slot = gate
         if dest is not None and not dest.budget.try_withdraw():
             self.rt.count_protection(dest, "budget_skipped")
             return False

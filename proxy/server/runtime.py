@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from proxy.routes.table import EMPTY, Cluster, Endpoint, RouteTable
+from proxy.routes.table import EMPTY, UNLIMITED, Cluster, Endpoint, RouteTable
 from proxy.server.policy import PolicyStore
+from proxy.server.pool_limits import RetryGate
 from proxy.server.upstream import EndpointPool
 
 log = logging.getLogger("meshlet.proxy")
@@ -56,9 +57,14 @@ class Runtime:
         self.table: RouteTable = EMPTY
         self.config_version = ""
         self.draining = False
-        # (endpoint key, mTLS, h2, idleTimeout, maxRequestsPerConnection) -> pool
-        self.pools: dict[tuple[str, bool, bool, float, int], Any] = {}
-        self._pool_owners: dict[tuple[str, bool, bool, float, int], str] = {}  # who made each
+        # (endpoint key, how it is dialled, h2, Cluster.pool_settings) -> pool
+        self.pools: dict[tuple[Any, ...], Any] = {}
+        self._pool_owners: dict[tuple[Any, ...], str] = {}  # the cluster that made each
+        # SSL contexts of the DestinationRule TLS settings in force (built at config time)
+        self.origination: dict[Any, Any] = {}
+        # http.maxRetries: concurrent retries per cluster name (only clusters with a limit)
+        self.retry_gates: dict[str, RetryGate] = {}
+        self.overflow_counter: Callable[[str, str], None] | None = None
         self.rr: dict[str, int] = {}
         self.active: dict[str, int] = {}
         self.random = random.Random()
@@ -89,7 +95,13 @@ class Runtime:
 
     # -- config ------------------------------------------------------------------------------
     def swap(self, table: RouteTable) -> None:
-        """Install a new table (one assignment; in-flight requests keep the old one)."""
+        """Install a new table (one assignment; in-flight requests keep the old one).
+
+        Raises (before changing anything) when a DestinationRule's TLS files are unusable."""
+        from proxy.server import origination
+
+        self.origination = origination.build(table, self.origination)
+        self._refit_retry_gates(table)
         self.policies.reset_table(table)
         self.table = table
         self.config_version = table.version
@@ -98,34 +110,36 @@ class Runtime:
     def _refit_pools(self, table: RouteTable) -> None:
         """Fit the endpoint pools to a new table without dropping open connections.
 
-        A pool belongs to one endpoint *and* one set of connection settings (idleTimeout,
-        maxRequestsPerConnection), as Envoy keeps a pool per cluster: two subsets or services
-        reaching the same endpoint with different DestinationRule settings get a pool each,
-        and equal settings share one. A pool whose settings no cluster uses any more takes
-        over settings that have no pool yet (its connections stay open and follow the new
-        settings from the next request), else it closes. Every pool also takes the endpoint's
-        current expected identity."""
-        want: dict[tuple[str, bool], set[tuple[float, int]]] = {}
-        eps: dict[tuple[str, bool], Endpoint] = {}
-        by_cluster: dict[str, tuple[float, int]] = {}
+        A pool belongs to one endpoint, one way of dialling it (plaintext, mesh mTLS, or a
+        DestinationRule's TLS) *and* one set of connection settings (idleTimeout,
+        maxRequestsPerConnection and the connectionPool thresholds), as Envoy keeps a pool per
+        cluster: two subsets or services reaching the same endpoint with different
+        DestinationRule settings get a pool each, and equal settings share one. A pool whose
+        settings no cluster uses any more takes over settings that have no pool yet (its
+        connections stay open and follow the new settings from the next request), else it
+        closes. Every pool also takes the endpoint's current expected identity."""
+        want: dict[tuple[str, Any], set[tuple[Any, ...]]] = {}
+        verifiers: dict[tuple[str, Any], Callable[[Any], bool] | None] = {}
+        by_cluster: dict[str, tuple[Any, ...]] = {}
         for c in (*table.clusters.values(), self.inbound_cluster):
-            settings = by_cluster[c.name] = (c.idle_timeout, c.max_requests_per_connection)
+            settings = by_cluster[c.name] = c.pool_settings
             for ep in c.endpoints:
-                want.setdefault((ep.key, ep.tls), set()).add(settings)
-                eps[(ep.key, ep.tls)] = ep
+                k = (ep.key, c.origination or ep.tls)
+                want.setdefault(k, set()).add(settings)
+                verifiers[k] = self._verifier(ep, c)
         pools, owners = self.pools, self._pool_owners
-        moved: dict[tuple[str, bool, bool, float, int], Any] = {}
+        moved: dict[tuple[Any, ...], Any] = {}
         for key, p in list(pools.items()):
-            k, tls, h2, idle, max_req = key
+            k, tls, h2, settings = key
             wanted = want.get((k, tls))
-            if wanted is not None and (idle, max_req) in wanted:
+            if wanted is not None and settings in wanted:
                 continue
             del pools[key]
             owner = owners.pop(key, "")
             free = [
                 s
                 for s in wanted or ()
-                if (k, tls, h2, *s) not in pools and (k, tls, h2, *s) not in moved
+                if (k, tls, h2, s) not in pools and (k, tls, h2, s) not in moved
             ]
             if not free:
                 p.close()
@@ -133,12 +147,23 @@ class Runtime:
             # the settings of the cluster that made the pool, if that cluster still has it
             mine = by_cluster.get(owner)
             s = mine if mine in free else min(free)
-            p.idle_timeout, p.max_requests = s
-            moved[(k, tls, h2, *s)] = p
-            owners[(k, tls, h2, *s)] = owner
+            p.apply(s)
+            moved[(k, tls, h2, s)] = p
+            owners[(k, tls, h2, s)] = owner
         pools.update(moved)
-        for (k, tls, _h2, _i, _m), p in pools.items():
-            p.verify_peer = self._verifier(eps[(k, tls)])
+        for (k, tls, _h2, _s), p in pools.items():
+            p.verify_peer = verifiers[(k, tls)]
+
+    def _refit_retry_gates(self, table: RouteTable) -> None:
+        """One gate per cluster with a ``maxRetries`` limit, kept across swaps (a retry in
+        flight still holds its slot) and given the new limit."""
+        gates: dict[str, RetryGate] = {}
+        for c in table.clusters.values():
+            if c.max_retries < UNLIMITED:
+                g = self.retry_gates.get(c.name) or RetryGate(c.service)
+                g.limit = c.max_retries
+                gates[c.name] = g
+        self.retry_gates = gates
 
     def passthrough_cluster(self, dst: tuple[str, int]) -> Cluster:
         key = f"{dst[0]}:{dst[1]}"
@@ -189,46 +214,91 @@ class Runtime:
         return eps[int(self.random.random() * n)]
 
     def pool(self, ep: Endpoint, cluster: Cluster, h2: bool = False) -> Any:
-        # one pool per endpoint and connection settings (see _refit_pools)
-        key = (ep.key, ep.tls, h2, cluster.idle_timeout, cluster.max_requests_per_connection)
+        # one pool per endpoint, way of dialling and connection settings (see _refit_pools)
+        o = cluster.origination
+        key = (ep.key, o or ep.tls, h2, cluster.pool_settings)
         p = self.pools.get(key)
         if p is None:
-            verify = self._verifier(ep)
+            p = self.pools[key] = self._new_pool(ep, cluster, h2)
             self._pool_owners[key] = cluster.name
-            if h2:
-                from proxy.server.h2.client import H2UpstreamPool
-
-                p = self.pools[key] = H2UpstreamPool(
-                    ep.address,
-                    ep.port,
-                    self.client_ssl_h2 if ep.tls else None,
-                    cluster.idle_timeout,
-                    cluster.max_requests_per_connection,
-                    verify,
-                )
-                return p
-            p = self.pools[key] = EndpointPool(
-                ep.address,
-                ep.port,
-                self.client_ssl if ep.tls else None,
-                cluster.idle_timeout,
-                cluster.max_requests_per_connection,
-                verify,
-            )
         return p
 
-    def _verifier(self, ep: Endpoint) -> Callable[[Any], bool] | None:
-        """The check of an mTLS upstream's identity: the server must be the identity the
-        destination service should have (its SPIFFE ID from the registry)."""
-        if not (ep.tls and ep.spiffe_id and self.peer_identity is not None):
+    def _new_pool(self, ep: Endpoint, cluster: Cluster, h2: bool) -> Any:
+        o = cluster.origination
+        ssl_factory: Callable[[], ssl.SSLContext | None] | None = None
+        server_name = ""
+        if o is not None and o.mode != "ISTIO_MUTUAL":
+            first = self.origination[o]
+
+            def ssl_factory() -> ssl.SSLContext:
+                # per new connection: the contexts of the config in force (files re-read)
+                ctxs = self.origination.get(o) or first
+                return ctxs.h2 if h2 else ctxs.h1
+
+            from proxy.server.origination import server_name as _sni
+
+            server_name = _sni(o, cluster.service)
+        elif ep.tls:
+            if o is not None and self.peer_identity is None:
+                ssl_factory = _no_identity  # ISTIO_MUTUAL asks for a certificate it has not
+            else:
+                ssl_factory = self.client_ssl_h2 if h2 else self.client_ssl
+            server_name = o.sni if o is not None else ""
+        verify = self._verifier(ep, cluster)
+        if h2:
+            from proxy.server.h2.client import H2UpstreamPool
+
+            p: Any = H2UpstreamPool(ep.address, ep.port, ssl_factory, verify_peer=verify)
+        else:
+            p = EndpointPool(ep.address, ep.port, ssl_factory, verify_peer=verify)
+        if ssl_factory is not None:
+            p.server_hostname = server_name
+        p.apply(cluster.pool_settings)
+        p.on_overflow = self._overflow_counter(cluster)
+        return p
+
+    def _verifier(
+        self, ep: Endpoint, cluster: Cluster | None = None
+    ) -> Callable[[Any], bool] | None:
+        """The check of a TLS upstream's identity. Mesh mTLS: the server must be the identity
+        the destination should have (its SPIFFE ID from the registry or ServiceEntry), or one
+        of the DestinationRule's ``subjectAltNames``. SIMPLE/MUTUAL: one of the
+        ``subjectAltNames`` (without them OpenSSL checks the host name)."""
+        o = cluster.origination if cluster is not None else None
+        if o is not None and o.mode != "ISTIO_MUTUAL":
+            if not o.subject_alt_names or o.insecure_skip_verify:
+                return None
+            from proxy.server.origination import san_verifier
+
+            return san_verifier(o.subject_alt_names)
+        if not ep.tls or self.peer_identity is None:
+            return None
+        ident = self.peer_identity
+        if o is not None and o.subject_alt_names:
+            names = frozenset(o.subject_alt_names)
+
+            def verify_any(sslobj: Any) -> bool:
+                return ident(sslobj) in names
+
+            return verify_any
+        if not ep.spiffe_id:
             return None
         expected = ep.spiffe_id
-        ident = self.peer_identity
 
         def verify(sslobj: Any) -> bool:
             return ident(sslobj) == expected
 
         return verify
+
+    def _overflow_counter(self, cluster: Cluster) -> Callable[[str], None]:
+        """Counts a pool's overflows (kind: connections, pending, requests) under its
+        destination; rare (a rejection), so the label lookup happens then."""
+        service = cluster.service
+
+        def count(kind: str) -> None:
+            self.count_overflow(service, kind)
+
+        return count
 
     def endpoint_started(self, ep: Endpoint) -> None:
         self.active[ep.key] = self.active.get(ep.key, 0) + 1
@@ -268,6 +338,34 @@ class Runtime:
         if det is not None:
             out["outlier_ejections_total"] = det.ejections_total
             out["outlier_ejected"] = det.ejected_count
+        return out
+
+    def count_overflow(self, service: str, kind: str) -> None:
+        if self.overflow_counter is not None:
+            self.overflow_counter(service, kind)
+
+    def pool_status(self, cluster: Cluster) -> dict[str, Any]:
+        """The cluster's connectionPool limits and, per endpoint pool it uses, the current
+        counts (connections, pending and active requests, overflows)."""
+        settings = cluster.pool_settings
+        pools = []
+        for ep in cluster.endpoints:
+            for h2 in (False, True):
+                p = self.pools.get((ep.key, cluster.origination or ep.tls, h2, settings))
+                if p is not None:
+                    pools.append({"endpoint": ep.key, "http2": h2, **p.status()})
+        out: dict[str, Any] = {
+            "max_connections": cluster.max_connections,
+            "max_pending_requests": cluster.max_pending,
+            "max_requests": cluster.max_requests,
+            "max_retries": cluster.max_retries,
+            "max_requests_per_connection": cluster.max_requests_per_connection,
+            "max_concurrent_streams": cluster.max_concurrent_streams,
+            "pools": pools,
+        }
+        gate = self.retry_gates.get(cluster.name)
+        if gate is not None:
+            out.update(gate.status())
         return out
 
     def count_protection(self, subject: Any, kind: str) -> None:
@@ -353,6 +451,10 @@ class Runtime:
             p.close()
         self.pools.clear()
         self._pool_owners.clear()
+
+
+def _no_identity() -> ssl.SSLContext | None:
+    raise ConnectionError("DestinationRule tls.mode ISTIO_MUTUAL: this sidecar has no certificate")
 
 
 def monotonic() -> float:

@@ -10,6 +10,8 @@ timeout, so a request never picks a connection the upstream has already given up
 from __future__ import annotations
 
 import asyncio
+import collections
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -17,8 +19,10 @@ from typing import Any
 
 from proxy.http1 import parser as h1
 from proxy.http1.errors import ProtocolError
+from proxy.routes.table import UNLIMITED, PoolSettings
 from proxy.server.channel import BodyChannel, ChannelClosed
 from proxy.server.headers import request_head
+from proxy.server.pool_limits import PendingTimeout, PoolOverflow
 
 encode_chunk = h1.encode_chunk
 encode_last_chunk = h1.encode_last_chunk
@@ -35,6 +39,27 @@ class UpstreamReset(Exception):
 class UpstreamProtocolError(UpstreamReset):
     """The upstream's response head broke HTTP/1.1 (conflicting Content-Length, bad framing):
     Envoy's 502 ``UPE``, not a connection failure."""
+
+
+def set_keepalive(transport: asyncio.BaseTransport, keepalive: tuple[int, ...]) -> None:
+    """TCP keep-alive on an upstream socket (DestinationRule ``tcp.tcpKeepalive``): idle
+    time, probe interval and probe count, 0 keeping the system's value."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    idle, interval, probes = keepalive
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (
+        (getattr(socket, "TCP_KEEPIDLE", None), idle),
+        (getattr(socket, "TCP_KEEPINTVL", None), interval),
+        (getattr(socket, "TCP_KEEPCNT", None), probes),
+    ):
+        if opt is not None and value:
+            sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+
+
+def _too_old(conn: Any, max_age: float) -> bool:
+    return time.monotonic() - conn.created >= max_age
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -64,6 +89,8 @@ class UpstreamConnection(asyncio.Protocol):
         "_t_deadline",
         "_t_fut",
         "tls_fresh",
+        "counted",
+        "created",
     )
 
     def __init__(self, pool: EndpointPool) -> None:
@@ -93,10 +120,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._t_fut: asyncio.Future[Any] | None = None
         # a new TLS connection whose session (and TLS 1.3 ticket) the pool has not taken yet
         self.tls_fresh = False
+        # counted in the pool's open connections (maxConnections) until discarded
+        self.counted = False
+        self.created = 0.0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.created = time.monotonic()
+        if self.pool.keepalive:
+            set_keepalive(transport, self.pool.keepalive)
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -373,7 +406,13 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class EndpointPool:
-    """Keep-alive connections to one endpoint (address:port, plaintext or mTLS)."""
+    """Keep-alive connections to one endpoint (address:port, plaintext or TLS).
+
+    Enforces the DestinationRule ``connectionPool`` thresholds of its cluster, as Envoy's circuit
+    breakers: at most ``max_connections`` open (a request finding none idle and no room waits,
+    as pending, for one to come back or close), at most ``max_pending`` waiting, at most
+    ``max_active`` requests in flight; beyond those :class:`PoolOverflow`. Each check is one
+    integer compare; the defaults are Istio's (2^32-1: no limit)."""
 
     __slots__ = (
         "host",
@@ -388,6 +427,15 @@ class EndpointPool:
         "_sweeper",
         "verify_peer",
         "sessions",
+        "max_connections",
+        "max_pending",
+        "max_active",
+        "open",
+        "waiters",
+        "overflows",
+        "on_overflow",
+        "max_age",
+        "keepalive",
     )
 
     def __init__(
@@ -405,7 +453,7 @@ class EndpointPool:
         self.ssl = ssl_context
         self.server_hostname = "" if ssl_context is not None else None
         self.idle: list[UpstreamConnection] = []
-        self.active = 0
+        self.active = 0  # requests holding a connection
         self.loop = asyncio.get_event_loop()
         self.idle_timeout = idle_timeout
         self.max_requests = max_requests
@@ -417,49 +465,102 @@ class EndpointPool:
             from proxy.server.tls_session import SessionCache
 
             self.sessions = SessionCache()
+        self.max_connections = UNLIMITED
+        self.max_pending = UNLIMITED
+        self.max_active = UNLIMITED
+        self.open = 0  # connections open or being opened
+        # requests waiting for a connection: each future gets an idle connection, or None
+        # when a connection closed (room to open one)
+        self.waiters: collections.deque[asyncio.Future[UpstreamConnection | None]] = (
+            collections.deque()
+        )
+        self.overflows = {"connections": 0, "pending": 0, "requests": 0}
+        self.on_overflow: Callable[[str], None] | None = None
+        self.max_age = 0.0  # tcp.maxConnectionDuration: no reuse of an older connection
+        self.keepalive: tuple[int, ...] = ()  # tcp.tcpKeepalive for new connections
+
+    def apply(self, settings: PoolSettings) -> None:
+        """Take a cluster's ``pool_settings`` (at creation and when a config changes them);
+        maxConcurrentStreams is for HTTP/2 pools only."""
+        self.idle_timeout = settings.idle_timeout
+        self.max_requests = settings.max_requests_per_connection
+        self.max_connections = settings.max_connections
+        self.max_pending = settings.max_pending
+        self.max_active = settings.max_requests
+        self.max_age = settings.max_connection_duration
+        self.keepalive = settings.keepalive
+        while self.waiters and self.open < self.max_connections:
+            self._wake(None)  # a raised limit lets waiting requests connect
+
+    def _overflow(self, kind: str) -> PoolOverflow:
+        self.overflows[kind] += 1
+        if self.on_overflow is not None:
+            self.on_overflow(kind)
+        return PoolOverflow(kind)
+
+    def status(self) -> dict[str, Any]:
+        """Limits and current counts, for the admin ``/clusters`` view."""
+        return {
+            "max_connections": self.max_connections,
+            "max_pending_requests": self.max_pending,
+            "max_requests": self.max_active,
+            "max_requests_per_connection": self.max_requests,
+            "connections": self.open,
+            "pending_requests": len(self.waiters),
+            "active_requests": self.active,
+            "overflows": dict(self.overflows),
+        }
 
     def take_idle(self) -> UpstreamConnection | None:
         """The warmest idle connection (counted active, as acquire's reuse), or None."""
+        if self.active >= self.max_active:
+            return None  # acquire answers the overflow
         idle = self.idle
         while idle:
             conn = idle.pop()
             if not conn.closed:
+                if self.max_age and _too_old(conn, self.max_age):
+                    conn.close()
+                    continue
                 self.active += 1
                 return conn
         return None
 
-    async def acquire(self, timeout: float) -> tuple[UpstreamConnection, bool]:
-        """A connection and whether it was reused from the pool (a reused one may be stale)."""
+    async def acquire(
+        self, timeout: float, wait_timeout: float | None = None
+    ) -> tuple[UpstreamConnection, bool]:
+        """A connection and whether it was reused from the pool (a reused one may be stale).
+
+        ``timeout`` bounds opening a connection; ``wait_timeout`` (None: unbounded) the time
+        spent pending, when ``max_connections`` are all open and busy."""
+        if self.active >= self.max_active:
+            raise self._overflow("requests")
         idle = self.idle
         while idle:
             conn = idle.pop()
             if not conn.closed:
+                if self.max_age and _too_old(conn, self.max_age):
+                    conn.close()
+                    continue
                 self.active += 1
                 return conn, True
+        if self.open >= self.max_connections:
+            got = await self._wait(wait_timeout)
+            if got is not None:
+                self.active += 1
+                return got, True
         self.active += 1
-        ctx = self.ssl() if self.ssl is not None else None
+        self.open += 1
         try:
-            async with asyncio.timeout(timeout):
-                if ctx is None:
-                    _, conn = await self.loop.create_connection(
-                        lambda: UpstreamConnection(self), self.host, self.port
-                    )
-                else:
-                    from proxy.server.tls_session import open_connection
-
-                    # offers the endpoint's last TLS session (resumption), counts the handshake
-                    _, conn = await open_connection(
-                        self.loop,
-                        lambda: UpstreamConnection(self),
-                        self.host,
-                        self.port,
-                        ctx,
-                        self.sessions,
-                        server_hostname=self.server_hostname or "",
-                    )
+            ctx = self.ssl() if self.ssl is not None else None
+            conn = await self._connect(ctx, timeout)
         except BaseException:
             self.active -= 1
+            self._closed_one()
             raise
+        conn.counted = True  # from now on its slot is given back when it is discarded
+        if conn.closed:
+            self.discard(conn)
         if ctx is not None:
             # resumed or not: the session records the peer's certificate, checked again here
             if self.verify_peer is not None and not self.verify_peer(
@@ -472,6 +573,86 @@ class EndpointPool:
             conn.tls_fresh = True
         return conn, False
 
+    async def _wait(self, wait_timeout: float | None) -> UpstreamConnection | None:
+        """Wait, as a pending request, until a connection is handed over (returned) or room
+        to open one appears (None); raises PoolOverflow when the queue is full."""
+        while True:
+            if len(self.waiters) >= self.max_pending:
+                raise self._overflow("pending")
+            self.overflows["connections"] += 1  # Envoy's upstream_cx_overflow: it waits
+            fut: asyncio.Future[UpstreamConnection | None] = self.loop.create_future()
+            self.waiters.append(fut)
+            try:
+                if wait_timeout is None:
+                    got = await fut
+                else:
+                    async with asyncio.timeout(wait_timeout):
+                        got = await fut
+            except BaseException as exc:
+                if fut.done() and not fut.cancelled() and fut.result() is not None:
+                    self._give_back(fut.result())  # handed over as we gave up: pass it on
+                elif fut.done() and not fut.cancelled():
+                    self._wake(None)  # our turn to connect: the next one's
+                else:
+                    try:
+                        self.waiters.remove(fut)
+                    except ValueError:
+                        pass
+                if isinstance(exc, TimeoutError):
+                    raise PendingTimeout("no upstream connection in time") from None
+                raise
+            if got is not None:
+                if not got.closed:
+                    return got
+                continue
+            if self.open < self.max_connections:
+                return None
+
+    def _wake(self, conn: UpstreamConnection | None) -> bool:
+        """Hand ``conn`` (or room for a connection, None) to the first waiting request."""
+        waiters = self.waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(conn)
+                return True
+        return False
+
+    def _give_back(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            return
+        if not self._wake(conn):
+            conn.idle_since = time.monotonic()
+            self.idle.append(conn)
+            if self._sweeper is None:
+                self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
+
+    def _closed_one(self) -> None:
+        self.open -= 1
+        if self.waiters and self.open < self.max_connections:
+            self._wake(None)
+
+    async def _connect(self, ctx: ssl.SSLContext | None, timeout: float) -> UpstreamConnection:
+        async with asyncio.timeout(timeout):
+            if ctx is None:
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port
+                )
+                return conn
+            from proxy.server.tls_session import open_connection
+
+            # offers the endpoint's last TLS session (resumption), counts the handshake
+            _, conn = await open_connection(
+                self.loop,
+                lambda: UpstreamConnection(self),
+                self.host,
+                self.port,
+                ctx,
+                self.sessions,
+                server_hostname=self.server_hostname or "",
+            )
+            return conn
+
     def release(self, conn: UpstreamConnection) -> None:
         self.active -= 1
         if conn.tls_fresh:
@@ -479,7 +660,13 @@ class EndpointPool:
             if conn.head is not None and conn.transport is not None:
                 # a response was read, so the TLS 1.3 ticket sent after the handshake was too
                 self.sessions.remember(conn.transport.get_extra_info("ssl_object"))
-        if conn.reusable and (not self.max_requests or conn.requests < self.max_requests):
+        if (
+            conn.reusable
+            and (not self.max_requests or conn.requests < self.max_requests)
+            and not (self.max_age and _too_old(conn, self.max_age))
+        ):
+            if self.waiters and self._wake(conn):
+                return  # straight to a pending request
             conn.idle_since = time.monotonic()
             self.idle.append(conn)
             if self._sweeper is None:
@@ -488,6 +675,9 @@ class EndpointPool:
             conn.close()
 
     def discard(self, conn: UpstreamConnection) -> None:
+        if conn.counted:
+            conn.counted = False
+            self._closed_one()
         try:
             self.idle.remove(conn)
         except ValueError:

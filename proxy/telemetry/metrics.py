@@ -569,6 +569,13 @@ class MeshletMetrics:
             ["destination_service"],
             registry=r,
         )
+        self.upstream_overflow = Counter(
+            "meshlet_upstream_overflow",
+            "Requests or retries refused by a DestinationRule connectionPool threshold (503 UO), "
+            "by kind (pending|requests|retries).",
+            ["destination_service", "kind"],
+            registry=r,
+        )
         self.certificate_expiry = Gauge(
             "meshlet_certificate_expiry_timestamp_seconds",
             "Unix time at which the workload certificate expires.",

@@ -30,9 +30,11 @@ from proxy.http2 import connection as ev
 from proxy.http2 import frames as fr
 from proxy.http2.errors import ErrorCode as ErrorCodes
 from proxy.http2.errors import LocalProtocolError
+from proxy.routes.table import UNLIMITED, PoolSettings
 from proxy.server.channel import ChannelClosed
 from proxy.server.h2._conn import CONN_WINDOW, STREAM_WINDOW, H2Base, StreamIO
-from proxy.server.upstream import UpstreamReset
+from proxy.server.pool_limits import PoolOverflow
+from proxy.server.upstream import UpstreamReset, set_keepalive
 
 # hop-by-hop and framing fields never sent in HTTP/2; ``te: trailers`` is re-added for gRPC
 _DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding",
@@ -54,7 +56,7 @@ class H2ClientConnection(H2Base):
         self.by_sid: dict[int, H2UpstreamStream] = {}
         self.reserved = 0  # acquired, not yet released (started or not)
         self.started = 0
-        self.idle_since = time.monotonic()
+        self.idle_since = self.created = time.monotonic()
         self.scheme = b"http"
         self.peer_principal = ""
         # the peer's first SETTINGS (its MAX_CONCURRENT_STREAMS) before streams are opened
@@ -63,6 +65,8 @@ class H2ClientConnection(H2Base):
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.pool.keepalive:
+            set_keepalive(transport, self.pool.keepalive)
         if transport.get_extra_info("ssl_object") is not None:
             self.scheme = b"https"
         self.h2.initiate_connection()  # preface, SETTINGS (push off), connection window
@@ -421,7 +425,17 @@ class H2UpstreamPool:
         self.max_requests = max_requests
         self.verify_peer = verify_peer
         self.max_connections = max_connections
+        self._connections_cap = max_connections  # meshlet's own bound; maxConnections lowers it
         self.max_streams = max_streams
+        self._streams_default = max_streams
+        # DestinationRule connectionPool thresholds (see pool_limits.py): no limit by default
+        self.max_pending = UNLIMITED
+        self.max_active = UNLIMITED
+        self.max_age = 0.0
+        self.keepalive: tuple[int, ...] = ()
+        self.acquiring = 0
+        self.overflows = {"connections": 0, "pending": 0, "requests": 0}
+        self.on_overflow: Callable[[str], None] | None = None
         self.conns: list[H2ClientConnection] = []
         self.connecting = 0
         self.active = 0
@@ -436,13 +450,61 @@ class H2UpstreamPool:
 
             self.sessions = SessionCache()
 
-    async def acquire(self, timeout: float) -> tuple[H2UpstreamStream, bool]:
+    def apply(self, settings: PoolSettings) -> None:
+        """Take a cluster's ``pool_settings``: idleTimeout, maxRequestsPerConnection,
+        maxConnections, http1MaxPendingRequests (streams waiting for a slot),
+        http2MaxRequests (streams in flight), maxConcurrentStreams (per connection, under
+        the peer's own SETTINGS limit; 0 keeps meshlet's default), maxConnectionDuration (an
+        older connection takes no new stream and closes when its last one ends) and
+        tcpKeepalive."""
+        self.idle_timeout = settings.idle_timeout
+        self.max_requests = settings.max_requests_per_connection
+        self.max_connections = min(self._connections_cap, settings.max_connections)
+        self.max_pending = settings.max_pending
+        self.max_active = settings.max_requests
+        self.max_streams = settings.max_concurrent_streams or self._streams_default
+        self.max_age = settings.max_connection_duration
+        self.keepalive = settings.keepalive
+        self.wake()
+
+    def _overflow(self, kind: str) -> PoolOverflow:
+        self.overflows[kind] += 1
+        if self.on_overflow is not None:
+            self.on_overflow(kind)
+        return PoolOverflow(kind)
+
+    def status(self) -> dict[str, Any]:
+        """Limits and current counts, for the admin ``/clusters`` view."""
+        return {
+            "max_connections": self.max_connections,
+            "max_pending_requests": self.max_pending,
+            "max_requests": self.max_active,
+            "max_requests_per_connection": self.max_requests,
+            "max_concurrent_streams": self.max_streams,
+            "connections": len(self.conns) + self.connecting,
+            "pending_requests": len(self._waiters),
+            "active_requests": self.active,
+            "overflows": dict(self.overflows),
+        }
+
+    async def acquire(
+        self, timeout: float, wait_timeout: float | None = None
+    ) -> tuple[H2UpstreamStream, bool]:
         """A stream slot on a connection with room (opening one when needed) and whether the
         connection had carried streams before (a reused one may have just gone away)."""
+        if self.active + self.acquiring >= self.max_active:
+            raise self._overflow("requests")
         best = self._roomiest()
         if best is not None:  # the common case, without a timeout scope
             return self._reserve(best, best.started > 0)
         self.loop = asyncio.get_running_loop()
+        self.acquiring += 1  # in flight for max_active while its connection opens
+        try:
+            return await self._acquire_slow(timeout)
+        finally:
+            self.acquiring -= 1
+
+    async def _acquire_slow(self, timeout: float) -> tuple[H2UpstreamStream, bool]:
         async with asyncio.timeout(timeout):
             while True:
                 best = self._roomiest()
@@ -451,6 +513,9 @@ class H2UpstreamPool:
                 if len(self.conns) + self.connecting < self.max_connections:
                     conn = await self._connect()
                     return self._reserve(conn, False)
+                if len(self._waiters) >= self.max_pending:
+                    raise self._overflow("pending")
+                self.overflows["connections"] += 1
                 fut = self.loop.create_future()
                 self._waiters.append(fut)
                 try:
@@ -461,6 +526,8 @@ class H2UpstreamPool:
 
     def _roomiest(self) -> H2ClientConnection | None:
         """The connection with the most free stream slots (an unused one at once), or None."""
+        if self.max_age:
+            self._retire_old()
         best = None
         best_room = 0
         for c in self.conns:
@@ -470,6 +537,16 @@ class H2UpstreamPool:
                 if c.reserved == 0:
                     break
         return best
+
+    def _retire_old(self) -> None:
+        """maxConnectionDuration: a connection past it takes no new stream (Envoy drains it)."""
+        cutoff = time.monotonic() - self.max_age
+        for c in list(self.conns):
+            if c.created < cutoff and not c.going_away:
+                c.going_away = True
+                self.conns.remove(c)
+                if not c.reserved:
+                    c.close()
 
     def _reserve(self, conn: H2ClientConnection, reused: bool) -> tuple[H2UpstreamStream, bool]:
         conn.reserved += 1

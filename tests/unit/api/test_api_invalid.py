@@ -398,6 +398,11 @@ CASES = [
         "is required for MUTUAL",
     ),
     (
+        dr(trafficPolicy={"tls": {"mode": "MUTUAL", "credentialName": "c"}}),
+        "spec.trafficPolicy.tls.credentialName",
+        "is not supported by meshlet",
+    ),
+    (
         dr(trafficPolicy={"portLevelSettings": [{"tls": {"mode": "DISABLE"}}]}),
         "spec.trafficPolicy.portLevelSettings[0].port",
         "is required",
@@ -789,7 +794,7 @@ VALID = [
             "loadBalancer": {"consistentHash": {"httpCookie": {"name": "u", "ttl": "0s"}}}
         }
     ),
-    dr(trafficPolicy={"tls": {"mode": "MUTUAL", "credentialName": "c"}}),
+    dr(trafficPolicy={"tls": {"mode": "MUTUAL", "clientCertificate": "/c", "privateKey": "/k"}}),
     doc("WorkloadEntry", {"address": "db.internal.example.com"}),
     se(resolution="DNS", endpoints=[{"address": "db.example.com", "ports": {"http": 8080}}]),
     ap(),
