@@ -446,6 +446,8 @@ class Sidecar:
         return self.telemetry.render()
 
     def config_dump(self) -> dict[str, Any]:
+        from proxy.routes.describe import describe_block
+
         t = self.runtime.table
         return {
             "version": t.version,
@@ -463,7 +465,7 @@ class Sidecar:
                     "routes": [
                         {
                             "name": r.name,
-                            "match": [b.name for b in r.matches],
+                            "match": [describe_block(b) for b in r.matches],
                             "destinations": [
                                 {"cluster": d.default_cluster, "weight": d.weight}
                                 for d in r.destinations

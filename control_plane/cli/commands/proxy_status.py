@@ -12,7 +12,7 @@ HELP = "every registered sidecar: service, version, address, config acknowledged
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sidecar", metavar="SIDECAR", nargs="?",
-                        help="only this node id or service")
+                        help="only this sidecar: node id, service-version or service")
     parser.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     cli_client.add_connection_arguments(parser)
     parser.epilog = cli_client.EXIT_CODES_EPILOG
@@ -52,10 +52,12 @@ def run(args: argparse.Namespace) -> int:
 
     data = cli_client.Client(args).request("GET", "/v1/proxies")
     if args.sidecar:
-        svc, _, ns = args.sidecar.partition(".")
+        from control_plane.registry import answers_to
+
         data["proxies"] = [
             p for p in data.get("proxies", [])
-            if p["node_id"] == args.sidecar or (p["service"] == svc and ns in ("", p["namespace"]))
+            if answers_to(args.sidecar, p["node_id"], p["service"], p["namespace"],
+                          p.get("version") or "")
         ]
     if args.output != "table":
         output.out(output.dump(data, args.output))
