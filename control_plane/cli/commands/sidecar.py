@@ -67,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     if args.control_plane and not args.token_file:
         print("meshlet sidecar: --control-plane needs --token-file", file=sys.stderr)
         return 2
+    if args.control_plane:
+        problem = _token_file_problem(args.token_file, args.service)
+        if problem:
+            print(f"meshlet sidecar: {problem}", file=sys.stderr)
+            return 2
     opts = SidecarOptions(
         service=args.service,
         namespace=args.namespace,
@@ -101,8 +106,34 @@ def run(args: argparse.Namespace) -> int:
         return uvloop.run(run_sidecar(opts))
     except Exception as exc:  # start-up errors: one clear line, not a traceback
         from control_plane.api.resources import InvalidConfig
+        from proxy.identity.manager import IdentityError
 
         if isinstance(exc, InvalidConfig | OSError):
             print(f"meshlet sidecar: {exc}", file=sys.stderr)
             return 1
+        if isinstance(exc, IdentityError):
+            # a permanent refusal of the join (the manager retries transient ones itself)
+            print(f"meshlet sidecar: cannot join: {exc}", file=sys.stderr)
+            return 1
         raise
+
+
+def _token_file_problem(path: str, service: str) -> str:
+    """Why ``path`` cannot be a join token, with the fix; empty if it can. Checked before
+    anything starts, so a wrong file is one line, not a traceback from deep in start-up."""
+    from certs.join_token import InvalidToken, JoinToken
+
+    fix = f"create one with `meshlet token create --service {service} > FILE`"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        return f"--token-file {path}: cannot read it ({e.strerror}); {fix}"
+    except UnicodeDecodeError:
+        text = ""
+    try:
+        JoinToken.parse(text)
+    except InvalidToken:
+        return (f"--token-file {path} does not hold a join token (expected "
+                f"meshlet1.<id>.<secret>.<ca-pin>, as `meshlet token create` prints); {fix}")
+    return ""
