@@ -12,17 +12,20 @@ HELP = "run a sidecar proxy beside one service"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", required=True, help="the service this sidecar fronts")
-    p.add_argument("--namespace", default="default")
+    p.add_argument("--namespace", default="default", help="default: default")
     p.add_argument("--version", default="", help="the workload version label (e.g. v1)")
     p.add_argument("--label", action="append", default=[], metavar="K=V", help="workload label")
     p.add_argument("--app-port", type=int, required=True, help="the app's port on --app-host")
-    p.add_argument("--app-host", default="127.0.0.1")
-    p.add_argument("--inbound", type=int, default=15006, help="inbound (mTLS) port")
-    p.add_argument("--outbound", type=int, default=15001, help="outbound port the app calls")
-    p.add_argument("--admin", type=int, default=15000, help="admin port")
-    p.add_argument("--inbound-bind", default="0.0.0.0")
-    p.add_argument("--outbound-bind", default="127.0.0.1")
-    p.add_argument("--admin-bind", default="127.0.0.1")
+    p.add_argument("--app-host", default="127.0.0.1", help="default 127.0.0.1")
+    p.add_argument("--inbound", type=int, default=15006, metavar="PORT",
+                   help="inbound port peers connect to (mTLS; default 15006)")
+    p.add_argument("--outbound", type=int, default=15001, metavar="PORT",
+                   help="outbound port the app sends its calls to (default 15001)")
+    p.add_argument("--admin", type=int, default=15000, metavar="PORT",
+                   help="admin port: /healthz/ready, /metrics, /config_dump ... (default 15000)")
+    p.add_argument("--inbound-bind", default="0.0.0.0", help="default 0.0.0.0")
+    p.add_argument("--outbound-bind", default="127.0.0.1", help="default 127.0.0.1")
+    p.add_argument("--admin-bind", default="127.0.0.1", help="default 127.0.0.1")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="standalone: a YAML file (or folder) of resources")
     src.add_argument("--control-plane", help="the control plane's URL (https://host:15012)")
