@@ -1,5 +1,6 @@
 """HTTP/2 benchmark: h2c through meshlet's outbound against Envoy (codec AUTO), and gRPC unary
-through two sidecars against two Envoys, as RATIOS (perf-anchors T3: h2c rps/core >= 0.6x Envoy).
+through two sidecars against two Envoys, as RATIOS (target T3 in loadtests/README.md: h2c
+rps/core >= 0.6x Envoy).
 
 h2c scenarios (one proxy pinned to CPU 1; h2load and the HTTP/1.1 upstream on CPU 0):
 

@@ -1,6 +1,6 @@
 """HTTP/1.1 benchmark: meshlet's sidecar against plain Envoy, side by side, as RATIOS.
 
-Reproduces the method of perf-anchors §1 (see loadtests/README.md): one worker per proxy, the
+The method of loadtests/README.md (its Targets are ratios to Envoy): one worker per proxy, the
 proxy pinned to CPU 1, wrk and the upstream pinned to CPU 0, everything on 127.0.0.1; rounds are
 interleaved (target order rotates each round, every scenario runs across all targets before the
 next), and each figure is the median over rounds. Throughput per core = requests/s divided by the
@@ -51,7 +51,8 @@ SCENARIOS = {
     "h1-c10": (10, "GET"),
     "h1-c100": (100, "GET"),
     "h1-echo-c10": (10, "POST"),
-    # fixed rate (perf-anchors T5/T6): h2load --h1, 20 connections x 100 req/s = 2,000 req/s
+    # fixed rate (targets T5/T6 in loadtests/README.md): h2load --h1, 20 connections x 100
+    # req/s = 2,000 req/s
     "h1-2krps": (20, "RATE"),
 }
 DEFAULT_SCENARIOS = "h1-c1,h1-c10,h1-c100,h1-2krps"
@@ -983,7 +984,7 @@ def print_report(s: dict, rounds: int, duration: float, upstream: str, file=sys.
     for name, val, target, floor in ratios(s):
         lines.append(f"{name:<55} {fmt(val, '.2f'):>7}  {target:<10} {floor:<10}")
     lines.append(
-        "* perf-anchors T5 sets the added-p99 target at a fixed 2k req/s; at c10/c100 "
+        "* target T5 sets the added-p99 target at a fixed 2k req/s; at c10/c100 "
         "(closed loop) added p99 mostly tracks throughput."
     )
     text = "\n".join(lines)

@@ -2,7 +2,7 @@
 
     wrk -> client proxy (outbound, plaintext) -> [mTLS | plaintext] -> server proxy (inbound) -> app
 
-perf-anchors §7 measured the same topology with a throwaway Python pair; this runs meshlet.
+The same topology was first measured with a throwaway Python pair; this runs meshlet.
 
 Pairs (both proxies of a pair pinned to CPU 1, wrk + upstream + control plane on CPU 0):
 
