@@ -54,7 +54,7 @@ def test_demo_runs_every_scenario(tmp_path):
     assert out.count(" server GET") >= 2  # spans from more than one sidecar in the trace
     # --once: the mesh and its temporary folder are gone at exit, so neither is printed
     assert "http://" not in out and "https://" not in out and str(tmp_path) not in out, out
-    assert "Run `meshlet demo` to keep it running" in out
+    assert "Run `meshlet demo` to keep it\n   running" in out
     assert list(tmp_path.iterdir()) == []  # its temporary folder was removed
 
 
@@ -126,7 +126,7 @@ def test_running_demo_says_how_to_use_it_and_it_works(demo):
     out = demo.text()
     block = out[out.index("== Use this mesh"):]
     front = demo.mesh["frontend"]
-    assert re.search(rf"on 127\.0\.0\.1:{front.rsplit(':', 1)[1]}\b", block)
+    assert re.search(rf"sidecar \(127\.0\.0\.1:{front.rsplit(':', 1)[1]}\)", block)
     curls = [ln.split("#")[0].strip() for ln in block.splitlines()
              if ln.strip().startswith("curl -s -H")]
     assert len(curls) == 3

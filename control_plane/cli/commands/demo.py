@@ -122,6 +122,14 @@ def _wait(cond, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _last_line(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+
 def _ready(admin: int) -> bool:
     import urllib.request
 
@@ -347,8 +355,8 @@ def _usage(mesh: _Mesh, once: bool, work_kept: bool) -> list[str]:
     at exit, so its addresses are not shown."""
     if once:
         lines = ["", "== Next ==",
-                 "   The mesh stopped with the demo (--once). Run `meshlet demo` to keep it "
-                 "running and send your own traffic into it."]
+                 "   The mesh stopped with the demo (--once). Run `meshlet demo` to keep it",
+                 "   running and send your own traffic into it."]
         if work_kept:
             lines.append(f"   logs: {mesh.work}")
         return lines
@@ -357,8 +365,8 @@ def _usage(mesh: _Mesh, once: bool, work_kept: bool) -> list[str]:
     return [
         "",
         "== Use this mesh (it keeps running until Ctrl-C) ==",
-        f"   Your own traffic: the frontend's sidecar takes an app's calls on 127.0.0.1:"
-        f"{mesh.front}; the Host header names the service:",
+        f"   Send your own traffic through the frontend's sidecar (127.0.0.1:{mesh.front}), as",
+        "   an app does: the Host header names the service.",
         f"     curl -s -H 'Host: orders' {front}/orders",
         f"     curl -s -H 'Host: orders' -H 'x-canary: always' {front}/orders      # always v2",
         f"     curl -s -H 'Host: orders' {front}/call/inventory/items   # orders calls inventory",
@@ -429,6 +437,7 @@ async def _run_mesh(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
         ("frontend", "v1"),
     ]
     admins: dict[str, int] = {}
+    sidecars: dict[str, subprocess.Popen[bytes]] = {}
     apps: dict[str, int] = {}
     front = 0
     for svc, ver in workloads:
@@ -455,7 +464,7 @@ async def _run_mesh(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
             apps.setdefault(svc, app_port)
         else:
             front = out_port
-        procs.start(
+        sidecars[name] = procs.start(
             f"sidecar-{name}",
             [
                 "control_plane.cli",
@@ -486,7 +495,12 @@ async def _run_mesh(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
         )
         admins[name] = admin
     for name, admin in admins.items():
-        await asyncio.to_thread(_wait, lambda a=admin: _ready(a), 60, f"sidecar {name}")
+        p = sidecars[name]
+        await asyncio.to_thread(
+            _wait, lambda a=admin, p=p: _ready(a) or p.poll() is not None, 60, f"sidecar {name}"
+        )
+        if p.poll() is not None:  # say why in one line: its last words
+            raise RuntimeError(f"sidecar {name} exited: {_last_line(work / f'sidecar-{name}.log')}")
     _say("sidecars up: " + ", ".join(admins))
     _say(cli("apply", "-f", str(CONFIG_DIR)).rstrip())
     # every sidecar has the config and sees every peer before traffic starts
