@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -90,7 +91,7 @@ def run_locust(host: str, users: int, spawn_rate: float, run_time: str, csv_pref
                timeout: float) -> tuple[int, int, str]:
     """Locust headless against ``host``: (requests, failures, its printed summary), read from
     locust's own stats."""
-    cmd = ["locust", "-f", str(HERE / "locustfile.py"), "--headless", "-u", str(users),
+    cmd = [PY, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "-u", str(users),
            "-r", str(spawn_rate), "-t", run_time, "--host", host, "--stop-timeout", "5",
            "--csv", str(csv_prefix), "--only-summary", "--loglevel", "WARNING"]
     lp = subprocess.Popen(cmd, cwd=str(ROOT), stdin=subprocess.DEVNULL, start_new_session=True,
@@ -136,7 +137,7 @@ def main() -> int:
     run_s = parse_duration(args.run_time)
     if not 0 < run_s <= 600 or not 1 <= args.users <= 2000:
         ap.error("--run-time must be in (0, 10m] and --users in [1, 2000]")
-    if not shutil.which("locust"):
+    if importlib.util.find_spec("locust") is None:
         print("locust not found: pip install locust (or pip install '.[test]')", file=sys.stderr)
         return 2
 
