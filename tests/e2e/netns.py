@@ -40,7 +40,8 @@ PROXY_UID = 1337
 NETNS_ETC = Path("/etc/netns")
 # candidate /24s for a bed's pods: 10.200.0.0/24 ... 10.223.255.0/24
 SUBNETS = (f"10.{a}.{b}" for a in range(200, 224) for b in range(256))
-LOCK = Path("/run/meshlet-netns.lock")
+# host-wide (namespaces and links are): /run, else the temp dir every run on the host shares
+LOCK = (Path("/run") if Path("/run").is_dir() else Path(tempfile.gettempdir())) / "meshlet-netns.lock"
 _BEDS = itertools.count()
 # a bed's names carry its owner's pid: links mlb<pid>-<n> / mlv<pid>-<n><i>, netns NAME-ml<pid>-<n>
 _LINK_OWNER = re.compile(r"^ml[bv]([0-9a-f]+)-\d")
