@@ -330,6 +330,9 @@ def test_proxy_status_and_check_with_a_synced_sidecar(cp, capsys, tmp_path):
             assert code == 0 and out.startswith("config version: 7-abc"), (name, err)
         code, out, _ = run(capsys, "proxy-status", "reviews-v1")
         assert out.splitlines()[1].startswith("reviews-1 ")
+        code, out, err = run(capsys, "proxy-status", "nobody")
+        assert (code, out) == (1, "")
+        assert err == "error: no sidecar 'nobody' is registered; registered sidecars: reviews-1\n"
         code, out, err = run(capsys, "proxy-config", "routes", "nobody")
         assert code == 1
         assert err == "error: no sidecar 'nobody' is registered; registered sidecars: reviews-1\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from control_plane.cli import client as cli_client
+from control_plane.cli.client import CLIError
 
 NAME = "proxy-status"
 HELP = "every registered sidecar: service, version, address, config acknowledged or NACK reason"
@@ -54,11 +55,16 @@ def run(args: argparse.Namespace) -> int:
     if args.sidecar:
         from control_plane.registry import answers_to
 
+        everyone = data.get("proxies", [])
         data["proxies"] = [
-            p for p in data.get("proxies", [])
+            p for p in everyone
             if answers_to(args.sidecar, p["node_id"], p["service"], p["namespace"],
                           p.get("version") or "")
         ]
+        if not data["proxies"] and everyone:
+            known = ", ".join(p["node_id"].partition("@")[0] for p in everyone)
+            raise CLIError(f"no sidecar {args.sidecar!r} is registered; registered sidecars: "
+                           f"{known}")
     if args.output != "table":
         output.out(output.dump(data, args.output))
     elif not data.get("proxies"):
