@@ -39,10 +39,32 @@ class Registration:
     nack_error: str = ""
     cert_expiry: float | None = None  # unix time the sidecar reported for its certificate
 
+    def answers_to(self, name: str) -> bool:
+        return answers_to(name, self.node_id, self.service, self.namespace, self.version)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("disconnected_at")
         return d
+
+
+def answers_to(name: str, node_id: str, service: str, namespace: str, version: str) -> bool:
+    """Whether ``name`` names this sidecar, in any form the CLI prints: the node id, the node id
+    without its address (``orders-v1.default``), ``service-version`` (what ``meshlet demo`` calls
+    its sidecars), or the service (``orders``, ``orders.default``)."""
+    if name in (node_id, node_id.partition("@")[0]):
+        return True
+    base, _, ns = name.partition(".")
+    if ns and ns != namespace:
+        return False
+    return base == service or bool(version) and base == f"{service}-{version}"
+
+
+def short_name(reg: Registration, others: list[Registration]) -> str:
+    """The node id without its address when no other sidecar shares it, else the node id."""
+    short = reg.node_id.partition("@")[0]
+    clash = sum(o.node_id.partition("@")[0] == short for o in others)
+    return short if clash <= 1 else reg.node_id
 
 
 class Registry:
@@ -120,11 +142,11 @@ class Registry:
         return sorted(self._nodes.values(), key=lambda r: (r.namespace, r.service, r.node_id))
 
     def find(self, name: str) -> list[Registration]:
-        """Sidecars whose node id is ``name``, else whose service is ``name`` (or ``svc.ns``)."""
+        """The sidecar whose node id is ``name``, else every one that answers to it
+        (:func:`answers_to`)."""
         if name in self._nodes:
             return [self._nodes[name]]
-        svc, _, ns = name.partition(".")
-        return [r for r in self.all() if r.service == svc and (not ns or r.namespace == ns)]
+        return [r for r in self.all() if r.answers_to(name)]
 
     # -- push status -----------------------------------------------------------------------
     def sent(self, node_id: str, version: str) -> None:

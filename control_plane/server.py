@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from control_plane.push import PushHub, StreamError
-from control_plane.registry import DEFAULT_GRACE_S, Registry
+from control_plane.registry import DEFAULT_GRACE_S, Registry, short_name
 from control_plane.store import KINDS, Store, canonical_kind
 
 log = logging.getLogger(__name__)
@@ -411,12 +411,17 @@ class ControlPlane:
         what = request.match_info["what"]
         if what not in ADMIN_PATHS:
             return _error(404, f"unknown config type {what!r}; one of {', '.join(ADMIN_PATHS)}")
-        found = self.registry.find(request.match_info["id"])
+        name = request.match_info["id"]
+        found = self.registry.find(name)
         if not found:
-            return _error(404, f"no sidecar {request.match_info['id']!r} is registered")
+            everyone = self.registry.all()
+            known = ", ".join(short_name(r, everyone) for r in everyone) or "none"
+            return _error(404, f"no sidecar {name!r} is registered; registered sidecars: {known}",
+                          nodes=[r.node_id for r in everyone])
         if len(found) > 1:
-            return _error(409, f"{len(found)} sidecars match {request.match_info['id']!r}; "
-                          "name one by node id", nodes=[r.node_id for r in found])
+            names = ", ".join(short_name(r, found) for r in found)
+            return _error(409, f"{len(found)} sidecars match {name!r} ({names}); name one of them",
+                          nodes=[r.node_id for r in found])
         reg = found[0]
         if not reg.admin_address:
             return _error(502, f"sidecar {reg.node_id} registered no admin address the control "

@@ -1,5 +1,6 @@
 """HTTP/2 benchmark: h2c through meshlet's outbound against Envoy (codec AUTO), and gRPC unary
-through two sidecars against two Envoys, as RATIOS (perf-anchors T3: h2c rps/core >= 0.6x Envoy).
+through two sidecars against two Envoys, as RATIOS (target T3 in loadtests/README.md: h2c
+rps/core >= 0.6x Envoy).
 
 h2c scenarios (one proxy pinned to CPU 1; h2load and the HTTP/1.1 upstream on CPU 0):
 
@@ -234,7 +235,11 @@ def main() -> int:
         if x not in SCENARIOS:
             ap.error(f"unknown scenario {x}")
     if not shutil.which("h2load"):
-        print("h2load not found", file=sys.stderr)
+        print("h2load not found: apt-get install nghttp2-client", file=sys.stderr)
+        return 2
+    if missing := h.envoy_missing("run bench_http1.py --targets without envoy for meshlet "
+                                  "alone (this benchmark is a comparison)"):
+        print(missing, file=sys.stderr)
         return 2
     ncpu = os.cpu_count() or 1
     proxy_cpu = args.proxy_cpu if 0 <= args.proxy_cpu < ncpu else None

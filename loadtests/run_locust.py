@@ -1,11 +1,13 @@
-"""Run the locust scenario (loadtests/locustfile.py) against a real mini mesh, headless, bounded.
+"""Run the locust scenario (loadtests/locustfile.py) against ``meshlet demo``, headless, bounded.
 
-Starts the demo apps (inventory v1 and v2, payment v1) and one ``orders`` sidecar standalone from
-a YAML config, runs locust headless for ``--run-time``, prints locust's stats, and exits non-zero
-if the failure ratio is above ``--max-fail-ratio`` (default 1 %), if no request was made, or if
-the sidecar died. Everything on 127.0.0.1; every process is stopped at the end, also on Ctrl-C.
+Starts ``meshlet demo`` (the whole mesh: control plane, four apps, five sidecars), waits until it
+is ready and its circuit-breaker scenario is over, runs locust headless against the frontend
+sidecar for ``--run-time``, prints locust's stats and exits non-zero if any request failed
+(``--max-fail-ratio``, default 0), if none was made, or if the demo died. Everything on
+127.0.0.1; the demo and its processes are stopped at the end, also on Ctrl-C.
 
-    python loadtests/run_locust.py                      # 20 users, 10/s spawn, 20 s
+    pip install locust                                  # or: pip install '.[test]'
+    python loadtests/run_locust.py                      # 10 users, 5/s spawn, 20 s
     python loadtests/run_locust.py -u 50 -t 60s --twin  # pure-Python fast path
 """
 
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -28,112 +32,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
 
-CONFIG = """
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: inventory}}
-spec:
-  hosts: [inventory.default.svc.cluster.local]
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {inv1}}}, labels: {{version: v1}}}}
-  - {{address: 127.0.0.1, ports: {{http: {inv2}}}, labels: {{version: v2}}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: payment}}
-spec:
-  hosts: [payment.default.svc.cluster.local]
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {pay}}}, labels: {{version: v1}}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: inventory}}
-spec:
-  host: inventory
-  trafficPolicy:
-    connectionPool:
-      tcp: {{maxConnections: 1000, connectTimeout: 1s}}
-      http: {{http1MaxPendingRequests: 1000, idleTimeout: 60s}}
-    outlierDetection: {{consecutive5xxErrors: 50, interval: 10s, baseEjectionTime: 30s}}
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: inventory}}
-spec:
-  hosts: [inventory]
-  http:
-  - name: canary
-    match: [{{headers: {{x-canary: {{exact: "yes"}}}}}}]
-    route: [{{destination: {{host: inventory, subset: v2}}}}]
-  - name: split
-    timeout: 10s
-    retries: {{attempts: 2, perTryTimeout: 5s, retryOn: "connect-failure,refused-stream"}}
-    route:
-    - {{destination: {{host: inventory, subset: v1}}, weight: 90}}
-    - {{destination: {{host: inventory, subset: v2}}, weight: 10}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: payment}}
-spec:
-  hosts: [payment]
-  http:
-  - name: pay
-    timeout: 10s
-    route: [{{destination: {{host: payment}}}}]
-"""
 
-READY = re.compile(r"meshlet sidecar ready service=\S+ outbound=(\d+) inbound=(\d+) admin=(\d+)")
-
-
-class Proc:
-    ALL: list[Proc] = []
-
-    def __init__(self, name: str, cmd: list[str], work: Path, environ: dict[str, str]) -> None:
-        self.name = name
-        self.err_path = work / f"{name}.err"
-        self._fe = open(self.err_path, "wb")  # noqa: SIM115 - lives as long as the child
-        self.p = subprocess.Popen(cmd, stdout=self._fe, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, env=environ, cwd=str(ROOT),
-                                  start_new_session=True)  # fmt: skip
-        Proc.ALL.append(self)
-
-    def stderr(self) -> str:
-        try:
-            return self.err_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.p.poll() is None
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            try:
-                os.killpg(self.p.pid, signal.SIGTERM)
-                self.p.wait(5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        try:
-            os.killpg(self.p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.p.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        self._fe.close()
-
-
-def wait_until(cond, timeout: float, what: str):
+def wait_until(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while True:
         v = cond()
@@ -141,7 +41,7 @@ def wait_until(cond, timeout: float, what: str):
             return v
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.1)
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -151,19 +51,71 @@ def env(**extra: str) -> dict[str, str]:
     return e
 
 
-def start_app(work: Path, name: str, version: str) -> int:
-    pf = work / f"{name}-{version}.port"
-    p = Proc(f"app-{name}-{version}", [PY, "-m", "control_plane.demo.apps", "--name", name,
-                                       "--version", version, "--port", "0", "--port-file", str(pf)],
-             work, env())  # fmt: skip
+def start_demo(work: Path, environ: dict[str, str]) -> tuple[subprocess.Popen[bytes], dict]:
+    """``meshlet demo --workdir WORK`` in the background; its addresses once it is ready."""
+    log = open(work / "demo.out", "wb")  # noqa: SIM115 - the child keeps it
+    p = subprocess.Popen([PY, "-m", "control_plane.cli", "demo", "--requests", "20",
+                          "--workdir", str(work / "demo")], cwd=str(ROOT), stdout=log,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environ)
+    mesh_file = work / "demo" / "mesh.json"
 
     def ready() -> bool:
-        if not p.alive():
-            raise RuntimeError(f"{p.name} exited:\n{p.stderr()[-2000:]}")
-        return pf.exists()
+        if p.poll() is not None:
+            raise RuntimeError("meshlet demo exited:\n"
+                               + (work / "demo.out").read_text(errors="replace")[-3000:])
+        return mesh_file.exists()
 
-    wait_until(ready, 20, p.name)
-    return int(pf.read_text())
+    wait_until(ready, 180, "meshlet demo to be ready")
+    return p, json.loads(mesh_file.read_text())
+
+
+def wait_for_breaker(front: str, orders: str = "orders", payment: str = "payment",
+                     timeout: float = 60) -> None:
+    """Until orders v2 reaches payment again: the demo's breaker scenario leaves that breaker
+    open for 10 s (then half-open); load started inside that window sees 503 UO, rightly."""
+
+    def closed() -> bool:
+        req = urllib.request.Request(f"{front}/call/{payment}/pay",
+                                     headers={"Host": orders, "x-canary": "always"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read()).get("upstream_status") == 200
+        except (OSError, ValueError):
+            return False
+
+    for _ in range(3):  # half-open lets a few calls through: three in a row mean closed
+        wait_until(closed, timeout, "orders v2's breaker towards payment to close")
+
+
+def run_locust(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: Path,
+               timeout: float) -> tuple[int, int, str]:
+    """Locust headless against ``host``: (requests, failures, its printed summary), read from
+    locust's own stats."""
+    cmd = [PY, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "-u", str(users),
+           "-r", str(spawn_rate), "-t", run_time, "--host", host, "--stop-timeout", "5",
+           "--csv", str(csv_prefix), "--only-summary", "--loglevel", "WARNING"]
+    lp = subprocess.Popen(cmd, cwd=str(ROOT), stdin=subprocess.DEVNULL, start_new_session=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = lp.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(lp.pid, signal.SIGKILL)
+        lp.wait(5)
+        raise
+    total = fails = 0
+    # the printed summary is final; the CSV can lag it by the last second of requests
+    m = re.search(r"^\s+Aggregated\s+(\d+)\s+(\d+)\(", out, re.M)
+    if m:
+        total, fails = int(m.group(1)), int(m.group(2))
+    else:
+        with open(f"{csv_prefix}_stats.csv") as f:
+            for row in csv.DictReader(f):
+                if row["Name"] == "Aggregated":
+                    total, fails = int(row["Request Count"]), int(row["Failure Count"])
+    failures_csv = Path(f"{csv_prefix}_failures.csv")
+    if fails and failures_csv.exists():
+        out += "\nfailures:\n" + failures_csv.read_text()
+    return total, fails, out
 
 
 def parse_duration(s: str) -> float:
@@ -174,107 +126,59 @@ def parse_duration(s: str) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="locust against apps + one orders sidecar (bounded).")
-    ap.add_argument("-u", "--users", type=int, default=20)
-    ap.add_argument("-r", "--spawn-rate", type=float, default=10)
+    ap = argparse.ArgumentParser(description="locust against `meshlet demo` (bounded).")
+    ap.add_argument("-u", "--users", type=int, default=10)
+    ap.add_argument("-r", "--spawn-rate", type=float, default=5)
     ap.add_argument("-t", "--run-time", default="20s", help="run time (20s; max 10m)")
-    ap.add_argument("--max-fail-ratio", type=float, default=0.01, help="exit 1 above this (0.01)")
-    ap.add_argument("--twin", action="store_true", help="sidecar on the pure-Python fast path")
-    ap.add_argument("--access-log", action="store_true", help="keep the sidecar's access log on")
+    ap.add_argument("--max-fail-ratio", type=float, default=0.0, help="exit 1 above this (0)")
+    ap.add_argument("--twin", action="store_true", help="the mesh on the pure-Python fast path")
     ap.add_argument("--keep-workdir", action="store_true")
     args = ap.parse_args()
     run_s = parse_duration(args.run_time)
     if not 0 < run_s <= 600 or not 1 <= args.users <= 2000:
         ap.error("--run-time must be in (0, 10m] and --users in [1, 2000]")
-    if not shutil.which("locust"):
-        print("locust not found (pip install locust)", file=sys.stderr)
+    if importlib.util.find_spec("locust") is None:
+        print("locust not found: pip install locust (or pip install '.[test]')", file=sys.stderr)
         return 2
 
-    def on_term(signum, frame):
+    def on_term(signum, frame):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     work = Path(tempfile.mkdtemp(prefix="meshlet-locust-"))
-    rc = 1
+    rc, demo = 1, None
     try:
-        inv1 = start_app(work, "inventory", "v1")
-        inv2 = start_app(work, "inventory", "v2")
-        pay = start_app(work, "payment", "v1")
-        orders = start_app(work, "orders", "v1")
-        cfg = work / "mesh.yaml"
-        cfg.write_text(CONFIG.format(inv1=inv1, inv2=inv2, pay=pay))
-        sc_env = env(MESHLET_NO_EXTENSIONS="1") if args.twin else env()
-        cmd = [PY, "-m", "control_plane.cli", "sidecar", "--service", "orders",
-               "--app-port", str(orders), "--config", str(cfg), "--outbound", "0", "--inbound", "0",
-               "--admin", "0", "--inbound-bind", "127.0.0.1", "--drain-timeout", "2",
-               "--log-level", "WARNING"]  # fmt: skip
-        if not args.access_log:
-            cmd.append("--no-access-log")
-        sidecar = Proc("sidecar-orders", cmd, work, sc_env)
-
-        def ready():
-            if not sidecar.alive():
-                raise RuntimeError(f"sidecar exited:\n{sidecar.stderr()[-3000:]}")
-            return READY.search(sidecar.stderr())
-
-        m = wait_until(ready, 30, "sidecar ready line")
-        outbound, admin = int(m.group(1)), int(m.group(3))
-        host = f"http://127.0.0.1:{outbound}"
-        print(f"[run_locust] apps inventory v1={inv1} v2={inv2} payment={pay}; "
-              f"sidecar outbound={outbound} admin={admin}; "
-              f"locust -u {args.users} -r {args.spawn_rate} -t {args.run_time}",
-              file=sys.stderr, flush=True)  # fmt: skip
-        csv_prefix = work / "locust"
-        lcmd = ["locust", "-f", str(HERE / "locustfile.py"), "--headless", "-u", str(args.users),
-                "-r", str(args.spawn_rate), "-t", args.run_time, "--host", host,
-                "--stop-timeout", "5", "--csv", str(csv_prefix), "--only-summary",
-                "--loglevel", "WARNING"]  # fmt: skip
-        lp = subprocess.Popen(lcmd, cwd=str(ROOT), stdin=subprocess.DEVNULL,
-                              start_new_session=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        try:
-            out, _ = lp.communicate(timeout=run_s + 60)
-        except BaseException:
-            os.killpg(lp.pid, signal.SIGKILL)
-            lp.wait(5)
-            raise
+        demo, mesh = start_demo(work, env(MESHLET_NO_EXTENSIONS="1") if args.twin else env())
+        host = mesh["frontend"]
+        wait_for_breaker(host)
+        print(f"[run_locust] meshlet demo ready, frontend {host}; locust -u {args.users} "
+              f"-r {args.spawn_rate} -t {args.run_time}", file=sys.stderr, flush=True)
+        total, fails, out = run_locust(host, args.users, args.spawn_rate, args.run_time,
+                                       work / "locust", run_s + 60)
         print(out, flush=True)
-        total = fails = 0
-        # the printed summary is final; the CSV can lag it by the last second of requests
-        m = re.search(r"^\s+Aggregated\s+(\d+)\s+(\d+)\(", out, re.M)
-        if m:
-            total, fails = int(m.group(1)), int(m.group(2))
-        else:
-            with open(f"{csv_prefix}_stats.csv") as f:
-                for row in csv.DictReader(f):
-                    if row["Name"] == "Aggregated":
-                        total, fails = int(row["Request Count"]), int(row["Failure Count"])
         ratio = fails / total if total else 1.0
-        failures_csv = Path(f"{csv_prefix}_failures.csv")
-        if fails and failures_csv.exists():
-            print("[run_locust] failures:\n" + failures_csv.read_text(), flush=True)
-        status, metrics = 0, b""
+        alive = demo.poll() is None
+        status = 0
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
-                status, metrics = r.status, r.read()
+            with urllib.request.urlopen(mesh["metrics"]["frontend-v1"], timeout=5) as r:
+                status = r.status
         except OSError as e:
-            print(f"[run_locust] sidecar /metrics failed: {e}", file=sys.stderr)
-        n_series = sum(1 for line in metrics.splitlines() if line and not line.startswith(b"#"))
-        alive = sidecar.alive()
+            print(f"[run_locust] frontend sidecar /metrics failed: {e}", file=sys.stderr)
         print(f"[run_locust] requests={total} failures={fails} failure_ratio={ratio:.4%} "
-              f"(max {args.max_fail_ratio:.2%}); locust rc={lp.returncode}; sidecar alive={alive}; "
-              f"/metrics {status} with {n_series} series", flush=True)  # fmt: skip
-        bad = re.compile(r"Traceback|ERROR|CRITICAL")
-        errs = [ln for ln in sidecar.stderr().splitlines() if bad.search(ln)]
-        if errs:
-            print("[run_locust] sidecar logged errors:\n  " + "\n  ".join(errs[:20]), flush=True)
+              f"(max {args.max_fail_ratio:.2%}); demo alive={alive}; /metrics {status}",
+              flush=True)
         rc = 0 if total > 0 and ratio <= args.max_fail_ratio and alive else 1
     except KeyboardInterrupt:
         print("[run_locust] interrupted; stopping everything", file=sys.stderr)
         rc = 130
     finally:
-        for p in reversed(Proc.ALL):
-            p.stop()
+        if demo is not None and demo.poll() is None:
+            demo.send_signal(signal.SIGINT)  # the demo stops its whole mesh
+            try:
+                demo.wait(60)
+            except subprocess.TimeoutExpired:
+                demo.kill()  # its children follow it (parent-death signal)
+                demo.wait()
         if args.keep_workdir:
             print(f"[run_locust] workdir kept: {work}", file=sys.stderr)
         else:

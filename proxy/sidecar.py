@@ -9,11 +9,13 @@ is refused whole and the running table stays. SIGTERM (or POST /drain) drains: r
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,12 +220,12 @@ class Sidecar:
         for lst in (out, inb):
             lst.local_reply_hook = self.runtime.count_local_reply
             lst.h2_factory = _h2_factory
-            await lst.start()
+            await _listening(lst.start(), lst.name, lst.host, lst.port)
             self.listeners[lst.name] = lst
         self.admin_runner = web.AppRunner(build_app(self), access_log=None)
         await self.admin_runner.setup()
         site = web.TCPSite(self.admin_runner, o.admin_bind, o.admin_port, reuse_address=True)
-        await site.start()
+        await _listening(site.start(), "admin", o.admin_bind, o.admin_port)
         self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
         try:
@@ -453,6 +455,8 @@ class Sidecar:
         return self.telemetry.render()
 
     def config_dump(self) -> dict[str, Any]:
+        from proxy.routes.describe import describe_block
+
         t = self.runtime.table
         return {
             "version": t.version,
@@ -470,7 +474,7 @@ class Sidecar:
                     "routes": [
                         {
                             "name": r.name,
-                            "match": [b.name for b in r.matches],
+                            "match": [describe_block(b) for b in r.matches],
                             "destinations": [
                                 {"cluster": d.default_cluster, "weight": d.weight}
                                 for d in r.destinations
@@ -526,6 +530,29 @@ class Sidecar:
         from proxy.explain import explain
 
         return explain(self, query)
+
+
+class ListenError(OSError):
+    """A port the sidecar cannot listen on; the message names the port and its flag."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+async def _listening(start: Awaitable[Any], port_name: str, host: str, port: int) -> Any:
+    """Await a listener's start; a bind failure names the port and the flag that sets it
+    (``--outbound`` ...), since ``[Errno 98] Address already in use`` alone says neither."""
+    try:
+        return await start
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason = "address already in use (another sidecar or program holds it)"
+        raise ListenError(
+            exc.errno,
+            f"cannot listen on the {port_name} port {host}:{port}: {reason}; "
+            f"pick a free one with --{port_name} PORT",
+        ) from None
 
 
 def _h2_factory(*args: Any) -> Any:

@@ -86,6 +86,21 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
                    help="per-request timeout (default 10)")
 
 
+def known_kind(name: str, *, allow_all: bool = False) -> str:
+    """The canonical kind for ``name`` (``vs``, ``virtualservices`` ...), or an error that lists
+    every kind and its short name, checked here before anything is sent."""
+    from control_plane.store import KINDS, canonical_kind
+
+    if allow_all and name.lower() == "all":
+        return "all"
+    kind = canonical_kind(name)
+    if kind is None:
+        known = ", ".join(f"{k} ({names[-1]})" for k, names in KINDS.items())
+        raise CLIError(f"unknown kind {name!r}; the kinds are {known}"
+                       + (", or all" if allow_all else ""))
+    return kind
+
+
 def data_dir(args: argparse.Namespace) -> Path:
     d = getattr(args, "data_dir", None) or os.environ.get("MESHLET_DATA_DIR") or "~/.meshlet"
     return Path(d).expanduser()
@@ -134,6 +149,21 @@ class Client:
         self.token_path = path
         try:
             self._token = path.read_text().strip()
+        except FileNotFoundError:
+            if path == self.data_dir / "admin.token" and not self.data_dir.exists():
+                # the usual first-hour case: no control plane was ever started with this dir
+                raise CLIError(
+                    f"no control plane has been started with the data dir {self.data_dir} here "
+                    "(it holds the admin token): start one with `meshlet control-plane`, or "
+                    "point at its data dir with --data-dir DIR or MESHLET_DATA_DIR (`meshlet "
+                    "demo` prints its own), or give the admin token with --token-file FILE",
+                    ExitStatus.AUTH,
+                ) from None
+            raise CLIError(
+                f"no admin token: cannot read {path} (No such file or directory); "
+                "pass --data-dir DIR of the control plane or --token-file FILE",
+                ExitStatus.AUTH,
+            ) from None
         except OSError as e:
             raise CLIError(
                 f"no admin token: cannot read {path} ({e.strerror}); "

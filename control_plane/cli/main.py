@@ -32,6 +32,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser = argparse.ArgumentParser(
         prog="meshlet", description="meshlet: a lightweight service mesh (sidecar + control plane)"
     )
+    parser.add_argument("--version", action="store_true",
+                        help="print the version and the fast path in use (as `meshlet version`)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     table: dict[str, object] = {}
     for mod in _command_modules():
@@ -44,6 +46,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser, table = build_parser()
     args = parser.parse_args(argv)
+    if args.version and not args.command:
+        args.command = "version"
     if not args.command:
         parser.print_help()
         return 2

@@ -373,7 +373,9 @@ class IdentityManager:
         pinned = [r for r in roots if keys.spki_sha256(r.public_key()) == pin]
         if not pinned:
             raise IdentityError(
-                "no root in the control plane's trust bundle matches the join token's CA pin",
+                f"the join token's CA pin matches no root of the control plane at {self._url}: "
+                "the token was made by another control plane (or before its CA was replaced); "
+                f"create one there with `meshlet token create --service {self.service}`",
                 permanent=True,
             )
         ctx = tls.client_context(None, None, keys.certificates_to_pem(pinned), alpn=tls.HTTP11_ALPN)
@@ -415,6 +417,13 @@ class IdentityManager:
                     msg = json.loads(raw)["error"]
                 except (ValueError, KeyError, TypeError):
                     msg = raw[:200].decode(errors="replace")
+                if resp.status == 401 and "Authorization" in headers:
+                    raise IdentityError(
+                        f"the control plane at {self._url} refused the join token ({msg}): "
+                        "create a new one there with "
+                        f"`meshlet token create --service {self.service}`",
+                        permanent=True,
+                    )
                 raise IdentityError(
                     f"control plane refused: HTTP {resp.status}: {msg}",
                     permanent=400 <= resp.status < 500,
@@ -427,7 +436,14 @@ class IdentityManager:
             raise IdentityError("malformed answer from the control plane") from None
         ident = _build(chain_pem, key_pem, bundle_pem, self._clock())
         if not self._expected(ident.spiffe_id):
-            raise IdentityError(f"control plane issued {ident.spiffe_id}", permanent=True)
+            sid = ident.spiffe_id
+            raise IdentityError(
+                f"the join token belongs to service {sid.service_account!r} (namespace "
+                f"{sid.namespace!r}), not {self.service!r}: create one with `meshlet token create "
+                f"--service {self.service} --namespace {self.namespace}`, or run this sidecar as "
+                f"--service {sid.service_account} (control plane issued {sid})",
+                permanent=True,
+            )
         if trust_domain is not None and not ident.spiffe_id.member_of(trust_domain):
             raise IdentityError(f"trust domain changed to {ident.spiffe_id.trust_domain}")
         self._install(ident)

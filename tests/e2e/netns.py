@@ -1,34 +1,51 @@
 """A small multi-host mesh out of network namespaces: one per pod, joined by veths and a bridge.
 
 Each "pod" is a network namespace with its loopback up and an ``eth0`` (one end of a veth pair;
-the other end is enslaved to the bridge ``mlbr0`` in the host namespace). Pods get addresses in
-10.200.0.0/24 that exist only inside the namespaces this bed created; the bridge has no address,
-so nothing here can reach, or be reached from, anything outside. Processes run in a pod with
-``ip netns exec`` (which also bind-mounts ``/etc/netns/<pod>/hosts`` over ``/etc/hosts``), the
-sidecar under UID/GID 1337 with ``setpriv``.
+the other end is enslaved to the bed's bridge in the host namespace). Pods get addresses in a
+10.200-223.x.0/24 subnet that exist only inside the namespaces this bed created; the bridge has no
+address, so nothing here can reach, or be reached from, anything outside. Processes run in a pod
+with ``ip netns exec`` (which also bind-mounts ``/etc/netns/<netns>/hosts`` over ``/etc/hosts``),
+the sidecar under UID/GID 1337 with ``setpriv``.
 
-:meth:`TestBed.close` (always called, from a ``finally``) stops every process it started, then
-deletes the namespaces, the veths, the bridge and the ``/etc/netns/<pod>`` folders. Names are
-fixed and prefixed, so a bed left behind by a killed run is removed by the next one.
+Every bed is named for its run: the owning process id and a per-process counter are in the name of
+each of its namespaces (``pod-cp-ml<pid>-<n>``), its bridge (``mlb<pid>-<n>``) and its veths
+(``mlv<pid>-<n><i>``, within Linux's 15 characters), and it takes a subnet that no other bed and
+no host interface uses, chosen under a lock. So two test runs on one host (two root CI jobs, a
+developer's run beside CI) never share or remove each other's bed. :meth:`TestBed.close` (always
+called, from a ``finally``) stops every process it started, then deletes only its own namespaces,
+veths, bridge and ``/etc/netns/<netns>`` folders. A bed left behind by a killed run (its owner
+process is gone) is removed when the next bed is made.
 """
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
+import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support import PY, ROOT, Proc, env, wait_until
 
-BRIDGE = "mlbr0"
-SUBNET = "10.200.0"
 PROXY_UID = 1337
 NETNS_ETC = Path("/etc/netns")
+# candidate /24s for a bed's pods: 10.200.0.0/24 ... 10.223.255.0/24
+SUBNETS = (f"10.{a}.{b}" for a in range(200, 224) for b in range(256))
+# host-wide (namespaces and links are): /run, else the temp dir every run on the host shares
+LOCK = (Path("/run") if Path("/run").is_dir() else Path(tempfile.gettempdir())) / "meshlet-netns.lock"
+_BEDS = itertools.count()
+# a bed's names carry its owner's pid: links mlb<pid>-<n> / mlv<pid>-<n><i>, netns NAME-ml<pid>-<n>
+_LINK_OWNER = re.compile(r"^ml[bv]([0-9a-f]+)-\d")
+_NETNS_OWNER = re.compile(r"-ml([0-9a-f]+)-\d+$")
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 20, input: str | None = None,
@@ -60,26 +77,95 @@ def can_run() -> str:
     return ""
 
 
+@contextmanager
+def _host_lock() -> Iterator[None]:
+    """One bed at a time picks its names and subnet on this host (across processes)."""
+    with open(LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _netns_names() -> list[str]:
+    return [ln.split()[0] for ln in sh("ip", "netns", "list", check=False).stdout.splitlines()
+            if ln.strip()]
+
+
+def _link_names() -> list[str]:
+    out = sh("ip", "-o", "link", "show", check=False).stdout
+    return [m[1] for m in re.finditer(r"^\d+: ([^:@\s]+)", out, re.M)]
+
+
+def _subnets_in_use() -> set[str]:
+    """The /24s (as ``a.b.c``) of the host's addresses and of every bed's pods. A host network
+    wider than a /16 (a 10.0.0.0/8 VPN, say) is not counted: the bed's addresses exist only in
+    its own namespaces, so they cannot clash with it; they only must not look alike."""
+    used: set[str] = set()
+    outs = [sh("ip", "-o", "-4", "addr", "show", check=False).stdout]
+    outs += [sh("ip", "-n", ns, "-o", "-4", "addr", "show", check=False).stdout
+             for ns in _netns_names() if _NETNS_OWNER.search(ns)]
+    for out in outs:
+        for m in re.finditer(r"inet (\d+\.\d+\.\d+\.\d+/\d+)", out):
+            net = ipaddress.ip_interface(m[1]).network
+            if net.prefixlen < 16:
+                continue
+            nets = net.subnets(new_prefix=24) if net.prefixlen <= 24 else [
+                net.supernet(new_prefix=24)]
+            used.update(str(n.network_address).rsplit(".", 1)[0] for n in nets)
+    return used
+
+
+def _remove_orphans() -> None:
+    """Beds whose owner process is gone (a killed run): never a live run's bed."""
+    for ns in _netns_names():
+        m = _NETNS_OWNER.search(ns)
+        if m and not _alive(int(m[1], 16)):
+            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh("ip", "netns", "del", ns, check=False)
+            shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
+    for link in _link_names():
+        m = _LINK_OWNER.match(link)
+        if m and not _alive(int(m[1], 16)):
+            sh("ip", "link", "del", link, check=False)
+
+
 @dataclass
 class Pod:
     bed: TestBed
-    name: str  # the netns name
+    name: str  # the pod's name in the test (``pod-orders``), its hostname in the hosts file
     ip: str
     veth: str  # host-side end
+    netns: str = ""  # the network namespace: the name, made unique to this bed
     procs: list[Proc] = field(default_factory=list)
 
     @property
     def hosts_file(self) -> Path:
-        return NETNS_ETC / self.name / "hosts"
+        return NETNS_ETC / self.netns / "hosts"
 
     def exec(self, *cmd: str, check: bool = True, timeout: float = 20,
              ) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "netns", "exec", self.name, *cmd, check=check, timeout=timeout)
+        return sh("ip", "netns", "exec", self.netns, *cmd, check=check, timeout=timeout)
 
     def meshlet(self, *args: str, check: bool = True, timeout: float = 30,
                 ) -> subprocess.CompletedProcess[str]:
         """Run ``meshlet ARGS`` in this pod, as root (the init step)."""
-        r = subprocess.run(["ip", "netns", "exec", self.name, PY, "-m", "control_plane.cli", *args],
+        r = subprocess.run(["ip", "netns", "exec", self.netns, PY, "-m", "control_plane.cli", *args],
                            capture_output=True, text=True, timeout=timeout, env=self.bed.env(),
                            cwd=str(ROOT))
         if check and r.returncode != 0:
@@ -89,7 +175,7 @@ class Pod:
     def start(self, label: str, *cmd: str, uid: int | None = None, gid: int | None = None,
               ) -> Proc:
         """Start a long-running process in this pod (as ``uid`` and/or ``gid`` if given)."""
-        prefix = ["ip", "netns", "exec", self.name]
+        prefix = ["ip", "netns", "exec", self.netns]
         if uid is not None or gid is not None:
             prefix += ["setpriv", "--clear-groups"]
             if uid is not None:
@@ -125,7 +211,7 @@ class TestBed:
     __test__ = False  # not a pytest class
 
     def __init__(self, pods: dict[str, int]) -> None:
-        """``pods``: netns name -> last octet of its address in 10.200.0.0/24."""
+        """``pods``: pod name -> last octet of its address in the bed's /24."""
         self.pods: dict[str, Pod] = {}
         self.procs: list[Proc] = []
         # readable by the sidecar's UID (pytest's tmp dirs are root-only)
@@ -137,11 +223,20 @@ class TestBed:
         self.home.mkdir(mode=0o777)
         os.chmod(self.home, 0o1777)
         self._wanted = pods
+        self.tag = f"{os.getpid():x}-{next(_BEDS)}"  # this run's, and this bed's
+        self.bridge = f"mlb{self.tag}"
+        self.netns_suffix = f"-ml{self.tag}"
+        self.subnet = ""
         self._made_netns_etc = not NETNS_ETC.exists()
         self.proxy_ids = proxy_identity()
-        self._cleanup_leftovers()
         try:
-            self._build()
+            with _host_lock():
+                _remove_orphans()
+                used = _subnets_in_use()
+                self.subnet = next((n for n in SUBNETS if n not in used), "")
+                if not self.subnet:
+                    raise RuntimeError("no free /24 in 10.200.0.0-10.223.255.0 for the bed")
+                self._build()
         except BaseException:
             self.close()
             raise
@@ -149,36 +244,30 @@ class TestBed:
     def env(self) -> dict[str, str]:
         return env(HOME=str(self.home), PYTHONDONTWRITEBYTECODE="1")
 
-    def _veth(self, name: str) -> str:
-        return ("mlv-" + name.replace("pod-", ""))[:15]
-
-    def _cleanup_leftovers(self) -> None:
-        existing = sh("ip", "netns", "list", check=False).stdout.split()
-        for name in self._wanted:
-            if name in existing:
-                sh("ip", "netns", "del", name, check=False)
-            sh("ip", "link", "del", self._veth(name), check=False)
-            shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
-        sh("ip", "link", "del", BRIDGE, check=False)
+    def _veth(self, index: int) -> str:
+        veth = f"mlv{self.tag}{index:x}"
+        assert len(veth) + 2 <= 15, veth  # "-p" for the peer; Linux's IFNAMSIZ is 16 with NUL
+        return veth
 
     def _build(self) -> None:
-        sh("ip", "link", "add", BRIDGE, "type", "bridge")
-        sh("ip", "link", "set", BRIDGE, "up")
-        for name, octet in self._wanted.items():
-            veth = self._veth(name)
-            ip = f"{SUBNET}.{octet}"
-            sh("ip", "netns", "add", name)
-            pod = Pod(self, name, ip, veth)
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "link", "set", self.bridge, "up")
+        for index, (name, octet) in enumerate(self._wanted.items()):
+            veth = self._veth(index)
+            ip = f"{self.subnet}.{octet}"
+            netns = name + self.netns_suffix
+            pod = Pod(self, name, ip, veth, netns)
             self.pods[name] = pod
+            sh("ip", "netns", "add", netns)
             sh("ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}-p")
-            sh("ip", "link", "set", f"{veth}-p", "netns", name)
-            sh("ip", "link", "set", veth, "master", BRIDGE)
+            sh("ip", "link", "set", f"{veth}-p", "netns", netns)
+            sh("ip", "link", "set", veth, "master", self.bridge)
             sh("ip", "link", "set", veth, "up")
             pod.exec("ip", "link", "set", "lo", "up")
             pod.exec("ip", "link", "set", f"{veth}-p", "name", "eth0")
             pod.exec("ip", "addr", "add", f"{ip}/24", "dev", "eth0")
             pod.exec("ip", "link", "set", "eth0", "up")
-            (NETNS_ETC / name).mkdir(parents=True, exist_ok=True)
+            (NETNS_ETC / netns).mkdir(parents=True, exist_ok=True)
             pod.hosts_file.write_text(f"127.0.0.1\tlocalhost\n{ip}\t{name}\n")
 
     def pod(self, name: str) -> Pod:
@@ -199,18 +288,21 @@ class TestBed:
             except Exception:  # keep tearing down
                 pass
         self.procs.clear()
-        for name in self._wanted:
-            # anything still running in the namespace (a child that escaped its parent)
-            r = sh("ip", "netns", "pids", name, check=False)
-            for pid in r.stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            sh("ip", "netns", "del", name, check=False)
-            sh("ip", "link", "del", self._veth(name), check=False)
-            shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
-        sh("ip", "link", "del", BRIDGE, check=False)
+        existing = set(_netns_names())
+        for index, name in enumerate(self._wanted):
+            netns = name + self.netns_suffix  # only this bed's: never another run's
+            if netns in existing:
+                # anything still running in the namespace (a child that escaped its parent)
+                r = sh("ip", "netns", "pids", netns, check=False)
+                for pid in r.stdout.split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
+                sh("ip", "netns", "del", netns, check=False)
+            sh("ip", "link", "del", self._veth(index), check=False)
+            shutil.rmtree(NETNS_ETC / netns, ignore_errors=True)
+        sh("ip", "link", "del", self.bridge, check=False)
         if self._made_netns_etc:
             try:
                 NETNS_ETC.rmdir()  # only if we created it and nothing else is in it now

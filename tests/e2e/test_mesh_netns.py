@@ -2,10 +2,10 @@
 iptables capture and both sidecars, with mTLS; then chaos (a sidecar killed, the control plane
 killed, a pod cut off) under steady load, with the requests lost and the recovery time of each.
 
-Pods: ``pod-cp`` (10.200.0.2: the control plane, and a plain non-mesh server on :9000),
-``pod-orders`` (10.200.0.3) and ``pod-inventory`` (10.200.0.4), each with its app on
-127.0.0.1:8080, ``meshlet iptables`` capture rules and a sidecar running as UID 1337. The orders
-pod's hosts file says ``inventory -> 10.200.0.4`` (what the init step writes).
+Pods, in a /24 of their own (see tests/e2e/netns.py): ``pod-cp`` (.2: the control plane, and a
+plain non-mesh server on :9000), ``pod-orders`` (.3) and ``pod-inventory`` (.4), each with its
+app on 127.0.0.1:8080, ``meshlet iptables`` capture rules and a sidecar running as UID 1337. The
+orders pod's hosts file says ``inventory -> <inventory's .4>`` (what the init step writes).
 """
 
 from __future__ import annotations

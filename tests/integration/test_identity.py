@@ -131,7 +131,8 @@ async def test_unknown_token_is_refused(cp, tmp_path):
     real = JoinToken.parse(cp.tokens.create("orders"))
     bad = str(JoinToken("0" * 16, real.secret, real.ca_pin))
     mgr = IdentityManager(cp.url, bad, "orders", "default", tmp_path / "s")
-    with pytest.raises(IdentityError, match="401") as exc:
+    with pytest.raises(IdentityError, match=r"refused the join token \(unknown join token\): "
+                       "create a new one there with `meshlet token create --service orders`") as exc:
         await mgr.start()
     assert exc.value.permanent
 
@@ -139,7 +140,9 @@ async def test_unknown_token_is_refused(cp, tmp_path):
 async def test_token_for_another_service_is_refused(cp, tmp_path):
     token = cp.tokens.create("payment")
     mgr = IdentityManager(cp.url, token, "orders", "default", tmp_path / "s")
-    with pytest.raises(IdentityError, match="issued spiffe://cluster.local/ns/default/sa/payment"):
+    with pytest.raises(IdentityError, match="the join token belongs to service 'payment' "
+                       r"\(namespace 'default'\), not 'orders'.*issued "
+                       "spiffe://cluster.local/ns/default/sa/payment"):
         await mgr.start()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 
 NAME = "control-plane"
@@ -40,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         serve(args.data_dir or default_data_dir(), args.listen, grace_s=grace)
     except OSError as e:
-        output.error(f"cannot start the control plane on {args.listen}: {e.strerror or e}")
+        reason = e.strerror or str(e)
+        if e.errno == errno.EADDRINUSE:
+            reason = ("address already in use (is another control plane running?); stop it or "
+                      "pick another address with --listen HOST:PORT")
+        elif e.errno == errno.EACCES and e.filename is None:
+            reason += "; pick another address with --listen HOST:PORT"
+        output.error(f"cannot start the control plane on {args.listen}: {reason}")
         return 1
     return 0

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.kind or not args.names:
             raise CLIError("give KIND NAME... or -f PATH", ExitStatus.USAGE)
+        cli_client.known_kind(args.kind)
         keys = [{"kind": args.kind, "namespace": args.namespace, "name": n} for n in args.names]
     c = cli_client.Client(args)
     answer = c.request("POST", "/v1/resources:delete", json_body={"keys": keys})

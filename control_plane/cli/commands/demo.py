@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import ctypes
 import gzip
 import json
 import os
@@ -24,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 NAME = "demo"
@@ -47,10 +50,33 @@ def _free_port() -> int:
     return port
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send the child SIGTERM when the demo dies, however
+    it dies (SIGKILL, its terminal gone): the children run in sessions of their own, so nothing
+    else would reach them. Linux only; elsewhere the children are stopped only on a clean exit."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def tie() -> None:  # runs in the child between fork and exec: nothing that allocates much
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the demo died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return tie
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class _Procs:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._tie = _parent_death_signal()
 
     def start(
         self, name: str, args: list[str], env: dict[str, str] | None = None
@@ -63,6 +89,7 @@ class _Procs:
             stdin=subprocess.DEVNULL,
             env=env or _env(),
             start_new_session=True,
+            preexec_fn=self._tie,  # noqa: PLW1509 - only prctl and getppid run in the child
         )
         self.procs.append((name, p))
         return p
@@ -93,6 +120,14 @@ def _wait(cond, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
 
 
 def _ready(admin: int) -> bool:
@@ -274,25 +309,94 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="meshlet-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     procs = _Procs(work)
+    keep = bool(args.workdir)
     try:
         return asyncio.run(_main(work, procs, args))
     except KeyboardInterrupt:
         _say("\nstopping the demo mesh ...")
         return 0
     except RuntimeError as exc:
+        keep = True  # the logs say why: the folder they are in must outlive the demo
         print(f"meshlet demo: {exc} (logs in {work})", file=sys.stderr)
         return 1
     finally:
         procs.stop()
-        if not args.workdir:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
+@dataclass
+class _Mesh:
+    """What a user needs to reach the running demo mesh (see :func:`_usage`)."""
+
+    work: Path
+    data_dir: Path
+    url: str
+    front: int = 0  # the frontend sidecar's outbound port: where "the app" sends its calls
+    admins: dict[str, int] = field(default_factory=dict)  # sidecar name -> admin port
+
+    def write(self, path: Path) -> None:
+        """The addresses as JSON (``WORKDIR/mesh.json``), for scripts that drive the running
+        demo (loadtests/run_locust.py): written once the mesh is ready, gone with the mesh."""
+        doc = {
+            "frontend": f"http://127.0.0.1:{self.front}",
+            "control_plane": self.url,
+            "data_dir": str(self.data_dir),
+            "metrics": {n: f"http://127.0.0.1:{p}/metrics" for n, p in self.admins.items()},
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(path)
+
+
+def _usage(mesh: _Mesh, once: bool, work_kept: bool) -> list[str]:
+    """The closing "how to use this mesh" block: one place, so a new address (a dashboard)
+    is one more line here. Only what stays valid is printed: with ``--once`` the mesh stops
+    at exit, so its addresses are not shown."""
+    if once:
+        lines = ["", "== Next ==",
+                 "   The mesh stopped with the demo (--once). Run `meshlet demo` to keep it",
+                 "   running and send your own traffic into it."]
+        if work_kept:
+            lines.append(f"   logs: {mesh.work}")
+        return lines
+    front = f"http://127.0.0.1:{mesh.front}"
+    width = max(len(n) for n in mesh.admins)
+    return [
+        "",
+        "== Use this mesh (it keeps running until Ctrl-C) ==",
+        f"   Send your own traffic through the frontend's sidecar (127.0.0.1:{mesh.front}), as",
+        "   an app does: the Host header names the service.",
+        f"     curl -s -H 'Host: orders' {front}/orders",
+        f"     curl -s -H 'Host: orders' -H 'x-canary: always' {front}/orders      # always v2",
+        f"     curl -s -H 'Host: orders' {front}/call/inventory/items   # orders calls inventory",
+        "   The control plane, from another terminal:",
+        f"     export MESHLET_DATA_DIR={mesh.data_dir}",
+        "     meshlet proxy-status",
+        "     meshlet proxy-config routes frontend-v1",
+        "   Metrics (Prometheus text) of each sidecar:",
+        *(f"     {name:<{width}}  curl -s http://127.0.0.1:{port}/metrics"
+          for name, port in mesh.admins.items()),
+        f"   Load: locust -f loadtests/locustfile.py --headless -u 10 -r 5 -t 30s --host {front}",
+        f"   Logs: {mesh.work}",
+    ]
+
+
 async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
+    try:
+        return await _run_mesh(work, procs, args)
+    finally:
+        # stop the mesh while this loop still serves the span receiver, so sidecars flushing
+        # their last spans at exit are not left waiting on a closed port
+        await asyncio.to_thread(procs.stop)
+
+
+async def _run_mesh(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
     receiver = _Receiver()
     await receiver.start()
     data = work / "control-plane"
-    _say(f"meshlet demo: work dir {work}")
+    if args.workdir or not args.once:  # a temporary folder of a --once run is gone at exit
+        _say(f"meshlet demo: work dir {work}")
     cp = procs.start(
         "control-plane",
         ["control_plane.cli", "control-plane", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
@@ -320,7 +424,7 @@ async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
             raise RuntimeError(f"meshlet {' '.join(a)} failed: {r.stderr.strip()}")
         return r.stdout
 
-    _say(f"control plane up at {url}")
+    _say("control plane up" + ("" if args.once else f" at {url}"))
     otel = _env(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
         OTEL_BSP_SCHEDULE_DELAY="200",
@@ -333,6 +437,7 @@ async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
         ("frontend", "v1"),
     ]
     admins: dict[str, int] = {}
+    sidecars: dict[str, subprocess.Popen[bytes]] = {}
     apps: dict[str, int] = {}
     front = 0
     for svc, ver in workloads:
@@ -359,7 +464,7 @@ async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
             apps.setdefault(svc, app_port)
         else:
             front = out_port
-        procs.start(
+        sidecars[name] = procs.start(
             f"sidecar-{name}",
             [
                 "control_plane.cli",
@@ -390,7 +495,12 @@ async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
         )
         admins[name] = admin
     for name, admin in admins.items():
-        await asyncio.to_thread(_wait, lambda a=admin: _ready(a), 60, f"sidecar {name}")
+        p = sidecars[name]
+        await asyncio.to_thread(
+            _wait, lambda a=admin, p=p: _ready(a) or p.poll() is not None, 60, f"sidecar {name}"
+        )
+        if p.poll() is not None:  # say why in one line: its last words
+            raise RuntimeError(f"sidecar {name} exited: {_last_line(work / f'sidecar-{name}.log')}")
     _say("sidecars up: " + ", ".join(admins))
     _say(cli("apply", "-f", str(CONFIG_DIR)).rstrip())
     # every sidecar has the config and sees every peer before traffic starts
@@ -402,13 +512,13 @@ async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
     )
     _say("\n" + cli("proxy-status").rstrip())
     failures = await _scenarios(front, apps, receiver, args.requests)
-    _say("\n== Where to look ==")
-    _say(f"   meshlet proxy-status / proxy-config routes frontend-v1 (MESHLET_DATA_DIR={data})")
-    _say(f"   metrics: curl http://127.0.0.1:{admins['orders-v1']}/metrics")
-    _say(f"   logs: {work}")
+    mesh = _Mesh(work, data, url, front, admins)
+    if not args.once:
+        mesh.write(work / "mesh.json")
+    for line in _usage(mesh, args.once, bool(args.workdir)):
+        _say(line)
     if args.once:
         return 1 if failures else 0
-    _say("\nThe mesh keeps running; Ctrl-C stops it.")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -88,6 +88,7 @@ def render(items: list[dict], fmt: str, kind_asked: str, now: float | None = Non
 def run(args: argparse.Namespace) -> int:
     from control_plane.cli import output
 
+    cli_client.known_kind(args.kind, allow_all=True)
     c = cli_client.Client(args)
     query = {k: v for k, v in (("namespace", args.namespace), ("name", args.name)) if v}
     path = "/v1/resources" if args.kind.lower() == "all" else f"/v1/resources/{quote(args.kind)}"

@@ -5,7 +5,7 @@ every pod template (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob
 items of a ``List``) given
 
 - an init container ``meshlet-init`` running ``meshlet iptables`` as root with NET_ADMIN and
-  NET_RAW, so the app's TCP traffic is captured into the sidecar (research/security-ops.md §3.2);
+  NET_RAW, so the app's TCP traffic is captured into the sidecar (as Istio's istio-init);
 - a sidecar container ``meshlet-proxy`` (first, as Istio's holdApplicationUntilProxyStarts puts
   it, with a ``postStart`` hook running ``meshlet wait`` so the app starts after it is ready) as
   UID 1337, joining the control plane with the join token of a Secret volume, with a readiness

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "sidecar",
         metavar="SIDECAR",
-        help="node id, or service name (service.namespace) if it has one sidecar",
+        help="node id, service-version (orders-v1) or service (orders, orders.default) if it "
+        "has one sidecar; `meshlet proxy-status` lists them",
     )
     parser.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     ex = parser.add_argument_group("explain")
@@ -87,7 +88,8 @@ def _routes(data: dict) -> list[list]:
                 f"{d.get('cluster')}" + (f" {d.get('weight', 0)}%" if len(ds) > 1 else "")
                 for d in ds
             )
-            match = ", ".join(str(m) for m in _as_list(r.get("match"))) or "/*"
+            # blocks are ORed (Istio's HTTPMatchRequest list), conditions in one ANDed
+            match = " or ".join(str(m) for m in _as_list(r.get("match"))) or "/*"
             rows.append([vh.get("host", ""), match, dests or "-", vh.get("virtual_service") or "-"])
     return rows
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from control_plane.cli import client as cli_client
+from control_plane.cli.client import CLIError
 
 NAME = "proxy-status"
 HELP = "every registered sidecar: service, version, address, config acknowledged or NACK reason"
@@ -12,7 +13,7 @@ HELP = "every registered sidecar: service, version, address, config acknowledged
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sidecar", metavar="SIDECAR", nargs="?",
-                        help="only this node id or service")
+                        help="only this sidecar: node id, service-version or service")
     parser.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     cli_client.add_connection_arguments(parser)
     parser.epilog = cli_client.EXIT_CODES_EPILOG
@@ -52,11 +53,18 @@ def run(args: argparse.Namespace) -> int:
 
     data = cli_client.Client(args).request("GET", "/v1/proxies")
     if args.sidecar:
-        svc, _, ns = args.sidecar.partition(".")
+        from control_plane.registry import answers_to
+
+        everyone = data.get("proxies", [])
         data["proxies"] = [
-            p for p in data.get("proxies", [])
-            if p["node_id"] == args.sidecar or (p["service"] == svc and ns in ("", p["namespace"]))
+            p for p in everyone
+            if answers_to(args.sidecar, p["node_id"], p["service"], p["namespace"],
+                          p.get("version") or "")
         ]
+        if not data["proxies"] and everyone:
+            known = ", ".join(p["node_id"].partition("@")[0] for p in everyone)
+            raise CLIError(f"no sidecar {args.sidecar!r} is registered; registered sidecars: "
+                           f"{known}")
     if args.output != "table":
         output.out(output.dump(data, args.output))
     elif not data.get("proxies"):

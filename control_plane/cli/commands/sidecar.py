@@ -12,17 +12,20 @@ HELP = "run a sidecar proxy beside one service"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", required=True, help="the service this sidecar fronts")
-    p.add_argument("--namespace", default="default")
+    p.add_argument("--namespace", default="default", help="default: default")
     p.add_argument("--version", default="", help="the workload version label (e.g. v1)")
     p.add_argument("--label", action="append", default=[], metavar="K=V", help="workload label")
     p.add_argument("--app-port", type=int, required=True, help="the app's port on --app-host")
-    p.add_argument("--app-host", default="127.0.0.1")
-    p.add_argument("--inbound", type=int, default=15006, help="inbound (mTLS) port")
-    p.add_argument("--outbound", type=int, default=15001, help="outbound port the app calls")
-    p.add_argument("--admin", type=int, default=15000, help="admin port")
-    p.add_argument("--inbound-bind", default="0.0.0.0")
-    p.add_argument("--outbound-bind", default="127.0.0.1")
-    p.add_argument("--admin-bind", default="127.0.0.1")
+    p.add_argument("--app-host", default="127.0.0.1", help="default 127.0.0.1")
+    p.add_argument("--inbound", type=int, default=15006, metavar="PORT",
+                   help="inbound port peers connect to (mTLS; default 15006)")
+    p.add_argument("--outbound", type=int, default=15001, metavar="PORT",
+                   help="outbound port the app sends its calls to (default 15001)")
+    p.add_argument("--admin", type=int, default=15000, metavar="PORT",
+                   help="admin port: /healthz/ready, /metrics, /config_dump ... (default 15000)")
+    p.add_argument("--inbound-bind", default="0.0.0.0", help="default 0.0.0.0")
+    p.add_argument("--outbound-bind", default="127.0.0.1", help="default 127.0.0.1")
+    p.add_argument("--admin-bind", default="127.0.0.1", help="default 127.0.0.1")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="standalone: a YAML file (or folder) of resources")
     src.add_argument("--control-plane", help="the control plane's URL (https://host:15012)")
@@ -67,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
     if args.control_plane and not args.token_file:
         print("meshlet sidecar: --control-plane needs --token-file", file=sys.stderr)
         return 2
+    if args.control_plane:
+        problem = _token_file_problem(args.token_file, args.service)
+        if problem:
+            print(f"meshlet sidecar: {problem}", file=sys.stderr)
+            return 2
     opts = SidecarOptions(
         service=args.service,
         namespace=args.namespace,
@@ -101,8 +109,34 @@ def run(args: argparse.Namespace) -> int:
         return uvloop.run(run_sidecar(opts))
     except Exception as exc:  # start-up errors: one clear line, not a traceback
         from control_plane.api.resources import InvalidConfig
+        from proxy.identity.manager import IdentityError
 
         if isinstance(exc, InvalidConfig | OSError):
             print(f"meshlet sidecar: {exc}", file=sys.stderr)
             return 1
+        if isinstance(exc, IdentityError):
+            # a permanent refusal of the join (the manager retries transient ones itself)
+            print(f"meshlet sidecar: cannot join: {exc}", file=sys.stderr)
+            return 1
         raise
+
+
+def _token_file_problem(path: str, service: str) -> str:
+    """Why ``path`` cannot be a join token, with the fix; empty if it can. Checked before
+    anything starts, so a wrong file is one line, not a traceback from deep in start-up."""
+    from certs.join_token import InvalidToken, JoinToken
+
+    fix = f"create one with `meshlet token create --service {service} > FILE`"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        return f"--token-file {path}: cannot read it ({e.strerror}); {fix}"
+    except UnicodeDecodeError:
+        text = ""
+    try:
+        JoinToken.parse(text)
+    except InvalidToken:
+        return (f"--token-file {path} does not hold a join token (expected "
+                f"meshlet1.<id>.<secret>.<ca-pin>, as `meshlet token create` prints); {fix}")
+    return ""

@@ -88,3 +88,26 @@ def test_admin_address_must_be_on_the_sidecars_host():
     assert admin("garbage", "127.0.0.1") == ""
     msg = {"service": "a", "address": "0.0.0.0:15006"}
     assert registration_from_message(msg, "10.0.0.5").address == "10.0.0.5:15006"
+
+
+def test_find_accepts_every_name_the_cli_prints():
+    reg = Registry()
+    for node, svc, ver in (("frontend-v1.default@127.0.0.1:1", "frontend", "v1"),
+                           ("orders-v1.default@127.0.0.1:2", "orders", "v1"),
+                           ("orders-v2.default@127.0.0.1:3", "orders", "v2")):
+        reg.register(Registration(node, svc, version=ver))
+    for name in ("frontend-v1.default@127.0.0.1:1", "frontend-v1.default", "frontend-v1",
+                 "frontend", "frontend.default"):
+        assert [r.node_id for r in reg.find(name)] == ["frontend-v1.default@127.0.0.1:1"], name
+    assert len(reg.find("orders")) == 2
+    assert [r.version for r in reg.find("orders-v2")] == ["v2"]
+    assert reg.find("frontend.prod") == [] and reg.find("frontend-v2") == []
+
+
+def test_short_names_fall_back_to_node_ids_when_they_clash():
+    from control_plane.registry import short_name
+
+    a = Registration("orders-v1.default@127.0.0.1:1", "orders", version="v1")
+    b = Registration("orders-v1.default@127.0.0.1:2", "orders", version="v1")
+    c = Registration("payment.default@127.0.0.1:3", "payment")
+    assert [short_name(r, [a, b, c]) for r in (a, b, c)] == [a.node_id, b.node_id, "payment.default"]
