@@ -94,10 +94,25 @@ class ControlPlane:
                            self.tls.trust_domain if self.tls is not None else None)
         if self.tls is not None:
             self.hub.extra_mesh = self.tls.bundle_state
+        self.canaries = self._canary_controller()
         self.started = time.time()
         self.address: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
         self._expiry_task: asyncio.Task | None = None
+
+    def _canary_controller(self):  # type: ignore[no-untyped-def]
+        """The canary controller, reading the mesh telemetry in process when this control plane
+        has it, else the sidecars' own /metrics."""
+        from control_plane.canary.controller import CanaryController
+        from control_plane.canary.metrics import AdminScrapeSource, StatsStoreSource
+        from control_plane.canary.status_store import StatusStore
+
+        telemetry = getattr(self, "telemetry", None)
+        source = (StatsStoreSource(telemetry.stats) if telemetry is not None
+                  else AdminScrapeSource(self.registry))
+        tick = float(os.environ.get("MESHLET_CANARY_TICK", "0.2") or 0.2)
+        return CanaryController(self.store, StatusStore(self.store.path), source,
+                                tick_s=min(max(tick, 0.02), 5.0))
 
     def _mesh_identity(self) -> tuple[str, int]:
         """Trust domain and workload certificate lifetime from the stored MeshConfig (read at
@@ -134,6 +149,9 @@ class ControlPlane:
         r.add_post("/v1/tokens", self.create_token)
         r.add_get("/v1/proxies", self.proxies)
         r.add_get("/v1/proxies/{id}/{what}", self.proxy_config)
+        r.add_get("/v1/canaries", self.canary_list)
+        r.add_get("/v1/canaries/{namespace}/{name}", self.canary_get)
+        r.add_post("/v1/canaries/{namespace}/{name}/{action}", self.canary_action)
         r.add_get("/v1/ca", self.ca_status)
         r.add_post("/v1/ca/{action}", self.ca_action)
         if self.tls is not None:
@@ -157,6 +175,7 @@ class ControlPlane:
         os.replace(tmp, self.data_dir / LISTEN_ADDR_FILE)
         self.hub.rebuild()
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop())
+        self.canaries.start()
         scheme = "http" if self.tls is None else "https"
         log.info("control plane listening on %s://%s (data dir %s)", scheme, addr, self.data_dir)
         return self.address
@@ -164,6 +183,7 @@ class ControlPlane:
     async def stop(self) -> None:
         if self._expiry_task is not None:
             self._expiry_task.cancel()
+        await self.canaries.stop()
         await self.hub.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -171,6 +191,7 @@ class ControlPlane:
             (self.data_dir / LISTEN_ADDR_FILE).unlink()
         except FileNotFoundError:
             pass
+        self.canaries.statuses.close()
         self.store.close()
         if self.tls is not None:
             self.tls.tokens.close()
@@ -365,6 +386,36 @@ class ControlPlane:
             "snapshot_version": current,
             "proxies": [r.to_dict() for r in self.registry.all()],
         })
+
+    async def canary_list(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        ns = request.query.get("namespace") or None
+        items = [self.canaries.view(sr.resource.namespace, sr.resource.name)
+                 for sr in self.store.get("Canary", ns)]
+        return web.json_response({"items": [i for i in items if i is not None]})
+
+    async def canary_get(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        m = request.match_info
+        view = self.canaries.view(m["namespace"], m["name"])
+        if view is None:
+            return _error(404, f"Canary {m['name']!r} not found in namespace {m['namespace']!r}")
+        return web.json_response(view)
+
+    async def canary_action(self, request: web.Request) -> web.Response:
+        """promote, abort, pause or resume: decided and applied before the answer."""
+        if not self._authorized(request):
+            return self._unauthorized()
+        m = request.match_info
+        try:
+            view = await self.canaries.command(m["namespace"], m["name"], m["action"])
+        except LookupError as e:
+            return _error(404, str(e).strip("'\""))
+        except ValueError as e:
+            return _error(409, str(e))
+        return web.json_response(view)
 
     async def ca_status(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

@@ -32,6 +32,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "ResiliencePolicy": ("resiliencepolicy", "resiliencepolicies", "rp"),
     "InboundRateLimit": ("inboundratelimit", "inboundratelimits", "irl"),
     "MeshConfig": ("meshconfig", "meshconfigs", "mc"),
+    "Canary": ("canary", "canaries", "can"),
 }
 _ALIASES = {alias: kind for kind, names in KINDS.items() for alias in (kind.lower(), *names)}
 

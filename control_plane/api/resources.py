@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from control_plane.api import extensions, networking, security
+from control_plane.api import canary, extensions, networking, security
 from control_plane.api.extensions import RESILIENCE_DEFAULTS, defaults_resilience, parse_hedge_delay
 from control_plane.api.schema import (
     LABELS,
@@ -75,6 +75,7 @@ KINDS: dict[str, set[str]] = {
     "ResiliencePolicy": _MESHLET,
     "InboundRateLimit": _MESHLET,
     "MeshConfig": _MESHLET,
+    "Canary": _MESHLET,
 }
 
 SCHEMAS: dict[str, Validator] = {
@@ -87,6 +88,7 @@ SCHEMAS: dict[str, Validator] = {
     "ResiliencePolicy": extensions.RESILIENCE_POLICY,
     "InboundRateLimit": extensions.INBOUND_RATE_LIMIT,
     "MeshConfig": extensions.MESH_CONFIG,
+    "Canary": canary.CANARY,
 }
 
 _METADATA_IGNORED = {

@@ -9,7 +9,7 @@ from control_plane.cli import client as cli_client
 from control_plane.cli.client import CLIError
 
 NAME = "get"
-HELP = "list resources of a kind (vs, dr, se, we, ap, pa, rp, irl, mc; plural and long names work)"
+HELP = "list resources of a kind (vs, dr, se, we, ap, pa, rp, irl, mc, canary; plural and long names work)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="VirtualService (vs), DestinationRule (dr), ServiceEntry (se), "
                              "WorkloadEntry (we), AuthorizationPolicy (ap), PeerAuthentication "
                              "(pa), ResiliencePolicy (rp), InboundRateLimit (irl), MeshConfig "
-                             "(mc), or all")
+                             "(mc), Canary (canary), or all")
     parser.add_argument("name", metavar="NAME", nargs="?", help="one resource by name")
     parser.add_argument("-n", "--namespace", metavar="NS", default=None,
                         help="only this namespace (default: every namespace)")
@@ -43,6 +43,8 @@ def _summary(item: dict) -> str:
         return str((spec.get("mtls") or {}).get("mode", "UNSET"))
     if kind == "MeshConfig":
         return str(spec.get("trustDomain", "cluster.local"))
+    if kind == "Canary":
+        return f"{spec.get('host', '')} {spec.get('stable', '')}->{spec.get('canary', '')}"
     if kind == "InboundRateLimit":
         labels = (spec.get("selector") or {}).get("matchLabels") or {}
         return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "*"
@@ -53,6 +55,7 @@ _SUMMARY_HEADER = {
     "VirtualService": "HOSTS", "ServiceEntry": "HOSTS", "DestinationRule": "HOST",
     "ResiliencePolicy": "HOST", "WorkloadEntry": "ADDRESS", "AuthorizationPolicy": "ACTION",
     "PeerAuthentication": "MODE", "MeshConfig": "TRUST DOMAIN", "InboundRateLimit": "SELECTOR",
+    "Canary": "HOST STABLE->CANARY",
 }
 
 
