@@ -215,6 +215,10 @@ def step(plan: Plan, status: dict, obs: Observation | None, now: float,
                       f"its first step ({p.steps[0]}%) once the route is pushed",
                       phase=INITIALIZING, weight=0)
     if phase == INITIALIZING:
+        # A first step a webhook held is asked again one interval later, not every tick.
+        held_at = float(s.get("intervalStart", now))
+        if s.get("lastDecision") == "held" and now - held_at < p.interval_s - 1e-3:
+            return Decision(status=s)
         return _advance(b, gate, obs=None, checks=None)
     if phase == PROMOTING:
         return b.done("succeeded", f"promoted: {p.canary} serves 100% of {p.host}",
@@ -226,7 +230,7 @@ def step(plan: Plan, status: dict, obs: Observation | None, now: float,
     if phase in TERMINAL or phase == PAUSED:
         return Decision(status=s)
     # Progressing or Waiting: judge once per interval.
-    if obs is None or now - float(s.get("intervalStart", now)) < p.interval_s:
+    if obs is None or now - float(s.get("intervalStart", now)) < p.interval_s - 1e-3:
         return Decision(status=s)
     # The checks come before any gate: a failing canary rolls back whatever a webhook would
     # say (flagger#1801).
@@ -272,7 +276,8 @@ def _advance(b: _Builder, gate: Gate | None, obs: Observation | None,
             return Decision(status=s, gate=kind)
         if not gate.ok:
             return b.done("held", f"{passed}held at {weight}% by {kind} webhook: {gate.reason}",
-                          phase=PROGRESSING, consumed=True, checks=checks, obs=obs)
+                          phase=INITIALIZING if s.get("phase") == INITIALIZING else PROGRESSING,
+                          consumed=True, checks=checks, obs=obs)
     if last:
         return b.done("promoted", f"{passed}every step passed: promoting {p.canary} to 100%",
                       phase=PROMOTING, weight=100, checks=checks, obs=obs)
