@@ -106,8 +106,9 @@ class Proc:
 
 
 def start_app(
-    workdir: Path, name: str, version: str = "v1", outbound: str = ""
+    workdir: Path, name: str, version: str = "v1", outbound: str = "", *extra: str
 ) -> tuple[Proc, int]:
+    """A sample app; ``extra`` are more arguments (``--fail-percent 20``, ``--delay-ms 300``)."""
     port_file = workdir / f"app-{name}-{version}.port"
     cmd = [
         PY,
@@ -124,6 +125,7 @@ def start_app(
     ]
     if outbound:
         cmd += ["--outbound", outbound]
+    cmd += list(extra)
     proc = Proc(f"app-{name}-{version}", cmd, workdir)
     wait_until(lambda: port_file.exists() or proc.p.poll() is not None, what=f"app {name}")
     if proc.p.poll() is not None:
@@ -223,7 +225,8 @@ class ControlPlane:
         return self.proc.stop()
 
 
-def start_control_plane(workdir: Path, data_dir: Path | None = None) -> ControlPlane:
+def start_control_plane(workdir: Path, data_dir: Path | None = None,
+                        listen: str = "127.0.0.1:0") -> ControlPlane:
     data = data_dir or workdir / "cp-data"
     addr = data / "listen.addr"
     if addr.exists():
@@ -238,7 +241,7 @@ def start_control_plane(workdir: Path, data_dir: Path | None = None) -> ControlP
             "--data-dir",
             str(data),
             "--listen",
-            "127.0.0.1:0",
+            listen,
         ],
         workdir,
     )

@@ -98,10 +98,23 @@ class CanaryController:
                 if self._status(sr.resource).get("phase") not in machine.TERMINAL]
         if not work:
             return
-        await self.source.refresh()
+        # Read the metrics only when an analysis is due (or an interval starts): a scrape is the
+        # expensive part of a tick.
+        if any(self._needs_reading(res) for res in work):
+            await self.source.refresh()
         async with self.lock:
             for res in work:
                 await self._one(res, self._status(res))
+
+    def _needs_reading(self, res: Any) -> bool:
+        key = (res.namespace, res.name)
+        status = self._status(res)
+        if status.get("phase") not in (machine.PROGRESSING, machine.WAITING, machine.INITIALIZING):
+            return False
+        if key not in self._baseline:
+            return True
+        interval = canary_api.plan(res.spec).interval_s
+        return self.clock() - float(status.get("intervalStart", 0.0)) >= interval - 1e-3
 
     def _status(self, res: Any) -> dict:
         h = spec_hash(res.spec)
@@ -131,6 +144,7 @@ class CanaryController:
             self._baseline[key] = (cur[0], cur[1], now)
             if status.get("phase") in (machine.PROGRESSING, machine.WAITING):
                 status["intervalStart"] = now
+                self.statuses.put(res.namespace, res.name, status)
         else:
             obs = machine.Observation(canary=cur[0].minus(base[0]),
                                       stable=cur[1].minus(base[1]), span_s=now - base[2])
@@ -225,8 +239,7 @@ class CanaryController:
             plan = canary_api.plan(res.spec)
             d = machine.command(plan, self._status(res), action, self.clock())
             await self._apply(res, plan, d)
-            if d.consumed:
-                self._baseline.pop((namespace, name), None)
+            self._baseline.pop((namespace, name), None)  # measure afresh from the next tick
         view = self.view(namespace, name)
         assert view is not None
         return view

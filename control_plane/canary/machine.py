@@ -181,8 +181,14 @@ class _Builder:
             s["phase"] = phase
         if weight is not None:
             s["weight"] = weight
-        if consumed or weight is not None:
-            s["intervalStart"] = self.now
+        if weight is not None:
+            s["intervalStart"] = self.now  # the new weight is measured from now
+        elif consumed:
+            # The next interval follows this one on schedule, so a late tick does not delay
+            # every later decision (a rollback stays within threshold x interval); a tick later
+            # than a whole interval starts afresh.
+            nxt = float(s.get("intervalStart", self.now)) + self.plan.interval_s
+            s["intervalStart"] = nxt if 0 <= self.now - nxt < self.plan.interval_s else self.now
         s["reason"] = reason
         s["lastDecision"] = decision
         counters = s.setdefault("counters", {})
@@ -308,8 +314,9 @@ def command(plan: Plan, status: dict, action: str, now: float) -> Decision:
             raise ValueError(f"the canary is not paused (it is {phase or 'not started'})")
         back = s.get("pausedFrom") or PROGRESSING
         s["pausedFrom"] = ""
+        s["intervalStart"] = now
         return b.done("resumed", f"resumed by an operator at {s.get('weight', 0)}%; the next "
-                      f"analysis is one interval from now", phase=back, consumed=True)
+                      f"analysis is one interval from now", phase=back)
     if action == "promote":
         return b.done("promoted", f"promoted by an operator: {plan.canary} gets 100%",
                       phase=PROMOTING, weight=100)

@@ -19,8 +19,22 @@ import sys
 from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
 
 
-def build_app(name: str, version: str, outbound: str = "") -> web.Application:
-    app = web.Application(client_max_size=1 << 30)
+def build_app(name: str, version: str, outbound: str = "", *, fail_percent: float = 0.0,
+              delay_ms: float = 0.0) -> web.Application:
+    """``fail_percent`` of all requests answer 500 and every request waits ``delay_ms`` first:
+    a faulty version, for canary rollouts that must be rolled back."""
+    middlewares = []
+    if fail_percent > 0 or delay_ms > 0:
+        @web.middleware
+        async def faulty(request: web.Request, handler):  # type: ignore[no-untyped-def]
+            if delay_ms > 0:
+                await asyncio.sleep(delay_ms / 1000.0)
+            if fail_percent > 0 and random.random() * 100.0 < fail_percent:
+                return web.Response(status=500, text=f"{name} {version}: injected failure\n")
+            return await handler(request)
+
+        middlewares.append(faulty)
+    app = web.Application(client_max_size=1 << 30, middlewares=middlewares)
     state = {"requests": 0, "flaky": 0}
 
     def who(request: web.Request, **extra: object) -> web.Response:
@@ -170,9 +184,11 @@ def _maybe_json(text: str) -> object:
 
 
 async def serve(
-    name: str, version: str, host: str, port: int, outbound: str, port_file: str | None
+    name: str, version: str, host: str, port: int, outbound: str, port_file: str | None,
+    fail_percent: float = 0.0, delay_ms: float = 0.0,
 ) -> None:
-    runner = web.AppRunner(build_app(name, version, outbound), access_log=None)
+    runner = web.AppRunner(build_app(name, version, outbound, fail_percent=fail_percent,
+                                     delay_ms=delay_ms), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
@@ -194,12 +210,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--outbound", default="", help="host:port of this app's sidecar outbound")
     p.add_argument("--port-file")
+    p.add_argument("--fail-percent", type=float, default=0.0,
+                   help="answer this share of requests (0-100) with 500: a faulty version")
+    p.add_argument("--delay-ms", type=float, default=0.0,
+                   help="wait this long before every answer: a slow version")
     a = p.parse_args(argv)
     random.seed()
     try:
         import uvloop
 
-        uvloop.run(serve(a.name, a.version, a.host, a.port, a.outbound, a.port_file))
+        uvloop.run(serve(a.name, a.version, a.host, a.port, a.outbound, a.port_file,
+                         a.fail_percent, a.delay_ms))
     except KeyboardInterrupt:
         pass
 

@@ -9,7 +9,8 @@ from control_plane.cli import client as cli_client
 from control_plane.cli.client import CLIError
 
 NAME = "get"
-HELP = "list resources of a kind (vs, dr, se, we, ap, pa, rp, irl, mc, canary; plural and long names work)"
+HELP = ("list resources of a kind (vs, dr, se, we, ap, pa, rp, irl, mc, canary; plural and long "
+        "names work)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
