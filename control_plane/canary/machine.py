@@ -177,6 +177,7 @@ class _Builder:
              weight: int | None = None, consumed: bool = False, checks: list[dict] | None = None,
              obs: Observation | None = None) -> Decision:
         s = self.s
+        before = int(s.get("weight", 0))
         if phase is not None:
             s["phase"] = phase
         if weight is not None:
@@ -194,7 +195,7 @@ class _Builder:
         counters = s.setdefault("counters", {})
         counters[decision] = int(counters.get(decision, 0)) + 1
         event: dict[str, Any] = {"time": self.now, "decision": decision, "phase": s["phase"],
-                                 "weight": s["weight"], "reason": reason}
+                                 "weight": s["weight"], "fromWeight": before, "reason": reason}
         if checks is not None:
             event["checks"] = checks
         if obs is not None:
@@ -246,12 +247,16 @@ def step(plan: Plan, status: dict, obs: Observation | None, now: float,
         return b.done("waiting", f"waiting: {p.canary} served {c.requests} request"
                       f"{'' if c.requests == 1 else 's'} in the last {obs.span_s:.1f}s, fewer "
                       f"than minRequests ({p.min_requests}); holding at {weight}%, neither "
-                      "advancing nor counting a failure", phase=WAITING, consumed=True, obs=obs)
+                      "advancing nor counting a failure", phase=WAITING, consumed=True, obs=obs,
+                      checks=[{"check": "requests", "value": str(c.requests),
+                               "bound": f">= {p.min_requests} (minRequests)", "ok": False}])
     if _relative(p) and obs.stable.requests < p.min_requests:
         return b.done("waiting", f"waiting: stable ({p.stable}) served {obs.stable.requests} "
                       f"requests in the last {obs.span_s:.1f}s, fewer than minRequests "
                       f"({p.min_requests}), so the checks relative to it cannot run; holding at "
-                      f"{weight}%", phase=WAITING, consumed=True, obs=obs)
+                      f"{weight}%", phase=WAITING, consumed=True, obs=obs,
+                      checks=[{"check": "stable requests", "value": str(obs.stable.requests),
+                               "bound": f">= {p.min_requests} (minRequests)", "ok": False}])
     checks = evaluate(p, obs)
     if not all(ch["ok"] for ch in checks):
         failed = int(s.get("failedChecks", 0)) + 1

@@ -31,9 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-def _steps_text(steps: list[int], step: int) -> str:
+def _steps_text(steps: list[int], step: int, weight: int) -> str:
+    """The weights in order, the current one in brackets."""
+    if weight in (0, 100):
+        step = -1 if weight == 0 else len(steps)
     marks = [f"[{w}]" if i == step else str(w) for i, w in enumerate(steps)]
-    return " -> ".join(["0", *marks, "100 (promotion)"])
+    first = "[0]" if step == -1 else "0"
+    last = "[100] (promotion)" if step == len(steps) else "100 (promotion)"
+    return " -> ".join([first, *marks, last])
 
 
 def _when(t: float, t0: float) -> str:
@@ -51,7 +56,8 @@ def render(view: dict) -> str:
         f"{spec.get('stable')} (stable) -> {spec.get('canary')} (canary)",
         f"phase:          {status.get('phase') or 'not started'}",
         f"canary weight:  {status.get('weight', 0)}%",
-        f"steps:          {_steps_text(view.get('steps') or [], int(status.get('step', -1)))}",
+        f"steps:          {_steps_text(view.get('steps') or [], int(status.get('step', -1)),
+                                    int(status.get('weight', 0)))}",
         f"interval:       {view.get('intervalSeconds', 0):g}s, "
         f"failed checks {status.get('failedChecks', 0)} of "
         f"{(spec.get('analysis') or {}).get('threshold', '?')} before rollback",
@@ -63,18 +69,21 @@ def render(view: dict) -> str:
         rows = []
         for ev in events:
             canary = ev.get("canary") or {}
-            served = (f"{canary['requests']} req" if canary else "")
+            served = f"{canary['requests']} req" if canary else ""
+            w, before = ev.get("weight", 0), ev.get("fromWeight", ev.get("weight", 0))
+            weight = f"{before}% -> {w}%" if w != before else f"{w}%"
+            head = [_when(ev["time"], t0), ev["decision"], weight, served]
             checks = ev.get("checks") or []
             if not checks:
-                rows.append([_when(ev["time"], t0), f"{ev.get('weight', 0)}%", ev["decision"],
-                             served, "", "", "", ""])
+                rows.append(head + ["", "", "", ""])
+            waiting = ev["decision"] == "waiting"
             for i, ch in enumerate(checks):
-                head = [_when(ev["time"], t0), f"{ev.get('weight', 0)}%", ev["decision"],
-                        served] if i == 0 else ["", "", "", ""]
-                rows.append(head + [ch["check"], ch["value"], ch["bound"],
-                                    "ok" if ch["ok"] else "FAIL"])
-        lines += ["", "history (analyses and decisions):",
-                  output.table(["WHEN", "WEIGHT", "DECISION", "SERVED", "CHECK", "VALUE",
+                result = "wait" if waiting else ("ok" if ch["ok"] else "FAIL")
+                rows.append((head if i == 0 else ["", "", "", ""])
+                            + [ch["check"], ch["value"], ch["bound"], result])
+        lines += ["", "history (what the canary served before each decision, each check against "
+                  "its bound):",
+                  output.table(["WHEN", "DECISION", "WEIGHT", "SERVED", "CHECK", "VALUE",
                                 "BOUND", "RESULT"], rows)]
     counters = status.get("counters") or {}
     if counters:
