@@ -51,13 +51,14 @@ def render(view: dict) -> str:
 
     spec, status = view.get("spec") or {}, view.get("status") or {}
     events = status.get("events") or []
+    steps = _steps_text(view.get("steps") or [], int(status.get("step", -1)),
+                        int(status.get("weight", 0)))
     lines = [
         f"Canary {view['namespace']}/{view['name']}: {spec.get('host')} "
         f"{spec.get('stable')} (stable) -> {spec.get('canary')} (canary)",
         f"phase:          {status.get('phase') or 'not started'}",
         f"canary weight:  {status.get('weight', 0)}%",
-        f"steps:          {_steps_text(view.get('steps') or [], int(status.get('step', -1)),
-                                    int(status.get('weight', 0)))}",
+        f"steps:          {steps}",
         f"interval:       {view.get('intervalSeconds', 0):g}s, "
         f"failed checks {status.get('failedChecks', 0)} of "
         f"{(spec.get('analysis') or {}).get('threshold', '?')} before rollback",
