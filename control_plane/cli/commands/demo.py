@@ -18,6 +18,7 @@ import ctypes
 import gzip
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,11 +44,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port free now, picked below the kernel's ephemeral range: the demo learns a port here
+    and a child binds it a moment later, and a port from the ephemeral range can be taken in
+    between by any outgoing connection or port-0 bind on the host (seen under parallel test
+    runs). Ports below that range are only ever taken by an explicit bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # every pick taken: let the kernel choose
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _parent_death_signal() -> Callable[[], None] | None:
