@@ -405,6 +405,7 @@ async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
     _say("\n== Where to look ==")
     _say(f"   meshlet proxy-status / proxy-config routes frontend-v1 (MESHLET_DATA_DIR={data})")
     _say(f"   metrics: curl http://127.0.0.1:{admins['orders-v1']}/metrics")
+    _say(f"   dashboard: {url}/ui/ (sign in with the token in {data / 'admin.token'}); traffic: curl -H 'Host: orders' http://127.0.0.1:{front}/orders")  # noqa: E501
     _say(f"   logs: {work}")
     if args.once:
         return 1 if failures else 0
