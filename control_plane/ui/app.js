@@ -49,7 +49,6 @@ function colorOf(service) {
 function graphInit() {
   state.cy = cytoscape({
     container: document.getElementById("graph"),
-    wheelSensitivity: 0.2,
     style: [
       { selector: "node", style: {
           "label": "data(label)", "text-wrap": "wrap", "text-valign": "center", "text-halign": "center",
@@ -105,8 +104,29 @@ function updateGraph(edges, proxies) {
   });
   if (key !== state.layoutKey) {
     state.layoutKey = key;
-    cy.layout({ name: "breadthfirst", directed: true, spacingFactor: 1.6, padding: 30,
-                roots: cy.nodes().filter((n) => n.indegree() === 0 && n.outdegree() > 0) }).run();
+    // Callers on the left, callees in columns to the right: a node's column is one more than
+    // its deepest caller's (longest path; relaxation bounded by the node count, so a cycle
+    // cannot loop), so no edge runs inside a column and labels stay horizontal-ish.
+    const depth = new Map(cy.nodes().map((n) => [n.id(), 0]));
+    for (let i = 0; i < cy.nodes().length; i++) {
+      let changed = false;
+      cy.edges().forEach((e) => {
+        const d = depth.get(e.source().id()) + 1;
+        if (d > depth.get(e.target().id()) && d < cy.nodes().length) { depth.set(e.target().id(), d); changed = true; }
+      });
+      if (!changed) break;
+    }
+    const columns = new Map();
+    for (const n of cy.nodes().sort((a, b) => a.id().localeCompare(b.id()))) {
+      const d = depth.get(n.id());
+      if (!columns.has(d)) columns.set(d, []);
+      columns.get(d).push(n);
+    }
+    const positions = {};
+    for (const [d, ns] of columns) {
+      ns.forEach((n, i) => { positions[n.id()] = { x: d * 330, y: (i - (ns.length - 1) / 2) * 150 }; });
+    }
+    cy.layout({ name: "preset", positions, padding: 30 }).run();
     cy.fit(undefined, 30);
   }
   document.getElementById("graph-empty").hidden = edges.length > 0;
