@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: Most events a tap session queues for a slow client before dropping.
 TAP_QUEUE = 1000
 MAX_TAP_SECONDS = 3600.0
+#: Most taps running at once (each holds a client connection and a queue).
+MAX_TAPS = 64
 
 
 class TapSession:
@@ -53,6 +55,7 @@ class TapSession:
         self.queue: asyncio.Queue[dict] = asyncio.Queue(maxsize=TAP_QUEUE)
         self.dropped = 0
         self.nodes: set[str] = set()
+        self.deadline = time.monotonic() + float(spec.get("expires_in") or 60.0)
 
     def put(self, events: list, dropped: int) -> None:
         self.dropped += dropped
@@ -79,6 +82,7 @@ class TelemetryHub:
         self.stats = stats or StatsStore()
         self.taps: dict[str, TapSession] = {}
         self._ids = itertools.count(1)
+        self._pending: set[asyncio.Task] = set()
         # Peer replicas' base URLs whose /v1/stats/local is merged into the views.
         self.peers: list[str] = [
             u.strip().rstrip("/") for u in os.environ.get("MESHLET_STATS_PEERS", "").split(",")
@@ -95,9 +99,19 @@ class TelemetryHub:
 
     # -- from sidecars ---------------------------------------------------------------------
     def on_message(self, reg: Any, data: dict) -> None:
+        """One ``stats`` or ``tap_events`` message; a malformed one is logged and dropped, never
+        allowed to end the sidecar's config stream."""
+        try:
+            self._on_message(reg, data)
+        except (TypeError, ValueError, AttributeError) as e:
+            log.warning("dropped a malformed %s message from %s: %s", data.get("type"),
+                        reg.node_id, e)
+
+    def _on_message(self, reg: Any, data: dict) -> None:
         kind = data.get("type")
         if kind == "stats":
             self.stats.ingest(self._own(reg, data))
+            self._join_taps(reg)
         elif kind == "tap_events":
             session = self.taps.get(str(data.get("id") or ""))
             if session is not None and reg.service == session.service \
@@ -107,12 +121,30 @@ class TelemetryHub:
                 session.put(events if isinstance(events, list) else [],
                             dropped if isinstance(dropped, int) and dropped > 0 else 0)
 
+    def _join_taps(self, reg: Any) -> None:
+        """A sidecar that connected after a tap started joins it when it next reports (it
+        reports only when it had traffic, which is when a tap has something to show)."""
+        for session in list(self.taps.values()):
+            if (reg.service, reg.namespace) != (session.service, session.namespace) \
+                    or reg.node_id in session.nodes:
+                continue
+            stream = self.push.streams.get(reg.node_id)
+            if stream is None:
+                continue
+            session.nodes.add(reg.node_id)
+            left = session.deadline - time.monotonic()
+            if left > 0:
+                task = asyncio.get_running_loop().create_task(
+                    self._send_all([stream], {**session.spec, "expires_in": left}))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
     @staticmethod
     def _own(reg: Any, data: dict) -> dict:
         """The report with every edge tied to the workload the stream is authenticated as."""
         me = fqdn(reg.service, reg.namespace)
         edges = []
-        for e in data.get("edges") or ():
+        for e in data.get("edges") if isinstance(data.get("edges"), list) else ():
             if not isinstance(e, dict):
                 continue
             if e.get("reporter") == "destination":
@@ -227,6 +259,8 @@ class TelemetryHub:
                 raise ValueError("max >= 0, 0 < duration <= 3600, max_rate > 0")
         except ValueError as e:
             return _error(400, f"bad tap parameters: {e}")
+        if len(self.taps) >= MAX_TAPS:
+            return _error(429, f"{MAX_TAPS} taps are running; try again when one ends")
         targets = [st for st in list(self.push.streams.values())
                    if st.reg.service == svc and st.reg.namespace == ns and not st.ws.closed]
         if not targets:
@@ -242,8 +276,8 @@ class TelemetryHub:
         await resp.prepare(request)
         sent = 0
         try:
-            await self._send_all(targets, spec)
             session.nodes = {t.reg.node_id for t in targets}
+            await self._send_all(targets, spec)
             await resp.write(_line({"type": "started", "id": tap_id, "service": f"{svc}.{ns}",
                                     "sidecars": sorted(session.nodes)}))
             deadline = time.monotonic() + duration

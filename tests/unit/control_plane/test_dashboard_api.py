@@ -113,3 +113,50 @@ def test_reports_speak_only_for_the_sidecar_that_sent_them():
         ("destination", "unknown", None, "orders.shop.svc.cluster.local"),
     ]
     assert got["edges"][0]["source_version"] == "v2"
+
+
+class _WS:
+    """The sidecar end of a config stream, as far as the hub can see it: messages it was sent."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def send_str(self, text: str) -> None:
+        import json
+
+        self.sent.append(json.loads(text))
+
+
+async def test_a_sidecar_that_connects_during_a_tap_joins_it(tmp_path):
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from control_plane.telemetry import TapSession
+
+    streams = {}
+    hub = TelemetryHub(SimpleNamespace(streams=streams), None, lambda r: True)
+    session = TapSession("tap-1", "orders", "default", {"type": "tap", "id": "tap-1",
+                                                         "expires_in": 30})
+    session.nodes = {"orders-v1"}
+    hub.taps["tap-1"] = session
+    late = Registration(node_id="orders-v3", service="orders", namespace="default", version="v3")
+    other = Registration(node_id="pay", service="payment", namespace="default")
+    for reg in (late, other):
+        streams[reg.node_id] = SimpleNamespace(reg=reg, ws=_WS())
+    hub.on_message(late, {"type": "stats", "edges": [], "routes": []})
+    hub.on_message(other, {"type": "stats", "edges": [], "routes": []})
+    hub.on_message(late, {"type": "stats", "edges": 5})  # malformed: dropped, no exception
+    deadline = time.monotonic() + 5
+    while not streams["orders-v3"].ws.sent and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    (msg,) = streams["orders-v3"].ws.sent
+    assert msg["type"] == "tap" and msg["id"] == "tap-1" and 0 < msg["expires_in"] <= 30
+    assert streams["pay"].ws.sent == [] and session.nodes == {"orders-v1", "orders-v3"}
+    # its events are relayed; another service's events for the same id are not
+    hub.on_message(late, {"type": "tap_events", "id": "tap-1", "events": [{"path": "/a"}],
+                          "dropped": 2})
+    hub.on_message(other, {"type": "tap_events", "id": "tap-1", "events": [{"path": "/b"}]})
+    assert session.queue.qsize() == 1 and session.dropped == 2
