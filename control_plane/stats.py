@@ -121,12 +121,12 @@ class Ring:
 
     def total(self, now_slot: int, n_slots: int) -> list:
         """The sum of the last ``n_slots`` slots up to and including ``now_slot``."""
-        acc = new_agg()
         lo = now_slot - n_slots
-        for start, d in zip(self.starts, self.data, strict=True):
-            if d is not None and lo < start <= now_slot:
-                add_into(acc, d)
-        return acc
+        sel = [d for start, d in zip(self.starts, self.data, strict=True)
+               if d is not None and lo < start <= now_slot]
+        if len(sel) <= 1:
+            return list(sel[0]) if sel else new_agg()
+        return [sum(col) for col in zip(*sel, strict=True)]  # column sums in C
 
     def slots(self) -> list[list]:
         return [[s, list(d)] for s, d in zip(self.starts, self.data, strict=True) if d is not None]

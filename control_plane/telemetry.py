@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: Most events a tap session queues for a slow client before dropping.
 TAP_QUEUE = 1000
 MAX_TAP_SECONDS = 3600.0
+#: How long a computed stats view is served again (dashboards poll every 2 s).
+VIEW_CACHE_S = 1.0
 #: Most taps running at once (each holds a client connection and a queue).
 MAX_TAPS = 64
 
@@ -83,6 +85,7 @@ class TelemetryHub:
         self.taps: dict[str, TapSession] = {}
         self._ids = itertools.count(1)
         self._pending: set[asyncio.Task] = set()
+        self._cache: dict[tuple[str, str, str], tuple[float, dict]] = {}
         # Peer replicas' base URLs whose /v1/stats/local is merged into the views.
         self.peers: list[str] = [
             u.strip().rstrip("/") for u in os.environ.get("MESHLET_STATS_PEERS", "").split(",")
@@ -201,14 +204,23 @@ class TelemetryHub:
             return _error(400, f"window {window!r}: one of {', '.join(WINDOWS)}")
         if name not in ("edges", "services", "routes"):
             return _error(404, f"unknown stats view {name!r}: edges, services, routes or local")
-        stats = await self.merged(request.query.get("scope", "mesh"))
+        scope = request.query.get("scope", "mesh")
+        key = (name, window, scope)
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < VIEW_CACHE_S:
+            return web.json_response(hit[1])
+        stats = await self.merged(scope)
         if name == "edges":
             items = stats.edge_view(window)
         elif name == "services":
             items = stats.service_view(window)
         else:
             items = self.with_config(stats.route_view(window))
-        return web.json_response({"window": window, "generated": time.time(), name: items})
+        body = {"window": window, "generated": time.time(), name: items}
+        # Several dashboards polling every 2 s cost one computation a second, not one each.
+        self._cache[key] = (now, body)
+        return web.json_response(body)
 
     def with_config(self, routes: list[dict]) -> list[dict]:
         """Every configured VirtualService route, with its destinations and weights, joined with
