@@ -65,9 +65,10 @@ def browser(profile: str):
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-@pytest.mark.skipif(not os.path.exists(CHROMEDRIVER), reason="chromium-driver not installed "
-                    "(tests/run.sh installs it)")
 def test_dashboard_shows_the_demo_mesh_live(tmp_path):
+    # fails rather than skips without them, so CI cannot silently stop checking the dashboard
+    assert os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER), \
+        "chromium and chromium-driver are needed (tests/run.sh installs them)"
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
