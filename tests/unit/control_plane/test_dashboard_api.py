@@ -168,3 +168,21 @@ async def test_a_sidecar_that_connects_during_a_tap_joins_it(tmp_path):
                           "dropped": 2})
     hub.on_message(other, {"type": "tap_events", "id": "tap-1", "events": [{"path": "/b"}]})
     assert session.queue.qsize() == 1 and session.dropped == 2
+
+
+def test_every_dashboard_file_is_package_data():
+    """A wheel without these would serve a dashboard with no page or no graph library."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["control_plane"]
+    ui = root / "control_plane" / "ui"
+    files = [p.relative_to(root / "control_plane").as_posix() for p in ui.rglob("*")
+             if p.is_file()]
+    assert {"ui/index.html", "ui/login.html", "ui/app.js", "ui/vendor/cytoscape.min.js",
+            "ui/vendor/cytoscape.LICENSE"} <= set(files)
+    for f in files:
+        assert any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs), f
