@@ -147,7 +147,8 @@ class TelemetryHub:
         """The report with every edge tied to the workload the stream is authenticated as."""
         me = fqdn(reg.service, reg.namespace)
         edges = []
-        for e in data.get("edges") if isinstance(data.get("edges"), list) else ():
+        reported = data.get("edges")
+        for e in reported if isinstance(reported, list) else ():
             if not isinstance(e, dict):
                 continue
             if e.get("reporter") == "destination":

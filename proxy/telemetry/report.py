@@ -99,15 +99,15 @@ class StatsReport:
                 for i, c in enumerate(buckets):
                     b[i] += c
         routes = []
-        for key, counts in list(self.routes.items()):
+        for rkey, counts in list(self.routes.items()):
             snap = counts[:]
-            prev = self._prev_routes.get(key)
-            self._prev_routes[key] = snap
+            prev = self._prev_routes.get(rkey)
+            self._prev_routes[rkey] = snap
             delta = snap if prev is None else [a - b for a, b in zip(snap, prev, strict=True)]
             n = sum(delta[:_ND])
             if n <= 0:
                 continue
-            routes.append({"service": key[0], "route": key[1], "requests": n,
+            routes.append({"service": rkey[0], "route": rkey[1], "requests": n,
                            "failures": delta[_ND], "buckets": delta[:_ND]})
         for item in edges.values():
             item["sum_ms"] = round(item["sum_ms"], 3)
