@@ -3,10 +3,11 @@
 :class:`StatsReport` turns the counters the request path already keeps (the pre-bound Istio
 series of :mod:`proxy.telemetry.metrics`, and one per-route latency histogram) into a compact
 delta since the previous report: per edge (this workload -> destination service and version, or
-an unauthenticated caller -> this workload) requests, failures (5xx and local replies without a
-response, status 0), the latency buckets of ``istio_request_duration_milliseconds``, bytes and
-how many requests were mTLS. Nothing is added per request for the edges; the route histograms
-cost one dict lookup, a bisect and an increment.
+an unauthenticated caller -> this workload) requests, failures (5xx, local replies without a
+response, i.e. status 0, and gRPC statuses other than OK), the latency buckets of
+``istio_request_duration_milliseconds``, bytes and how many requests were mTLS. Nothing is
+added per request for the edges; the route histograms cost one dict lookup, a bisect and an
+increment.
 
 :class:`Tap` is a live request tap the control plane starts over the config stream: a filter, a
 maximum rate and an expiry. The request path pays one ``if tap is not None`` when no tap is on.
@@ -28,6 +29,7 @@ from proxy.telemetry.metrics import ENVOY_BUCKETS_MS, ISTIO_LABELS, SERIES_LABEL
 _ND = len(ENVOY_BUCKETS_MS) + 1
 _I = {n: i for i, n in enumerate(SERIES_LABELS)}
 _I_CODE_FULL = ISTIO_LABELS.index("response_code")
+_I_GRPC_FULL = ISTIO_LABELS.index("grpc_response_status")
 #: Most routes one sidecar keeps a histogram for (a route is config-bound, so this is a guard).
 MAX_ROUTES = 2000
 #: Most pending tap events per tap before new ones are dropped.
@@ -88,7 +90,7 @@ class StatsReport:
                         "buckets": [0] * _ND,
                     }
                 item["requests"] += n
-                if _failed(code):
+                if _failed(code) or full[_I_GRPC_FULL] not in ("", "0"):
                     item["failures"] += n
                 if mtls:
                     item["mtls"] += n

@@ -35,6 +35,8 @@ def test_reports_are_deltas_per_edge_with_failures_and_mtls():
     for _ in range(8):
         v1.record(200, "-", "", 3.0, 0, 10)
     v1.record(503, "UO", "", 0.2, 0, 0)
+    v1.record(200, "-", "14", 2.0, 0, 0)  # gRPC UNAVAILABLE in a 200: a failure
+    v1.record(200, "-", "0", 2.0, 0, 0)  # gRPC OK
     v2.record(200, "-", "", 40.0, 5, 5)
     inbound(m, mtls=True).record(200, "-", "", 1.0, 0, 0)  # the caller reports it
     inbound(m, mtls=False).record(404, "NR", "", 1.0, 0, 0)  # from outside the mesh
@@ -45,9 +47,10 @@ def test_reports_are_deltas_per_edge_with_failures_and_mtls():
                           ("source", "orders.default.svc.cluster.local", "v2"),
                           ("destination", "frontend.default.svc.cluster.local", "v1")}
     e1 = edges[("source", "orders.default.svc.cluster.local", "v1")]
-    assert (e1["requests"], e1["failures"], e1["mtls"]) == (9, 1, 9)
+    assert (e1["requests"], e1["failures"], e1["mtls"]) == (11, 2, 11)
     assert e1["source"] == "frontend" and e1["source_version"] == "v1"
     assert len(e1["buckets"]) == ND and e1["buckets"][2] == 8 and e1["buckets"][0] == 1
+    assert e1["buckets"][3] == 2
     assert edges[("source", "orders.default.svc.cluster.local", "v2")]["mtls"] == 0
     ext = edges[("destination", "frontend.default.svc.cluster.local", "v1")]
     assert ext["source"] == "unknown" and ext["failures"] == 0
