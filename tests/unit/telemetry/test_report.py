@@ -35,8 +35,8 @@ def test_reports_are_deltas_per_edge_with_failures_and_mtls():
     for _ in range(8):
         v1.record(200, "-", "", 3.0, 0, 10)
     v1.record(503, "UO", "", 0.2, 0, 0)
-    v1.record(200, "-", "14", 2.0, 0, 0)  # gRPC UNAVAILABLE in a 200: a failure
-    v1.record(200, "-", "0", 2.0, 0, 0)  # gRPC OK
+    v1.record(200, "-", "14", 7.0, 0, 0)  # gRPC UNAVAILABLE in a 200: a failure
+    v1.record(200, "-", "0", 7.0, 0, 0)  # gRPC OK
     v2.record(200, "-", "", 40.0, 5, 5)
     inbound(m, mtls=True).record(200, "-", "", 1.0, 0, 0)  # the caller reports it
     inbound(m, mtls=False).record(404, "NR", "", 1.0, 0, 0)  # from outside the mesh
