@@ -4,15 +4,15 @@ The request path calls one function, :meth:`Telemetry.record`, when a request en
 series are bound per (reporter, cluster, endpoint) the first time that combination is seen
 under a config version and kept in a dict, so a request costs one tuple lookup plus the
 series' own ``record``; the access log is skipped entirely when it is off. When the sidecar
-reports to a control plane, a per-route latency histogram adds a lookup, a bisect and an
-increment (``route_counts``), and a live tap costs one ``is not None`` check while none is on.
+reports to a control plane, a per-route latency histogram adds a lookup and an increment
+(``route_counts``; the bucket index comes from the series' own ``record``), and a live tap
+costs one ``is not None`` check while none is on.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -181,13 +181,13 @@ class Telemetry:
             s = self._bind(reporter, ex, key)
         now = time.monotonic()
         dur = (now - ex.start) * 1000.0
-        s.record(ex.status, ex.flags, ex.grpc, dur, ex.req_bytes, ex.resp_bytes)
+        bucket = s.record(ex.status, ex.flags, ex.grpc, dur, ex.req_bytes, ex.resp_bytes)
         routes = self.route_counts
         if routes is not None and reporter == "outbound" and ex.route:
             rc = routes.get((ex.service, ex.route))
             if rc is None:
                 rc = self._route_counter(routes, ex.service, ex.route)
-            rc[bisect_left(ENVOY_BUCKETS_MS, dur)] += 1
+            rc[bucket] += 1
             if ex.status >= 500 or ex.status == 0:
                 rc[_ND] += 1
         tap = self.tap

@@ -6,8 +6,8 @@ delta since the previous report: per edge (this workload -> destination service 
 an unauthenticated caller -> this workload) requests, failures (5xx, local replies without a
 response, i.e. status 0, and gRPC statuses other than OK), the latency buckets of
 ``istio_request_duration_milliseconds``, bytes and how many requests were mTLS. Nothing is
-added per request for the edges; the route histograms cost one dict lookup, a bisect and an
-increment.
+added per request for the edges; the route histograms cost one dict lookup and an increment
+(the bucket index is the one the Istio series already computed).
 
 :class:`Tap` is a live request tap the control plane starts over the config stream: a filter, a
 maximum rate and an expiry. The request path pays one ``if tap is not None`` when no tap is on.

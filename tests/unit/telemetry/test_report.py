@@ -151,3 +151,11 @@ def test_an_unsent_report_is_added_to_the_next():
     c = _combine(a, b)
     assert c["edges"][0]["requests"] == 5 and c["edges"][0]["failures"] == 1
     assert c["edges"][0]["buckets"] == [1, 4] and c["routes"] == a["routes"]
+
+
+def test_record_returns_the_duration_bucket_the_route_histogram_reuses():
+    s = RequestMetrics().series(reporter="source")
+    assert s.record(200, "-", "", 0.3, 0, 0) == 0
+    assert s.record(200, "-", "", 1.0, 0, 0) == 1  # bounds are inclusive, as Prometheus' le
+    assert s.record(200, "-", "", 7.0, 0, 0) == 3
+    assert s.record(200, "-", "", 1e9, 0, 0) == len(ENVOY_BUCKETS_MS)  # +Inf
