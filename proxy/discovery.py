@@ -77,7 +77,7 @@ class DiscoveryClient:
         self.last_error = ""
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task | None = None
-        # Messages other than snapshots (tap, untap) and the stream's (re)connection.
+        # Messages from the control plane other than snapshots and errors (tap, untap).
         self.on_message: Callable[[dict], Any] | None = None
         self._stopping = False
         self._attempt = 0
