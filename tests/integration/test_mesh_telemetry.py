@@ -237,3 +237,26 @@ def test_tap_streams_requests_without_bodies_or_secret_headers(mesh):
 def test_tap_of_an_unknown_service_is_a_clear_error(mesh):
     code, out, err = cli(mesh, "tap", "nosuch", "--duration", "2s")
     assert code == 1 and "no connected sidecar serves nosuch.default" in err
+
+
+@pytest.mark.slow
+def test_top_refreshes_until_interrupted(mesh, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    mesh.send(5)
+    out = tmp_path / "top.out"
+    with open(out, "wb") as f:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "control_plane.cli", "top", "services", "--interval", "0.3"],
+            stdout=f, stderr=subprocess.STDOUT,
+            env=env(MESHLET_DATA_DIR=str(mesh.cp.data_dir), MESHLET_CONTROL_PLANE=mesh.cp.url))
+        try:
+            wait_until(lambda: out.read_text().count("SERVICE ") >= 3, 30, 0.1,
+                       "three refreshes of meshlet top")
+        finally:
+            p.send_signal(signal.SIGINT)
+            code = p.wait(10)
+    assert code == 0, out.read_text()
+    assert "\x1b[2J" not in out.read_text()  # not a terminal: tables one after the other
