@@ -196,15 +196,22 @@ class StatsStore:
         ring.add(slot, agg)
 
     # -- replicas --------------------------------------------------------------------------
-    def export(self) -> dict:
-        """This store's raw rings (``/v1/stats/local``): what a peer replica merges."""
-        return {
-            "width": self.width,
-            "slots": self.n_slots,
-            "now": self.clock(),
-            "edges": [{"key": list(k), "slots": r.slots()} for k, r in self.edges.items()],
-            "routes": [{"key": list(k), "slots": r.slots()} for k, r in self.routes.items()],
-        }
+    def export(self, window: str | None = None) -> dict:
+        """This store's raw rings (``/v1/stats/local``): what a peer replica merges; with a
+        ``window``, only the slots inside it (a 1 min view needs 6 of the 60)."""
+        now = self.clock()
+        lo = int(now // self.width) - self.window_slots(window) if window else -1
+
+        def entries(table: OrderedDict) -> list[dict]:
+            out = []
+            for k, r in table.items():
+                slots = [s for s in r.slots() if s[0] > lo]
+                if slots:
+                    out.append({"key": list(k), "slots": slots})
+            return out
+
+        return {"width": self.width, "slots": self.n_slots, "now": now,
+                "edges": entries(self.edges), "routes": entries(self.routes)}
 
     def merge(self, exported: dict) -> None:
         """Add another store's :meth:`export` into this one, slot by slot (same slot width)."""

@@ -162,7 +162,7 @@ class TelemetryHub:
         return {"edges": edges, "routes": data.get("routes") or []}
 
     # -- API -------------------------------------------------------------------------------
-    async def merged(self, scope: str) -> StatsStore:
+    async def merged(self, scope: str, window: str = "10m") -> StatsStore:
         if scope == "local" or not self.peers:
             return self.stats
         view = self.stats.copy()
@@ -174,8 +174,8 @@ class TelemetryHub:
         async with aiohttp.ClientSession(timeout=timeout) as s:
             async def one(url: str) -> dict | None:
                 try:
-                    async with s.get(url + "/v1/stats/local", headers=headers,
-                                     ssl=peer_ssl) as resp:
+                    async with s.get(url + f"/v1/stats/local?window={window}",
+                                     headers=headers, ssl=peer_ssl) as resp:
                         if resp.status == 200:
                             return await resp.json()
                         log.warning("stats peer %s answered %s", url, resp.status)
@@ -194,7 +194,10 @@ class TelemetryHub:
     async def local(self, request: web.Request) -> web.Response:
         if not self.authorized(request):
             return _unauthorized()
-        return web.json_response(self.stats.export())
+        window = request.query.get("window") or None
+        if window is not None and window not in WINDOWS:
+            return _error(400, f"window {window!r}: one of {', '.join(WINDOWS)}")
+        return web.json_response(self.stats.export(window))
 
     async def view(self, request: web.Request) -> web.Response:
         if not self.authorized(request):
@@ -211,7 +214,7 @@ class TelemetryHub:
         now = time.monotonic()
         if hit is not None and now - hit[0] < VIEW_CACHE_S:
             return web.json_response(hit[1])
-        stats = await self.merged(scope)
+        stats = await self.merged(scope, window)
         if name == "edges":
             items = stats.edge_view(window)
         elif name == "services":

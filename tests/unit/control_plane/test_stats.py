@@ -164,3 +164,16 @@ def test_malformed_report_entries_are_skipped():
            {"reporter": "source", "destination": "x", "requests": "7"}]
     assert st.ingest({"edges": bad, "routes": "nope"}) == 0
     assert st.rejected == 4 and not st.edges
+
+
+def test_export_of_a_window_holds_only_its_slots():
+    clock = Clock()
+    st = StatsStore(clock=clock)
+    st.ingest(report(7, [1.0] * 7, src="old"))
+    clock.t += 120
+    st.ingest(report(3, [1.0] * 3, src="new"))
+    assert {tuple(e["key"])[2] for e in st.export("1m")["edges"]} == {"new"}
+    assert {tuple(e["key"])[2] for e in st.export()["edges"]} == {"old", "new"}
+    merged = StatsStore(clock=clock)
+    merged.merge(st.export("1m"))
+    assert merged.edge_view("1m") == st.edge_view("1m")
