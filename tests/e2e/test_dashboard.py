@@ -87,7 +87,7 @@ def test_dashboard_shows_the_demo_mesh_live(tmp_path):
         asyncio.run(drive(front, 20, "/call/payment/pay"))
 
         driver = browser(profile)
-        driver.set_page_load_timeout(30)
+        driver.set_page_load_timeout(60)
         driver.get(url + "/ui/")
         driver.find_element(By.ID, "token").send_keys(Path(token_file).read_text().strip())
         driver.find_element(By.ID, "login").click()
@@ -99,6 +99,9 @@ def test_dashboard_shows_the_demo_mesh_live(tmp_path):
                 "return cy ? cy.edges().map(e => e.data()) : [];")
 
         def demo_edges() -> list[dict] | None:
+            # traffic keeps flowing while we look, so a slow start cannot age it out of 1 min
+            asyncio.run(drive(front, 2))
+            asyncio.run(drive(front, 1, "/call/payment/pay"))
             es = {e["id"]: e for e in graph_edges()}
             want = ("frontend:v1->orders:v1", "frontend:v1->orders:v2", "orders:v1->payment:v1")
             if all(w in es and es[w]["rps"] > 0 for w in want):
@@ -106,7 +109,7 @@ def test_dashboard_shows_the_demo_mesh_live(tmp_path):
             return None
 
         try:
-            edges = wait_until(demo_edges, 40, 0.5, "the demo's edges with rates in the graph")
+            edges = wait_until(demo_edges, 60, 0.5, "the demo's edges with rates in the graph")
         except TimeoutError:
             raise AssertionError(f"graph edges {graph_edges()}; last stats "
                                  f"{driver.execute_script('return window.meshlet.lastEdges')}; "
@@ -136,7 +139,7 @@ def test_dashboard_shows_the_demo_mesh_live(tmp_path):
         driver.find_element(By.ID, "tap-path").send_keys("/echo/e2e-")
         driver.find_element(By.ID, "tap-start").click()
         wait_until(lambda: "on 2 sidecar(s)" in driver.find_element(By.ID, "tap-status").text,
-                   20, 0.2, "the tap to start")
+                   30, 0.2, "the tap to start")
 
         def tapped() -> str | None:
             asyncio.run(drive(front, 1, marker))
@@ -145,7 +148,7 @@ def test_dashboard_shows_the_demo_mesh_live(tmp_path):
                     return row.text
             return None
 
-        row = wait_until(tapped, 30, 0.3, "the test's request in the tap")
+        row = wait_until(tapped, 45, 0.3, "the test's request in the tap")
         assert "GET" in row and "200" in row and "spiffe://cluster.local/ns/default/sa/frontend" \
             in row
         driver.execute_script("window.scrollTo(0, 0)")
