@@ -94,6 +94,15 @@ class ControlPlane:
                            self.tls.trust_domain if self.tls is not None else None)
         if self.tls is not None:
             self.hub.extra_mesh = self.tls.bundle_state
+        from control_plane.dashboard import Dashboard
+        from control_plane.telemetry import TelemetryHub
+
+        self.dashboard = Dashboard(self.data_dir, self.admin_token)
+        self.telemetry = TelemetryHub(self.hub, self.store, self.dashboard.can_read)
+        self.hub.on_message = self.telemetry.on_message
+        self.telemetry.peer_token = self.admin_token  # replicas share the data dir's secrets
+        if self.tls is not None:
+            self.telemetry.peer_ca = str(self.data_dir / "ca" / "trust-bundle.pem")
         self.started = time.time()
         self.address: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
@@ -136,6 +145,8 @@ class ControlPlane:
         r.add_get("/v1/proxies/{id}/{what}", self.proxy_config)
         r.add_get("/v1/ca", self.ca_status)
         r.add_post("/v1/ca/{action}", self.ca_action)
+        self.telemetry.setup_routes(app)
+        self.dashboard.setup_routes(app, self)
         if self.tls is not None:
             self.tls.setup_routes(app)
         return app
@@ -341,6 +352,14 @@ class ControlPlane:
     async def create_token(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self._unauthorized()
+        if request.can_read_body and request.content_type == "application/json":
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and body.get("read_only") is True:
+                return web.json_response({"token": self.dashboard.readonly_token,
+                                          "read_only": True})
         if self.tls is None:
             return _error(503, "join tokens need the CA, which this control plane does not run")
         try:
@@ -358,7 +377,7 @@ class ControlPlane:
                                   "expires": expires})
 
     async def proxies(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
+        if not self.dashboard.can_read(request):  # the dashboard shows them read-only
             return self._unauthorized()
         current = (self.hub.current or {}).get("version", "")
         return web.json_response({

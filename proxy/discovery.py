@@ -7,7 +7,9 @@ last good config stays in effect. Every applied snapshot is written to ``cache_p
 rename, mode 0600) so a sidecar restarted while the control plane is down starts from it.
 Reconnects use exponential back-off with full jitter (0.5 s base, 30 s cap). ``stop()`` sends a
 deregistration first, so the control plane drops this sidecar's endpoints at once rather than
-after its grace period.
+after its grace period. Other messages from the control plane (``tap``, ``untap``) go to
+``on_message``; :meth:`send` puts the sidecar's own reports (``stats``, ``tap_events``) on the
+stream while it is connected.
 
 Imports nothing from the control plane's server side.
 """
@@ -75,6 +77,8 @@ class DiscoveryClient:
         self.last_error = ""
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task | None = None
+        # Messages from the control plane other than snapshots and errors (tap, untap).
+        self.on_message: Callable[[dict], Any] | None = None
         self._stopping = False
         self._attempt = 0
 
@@ -134,6 +138,18 @@ class DiscoveryClient:
             with contextlib.suppress(Exception):
                 await ws.send_json({"type": "status", **fields})
 
+    async def send(self, msg: dict) -> bool:
+        """Send one message if the stream is up; False (nothing sent) otherwise."""
+        ws = self._ws
+        if ws is None or ws.closed or not self.connected:
+            return False
+        try:
+            await ws.send_str(json.dumps(msg, separators=(",", ":")))
+        except (ConnectionError, RuntimeError) as e:
+            log.debug("send on the config stream failed: %s", e)
+            return False
+        return True
+
     async def run(self) -> None:
         """Connect, and reconnect after every failure, until :meth:`stop`."""
         while not self._stopping:
@@ -177,6 +193,11 @@ class DiscoveryClient:
                     elif data.get("type") == "error":
                         self.last_error = str(data.get("error"))
                         log.warning("control plane refused the stream: %s", self.last_error)
+                    elif self.on_message is not None and isinstance(data, dict):
+                        try:
+                            self.on_message(data)
+                        except Exception:
+                            log.exception("handling a %r message failed", data.get("type"))
                 if ws.close_code is not None and not self.last_error:
                     self.last_error = f"stream closed ({ws.close_code})"
             finally:

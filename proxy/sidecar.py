@@ -9,6 +9,7 @@ is refused whole and the running table stays. SIGTERM (or POST /drain) drains: r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import logging
@@ -81,6 +82,7 @@ class Sidecar:
         self.telemetry: Any = None
         self.identity: Any = None
         self.discovery: Any = None
+        self.uplink: Any = None
         self.state_dir = opts.state_dir or ""
         self._stopped: asyncio.Event | None = None
         self._draining_task: asyncio.Task[Any] | None = None
@@ -399,6 +401,11 @@ class Sidecar:
             except Exception as exc:
                 log.warning("cached config unusable: %s", exc)
         self.discovery.start()
+        if self.telemetry is not None:
+            from proxy.telemetry.uplink import Uplink
+
+            # stats reports and live taps ride on the config stream
+            self.uplink = Uplink(self.telemetry, self.discovery)
 
     def not_ready_reason(self) -> str:
         if not self.runtime.config_version:
@@ -429,6 +436,10 @@ class Sidecar:
         await self.stop()
 
     async def stop(self) -> None:
+        if self.uplink is not None:
+            with contextlib.suppress(Exception):  # the last counts before deregistering
+                await asyncio.wait_for(self.uplink.flush(), 1.0)
+            await self.uplink.close()
         if self.discovery is not None:
             await self.discovery.stop()  # deregisters first: peers stop sending here at once
         if self.identity is not None:

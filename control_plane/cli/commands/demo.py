@@ -358,6 +358,7 @@ class _Mesh:
             "frontend": f"http://127.0.0.1:{self.front}",
             "control_plane": self.url,
             "data_dir": str(self.data_dir),
+            "dashboard": f"{self.url}/ui/",
             "metrics": {n: f"http://127.0.0.1:{p}/metrics" for n, p in self.admins.items()},
         }
         tmp = path.with_suffix(".tmp")
@@ -378,6 +379,7 @@ def _usage(mesh: _Mesh, once: bool, work_kept: bool) -> list[str]:
         return lines
     front = f"http://127.0.0.1:{mesh.front}"
     width = max(len(n) for n in mesh.admins)
+    ro_token = mesh.data_dir / "readonly.token"
     return [
         "",
         "== Use this mesh (it keeps running until Ctrl-C) ==",
@@ -390,6 +392,7 @@ def _usage(mesh: _Mesh, once: bool, work_kept: bool) -> list[str]:
         f"     export MESHLET_DATA_DIR={mesh.data_dir}",
         "     meshlet proxy-status",
         "     meshlet proxy-config routes frontend-v1",
+        f"   Dashboard: {mesh.url}/ui/ (sign in with the token in {ro_token})",
         "   Metrics (Prometheus text) of each sidecar:",
         *(f"     {name:<{width}}  curl -s http://127.0.0.1:{port}/metrics"
           for name, port in mesh.admins.items()),
