@@ -175,7 +175,11 @@ class EtcdClient:
         reauthed = False
         n = len(self.endpoints)
         i = 0
-        while i < n:
+        # Round after round over the endpoints until the deadline: a cluster electing a new
+        # leader answers "no leader" for about an election timeout, then serves again.
+        while True:
+            if i and i % n == 0:
+                await asyncio.sleep(0.05)
             base = self.endpoints[(self._current + i) % n]
             left = deadline - loop.time()
             if left <= 0:
@@ -204,6 +208,7 @@ class EtcdClient:
                 i += 1
                 continue
             raise EtcdError(f"etcd {path}: {msg}")
+        errors = list(dict.fromkeys(errors))[-n:]  # the last round, once each
         raise EtcdUnavailable("etcd is unavailable: " + ("; ".join(errors) or "timed out"))
 
     # -- KV --------------------------------------------------------------------------------

@@ -1,0 +1,429 @@
+"""Control-plane replicas on a real 3-member etcd cluster, with real sidecars and apps.
+
+One cluster, two replicas (A, B) and three sidecars are shared by the tests of this module, in
+order; each test leaves them as it found them (a killed replica or etcd member is restarted).
+
+* ``inventory`` (app + sidecar, --control-plane A,B: connected to A, certificates from A);
+* ``orders-a`` (client sidecar, A,B: connected to A);
+* ``orders-b`` (client sidecar, B,A: joined through B with a token created through A).
+
+The MeshConfig (12 s certificates, so renewals happen during the module) is written to etcd
+through the etcd store itself before any replica starts: replicas read the lifetime at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    PY,
+    ROOT,
+    Proc,
+    env,
+    free_port,
+    start_app,
+    start_sidecar,
+    wait_until,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd (apt etcd-server)"),
+]
+
+LEASE_TTL = "3s"
+VS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: inventory, namespace: default}}
+spec:
+  hosts: [inventory]
+  http:
+  - headers: {{response: {{set: {{x-generation: "{gen}"}}}}}}
+    route:
+    - destination: {{host: inventory}}
+"""
+
+
+class Etcd:
+    """A 3-member etcd cluster on loopback (etcd cannot bind port 0: free ports are picked)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.client = [free_port() for _ in range(3)]
+        self.peer = [free_port() for _ in range(3)]
+        self.procs: list[Proc | None] = [None, None, None]
+        self.initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer))
+
+    @property
+    def endpoints(self) -> str:
+        return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client)
+
+    def start(self, i: int) -> None:
+        self.procs[i] = Proc(f"etcd-m{i}-{time.monotonic_ns()}", [
+            "etcd", "--name", f"m{i}", "--data-dir", str(self.workdir / f"etcd-m{i}"),
+            "--listen-client-urls", f"http://127.0.0.1:{self.client[i]}",
+            "--advertise-client-urls", f"http://127.0.0.1:{self.client[i]}",
+            "--listen-peer-urls", f"http://127.0.0.1:{self.peer[i]}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer[i]}",
+            "--initial-cluster", self.initial, "--initial-cluster-state", "new",
+            "--initial-cluster-token", "meshlet-test", "--log-level", "warn",
+        ], self.workdir)
+
+    def healthy(self, i: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.client[i]}/health",
+                                        timeout=2) as r:
+                return json.loads(r.read()).get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def start_all(self) -> None:
+        for i in range(3):
+            self.start(i)
+        for i in range(3):
+            wait_until(lambda i=i: self.healthy(i), timeout=30, interval=0.1,
+                       what=f"etcd member {i} healthy")
+
+    def kill(self, i: int) -> None:
+        p = self.procs[i]
+        assert p is not None
+        p.signal(signal.SIGKILL)
+        p.p.wait(10)
+        p.stop()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p is not None:
+                p.stop()
+
+
+class Replica:
+    def __init__(self, name: str, workdir: Path, etcd: Etcd, token_file: Path | None) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.data_dir = workdir / f"cp-{name}"
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.etcd = etcd
+        self.token_file = token_file
+        self.proc: Proc | None = None
+
+    def start(self) -> None:
+        addr = self.data_dir / "listen.addr"
+        addr.unlink(missing_ok=True)
+        cmd = [PY, "-m", "control_plane.cli", "control-plane", "--data-dir", str(self.data_dir),
+               "--listen", f"127.0.0.1:{self.port}", "--store", self.etcd.endpoints,
+               "--lease-ttl", LEASE_TTL, "--grace-period", "2s"]
+        if self.token_file is not None:
+            cmd += ["--admin-token-file", str(self.token_file)]
+        self.proc = Proc(f"cp-{self.name}-{time.monotonic_ns()}", cmd, self.workdir)
+        proc = self.proc
+        wait_until(lambda: addr.exists() or proc.p.poll() is not None, timeout=30,
+                   what=f"replica {self.name}")
+        if proc.p.poll() is not None:
+            raise RuntimeError(proc.stderr())
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.signal(signal.SIGKILL)
+        self.proc.p.wait(10)
+        self.proc.stop()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+
+class Mesh:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.etcd = Etcd(workdir)
+        self.a: Replica
+        self.b: Replica
+        self.procs: list = []
+
+    def cli(self, urls: str, *args: str, input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "-m", "control_plane.cli", *args], capture_output=True, text=True, input=input,
+            env=env(MESHLET_DATA_DIR=str(self.a.data_dir), MESHLET_CONTROL_PLANE=urls),
+            cwd=str(ROOT), timeout=timeout,
+        )
+
+    def apply(self, urls: str, gen: str) -> subprocess.CompletedProcess[str]:
+        return self.cli(urls, "apply", "-f", "-", input=VS.format(gen=gen))
+
+    def proxies(self, url: str) -> dict[str, dict]:
+        r = self.cli(url, "proxy-status", "-o", "json")
+        assert r.returncode == 0, r.stderr
+        return {p["service"] + ("-" + p["labels"].get("via", "") if p["labels"].get("via")
+                                else ""): p for p in json.loads(r.stdout)["proxies"]}
+
+    def status(self, url: str) -> dict:
+        req = urllib.request.Request(
+            url + "/v1/status",
+            headers={"Authorization": "Bearer " + (self.a.data_dir / "admin.token").read_text()
+                     .strip()})
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(self.a.data_dir / "ca/trust-bundle.pem"))
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+            return json.loads(r.read())
+
+
+def seed_mesh_config(endpoints: str) -> None:
+    """The MeshConfig, written with the etcd store itself before any replica reads it."""
+    from control_plane.api.resources import load_text
+    from control_plane.etcd.client import EtcdClient, parse_endpoints
+    from control_plane.store.etcd import EtcdStore
+
+    async def go() -> None:
+        client = EtcdClient(parse_endpoints(endpoints))
+        try:
+            store = EtcdStore(client)
+            await store.start()
+            await store.apply_async(load_text(
+                "apiVersion: meshlet.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh, "
+                "namespace: default}\nspec: {certificateLifetime: 12s}\n", "seed"))
+            store.close()
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+
+
+def registry_keys(etcd: Etcd) -> list[str]:
+    """The registry's raw keys in etcd (``reg/<node>/<replica id>``), read over the gateway."""
+    import base64
+
+    for port in etcd.client:
+        body = json.dumps({"key": base64.b64encode(b"/meshlet/reg/").decode(),
+                           "range_end": base64.b64encode(b"/meshlet/reg0").decode(),
+                           "keys_only": True}).encode()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v3/kv/range", body,
+                                        timeout=5) as r:
+                kvs = json.loads(r.read()).get("kvs", [])
+        except OSError:
+            continue
+        return [base64.b64decode(kv["key"]).decode() for kv in kvs]
+    raise AssertionError("no etcd member answered")
+
+
+def call(sidecar, timeout: float = 5) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{sidecar.outbound}/items",
+                                 headers={"Host": "inventory"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            r.read()
+            return r.status, r.headers.get("x-generation", "")
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+    except OSError:
+        return -1, ""
+
+
+def certs(sc) -> dict:
+    return json.loads(sc.admin_get("/certs")[1])
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    work = tmp_path_factory.mktemp("replicas")
+    m = Mesh(work)
+    m.etcd.start_all()
+    try:
+        seed_mesh_config(m.etcd.endpoints)
+        m.a = Replica("a", work, m.etcd, None)
+        m.a.start()
+        m.b = Replica("b", work, m.etcd, m.a.data_dir / "admin.token")
+        m.b.start()
+        ab, ba = f"{m.a.url},{m.b.url}", f"{m.b.url},{m.a.url}"
+        m.ab, m.ba = ab, ba
+
+        def token(service: str) -> Path:
+            r = m.cli(m.a.url, "token", "create", "--service", service)  # through A
+            assert r.returncode == 0, r.stderr
+            path = work / f"{service}.token"
+            path.write_text(r.stdout.strip())
+            return path
+
+        app, port = start_app(work, "inventory")
+        m.procs.append(app)
+        m.inv = start_sidecar(work, "inventory", port, None, "--control-plane", ab,
+                              "--token-file", str(token("inventory")), "--state-dir",
+                              str(work / "inv"), name="inventory")
+        m.procs.append(m.inv)
+        m.orders_a = start_sidecar(work, "orders", 1, None, "--control-plane", ab,
+                                   "--token-file", str(token("orders")), "--label", "via=a",
+                                   "--state-dir", str(work / "orders-a"), name="orders-a")
+        m.procs.append(m.orders_a)
+        # joins through B with a token created through A
+        m.orders_b = start_sidecar(work, "orders", 1, None, "--control-plane", ba,
+                                   "--token-file", str(token("orders")), "--label", "via=b",
+                                   "--state-dir", str(work / "orders-b"), name="orders-b")
+        m.procs.append(m.orders_b)
+        for sc in (m.orders_a, m.orders_b):
+            wait_until(lambda sc=sc: call(sc)[0] == 200, timeout=30, interval=0.1,
+                       what="mesh routable")
+        yield m
+    finally:
+        for p in reversed(m.procs):
+            p.stop()
+        for r in (getattr(m, "a", None), getattr(m, "b", None)):
+            if r is not None:
+                r.stop()
+        m.etcd.stop()
+
+
+def test_apply_through_a_reaches_sidecars_of_b_within_a_second(mesh):
+    ps = mesh.proxies(mesh.b.url)  # the registry in etcd: every sidecar, from either replica
+    assert set(ps) == set(mesh.proxies(mesh.a.url)) == {"inventory", "orders-a", "orders-b"}
+    assert ps["orders-b"]["replica"] == f"127.0.0.1:{mesh.b.port}"
+    assert ps["orders-a"]["replica"] == f"127.0.0.1:{mesh.a.port}"
+    assert ps["inventory"]["replica"] == f"127.0.0.1:{mesh.a.port}"
+    r = mesh.apply(mesh.a.url, "one")
+    assert r.returncode == 0, r.stderr
+    applied = time.monotonic()
+    wait_until(lambda: call(mesh.orders_b) == (200, "one"), timeout=10, interval=0.01,
+               what="the apply through A in traffic at B's sidecar")
+    assert time.monotonic() - applied < 1.0
+    # and both replicas show every sidecar SYNCED on the same version
+    version = mesh.status(mesh.b.url)["snapshot_version"]
+    assert version == mesh.status(mesh.a.url)["snapshot_version"]
+    wait_until(lambda: all(p["acked_version"] == version
+                           for p in mesh.proxies(mesh.a.url).values()),
+               timeout=10, interval=0.1, what="every sidecar ACKed, seen from A")
+
+
+def test_join_through_b_renewal_on_either_replica_and_ca_rotation_once(mesh):
+    # orders-b got its first certificate from B with a token created through A
+    assert certs(mesh.orders_b)["issued_by"] == mesh.b.url
+    # 12 s certificates: each renews against its own replica (A for inventory, B for orders-b)
+    for sc, url in ((mesh.inv, mesh.a.url), (mesh.orders_b, mesh.b.url)):
+        wait_until(lambda sc=sc, url=url: certs(sc)["renewals"] >= 1
+                   and certs(sc)["issued_by"] == url, timeout=20, interval=0.2,
+                   what=f"{sc.proc.name} renewed against {url}")
+    # One rotation step asked of both replicas at once runs once: one 200, one 409.
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+    threads = [threading.Thread(target=lambda u=u: results.__setitem__(
+        u, mesh.cli(u, "ca", "rotate", "-o", "json"))) for u in (mesh.a.url, mesh.b.url)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    codes = sorted(r.returncode for r in results.values())
+    assert codes[0] == 0 and codes[1] != 0, {u: (r.returncode, r.stderr) for u, r in
+                                              results.items()}
+    loser = next(r for r in results.values() if r.returncode != 0)
+    assert "pending" in loser.stderr or "another replica" in loser.stderr, loser.stderr
+    sa, sb = mesh.status(mesh.a.url)["ca"], mesh.status(mesh.b.url)["ca"]
+    assert len(sa["roots"]) == 2 and sa == sb  # one new root, the same on both replicas
+    # every sidecar, on either replica, follows: it trusts both roots
+    for sc in (mesh.inv, mesh.orders_a, mesh.orders_b):
+        wait_until(lambda sc=sc: len(certs(sc)["trust_bundle_fingerprints"]) == 2,
+                   timeout=20, interval=0.2, what=f"{sc.proc.name} trusts both roots")
+    # activate through B: sidecars renew from the new root, traffic keeps flowing
+    r = mesh.cli(mesh.b.url, "ca", "activate", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    new_root = json.loads(r.stdout)["signingRoot"]
+    assert mesh.status(mesh.a.url)["ca"] == mesh.status(mesh.b.url)["ca"]
+    wait_until(lambda: json.loads(mesh.cli(mesh.a.url, "ca", "status", "-o", "json").stdout)
+               .get("signingRoot") == new_root, timeout=10, what="A signs with the new root")
+    for sc in (mesh.orders_a, mesh.orders_b):
+        assert call(sc)[0] == 200
+
+
+def test_replica_killed_under_load_sidecars_move_without_a_failed_request(mesh):
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        for _ in range(3000):
+            if stop.is_set():
+                return
+            results.append(call(mesh.orders_a)[0])
+            time.sleep(0.005)
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        wait_until(lambda: len(results) > 20, timeout=20, what="load running")
+        mesh.a.kill()
+        b_addr = f"127.0.0.1:{mesh.b.port}"
+        wait_until(lambda: all(p["replica"] == b_addr and p["connected"]
+                               for p in mesh.proxies(mesh.b.url).values()),
+                   timeout=30, interval=0.2, what="every sidecar connected to B")
+        # A's lease expired with it: no entry of A is left in the registry
+        a_addr = f"127.0.0.1:{mesh.a.port}#"
+        wait_until(lambda: not any(a_addr in k for k in registry_keys(mesh.etcd)),
+                   timeout=15, interval=0.2, what="A's registry entries gone with its lease")
+        assert len(registry_keys(mesh.etcd)) == 3
+        r = mesh.apply(mesh.b.url, "two")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: call(mesh.orders_a) == (200, "two"), timeout=10, interval=0.05,
+                   what="an apply through B reaches A's former sidecars")
+        # the CLI given both URLs skips the dead one
+        r = mesh.cli(mesh.ab, "get", "vs")
+        assert r.returncode == 0, r.stderr
+        # renewals of A's former sidecars now go to B
+        wait_until(lambda: certs(mesh.inv)["issued_by"] == mesh.b.url, timeout=20,
+                   interval=0.2, what="inventory renewed against B")
+    finally:
+        stop.set()
+        t.join(30)
+    assert len(results) > 50
+    assert all(c == 200 for c in results), {c: results.count(c) for c in set(results)}
+    mesh.a.start()  # back for the next test, on the same address
+
+
+def test_etcd_member_loss_and_total_outage(mesh):
+    before = mesh.cli(mesh.b.url, "get", "vs", "-o", "json")
+    assert before.returncode == 0
+    # one member of three down: quorum holds, applies go on
+    mesh.etcd.kill(0)
+    r = mesh.apply(mesh.a.url, "three")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: call(mesh.orders_b) == (200, "three"), timeout=10, interval=0.05,
+               what="apply with one etcd member down")
+    # all of etcd down: sidecars keep serving, apply answers a clear error quickly
+    mesh.etcd.kill(1)
+    mesh.etcd.kill(2)
+    t0 = time.monotonic()
+    r = mesh.apply(mesh.b.url, "four")
+    took = time.monotonic() - t0
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "etcd is unavailable" in r.stderr and "nothing was changed" in r.stderr, r.stderr
+    assert took < 8, took
+    for _ in range(50):
+        assert call(mesh.orders_a) == (200, "three")
+        assert call(mesh.orders_b) == (200, "three")
+    # etcd returns: everything resumes, nothing applied is lost
+    for i in range(3):
+        mesh.etcd.start(i)
+    for i in range(3):
+        wait_until(lambda i=i: mesh.etcd.healthy(i), timeout=30, interval=0.1,
+                   what=f"etcd member {i} back")
+    after = json.loads(mesh.cli(mesh.a.url, "get", "vs", "-o", "json").stdout)
+    gens = [i["spec"]["http"][0]["headers"]["response"]["set"]["x-generation"]
+            for i in after["items"]]
+    assert gens == ["three"]
+    wait_until(lambda: mesh.apply(mesh.b.url, "five").returncode == 0, timeout=20,
+               interval=0.5, what="apply after etcd returned")
+    for sc in (mesh.orders_a, mesh.orders_b):
+        wait_until(lambda sc=sc: call(sc) == (200, "five"), timeout=15, interval=0.05,
+                   what=f"{sc.proc.name} follows after the outage")
+    wait_until(lambda: len(mesh.proxies(mesh.a.url)) == 3, timeout=15, interval=0.2,
+               what="the registry complete again")
