@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import subprocess
 import threading
@@ -37,10 +36,8 @@ from tests.support import (
     wait_until,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd (apt etcd-server)"),
-]
+# etcd comes from tests/run.sh (apt etcd-server); without it these tests fail, never skip.
+pytestmark = pytest.mark.slow
 
 LEASE_TTL = "3s"
 VS = """

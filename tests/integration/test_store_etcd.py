@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import ssl
 import time
 import urllib.request
@@ -22,8 +21,7 @@ from control_plane.store import StoreUnavailable
 from control_plane.store.etcd import EtcdStore
 from tests.support import Proc, free_port, wait_until
 
-pytestmark = pytest.mark.skipif(shutil.which("etcd") is None,
-                                reason="needs etcd (apt etcd-server)")
+# etcd comes from tests/run.sh (apt etcd-server); without it these tests fail, never skip.
 
 VS = """
 apiVersion: networking.istio.io/v1
