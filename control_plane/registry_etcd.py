@@ -26,6 +26,8 @@ from dataclasses import fields
 from control_plane.etcd.client import (
     EtcdClient,
     WatchCompacted,
+    op_delete,
+    op_put,
     prefix_end,
 )
 from control_plane.etcd.lease import LeaseKeeper
@@ -35,6 +37,7 @@ from control_plane.store.base import StoreUnavailable
 log = logging.getLogger(__name__)
 
 _FIELDS = {f.name for f in fields(Registration)} - {"disconnected_at"}
+TXN_OPS = 100
 
 
 def _endpoint_sig(regs: list[Registration]) -> tuple:
@@ -102,15 +105,11 @@ class SharedRegistry(Registry):
             self._wake.clear()
             batch, self._dirty = self._dirty, set()
             try:
-                for node in batch:
-                    reg = self._nodes.get(node)
-                    key = self._key(node, self.replica_id)
-                    if reg is None:
-                        await self.client.delete(key)
-                    else:
-                        d = {k: v for k, v in reg.to_dict().items() if k in _FIELDS}
-                        d["replica"] = self.replica_address
-                        await self.client.put(key, json.dumps(d).encode(), self.lease.id)
+                # Many sidecars ACK one push at once: their entries go in a few txns, not one
+                # request each (etcd allows 128 operations per txn by default).
+                ops = [self._op(node) for node in sorted(batch)]
+                for i in range(0, len(ops), TXN_OPS):
+                    await self.client.txn([], ops[i:i + TXN_OPS])
                 attempt = 0
             except StoreUnavailable as e:
                 log.debug("registry publish: %s", e)
@@ -118,6 +117,15 @@ class SharedRegistry(Registry):
                 self._wake.set()
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** min(attempt, 5)))
                 attempt += 1
+
+    def _op(self, node: str) -> dict:
+        reg = self._nodes.get(node)
+        key = self._key(node, self.replica_id)
+        if reg is None:
+            return op_delete(key)
+        d = {k: v for k, v in reg.to_dict().items() if k in _FIELDS}
+        d["replica"] = self.replica_address
+        return op_put(key, json.dumps(d).encode(), self.lease.id)
 
     def register(self, reg: Registration) -> None:
         reg.replica = self.replica_address
@@ -179,16 +187,21 @@ class SharedRegistry(Registry):
                     self._reg, prefix_end(self._reg), self._seen + 1
                 ):
                     attempt = 0
+                    moved = False  # did anything a snapshot carries change?
                     for ev in events:
                         self._seen = max(self._seen, ev.kv.mod_revision)
                         k, reg = self._parse(ev.kv.key, ev.kv.value)
                         if k[1] == self.replica_id:
                             continue
                         if ev.type == "DELETE" or reg is None:
-                            self._remote.pop(k, None)
+                            old = self._remote.pop(k, None)
+                            moved = moved or old is not None
                         else:
+                            old = self._remote.get(k)
                             self._remote[k] = reg
-                    if events:
+                            moved = moved or old is None or _endpoint_sig([old]) != \
+                                _endpoint_sig([reg]) or old.connected != reg.connected
+                    if moved:  # an ACK alone changes nothing a snapshot carries
                         self._remote_changed()
             except asyncio.CancelledError:
                 raise

@@ -130,7 +130,7 @@ class ControlPlane:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # One process per data dir: SQLite is single-writer, and a replica's CA cache and
         # listen.addr are its own. Raises DataDirBusy naming the holder.
-        self._lock = DataDirLock(self.data_dir)
+        self._lock = DataDirLock(self.data_dir, replica=etcd is not None)
         self._lock.acquire()
         self.etcd = etcd
         self.admin_token_file = admin_token_file

@@ -23,8 +23,9 @@ class DataDirBusy(Exception):
 class DataDirLock:
     """Held from :meth:`acquire` until :meth:`release` or the process ends."""
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, replica: bool = False) -> None:
         self.data_dir = Path(data_dir)
+        self.replica = replica  # etcd replicas lock too: the CA cache and listen.addr are theirs
         self.path = self.data_dir / LOCK_FILE
         self._fd: int | None = None
 
@@ -35,10 +36,12 @@ class DataDirLock:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            hint = ("each replica needs a --data-dir of its own" if self.replica else
+                    "SQLite is single-writer: stop that one, or run replicas on etcd "
+                    "(--store etcd://HOST:PORT)")
             raise DataDirBusy(
                 f"the data dir {self.data_dir} is in use by another control plane (pid "
-                f"{holder}); SQLite is single-writer: stop that one, or run replicas on etcd "
-                "(--store etcd://HOST:PORT)"
+                f"{holder}); {hint}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
