@@ -45,6 +45,19 @@ def default_data_dir() -> str:
     return os.environ.get("MESHLET_DATA_DIR") or os.path.expanduser("~/.meshlet")
 
 
+def advertise_host(listen_host: str) -> str:
+    """The listen host, unless it is a wildcard: then this host's address by name (a pod's
+    IP in Kubernetes)."""
+    if listen_host not in ("0.0.0.0", "::", ""):
+        return listen_host
+    import socket
+
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
@@ -123,8 +136,12 @@ class ControlPlane:
         plain_http: bool = False,
         etcd: EtcdOptions | None = None,
         admin_token_file: str | None = None,
+        advertise_address: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # Where other replicas (and proxy-status readers) reach this one; in its serving
+        # certificate too, so a forwarded CA step verifies it by name.
+        self.advertise = advertise_address or advertise_host(split_listen(listen)[0])
         self.listen = listen
         self.plain_http = plain_http  # tests of this package only; never exposed as a flag
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -252,7 +269,8 @@ class ControlPlane:
         self.ca_state = EtcdCAState(self.etcd_client, self.data_dir, td, self.etcd.prefix)
         ca = await self.ca_state.load_or_create()
         tokens = EtcdTokenStore(self.etcd_client, ca.root_pin, self.etcd.prefix)
-        self.tls = Security(self.data_dir, ca.trust_domain, [split_listen(self.listen)[0]],
+        self.tls = Security(self.data_dir, ca.trust_domain,
+                            [split_listen(self.listen)[0], self.advertise],
                             lifetime, ca=ca, tokens=tokens)  # type: ignore[arg-type]
         self.tls.state = self.ca_state
         self.hub.trust_domain = ca.trust_domain
@@ -260,13 +278,16 @@ class ControlPlane:
         self.ca_state.on_change.append(self.hub.mark_dirty)
         self.ca_state.start()
 
-    async def _start_replica(self, addr: str) -> None:
+    async def _start_replica(self) -> None:
         """Join the other replicas: lease, registry, leader election and its jobs."""
         from control_plane.etcd.election import Election
 
         assert self.etcd is not None
         registry = self.registry
         await self.lease.start()
+        assert self.address is not None
+        host = self.advertise
+        addr = f"[{host}]:{self.address[1]}" if ":" in host else f"{host}:{self.address[1]}"
         self.replica_id = f"{addr}#{os.getpid()}"
         registry.replica_id = self.replica_id  # type: ignore[attr-defined]
         registry.replica_address = addr  # type: ignore[attr-defined]
@@ -308,7 +329,7 @@ class ControlPlane:
         tmp.write_text(addr + "\n")
         os.replace(tmp, self.data_dir / LISTEN_ADDR_FILE)
         if self.etcd is not None:
-            await self._start_replica(addr)
+            await self._start_replica()
         self.hub.rebuild()
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop())
         scheme = "http" if self.tls is None else "https"
@@ -559,6 +580,12 @@ class ControlPlane:
         if action == "retire" and not fp:
             return _error(400, "retire needs a fingerprint")
 
+        if (self.election is not None and not self.election.is_leader
+                and "X-Meshlet-Forwarded" not in request.headers):
+            # A singleton job: the leader performs every rotation step, so steps asked of
+            # several replicas at once are serialized in one place.
+            return await self._forward_to_leader(request, action, body)
+
         def step() -> None:
             if action == "rotate":
                 tls.ca.rotate_root(activate=False)
@@ -589,7 +616,32 @@ class ControlPlane:
             return _error(409, f"{type(exc).__name__}: {exc}")
         log.info("CA %s: roots now %s", action, self.tls.ca.root_fingerprints())
         self.hub.mark_dirty()
-        return web.json_response(self.tls.rotation_status())
+        answer = self.tls.rotation_status()
+        if self.etcd is not None:
+            answer["performedBy"] = self.replica_id
+        return web.json_response(answer)
+
+    async def _forward_to_leader(self, request: web.Request, action: str,
+                                 body: dict) -> web.Response:
+        import ssl
+
+        assert self.election is not None and self.tls is not None
+        leader = self.election.leader
+        if not leader:
+            return _error(503, "no leader elected yet to run the CA step; retry in a few seconds")
+        addr = leader.rpartition("#")[0]
+        ctx = ssl.create_default_context(cadata=self.tls.ca.bundle_pem().decode())
+        headers = {"Authorization": request.headers.get("Authorization", ""),
+                   "X-Meshlet-Forwarded": self.replica_id}
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s, \
+                    s.post(f"https://{addr}/v1/ca/{action}", json=body, headers=headers,
+                           ssl=ctx) as resp:
+                return web.Response(body=await resp.read(), status=resp.status,
+                                    content_type="application/json")
+        except (TimeoutError, aiohttp.ClientError) as e:
+            return _error(503, f"the leader {leader} that runs CA steps is unreachable "
+                          f"({e or type(e).__name__}); retry once a new one is elected")
 
     async def proxy_config(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -673,9 +725,9 @@ async def serve_forever(cp: ControlPlane) -> None:
 
 def run(data_dir: str, listen: str, grace_s: float = DEFAULT_GRACE_S,
         plain_http: bool = False, etcd: EtcdOptions | None = None,
-        admin_token_file: str | None = None) -> None:
+        admin_token_file: str | None = None, advertise_address: str | None = None) -> None:
     cp = ControlPlane(data_dir, listen, grace_s=grace_s, plain_http=plain_http, etcd=etcd,
-                      admin_token_file=admin_token_file)
+                      admin_token_file=admin_token_file, advertise_address=advertise_address)
     try:
         import uvloop
 

@@ -22,13 +22,15 @@ def test_replicas_manifest() -> None:
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     env = {e["name"]: e for e in c["env"]}
-    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"] if "valueFrom" in e}
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"]
+               if "secretKeyRef" in e.get("valueFrom", {})}
     assert secrets == {"meshlet-etcd"}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert "MESHLET_ETCD_PASSWORD" in env and not any("password" in a for a in c["args"]
                                                        if not a.startswith("--etcd-"))
     # $(VAR) as the kubelet expands it, then the real parser and the real flag checks
     values = {"MESHLET_ETCD_ENDPOINTS": "etcd://etcd-0:2379,etcd-1:2379",
-              "MESHLET_ETCD_USER": "meshlet"}
+              "MESHLET_ETCD_USER": "meshlet", "POD_IP": "10.0.0.7"}
     args = []
     for a in c["args"]:
         for k, v in values.items():
@@ -44,4 +46,4 @@ def test_replicas_manifest() -> None:
     for flag in (ns.etcd_cacert, ns.etcd_cert, ns.etcd_key, ns.admin_token_file):
         mount = next(m for m in mounts if flag.startswith(m + "/"))
         assert "secret" in vols[mounts[mount]]
-    assert ns.store.startswith("etcd://")
+    assert ns.store.startswith("etcd://") and ns.advertise_address == "10.0.0.7"

@@ -313,7 +313,10 @@ def test_join_through_b_renewal_on_either_replica_and_ca_rotation_once(mesh):
         wait_until(lambda sc=sc, url=url: certs(sc)["renewals"] >= 1
                    and certs(sc)["issued_by"] == url, timeout=20, interval=0.2,
                    what=f"{sc.proc.name} renewed against {url}")
-    # One rotation step asked of both replicas at once runs once: one 200, one 409.
+    # Rotation steps are a singleton job: the leader runs them, whichever replica is asked.
+    # The same step asked of both replicas at once runs once: one 200, one 409.
+    leader = mesh.status(mesh.b.url)["leader"]
+    assert leader == mesh.status(mesh.a.url)["leader"] == mesh.status(mesh.a.url)["replica"]
     results: dict[str, subprocess.CompletedProcess[str]] = {}
     threads = [threading.Thread(target=lambda u=u: results.__setitem__(
         u, mesh.cli(u, "ca", "rotate", "-o", "json"))) for u in (mesh.a.url, mesh.b.url)]
@@ -322,10 +325,11 @@ def test_join_through_b_renewal_on_either_replica_and_ca_rotation_once(mesh):
     for t in threads:
         t.join(60)
     codes = sorted(r.returncode for r in results.values())
-    assert codes[0] == 0 and codes[1] != 0, {u: (r.returncode, r.stderr) for u, r in
-                                              results.items()}
+    assert codes == [0, 1], {u: (r.returncode, r.stderr) for u, r in results.items()}
+    winner = next(r for r in results.values() if r.returncode == 0)
+    assert json.loads(winner.stdout)["performedBy"] == leader
     loser = next(r for r in results.values() if r.returncode != 0)
-    assert "pending" in loser.stderr or "another replica" in loser.stderr, loser.stderr
+    assert "a new root is already pending" in loser.stderr, loser.stderr
     sa, sb = mesh.status(mesh.a.url)["ca"], mesh.status(mesh.b.url)["ca"]
     assert len(sa["roots"]) == 2 and sa == sb  # one new root, the same on both replicas
     # every sidecar, on either replica, follows: it trusts both roots
@@ -335,6 +339,7 @@ def test_join_through_b_renewal_on_either_replica_and_ca_rotation_once(mesh):
     # activate through B: sidecars renew from the new root, traffic keeps flowing
     r = mesh.cli(mesh.b.url, "ca", "activate", "-o", "json")
     assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["performedBy"] == leader  # B forwarded it to A, the leader
     new_root = json.loads(r.stdout)["signingRoot"]
     assert mesh.status(mesh.a.url)["ca"] == mesh.status(mesh.b.url)["ca"]
     wait_until(lambda: json.loads(mesh.cli(mesh.a.url, "ca", "status", "-o", "json").stdout)

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="bound on one etcd request, all endpoints tried (default 3s)")
     g.add_argument("--lease-ttl", metavar="DURATION", default="10s",
                    help="a dead replica's sidecars leave the registry after this (default 10s)")
+    g.add_argument("--advertise-address", metavar="HOST", default=None,
+                   help="where other replicas reach this one (default: the --listen host, or "
+                        "this host's address when that is a wildcard; in Kubernetes the pod IP)")
     g.add_argument("--admin-token-file", metavar="FILE", default=None,
                    help="the mesh's admin token (e.g. from a Secret); default DIR/admin.token, "
                         "created on first start")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or default_data_dir()
     try:
         serve(data_dir, args.listen, grace_s=grace, etcd=etcd,
-              admin_token_file=args.admin_token_file)
+              admin_token_file=args.admin_token_file, advertise_address=args.advertise_address)
     except DataDirBusy as e:
         output.error(f"refusing to start: {e}")
         return 1
