@@ -177,7 +177,10 @@ class EtcdClient:
         i = 0
         # Round after round over the endpoints until the deadline: a cluster electing a new
         # leader answers "no leader" for about an election timeout, then serves again.
+        refused = 0  # endpoints in a row that refused the connection: down, not slow
         while True:
+            if refused >= 3 * n:
+                break  # every member refused three rounds running: answer now, do not wait
             if i and i % n == 0:
                 await asyncio.sleep(0.05)
             base = self.endpoints[(self._current + i) % n]
@@ -194,8 +197,10 @@ class EtcdClient:
                     data = await resp.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError) as e:
                 errors.append(f"{base}: {e or type(e).__name__}")
+                refused = refused + 1 if isinstance(e, aiohttp.ClientConnectorError) else 0
                 i += 1
                 continue
+            refused = 0
             if resp.status == 200 and "error" not in data:
                 self._current = (self._current + i) % n
                 return data
@@ -285,8 +290,11 @@ class EtcdClient:
             try:
                 if self._user and self._token is None:
                     await self._authenticate(base)
+                # hasleader: the member cancels the watch if it loses its leader (partitioned),
+                # rather than leave us waiting for events that will never come.
+                headers = {**self._headers(), "Grpc-Metadata-hasleader": "true"}
                 resp = await self._sess().post(
-                    f"{base}/v3/watch", json={"create_request": req}, headers=self._headers(),
+                    f"{base}/v3/watch", json={"create_request": req}, headers=headers,
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
                 )
             except (aiohttp.ClientError, TimeoutError) as e:

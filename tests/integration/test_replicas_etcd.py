@@ -232,6 +232,15 @@ def call(sidecar, timeout: float = 5) -> tuple[int, str]:
         return -1, ""
 
 
+def applies(sc) -> float:
+    """Snapshots this sidecar applied (meshlet_config_applies_total{result="ack"})."""
+    import re
+
+    text = sc.admin_get("/metrics")[1].decode()
+    m = re.search(r'^meshlet_config_applies_total\{result="ack"\} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def certs(sc) -> dict:
     return json.loads(sc.admin_get("/certs")[1])
 
@@ -363,11 +372,18 @@ def test_replica_killed_under_load_sidecars_move_without_a_failed_request(mesh):
     t.start()
     try:
         wait_until(lambda: len(results) > 20, timeout=20, what="load running")
+        applied_before = {sc.proc.name: applies(sc) for sc in (mesh.inv, mesh.orders_a)}
+        assert all(applied_before.values())
         mesh.a.kill()
         b_addr = f"127.0.0.1:{mesh.b.port}"
+        version = mesh.status(mesh.b.url)["snapshot_version"]
         wait_until(lambda: all(p["replica"] == b_addr and p["connected"]
+                               and p["acked_version"] == version
                                for p in mesh.proxies(mesh.b.url).values()),
-                   timeout=30, interval=0.2, what="every sidecar connected to B")
+                   timeout=30, interval=0.2, what="every sidecar on B, B's snapshot ACKed")
+        # they resumed from the version they had ACKed: B's identical snapshot was ACKed, not
+        # applied again
+        assert {sc.proc.name: applies(sc) for sc in (mesh.inv, mesh.orders_a)} == applied_before
         # A's lease expired with it: no entry of A is left in the registry
         a_addr = f"127.0.0.1:{mesh.a.port}#"
         wait_until(lambda: not any(a_addr in k for k in registry_keys(mesh.etcd)),
@@ -408,7 +424,7 @@ def test_etcd_member_loss_and_total_outage(mesh):
     took = time.monotonic() - t0
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
     assert "etcd is unavailable" in r.stderr and "nothing was changed" in r.stderr, r.stderr
-    assert took < 8, took
+    assert took < 4, took  # members that refuse connections: no waiting for a timeout
     for _ in range(50):
         assert call(mesh.orders_a) == (200, "three")
         assert call(mesh.orders_b) == (200, "three")

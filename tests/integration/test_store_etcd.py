@@ -156,12 +156,12 @@ async def test_concurrent_applies_through_two_replicas_are_serialized(etcd):
 
 async def test_unreachable_etcd_is_a_quick_clear_error():
     client = EtcdClient([f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"],
-                        timeout=1.0)
+                        timeout=10.0)
     store = EtcdStore(client)
     t0 = time.monotonic()
     with pytest.raises(StoreUnavailable, match="etcd is unavailable"):
         await store.apply_async(load_text(DR % "", "x.yaml"))
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 2  # refused connections: no waiting for the timeout
     assert not await store.writable_async()
     await client.close()
 
