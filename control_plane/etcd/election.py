@@ -17,7 +17,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from control_plane.etcd.client import KV, EtcdClient, cmp_absent, cmp_value, op_put, op_range
+from control_plane.etcd.client import (
+    KV,
+    EtcdClient,
+    cmp_absent,
+    cmp_value,
+    op_delete,
+    op_put,
+    op_range,
+)
 from control_plane.etcd.lease import LeaseKeeper
 from control_plane.store.base import StoreUnavailable
 
@@ -47,10 +55,16 @@ class Election:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        """Stop campaigning and resign: the next replica takes over at its next campaign,
+        not one lease TTL later."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+        if self.is_leader:
+            with contextlib.suppress(StoreUnavailable):
+                await self.client.txn([cmp_value(self.key, self.identity)], [op_delete(self.key)])
         self._set(False)
 
     async def campaign(self) -> bool:

@@ -1,7 +1,7 @@
 """One replica's etcd lease: granted at start, kept alive, re-granted if etcd forgot it.
 
-Everything a replica owns in etcd that must vanish when it dies (its ``replicas/<id>`` key, the
-registry entries of its sidecars, the leader key while it leads) is bound to this lease: a
+Everything a replica owns in etcd that must vanish when it dies or stops (its ``replicas/<id>``
+key, the registry entries of its sidecars, the leader key while it leads) is bound to this lease: a
 SIGKILLed replica stops renewing and etcd deletes it all after ``ttl`` seconds, with no one
 having to notice. After an etcd outage longer than the TTL the lease may be gone; the keeper
 then grants a new one and calls ``on_new_lease`` so owners write their keys again.
@@ -32,14 +32,17 @@ class LeaseKeeper:
         self.id = await self.client.lease_grant(self.ttl)
         self._task = asyncio.get_running_loop().create_task(self._keepalive())
 
-    async def stop(self) -> None:
+    async def stop(self, *, revoke: bool = False) -> None:
+        """Stop renewing. The lease then expires after its TTL, as a dead replica's would: a
+        replica stopping gracefully keeps its sidecars' registry entries (their endpoints)
+        until they have reconnected elsewhere. ``revoke`` drops everything bound to it now."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.id:
+        if revoke and self.id:
             with contextlib.suppress(StoreUnavailable):
-                await self.client.lease_revoke(self.id)  # our keys go at once, not after ttl
+                await self.client.lease_revoke(self.id)
 
     async def _keepalive(self) -> None:
         while True:

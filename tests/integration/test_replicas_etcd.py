@@ -357,19 +357,25 @@ def test_join_through_b_renewal_on_either_replica_and_ca_rotation_once(mesh):
         assert call(sc)[0] == 200
 
 
-def test_replica_killed_under_load_sidecars_move_without_a_failed_request(mesh):
-    results: list[int] = []
-    stop = threading.Event()
+def steady_load(sidecar, results: list[int], stop: threading.Event) -> threading.Thread:
+    """A bounded loop of requests (3,000 at most) until ``stop``."""
 
     def load() -> None:
         for _ in range(3000):
             if stop.is_set():
                 return
-            results.append(call(mesh.orders_a)[0])
+            results.append(call(sidecar)[0])
             time.sleep(0.005)
 
     t = threading.Thread(target=load)
     t.start()
+    return t
+
+
+def test_replica_killed_under_load_sidecars_move_without_a_failed_request(mesh):
+    results: list[int] = []
+    stop = threading.Event()
+    t = steady_load(mesh.orders_a, results, stop)
     try:
         wait_until(lambda: len(results) > 20, timeout=20, what="load running")
         applied_before = {sc.proc.name: applies(sc) for sc in (mesh.inv, mesh.orders_a)}
@@ -445,3 +451,29 @@ def test_etcd_member_loss_and_total_outage(mesh):
                    what=f"{sc.proc.name} follows after the outage")
     wait_until(lambda: len(mesh.proxies(mesh.a.url)) == 3, timeout=15, interval=0.2,
                what="the registry complete again")
+
+
+def test_replica_stopped_gracefully_under_load(mesh):
+    """SIGTERM (a rolling update): the stopping replica keeps its sidecars' registry entries
+    until its lease expires, so other replicas never push a snapshot without their endpoints
+    while they reconnect; not one request fails."""
+    a_addr = f"127.0.0.1:{mesh.a.port}"
+    assert all(p["replica"] == f"127.0.0.1:{mesh.b.port}"
+               for p in mesh.proxies(mesh.a.url).values())  # since the SIGKILL test
+    results: list[int] = []
+    stop = threading.Event()
+    t = steady_load(mesh.orders_a, results, stop)
+    try:
+        wait_until(lambda: len(results) > 20, timeout=20, what="load running")
+        assert mesh.b.proc is not None
+        assert mesh.b.proc.stop() == 0
+        wait_until(lambda: all(p["replica"] == a_addr and p["connected"]
+                               for p in mesh.proxies(mesh.a.url).values()),
+                   timeout=30, interval=0.2, what="every sidecar on A")
+        n = len(results)
+        wait_until(lambda: len(results) > n + 50, timeout=20, what="load after the move")
+    finally:
+        stop.set()
+        t.join(30)
+    assert all(c == 200 for c in results), {c: results.count(c) for c in set(results)}
+    mesh.b.start()

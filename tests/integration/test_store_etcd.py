@@ -190,11 +190,22 @@ async def test_leader_election_one_leader_and_takeover(etcd):
         await asyncio.sleep(0.6)  # several campaign rounds of e2
         assert e1.is_leader and not e2.is_leader and e2.leader == "one"
         assert ran == ["one"]
-        # the leader dies (its lease is revoked, as a SIGKILLed one's expires): two takes over
-        await e1.stop()
-        await l1.stop()
+        # the leader dies: it campaigns no more and its lease ends (revoked here, as a
+        # SIGKILLed one's expires): two takes over
+        assert e1._task is not None
+        e1._task.cancel()
+        await l1.stop(revoke=True)
         await asyncio.wait_for(_until(lambda: e2.is_leader), 5)
         assert ran == ["one", "two"]
+        # a leader stopping gracefully resigns at once: a newcomer leads at its first campaign
+        c3 = EtcdClient([etcd])
+        l3 = LeaseKeeper(c3, 30)
+        await l3.start()
+        e3 = Election(c3, key, "three", l3, 0.2)
+        await e2.stop()
+        assert await e3.campaign()
+        await l3.stop(revoke=True)
+        await c3.close()
     finally:
         await e1.stop()
         await e2.stop()
