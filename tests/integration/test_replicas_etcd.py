@@ -305,7 +305,8 @@ def test_apply_through_a_reaches_sidecars_of_b_within_a_second(mesh):
     applied = time.monotonic()
     wait_until(lambda: call(mesh.orders_b) == (200, "one"), timeout=10, interval=0.01,
                what="the apply through A in traffic at B's sidecar")
-    assert time.monotonic() - applied < 1.0
+    took = time.monotonic() - applied
+    assert took < 1.0
     # and both replicas show every sidecar SYNCED on the same version
     version = mesh.status(mesh.b.url)["snapshot_version"]
     assert version == mesh.status(mesh.a.url)["snapshot_version"]
