@@ -154,6 +154,28 @@ async def test_concurrent_applies_through_two_replicas_are_serialized(etcd):
         await cb.close()
 
 
+async def test_a_watch_behind_a_compaction_reloads(etcd):
+    p = prefix()
+    ca, cb = EtcdClient([etcd]), EtcdClient([etcd])
+    a, b = EtcdStore(ca, p), EtcdStore(cb, p)
+    try:
+        await a.start()
+        await b.start()
+        assert a._watch_task is not None
+        a._watch_task.cancel()  # A is cut off while B changes things and etcd compacts
+        rev, _ = await b.apply_async(load_text(DR % "-1", "x.yaml"))
+        rev, _ = await b.apply_async(load_text(DR % "-2", "x.yaml"))
+        await cb.call("kv/compaction", {"revision": str(rev), "physical": True})
+        a._watch_task = asyncio.get_running_loop().create_task(a._watch_loop())
+        await asyncio.wait_for(_until(lambda: a.revision == rev), 5)
+        assert len(a.get("DestinationRule")) == 2
+    finally:
+        a.close()
+        b.close()
+        await ca.close()
+        await cb.close()
+
+
 async def test_unreachable_etcd_is_a_quick_clear_error():
     client = EtcdClient([f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"],
                         timeout=10.0)
@@ -212,6 +234,42 @@ async def test_leader_election_one_leader_and_takeover(etcd):
         await l2.stop()
         await c1.close()
         await c2.close()
+
+
+async def test_a_lost_lease_is_granted_again_and_its_keys_rewritten(etcd):
+    """After an etcd outage longer than the TTL the lease is gone: the keeper grants a new one
+    and the registry writes its sidecars' entries again (here the lease is revoked by hand)."""
+    from control_plane.registry import Registration
+    from control_plane.registry_etcd import SharedRegistry
+
+    p = prefix()
+    client = EtcdClient([etcd])
+    lease = LeaseKeeper(client, 2)
+    await lease.start()
+    reg = SharedRegistry(client, lease, "r#1", "127.0.0.1:1", p)
+    await reg.start()
+    try:
+        reg.register(Registration("n1", "orders", address="10.0.0.1:15006"))
+        key = f"{p}reg/n1/r#1".encode()
+        await asyncio.wait_for(_retry_until(lambda: client.get(key)), 5)
+        first = lease.id
+        await client.lease_revoke(first)  # etcd forgot it: the entry went with it
+        assert await client.get(key) is None
+        kv = await asyncio.wait_for(_retry_until(lambda: client.get(key)), 10)
+        assert lease.id != first and kv.lease == lease.id
+        assert await client.get(f"{p}replicas/r#1".encode()) is not None
+    finally:
+        await reg.stop()
+        await lease.stop(revoke=True)
+        await client.close()
+
+
+async def _retry_until(fn):  # type: ignore[no-untyped-def]
+    while True:
+        v = await fn()
+        if v:
+            return v
+        await asyncio.sleep(0.05)
 
 
 def test_prefix_end_and_endpoints():
