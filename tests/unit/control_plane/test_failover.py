@@ -143,3 +143,15 @@ def test_shared_registry_merges_by_node_preferring_connected_then_newest():
     reg.disconnected("n1")
     assert {r.node_id: r for r in reg.all()}["n1"] is stale  # connected elsewhere beats ours
     assert [r.node_id for r in reg.find("inventory")] == ["n2"]
+
+
+def test_sidecar_takes_its_control_planes_from_the_environment(monkeypatch, capsys):
+    from control_plane.cli.main import main
+
+    base = ["sidecar", "--service", "orders", "--app-port", "1"]
+    monkeypatch.delenv("MESHLET_CONTROL_PLANE", raising=False)
+    assert main(base) == 2
+    assert "one of --config or --control-plane" in capsys.readouterr().err
+    monkeypatch.setenv("MESHLET_CONTROL_PLANE", "https://a:15012,https://b:15012")
+    assert main(base) == 2  # found the URLs; a join token is what is missing now
+    assert "--control-plane needs --token-file" in capsys.readouterr().err
