@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from control_plane.etcd.client import (
     KV,
@@ -42,11 +43,11 @@ class Election:
         self.interval = interval if interval is not None else max(0.5, lease.ttl / 3)
         self.is_leader = False
         self.leader = ""  # the current leader's identity, as last seen
-        self._jobs: list[Callable[[], Awaitable[None]]] = []
+        self._jobs: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._running: list[asyncio.Task] = []
         self._task: asyncio.Task | None = None
 
-    def on_leader(self, job: Callable[[], Awaitable[None]]) -> None:
+    def on_leader(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._jobs.append(job)
         if self.is_leader:
             self._running.append(asyncio.get_running_loop().create_task(job()))

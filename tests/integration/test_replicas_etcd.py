@@ -313,6 +313,9 @@ def test_apply_through_a_reaches_sidecars_of_b_within_a_second(mesh):
     wait_until(lambda: all(p["acked_version"] == version
                            for p in mesh.proxies(mesh.a.url).values()),
                timeout=10, interval=0.1, what="every sidecar ACKed, seen from A")
+    # `meshlet check` against a replica: store writable (etcd), every sidecar synced
+    r = mesh.cli(mesh.b.url, "check", "--min-cert-validity", "1s")
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_join_through_b_renewal_on_either_replica_and_ca_rotation_once(mesh):
