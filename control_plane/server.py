@@ -28,7 +28,7 @@ from aiohttp import web
 
 from control_plane.push import PushHub, StreamError
 from control_plane.registry import DEFAULT_GRACE_S, Registry
-from control_plane.store import KINDS, Store, StoreUnavailable, canonical_kind
+from control_plane.store import KINDS, Store, StoreLimit, StoreUnavailable, canonical_kind
 from control_plane.store.lock import DataDirLock
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ async def _store_errors(request: web.Request, handler):  # type: ignore[no-untyp
     except StoreUnavailable as e:
         log.error("store error on %s %s: %s", request.method, request.path, e)
         return _error(503, f"the store is unavailable, nothing was changed: {e}")
+    except StoreLimit as e:
+        return _error(413, f"nothing was changed: {e}")
 
 
 @dataclass

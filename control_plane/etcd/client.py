@@ -37,6 +37,9 @@ from control_plane.store.base import StoreUnavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 3.0
+# etcd's default --max-request-bytes is 1.5 MiB, and base64 plus JSON grow a batch of events
+# well past it; this only bounds memory against a broken stream.
+MAX_WATCH_MESSAGE = 64 * 1024 * 1024
 
 
 class EtcdUnavailable(StoreUnavailable):
@@ -303,6 +306,25 @@ class EtcdClient:
             break
         else:
             raise EtcdUnavailable("etcd watch: " + "; ".join(errors))
+        buf = bytearray()
+
+        async def next_line() -> bytes:
+            # Not StreamReader.readline: its line limit (128 KiB) is far below what one watch
+            # message holds after a large apply (etcd batches up to its request size limit).
+            while True:
+                i = buf.find(b"\n")
+                if i >= 0:
+                    line = bytes(buf[:i])
+                    del buf[: i + 1]
+                    return line
+                chunk = await resp.content.readany()
+                if not chunk:
+                    return bytes(buf)
+                buf.extend(chunk)
+                if len(buf) > MAX_WATCH_MESSAGE:
+                    raise EtcdUnavailable(f"etcd watch on {base}: message over "
+                                          f"{MAX_WATCH_MESSAGE} bytes")
+
         try:
             if resp.status != 200:
                 raise EtcdUnavailable(f"etcd watch on {base}: HTTP {resp.status}")
@@ -311,10 +333,10 @@ class EtcdClient:
             while True:
                 if first:
                     async with asyncio.timeout(self.timeout):
-                        line = await resp.content.readline()
+                        line = await next_line()
                     first = False
                 else:
-                    line = await resp.content.readline()
+                    line = await next_line()
                 if not line:
                     raise EtcdUnavailable(f"etcd watch on {base} ended")
                 msg = json.loads(line)

@@ -21,7 +21,8 @@ Writes are coroutines (the etcd store waits for its quorum; the SQLite store com
 
 Lifecycle: ``await start()`` (the etcd store loads its mirror and starts its watch; SQLite does
 nothing), ``close()``. Errors of the backend surface as :class:`StoreUnavailable` (the HTTP API
-answers 503 with the message).
+answers 503 with the message); a change too large for one backend transaction as
+:class:`StoreLimit` (413), before anything is written.
 
 The SQLite store also keeps its historic synchronous ``apply``/``delete``/``writable``.
 """
@@ -59,6 +60,10 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 
 class StoreUnavailable(Exception):
     """The backend cannot be reached or refused the operation (etcd down, no quorum, disk)."""
+
+
+class StoreLimit(Exception):
+    """The change is larger than the backend takes in one transaction (the API answers 413)."""
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,15 @@ from control_plane.etcd.client import (
     op_range,
     prefix_end,
 )
-from control_plane.store.base import Change, Key, StoredResource, StoreUnavailable
+from control_plane.store.base import Change, Key, StoredResource, StoreLimit, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 CATCH_UP_S = 2.0
+# etcd's default --max-txn-ops: a change is one txn, so one apply changes at most
+# TXN_OPS - 1 resources (r/rev is the last operation).
+TXN_OPS = 128
 
 
 class EtcdStore:
@@ -196,15 +199,24 @@ class EtcdStore:
 
     # -- writing ---------------------------------------------------------------------------
     async def _read(self, keys: list[bytes]) -> tuple[int, list[KV | None]]:
-        """(mod_revision of r/rev, each key's KV) read in one txn, so they belong together."""
-        ops = [op_range(self._rev_key)] + [op_range(k) for k in keys]
-        _, _, responses = await self.client.txn([], ops)
-        found: list[KV | None] = []
-        for resp in responses:
-            kvs = (resp.get("response_range") or {}).get("kvs") or []
-            found.append(KV.from_json(kvs[0]) if kvs else None)
-        rev_kv = found[0]
-        return (rev_kv.mod_revision if rev_kv else 0), found[1:]
+        """(mod_revision of r/rev, each key's KV), as of one mesh revision: read in txns of
+        at most TXN_OPS ranges (etcd's --max-txn-ops), each with r/rev, and read again if a
+        change landed between them."""
+        for _ in range(MAX_ATTEMPTS):
+            guards: set[int] = set()
+            found: list[KV | None] = []
+            for i in range(0, max(len(keys), 1), TXN_OPS - 1):
+                ops = [op_range(self._rev_key)] + [op_range(k) for k in keys[i:i + TXN_OPS - 1]]
+                _, _, responses = await self.client.txn([], ops)
+                got: list[KV | None] = []
+                for resp in responses:
+                    kvs = (resp.get("response_range") or {}).get("kvs") or []
+                    got.append(KV.from_json(kvs[0]) if kvs else None)
+                guards.add(got[0].mod_revision if got[0] else 0)
+                found.extend(got[1:])
+            if len(guards) == 1:
+                return guards.pop(), found
+        raise StoreUnavailable("too many concurrent changes; try again")
 
     async def apply_async(self, resources: Iterable[Resource]) -> tuple[int, list[Change]]:
         resources = list(resources)
@@ -261,6 +273,11 @@ class EtcdStore:
         raise StoreUnavailable("too many concurrent changes; try again")
 
     async def _commit(self, guard: int, ops: list[dict]) -> tuple[bool, int]:
+        if len(ops) + 1 > TXN_OPS:
+            raise StoreLimit(
+                f"this change touches {len(ops)} resources; with etcd one change is one "
+                f"transaction of at most {TXN_OPS - 1} (etcd's --max-txn-ops {TXN_OPS}): apply "
+                "it in parts")
         ok, rev, _ = await self.client.txn(
             [cmp_mod(self._rev_key, guard)], [*ops, op_put(self._rev_key, b"")]
         )

@@ -17,7 +17,7 @@ from control_plane.api.resources import load_text
 from control_plane.etcd.client import EtcdClient, EtcdError, parse_endpoints, prefix_end
 from control_plane.etcd.election import Election
 from control_plane.etcd.lease import LeaseKeeper
-from control_plane.store import StoreUnavailable
+from control_plane.store import StoreLimit, StoreUnavailable
 from control_plane.store.etcd import EtcdStore
 from tests.support import Proc, free_port, wait_until
 
@@ -147,6 +147,42 @@ async def test_concurrent_applies_through_two_replicas_are_serialized(etcd):
         assert all(ch[0].action == "created" for _, ch in results)
         await asyncio.wait_for(_until(lambda: a.revision == b.revision == revs[-1]), 5)
         assert len(a.get("DestinationRule")) == len(b.get("DestinationRule")) == 8
+    finally:
+        a.close()
+        b.close()
+        await ca.close()
+        await cb.close()
+
+
+def _service_entries(n: int, endpoints: int) -> str:
+    return "".join(
+        f"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se{i}}}\n"
+        f"spec:\n  hosts: [svc{i}.example.com]\n  ports: [{{number: 80, name: http, protocol: "
+        f"HTTP}}]\n  resolution: STATIC\n  endpoints:\n"
+        + "".join(f"  - {{address: 10.{i % 250}.{j // 250}.{j % 250 + 1}}}\n"
+                  for j in range(endpoints))
+        + "---\n" for i in range(n))
+
+
+async def test_a_large_apply_reaches_the_other_replica(etcd):
+    """127 resources (etcd's default --max-txn-ops is 128: r/rev is the 128th) of about 1 MB
+    in one apply: read in several txns, committed in one, and one watch message to the other
+    replica far over aiohttp's line limit (128 KiB before 3.10, 512 KiB since)."""
+    p = prefix()
+    ca, cb = EtcdClient([etcd]), EtcdClient([etcd])
+    a, b = EtcdStore(ca, p), EtcdStore(cb, p)
+    try:
+        await a.start()
+        await b.start()
+        rev, changes = await a.apply_async(load_text(_service_entries(127, 160), "big.yaml"))
+        assert len(changes) == 127 and {c.action for c in changes} == {"created"}
+        await asyncio.wait_for(_until(lambda: b.revision == rev), 10)
+        assert len(b.get("ServiceEntry")) == 127
+        # one more is more than one etcd txn takes: refused whole, named, nothing written
+        with pytest.raises(StoreLimit, match="touches 128 resources"):
+            await a.apply_async(load_text(_service_entries(128, 1), "bigger.yaml"))
+        assert a.revision == rev
+        assert (await ca.get(f"{p}r/res/ServiceEntry/default/se0".encode())) is not None
     finally:
         a.close()
         b.close()
