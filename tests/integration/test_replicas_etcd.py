@@ -28,6 +28,7 @@ import pytest
 from tests.support import (
     PY,
     ROOT,
+    EtcdCluster,
     Proc,
     env,
     free_port,
@@ -53,61 +54,8 @@ spec:
 """
 
 
-class Etcd:
-    """A 3-member etcd cluster on loopback (etcd cannot bind port 0: free ports are picked)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.client = [free_port() for _ in range(3)]
-        self.peer = [free_port() for _ in range(3)]
-        self.procs: list[Proc | None] = [None, None, None]
-        self.initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer))
-
-    @property
-    def endpoints(self) -> str:
-        return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client)
-
-    def start(self, i: int) -> None:
-        self.procs[i] = Proc(f"etcd-m{i}-{time.monotonic_ns()}", [
-            "etcd", "--name", f"m{i}", "--data-dir", str(self.workdir / f"etcd-m{i}"),
-            "--listen-client-urls", f"http://127.0.0.1:{self.client[i]}",
-            "--advertise-client-urls", f"http://127.0.0.1:{self.client[i]}",
-            "--listen-peer-urls", f"http://127.0.0.1:{self.peer[i]}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer[i]}",
-            "--initial-cluster", self.initial, "--initial-cluster-state", "new",
-            "--initial-cluster-token", "meshlet-test", "--log-level", "warn",
-        ], self.workdir)
-
-    def healthy(self, i: int) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.client[i]}/health",
-                                        timeout=2) as r:
-                return json.loads(r.read()).get("health") == "true"
-        except (OSError, ValueError):
-            return False
-
-    def start_all(self) -> None:
-        for i in range(3):
-            self.start(i)
-        for i in range(3):
-            wait_until(lambda i=i: self.healthy(i), timeout=30, interval=0.1,
-                       what=f"etcd member {i} healthy")
-
-    def kill(self, i: int) -> None:
-        p = self.procs[i]
-        assert p is not None
-        p.signal(signal.SIGKILL)
-        p.p.wait(10)
-        p.stop()
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p is not None:
-                p.stop()
-
-
 class Replica:
-    def __init__(self, name: str, workdir: Path, etcd: Etcd, token_file: Path | None) -> None:
+    def __init__(self, name: str, workdir: Path, etcd: EtcdCluster, token_file: Path | None) -> None:
         self.name = name
         self.workdir = workdir
         self.data_dir = workdir / f"cp-{name}"
@@ -146,7 +94,7 @@ class Replica:
 class Mesh:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.etcd = Etcd(workdir)
+        self.etcd = EtcdCluster(workdir)
         self.a: Replica
         self.b: Replica
         self.procs: list = []
@@ -201,7 +149,7 @@ def seed_mesh_config(endpoints: str) -> None:
     asyncio.run(go())
 
 
-def registry_keys(etcd: Etcd) -> list[str]:
+def registry_keys(etcd: EtcdCluster) -> list[str]:
     """The registry's raw keys in etcd (``reg/<node>/<replica id>``), read over the gateway."""
     import base64
 
