@@ -63,6 +63,13 @@ def run(args: argparse.Namespace) -> int:
         split_listen(args.listen)
         grace = parse_duration(args.grace_period)
         etcd = etcd_options(args)
+        if args.admin_token_file:
+            with open(args.admin_token_file, encoding="utf-8") as f:
+                if not f.read().strip():
+                    raise ValueError(f"--admin-token-file {args.admin_token_file} is empty")
+    except OSError as e:
+        output.error(f"--admin-token-file {args.admin_token_file}: {e.strerror}")
+        return 2
     except ValueError as e:
         output.error(str(e))
         return 2

@@ -56,3 +56,14 @@ def test_password_without_user(monkeypatch):
     monkeypatch.setenv("MESHLET_ETCD_PASSWORD", "x")
     with pytest.raises(ValueError, match="needs --etcd-user"):
         cmd.etcd_options(parse("--store", "etcd://a:1"))
+
+
+def test_admin_token_file_is_checked_before_starting(tmp_path, capsys):
+    from control_plane.cli.main import main
+
+    base = ["control-plane", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0"]
+    assert main([*base, "--admin-token-file", str(tmp_path / "missing")]) == 2
+    assert "--admin-token-file" in capsys.readouterr().err
+    (tmp_path / "empty").write_text("\n")
+    assert main([*base, "--admin-token-file", str(tmp_path / "empty")]) == 2
+    assert "is empty" in capsys.readouterr().err
