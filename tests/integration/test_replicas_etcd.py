@@ -357,6 +357,20 @@ def test_replica_killed_under_load_sidecars_move_without_a_failed_request(mesh):
         # renewals of A's former sidecars now go to B
         wait_until(lambda: certs(mesh.inv)["issued_by"] == mesh.b.url, timeout=20,
                    interval=0.2, what="inventory renewed against B")
+        # a sidecar started now with A first in its list joins through B (first certificate,
+        # config stream), with a token created through B
+        r = mesh.cli(mesh.b.url, "token", "create", "--service", "orders")
+        assert r.returncode == 0, r.stderr
+        (mesh.workdir / "late.token").write_text(r.stdout.strip())
+        late = start_sidecar(mesh.workdir, "orders", 1, None, "--control-plane", mesh.ab,
+                             "--token-file", str(mesh.workdir / "late.token"), "--label",
+                             "via=late", "--state-dir", str(mesh.workdir / "late"), name="late")
+        try:
+            wait_until(lambda: call(late) == (200, "two"), timeout=30, interval=0.1,
+                       what="late sidecar routable through B")
+            assert certs(late)["issued_by"] == mesh.b.url
+        finally:
+            late.stop()
     finally:
         stop.set()
         t.join(30)
