@@ -403,6 +403,8 @@ class ControlPlane:
             "proxies": len(self.registry.all()),
         }
         if self.etcd is not None:
+            # False while this replica's watch on etcd is down: its view may be behind.
+            body["store_watching"] = bool(getattr(self.store, "watch_connected", False))
             body["replica"] = self.replica_id
             body["leader"] = self.election.leader if self.election is not None else ""
             body["is_leader"] = bool(self.election and self.election.is_leader)

@@ -258,6 +258,7 @@ def test_apply_through_a_reaches_sidecars_of_b_within_a_second(mesh):
     # and both replicas show every sidecar SYNCED on the same version
     version = mesh.status(mesh.b.url)["snapshot_version"]
     assert version == mesh.status(mesh.a.url)["snapshot_version"]
+    assert mesh.status(mesh.b.url)["store_watching"] is True
     wait_until(lambda: all(p["acked_version"] == version
                            for p in mesh.proxies(mesh.a.url).values()),
                timeout=10, interval=0.1, what="every sidecar ACKed, seen from A")
@@ -400,6 +401,8 @@ def test_etcd_member_loss_and_total_outage(mesh):
     for _ in range(50):
         assert call(mesh.orders_a) == (200, "three")
         assert call(mesh.orders_b) == (200, "three")
+    wait_until(lambda: mesh.status(mesh.b.url)["store_watching"] is False, timeout=10,
+               interval=0.1, what="B reports its view of etcd may be behind")
     # etcd returns: everything resumes, nothing applied is lost
     for i in range(3):
         mesh.etcd.start(i)
@@ -412,6 +415,8 @@ def test_etcd_member_loss_and_total_outage(mesh):
     assert gens == ["three"]
     wait_until(lambda: mesh.apply(mesh.b.url, "five").returncode == 0, timeout=20,
                interval=0.5, what="apply after etcd returned")
+    wait_until(lambda: mesh.status(mesh.b.url)["store_watching"] is True, timeout=10,
+               interval=0.1, what="B watching etcd again")
     for sc in (mesh.orders_a, mesh.orders_b):
         wait_until(lambda sc=sc: call(sc) == (200, "five"), timeout=15, interval=0.05,
                    what=f"{sc.proc.name} follows after the outage")
