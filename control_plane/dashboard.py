@@ -13,6 +13,7 @@ vendored (``control_plane/ui/vendor/``); no build step.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
@@ -45,9 +46,11 @@ def load_or_create_readonly_token(data_dir: Path) -> str:
 
 
 class Dashboard:
-    def __init__(self, data_dir: Path, admin_token: str,
+    def __init__(self, data_dir: Path, admin_token_hash: Callable[[], str],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.admin_token = admin_token
+        # the admin token is checked by its sha256, as the API checks it: replicas on etcd
+        # know only the hash, and learn it after start
+        self.admin_token_hash = admin_token_hash
         self.readonly_token = load_or_create_readonly_token(data_dir)
         self.clock = clock
         self.sessions: dict[str, float] = {}  # session id -> expiry (monotonic)
@@ -56,7 +59,9 @@ class Dashboard:
     def _token_ok(self, token: str) -> bool:
         t = token.strip().encode()
         # both compared, so the time taken does not tell which one was close
-        a = hmac.compare_digest(t, self.admin_token.encode())
+        admin = self.admin_token_hash()
+        a = bool(admin) and hmac.compare_digest(hashlib.sha256(t).hexdigest().encode(),
+                                                admin.encode())
         r = hmac.compare_digest(t, self.readonly_token.encode())
         return a or r
 
