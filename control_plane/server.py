@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from control_plane.api import expiry
 from control_plane.push import PushHub, StreamError
 from control_plane.registry import DEFAULT_GRACE_S, Registry
 from control_plane.store import KINDS, Store, canonical_kind
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LISTEN = "127.0.0.1:15012"
 ADMIN_TOKEN_FILE = "admin.token"
 LISTEN_ADDR_FILE = "listen.addr"
+RESOURCE_SWEEP_S = 2.0  # how often expired resources are deleted from the store
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 ADMIN_PATHS = {"routes": "/config_dump", "clusters": "/clusters", "endpoints": "/clusters",
                "certs": "/certs", "explain": "/explain"}
@@ -177,9 +179,33 @@ class ControlPlane:
 
     async def _expire_loop(self) -> None:
         interval = max(0.05, min(1.0, self.registry.grace_s / 4))
+        next_sweep = 0.0
         while True:
             await asyncio.sleep(interval)
             self.registry.expire()
+            now = time.time()
+            if now >= next_sweep:
+                next_sweep = now + RESOURCE_SWEEP_S
+                self.sweep_expired_resources(now)
+
+    def sweep_expired_resources(self, now: float) -> int:
+        """Delete resources whose ``meshlet.dev/expires-at`` has passed (faults a chaos
+        experiment left behind). Sidecars already ignore them on time; this keeps the store
+        and ``meshlet get`` truthful. A simple periodic sweep; with several replicas on one
+        store any of them may do it (a delete of what is gone is a no-op)."""
+        keys = []
+        for sr in self.store.get():
+            t = expiry.expires_at(sr.resource)
+            if t is not None and t <= now:
+                keys.append((sr.resource.kind, sr.resource.namespace, sr.resource.name))
+        if not keys:
+            return 0
+        if not self.store.writable():
+            return 0
+        self.store.delete(keys)
+        log.info("deleted %d expired resource(s): %s", len(keys), ", ".join(
+            f"{k}/{ns}/{n}" for k, ns, n in keys))
+        return len(keys)
 
     # -- auth ------------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:
