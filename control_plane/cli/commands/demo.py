@@ -51,6 +51,7 @@ class _Procs:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.specs: dict[str, dict[str, object]] = {}  # for mesh.json (control_plane/chaos)
 
     def start(
         self, name: str, args: list[str], env: dict[str, str] | None = None
@@ -65,6 +66,12 @@ class _Procs:
             start_new_session=True,
         )
         self.procs.append((name, p))
+        self.specs[name] = {
+            "pid": p.pid,
+            "argv": [PY, "-m", *args],
+            "env": {k: v for k, v in (env or {}).items() if k.startswith("OTEL_")},
+            "log": str(self.work / f"{name}.log"),
+        }
         return p
 
     def stop(self) -> None:
@@ -77,6 +84,43 @@ class _Procs:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
+        _stop_restarted(self.work, {p.pid for _, p in self.procs})
+
+
+MESH_STATE = "mesh.json"
+
+
+def _write_mesh_state(
+    work: Path, procs: _Procs, url: str, data: Path, ports: dict[str, dict[str, int]], front: int
+) -> Path:
+    """``mesh.json``: what chaos experiments (control_plane/chaos) need to act on this mesh:
+    every process with its command line (to kill, pause or restart it), every sidecar's ports,
+    the control plane's address and data dir."""
+    state = {
+        "control_plane": {"url": url, "data_dir": str(data)},
+        "frontend_outbound": front,
+        "processes": procs.specs,
+        "sidecars": ports,
+    }
+    path = work / MESH_STATE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _stop_restarted(work: Path, own: set[int]) -> None:
+    """Processes a chaos experiment restarted (recorded in mesh.json) are ours to stop too."""
+    try:
+        state = json.loads((work / MESH_STATE).read_text())
+    except (OSError, ValueError):
+        return
+    for spec in (state.get("processes") or {}).values():
+        pid = int(spec.get("pid") or 0)
+        if pid and pid not in own:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGCONT)
+                os.killpg(pid, signal.SIGTERM)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -333,6 +377,7 @@ async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
         ("frontend", "v1"),
     ]
     admins: dict[str, int] = {}
+    ports: dict[str, dict[str, int]] = {}
     apps: dict[str, int] = {}
     front = 0
     for svc, ver in workloads:
@@ -389,6 +434,9 @@ async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
             env=otel,
         )
         admins[name] = admin
+        ports[name] = {
+            "admin": admin, "outbound": out_port, "inbound": in_port, "app": app_port
+        }
     for name, admin in admins.items():
         await asyncio.to_thread(_wait, lambda a=admin: _ready(a), 60, f"sidecar {name}")
     _say("sidecars up: " + ", ".join(admins))
@@ -401,6 +449,8 @@ async def _main(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
         "every sidecar to acknowledge the config",
     )
     _say("\n" + cli("proxy-status").rstrip())
+    state = _write_mesh_state(work, procs, url, data, ports, front)
+    _say(f"mesh state for chaos experiments: MESHLET_MESH={state}")
     failures = await _scenarios(front, apps, receiver, args.requests)
     _say("\n== Where to look ==")
     _say(f"   meshlet proxy-status / proxy-config routes frontend-v1 (MESHLET_DATA_DIR={data})")
