@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from control_plane import registry_state
 from control_plane.api import expiry
 from control_plane.push import PushHub, StreamError
 from control_plane.registry import DEFAULT_GRACE_S, Registry
@@ -88,6 +89,9 @@ class ControlPlane:
         self.admin_token = self._admin_token()
         self.store = Store(str(self.data_dir / "store.db"))
         self.registry = Registry(grace_s=grace_s)
+        registry_state.load(self.registry, self.data_dir)
+        self._registry_dirty = False
+        self.registry.add_listener(self._registry_changed)
         self.tls: Security | None = None
         if not plain_http:
             td, lifetime = self._mesh_identity()
@@ -183,10 +187,16 @@ class ControlPlane:
         while True:
             await asyncio.sleep(interval)
             self.registry.expire()
+            if self._registry_dirty:
+                self._registry_dirty = False
+                registry_state.save(self.registry, self.data_dir)
             now = time.time()
             if now >= next_sweep:
                 next_sweep = now + RESOURCE_SWEEP_S
                 self.sweep_expired_resources(now)
+
+    def _registry_changed(self) -> None:
+        self._registry_dirty = True  # written by the timer: one write per burst of changes
 
     def sweep_expired_resources(self, now: float) -> int:
         """Delete resources whose ``meshlet.dev/expires-at`` has passed (faults a chaos

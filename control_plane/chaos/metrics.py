@@ -11,16 +11,17 @@ server instead (``prometheus_url``).
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 REQUESTS = "istio_requests"  # the parser strips _total from the family name
 DURATION = "istio_request_duration_milliseconds"
@@ -55,25 +56,39 @@ def is_error(code: str) -> bool:
     return code in ("", "0") or code.startswith("5")
 
 
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_REQ = REQUESTS + "_total{"
+_BUCKET = DURATION + "_bucket{"
+
+
 def parse(text: str) -> dict[str, Counts]:
-    """One sidecar's metrics text -> destination service -> cumulative counts (caller's view)."""
+    """One sidecar's metrics text -> destination service -> cumulative counts (caller's view).
+    Only the two series needed are read, line by line (a sidecar's full exposition is large
+    and a general parser costs more than the scrape)."""
     out: dict[str, Counts] = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name == REQUESTS:
-            for s in fam.samples:
-                if s.name != REQUESTS + "_total" or s.labels.get("reporter") != "source":
-                    continue
-                c = out.setdefault(s.labels.get("destination_service", "?"), Counts())
-                c.requests += s.value
-                if is_error(s.labels.get("response_code", "")):
-                    c.errors += s.value
-        elif fam.name == DURATION:
-            for s in fam.samples:
-                if s.name != DURATION + "_bucket" or s.labels.get("reporter") != "source":
-                    continue
-                c = out.setdefault(s.labels.get("destination_service", "?"), Counts())
-                le = float(s.labels["le"])
-                c.buckets[le] = c.buckets.get(le, 0.0) + s.value
+    for line in text.splitlines():
+        if line.startswith(_REQ):
+            bucket = False
+        elif line.startswith(_BUCKET):
+            bucket = True
+        else:
+            continue
+        if 'reporter="source"' not in line:
+            continue
+        labels_end = line.rindex("}")
+        labels = dict(_LABEL.findall(line, 0, labels_end))
+        try:
+            value = float(line[labels_end + 1 :].split()[0])
+        except (IndexError, ValueError):
+            continue
+        c = out.setdefault(labels.get("destination_service", "?"), Counts())
+        if bucket:
+            le = float(labels.get("le", "+Inf"))
+            c.buckets[le] = c.buckets.get(le, 0.0) + value
+        else:
+            c.requests += value
+            if is_error(labels.get("response_code", "")):
+                c.errors += value
     return out
 
 
@@ -134,13 +149,15 @@ class Window:
 Sample = tuple[float, dict[str, dict[str, Counts]]]  # (time, sidecar -> service -> counts)
 
 
+_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="meshlet-scrape")
+
+
 def take_sample(admins: dict[str, str]) -> Sample:
-    data = {}
-    for name, addr in admins.items():
-        got = scrape(addr)
-        if got is not None:
-            data[name] = got
-    return time.time(), data
+    """Every sidecar at (nearly) the same moment: scraped in parallel."""
+    t = time.time()
+    names = list(admins)
+    results = list(_POOL.map(scrape, [admins[n] for n in names]))
+    return t, {n: r for n, r in zip(names, results, strict=True) if r is not None}
 
 
 def between(old: Sample, new: Sample, service: str) -> Window:
@@ -238,8 +255,6 @@ def prometheus_window(url: str, service: str, seconds: float) -> Window:
 
     def q(expr: str) -> float | None:
         full = url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        import json
-
         with urllib.request.urlopen(full, timeout=10) as r:
             data: Any = json.loads(r.read())
         res = data.get("data", {}).get("result", [])

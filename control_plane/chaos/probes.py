@@ -147,8 +147,10 @@ def recovery_time(
     timeout: float = 60.0,
     configuration: dict[str, Any] | None = None,
 ) -> float:
-    """Seconds from now until ``service`` meets ``min_success_rate`` again over ``window``
-    seconds with traffic; raises (the probe fails) after ``timeout``."""
+    """Seconds from now until ``service`` meets ``min_success_rate`` again over a whole
+    ``window`` of traffic after now (so an upper bound: at least ``window``); raises (the probe
+    fails) after ``timeout``. Use the hypothesis' window, so that once this returns the
+    hypothesis after the method sees the recovered service only."""
     t0 = time.monotonic()
     window = float(window)
     while True:
@@ -190,26 +192,59 @@ def proxies_synced(
         time.sleep(0.5)
 
 
-_REMEMBERED: dict[str, str] = {}
+_REMEMBERED: dict[str, Any] = {}
 
 
-def _config_version(configuration: dict[str, Any] | None) -> str:
-    data = mesh.client(configuration).request("GET", "/v1/status")
-    return str(data.get("snapshot_version", ""))
+def _config_state(configuration: dict[str, Any] | None) -> dict[str, Any]:
+    import hashlib
+    import json
+
+    c = mesh.client(configuration, timeout=5)
+    res = c.request("GET", "/v1/resources")
+    proxies = c.request("GET", "/v1/proxies")
+    return {
+        "revision": res.get("revision"),
+        "resources": hashlib.sha256(
+            json.dumps(res.get("items", []), sort_keys=True).encode()
+        ).hexdigest()[:16],
+        "proxies": sorted(p["node_id"] for p in proxies.get("proxies", [])),
+        "synced": all(
+            p.get("connected") and p.get("acked_version") == proxies.get("snapshot_version")
+            for p in proxies.get("proxies", [])
+        ),
+    }
 
 
-def remember_config(configuration: dict[str, Any] | None = None) -> str:
-    """Note the config version (a content hash of every resource) to compare later."""
-    v = _REMEMBERED["version"] = _config_version(configuration)
-    return v
+def remember_config(configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Note the store's revision and resources and the sidecars connected, to compare later."""
+    _REMEMBERED.clear()
+    _REMEMBERED.update(_config_state(configuration))
+    return dict(_REMEMBERED)
 
 
-def config_unchanged(configuration: dict[str, Any] | None = None) -> str:
-    """The config version is the one ``remember_config`` noted: nothing was lost (or added);
-    the probe fails otherwise."""
-    now = _config_version(configuration)
-    if now != _REMEMBERED.get("version"):
+def config_unchanged(
+    timeout: float = 60.0, configuration: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Nothing lost: the same revision and resources as ``remember_config`` saw, and every
+    sidecar it saw connected again and on the current config (waits up to ``timeout``
+    seconds for them to come back); the probe fails otherwise."""
+    deadline = time.monotonic() + float(timeout)
+    while True:
+        try:
+            now = _config_state(configuration)
+        except Exception as exc:  # not up yet
+            now = {"error": str(exc)}
+        back = set(_REMEMBERED.get("proxies", ())) <= set(now.get("proxies", ()))
+        if back and now.get("synced"):
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    lost = [
+        k for k in ("revision", "resources") if now.get(k) != _REMEMBERED.get(k)
+    ] + ([] if back and now.get("synced") else ["sidecars in sync"])
+    if lost:
         from chaoslib.exceptions import ActivityFailed
 
-        raise ActivityFailed(f"config version {_REMEMBERED.get('version')} became {now}")
+        raise ActivityFailed(f"not as before: {', '.join(lost)} (before {_REMEMBERED}, now {now})")
     return now

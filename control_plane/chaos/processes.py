@@ -57,6 +57,10 @@ def start(name: str, configuration: dict[str, Any] | None = None, timeout: float
     pid = int(spec.get("pid") or 0)
     if pid and mesh.pid_alive(pid):
         return pid
+    owner = int(state.get("owner_pid") or 0)
+    if owner and not mesh.pid_alive(owner):
+        # the mesh itself was stopped (`meshlet demo` exited): nothing to bring back
+        raise mesh.MeshError(f"the mesh's owner (pid {owner}) is gone; not starting {name}")
     env = dict(os.environ)
     env.update(spec.get("env") or {})
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -182,11 +182,11 @@ def run(opts: RunOptions) -> int:
         if load is not None and warmup > 0:
             marks.append((time.time(), "load"))
             _warm_up(timeline, services, warmup, load)
-        config_vars = {k: v for k, v in opts.variables.items()}
+        config_vars: dict[str, Any] = dict(opts.variables)
         journal = run_experiment(
             experiment,
             settings={},
-            experiment_vars={"configuration": config_vars, "secrets": {}},
+            experiment_vars=(config_vars, {}),  # chaoslib: (configuration, secrets)
             strategy=Strategy.from_string(opts.strategy),
             event_handlers=[_Marks(marks)],
         )
@@ -219,7 +219,15 @@ def run(opts: RunOptions) -> int:
         "after": (ss.get("after") or {}).get("steady_state_met"),
         "failed_method_steps": failed,
     }, indent=2) + "\n")
-    ok = journal.get("status") == "completed" and not journal.get("deviated") and not failed
+    verdicts = [(ss.get(k) or {}).get("steady_state_met") for k in ("before", "after")]
+    ok = (
+        journal.get("status") == "completed"
+        and not journal.get("deviated")
+        and not failed
+        and False not in verdicts
+        and any(v is True for v in verdicts)
+        and (verdicts[1] is not None or opts.strategy == "before-method-only")
+    )
     return 0 if ok else 1
 
 

@@ -97,6 +97,7 @@ def _write_mesh_state(
     every process with its command line (to kill, pause or restart it), every sidecar's ports,
     the control plane's address and data dir."""
     state = {
+        "owner_pid": os.getpid(),  # restarts are for a live mesh only
         "control_plane": {"url": url, "data_dir": str(data)},
         "frontend_outbound": front,
         "processes": procs.specs,
