@@ -181,7 +181,7 @@ def plot(
             t - t0, top * (0.95 - 0.12 * (i % 4)), " " + label, fontsize=7, rotation=0,
             va="top", color="dimgrey",
         )
-    axes[0].legend(loc="upper right", fontsize=8)
+    axes[1].legend(loc="upper left", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
