@@ -13,8 +13,8 @@ would otherwise send, by trigger name:
 A rate-limited call (RL, 429) gets no fallback: the caller is the one over its quota, a
 degraded answer would hide that. Two kinds of answer, tried in this order:
 
-* ``stale``: for GET and HEAD, the last good (2xx) GET answer to the same method, authority,
-  path and query, if younger than ``maxAge``; kept in a bounded LRU (``maxEntries``, and
+* ``stale``: for GET and HEAD, the last good (2xx) answer to a GET of the same authority,
+  path and query (a HEAD gets its head), if younger than ``maxAge``; kept in a bounded LRU (``maxEntries``, and
   ``maxBodyBytes`` per body). It is a shared cache in RFC 9111's sense (one sidecar serves
   every user of its app), so a response is not kept when it says ``Cache-Control: no-store``
   or ``private``, sets a cookie, or answers a request that carried ``Authorization``.
