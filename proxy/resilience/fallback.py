@@ -14,10 +14,11 @@ A rate-limited call (RL, 429) gets no fallback: the caller is the one over its q
 degraded answer would hide that. Two kinds of answer, tried in this order:
 
 * ``stale``: for GET and HEAD, the last good (2xx) answer to a GET of the same authority,
-  path and query (a HEAD gets its head), if younger than ``maxAge``; kept in a bounded LRU (``maxEntries``, and
-  ``maxBodyBytes`` per body). It is a shared cache in RFC 9111's sense (one sidecar serves
-  every user of its app), so a response is not kept when it says ``Cache-Control: no-store``
-  or ``private``, sets a cookie, or answers a request that carried ``Authorization``.
+  path and query (a HEAD gets its head), if younger than ``maxAge``; kept in a bounded LRU
+  (``maxEntries``, and ``maxBodyBytes`` per body). It is a shared cache in RFC 9111's sense
+  (one sidecar serves every user of its app), so a response is not kept when it says
+  ``Cache-Control: no-store`` or ``private``, sets a cookie, or answers a request that carried
+  ``Authorization``.
 * ``static``: a configured status, headers and body.
 
 Only the ``methods`` listed get a fallback (default GET and HEAD): a POST that failed may have

@@ -962,7 +962,7 @@ class Forwarder:
         try:
             data = rbody.read_nowait()
             fb = ex.fallback
-            keep = (
+            keep: list[bytes] | None = (
                 []
                 if fb is not None and 200 <= status < 300 and fb.caches(head.method, head.get)
                 else None
