@@ -100,3 +100,57 @@ def test_expires_at_must_be_rfc3339_with_a_zone():
             load_text(OVERLAY.format(name="x", at=bad), "vs.yaml")
         assert "metadata.annotations.meshlet.dev/expires-at" in str(e.value)
         assert why in str(e.value)
+
+
+@pytest.mark.slow
+def test_chaos_actions_inject_a_header_scoped_delay_and_remove_it(tmp_path, monkeypatch):
+    """control_plane.chaos.actions against a real control plane: a delay only for marked
+    requests, listed as a chaos fault, removed by the rollback action."""
+    import urllib.request
+
+    from control_plane.chaos import actions
+
+    cp = start_control_plane(tmp_path)
+    app, pa = start_app(tmp_path, "reviews")
+    procs = [app]
+    try:
+        for svc in ("reviews", "orders"):
+            procs.append(start_sidecar(
+                tmp_path, svc, pa, None, "--control-plane", cp.url,
+                "--token-file", str(cp.token(svc, tmp_path)),
+                "--state-dir", str(tmp_path / f"state-{svc}"), "--no-access-log",
+            ))
+        out = procs[-1].outbound
+        monkeypatch.setenv("MESHLET_CONTROL_PLANE", cp.url)
+        monkeypatch.setenv("MESHLET_DATA_DIR", str(cp.data_dir))
+        monkeypatch.delenv("MESHLET_MESH", raising=False)
+
+        def get(marked: bool) -> tuple[float, int, str]:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{out}/x",
+                headers={"Host": "reviews", **({"x-user": "chaos-test"} if marked else {})},
+            )
+            t0 = time.monotonic()
+            with urllib.request.urlopen(req, timeout=10) as r:
+                r.read()
+                return time.monotonic() - t0, r.status, r.headers.get(
+                    "x-meshlet-response-flags", "-")
+
+        wait_until(lambda: get(False)[1] == 200, timeout=30, what="the mesh")
+        got = actions.inject_delay(
+            "reviews", delay="700ms", header={"x-user": "chaos-test"}, expires_in="2m"
+        )
+        assert got["virtualservice"] == "default/chaos-reviews"
+        assert actions.list_faults() == ["default/chaos-reviews"]
+        wait_until(lambda: get(True)[2] == "DI", timeout=20, what="the delay in effect")
+        took, status, _ = get(True)
+        assert status == 200 and took >= 0.7
+        took, status, flags = get(False)
+        assert (status, flags) == (200, "-") and took < 0.7  # unmarked traffic untouched
+        assert actions.remove_all_faults() == 1
+        assert actions.list_faults() == []
+        wait_until(lambda: get(True)[2] == "-", timeout=20, what="the delay removed")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        cp.stop()
