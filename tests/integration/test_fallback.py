@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 import time
 
 import aiohttp
@@ -217,3 +218,18 @@ async def test_fallback_behind_an_open_breaker(mesh):
     # 5xx answers are not a trigger here (triggers: [circuitOpen]): the first four go through
     assert seen[:4] == [(500, None, None)] * 4
     assert seen[4:] == [(200, "static", "UO")] * 4
+
+
+def test_static_fallback_over_h2(mesh):
+    """The same answer to an HTTP/2 client (h2c prior knowledge, curl)."""
+    sc = mesh["sidecar"]
+    r = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "-H", "Host: gone", "-D", "-",
+         "--max-time", "10", f"http://127.0.0.1:{sc.outbound}/items"],
+        capture_output=True, text=True, timeout=15,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    head, _, body = r.stdout.replace("\r\n", "\n").partition("\n\n")
+    assert head.startswith("HTTP/2 200")
+    assert "x-meshlet-fallback: static" in head and "x-meshlet-response-flags: FB" in head
+    assert body == '{"items": []}'
