@@ -118,10 +118,20 @@ def _stop_restarted(work: Path, own: set[int]) -> None:
         return
     for spec in (state.get("processes") or {}).values():
         pid = int(spec.get("pid") or 0)
-        if pid and pid not in own:
+        if pid and pid not in own and _runs(pid, spec.get("argv") or []):
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGCONT)
                 os.killpg(pid, signal.SIGTERM)
+
+
+def _runs(pid: int, argv: list[str]) -> bool:
+    """``pid`` is still the process started with ``argv`` (not a recycled pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().split(b"\0")
+    except OSError:
+        return False
+    return [a.encode() for a in argv[1:4]] == cmd[1:4]
 
 
 def _env(**extra: str) -> dict[str, str]:
