@@ -176,7 +176,7 @@ def test_a_killed_experiment_leaves_no_fault_behind(demo):
     report = demo["work"] / "reports" / "killed-fault"
     p = _chaos(
         demo, "inventory-errors-for-test-traffic", report,
-        CHAOS_OUTAGE_S="120", CHAOS_EXPIRES_IN="8s",
+        CHAOS_OUTAGE_S="120", CHAOS_EXPIRES_IN="20s",
     )
     wait_until(lambda: "chaos-inventory" in _cli(demo, "get", "virtualservice"),
                timeout=120, interval=0.5, what="the fault to be injected")
@@ -200,13 +200,13 @@ def test_a_killed_experiment_leaves_no_fault_behind(demo):
             _call(front, "/call/inventory/items", **{"x-user": "chaos-test"})[0] == 200
             for _ in range(10)
         ),
-        timeout=30, interval=0.2, what="the fault to expire",
+        timeout=60, interval=0.2, what="the fault to expire",
     )
     wait_until(lambda: "chaos-" not in _cli(demo, "get", "virtualservice"),
                timeout=30, interval=0.5, what="the store to drop the expired fault")
     wait_until(lambda: all(_proc_state(c) == "gone" for c in locust),
                timeout=30, interval=0.2, what="locust to stop with the runner")
-    assert time.monotonic() - t_kill < 60
+    assert time.monotonic() - t_kill < 90
 
     # a paused process comes back by itself too
     state = json.loads(demo["mesh"].read_text())
