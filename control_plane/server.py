@@ -26,6 +26,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from control_plane import registry_state
+from control_plane.api import expiry
 from control_plane.push import PushHub, StreamError
 from control_plane.registry import DEFAULT_GRACE_S, Registry, short_name
 from control_plane.store import KINDS, Store, StoreLimit, StoreUnavailable, canonical_kind
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LISTEN = "127.0.0.1:15012"
 ADMIN_TOKEN_FILE = "admin.token"
 LISTEN_ADDR_FILE = "listen.addr"
+RESOURCE_SWEEP_S = 2.0  # how often expired resources are deleted from the store
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 ADMIN_PATHS = {"routes": "/config_dump", "clusters": "/clusters", "endpoints": "/clusters",
                "certs": "/certs", "explain": "/explain"}
@@ -182,6 +185,9 @@ class ControlPlane:
         self.admin_token_hash = _sha256(self.admin_token)
         self.store = Store(str(self.data_dir / "store.db"))
         self.registry = Registry(grace_s=grace_s)
+        registry_state.load(self.registry, self.data_dir)
+        self._registry_dirty = False
+        self.registry.add_listener(self._registry_changed)
         if not plain_http:
             td, lifetime = self._mesh_identity()
             self.tls = Security(self.data_dir, td, [split_listen(listen)[0]], lifetime)
@@ -383,9 +389,41 @@ class ControlPlane:
 
     async def _expire_loop(self) -> None:
         interval = max(0.05, min(1.0, self.registry.grace_s / 4))
+        next_sweep = 0.0
         while True:
             await asyncio.sleep(interval)
             self.registry.expire()
+            if self.etcd is None and self._registry_dirty:  # etcd holds replicas' registry
+                self._registry_dirty = False
+                registry_state.save(self.registry, self.data_dir)
+            now = time.time()
+            if now >= next_sweep and (self.election is None or self.election.is_leader):
+                next_sweep = now + RESOURCE_SWEEP_S
+                try:
+                    await self.sweep_expired_resources(now)
+                except Exception as e:  # noqa: BLE001 - a store down now is retried next sweep
+                    log.warning("sweeping expired resources failed: %s", e)
+
+    def _registry_changed(self) -> None:
+        self._registry_dirty = True  # written by the timer: one write per burst of changes
+
+    async def sweep_expired_resources(self, now: float) -> int:
+        """Delete resources whose ``meshlet.dev/expires-at`` has passed (faults a chaos
+        experiment left behind). Sidecars already ignore them on time; this keeps the store
+        and ``meshlet get`` truthful. With replicas on etcd only the leader sweeps."""
+        keys = []
+        for sr in self.store.get():
+            t = expiry.expires_at(sr.resource)
+            if t is not None and t <= now:
+                keys.append((sr.resource.kind, sr.resource.namespace, sr.resource.name))
+        if not keys:
+            return 0
+        if not await self.store.writable_async():
+            return 0
+        await self.store.delete_async(keys)
+        log.info("deleted %d expired resource(s): %s", len(keys), ", ".join(
+            f"{k}/{ns}/{n}" for k, ns, n in keys))
+        return len(keys)
 
     # -- auth ------------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:

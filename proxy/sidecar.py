@@ -16,12 +16,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from control_plane.api import expiry
 from proxy import __version__, _accel
 from proxy.admin.server import build_app
 from proxy.routes.compile import compile_table
@@ -86,12 +88,19 @@ class Sidecar:
         self.state_dir = opts.state_dir or ""
         self._stopped: asyncio.Event | None = None
         self._draining_task: asyncio.Task[Any] | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
 
     # -- config ------------------------------------------------------------------------------
     def apply_resources(
         self, resources: list[Any], registry: list[dict[str, Any]], version: str
     ) -> None:
-        """Compile and swap atomically; raises (and keeps the running table) when invalid."""
+        """Compile and swap atomically; raises (and keeps the running table) when invalid.
+
+        Expired resources (``meshlet.dev/expires-at``, control_plane/api/expiry.py) are left
+        out, and a timer compiles again when the next one expires: a fault injected by a chaos
+        experiment ends on time even if the experiment and the control plane are gone."""
+        all_resources = resources
+        resources, next_expiry = expiry.live(all_resources, time.time())
         table = compile_table(
             resources, registry, self.opts.namespace, self.runtime.labels, version
         )
@@ -112,10 +121,34 @@ class Sidecar:
         self.runtime.mtls_mode = mtls_mode
         self.runtime.authz = authz
         self.runtime.inbound_limits = limits
-        self.resources = list(resources)
+        self.resources = list(all_resources)
         self.registry = list(registry)
+        self._schedule_expiry(next_expiry, version)
         if self.telemetry is not None:
             self.telemetry.on_config(version, True)
+
+    def _schedule_expiry(self, when: float | None, version: str) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if when is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not serving yet: start() applies the config again under the loop
+        # a little late rather than early: the resource must be expired when we look again
+        self._expiry_timer = loop.call_later(
+            max(0.0, when - time.time()) + 0.005, self._expire, version
+        )
+
+    def _expire(self, version: str) -> None:
+        self._expiry_timer = None
+        try:
+            self.apply_resources(self.resources, self.registry, version)
+            log.info("config %s: expired resources removed", version)
+        except Exception:  # the same resources compiled before; keep serving what we have
+            log.exception("config %s: recompiling after an expiry failed", version)
 
     def apply_snapshot(self, snap: dict[str, Any]) -> None:
         """A pushed snapshot: validated with the same code the control plane used, compiled,
