@@ -260,6 +260,15 @@ class CertificateAuthority:
         ca._save()
         return ca
 
+    def reload(self) -> None:
+        """Re-read the CA from its directory, in place: another control-plane replica changed
+        it (a rotation step), and everything holding this object (the serving context, the CA
+        endpoints, join tokens' pin) must follow without being rebuilt."""
+        fresh = type(self).load(self._dir.parent, self.trust_domain, clock=self._clock)
+        self._key, self._cert, self._chain = fresh._key, fresh._cert, fresh._chain
+        self._roots, self._pending_key = fresh._roots, fresh._pending_key
+        self.generation += 1
+
     def _save(self) -> None:
         keys.make_private_dir(self._dir)
         # Bundle first: a crash mid-rotation then leaves a bundle that already trusts the new

@@ -12,6 +12,9 @@ The protocol (Envoy xDS state-of-the-world, reduced to one resource bundle):
   the latest one sent on that stream is stale and ignored (go-control-plane);
 * sidecar -> ``{"type": "status", "cert_expiry": ...}`` at any time; ``{"type": "deregister"}``
   before it drains.
+* sidecar -> ``{"type": "stats", ...}`` (traffic deltas) and ``{"type": "tap_events", ...}``;
+  server -> ``{"type": "tap", ...}`` / ``{"type": "untap", "id": ...}``: mesh telemetry, handled
+  by ``on_message`` (``control_plane/telemetry.py``).
 
 Changes are coalesced: a store commit or a registry change marks the snapshot dirty and one
 rebuild runs on the next loop iteration; streams whose last sent version equals the new one get
@@ -64,6 +67,8 @@ class PushHub:
         self._dirty = False
         self._tasks: set[asyncio.Task] = set()
         self.extra_mesh: Callable[[], dict] | None = None  # control-plane state sidecars follow
+        # stats and tap messages go to control_plane.telemetry (registration, message)
+        self.on_message: Callable[[Registration, dict], None] | None = None
         store.add_listener(lambda _rev: self.mark_dirty())
         registry.add_listener(self.mark_dirty)
 
@@ -176,6 +181,8 @@ class PushHub:
                         )
                 elif kind == "status":
                     self.registry.update(reg.node_id, **data)
+                elif kind in ("stats", "tap_events") and self.on_message is not None:
+                    self.on_message(stream.reg, data)
                 elif kind == "deregister":
                     deregistered = True
                     self.registry.deregister(reg.node_id)

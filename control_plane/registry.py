@@ -38,6 +38,7 @@ class Registration:
     nack_version: str = ""
     nack_error: str = ""
     cert_expiry: float | None = None  # unix time the sidecar reported for its certificate
+    replica: str = ""  # the control-plane replica the sidecar is connected to (etcd store)
 
     def answers_to(self, name: str) -> bool:
         return answers_to(name, self.node_id, self.service, self.namespace, self.version)

@@ -10,7 +10,9 @@ checks, in :mod:`control_plane.ca`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import inspect
 import json
 import logging
 import os
@@ -18,20 +20,25 @@ import secrets
 import signal
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
+from control_plane import registry_state
+from control_plane.api import expiry
 from control_plane.push import PushHub, StreamError
 from control_plane.registry import DEFAULT_GRACE_S, Registry, short_name
-from control_plane.store import KINDS, Store, canonical_kind
+from control_plane.store import KINDS, Store, StoreLimit, StoreUnavailable, canonical_kind
+from control_plane.store.lock import DataDirLock
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:15012"
 ADMIN_TOKEN_FILE = "admin.token"
 LISTEN_ADDR_FILE = "listen.addr"
+RESOURCE_SWEEP_S = 2.0  # how often expired resources are deleted from the store
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 ADMIN_PATHS = {"routes": "/config_dump", "clusters": "/clusters", "endpoints": "/clusters",
                "certs": "/certs", "explain": "/explain"}
@@ -39,6 +46,19 @@ ADMIN_PATHS = {"routes": "/config_dump", "clusters": "/clusters", "endpoints": "
 
 def default_data_dir() -> str:
     return os.environ.get("MESHLET_DATA_DIR") or os.path.expanduser("~/.meshlet")
+
+
+def advertise_host(listen_host: str) -> str:
+    """The listen host, unless it is a wildcard: then this host's address by name (a pod's
+    IP in Kubernetes)."""
+    if listen_host not in ("0.0.0.0", "::", ""):
+        return listen_host
+    import socket
+
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -56,6 +76,10 @@ def write_secret(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _error(status: int, message: str, **extra: object) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
@@ -68,9 +92,46 @@ async def _store_errors(request: web.Request, handler):  # type: ignore[no-untyp
     except sqlite3.Error as e:
         log.error("store error on %s %s: %s", request.method, request.path, e)
         return _error(503, f"the store is unavailable: {e}")
+    except StoreUnavailable as e:
+        log.error("store error on %s %s: %s", request.method, request.path, e)
+        return _error(503, f"the store is unavailable, nothing was changed: {e}")
+    except StoreLimit as e:
+        return _error(413, f"nothing was changed: {e}")
+
+
+@dataclass
+class EtcdOptions:
+    """``--store etcd://...`` and its client TLS / auth flags."""
+
+    endpoints: list[str]
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    user: str | None = None
+    password: str | None = None
+    prefix: str = "/meshlet/"
+    lease_ttl: int = 10
+    timeout: float = 3.0
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import ssl
+
+        from control_plane.etcd.client import EtcdClient
+
+        ctx = None
+        if self.cacert or self.cert:
+            ctx = ssl.create_default_context(cafile=self.cacert)
+            if self.cert:
+                ctx.load_cert_chain(self.cert, self.key)
+        return EtcdClient(self.endpoints, ssl_context=ctx, user=self.user,
+                          password=self.password, timeout=self.timeout)
 
 
 class ControlPlane:
+    """One control-plane process. With ``etcd`` set it is one replica among equals: resources,
+    CA, admin token hash, join tokens and the registry live in etcd, and the data dir only
+    caches the CA files and holds ``listen.addr`` (see docs/control-plane-replicas.md)."""
+
     def __init__(
         self,
         data_dir: str,
@@ -78,15 +139,56 @@ class ControlPlane:
         *,
         grace_s: float = DEFAULT_GRACE_S,
         plain_http: bool = False,
+        etcd: EtcdOptions | None = None,
+        admin_token_file: str | None = None,
+        advertise_address: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # Where other replicas (and proxy-status readers) reach this one; in its serving
+        # certificate too, so a forwarded CA step verifies it by name.
+        self.advertise = advertise_address or advertise_host(split_listen(listen)[0])
         self.listen = listen
         self.plain_http = plain_http  # tests of this package only; never exposed as a flag
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # One process per data dir: SQLite is single-writer, and a replica's CA cache and
+        # listen.addr are its own. Raises DataDirBusy naming the holder.
+        self._lock = DataDirLock(self.data_dir, replica=etcd is not None)
+        self._lock.acquire()
+        self.etcd = etcd
+        self.admin_token_file = admin_token_file
+        self.admin_token_hash = ""
+        self.started = time.time()
+        self.address: tuple[str, int] | None = None
+        self._runner: web.AppRunner | None = None
+        self._expiry_task: asyncio.Task | None = None
+        self.tls: Security | None = None
+        self.election = None
+        self.ca_state = None
+        if etcd is not None:
+            from control_plane.etcd.lease import LeaseKeeper
+            from control_plane.registry_etcd import SharedRegistry
+            from control_plane.store.etcd import EtcdStore
+
+            self.etcd_client = etcd.client()
+            self.store = EtcdStore(self.etcd_client, etcd.prefix)  # type: ignore[assignment]
+            self.lease = LeaseKeeper(self.etcd_client, etcd.lease_ttl)
+            self.replica_id = f"{listen}#{os.getpid()}"
+            self.registry: Registry = SharedRegistry(
+                self.etcd_client, self.lease, self.replica_id, listen, etcd.prefix,
+                grace_s=grace_s)
+            # The CA and the trust domain come from etcd: set up in start().
+            self.hub = PushHub(self.store, self.registry, None)  # type: ignore[arg-type]
+            self._setup_telemetry()
+            self.canaries = self._canary_controller()
+            return
+        self.replica_id = ""
         self.admin_token = self._admin_token()
+        self.admin_token_hash = _sha256(self.admin_token)
         self.store = Store(str(self.data_dir / "store.db"))
         self.registry = Registry(grace_s=grace_s)
-        self.tls: Security | None = None
+        registry_state.load(self.registry, self.data_dir)
+        self._registry_dirty = False
+        self.registry.add_listener(self._registry_changed)
         if not plain_http:
             td, lifetime = self._mesh_identity()
             self.tls = Security(self.data_dir, td, [split_listen(listen)[0]], lifetime)
@@ -94,25 +196,40 @@ class ControlPlane:
                            self.tls.trust_domain if self.tls is not None else None)
         if self.tls is not None:
             self.hub.extra_mesh = self.tls.bundle_state
+        self._setup_telemetry()
         self.canaries = self._canary_controller()
-        self.started = time.time()
-        self.address: tuple[str, int] | None = None
-        self._runner: web.AppRunner | None = None
-        self._expiry_task: asyncio.Task | None = None
+
+    def _setup_telemetry(self) -> None:
+        """Golden-metric windows, tap and the dashboard (telemetry.py, dashboard.py)."""
+        from control_plane.dashboard import Dashboard
+        from control_plane.telemetry import TelemetryHub
+
+        self.dashboard = Dashboard(self.data_dir, lambda: self.admin_token_hash)
+        self.telemetry = TelemetryHub(self.hub, self.store, self.dashboard.can_read)
+        self.hub.on_message = self.telemetry.on_message
+        # peers' windows are fetched with the mesh's admin token, which every replica has
+        self.telemetry.peer_token = getattr(self, "admin_token", "")
+        if self.tls is not None:
+            self.telemetry.peer_ca = str(self.data_dir / "ca" / "trust-bundle.pem")
 
     def _canary_controller(self):  # type: ignore[no-untyped-def]
-        """The canary controller, reading the mesh telemetry in process when this control plane
-        has it, else the sidecars' own /metrics."""
+        """The canary controller: it reads the mesh telemetry in process (merged with the other
+        replicas' windows), keeps its status next to the resources (SQLite or etcd), and
+        decides only on the elected leader."""
+        from control_plane.canary import status_store
         from control_plane.canary.controller import CanaryController
-        from control_plane.canary.metrics import AdminScrapeSource, StatsStoreSource
-        from control_plane.canary.status_store import StatusStore
+        from control_plane.canary.metrics import StatsStoreSource
 
-        telemetry = getattr(self, "telemetry", None)
-        source = (StatsStoreSource(telemetry.stats) if telemetry is not None
-                  else AdminScrapeSource(self.registry))
+        statuses: status_store.StatusStore
+        if self.etcd is not None:
+            statuses = status_store.EtcdStatusStore(self.etcd_client, self.etcd.prefix)
+        else:
+            statuses = status_store.SqliteStatusStore(self.store.path)
         tick = float(os.environ.get("MESHLET_CANARY_TICK", "0.2") or 0.2)
-        return CanaryController(self.store, StatusStore(self.store.path), source,
-                                tick_s=min(max(tick, 0.02), 5.0))
+        return CanaryController(
+            self.store, statuses, StatsStoreSource(lambda: self.telemetry.merged("mesh")),
+            tick_s=min(max(tick, 0.02), 5.0),
+            is_leader=lambda: self.election is None or bool(self.election.is_leader))
 
     def _mesh_identity(self) -> tuple[str, int]:
         """Trust domain and workload certificate lifetime from the stored MeshConfig (read at
@@ -127,6 +244,8 @@ class ControlPlane:
         return "cluster.local", 86400
 
     def _admin_token(self) -> str:
+        if self.admin_token_file:
+            return Path(self.admin_token_file).read_text().strip()
         path = self.data_dir / ADMIN_TOKEN_FILE
         if not path.exists():
             write_secret(path, secrets.token_urlsafe(32) + "\n")
@@ -154,12 +273,100 @@ class ControlPlane:
         r.add_post("/v1/canaries/{namespace}/{name}/{action}", self.canary_action)
         r.add_get("/v1/ca", self.ca_status)
         r.add_post("/v1/ca/{action}", self.ca_action)
+        self.telemetry.setup_routes(app)
+        self.dashboard.setup_routes(app, self)
         if self.tls is not None:
             self.tls.setup_routes(app)
         return app
 
+    async def _start_etcd(self) -> None:
+        """Load what replicas share from etcd (before serving anything)."""
+        from control_plane.ca.state_etcd import EtcdCAState
+        from control_plane.ca.tokens_etcd import EtcdTokenStore
+        from control_plane.etcd.client import cmp_absent, op_put, op_range
+
+        assert self.etcd is not None
+        await self.store.start()
+        # The admin token: the first replica's (or --admin-token-file) becomes the mesh's; only
+        # its sha256 is in etcd, so replicas without the file check tokens against the hash.
+        key = self.etcd.prefix.encode() + b"admin/token-sha256"
+        local = self.data_dir / ADMIN_TOKEN_FILE
+        mine = None
+        if self.admin_token_file or local.exists():
+            mine = self._admin_token()
+        candidate = mine or secrets.token_urlsafe(32)
+        ok, _, responses = await self.etcd_client.txn(
+            [cmp_absent(key)], [op_put(key, _sha256(candidate).encode())], [op_range(key)])
+        if ok:
+            self.admin_token_hash = _sha256(candidate)
+            if mine is None:
+                write_secret(local, candidate + "\n")
+                log.info("created the mesh's admin token %s (its hash is in etcd)", local)
+        else:
+            kvs = (responses[0].get("response_range") or {}).get("kvs") or []
+            from control_plane.etcd.client import KV
+
+            self.admin_token_hash = KV.from_json(kvs[0]).value.decode()
+            if mine is not None and _sha256(mine) != self.admin_token_hash:
+                log.warning("the admin token in %s is not the mesh's (etcd holds another's "
+                            "hash); pass --admin-token-file with the mesh's token",
+                            self.admin_token_file or local)
+            elif mine is not None and self.admin_token_file:
+                write_secret(local, mine + "\n")  # for `meshlet --data-dir` on this host
+        self.admin_token = ""
+        if local.exists():
+            self.telemetry.peer_token = local.read_text().strip()
+        td, lifetime = self._mesh_identity()
+        self.ca_state = EtcdCAState(self.etcd_client, self.data_dir, td, self.etcd.prefix)
+        ca = await self.ca_state.load_or_create()
+        tokens = EtcdTokenStore(self.etcd_client, ca.root_pin, self.etcd.prefix)
+        self.tls = Security(self.data_dir, ca.trust_domain,
+                            [split_listen(self.listen)[0], self.advertise],
+                            lifetime, ca=ca, tokens=tokens)  # type: ignore[arg-type]
+        self.tls.state = self.ca_state
+        self.telemetry.peer_ca = str(self.data_dir / "ca" / "trust-bundle.pem")
+        self.hub.trust_domain = ca.trust_domain
+        self.hub.extra_mesh = self.tls.bundle_state
+        self.ca_state.on_change.append(self.hub.mark_dirty)
+        self.ca_state.start()
+
+    async def _start_replica(self) -> None:
+        """Join the other replicas: lease, registry, leader election and its jobs."""
+        from control_plane.etcd.election import Election
+
+        assert self.etcd is not None
+        registry = self.registry
+        await self.lease.start()
+        assert self.address is not None
+        host = self.advertise
+        addr = f"[{host}]:{self.address[1]}" if ":" in host else f"{host}:{self.address[1]}"
+        self.replica_id = f"{addr}#{os.getpid()}"
+        registry.replica_id = self.replica_id  # type: ignore[attr-defined]
+        registry.replica_address = addr  # type: ignore[attr-defined]
+        await registry.start()  # type: ignore[attr-defined]
+        self.election = Election(self.etcd_client, self.etcd.prefix.encode() + b"leader",
+                                 self.replica_id, self.lease)
+        self.election.on_leader(self._leader_housekeeping)
+        self.election.start()
+
+    async def _leader_housekeeping(self) -> None:
+        """Singleton jobs, run by the leader only: registry garbage collection and pruning
+        expired join tokens. ``self.election.on_leader`` is where later ones go."""
+        while True:
+            try:
+                n = await self.registry.collect_garbage()  # type: ignore[attr-defined]
+                if self.tls is not None:
+                    n += await self.tls.tokens.prune()  # type: ignore[misc]
+                if n:
+                    log.info("leader housekeeping: removed %d stale entries", n)
+            except StoreUnavailable as e:
+                log.debug("leader housekeeping: %s", e)
+            await asyncio.sleep(max(1.0, self.lease.ttl))
+
     async def start(self) -> tuple[str, int]:
         host, port = split_listen(self.listen)
+        if self.etcd is not None:
+            await self._start_etcd()
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
                                      shutdown_timeout=1.0)
         await self._runner.setup()
@@ -173,6 +380,8 @@ class ControlPlane:
         tmp = self.data_dir / (LISTEN_ADDR_FILE + ".tmp")
         tmp.write_text(addr + "\n")
         os.replace(tmp, self.data_dir / LISTEN_ADDR_FILE)
+        if self.etcd is not None:
+            await self._start_replica()
         self.hub.rebuild()
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop())
         self.canaries.start()
@@ -195,19 +404,61 @@ class ControlPlane:
         self.store.close()
         if self.tls is not None:
             self.tls.tokens.close()
+        if self.etcd is not None:
+            if self.election is not None:
+                await self.election.stop()
+            if self.ca_state is not None:
+                self.ca_state.stop()
+            await self.registry.stop()  # type: ignore[attr-defined]
+            await self.lease.stop()
+            await self.etcd_client.close()
+        self._lock.release()
 
     async def _expire_loop(self) -> None:
         interval = max(0.05, min(1.0, self.registry.grace_s / 4))
+        next_sweep = 0.0
         while True:
             await asyncio.sleep(interval)
             self.registry.expire()
+            if self.etcd is None and self._registry_dirty:  # etcd holds replicas' registry
+                self._registry_dirty = False
+                registry_state.save(self.registry, self.data_dir)
+            now = time.time()
+            if now >= next_sweep and (self.election is None or self.election.is_leader):
+                next_sweep = now + RESOURCE_SWEEP_S
+                try:
+                    await self.sweep_expired_resources(now)
+                except Exception as e:  # noqa: BLE001 - a store down now is retried next sweep
+                    log.warning("sweeping expired resources failed: %s", e)
+
+    def _registry_changed(self) -> None:
+        self._registry_dirty = True  # written by the timer: one write per burst of changes
+
+    async def sweep_expired_resources(self, now: float) -> int:
+        """Delete resources whose ``meshlet.dev/expires-at`` has passed (faults a chaos
+        experiment left behind). Sidecars already ignore them on time; this keeps the store
+        and ``meshlet get`` truthful. With replicas on etcd only the leader sweeps."""
+        keys = []
+        for sr in self.store.get():
+            t = expiry.expires_at(sr.resource)
+            if t is not None and t <= now:
+                keys.append((sr.resource.kind, sr.resource.namespace, sr.resource.name))
+        if not keys:
+            return 0
+        if not await self.store.writable_async():
+            return 0
+        await self.store.delete_async(keys)
+        log.info("deleted %d expired resource(s): %s", len(keys), ", ".join(
+            f"{k}/{ns}/{n}" for k, ns, n in keys))
+        return len(keys)
 
     # -- auth ------------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode(), self.admin_token.encode()
+        # Compared as hashes: with etcd only the hash is known to every replica.
+        return scheme.lower() == "bearer" and bool(self.admin_token_hash) and hmac.compare_digest(
+            _sha256(token.strip()).encode(), self.admin_token_hash.encode()
         )
 
     @staticmethod
@@ -231,10 +482,17 @@ class ControlPlane:
         body: dict = {
             "revision": self.store.revision,
             "snapshot_version": (self.hub.current or {}).get("version", ""),
-            "store_writable": self.store.writable(),
+            "store_writable": await self.store.writable_async(),
+            "store": "etcd" if self.etcd is not None else "sqlite",
             "started": self.started,
             "proxies": len(self.registry.all()),
         }
+        if self.etcd is not None:
+            # False while this replica's watch on etcd is down: its view may be behind.
+            body["store_watching"] = bool(getattr(self.store, "watch_connected", False))
+            body["replica"] = self.replica_id
+            body["leader"] = self.election.leader if self.election is not None else ""
+            body["is_leader"] = bool(self.election and self.election.is_leader)
         if self.tls is not None:
             body["ca"] = self.tls.ca_info()
         return web.json_response(body)
@@ -285,7 +543,7 @@ class ControlPlane:
             seen[r.key] = r.source
         if errors:
             return _error(400, "invalid configuration; nothing was applied", errors=errors)
-        revision, changes = self.store.apply(resources)
+        revision, changes = await self.store.apply_async(resources)
         return web.json_response(
             {"revision": revision, "results": [c.to_dict() for c in changes],
              "warnings": warnings}
@@ -338,7 +596,7 @@ class ControlPlane:
         kind = canonical_kind(m["kind"])
         if kind is None:
             return _error(404, f"unknown kind {m['kind']!r}", kinds=sorted(KINDS))
-        revision, changes = self.store.delete([(kind, m["namespace"], m["name"])])
+        revision, changes = await self.store.delete_async([(kind, m["namespace"], m["name"])])
         if changes[0].action == "not-found":
             return _error(404, f"{kind} {m['name']!r} not found in namespace {m['namespace']!r}")
         return web.json_response({"revision": revision, "results": [c.to_dict() for c in changes]})
@@ -356,12 +614,20 @@ class ControlPlane:
                 keys.append((kind, str(k.get("namespace") or "default"), str(k["name"])))
         except (ValueError, KeyError, TypeError):
             return _error(400, 'expected JSON {"keys": [{"kind", "namespace", "name"}]}')
-        revision, changes = self.store.delete(keys)
+        revision, changes = await self.store.delete_async(keys)
         return web.json_response({"revision": revision, "results": [c.to_dict() for c in changes]})
 
     async def create_token(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self._unauthorized()
+        if request.can_read_body and request.content_type == "application/json":
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and body.get("read_only") is True:
+                return web.json_response({"token": self.dashboard.readonly_token,
+                                          "read_only": True})
         if self.tls is None:
             return _error(503, "join tokens need the CA, which this control plane does not run")
         try:
@@ -372,14 +638,14 @@ class ControlPlane:
         except (ValueError, KeyError, TypeError):
             return _error(400, 'expected JSON {"service": ..., "namespace": ..., "ttl": "1h"}')
         try:
-            token, expires = self.tls.create_token(service, namespace, ttl)
+            token, expires = await self.tls.create_token(service, namespace, ttl)
         except ValueError as e:
             return _error(400, str(e))
         return web.json_response({"token": token, "service": service, "namespace": namespace,
                                   "expires": expires})
 
     async def proxies(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
+        if not self.dashboard.can_read(request):  # the dashboard shows them read-only
             return self._unauthorized()
         current = (self.hub.current or {}).get("version", "")
         return web.json_response({
@@ -391,6 +657,8 @@ class ControlPlane:
         if not self._authorized(request):
             return self._unauthorized()
         ns = request.query.get("namespace") or None
+        if not self.canaries.is_leader():
+            await self.canaries.statuses.load()  # the leader's latest decisions
         items = [self.canaries.view(sr.resource.namespace, sr.resource.name)
                  for sr in self.store.get("Canary", ns)]
         return web.json_response({"items": [i for i in items if i is not None]})
@@ -399,6 +667,8 @@ class ControlPlane:
         if not self._authorized(request):
             return self._unauthorized()
         m = request.match_info
+        if not self.canaries.is_leader():
+            await self.canaries.statuses.load()  # the leader's latest decisions
         view = self.canaries.view(m["namespace"], m["name"])
         if view is None:
             return _error(404, f"Canary {m['name']!r} not found in namespace {m['namespace']!r}")
@@ -409,6 +679,10 @@ class ControlPlane:
         if not self._authorized(request):
             return self._unauthorized()
         m = request.match_info
+        if not self.canaries.is_leader():
+            leader = self.election.leader if self.election is not None else ""
+            return _error(503, "this replica is not the leader, which runs the canary "
+                          f"controller; ask the leader ({leader.rpartition('#')[0] or 'none yet'})")
         try:
             view = await self.canaries.command(m["namespace"], m["name"], m["action"])
         except LookupError as e:
@@ -434,27 +708,75 @@ class ControlPlane:
             return _error(404, "no CA (plain HTTP test server)")
         action = request.match_info["action"]
         body = await request.json() if request.can_read_body else {}
-        try:
+        tls = self.tls
+        if action not in ("rotate", "activate", "retire"):
+            return _error(404, f"unknown CA action {action!r}: rotate, activate or retire")
+        fp = str(body.get("fingerprint") or "")
+        if action == "retire" and not fp:
+            return _error(400, "retire needs a fingerprint")
+
+        if (self.election is not None and not self.election.is_leader
+                and "X-Meshlet-Forwarded" not in request.headers):
+            # A singleton job: the leader performs every rotation step, so steps asked of
+            # several replicas at once are serialized in one place.
+            return await self._forward_to_leader(request, action, body)
+
+        def step() -> None:
             if action == "rotate":
-                self.tls.ca.rotate_root(activate=False)
+                tls.ca.rotate_root(activate=False)
             elif action == "activate":
-                self.tls.ca.activate_root()
-                self.tls.renew_issued_before = time.time()
-            elif action == "retire":
-                fp = str(body.get("fingerprint") or "")
-                if not fp:
-                    return _error(400, "retire needs a fingerprint")
-                self.tls.check_retirable(fp, self.registry.all())
-                self.tls.ca.retire_root(fp)
+                tls.ca.activate_root()
+                tls.renew_issued_before = time.time()
             else:
-                return _error(404, f"unknown CA action {action!r}: rotate, activate or retire")
+                tls.check_retirable(fp, self.registry.all())
+                tls.ca.retire_root(fp)
+
+        try:
+            if self.ca_state is not None:
+                # Replicas: applied once across all of them (a guarded txn), then every
+                # replica's CA follows through its watch.
+                from control_plane.ca.state_etcd import CAConflict
+
+                try:
+                    await self.ca_state.change(step)
+                except CAConflict as exc:
+                    return _error(409, str(exc))
+            else:
+                step()
         except (ValueError, RuntimeError) as exc:
             return _error(409, str(exc))
+        except StoreUnavailable:
+            raise
         except Exception as exc:  # CAError and friends: a refused step, not a crash
             return _error(409, f"{type(exc).__name__}: {exc}")
         log.info("CA %s: roots now %s", action, self.tls.ca.root_fingerprints())
         self.hub.mark_dirty()
-        return web.json_response(self.tls.rotation_status())
+        answer = self.tls.rotation_status()
+        if self.etcd is not None:
+            answer["performedBy"] = self.replica_id
+        return web.json_response(answer)
+
+    async def _forward_to_leader(self, request: web.Request, action: str,
+                                 body: dict) -> web.Response:
+        import ssl
+
+        assert self.election is not None and self.tls is not None
+        leader = self.election.leader
+        if not leader:
+            return _error(503, "no leader elected yet to run the CA step; retry in a few seconds")
+        addr = leader.rpartition("#")[0]
+        ctx = ssl.create_default_context(cadata=self.tls.ca.bundle_pem().decode())
+        headers = {"Authorization": request.headers.get("Authorization", ""),
+                   "X-Meshlet-Forwarded": self.replica_id}
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s, \
+                    s.post(f"https://{addr}/v1/ca/{action}", json=body, headers=headers,
+                           ssl=ctx) as resp:
+                return web.Response(body=await resp.read(), status=resp.status,
+                                    content_type="application/json")
+        except (TimeoutError, aiohttp.ClientError) as e:
+            return _error(503, f"the leader {leader} that runs CA steps is unreachable "
+                          f"({e or type(e).__name__}); retry once a new one is elected")
 
     async def proxy_config(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -542,8 +864,10 @@ async def serve_forever(cp: ControlPlane) -> None:
 
 
 def run(data_dir: str, listen: str, grace_s: float = DEFAULT_GRACE_S,
-        plain_http: bool = False) -> None:
-    cp = ControlPlane(data_dir, listen, grace_s=grace_s, plain_http=plain_http)
+        plain_http: bool = False, etcd: EtcdOptions | None = None,
+        admin_token_file: str | None = None, advertise_address: str | None = None) -> None:
+    cp = ControlPlane(data_dir, listen, grace_s=grace_s, plain_http=plain_http, etcd=etcd,
+                      admin_token_file=admin_token_file, advertise_address=advertise_address)
     try:
         import uvloop
 
@@ -559,23 +883,38 @@ class Security:
     of a connected sidecar."""
 
     def __init__(self, data_dir: Path, trust_domain: str, hosts: list[str],
-                 lifetime_s: int = 86400) -> None:
+                 lifetime_s: int = 86400, *, ca=None, tokens=None) -> None:  # type: ignore[no-untyped-def]
         from certs.authority import CertificateAuthority
         from control_plane.ca import service
         from control_plane.ca.tokens import TokenStore
 
-        self.ca = CertificateAuthority.load_or_create(data_dir, trust_domain)
+        self.ca = ca or CertificateAuthority.load_or_create(data_dir, trust_domain)
         self.trust_domain = self.ca.trust_domain
         self.lifetime_s = lifetime_s
         self.server_context = service.serving_context(self.ca, hosts)
-        self.tokens = TokenStore(data_dir, self.ca.root_pin)
+        self.tokens = tokens or TokenStore(data_dir, self.ca.root_pin)
+        self.state = None  # the CA's shared state in etcd (replicas), if any
 
     def setup_routes(self, app: web.Application) -> None:
         from control_plane.ca import service
 
         service.setup_routes(app, self.ca, self.tokens, self.trust_domain, self.lifetime_s)
 
-    renew_issued_before = 0.0
+    _renew_issued_before = 0.0
+
+    @property
+    def renew_issued_before(self) -> float:
+        """Certificates issued before this must be renewed (set by an activation); shared
+        through etcd by replicas."""
+        if self.state is not None:
+            return float(self.state.renew_issued_before)
+        return self._renew_issued_before
+
+    @renew_issued_before.setter
+    def renew_issued_before(self, value: float) -> None:
+        if self.state is not None:
+            self.state.renew_issued_before = value
+        self._renew_issued_before = value
 
     def bundle_state(self) -> dict:
         """What every sidecar must follow: the roots it must trust, and certificates issued
@@ -616,13 +955,16 @@ class Security:
             ],
         }
 
-    def create_token(self, service: str, namespace: str, ttl: object) -> tuple[str, float]:
+    async def create_token(self, service: str, namespace: str,
+                           ttl: object) -> tuple[str, float]:
         from control_plane.api.resources import parse_duration
 
         ttl_s = parse_duration(ttl) if isinstance(ttl, str) else float(ttl)  # type: ignore[arg-type]
         if ttl_s <= 0:
             raise ValueError("ttl must be positive")
         token = self.tokens.create(service, namespace, ttl_s)
+        if inspect.isawaitable(token):  # the etcd token store
+            token = await token
         return str(token), time.time() + ttl_s
 
     @staticmethod

@@ -5,9 +5,14 @@ One WebSocket over HTTPS to the control plane's ``/v1/stream`` (the protocol is 
 and swaps its tables; if it raises, the snapshot is NACKed with the exception's message and the
 last good config stays in effect. Every applied snapshot is written to ``cache_path`` (atomic
 rename, mode 0600) so a sidecar restarted while the control plane is down starts from it.
-Reconnects use exponential back-off with full jitter (0.5 s base, 30 s cap). ``stop()`` sends a
+Reconnects use exponential back-off with full jitter (0.5 s base, 30 s cap), each to the next
+of the control-plane replicas given (``https://a:15012,https://b:15012``); the registration
+carries the version this sidecar last applied, and a snapshot of that version is ACKed without
+being applied again, so moving to another replica costs no reconfiguration. ``stop()`` sends a
 deregistration first, so the control plane drops this sidecar's endpoints at once rather than
-after its grace period.
+after its grace period. Other messages from the control plane (``tap``, ``untap``) go to
+``on_message``; :meth:`send` puts the sidecar's own reports (``stats``, ``tap_events``) on the
+stream while it is connected.
 
 Imports nothing from the control plane's server side.
 """
@@ -41,6 +46,15 @@ def backoff_delay(attempt: int, base: float = BACKOFF_BASE_S, cap: float = BACKO
     return rand() * min(cap, base * (2 ** min(attempt, 32)))
 
 
+def _stream_url(url: str) -> str:
+    base = url.strip().rstrip("/")
+    if base.startswith("https://"):
+        base = "wss://" + base[len("https://"):]
+    elif base.startswith("http://"):
+        base = "ws://" + base[len("http://"):]
+    return base if base.endswith("/v1/stream") else base + "/v1/stream"
+
+
 class DiscoveryClient:
     def __init__(
         self,
@@ -55,12 +69,11 @@ class DiscoveryClient:
         backoff_cap: float = BACKOFF_CAP_S,
         verify_control_plane_id: bool = True,
     ) -> None:
-        base = url.rstrip("/")
-        if base.startswith("https://"):
-            base = "wss://" + base[len("https://"):]
-        elif base.startswith("http://"):
-            base = "ws://" + base[len("http://"):]
-        self.url = base if base.endswith("/v1/stream") else base + "/v1/stream"
+        # Several control-plane replicas may be given (comma-separated): each reconnect after
+        # a failure goes to the next one, so a sidecar whose replica died moves to another.
+        self.urls = [_stream_url(u) for u in url.split(",") if u.strip()]
+        self._url_index = 0
+        self.url = self.urls[0]
         self._ssl_factory = ssl_context_factory
         self.registration = dict(registration)
         self._apply = apply
@@ -75,6 +88,8 @@ class DiscoveryClient:
         self.last_error = ""
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task | None = None
+        # Messages from the control plane other than snapshots and errors (tap, untap).
+        self.on_message: Callable[[dict], Any] | None = None
         self._stopping = False
         self._attempt = 0
 
@@ -134,6 +149,18 @@ class DiscoveryClient:
             with contextlib.suppress(Exception):
                 await ws.send_json({"type": "status", **fields})
 
+    async def send(self, msg: dict) -> bool:
+        """Send one message if the stream is up; False (nothing sent) otherwise."""
+        ws = self._ws
+        if ws is None or ws.closed or not self.connected:
+            return False
+        try:
+            await ws.send_str(json.dumps(msg, separators=(",", ":")))
+        except (ConnectionError, RuntimeError) as e:
+            log.debug("send on the config stream failed: %s", e)
+            return False
+        return True
+
     async def run(self) -> None:
         """Connect, and reconnect after every failure, until :meth:`stop`."""
         while not self._stopping:
@@ -151,6 +178,9 @@ class DiscoveryClient:
                 break
             await asyncio.sleep(backoff_delay(self._attempt, self._base, self._cap))
             self._attempt += 1
+            if len(self.urls) > 1:
+                self._url_index = (self._url_index + 1) % len(self.urls)
+                self.url = self.urls[self._url_index]
 
     async def _session(self) -> None:
         ssl_ctx = self._ssl_factory()
@@ -177,6 +207,11 @@ class DiscoveryClient:
                     elif data.get("type") == "error":
                         self.last_error = str(data.get("error"))
                         log.warning("control plane refused the stream: %s", self.last_error)
+                    elif self.on_message is not None and isinstance(data, dict):
+                        try:
+                            self.on_message(data)
+                        except Exception:
+                            log.exception("handling a %r message failed", data.get("type"))
                 if ws.close_code is not None and not self.last_error:
                     self.last_error = f"stream closed ({ws.close_code})"
             finally:

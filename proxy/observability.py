@@ -3,7 +3,10 @@
 The request path calls one function, :meth:`Telemetry.record`, when a request ends. Metric
 series are bound per (reporter, cluster, endpoint) the first time that combination is seen
 under a config version and kept in a dict, so a request costs one tuple lookup plus the
-series' own ``record``; the access log is skipped entirely when it is off.
+series' own ``record``; the access log is skipped entirely when it is off. When the sidecar
+reports to a control plane, a per-route latency histogram adds a lookup and an increment
+(``route_counts``; the bucket index comes from the series' own ``record``), and a live tap
+costs one ``is not None`` check while none is on.
 """
 
 from __future__ import annotations
@@ -16,7 +19,17 @@ from prometheus_client import CollectorRegistry
 
 from control_plane.api.hosts import service_name, service_namespace
 from proxy import __version__, _accel
-from proxy.telemetry.metrics import CONTENT_TYPE, MeshletMetrics, RequestMetrics, render
+from proxy.telemetry.metrics import (
+    CONTENT_TYPE,
+    ENVOY_BUCKETS_MS,
+    MeshletMetrics,
+    RequestMetrics,
+    render,
+)
+
+_ND = len(ENVOY_BUCKETS_MS) + 1
+#: Most (service, route) histograms kept for the control plane's route view.
+MAX_ROUTE_COUNTS = 2000
 
 # head.version -> the access log's protocol, as Envoy's %PROTOCOL% writes it
 _PROTOCOL = {20: "HTTP/2", 11: "HTTP/1.1", 10: "HTTP/1.0"}
@@ -43,6 +56,11 @@ class Telemetry:
         self._series: dict[tuple[str, str, str], Any] = {}
         self._local: dict[tuple[int, str], Any] = {}
         self.access_log: Any = None
+        # Set while a live tap runs (proxy.telemetry.report.Tap), else None: one check per request.
+        self.tap: Any = None
+        # (service, route) -> [latency buckets..., failures]; only while reporting to a control
+        # plane (proxy.telemetry.uplink), so a standalone sidecar pays nothing for it.
+        self.route_counts: dict[tuple[str, str], list] | None = None
         if sidecar.opts.access_log:
             from proxy.telemetry.access_log import AccessLog
 
@@ -187,7 +205,18 @@ class Telemetry:
             s = self._bind(reporter, ex, key)
         now = time.monotonic()
         dur = (now - ex.start) * 1000.0
-        s.record(ex.status, ex.flags, ex.grpc, dur, ex.req_bytes, ex.resp_bytes)
+        bucket = s.record(ex.status, ex.flags, ex.grpc, dur, ex.req_bytes, ex.resp_bytes)
+        routes = self.route_counts
+        if routes is not None and reporter == "outbound" and ex.route:
+            rc = routes.get((ex.service, ex.route))
+            if rc is None:
+                rc = self._route_counter(routes, ex.service, ex.route)
+            rc[bucket] += 1
+            if ex.status >= 500 or ex.status == 0:
+                rc[_ND] += 1
+        tap = self.tap
+        if tap is not None:
+            tap.offer(ex, head, reporter, dur)
         tr = ex.trace
         if tr is not None and self.spans.enabled:
             error = ex.status >= 500 or ex.status == 0
@@ -221,6 +250,13 @@ class Telemetry:
                 reporter=reporter,
                 attempts=ex.attempts,
             )
+
+    @staticmethod
+    def _route_counter(routes: dict, service: str, route: str) -> list:
+        counts = [0] * (_ND + 1)
+        if len(routes) < MAX_ROUTE_COUNTS:
+            routes[(service, route)] = counts
+        return counts  # over the cap: counted nowhere, the route view misses it
 
     def _span(self, ex: Any, head: Any, reporter: str, tr: Any, dur_ns: int, error: bool) -> None:
         end = time.time_ns()

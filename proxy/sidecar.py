@@ -9,18 +9,21 @@ is refused whole and the running table stays. SIGTERM (or POST /drain) drains: r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from control_plane.api import expiry
 from proxy import __version__, _accel
 from proxy.admin.server import build_app
 from proxy.routes.compile import compile_table
@@ -81,15 +84,23 @@ class Sidecar:
         self.telemetry: Any = None
         self.identity: Any = None
         self.discovery: Any = None
+        self.uplink: Any = None
         self.state_dir = opts.state_dir or ""
         self._stopped: asyncio.Event | None = None
         self._draining_task: asyncio.Task[Any] | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
 
     # -- config ------------------------------------------------------------------------------
     def apply_resources(
         self, resources: list[Any], registry: list[dict[str, Any]], version: str
     ) -> None:
-        """Compile and swap atomically; raises (and keeps the running table) when invalid."""
+        """Compile and swap atomically; raises (and keeps the running table) when invalid.
+
+        Expired resources (``meshlet.dev/expires-at``, control_plane/api/expiry.py) are left
+        out, and a timer compiles again when the next one expires: a fault injected by a chaos
+        experiment ends on time even if the experiment and the control plane are gone."""
+        all_resources = resources
+        resources, next_expiry = expiry.live(all_resources, time.time())
         table = compile_table(
             resources, registry, self.opts.namespace, self.runtime.labels, version
         )
@@ -110,10 +121,34 @@ class Sidecar:
         self.runtime.mtls_mode = mtls_mode
         self.runtime.authz = authz
         self.runtime.inbound_limits = limits
-        self.resources = list(resources)
+        self.resources = list(all_resources)
         self.registry = list(registry)
+        self._schedule_expiry(next_expiry, version)
         if self.telemetry is not None:
             self.telemetry.on_config(version, True)
+
+    def _schedule_expiry(self, when: float | None, version: str) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if when is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not serving yet: start() applies the config again under the loop
+        # a little late rather than early: the resource must be expired when we look again
+        self._expiry_timer = loop.call_later(
+            max(0.0, when - time.time()) + 0.005, self._expire, version
+        )
+
+    def _expire(self, version: str) -> None:
+        self._expiry_timer = None
+        try:
+            self.apply_resources(self.resources, self.registry, version)
+            log.info("config %s: expired resources removed", version)
+        except Exception:  # the same resources compiled before; keep serving what we have
+            log.exception("config %s: recompiling after an expiry failed", version)
 
     def apply_snapshot(self, snap: dict[str, Any]) -> None:
         """A pushed snapshot: validated with the same code the control plane used, compiled,
@@ -399,6 +434,11 @@ class Sidecar:
             except Exception as exc:
                 log.warning("cached config unusable: %s", exc)
         self.discovery.start()
+        if self.telemetry is not None:
+            from proxy.telemetry.uplink import Uplink
+
+            # stats reports and live taps ride on the config stream
+            self.uplink = Uplink(self.telemetry, self.discovery)
 
     def not_ready_reason(self) -> str:
         if not self.runtime.config_version:
@@ -429,6 +469,10 @@ class Sidecar:
         await self.stop()
 
     async def stop(self) -> None:
+        if self.uplink is not None:
+            with contextlib.suppress(Exception):  # the last counts before deregistering
+                await asyncio.wait_for(self.uplink.flush(), 1.0)
+            await self.uplink.close()
         if self.discovery is not None:
             await self.discovery.stop()  # deregisters first: peers stop sending here at once
         if self.identity is not None:

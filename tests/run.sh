@@ -5,12 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-APT_PACKAGES="gcc curl openssl wrk nghttp2-client prometheus iproute2 iptables procps testssl.sh"
+APT_PACKAGES="gcc curl openssl wrk nghttp2-client prometheus iproute2 iptables procps testssl.sh etcd-server chromium chromium-driver fonts-noto-color-emoji"
 
 need_apt=""
-for bin in gcc curl openssl wrk h2load promtool ip iptables ps testssl; do
+for bin in gcc curl openssl wrk h2load promtool ip iptables ps testssl etcd chromium chromedriver; do
   command -v "$bin" >/dev/null 2>&1 || need_apt=1
 done
+# the dashboard screenshot's mTLS lock
+[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need_apt=1
 if [ -n "$need_apt" ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

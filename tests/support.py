@@ -6,6 +6,7 @@ block them); readiness is polled from those files and from admin endpoints, neve
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -249,3 +250,58 @@ def start_control_plane(workdir: Path, data_dir: Path | None = None,
     if proc.p.poll() is not None:
         raise RuntimeError(proc.stderr())
     return ControlPlane(proc, data, "https://" + addr.read_text().strip())
+
+
+class EtcdCluster:
+    """A 3-member etcd cluster on loopback for control-plane replicas (etcd cannot bind port
+    0: free ports are picked). ``endpoints`` is the ``--store`` value; members can be killed
+    and started again on their data dirs."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.client = [free_port() for _ in range(3)]
+        self.peer = [free_port() for _ in range(3)]
+        self.procs: list[Proc | None] = [None, None, None]
+        self.initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer))
+
+    @property
+    def endpoints(self) -> str:
+        return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client)
+
+    def start(self, i: int) -> None:
+        self.procs[i] = Proc(f"etcd-m{i}-{time.monotonic_ns()}", [
+            "etcd", "--name", f"m{i}", "--data-dir", str(self.workdir / f"etcd-m{i}"),
+            "--listen-client-urls", f"http://127.0.0.1:{self.client[i]}",
+            "--advertise-client-urls", f"http://127.0.0.1:{self.client[i]}",
+            "--listen-peer-urls", f"http://127.0.0.1:{self.peer[i]}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer[i]}",
+            "--initial-cluster", self.initial, "--initial-cluster-state", "new",
+            "--initial-cluster-token", "meshlet-test", "--log-level", "warn",
+        ], self.workdir)
+
+    def healthy(self, i: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.client[i]}/health",
+                                        timeout=2) as r:
+                return json.loads(r.read()).get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def start_all(self) -> None:
+        for i in range(3):
+            self.start(i)
+        for i in range(3):
+            wait_until(lambda i=i: self.healthy(i), timeout=30, interval=0.1,
+                       what=f"etcd member {i} healthy")
+
+    def kill(self, i: int) -> None:
+        p = self.procs[i]
+        assert p is not None
+        p.signal(signal.SIGKILL)
+        p.p.wait(10)
+        p.stop()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p is not None:
+                p.stop()

@@ -16,10 +16,12 @@ from control_plane.api.schema import (
     dns1123_subdomain,
     duration,
     enum,
+    http_header_name,
     index,
     integer,
     join,
     list_of,
+    map_of,
     number,
     obj,
     parse_duration,
@@ -100,6 +102,69 @@ RATE_LIMITER = obj(
 RETRY_BUDGET = obj({"retryRatio": number(0), "minRetriesPerSecond": integer(0), "ttl": _ttl})
 HEDGING = obj({"delay": _hedge_delay, "maxHedges": integer(1)})
 
+
+# fallback: the answer given instead of an error (proxy/resilience/fallback.py has the semantics)
+_FALLBACK_TRIGGERS = ("connectFailure", "retriesExhausted", "timeout", "circuitOpen")
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+_STATIC_BODY_MAX = 65536
+
+
+def _static_body(value: Any, path: str, ctx: Ctx) -> None:
+    string()(value, path, ctx)
+    if isinstance(value, str) and len(value.encode()) > _STATIC_BODY_MAX:
+        ctx.error(path, f"must be at most {_STATIC_BODY_MAX} bytes")
+
+
+def _header_value(value: Any, path: str, ctx: Ctx) -> None:
+    if not isinstance(value, str):
+        ctx.error(path, "must be a string")
+    elif any(c in value for c in "\r\n\0"):
+        ctx.error(path, "must not contain CR, LF or NUL")
+
+
+def _fallback_static_headers(value: Any, path: str, ctx: Ctx) -> None:
+    map_of(_header_value, key=http_header_name)(value, path, ctx)
+    if isinstance(value, dict):
+        for k in value:
+            if isinstance(k, str) and k.lower() in (
+                "content-length", "transfer-encoding", "connection", "x-meshlet-response-flags"
+            ):
+                ctx.error(join(path, k), "is set by the sidecar and cannot be configured")
+
+
+def _fallback_methods(value: dict, path: str, ctx: Ctx) -> None:
+    others = [m for m in value.get("methods") or () if m not in ("GET", "HEAD")]
+    if others and value.get("static") is None:
+        ctx.error(
+            join(path, "methods"),
+            f"{', '.join(others)} can only get a static answer (stale answers are for GET and "
+            "HEAD): add fallback.static or drop them",
+        )
+
+
+FALLBACK = obj(
+    {
+        "static": obj(
+            {
+                "status": integer(200, 599),
+                "headers": _fallback_static_headers,
+                "body": _static_body,
+            }
+        ),
+        "stale": obj(
+            {
+                "maxAge": duration(0.001),
+                "maxEntries": integer(1, 1_000_000),
+                "maxBodyBytes": integer(1, 16 << 20),
+            }
+        ),
+        "triggers": list_of(enum(*_FALLBACK_TRIGGERS), nonempty=True),
+        "methods": list_of(enum(*_METHODS), nonempty=True),
+    },
+    at_least_one=[("static", "stale")],
+    checks=[_fallback_methods],
+)
+
 RESILIENCE_POLICY = obj(
     {
         "host": HOST,
@@ -108,6 +173,7 @@ RESILIENCE_POLICY = obj(
         "rateLimiter": RATE_LIMITER,
         "retryBudget": RETRY_BUDGET,
         "hedging": HEDGING,
+        "fallback": FALLBACK,
     },
     required=["host"],
 )

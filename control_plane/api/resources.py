@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from control_plane.api import canary, extensions, networking, security
+from control_plane.api.expiry import EXPIRES_AT, parse_expires_at
 from control_plane.api.extensions import RESILIENCE_DEFAULTS, defaults_resilience, parse_hedge_delay
 from control_plane.api.schema import (
     LABELS,
@@ -273,6 +274,11 @@ def _validate_metadata(meta: dict, ctx: Ctx) -> None:
             for k, v in ann.items():
                 if not isinstance(v, str):
                     ctx.error(f"metadata.annotations.{k}", "annotation value must be a string")
+                elif k == EXPIRES_AT:
+                    try:
+                        parse_expires_at(v)
+                    except ValueError as exc:
+                        ctx.error(f"metadata.annotations.{k}", str(exc))
     for k in meta:
         if k not in ("name", "namespace", "labels", "annotations") and k not in _METADATA_IGNORED:
             ctx.error(f"metadata.{k}", f'unknown field "{k}"')

@@ -8,6 +8,7 @@ The CSR contributes only its public key.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import json
 import logging
@@ -52,14 +53,17 @@ class CAService:
         self.trust_domain = trust_domain.lower()
         self.lifetime_s = lifetime_s
 
-    def _authenticate(self, request: web.Request) -> SpiffeId | web.Response:
+    async def _authenticate(self, request: web.Request) -> SpiffeId | web.Response:
         auth = request.headers.get("Authorization")
         if auth is not None:
             scheme, _, credential = auth.partition(" ")
             if scheme.lower() != "bearer" or not credential.strip():
                 return _error(401, "Authorization must be 'Bearer <join token>'")
             try:
-                service, namespace = self.tokens.verify(credential.strip())
+                found = self.tokens.verify(credential.strip())
+                if inspect.isawaitable(found):  # the etcd token store (replicas)
+                    found = await found
+                service, namespace = found
             except InvalidToken as exc:
                 return _error(401, str(exc))
             return SpiffeId.for_workload(self.trust_domain, namespace, service)
@@ -74,7 +78,7 @@ class CAService:
         return peer
 
     async def certify(self, request: web.Request) -> web.Response:
-        identity = self._authenticate(request)
+        identity = await self._authenticate(request)
         if isinstance(identity, web.Response):
             return identity
         if request.content_length is not None and request.content_length > MAX_BODY:

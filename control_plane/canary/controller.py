@@ -49,6 +49,8 @@ class CanaryController:
         tick_s: float = DEFAULT_TICK_S,
         is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
+        # ``is_leader`` is read every tick: with replicas only the elected leader decides; a
+        # replica that becomes leader reloads the stored statuses and carries on from them.
         self.store = store
         self.statuses = statuses
         self.source = source
@@ -62,6 +64,7 @@ class CanaryController:
         # meshlet_canary_decisions_total{canary, decision} since this process started
         self.decisions_total: dict[tuple[str, str], int] = {}
         self._task: asyncio.Task | None = None
+        self._leading = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -78,7 +81,12 @@ class CanaryController:
     async def _loop(self) -> None:
         while True:
             try:
-                if self.is_leader():
+                leading = self.is_leader()
+                if leading and not self._leading:
+                    await self.statuses.load()  # what the previous leader decided
+                    self._baseline.clear()
+                self._leading = leading
+                if leading:
                     await self.tick()
             except asyncio.CancelledError:
                 raise
@@ -92,7 +100,7 @@ class CanaryController:
         live = {(sr.resource.namespace, sr.resource.name) for sr in canaries}
         for key in self.statuses.all_keys():
             if key not in live:
-                self.statuses.delete(*key)
+                await self.statuses.delete(*key)
                 self._baseline.pop(key, None)
         work = [sr.resource for sr in canaries
                 if self._status(sr.resource).get("phase") not in machine.TERMINAL]
@@ -132,7 +140,7 @@ class CanaryController:
                                                         [s.resource for s in
                                                          self.store.get("DestinationRule")])
         except ValueError as e:
-            self._blocked(res, status, f"cannot start: {e}")
+            await self._blocked(res, status, f"cannot start: {e}")
             return
         host = fqdn(plan.host, res.namespace)
         now = self.clock()
@@ -144,7 +152,7 @@ class CanaryController:
             self._baseline[key] = (cur[0], cur[1], now)
             if status.get("phase") in (machine.PROGRESSING, machine.WAITING):
                 status["intervalStart"] = now
-                self.statuses.put(res.namespace, res.name, status)
+                await self.statuses.put(res.namespace, res.name, status)
         else:
             obs = machine.Observation(canary=cur[0].minus(base[0]),
                                       stable=cur[1].minus(base[1]), span_s=now - base[2])
@@ -158,7 +166,7 @@ class CanaryController:
         if d.consumed:
             self._baseline[key] = (cur[0], cur[1], now)
 
-    def _blocked(self, res: Any, status: dict, reason: str) -> None:
+    async def _blocked(self, res: Any, status: dict, reason: str) -> None:
         """A canary that cannot run says why, once (not an event every tick)."""
         if status.get("reason") == reason:
             return
@@ -168,20 +176,20 @@ class CanaryController:
         status.setdefault("events", []).append(
             {"time": self.clock(), "decision": "blocked", "phase": status.get("phase", ""),
              "weight": status.get("weight", 0), "reason": reason})
-        self.statuses.put(res.namespace, res.name, status)
+        await self.statuses.put(res.namespace, res.name, status)
         log.warning("canary %s/%s: %s", res.namespace, res.name, reason)
 
     async def _apply(self, res: Any, plan: canary_api.Plan, d: machine.Decision) -> None:
         """Routes first, then the status: a status never claims weights that are not applied.
         A route change that fails leaves the old status, so the same decision is taken again."""
         if d.weight is not None:
-            self.set_weight(res, plan, d.weight)
-        self.statuses.put(res.namespace, res.name, d.status)
+            await self.set_weight(res, plan, d.weight)
+        await self.statuses.put(res.namespace, res.name, d.status)
         label = (f"{res.namespace}/{res.name}", d.decision)
         self.decisions_total[label] = self.decisions_total.get(label, 0) + 1
         log.info("canary %s/%s: %s", res.namespace, res.name, d.reason)
 
-    def set_weight(self, res: Any, plan: canary_api.Plan, weight: int) -> None:
+    async def set_weight(self, res: Any, plan: canary_api.Plan, weight: int) -> None:
         services = [s.resource for s in self.store.get("VirtualService", res.namespace)]
         vs = routes.find_virtual_service(plan, res.namespace, services)
         name = plan.virtual_service or (vs.name if vs is not None else res.name)
@@ -190,7 +198,7 @@ class CanaryController:
             checked = from_dict(new.to_dict(), f"canary {res.namespace}/{res.name}", 1)
         except InvalidConfig as e:
             raise RuntimeError(f"the VirtualService the canary would write is invalid: {e}")
-        self.store.apply([checked])
+        await self.store.apply_async([checked])
 
     # -- webhooks --------------------------------------------------------------------------
     async def _ask(self, plan: canary_api.Plan, kind: str, res: Any, status: dict) -> machine.Gate:

@@ -6,22 +6,17 @@ has served since the source started. The controller subtracts two readings to ge
 so a source never needs to know the controller's interval (the control plane's stats windows
 have 10 s slots; a canary interval may be 2 s).
 
-Two sources:
-
-- :class:`StatsStoreSource`: in process, from the control plane's mesh telemetry (the sidecar
-  reports on the config stream, ``control_plane.stats.StatsStore``). The preferred one.
-- :class:`AdminScrapeSource`: the sidecars' own Prometheus ``/metrics`` on their admin ports
-  (the addresses they registered), for a control plane without mesh telemetry.
-
-Both count a request once: the calling sidecar's view (``reporter=source``) of every edge, plus
-the receiving sidecar's view of calls that came without mTLS (no calling sidecar reported them),
-as the mesh telemetry reports do. A failure is a 5xx or a local reply without a response.
+The source is the control plane's mesh telemetry, read in process
+(:class:`StatsStoreSource` over ``control_plane.stats.StatsStore``: the sidecars' reports on the
+config stream, merged with the other replicas' windows). The reports count a request once (the
+calling sidecar's view, or the receiving one's for a caller without a sidecar); a failure is a
+5xx, a local reply without a response, or a gRPC status other than OK.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -91,14 +86,16 @@ class StatsStoreSource:
     # StatsStore aggregate layout: [requests, failures, mtls, sum ms, req bytes, resp bytes, b..]
     _REQ, _FAIL, _B0 = 0, 1, 6
 
-    def __init__(self, stats: Any) -> None:
-        self.stats = stats  # control_plane.stats.StatsStore
+    def __init__(self, fetch: Callable[[], Awaitable[Any]]) -> None:
+        # returns the StatsStore to read: this replica's, merged with its peers' windows
+        self.fetch = fetch
         self._seen: dict[tuple[tuple[str, ...], int], list] = {}
         self._totals: dict[tuple[str, str], list[float]] = {}
 
     async def refresh(self) -> None:
+        stats = await self.fetch()
         seen: dict[tuple[tuple[str, ...], int], list] = {}
-        for key, ring in list(self.stats.edges.items()):
+        for key, ring in list(stats.edges.items()):
             # edge key: (reporter, src ns, src, src version, destination, destination version)
             acc = self._totals.setdefault((key[4], key[5]), [0.0] * (2 + NB))
             for slot, agg in ring.slots():
@@ -115,84 +112,3 @@ class StatsStoreSource:
         if acc is None:
             return Totals()
         return Totals(acc[0], acc[1], tuple(acc[2:]))
-
-
-class AdminScrapeSource:
-    """The sidecars' own ``/metrics`` (admin port), scraped on :meth:`refresh`."""
-
-    def __init__(self, registry: Any, timeout_s: float = 1.0) -> None:
-        self.registry = registry  # control_plane.registry.Registry
-        self.timeout_s = timeout_s
-        # per sidecar: (destination service, version) -> [requests, failures, buckets...]
-        self._by_node: dict[str, dict[tuple[str, str], list[float]]] = {}
-
-    async def refresh(self) -> None:
-        import aiohttp
-
-        regs = [r for r in self.registry.all() if r.admin_address and r.connected]
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async def one(reg: Any) -> None:
-                try:
-                    async with session.get(f"http://{reg.admin_address}/metrics") as resp:
-                        if resp.status == 200:
-                            self._by_node[reg.node_id] = parse_istio(await resp.text())
-                except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                    log.debug("canary metrics: %s unreachable: %s", reg.node_id, e)
-
-            await asyncio.gather(*(one(r) for r in regs))
-
-    def totals(self, host: str, version: str) -> Totals:
-        acc = [0.0] * (2 + NB)
-        for per in self._by_node.values():
-            row = per.get((host, version))
-            if row is not None:
-                acc = [a + b for a, b in zip(acc, row, strict=True)]
-        return Totals(acc[0], acc[1], tuple(acc[2:]))
-
-
-def _counted(labels: dict[str, str]) -> bool:
-    reporter = labels.get("reporter")
-    return reporter == "source" or (
-        reporter == "destination" and labels.get("connection_security_policy") != "mutual_tls")
-
-
-def _failure(code: str) -> bool:
-    return not code.isdigit() or int(code) >= 500 or int(code) == 0
-
-
-def parse_istio(text: str) -> dict[tuple[str, str], list[float]]:
-    """``istio_requests_total`` and the duration histogram of one sidecar, summed per
-    (destination service, destination version)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[tuple[str, str], list[float]] = {}
-    index = {float(b): i for i, b in enumerate(BOUNDS)}
-    cumulative: dict[tuple, list[float]] = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name not in ("istio_requests", "istio_request_duration_milliseconds"):
-            continue
-        for sample in fam.samples:
-            lab = sample.labels
-            if not _counted(lab):
-                continue
-            key = (lab.get("destination_service", ""), lab.get("destination_version", "unknown"))
-            row = out.setdefault(key, [0.0] * (2 + NB))
-            if sample.name == "istio_requests_total":
-                row[0] += sample.value
-                if _failure(lab.get("response_code", "")):
-                    row[1] += sample.value
-            elif sample.name == "istio_request_duration_milliseconds_bucket":
-                le = lab.get("le", "")
-                series = tuple(sorted((k, v) for k, v in lab.items() if k != "le"))
-                cum = cumulative.setdefault((key, series), [0.0] * NB)
-                pos = len(BOUNDS) if le == "+Inf" else index.get(float(le))
-                if pos is not None:
-                    cum[pos] = sample.value
-    for ((key, _series), cum) in cumulative.items():
-        row = out[key]
-        prev = 0.0
-        for i, c in enumerate(cum):
-            row[2 + i] += max(0.0, c - prev)
-            prev = max(prev, c)
-    return out

@@ -72,9 +72,11 @@ def command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("control plane connection")
-    g.add_argument("--control-plane", metavar="URL", default=None,
-                   help="control plane URL (env MESHLET_CONTROL_PLANE; default: the address the "
-                        f"control plane of --data-dir listens on, else {DEFAULT_URL})")
+    g.add_argument("--control-plane", metavar="URL[,URL...]", default=None,
+                   help="control plane URL, or several replicas' comma-separated, tried in "
+                        "order while unreachable (env MESHLET_CONTROL_PLANE; default: the "
+                        "address the control plane of --data-dir listens on, else "
+                        f"{DEFAULT_URL})")
     g.add_argument("--data-dir", metavar="DIR", default=None,
                    help="where the admin token and the CA root are (env MESHLET_DATA_DIR; "
                         "default ~/.meshlet)")
@@ -111,7 +113,8 @@ class Client:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.data_dir = data_dir(args)
-        self.url = self._url(args)
+        self.urls = self._urls(args)
+        self.url = self.urls[0]
         self.timeout = float(getattr(args, "timeout", 10.0) or 10.0)
         self._token_arg = getattr(args, "token_file", None)
         self._ca_arg = getattr(args, "ca_file", None)
@@ -119,17 +122,15 @@ class Client:
         self.token_source = ""
         self.token_path: Path | None = None  # the file the token came from, if any
 
-    def _url(self, args: argparse.Namespace) -> str:
-        url = getattr(args, "control_plane", None) or os.environ.get("MESHLET_CONTROL_PLANE")
-        if not url:
+    def _urls(self, args: argparse.Namespace) -> list[str]:
+        spec = getattr(args, "control_plane", None) or os.environ.get("MESHLET_CONTROL_PLANE")
+        if not spec:
             try:
                 addr = (self.data_dir / "listen.addr").read_text().strip()
-                url = f"https://{addr}"
+                spec = f"https://{addr}"
             except OSError:
-                url = DEFAULT_URL
-        if "://" not in url:
-            url = "https://" + url
-        return url.rstrip("/")
+                spec = DEFAULT_URL
+        return split_urls(spec) or [DEFAULT_URL]
 
     # -- credentials -----------------------------------------------------------------------
     def token(self) -> str:
@@ -204,7 +205,7 @@ class Client:
         """Call the operator API; returns the decoded JSON (or text) of a 2xx answer."""
         headers = {"Authorization": f"Bearer {self.token()}"} if auth else {}
         ssl_ctx = self.ssl_context()
-        status, body = asyncio.run(self._request(method, path, headers, json_body, ssl_ctx))
+        status, body = asyncio.run(self._failover(method, path, headers, json_body, ssl_ctx))
         if status == 401:
             raise CLIError(
                 f"the control plane at {self.url} rejected the admin token from "
@@ -223,6 +224,23 @@ class Client:
             raise CLIError(msg or f"the control plane answered {status}", ExitStatus.ERROR,
                            [str(d) for d in details])
         return data
+
+    async def _failover(self, method: str, path: str, headers: dict, body: Any,
+                        ssl_ctx: ssl.SSLContext | bool) -> tuple[int, bytes]:
+        """The first replica that answers (any replica serves any request). Only an
+        unreachable one is skipped: an answer, even an error, is the answer."""
+        unreachable: list[str] = []
+        for url in self.urls:
+            self.url = url
+            try:
+                return await self._request(method, path, headers, body, ssl_ctx)
+            except CLIError as e:
+                if e.status != ExitStatus.UNREACHABLE or url == self.urls[-1]:
+                    if unreachable:
+                        e.details = [*e.details, *unreachable]
+                    raise
+                unreachable.append(f"also tried {url}: {e}")
+        raise AssertionError("no control-plane URL")  # pragma: no cover - urls is never empty
 
     async def _request(self, method: str, path: str, headers: dict, body: Any,
                        ssl_ctx: ssl.SSLContext | bool) -> tuple[int, bytes]:
@@ -253,6 +271,19 @@ class Client:
                 f"no answer from the control plane at {self.url}: {e or type(e).__name__}",
                 ExitStatus.UNREACHABLE,
             )
+
+
+def split_urls(spec: str) -> list[str]:
+    """``https://a:15012,b:15012`` -> both URLs, ``https://`` assumed, no trailing slash."""
+    out = []
+    for part in spec.split(","):
+        url = part.strip()
+        if not url:
+            continue
+        if "://" not in url:
+            url = "https://" + url
+        out.append(url.rstrip("/"))
+    return out
 
 
 def read_source(path: str) -> str:

@@ -137,7 +137,12 @@ class IdentityManager:
         max_retry: float = 60.0,
         bundle_refresh_s: float = 300.0,
     ) -> None:
-        self._url = control_plane_url.rstrip("/") if control_plane_url else None
+        # Several replicas may be given (comma-separated): any of them signs; a failure moves
+        # the next attempt to the next one.
+        self._urls = [u.strip().rstrip("/") for u in (control_plane_url or "").split(",")
+                      if u.strip()]
+        self._url_index = 0
+        self.issued_by: str | None = None  # the control plane that issued the current cert
         self._token = JoinToken.parse(join_token) if join_token else None
         self.service = service
         self.namespace = namespace
@@ -162,6 +167,15 @@ class IdentityManager:
         self.renewals = 0
         #: Called with the manager after every new certificate (first one included).
         self.on_change: list[Callable[[IdentityManager], object]] = []
+
+    @property
+    def _url(self) -> str | None:
+        return self._urls[self._url_index] if self._urls else None
+
+    def _next_url(self) -> None:
+        if len(self._urls) > 1:
+            self._url_index = (self._url_index + 1) % len(self._urls)
+            _log.info("identity: next attempt against %s", self._url)
 
     # -- static mode ----------------------------------------------------------------------
 
@@ -270,6 +284,7 @@ class IdentityManager:
             if self._renew_at and not self._static
             else None,
             "renewals": self.renewals,
+            "issued_by": self.issued_by,
             "last_renewal_error": self.last_renewal_error,
             "last_bundle_error": self.last_bundle_error,
         }
@@ -446,6 +461,7 @@ class IdentityManager:
             )
         if trust_domain is not None and not ident.spiffe_id.member_of(trust_domain):
             raise IdentityError(f"trust domain changed to {ident.spiffe_id.trust_domain}")
+        self.issued_by = self._url
         self._install(ident)
 
     def _install(self, ident: _Identity, *, renewed: bool = True) -> None:
@@ -477,7 +493,8 @@ class IdentityManager:
 
     def _note_failure(self, exc: BaseException) -> None:
         self.last_renewal_error = f"{type(exc).__name__}: {exc}"
-        _log.warning("identity: %s", self.last_renewal_error)
+        _log.warning("identity: %s (%s)", self.last_renewal_error, self._url)
+        self._next_url()
 
     def _backoff(self, attempt: int) -> float:
         # Exponential with "equal jitter": never below half the step, so retries stay spread.
@@ -520,6 +537,7 @@ class IdentityManager:
             except Exception as exc:
                 self.last_bundle_error = f"{type(exc).__name__}: {exc}"
                 _log.warning("trust bundle refresh: %s", self.last_bundle_error)
+                self._next_url()
 
     # -- state on disk --------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from control_plane.api.expiry import EXPIRES_AT
 from control_plane.api.hosts import aliases, fqdn, split_host_port
 from proxy.routes.table import (
     EXACT,
@@ -386,11 +387,18 @@ class _Compiler:
         self.build_clusters()
         vhosts: dict[str, list[Route]] = {}
         vs_names: dict[str, str] = {}
-        for vs in self.resources:
-            if vs.kind != "VirtualService":
-                continue
+        # an expiring VirtualService (a chaos overlay, control_plane/api/expiry.py) goes first
+        ordered = sorted(
+            (r for r in self.resources if r.kind == "VirtualService"),
+            key=lambda r: EXPIRES_AT not in (getattr(r, "annotations", None) or {}),
+        )
+        regular: set[str] = set()  # hosts with a VirtualService that is not an overlay
+        for vs in ordered:
+            overlay = EXPIRES_AT in (getattr(vs, "annotations", None) or {})
             for host in vs.spec.get("hosts") or ():
                 fq = fqdn(host, vs.namespace)
+                if not overlay:
+                    regular.add(fq)
                 routes = vhosts.setdefault(fq, [])
                 vs_names.setdefault(fq, f"{vs.namespace}/{vs.name}")
                 for i, rspec in enumerate(vs.spec.get("http") or ()):
@@ -398,12 +406,13 @@ class _Compiler:
                     if route is not None:
                         routes.append(route)
         for fq, svc in self.services.items():
-            if fq in vhosts:
+            if fq in regular:
                 continue
             _, default = self.cluster_map(fq, svc.namespace, "", 0)
             by_port, _ = self.cluster_map(fq, svc.namespace, "", 0)
             dest = Destination(fq, "", 0, 100, HeaderOps(), HeaderOps(), by_port, default)
-            vhosts[fq] = [
+            # after an overlay's routes (if any), the default route the host has without one
+            vhosts[fq] = vhosts.get(fq, []) + [
                 Route(
                     name="default",
                     virtual_service="",
@@ -413,7 +422,7 @@ class _Compiler:
                     total_weight=1,
                 )
             ]
-            vs_names[fq] = ""
+            vs_names.setdefault(fq, "")
         hosts: dict[str, VirtualHost] = {}
         for fq, routes in vhosts.items():
             vh = VirtualHost(name=vs_names.get(fq) or fq, service=fq, routes=tuple(routes))

@@ -25,6 +25,7 @@ from proxy.resilience.deadline import (
 )
 from proxy.resilience.retry import Outcome, retry_after_delay
 from proxy.routes import match
+from proxy.server import local_reply
 from proxy.server.channel import ChannelClosed, MalformedBody
 from proxy.server.h2 import grpc as h2grpc
 from proxy.server.headers import SPOOFABLE_INBOUND, apply_ops
@@ -108,6 +109,7 @@ class Exchange:
         "hdrs",
         "downstream",
         "retry_slot",
+        "fallback",
     )
 
     def __init__(self, start: float) -> None:
@@ -131,6 +133,7 @@ class Exchange:
         self.hdrs: dict[str, str] = {}
         self.downstream: tuple[str, int] = ("", 0)  # the caller's address, for the access log
         self.retry_slot: Any = None  # the maxRetries gate this request holds a retry slot of
+        self.fallback: Any = None  # the destination's FallbackPolicy, set once policy is known
 
 
 def _scan(headers: list[tuple[str, str]], ex: Exchange) -> bool:
@@ -410,6 +413,7 @@ class Forwarder:
                 down, head, target, headers, extra, cluster, policy, ex, reporter, resp_ops
             )
             return
+        ex.fallback = dest.fallback
         if dest.limiter is not None:
             wait = dest.limiter.acquire()
             if wait < 0:
@@ -995,6 +999,12 @@ class Forwarder:
                 _cancel(pump)
                 ra = resp.get("retry-after")
                 return ("retry", status, retry_after_delay(ra, time.time()) if ra else None)
+            fb = ex.fallback
+            if fb is not None and status >= 500 and fb.applies("5xx", head.method):
+                if self._fallback(down, head, ex, reporter, fb, str(status)):
+                    _cancel(pump)
+                    conn.abort()
+                    return None
         # -- response head
         extra = []
         if reporter == "outbound":
@@ -1015,7 +1025,15 @@ class Forwarder:
         cut: list[bool] | None = None
         try:
             data = rbody.read_nowait()
+            fb = ex.fallback
+            keep: list[bytes] | None = (
+                []
+                if fb is not None and 200 <= status < 300 and fb.caches(head.method, head.get)
+                else None
+            )
             if data is not None and rbody.at_eof and not rbody.trailers:
+                if keep is not None:
+                    fb.stale.store(head.host, head.target, status, resp_headers, data)
                 down.send_response(
                     status,
                     resp.reason,
@@ -1055,6 +1073,12 @@ class Forwarder:
                         if not data:
                             break
                         total += len(data)
+                        if keep is not None:
+                            # a copy for the stale cache, dropped once over its size cap
+                            if total <= fb.stale.max_body:
+                                keep.append(data)
+                            else:
+                                keep = None
                         down.send_data(data)
                         data = None
                         if down.paused:
@@ -1065,6 +1089,8 @@ class Forwarder:
                 trailers = rbody.trailers
                 down.send_end(trailers)
                 ex.resp_bytes = total
+                if keep is not None and not trailers:
+                    fb.stale.store(head.host, head.target, status, resp_headers, b"".join(keep))
                 if trailers:
                     for name, value in trailers:
                         if name == "grpc-status":
@@ -1099,6 +1125,14 @@ class Forwarder:
         reporter: str,
         body: str | None = None,
     ) -> None:
+        fb = ex.fallback
+        if (
+            fb is not None
+            and flag in fb.flags
+            and head.method in fb.methods
+            and self._fallback(down, head, ex, reporter, fb, flag)
+        ):
+            return
         ex.status = status
         ex.flags = flag
         if h2grpc.is_grpc(ex.hdrs.get("content-type")):
@@ -1106,6 +1140,37 @@ class Forwarder:
         down.send_local(status, flag, body, (), self.rt.draining)
         self.rt.count_local_reply(status, flag)
         self._account(ex, head, reporter)
+
+    def _fallback(
+        self, down: Any, head: Any, ex: Exchange, reporter: str, fb: Any, cause: str
+    ) -> bool:
+        """Answer the configured fallback (proxy/resilience/fallback.py) in place of the
+        failure ``cause``; False when there is none to give (then the error goes out)."""
+        if h2grpc.is_grpc(ex.hdrs.get("content-type")):
+            return False  # a gRPC caller expects a status in trailers, not a made-up body
+        answer = fb.answer(head.method, head.host, head.target, cause)
+        if answer is None:
+            return False
+        status, headers, body = answer
+        ex.status = status
+        ex.flags = "FB"
+        if down.body is not None and not down.body.at_eof:
+            down.keep_alive = False  # the request body was not read: the connection cannot go on
+        down.send_response(
+            status,
+            local_reply.reason(status),
+            headers,
+            (),
+            [],
+            len(body),
+            True,
+            b"" if head.method == "HEAD" else body,
+            head.method == "HEAD",
+        )
+        ex.resp_bytes = 0 if head.method == "HEAD" else len(body)
+        self.rt.count_local_reply(status, "FB")
+        self._account(ex, head, reporter)
+        return True
 
     def _account(self, ex: Exchange, head: Any, reporter: str) -> None:
         self.rt.record(ex, head, reporter)

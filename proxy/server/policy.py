@@ -16,6 +16,7 @@ from typing import Any
 from proxy.resilience.breaker import BreakerConfig, CircuitBreaker
 from proxy.resilience.budget import RetryBudget
 from proxy.resilience.bulkhead import Bulkhead
+from proxy.resilience.fallback import FallbackPolicy
 from proxy.resilience.fault import FaultPolicy
 from proxy.resilience.hedging import HedgePolicy, LatencyTracker
 from proxy.resilience.outlier import OutlierDetector
@@ -33,6 +34,7 @@ class DestinationState:
         "tracker",
         "hedge",
         "metrics",
+        "fallback",
     )
 
     def __init__(self, service: str, spec: dict[str, Any]) -> None:
@@ -48,6 +50,9 @@ class DestinationState:
         self.hedge = HedgePolicy.from_spec(spec.get("hedging")) if spec.get("hedging") else None
         self.tracker = LatencyTracker() if self.hedge is not None else None
         self.metrics: Any = None
+        fb = spec.get("fallback")
+        # built once per policy: its stale cache lives as long as this state (kept across pushes)
+        self.fallback = FallbackPolicy.from_spec(fb) if fb else None
 
 
 class RoutePolicy:

@@ -184,19 +184,22 @@ class RequestSeries:
         _req=_OFF_REQ,
         _resp=_OFF_RESP,
         _sum=_OFF_SUM,
-    ) -> None:
-        """Count one finished request. Hot path: keep it allocation- and lock-free."""
+    ) -> int:
+        """Count one finished request; returns the duration bucket's index (the route view of
+        the control plane reuses it). Hot path: keep it allocation- and lock-free."""
         try:
             e = self._dims[(response_code, response_flags, grpc_response_status)]
         except KeyError:
             e = self._new_dim(response_code, response_flags, grpc_response_status)
         # bisect_left gives the first bound >= value, i.e. Prometheus' inclusive `le`.
-        e[_bisect(_dur, duration_ms)] += 1
+        i = _bisect(_dur, duration_ms)
+        e[i] += 1
         e[_req + _bisect(_bytes, request_bytes)] += 1
         e[_resp + _bisect(_bytes, response_bytes)] += 1
         e[_sum] += duration_ms
         e[_sum + 1] += request_bytes
         e[_sum + 2] += response_bytes
+        return i
 
     def _new_dim(self, code: int, flags: str, grpc: str) -> list:
         # "" and "-" (no flags) must land on one exposed series; so must 200 and "200".

@@ -18,6 +18,7 @@ import ctypes
 import gzip
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,11 +44,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port free now, picked below the kernel's ephemeral range: the demo learns a port here
+    and a child binds it a moment later, and a port from the ephemeral range can be taken in
+    between by any outgoing connection or port-0 bind on the host (seen under parallel test
+    runs). Ports below that range are only ever taken by an explicit bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # every pick taken: let the kernel choose
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _parent_death_signal() -> Callable[[], None] | None:
@@ -77,6 +93,7 @@ class _Procs:
         self.work = work
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._tie = _parent_death_signal()
+        self.specs: dict[str, dict[str, object]] = {}  # for mesh.json (control_plane/chaos)
 
     def start(
         self, name: str, args: list[str], env: dict[str, str] | None = None
@@ -92,6 +109,12 @@ class _Procs:
             preexec_fn=self._tie,  # noqa: PLW1509 - only prctl and getppid run in the child
         )
         self.procs.append((name, p))
+        self.specs[name] = {
+            "pid": p.pid,
+            "argv": [PY, "-m", *args],
+            "env": {k: v for k, v in (env or {}).items() if k.startswith("OTEL_")},
+            "log": str(self.work / f"{name}.log"),
+        }
         return p
 
     def stop(self) -> None:
@@ -104,6 +127,54 @@ class _Procs:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
+        _stop_restarted(self.work, {p.pid for _, p in self.procs})
+
+
+MESH_STATE = "mesh.json"
+
+
+def _write_mesh_state(
+    work: Path, procs: _Procs, url: str, data: Path, ports: dict[str, dict[str, int]], front: int
+) -> Path:
+    """``mesh.json``: what chaos experiments (control_plane/chaos) need to act on this mesh:
+    every process with its command line (to kill, pause or restart it), every sidecar's ports,
+    the control plane's address and data dir."""
+    state = {
+        "owner_pid": os.getpid(),  # restarts are for a live mesh only
+        "control_plane": {"url": url, "data_dir": str(data)},
+        "frontend_outbound": front,
+        "processes": procs.specs,
+        "sidecars": ports,
+    }
+    path = work / MESH_STATE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _stop_restarted(work: Path, own: set[int]) -> None:
+    """Processes a chaos experiment restarted (recorded in mesh.json) are ours to stop too."""
+    try:
+        state = json.loads((work / MESH_STATE).read_text())
+    except (OSError, ValueError):
+        return
+    for spec in (state.get("processes") or {}).values():
+        pid = int(spec.get("pid") or 0)
+        if pid and pid not in own and _runs(pid, spec.get("argv") or []):
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGCONT)
+                os.killpg(pid, signal.SIGTERM)
+
+
+def _runs(pid: int, argv: list[str]) -> bool:
+    """``pid`` is still the process started with ``argv`` (not a recycled pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().split(b"\0")
+    except OSError:
+        return False
+    return [a.encode() for a in argv[1:4]] == cmd[1:4]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -338,12 +409,17 @@ class _Mesh:
     def write(self, path: Path) -> None:
         """The addresses as JSON (``WORKDIR/mesh.json``), for scripts that drive the running
         demo (loadtests/run_locust.py): written once the mesh is ready, gone with the mesh."""
-        doc = {
+        try:  # the chaos state (processes, ports) written before the scenarios stays
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        doc.setdefault("control_plane", {"url": self.url, "data_dir": str(self.data_dir)})
+        doc.update({
             "frontend": f"http://127.0.0.1:{self.front}",
-            "control_plane": self.url,
             "data_dir": str(self.data_dir),
+            "dashboard": f"{self.url}/ui/",
             "metrics": {n: f"http://127.0.0.1:{p}/metrics" for n, p in self.admins.items()},
-        }
+        })
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
         tmp.replace(path)
@@ -362,6 +438,7 @@ def _usage(mesh: _Mesh, once: bool, work_kept: bool) -> list[str]:
         return lines
     front = f"http://127.0.0.1:{mesh.front}"
     width = max(len(n) for n in mesh.admins)
+    ro_token = mesh.data_dir / "readonly.token"
     return [
         "",
         "== Use this mesh (it keeps running until Ctrl-C) ==",
@@ -374,10 +451,13 @@ def _usage(mesh: _Mesh, once: bool, work_kept: bool) -> list[str]:
         f"     export MESHLET_DATA_DIR={mesh.data_dir}",
         "     meshlet proxy-status",
         "     meshlet proxy-config routes frontend-v1",
+        f"   Dashboard: {mesh.url}/ui/ (sign in with the token in {ro_token})",
         "   Metrics (Prometheus text) of each sidecar:",
         *(f"     {name:<{width}}  curl -s http://127.0.0.1:{port}/metrics"
           for name, port in mesh.admins.items()),
         f"   Load: locust -f loadtests/locustfile.py --headless -u 10 -r 5 -t 30s --host {front}",
+        "   Chaos (pip install -e '.[chaos]'):",
+        f"     meshlet chaos run configs/chaos/payment-slow.yaml --mesh {mesh.work / 'mesh.json'}",
         f"   Logs: {mesh.work}",
     ]
 
@@ -438,6 +518,7 @@ async def _run_mesh(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
     ]
     admins: dict[str, int] = {}
     sidecars: dict[str, subprocess.Popen[bytes]] = {}
+    ports: dict[str, dict[str, int]] = {}
     apps: dict[str, int] = {}
     front = 0
     for svc, ver in workloads:
@@ -494,6 +575,9 @@ async def _run_mesh(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
             env=otel,
         )
         admins[name] = admin
+        ports[name] = {
+            "admin": admin, "outbound": out_port, "inbound": in_port, "app": app_port
+        }
     for name, admin in admins.items():
         p = sidecars[name]
         await asyncio.to_thread(
@@ -511,6 +595,7 @@ async def _run_mesh(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
         "every sidecar to acknowledge the config",
     )
     _say("\n" + cli("proxy-status").rstrip())
+    _write_mesh_state(work, procs, url, data, ports, front)
     failures = await _scenarios(front, apps, receiver, args.requests)
     mesh = _Mesh(work, data, url, front, admins)
     if not args.once:

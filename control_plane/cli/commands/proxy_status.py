@@ -37,13 +37,18 @@ def render(data: dict, now: float | None = None) -> str:
     from control_plane.cli import output
 
     current = data.get("snapshot_version", "")
+    proxies = data.get("proxies", [])
+    # Replicas on etcd: which control plane each sidecar is connected to.
+    replicas = any(p.get("replica") for p in proxies)
     rows = [
         [p["node_id"], f"{p['service']}.{p['namespace']}", p.get("version") or "-",
-         p.get("address") or "-", p.get("acked_version") or "-",
+         p.get("address") or "-", *([p.get("replica") or "-"] if replicas else []),
+         p.get("acked_version") or "-",
          output.expiry(p.get("cert_expiry"), now), sync_state(p, current)]
-        for p in data.get("proxies", [])
+        for p in proxies
     ]
-    headers = ["NAME", "SERVICE", "VERSION", "ADDRESS", "ACKED", "CERT EXPIRES", "CONFIG"]
+    headers = ["NAME", "SERVICE", "VERSION", "ADDRESS", *(["REPLICA"] if replicas else []),
+               "ACKED", "CERT EXPIRES", "CONFIG"]
     return output.table(headers, rows) + f"\n\ncurrent config version: {current or '-'}"
 
 

@@ -26,9 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inbound-bind", default="0.0.0.0", help="default 0.0.0.0")
     p.add_argument("--outbound-bind", default="127.0.0.1", help="default 127.0.0.1")
     p.add_argument("--admin-bind", default="127.0.0.1", help="default 127.0.0.1")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--config", help="standalone: a YAML file (or folder) of resources")
-    src.add_argument("--control-plane", help="the control plane's URL (https://host:15012)")
+    src.add_argument("--control-plane", metavar="URL[,URL...]",
+                     help="the control plane's URL (https://host:15012), or several replicas' "
+                     "comma-separated: a sidecar whose replica fails moves to the next "
+                     "(env MESHLET_CONTROL_PLANE)")
     p.add_argument("--token-file", help="join token file (with --control-plane)")
     p.add_argument("--cert", help="standalone mTLS: certificate chain PEM")
     p.add_argument("--key", help="standalone mTLS: private key PEM")
@@ -67,6 +70,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"meshlet sidecar: --label {item!r} is not K=V", file=sys.stderr)
             return 2
         labels[k] = v
+    if not args.config and not args.control_plane:
+        import os
+
+        args.control_plane = os.environ.get("MESHLET_CONTROL_PLANE") or None
+        if not args.control_plane:
+            print("meshlet sidecar: one of --config or --control-plane (or "
+                  "MESHLET_CONTROL_PLANE) is required", file=sys.stderr)
+            return 2
     if args.control_plane and not args.token_file:
         print("meshlet sidecar: --control-plane needs --token-file", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""``meshlet token create``: a join token for a sidecar's first certificate."""
+"""``meshlet token create``: a join token for a sidecar's first certificate, or (``--read-only``)
+the token that opens the dashboard and the read-only API (stats, tap, proxies, analyze)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from control_plane.cli import client as cli_client
 from control_plane.cli.client import CLIError, ExitStatus
 
 NAME = "token"
-HELP = "join tokens: `token create --service NAME` prints one alone on stdout"
+HELP = ("join tokens: `token create --service NAME` prints one alone on stdout; "
+        "`token create --read-only` the dashboard's read-only token")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create = sub.add_parser("create", help="create a join token for a service's sidecar",
                             epilog=cli_client.EXIT_CODES_EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    create.add_argument("--service", required=True, metavar="NAME",
+    create.add_argument("--service", metavar="NAME",
                         help="the service (SPIFFE service account) the token admits")
+    create.add_argument("--read-only", action="store_true",
+                        help="print the read-only token (dashboard login, read-only API)")
     create.add_argument("--namespace", default="default", metavar="NS",
                         help="its namespace (default: default)")
     create.add_argument("--ttl", default="1h", metavar="DURATION",
@@ -39,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CLIError(f"--ttl {args.ttl!r}: {e}", ExitStatus.USAGE)
     c = cli_client.Client(args)
+    if args.read_only:
+        output.out(c.request("POST", "/v1/tokens", json_body={"read_only": True})["token"])
+        return 0
+    if not args.service:
+        raise CLIError("token create needs --service NAME (or --read-only)", ExitStatus.USAGE)
     answer = c.request("POST", "/v1/tokens", json_body={
         "service": args.service, "namespace": args.namespace, "ttl": args.ttl})
     output.out(answer["token"])

@@ -17,32 +17,9 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from control_plane.api.resources import Resource
-
-# Names an operator may type for a kind, kubectl-style: the Kind, lowercase, plural, short name.
-KINDS: dict[str, tuple[str, ...]] = {
-    "VirtualService": ("virtualservice", "virtualservices", "vs"),
-    "DestinationRule": ("destinationrule", "destinationrules", "dr"),
-    "ServiceEntry": ("serviceentry", "serviceentries", "se"),
-    "WorkloadEntry": ("workloadentry", "workloadentries", "we"),
-    "AuthorizationPolicy": ("authorizationpolicy", "authorizationpolicies", "ap"),
-    "PeerAuthentication": ("peerauthentication", "peerauthentications", "pa"),
-    "ResiliencePolicy": ("resiliencepolicy", "resiliencepolicies", "rp"),
-    "InboundRateLimit": ("inboundratelimit", "inboundratelimits", "irl"),
-    "MeshConfig": ("meshconfig", "meshconfigs", "mc"),
-    "Canary": ("canary", "canaries", "can"),
-}
-_ALIASES = {alias: kind for kind, names in KINDS.items() for alias in (kind.lower(), *names)}
-
-
-def canonical_kind(name: str) -> str | None:
-    """``vs`` / ``virtualservices`` / ``VirtualService`` -> ``VirtualService``; None if unknown."""
-    return _ALIASES.get(name.strip().lower())
-
-
-Key = tuple[str, str, str]  # (kind, namespace, name)
+from control_plane.store.base import Change, Key, StoredResource, canon_json
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -64,40 +41,6 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
 """
-
-
-@dataclass(frozen=True)
-class Change:
-    """What one apply or delete did to one resource (kubectl's words)."""
-
-    kind: str
-    namespace: str
-    name: str
-    api_version: str
-    action: str  # created | configured | unchanged | deleted | not-found
-
-    def to_dict(self) -> dict[str, str]:
-        return {
-            "kind": self.kind,
-            "namespace": self.namespace,
-            "name": self.name,
-            "apiVersion": self.api_version,
-            "action": self.action,
-        }
-
-
-@dataclass(frozen=True)
-class StoredResource:
-    """A resource as stored, with the revision that last changed it."""
-
-    resource: Resource
-    revision: int
-    created: float
-    updated: float
-
-
-def _canon_json(obj: object) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 class Store:
@@ -172,8 +115,8 @@ class Store:
             rev = self.revision
             new_rev = rev + 1
             for r in resources:
-                spec, labels = _canon_json(r.spec), _canon_json(dict(r.labels or {}))
-                annotations = _canon_json(dict(r.annotations or {}))
+                spec, labels = canon_json(r.spec), canon_json(dict(r.labels or {}))
+                annotations = canon_json(dict(r.annotations or {}))
                 old = db.execute(
                     "SELECT api_version, spec, labels, annotations FROM resources"
                     " WHERE kind=? AND namespace=? AND name=?",
@@ -240,6 +183,19 @@ class Store:
         if changed:
             self._notify(rev)
         return rev, changes
+
+    # -- the async interface (control_plane.store.base) ------------------------------------
+    async def start(self) -> None:
+        """Nothing to load: every read goes to the file."""
+
+    async def apply_async(self, resources: Iterable[Resource]) -> tuple[int, list[Change]]:
+        return self.apply(resources)
+
+    async def delete_async(self, keys: Iterable[Key]) -> tuple[int, list[Change]]:
+        return self.delete(keys)
+
+    async def writable_async(self) -> bool:
+        return self.writable()
 
     def writable(self) -> bool:
         """True if a write transaction can be opened now (used by health checks)."""
