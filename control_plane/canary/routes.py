@@ -69,9 +69,11 @@ def _split(plan: Plan, weight: int, template: dict | None) -> list[dict]:
 
 def with_weights(plan: Plan, namespace: str, vs: Resource | None, weight: int,
                  name: str) -> Resource:
-    """``vs`` (or a new VirtualService named ``name``) with every route to the host split
-    ``100 - weight`` to stable and ``weight`` to canary. Routes to other hosts are kept as
-    they are; a VirtualService with no route to the host gets one appended."""
+    """``vs`` (or a new VirtualService named ``name``) with its default routes to the host (those
+    without a ``match``) split ``100 - weight`` to stable and ``weight`` to canary. Matched
+    routes are deliberate (a header that pins testers to a version) and are left as they are,
+    as are destinations of other hosts; a VirtualService without a default route to the host
+    gets one appended."""
     host = fqdn(plan.host, namespace)
     if vs is None:
         spec: dict = {"hosts": [plan.host], "http": [{"route": _split(plan, weight, None)}]}
@@ -80,6 +82,8 @@ def with_weights(plan: Plan, namespace: str, vs: Resource | None, weight: int,
     spec = copy.deepcopy(vs.spec)
     touched = False
     for http in spec.get("http") or ():
+        if http.get("match"):
+            continue
         routes = http.get("route") or []
         ours = [d for d in routes
                 if fqdn(str((d.get("destination") or {}).get("host", "")), vs.namespace) == host]
@@ -89,16 +93,6 @@ def with_weights(plan: Plan, namespace: str, vs: Resource | None, weight: int,
         http["route"] = others + _split(plan, weight, ours[0])
         touched = True
     if not touched:
+        # after every matched route: a route is chosen by the first match
         spec.setdefault("http", []).append({"route": _split(plan, weight, None)})
     return dataclasses.replace(vs, spec=spec, source="canary")
-
-
-def current_weight(plan: Plan, vs: Resource | None) -> int | None:
-    """The canary subset's weight in ``vs``'s first route to the host (None if absent)."""
-    if vs is None:
-        return None
-    for http in vs.spec.get("http") or ():
-        for d in http.get("route") or ():
-            if (d.get("destination") or {}).get("subset") == plan.canary:
-                return int(d.get("weight", 0))
-    return None
