@@ -117,10 +117,13 @@ class CanaryController:
     def _needs_reading(self, res: Any) -> bool:
         key = (res.namespace, res.name)
         status = self._status(res)
-        if status.get("phase") not in (machine.PROGRESSING, machine.WAITING, machine.INITIALIZING):
-            return False
-        if key not in self._baseline:
+        phase = status.get("phase") or ""
+        if phase in ("", machine.INITIALIZING) or key not in self._baseline:
+            # the first step's baseline must be read now, or everything the versions served
+            # before the rollout would count in its first interval
             return True
+        if phase not in (machine.PROGRESSING, machine.WAITING):
+            return False
         interval = canary_api.plan(res.spec).interval_s
         return self.clock() - float(status.get("intervalStart", 0.0)) >= interval - 1e-3
 

@@ -46,8 +46,13 @@ def test_demo_runs_every_scenario(tmp_path):
         "== 4. Circuit breaker",
         "== 3. Zero trust",
         "== 5. One trace",
+        "== 6. Progressive delivery",
     ):
         assert section in out
+    # the canary controller promoted the healthy v2 and rolled the faulty v3 back, saying why
+    assert "promoted: v2 serves 100% of orders" in out
+    assert "rolled back: v3 at 20%: success rate was " in out
+    assert "all traffic back on v2" in out
     assert "503/UO" in out
     assert "403 RBAC" in out
     assert "URI=spiffe://cluster.local/ns/default/sa/orders" in out
@@ -166,7 +171,7 @@ def test_locust_scenario_against_the_demo_has_no_failure(demo, tmp_path):
 @pytest.mark.slow
 def test_sigkill_of_the_demo_takes_its_processes_with_it(demo):
     kids = demo.children()
-    assert len(kids) == 10, kids  # control plane, four apps, five sidecars
+    assert len(kids) == 12, kids  # control plane, five apps, six sidecars
     demo.proc.kill()
     demo.proc.wait()
     deadline = time.monotonic() + 60

@@ -1,11 +1,13 @@
 """``meshlet demo``: the whole mesh on loopback, driven and explained in one command.
 
-It starts a control plane, the sample services ``orders`` (v1 and a v2 canary), ``inventory``
+It starts a control plane, the sample services ``orders`` (v1, a v2 canary and a faulty v3),
+``inventory``
 and ``payment``, each behind its own sidecar that joins with a join token, plus a ``frontend``
 sidecar that plays the caller. It applies ``configs/demo/`` (shipped inside the package) and then
 shows, with real traffic: the canary split, retries hiding a flaky dependency, a circuit breaker
-tripping, a call denied by an AuthorizationPolicy, mTLS identities, and one trace across the hops
-(spans collected by an OTLP receiver the demo runs itself). Ctrl-C stops everything.
+tripping, a call denied by an AuthorizationPolicy, mTLS identities, one trace across the hops
+(spans collected by an OTLP receiver the demo runs itself), and two rollouts by the canary
+controller (v2 promoted, v3 rolled back). Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ NAME = "demo"
 HELP = "run the demo mesh on loopback and show what it does (Ctrl-C stops it)"
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "demo" / "config"
+CANARY_DIR = CONFIG_DIR.parent / "canary"
+#: faults of the demo's versions: orders v3 is the faulty canary scenario 6 rolls back
+APP_ARGS = {("orders", "v3"): ["--fail-percent", "30"]}
 PY = sys.executable
 
 
@@ -376,6 +381,64 @@ async def _scenarios(front: int, apps: dict[str, int], receiver: _Receiver, n: i
     return failures
 
 
+async def _progressive(front: int, data: Path, url: str, apply: Callable[[Path], str]) -> int:
+    """Scenario 6: two rollouts by the canary controller under a steady load, every decision
+    printed with its reason as the controller takes it."""
+    import ssl
+
+    import aiohttp
+
+    ctx = ssl.create_default_context(cafile=str(data / "ca" / "trust-bundle.pem"))
+    auth = {"Authorization": "Bearer " + (data / "admin.token").read_text().strip()}
+    failures = 0
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession() as s:
+
+        async def load() -> None:
+            # about 50 requests a second into orders, for at most a minute
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(f"http://127.0.0.1:{front}/orders",
+                                     headers={"Host": "orders"}) as r:
+                        await r.read()
+                await asyncio.sleep(0.08)
+
+        async def follow() -> dict:
+            seen = 0
+            deadline = time.monotonic() + 45
+            status: dict = {}
+            while time.monotonic() < deadline:
+                async with s.get(f"{url}/v1/canaries/default/orders", headers=auth,
+                                 ssl=ctx) as r:
+                    status = (await r.json()).get("status") or {}
+                events = status.get("events") or []
+                for ev in events[seen:]:
+                    t0 = events[0]["time"]
+                    _say(f"   +{ev['time'] - t0:4.1f}s  {ev['weight']:3d}%  {ev['reason']}")
+                seen = len(events)
+                if status.get("phase") in ("Succeeded", "Failed"):
+                    break
+                await asyncio.sleep(0.25)
+            return status
+
+        loaders = [asyncio.ensure_future(load()) for _ in range(4)]
+        try:
+            _say("   orders v2 (healthy), from v1: checks every 2 s, 20 % -> 50 % -> 100 %")
+            apply(CANARY_DIR / "orders-v2.yaml")
+            status = await follow()
+            failures += status.get("phase") != "Succeeded"
+            _say("   orders v3 (30 % of its answers are 500), from v2:")
+            apply(CANARY_DIR / "orders-v3.yaml")
+            status = await follow()
+            failures += status.get("phase") != "Failed"
+        finally:
+            stop.set()
+            await asyncio.gather(*loaders, return_exceptions=True)
+    _say("   every decision, with what was measured: meshlet canary status orders")
+    return failures
+
+
 def run(args: argparse.Namespace) -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="meshlet-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -508,10 +571,13 @@ async def _run_mesh(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
     otel = _env(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
         OTEL_BSP_SCHEDULE_DELAY="200",
+        # reports several times per canary interval (2 s), so every interval has its data
+        MESHLET_STATS_INTERVAL="0.5",
     )
     workloads = [
         ("orders", "v1"),
         ("orders", "v2"),
+        ("orders", "v3"),
         ("inventory", "v1"),
         ("payment", "v1"),
         ("frontend", "v1"),
@@ -540,6 +606,7 @@ async def _run_mesh(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
                     str(app_port),
                     "--outbound",
                     f"127.0.0.1:{out_port}",
+                    *APP_ARGS.get((svc, ver), []),
                 ],
             )
             apps.setdefault(svc, app_port)
@@ -597,6 +664,10 @@ async def _run_mesh(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
     _say("\n" + cli("proxy-status").rstrip())
     _write_mesh_state(work, procs, url, data, ports, front)
     failures = await _scenarios(front, apps, receiver, args.requests)
+    _say("\n== 6. Progressive delivery: the canary controller promotes a healthy version and "
+         "rolls back a faulty one ==")
+    failures += await _progressive(front, data, url,
+                                   lambda path: cli("apply", "-f", str(path)))
     mesh = _Mesh(work, data, url, front, admins)
     if not args.once:
         mesh.write(work / "mesh.json")
