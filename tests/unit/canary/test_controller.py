@@ -135,3 +135,56 @@ def test_a_missing_subset_is_reported_once(setup):
                                        "subset 'v9' (the canary)")
     assert [e["decision"] for e in status["events"]] == ["blocked"]
     assert store.get("VirtualService") == []  # nothing was routed
+
+
+def test_webhooks_are_asked_over_http_and_hold_with_their_words(setup):
+    """Flagger's protocol against a real HTTP server: a 503 with a body holds the rollout with
+    that body as the reason; a 2xx lets it go on; the POST describes the canary."""
+    from aiohttp import web
+
+    store, ctl, source, clock = setup
+    answers = [web.Response(status=503, text="change freeze until 18:00"), web.Response()]
+    seen: list[dict] = []
+
+    async def run() -> dict:
+        async def hook(request: web.Request) -> web.Response:
+            seen.append(await request.json())
+            return answers.pop(0)
+
+        app = web.Application()
+        app.router.add_post("/confirm", hook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        text = CONFIG.replace(
+            "checks: {successRate: {min: 99}}",
+            "checks: {successRate: {min: 99}}\n    webhooks: [{name: freeze, type: "
+            f"confirm-rollout, url: 'http://127.0.0.1:{port}/confirm', metadata: {{a: b}}}}]")
+        await store.apply_async(load_text(text))
+        try:
+            await ctl.tick()  # initialized
+            clock[0] += 0.2
+            await ctl.tick()  # asks: 503
+            held = ctl.statuses.get("default", "orders")
+            assert held["reason"] == ("held at 0% by confirm-rollout webhook: freeze answered "
+                                      "503: change freeze until 18:00")
+            assert (held["phase"], held["weight"]) == ("Initializing", 0)
+            clock[0] += 0.2
+            await ctl.tick()  # not asked again before an interval
+            assert len(seen) == 1
+            clock[0] += 2.0
+            await ctl.tick()  # asks again: 200
+            return ctl.statuses.get("default", "orders")
+        finally:
+            await runner.cleanup()
+
+    status = asyncio.run(run())
+    assert (status["phase"], status["weight"], status["lastDecision"]) == \
+        ("Progressing", 50, "advanced")
+    assert seen[0] == {"name": "orders", "namespace": "default", "phase": "Initializing",
+                       "weight": 0, "type": "confirm-rollout", "metadata": {"a": "b"}}
+    text = ctl.metrics_text()
+    assert 'meshlet_canary_decisions_total{canary="default/orders",decision="held"} 1' in text
+    assert 'meshlet_canary_weight{canary="default/orders"} 50' in text
