@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import ssl
 import threading
@@ -216,6 +217,29 @@ def test_no_traffic_holds_in_waiting_without_advancing(mesh: Mesh):
     s = mesh.status("idle")
     assert (s["phase"], s["weight"], s["failedChecks"]) == ("Waiting", 25, 0)
     assert mesh.vs_weights() == {"v1": 75, "v2": 25}
+    # the operator's commands, through the CLI
+    r = mesh.cp.cli("canary", "status", "idle")
+    assert r.returncode == 0, r.stderr
+    assert "phase:          Waiting\ncanary weight:  25%\n" in r.stdout
+    assert re.search(r"\n\+\d+\.\ds +waiting +25% +0 req +requests +0 +>= 5 \(minRequests\) +wait\n",
+                     r.stdout), r.stdout
+    r = mesh.cp.cli("canary", "pause", "idle")
+    assert r.returncode == 0 and "phase:          Paused" in r.stdout, r.stdout + r.stderr
+    r = mesh.cp.cli("canary", "pause", "idle")
+    assert (r.returncode, r.stderr.strip()) == (1, "error: the canary is already paused")
+    r = mesh.cp.cli("canary", "resume", "idle")
+    assert r.returncode == 0 and "phase:          Waiting" in r.stdout, r.stdout + r.stderr
+    r = mesh.cp.cli("canary", "abort", "idle")
+    assert r.returncode == 0, r.stderr
+    assert mesh.vs_weights() == {"v1": 100, "v2": 0}  # applied before the answer
+    wait_until(lambda: mesh.status("idle")["phase"] == "Failed", what="Failed after abort")
+    assert mesh.status("idle")["reason"] == ("rolled back: aborted by an operator at 25%: all "
+                                             "traffic back on v1")
+    r = mesh.cp.cli("canary", "status", "nope")
+    assert (r.returncode, r.stderr.strip()) == (1, "error: Canary 'nope' not found in "
+                                                   "namespace 'default'")
+    r = mesh.cp.cli("get", "canary")
+    assert r.returncode == 0 and "orders v1->v2" in r.stdout, r.stdout + r.stderr
     assert mesh.cp.cli("delete", "canary", "idle").returncode == 0
 
 
