@@ -1,99 +1,391 @@
-"""Config push: one WebSocket per sidecar, versioned snapshots, ACK/NACK with nonces.
+"""Config push: one WebSocket per sidecar, scoped snapshots, per-resource deltas, ACK/NACK.
 
-The protocol (Envoy xDS state-of-the-world, reduced to one resource bundle):
+The protocol (Envoy xDS reduced to one resource bundle; ``docs/operator-api.md`` has the whole
+description):
 
 * sidecar -> ``{"type": "register", "node": ..., "service": ..., "namespace": ..., "version": ...,
-  "labels": {...}, "address": "host:port", "admin_address": "host:port", "cert_expiry": ...}``
-  (the first message; the server checks it against the client certificate);
-* server -> ``{"type": "snapshot", "version": V, "nonce": N, "snapshot": {...}}`` whenever the
-  snapshot's version differs from the last one sent on that stream;
-* sidecar -> ``{"type": "ack", "version": V, "nonce": N}`` or
-  ``{"type": "nack", "version": V, "nonce": N, "error": "..."}``; an ACK or NACK whose nonce is not
-  the latest one sent on that stream is stale and ignored (go-control-plane);
-* sidecar -> ``{"type": "status", "cert_expiry": ...}`` at any time; ``{"type": "deregister"}``
-  before it drains.
+  "labels": {...}, "address": "host:port", "admin_address": "host:port", "cert_expiry": ...,
+  "cached_version": V, "delta": true, "resource_hashes": {name: hash}}`` (the first message; the
+  server checks it against the client certificate). ``delta`` says the sidecar takes deltas;
+  ``cached_version`` and ``resource_hashes`` say what it already has (a restart from its cache,
+  a reconnect);
+* server -> ``{"type": "snapshot", "version": V, "nonce": N, "snapshot": {...}}``: the whole
+  snapshot, always understood (a sidecar that does not say ``delta`` gets only these);
+* server -> ``{"type": "delta", "version": V, "base": B, "nonce": N, "resources": {name: item},
+  "removed": [name]}``: what changed since ``B``, the version the server believes the sidecar has
+  (the last one sent to it, or after a NACK the last one it ACKed). Item names and the version's
+  hash are defined in :mod:`control_plane.delta`, so the sidecar checks the result;
+* sidecar -> ``{"type": "ack", "version": V, "nonce": N}`` or ``{"type": "nack", "version": V,
+  "nonce": N, "error": "...", "resync": bool}``. ``resync`` means the delta did not apply to what
+  the sidecar has; the server answers with the whole snapshot. An ACK or NACK for an older nonce
+  still tells what the sidecar holds, but only the latest one updates ``proxy-status``;
+* sidecar -> ``{"type": "status", "cert_expiry": ...}``; ``{"type": "deregister"}`` before it
+  drains.
 
-Changes are coalesced: a store commit or a registry change marks the snapshot dirty and one
-rebuild runs on the next loop iteration; streams whose last sent version equals the new one get
-nothing.
+Push at scale, as istiod does it:
+
+* **debounce**: a store commit, a registry change or a CA step marks the config dirty; the push
+  starts once no change came for ``debounce`` seconds (default 100 ms, Istio's
+  PILOT_DEBOUNCE_AFTER) or ``debounce_max`` after the first change (10 s, PILOT_DEBOUNCE_MAX);
+* **throttle**: streams wait in a queue (a stream already queued is not queued twice) and at most
+  ``throttle`` pushes run at once (100, PILOT_PUSH_THROTTLE); each send has a timeout, and a
+  stream that cannot take its message in time is closed, so the slowest sidecar holds one slot
+  for a bounded time and never the others;
+* **scope**: each sidecar gets what its ``Sidecar`` resource allows (:mod:`control_plane.scope`),
+  computed once per (namespace, labels) and config generation and shared by every sidecar of that
+  shape; a change outside a sidecar's scope leaves its version unchanged and sends it nothing;
+* **deltas**: per stream, the server keeps the version it sent and the one ACKed (each version's
+  item hashes are shared by every stream that has it, not copied per stream) and sends only
+  what changed; deltas between two versions are encoded once and reused.
+
+Metrics (their own Prometheus registry, served at the control plane's ``/metrics``):
+``meshlet_proxy_convergence_seconds`` (first change of a push to the ACK of the version that
+carries it, istiod's ``pilot_proxy_convergence_time``), ``meshlet_connected_proxies``,
+``meshlet_pushes_total{type,result}``, ``meshlet_push_errors_total{reason}``,
+``meshlet_push_bytes_total{type}``, ``meshlet_push_triggers_total``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import itertools
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from control_plane import delta, scope
 from control_plane import snapshot as snapshot_mod
 from control_plane.registry import Registration, Registry
 from control_plane.store import Store
 
 log = logging.getLogger(__name__)
 
+VIEW_CACHE = 256  # versions remembered for sidecars that reconnect with a version only
+DELTA_CACHE = 512  # encoded deltas (base, target) kept for reuse
+
+
+@dataclass
+class PushSettings:
+    """Istio's defaults; every one is a ``meshlet control-plane`` flag."""
+
+    debounce: float = 0.1
+    debounce_max: float = 10.0
+    throttle: int = 100
+    send_timeout: float = 10.0
+
 
 class StreamError(Exception):
     """A registration the server refuses (bad message, identity mismatch)."""
 
 
+class PushMetrics:
+    """The push side's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.convergence = Histogram(
+            "meshlet_proxy_convergence_seconds",
+            "Time from the first config change of a push to the sidecar's ACK of the version "
+            "carrying it",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.connected = Gauge("meshlet_connected_proxies",
+                               "Sidecars with an open config stream", registry=r)
+        self.pushes = Counter("meshlet_pushes", "Config messages sent to sidecars",
+                              ["type", "result"], registry=r)
+        self.errors = Counter("meshlet_push_errors",
+                              "Pushes that failed (send, timeout) or were refused (nack, resync)",
+                              ["reason"], registry=r)
+        self.bytes = Counter("meshlet_push_bytes", "Bytes of config messages sent",
+                             ["type"], registry=r)
+        self.triggers = Counter("meshlet_push_triggers",
+                                "Debounced pushes started (each covers a burst of changes)",
+                                registry=r)
+        self.queue = Gauge("meshlet_push_queue_size", "Streams waiting for a push slot",
+                           registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class View:
+    """One version of a sidecar's config: item names -> hashes, and the items themselves.
+    Shared by every stream that has this version."""
+
+    __slots__ = ("__weakref__", "_full", "hashes", "items", "version")
+
+    def __init__(self, version: str, hashes: dict[str, str], items: dict[str, Any] | None) -> None:
+        self.version = version
+        self.hashes = hashes
+        self.items = items  # None for a base known only by hashes (a reconnecting sidecar's)
+        self._full: str | None = None
+
+    @property
+    def key(self) -> str:
+        return delta.hash_part(self.version)
+
+    def full_json(self) -> str:
+        if self._full is None:
+            assert self.items is not None
+            self._full = json.dumps(delta.assemble(self.version, self.items),
+                                    separators=(",", ":"))
+        return self._full
+
+
+class _State:
+    """One generation of the whole config: resources, registry and mesh as named items."""
+
+    def __init__(self, revision: int, resources: list[Any], res_names: list[str],
+                 registry: list[dict], reg_names: list[str], items: dict[str, Any],
+                 hashes: dict[str, str]) -> None:
+        self.revision = revision
+        self.resources = resources
+        self.res_names = res_names
+        self.registry = registry
+        self.reg_names = reg_names
+        self.items = items
+        self.hashes = hashes
+        self.views: dict[tuple, View] = {}
+
+
 class Stream:
-    """One open config stream."""
+    """One open config stream and what the server knows of the sidecar's config."""
 
     def __init__(self, ws: web.WebSocketResponse, reg: Registration) -> None:
         self.ws = ws
         self.reg = reg
-        self.sent_version = ""
+        self.scope_key = (reg.namespace, tuple(sorted(reg.labels.items())))
+        self.delta_ok = False
         self.nonce = ""
+        self.sent: View | None = None  # the last version sent (not sent again while current)
+        self.base: View | None = None  # what the sidecar is believed to hold: deltas start here
+        self.acked: View | None = None
+        self.inflight: collections.deque[tuple[str, View]] = collections.deque()
+        self.pending_since: float | None = None  # first change not yet ACKed (convergence)
+        self.force_full = False
+        self.busy = False
+        self.again = False
+
+    @property
+    def sent_version(self) -> str:
+        return self.sent.version if self.sent is not None else ""
 
 
 class PushHub:
-    """Builds snapshots from the store and registry and sends them to every open stream."""
+    """Builds each sidecar's scoped view of the store and registry and pushes it, debounced,
+    throttled and as deltas."""
 
-    def __init__(self, store: Store, registry: Registry, trust_domain: str | None = None) -> None:
+    def __init__(self, store: Store, registry: Registry, trust_domain: str | None = None,
+                 settings: PushSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.trust_domain = trust_domain
         self.registry = registry
+        self.settings = settings or PushSettings()
+        self.clock = clock
+        self.metrics = PushMetrics()
         self.streams: dict[str, Stream] = {}
-        self.current: dict | None = None
-        self._encoded = ""
-        self._nonces = itertools.count(1)
-        self._dirty = False
-        self._tasks: set[asyncio.Task] = set()
+        self.current: dict | None = None  # {"version", "revision"} of the unscoped config
         self.extra_mesh: Callable[[], dict] | None = None  # control-plane state sidecars follow
+        self._state: _State | None = None
+        self._stale = True
+        self._res_cache: dict[tuple, tuple[str, dict, str]] = {}  # (key, revision) -> item
+        self._reg_cache: dict[str, tuple[dict, str]] = {}  # canonical entry -> (entry, hash)
+        self._base: tuple = ()
+        self._store_dirty = True
+        self._versions: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._views: collections.OrderedDict[str, View] = collections.OrderedDict()
+        self._deltas: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
+        self._nonces = itertools.count(1)
+        self._first_event: float | None = None
+        self._last_event = 0.0
+        self._debounce_task: asyncio.Task | None = None
+        self._queue: collections.deque[Stream] = collections.deque()
+        self._queued: set[int] = set()
+        self._active = 0
+        self._tasks: set[asyncio.Task] = set()
         store.add_listener(lambda _rev: self.mark_dirty())
-        registry.add_listener(self.mark_dirty)
+        registry.add_listener(self._registry_changed)
 
-    # -- snapshot --------------------------------------------------------------------------
+    # -- the config, as items ----------------------------------------------------------------
+    def _build_state(self) -> _State:
+        """The config as named items. The store's part is read again only after a commit or a
+        CA change; a registry change (a sidecar joining) only rebuilds the registry's part,
+        with each entry's hash remembered, so a thousand sidecars joining stay cheap."""
+        old = self._state
+        if old is None or self._store_dirty:
+            self._store_dirty = False
+            revision, stored = self.store.snapshot()
+            extra = self.extra_mesh() if self.extra_mesh is not None else None
+            mesh = snapshot_mod.mesh_settings(stored, self.trust_domain, extra)
+            cache: dict[tuple, tuple[str, dict, str]] = {}
+            resources, res_names = [], []
+            base_items: dict[str, Any] = {}
+            base_hashes: dict[str, str] = {}
+            for sr in stored:
+                ck = (sr.resource.key, sr.revision)
+                hit = self._res_cache.get(ck)
+                if hit is None:
+                    body = sr.resource.to_dict()
+                    hit = (delta.resource_name(body), body, delta.item_hash(body))
+                cache[ck] = hit
+                name, body, h = hit
+                resources.append(sr.resource)
+                res_names.append(name)
+                base_items[name], base_hashes[name] = body, h
+            self._res_cache = cache  # drops what the store no longer has
+            base_items[delta.MESH], base_hashes[delta.MESH] = mesh, delta.item_hash(mesh)
+            self._base = (revision, resources, res_names, base_items, base_hashes,
+                          str(mesh["trustDomain"]))
+        revision, resources, res_names, base_items, base_hashes, td = self._base
+        items, hashes = dict(base_items), dict(base_hashes)
+        registry = snapshot_mod.registry_entries(self.registry.all(), td)
+        reg_names = []
+        reg_cache: dict[str, tuple[dict, str]] = {}
+        for e in registry:
+            name = delta.registry_name(e)
+            canon = json.dumps(e, sort_keys=True, separators=(",", ":"))
+            hit = self._reg_cache.get(canon)
+            if hit is None:
+                hit = (e, delta.item_hash(e))
+            reg_cache[canon] = hit
+            reg_names.append(name)
+            items[name], hashes[name] = hit
+        self._reg_cache = reg_cache
+        return _State(revision, resources, res_names, registry, reg_names, items, hashes)
+
+    def _fresh_state(self) -> _State:
+        if self._state is None or self._stale:
+            self._stale = False
+            self._state = self._build_state()
+            everything = self._view(self._state, None)
+            self.current = {"version": everything.version, "revision": self._state.revision}
+        return self._state
+
+    def _canonical_version(self, revision: int, content: str) -> str:
+        """The same content keeps the version it was first pushed under."""
+        v = self._versions.get(content)
+        if v is None:
+            v = self._versions[content] = f"{revision}-{content}"
+            if len(self._versions) > 4 * VIEW_CACHE:
+                self._versions.popitem(last=False)
+        else:
+            self._versions.move_to_end(content)
+        return v
+
+    def _view(self, st: _State, reg: Registration | None) -> View:
+        key = (reg.namespace, tuple(sorted(reg.labels.items()))) if reg is not None else None
+        view = st.views.get(key)
+        if view is not None:
+            return view
+        if reg is None:
+            names = list(st.res_names) + list(st.reg_names)
+        else:
+            sc = scope.compute(st.resources, st.registry, reg.namespace, reg.labels)
+            names = ([st.res_names[i] for i in sc.resources]
+                     + [st.reg_names[j] for j in sc.registry])
+        names.append(delta.MESH)
+        hashes = {n: st.hashes[n] for n in names}
+        items = {n: st.items[n] for n in names}
+        content = delta.content_hash(hashes)
+        known = self._views.get(content)
+        if known is not None and known.items is not None:
+            view = known  # identical content: share it (and its encodings)
+            self._views.move_to_end(content)
+        else:
+            view = View(self._canonical_version(st.revision, content), hashes, items)
+            self._views[content] = view
+            if len(self._views) > VIEW_CACHE:
+                self._views.popitem(last=False)
+        st.views[key] = view
+        return view
+
     def rebuild(self) -> dict:
-        revision, resources = self.store.snapshot()
-        extra = self.extra_mesh() if self.extra_mesh is not None else None
-        snap = snapshot_mod.build(
-            revision, resources, self.registry.all(), self.trust_domain, extra
-        )
-        if self.current is None or snap["version"] != self.current["version"]:
-            self.current = snap
-            # Encoded once, not once per sidecar.
-            self._encoded = json.dumps(snap, separators=(",", ":"))
+        """Rebuild now (start-up, tests); returns ``current``."""
+        self._stale = self._store_dirty = True
+        self._fresh_state()
+        assert self.current is not None
         return self.current
 
+    # -- debounce and queue ------------------------------------------------------------------
     def mark_dirty(self) -> None:
-        if self._dirty:
+        """Anything may have changed (a store commit, a CA step): rebuild everything."""
+        self._store_dirty = True
+        self._registry_changed()
+
+    def _registry_changed(self) -> None:
+        now = self.clock()
+        self._stale = True
+        if self._first_event is None:
+            self._first_event = now
+        self._last_event = now
+        if self._debounce_task is not None:
             return
-        self._dirty = True
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # no loop (sync tests): the next push_all() rebuilds
-        loop.call_soon(self._spawn_push)
+            return  # no loop (sync tests): the next rebuild() picks the change up
+        self._debounce_task = loop.create_task(self._debounce())
+        self._debounce_task.add_done_callback(self._task_done)
 
-    def _spawn_push(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.push_all())
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+    async def _debounce(self) -> None:
+        s = self.settings
+        while True:
+            first = self._first_event if self._first_event is not None else self.clock()
+            due = min(self._last_event + s.debounce, first + s.debounce_max)
+            wait = due - self.clock()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        start = self._first_event if self._first_event is not None else self.clock()
+        self._first_event = None
+        self._debounce_task = None
+        self.trigger(start)
+
+    def trigger(self, since: float | None = None) -> None:
+        """Push the current config to every stream now; ``since`` is when the first change it
+        carries happened (for the convergence metric)."""
+        self.metrics.triggers.inc()
+        self._fresh_state()
+        since = self.clock() if since is None else since
+        for stream in list(self.streams.values()):
+            if stream.pending_since is None or since < stream.pending_since:
+                stream.pending_since = since
+            self._enqueue(stream)
+
+    def _enqueue(self, stream: Stream) -> None:
+        if id(stream) in self._queued:
+            return
+        self._queued.add(id(stream))
+        self._queue.append(stream)
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._queue and self._active < self.settings.throttle:
+            stream = self._queue.popleft()
+            self._queued.discard(id(stream))
+            self._active += 1
+            task = asyncio.get_running_loop().create_task(self._run_push(stream))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        self.metrics.queue.set(len(self._queue))
+
+    async def _run_push(self, stream: Stream) -> None:
+        try:
+            await self._push(stream)
+        finally:
+            self._active -= 1
+            self._pump()
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -101,22 +393,137 @@ class PushHub:
             log.error("push task failed", exc_info=task.exception())
 
     async def push_all(self) -> None:
-        self._dirty = False
-        snap = self.rebuild()
-        # Sends run concurrently: one slow sidecar does not hold back the others.
-        await asyncio.gather(*(self._send(s, snap) for s in list(self.streams.values())))
+        """Push to every stream now and wait until each push is written (tests, shutdown)."""
+        self.trigger()
+        while self._queue or self._active:
+            await asyncio.sleep(0.005)
 
-    async def _send(self, stream: Stream, snap: dict) -> None:
-        if stream.sent_version == snap["version"] or stream.ws.closed:
+    # -- sending -----------------------------------------------------------------------------
+    async def _push(self, stream: Stream) -> None:
+        """Send ``stream`` the current config; one push per stream at a time, and a change
+        that arrives meanwhile is sent right after."""
+        if stream.busy:
+            stream.again = True
+            return
+        stream.busy = True
+        try:
+            while True:
+                stream.again = False
+                if self.streams.get(stream.reg.node_id) is not stream:
+                    return
+                view = self._view(self._fresh_state(), stream.reg)
+                await self._send(stream, view)
+                if not stream.again:
+                    return
+        finally:
+            stream.busy = False
+
+    def _message(self, stream: Stream, view: View, nonce: str) -> tuple[str, str]:
+        base = stream.base
+        if stream.delta_ok and base is not None and not stream.force_full:
+            key = (base.key, view.key)
+            body = self._deltas.get(key)
+            if body is None:
+                changed, removed = delta.diff(base.hashes, view.hashes)
+                assert view.items is not None
+                body = json.dumps({"resources": {n: view.items[n] for n in changed},
+                                   "removed": removed}, separators=(",", ":"))
+                self._deltas[key] = body
+                if len(self._deltas) > DELTA_CACHE:
+                    self._deltas.popitem(last=False)
+            head = json.dumps({"type": "delta", "version": view.version,
+                               "base": base.version, "nonce": nonce})
+            return "delta", f"{head[:-1]},{body[1:]}"
+        head = json.dumps({"type": "snapshot", "version": view.version, "nonce": nonce})
+        return "full", f'{head[:-1]},"snapshot":{view.full_json()}}}'
+
+    async def _send(self, stream: Stream, view: View) -> None:
+        if stream.sent is not None and stream.sent.key == view.key and not stream.force_full:
+            if not stream.inflight:
+                stream.pending_since = None  # nothing for this sidecar in that change
+            return
+        if stream.ws.closed:
             return
         nonce = str(next(self._nonces))
-        stream.sent_version, stream.nonce = snap["version"], nonce
-        self.registry.sent(stream.reg.node_id, snap["version"])
+        kind, text = self._message(stream, view, nonce)
+        stream.force_full = False
+        stream.sent = stream.base = view
+        stream.nonce = nonce
+        stream.inflight.append((nonce, view))
+        while len(stream.inflight) > 16:  # a sidecar that never answers
+            stream.inflight.popleft()
+        self.registry.sent(stream.reg.node_id, view.version)
         try:
-            head = json.dumps({"type": "snapshot", "version": snap["version"], "nonce": nonce})
-            await stream.ws.send_str(f'{head[:-1]},"snapshot":{self._encoded}}}')
+            await asyncio.wait_for(stream.ws.send_str(text), self.settings.send_timeout)
+        except TimeoutError:
+            self.metrics.pushes.labels(kind, "error").inc()
+            self.metrics.errors.labels("timeout").inc()
+            log.warning("sidecar %s took more than %.1fs to take its config; closing its stream",
+                        stream.reg.node_id, self.settings.send_timeout)
+            await stream.ws.close(message=b"config push timed out")
         except (ConnectionError, RuntimeError) as e:
+            self.metrics.pushes.labels(kind, "error").inc()
+            self.metrics.errors.labels("send").inc()
             log.debug("send to %s failed: %s", stream.reg.node_id, e)
+        else:
+            self.metrics.pushes.labels(kind, "ok").inc()
+            self.metrics.bytes.labels(kind).inc(len(text))
+
+    def _answered(self, stream: Stream, nonce: str) -> View | None:
+        """The version sent with ``nonce``; forgets it and every older one."""
+        while stream.inflight:
+            n, view = stream.inflight.popleft()
+            if n == nonce:
+                return view
+        return None
+
+    def _on_ack(self, stream: Stream, data: Mapping[str, Any]) -> None:
+        nonce = str(data.get("nonce"))
+        view = self._answered(stream, nonce)
+        if view is None:
+            log.debug("ack of unknown nonce %s from %s ignored", nonce, stream.reg.node_id)
+            return
+        stream.acked = view
+        if nonce != stream.nonce:
+            return  # an older version: the sidecar holds it, but a newer one is on its way
+        self.registry.acked(stream.reg.node_id, view.version)
+        if stream.pending_since is not None:
+            self.metrics.convergence.observe(max(0.0, self.clock() - stream.pending_since))
+            stream.pending_since = None
+
+    def _on_nack(self, stream: Stream, data: Mapping[str, Any]) -> None:
+        nonce = str(data.get("nonce"))
+        self._answered(stream, nonce)
+        stream.base = stream.acked  # the sidecar kept its last good config
+        if data.get("resync"):
+            self.metrics.errors.labels("resync").inc()
+            log.info("sidecar %s asks for the whole config: %s", stream.reg.node_id,
+                     data.get("error"))
+            stream.force_full = True
+            stream.sent = None
+            self._enqueue(stream)
+            return
+        self.metrics.errors.labels("nack").inc()
+        if nonce != stream.nonce:
+            log.debug("stale nack from %s ignored", stream.reg.node_id)
+            return
+        stream.pending_since = None
+        self.registry.nacked(stream.reg.node_id, str(data.get("version", "")),
+                             str(data.get("error", "")))
+        log.warning("sidecar %s rejected %s: %s", stream.reg.node_id, data.get("version"),
+                    data.get("error"))
+
+    def _client_base(self, first: Mapping[str, Any]) -> View | None:
+        """What a (re)connecting sidecar says it has, if a delta can start from it."""
+        hashes = first.get("resource_hashes")
+        if isinstance(hashes, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()
+        ):
+            content = delta.content_hash(hashes)
+            return View(str(first.get("cached_version") or f"0-{content}"), dict(hashes), None)
+        cached = str(first.get("cached_version") or "")
+        known = self._views.get(delta.hash_part(cached)) if cached else None
+        return known
 
     # -- one stream ------------------------------------------------------------------------
     async def serve(
@@ -143,13 +550,17 @@ class PushHub:
         if old is not None:
             await old.ws.close(message=b"replaced by a newer stream")
         stream = Stream(ws, reg)
+        stream.delta_ok = first.get("delta") is True
+        if stream.delta_ok:
+            stream.base = self._client_base(first)
         self.streams[reg.node_id] = stream
+        self.metrics.connected.set(len(self.streams))
         self.registry.register(reg)
         log.info("sidecar %s (%s.%s) connected", reg.node_id, reg.service, reg.namespace)
         deregistered = False
         try:
-            # The registration marked the snapshot dirty; send now rather than wait for it.
-            await self._send(stream, self.rebuild())
+            # The first config goes out now, not after the debounce.
+            await self._push(stream)
             async for msg in ws:
                 if msg.type != 1:  # WSMsgType.TEXT
                     continue
@@ -160,20 +571,10 @@ class PushHub:
                 if not isinstance(data, dict):
                     continue
                 kind = data.get("type")
-                if kind in ("ack", "nack"):
-                    if str(data.get("nonce")) != stream.nonce:
-                        log.debug("stale nonce from %s ignored", reg.node_id)
-                        continue
-                    if kind == "ack":
-                        self.registry.acked(reg.node_id, str(data.get("version", "")))
-                    else:
-                        self.registry.nacked(
-                            reg.node_id, str(data.get("version", "")), str(data.get("error", ""))
-                        )
-                        log.warning(
-                            "sidecar %s rejected %s: %s",
-                            reg.node_id, data.get("version"), data.get("error"),
-                        )
+                if kind == "ack":
+                    self._on_ack(stream, data)
+                elif kind == "nack":
+                    self._on_nack(stream, data)
                 elif kind == "status":
                     self.registry.update(reg.node_id, **data)
                 elif kind == "deregister":
@@ -183,6 +584,7 @@ class PushHub:
         finally:
             if self.streams.get(reg.node_id) is stream:
                 del self.streams[reg.node_id]
+                self.metrics.connected.set(len(self.streams))
                 if not deregistered:
                     self.registry.disconnected(reg.node_id, reg)
             log.info("sidecar %s disconnected", reg.node_id)
@@ -190,6 +592,8 @@ class PushHub:
     async def close(self) -> None:
         for stream in list(self.streams.values()):
             await stream.ws.close()
+        if self._debounce_task is not None:
+            self._debounce_task.cancel()
         for t in list(self._tasks):
             t.cancel()
 

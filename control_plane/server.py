@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from control_plane.push import PushHub, StreamError
+from control_plane.push import PushHub, PushSettings, StreamError
 from control_plane.registry import DEFAULT_GRACE_S, Registry
 from control_plane.store import KINDS, Store, canonical_kind
 
@@ -78,6 +78,7 @@ class ControlPlane:
         *,
         grace_s: float = DEFAULT_GRACE_S,
         plain_http: bool = False,
+        push: PushSettings | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.listen = listen
@@ -91,7 +92,7 @@ class ControlPlane:
             td, lifetime = self._mesh_identity()
             self.tls = Security(self.data_dir, td, [split_listen(listen)[0]], lifetime)
         self.hub = PushHub(self.store, self.registry,
-                           self.tls.trust_domain if self.tls is not None else None)
+                           self.tls.trust_domain if self.tls is not None else None, push)
         if self.tls is not None:
             self.hub.extra_mesh = self.tls.bundle_state
         self.started = time.time()
@@ -123,6 +124,7 @@ class ControlPlane:
         app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[_store_errors])
         r = app.router
         r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics)
         r.add_get("/v1/openapi.yaml", self.openapi)
         r.add_get("/v1/stream", self.stream)
         r.add_get("/v1/status", self.status)
@@ -200,6 +202,13 @@ class ControlPlane:
     # -- handlers --------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "revision": self.store.revision})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text, unauthenticated as istiod's monitoring port is: scrapers hold no
+        admin token, and the metrics are counts and durations, without node ids, names,
+        tokens or keys."""
+        return web.Response(body=self.hub.metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=OPENAPI.read_bytes(), content_type="application/yaml")
@@ -486,8 +495,8 @@ async def serve_forever(cp: ControlPlane) -> None:
 
 
 def run(data_dir: str, listen: str, grace_s: float = DEFAULT_GRACE_S,
-        plain_http: bool = False) -> None:
-    cp = ControlPlane(data_dir, listen, grace_s=grace_s, plain_http=plain_http)
+        plain_http: bool = False, push: PushSettings | None = None) -> None:
+    cp = ControlPlane(data_dir, listen, grace_s=grace_s, plain_http=plain_http, push=push)
     try:
         import uvloop
 

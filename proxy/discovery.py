@@ -9,6 +9,13 @@ Reconnects use exponential back-off with full jitter (0.5 s base, 30 s cap). ``s
 deregistration first, so the control plane drops this sidecar's endpoints at once rather than
 after its grace period.
 
+Deltas: the registration says ``"delta": true`` and, when the sidecar has a config (from this
+stream or the cache), its version and per-item hashes, so the control plane can send only what
+changed. A ``delta`` message is applied to the last good snapshot (:mod:`control_plane.delta`);
+the result must have the announced version (its hash covers every item), else the delta is NACKed
+with ``"resync": true`` and the control plane sends the whole snapshot. The whole result is then
+validated and applied exactly as a full snapshot is, and ACKed or NACKed.
+
 Imports nothing from the control plane's server side.
 """
 
@@ -26,6 +33,8 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+
+from control_plane import delta as delta_mod
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,9 @@ class DiscoveryClient:
         # SPIFFE ID proves the server is the control plane and not a workload posing as it.
         self._verify_id = verify_control_plane_id
         self.version = ""  # the last snapshot applied (from the stream or the cache)
+        # the last good snapshot as named items and their hashes: the base of the next delta
+        self._items: dict[str, Any] = {}
+        self._hashes: dict[str, str] = {}
         self.connected = False
         self.last_error = ""
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -92,9 +104,16 @@ class DiscoveryClient:
         if not isinstance(snap, dict) or "version" not in snap:
             return None
         self.version = str(snap["version"])
+        self._remember(snap)
         return snap
 
+    def _remember(self, snap: dict) -> None:
+        self._items = delta_mod.items_of(snap)
+        self._hashes = {n: delta_mod.item_hash(b) for n, b in self._items.items()}
+
     def _write_cache(self, snap: dict) -> None:
+        if not self.cache_path:
+            return  # no cache wanted (a load generator's simulated sidecars)
         tmp = f"{self.cache_path}.{os.getpid()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -162,8 +181,11 @@ class DiscoveryClient:
             try:
                 if ssl_ctx is not None and self._verify_id:
                     self._check_server_identity(ws)
-                await ws.send_json({**self.registration, "type": "register",
-                                    "cached_version": self.version})
+                hello = {**self.registration, "type": "register",
+                         "cached_version": self.version, "delta": True}
+                if self.version and self._hashes:
+                    hello["resource_hashes"] = self._hashes
+                await ws.send_json(hello)
                 self.connected = True
                 self.last_error = ""
                 self._status("connected")
@@ -174,6 +196,9 @@ class DiscoveryClient:
                     if data.get("type") == "snapshot":
                         self._attempt = 0  # a working stream resets the back-off
                         await self._on_snapshot(ws, data)
+                    elif data.get("type") == "delta":
+                        self._attempt = 0
+                        await self._on_delta(ws, data)
                     elif data.get("type") == "error":
                         self.last_error = str(data.get("error"))
                         log.warning("control plane refused the stream: %s", self.last_error)
@@ -192,9 +217,25 @@ class DiscoveryClient:
                 f"{sid or 'no SPIFFE ID'}"
             )
 
-    async def _on_snapshot(self, ws: aiohttp.ClientWebSocketResponse, msg: dict) -> None:
+    async def _on_delta(self, ws: aiohttp.ClientWebSocketResponse, msg: dict) -> None:
+        version, nonce = str(msg.get("version")), msg.get("nonce")
+        try:
+            items, hashes = delta_mod.apply(self._items, self._hashes, msg)
+        except delta_mod.DeltaMismatch as e:
+            log.info("config delta %s does not apply here: %s", version, e)
+            await ws.send_json({"type": "nack", "version": version, "nonce": nonce,
+                                "error": str(e), "resync": True})
+            return
+        snap = delta_mod.assemble(version, items)
+        await self._on_snapshot(ws, {"version": version, "nonce": nonce, "snapshot": snap},
+                                (items, hashes))
+
+    async def _on_snapshot(self, ws: aiohttp.ClientWebSocketResponse, msg: dict,
+                           parts: tuple[dict[str, Any], dict[str, str]] | None = None) -> None:
         version, nonce, snap = str(msg.get("version")), msg.get("nonce"), msg.get("snapshot")
-        if version == self.version:
+        if version == self.version or (
+            parts is not None and delta_mod.hash_part(version) == delta_mod.hash_part(self.version)
+        ):
             await ws.send_json({"type": "ack", "version": version, "nonce": nonce})
             return
         try:
@@ -211,8 +252,13 @@ class DiscoveryClient:
             self._status("nacked", version=version, error=error)
             return
         self.version = version
+        if parts is not None:
+            self._items, self._hashes = parts
+        else:
+            self._remember(snap)
         # fsync off the loop: the sidecar's data path shares it.
-        await asyncio.to_thread(self._write_cache, snap)
+        if self.cache_path:
+            await asyncio.to_thread(self._write_cache, snap)
         await ws.send_json({"type": "ack", "version": version, "nonce": nonce})
         self._status("acked", version=version)
 
