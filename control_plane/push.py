@@ -310,6 +310,10 @@ class PushHub:
         st.views[key] = view
         return view
 
+    def expected_version(self, reg: Registration) -> str:
+        """The version a sidecar should hold now (its scope of the current config)."""
+        return self._view(self._fresh_state(), reg).version
+
     def rebuild(self) -> dict:
         """Rebuild now (start-up, tests); returns ``current``."""
         self._stale = self._store_dirty = True

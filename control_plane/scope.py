@@ -73,6 +73,8 @@ class Egress:
 
     @classmethod
     def of(cls, sidecar: Any, workload_namespace: str) -> Egress:
+        if not sidecar.spec.get("egress"):
+            return cls((("*", "*"),))  # no egress listener: Istio's default, everything
         rules = []
         for listener in sidecar.spec.get("egress") or ():
             for h in listener.get("hosts") or ():

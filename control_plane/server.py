@@ -372,7 +372,8 @@ class ControlPlane:
         current = (self.hub.current or {}).get("version", "")
         return web.json_response({
             "snapshot_version": current,
-            "proxies": [r.to_dict() for r in self.registry.all()],
+            "proxies": [{**r.to_dict(), "expected_version": self.hub.expected_version(r)}
+                        for r in self.registry.all()],
         })
 
     async def ca_status(self, request: web.Request) -> web.Response:

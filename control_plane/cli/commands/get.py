@@ -9,14 +9,16 @@ from control_plane.cli import client as cli_client
 from control_plane.cli.client import CLIError
 
 NAME = "get"
-HELP = "list resources of a kind (vs, dr, se, we, ap, pa, rp, mc; plural and long names work)"
+HELP = ("list resources of a kind (vs, dr, se, we, sidecar, ap, pa, rp, mc; plural and long "
+        "names work)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", metavar="KIND",
                         help="VirtualService (vs), DestinationRule (dr), ServiceEntry (se), "
-                             "WorkloadEntry (we), AuthorizationPolicy (ap), PeerAuthentication "
-                             "(pa), ResiliencePolicy (rp), MeshConfig (mc), or all")
+                             "WorkloadEntry (we), Sidecar, AuthorizationPolicy (ap), "
+                             "PeerAuthentication (pa), ResiliencePolicy (rp), MeshConfig (mc), "
+                             "or all")
     parser.add_argument("name", metavar="NAME", nargs="?", help="one resource by name")
     parser.add_argument("-n", "--namespace", metavar="NS", default=None,
                         help="only this namespace (default: every namespace)")
@@ -42,13 +44,15 @@ def _summary(item: dict) -> str:
         return str((spec.get("mtls") or {}).get("mode", "UNSET"))
     if kind == "MeshConfig":
         return str(spec.get("trustDomain", "cluster.local"))
+    if kind == "Sidecar":
+        return ",".join(h for e in spec.get("egress") or [] for h in e.get("hosts") or [])
     return ""
 
 
 _SUMMARY_HEADER = {
     "VirtualService": "HOSTS", "ServiceEntry": "HOSTS", "DestinationRule": "HOST",
     "ResiliencePolicy": "HOST", "WorkloadEntry": "ADDRESS", "AuthorizationPolicy": "ACTION",
-    "PeerAuthentication": "MODE", "MeshConfig": "TRUST DOMAIN",
+    "PeerAuthentication": "MODE", "MeshConfig": "TRUST DOMAIN", "Sidecar": "EGRESS HOSTS",
 }
 
 
