@@ -213,6 +213,7 @@ class PushHub:
         self._queue: collections.deque[Stream] = collections.deque()
         self._queued: set[int] = set()
         self._active = 0
+        self.peak_active = 0  # the most pushes ever in flight at once (bounded by throttle)
         self._tasks: set[asyncio.Task] = set()
         store.add_listener(lambda _rev: self.mark_dirty())
         registry.add_listener(self._registry_changed)
@@ -379,6 +380,7 @@ class PushHub:
             stream = self._queue.popleft()
             self._queued.discard(id(stream))
             self._active += 1
+            self.peak_active = max(self.peak_active, self._active)
             task = asyncio.get_running_loop().create_task(self._run_push(stream))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
