@@ -49,10 +49,8 @@ def items_of(snapshot: Mapping[str, Any]) -> dict[str, Any]:
 
 def content_hash(hashes: Mapping[str, str]) -> str:
     """The hash part of a version: over every item's name and hash."""
-    h = hashlib.sha256()
-    for name in sorted(hashes):
-        h.update(f"{name}={hashes[name]}\n".encode())
-    return h.hexdigest()[:16]
+    lines = "".join(f"{name}={hashes[name]}\n" for name in sorted(hashes))
+    return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
 def hash_part(version: str) -> str:
@@ -64,8 +62,9 @@ def revision_part(version: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
-def _sort_key(name: str) -> tuple[str, ...]:
-    return tuple(name.split("/"))
+def _sort_key(name: str) -> str:
+    """Orders names as their ``/``-separated parts would order as tuples (NUL sorts first)."""
+    return name.replace("/", "\0")
 
 
 def assemble(version: str, items: Mapping[str, Any]) -> dict[str, Any]:

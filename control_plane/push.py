@@ -68,7 +68,7 @@ from control_plane.store import Store
 
 log = logging.getLogger(__name__)
 
-VIEW_CACHE = 256  # versions remembered for sidecars that reconnect with a version only
+VIEW_CACHE = 128  # versions remembered for sidecars that reconnect with a version only
 DELTA_CACHE = 512  # encoded deltas (base, target) kept for reuse
 
 
@@ -268,6 +268,12 @@ class PushHub:
     def _fresh_state(self) -> _State:
         if self._state is None or self._stale:
             self._stale = False
+            if self._state is not None:
+                # Older versions stay only as delta bases, which need their hashes alone: drop
+                # their items and encodings (a thousand sidecars joining make many versions).
+                for v in self._state.views.values():
+                    v.items = None
+                    v._full = None  # noqa: SLF001
             self._state = self._build_state()
             everything = self._view(self._state, None)
             self.current = {"version": everything.version, "revision": self._state.revision}
