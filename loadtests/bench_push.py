@@ -1,4 +1,4 @@
-"""Config push benchmark: N simulated sidecars on real mTLS config streams against one control plane.
+"""Config push benchmark: N simulated sidecars on real mTLS config streams against a control plane.
 
 What it measures, for each N: **apply-to-last-ACK** (wall time from just before an ``apply`` is
 sent to the moment the last of the N sidecars ACKs a version carrying it), p50/p99 over several
