@@ -14,7 +14,7 @@ description):
 * server -> ``{"type": "delta", "version": V, "base": B, "nonce": N, "resources": {name: item},
   "removed": [name]}``: what changed since ``B``, the version the server believes the sidecar has
   (the last one sent to it, or after a NACK the last one it ACKed). Item names and the version's
-  hash are defined in :mod:`control_plane.delta`, so the sidecar checks the result;
+  hash are defined in :mod:`control_plane.api.delta`, so the sidecar checks the result;
 * sidecar -> ``{"type": "ack", "version": V, "nonce": N}`` or ``{"type": "nack", "version": V,
   "nonce": N, "error": "...", "resync": bool}``. ``resync`` means the delta did not apply to what
   the sidecar has; the server answers with the whole snapshot. An ACK or NACK for an older nonce
@@ -31,9 +31,10 @@ Push at scale, as istiod does it:
   ``throttle`` pushes run at once (100, PILOT_PUSH_THROTTLE); each send has a timeout, and a
   stream that cannot take its message in time is closed, so the slowest sidecar holds one slot
   for a bounded time and never the others;
-* **scope**: each sidecar gets what its ``Sidecar`` resource allows (:mod:`control_plane.scope`),
-  computed once per (namespace, labels) and config generation and shared by every sidecar of that
-  shape; a change outside a sidecar's scope leaves its version unchanged and sends it nothing;
+* **scope**: each sidecar gets what its ``Sidecar`` resource allows
+  (:mod:`control_plane.api.scope`), computed once per (namespace, labels) and config generation
+  and shared by every sidecar of that shape; a change outside a sidecar's scope leaves its
+  version unchanged and sends it nothing;
 * **deltas**: per stream, the server keeps the version it sent and the one ACKed (each version's
   item hashes are shared by every stream that has it, not copied per stream) and sends only
   what changed; deltas between two versions are encoded once and reused.
@@ -61,8 +62,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from control_plane import delta, scope
 from control_plane import snapshot as snapshot_mod
+from control_plane.api import delta, scope
 from control_plane.registry import Registration, Registry
 from control_plane.store import Store
 

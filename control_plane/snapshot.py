@@ -18,8 +18,8 @@ Wire format (JSON)::
      "mesh": {MeshConfig spec, trustDomain = the CA's}}
 
 The push hub (:mod:`control_plane.push`) sends each sidecar the part of this snapshot its
-``Sidecar`` resource scopes it to (:mod:`control_plane.scope`), as per-resource deltas
-(:mod:`control_plane.delta`); the version of a scoped snapshot is computed the same way.
+``Sidecar`` resource scopes it to (:mod:`control_plane.api.scope`), as per-resource deltas
+(:mod:`control_plane.api.delta`); the version of a scoped snapshot is computed the same way.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 
-from control_plane import delta
+from control_plane.api import delta
 from control_plane.registry import Registration
 from control_plane.store import StoredResource
 
@@ -95,7 +95,7 @@ def build(
     extra_mesh: dict | None = None,
 ) -> dict:
     """The whole snapshot for ``revision`` (resources read with it) and the current
-    registrations. Its version's hash is :func:`control_plane.delta.content_hash` of its items,
+    registrations. Its version's hash is :func:`control_plane.api.delta.content_hash` of its items,
     the same a sidecar computes to check a delta."""
     mesh = mesh_settings(resources, trust_domain, extra_mesh)
     body = {

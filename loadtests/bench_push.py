@@ -163,8 +163,8 @@ async def certificates(cp: ControlPlane, services: list[str], cert_dir: Path) ->
 
 async def client_main(args: argparse.Namespace) -> None:
     from certs import tls
+    from control_plane.api.delta import revision_part
     from control_plane.api.resources import from_dict
-    from control_plane.delta import revision_part
     from proxy.discovery import DiscoveryClient
     from proxy.identity.manager import BUNDLE_FILE, CHAIN_FILE, KEY_FILE
 

@@ -11,7 +11,7 @@ after its grace period.
 
 Deltas: the registration says ``"delta": true`` and, when the sidecar has a config (from this
 stream or the cache), its version and per-item hashes, so the control plane can send only what
-changed. A ``delta`` message is applied to the last good snapshot (:mod:`control_plane.delta`);
+changed. A ``delta`` message is applied to the last good snapshot (:mod:`control_plane.api.delta`);
 the result must have the announced version (its hash covers every item), else the delta is NACKed
 with ``"resync": true`` and the control plane sends the whole snapshot. The whole result is then
 validated and applied exactly as a full snapshot is, and ACKed or NACKed.
@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from control_plane import delta as delta_mod
+from control_plane.api import delta as delta_mod
 
 log = logging.getLogger(__name__)
 

@@ -542,7 +542,7 @@ def _sidecars(idx: _Index) -> list[Finding]:
     namespace (only one applies), and egress hosts that match no service (a typo there cuts the
     sidecar off that service without a word)."""
     from control_plane.api.hosts import service_namespace
-    from control_plane.scope import unused_hosts
+    from control_plane.api.scope import unused_hosts
 
     out: list[Finding] = []
     known: list[tuple[str, str]] = [(service_namespace(h), h) for h in idx.services]

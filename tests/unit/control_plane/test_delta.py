@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane import delta, snapshot
+from control_plane import snapshot
+from control_plane.api import delta
 from control_plane.api.resources import load_text
 from control_plane.push import PushHub
 from control_plane.registry import Registration, Registry

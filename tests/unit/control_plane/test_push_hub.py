@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from control_plane import delta
+from control_plane.api import delta
 from control_plane.api.resources import load_text
 from control_plane.push import PushHub, PushSettings
 from control_plane.registry import Registry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane import scope
+from control_plane.api import scope
 from control_plane.api.analyze import analyze
 from control_plane.api.resources import InvalidConfig, load_text, load_text_with_warnings
 
