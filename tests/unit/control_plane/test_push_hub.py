@@ -214,3 +214,43 @@ async def test_pushes_in_flight_never_exceed_the_throttle(plane):
 async def drain(c: Client) -> None:
     while True:
         await c.receive()
+
+
+class _StuckPeer:
+    """A WebSocket whose peer stopped reading: every send waits for ever."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send_str(self, text: str) -> None:
+        self.sent += 1
+        await asyncio.Event().wait()
+
+    async def close(self, **_kw) -> None:
+        self.closed = True
+
+
+class _FastPeer(_StuckPeer):
+    async def send_str(self, text: str) -> None:
+        self.sent += 1
+
+
+async def test_a_stuck_sidecar_holds_one_slot_for_the_send_timeout_only(tmp_path):
+    from control_plane.push import Stream
+    from control_plane.registry import Registration
+
+    hub = PushHub(Store(str(tmp_path / "s.db")), Registry(),
+                  settings=PushSettings(debounce=0.01, throttle=2, send_timeout=2.0))
+    stuck = Stream(_StuckPeer(), Registration("stuck", "a"))
+    fast = [Stream(_FastPeer(), Registration(f"f{i}", "b")) for i in range(10)]
+    for s in [stuck, *fast]:
+        hub.streams[s.reg.node_id] = s
+    hub.trigger()
+    # ten sidecars behind one stuck one, two slots: all served while it still hangs
+    await poll(lambda: all(s.ws.sent == 1 for s in fast), what="the fast sidecars")
+    assert stuck.ws.sent == 1 and not stuck.ws.closed
+    await poll(lambda: stuck.ws.closed, what="the stuck stream closed")
+    assert sample(hub, "meshlet_push_errors_total", reason="timeout") == 1
+    await hub.close()
