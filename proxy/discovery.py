@@ -81,8 +81,7 @@ class DiscoveryClient:
         self._verify_id = verify_control_plane_id
         self.version = ""  # the last snapshot applied (from the stream or the cache)
         # the last good snapshot as named items and their hashes: the base of the next delta
-        self._items: dict[str, Any] = {}
-        self._hashes: dict[str, str] = {}
+        self._bundle = delta_mod.Bundle({})
         self.connected = False
         self.last_error = ""
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -108,8 +107,7 @@ class DiscoveryClient:
         return snap
 
     def _remember(self, snap: dict) -> None:
-        self._items = delta_mod.items_of(snap)
-        self._hashes = {n: delta_mod.item_hash(b) for n, b in self._items.items()}
+        self._bundle = delta_mod.Bundle.of(snap)
 
     def _write_cache(self, snap: dict) -> None:
         if not self.cache_path:
@@ -183,8 +181,8 @@ class DiscoveryClient:
                     self._check_server_identity(ws)
                 hello = {**self.registration, "type": "register",
                          "cached_version": self.version, "delta": True}
-                if self.version and self._hashes:
-                    hello["resource_hashes"] = self._hashes
+                if self.version and self._bundle.hashes:
+                    hello["resource_hashes"] = self._bundle.hashes
                 await ws.send_json(hello)
                 self.connected = True
                 self.last_error = ""
@@ -220,22 +218,24 @@ class DiscoveryClient:
     async def _on_delta(self, ws: aiohttp.ClientWebSocketResponse, msg: dict) -> None:
         version, nonce = str(msg.get("version")), msg.get("nonce")
         try:
-            items, hashes = delta_mod.apply(self._items, self._hashes, msg)
+            bundle = self._bundle.apply(msg)
         except delta_mod.DeltaMismatch as e:
             log.info("config delta %s does not apply here: %s", version, e)
             await ws.send_json({"type": "nack", "version": version, "nonce": nonce,
                                 "error": str(e), "resync": True})
             return
-        snap = delta_mod.assemble(version, items)
+        if delta_mod.hash_part(version) == delta_mod.hash_part(self.version):
+            # what we hold already (a reconnect): nothing to apply
+            await ws.send_json({"type": "ack", "version": version, "nonce": nonce})
+            return
+        snap = bundle.snapshot(version)
         await self._on_snapshot(ws, {"version": version, "nonce": nonce, "snapshot": snap},
-                                (items, hashes))
+                                bundle)
 
     async def _on_snapshot(self, ws: aiohttp.ClientWebSocketResponse, msg: dict,
-                           parts: tuple[dict[str, Any], dict[str, str]] | None = None) -> None:
+                           bundle: delta_mod.Bundle | None = None) -> None:
         version, nonce, snap = str(msg.get("version")), msg.get("nonce"), msg.get("snapshot")
-        if version == self.version or (
-            parts is not None and delta_mod.hash_part(version) == delta_mod.hash_part(self.version)
-        ):
+        if version == self.version:
             await ws.send_json({"type": "ack", "version": version, "nonce": nonce})
             return
         try:
@@ -252,8 +252,8 @@ class DiscoveryClient:
             self._status("nacked", version=version, error=error)
             return
         self.version = version
-        if parts is not None:
-            self._items, self._hashes = parts
+        if bundle is not None:
+            self._bundle = bundle
         else:
             self._remember(snap)
         # fsync off the loop: the sidecar's data path shares it.

@@ -81,3 +81,21 @@ def test_the_hub_and_the_snapshot_agree_on_the_version(tmp_path):
     reg.register(Registration("n", "pay", address="h:1"))
     hub = PushHub(st, reg)
     assert hub.rebuild()["version"] == snapshot.build(*st.snapshot(), reg.all())["version"]
+
+
+def test_bundle_updates_incrementally_to_what_a_fresh_build_gives(tmp_path):
+    st, old = full(tmp_path)
+    b = delta.Bundle.of(old)
+    regs = [Registration("n", "pay", address="h:1")]
+    st.apply(load_text(DOCS.split("---\n")[0].replace("{host: b}", "{host: b.x}")))
+    for step in range(2):  # a change of a known name, then names coming and going
+        if step:
+            st.delete([("DestinationRule", "default", "a")])
+            regs.append(Registration("m", "pay", address="h:0"))
+        new = snapshot.build(*st.snapshot(), regs)
+        changed, removed = delta.diff(b.hashes, hashes_of(new))
+        items = delta.items_of(new)
+        b = b.apply({"version": new["version"], "removed": removed,
+                     "resources": {n: items[n] for n in changed}})
+        assert b.content == delta.hash_part(new["version"])
+        assert b.snapshot(new["version"]) == new
