@@ -70,7 +70,7 @@ from control_plane.store import Store
 log = logging.getLogger(__name__)
 
 VIEW_CACHE = 128  # versions remembered for sidecars that reconnect with a version only
-DELTA_CACHE = 512  # encoded deltas (base, target) kept for reuse
+DELTA_CACHE = 256  # encoded deltas (base, target) to the current versions, kept for reuse
 
 
 @dataclass
@@ -271,10 +271,12 @@ class PushHub:
             self._stale = False
             if self._state is not None:
                 # Older versions stay only as delta bases, which need their hashes alone: drop
-                # their items and encodings (a thousand sidecars joining make many versions).
+                # their items and encodings (a thousand sidecars joining make many versions),
+                # and the encoded deltas to them, since pushes only ever go to a current one.
                 for v in self._state.views.values():
                     v.items = None
                     v._full = None  # noqa: SLF001
+                self._deltas.clear()
             self._state = self._build_state()
             everything = self._view(self._state, None)
             self.current = {"version": everything.version, "revision": self._state.revision}
