@@ -120,43 +120,72 @@ class PushMetrics:
 
 
 class View:
-    """One version of a sidecar's config: item names -> hashes, and the items themselves.
-    Shared by every stream that has this version."""
+    """One version of a sidecar's config: item names -> hashes, and (while it is current) each
+    item's encoded JSON. Shared by every stream that has this version."""
 
-    __slots__ = ("__weakref__", "_full", "hashes", "items", "version")
+    __slots__ = ("__weakref__", "_full", "enc", "hashes", "names", "revision", "version")
 
-    def __init__(self, version: str, hashes: dict[str, str], items: dict[str, Any] | None) -> None:
+    def __init__(self, version: str, hashes: dict[str, str], names: list[str] | None = None,
+                 enc: dict[str, str] | None = None) -> None:
         self.version = version
         self.hashes = hashes
-        self.items = items  # None for a base known only by hashes (a reconnecting sidecar's)
+        self.names = names  # in snapshot order; None for a base known only by its hashes
+        self.enc = enc
         self._full: str | None = None
 
     @property
     def key(self) -> str:
         return delta.hash_part(self.version)
 
+    @property
+    def current(self) -> bool:
+        return self.enc is not None
+
+    def retire(self) -> None:
+        """No longer current: keep only what a delta base needs (the hashes)."""
+        self.enc = None
+        self.names = None
+        self._full = None
+
     def full_json(self) -> str:
+        """The whole snapshot (control_plane.snapshot's wire format), joined from the items'
+        encodings: a sidecar joining a large mesh costs a join, not an encode."""
         if self._full is None:
-            assert self.items is not None
-            self._full = json.dumps(delta.assemble(self.version, self.items),
-                                    separators=(",", ":"))
+            assert self.enc is not None and self.names is not None
+            enc = self.enc
+            res = ",".join(enc[n] for n in self.names if n.startswith("resource/"))
+            reg = ",".join(enc[n] for n in self.names if n.startswith("registry/"))
+            self._full = (f'{{"version":{json.dumps(self.version)},'
+                          f'"revision":{delta.revision_part(self.version)},'
+                          f'"resources":[{res}],"registry":[{reg}],'
+                          f'"mesh":{enc[delta.MESH]}}}')
         return self._full
+
+
+class _Item:
+    """One item of the config, encoded and hashed once."""
+
+    __slots__ = ("enc", "hash", "line", "name")
+
+    def __init__(self, name: str, body: Any) -> None:
+        self.name = name
+        self.enc = delta.canonical(body)
+        self.hash = delta.hash_text(self.enc)
+        self.line = delta.line_digest(name, self.hash)
 
 
 class _State:
     """One generation of the whole config: resources, registry and mesh as named items."""
 
     def __init__(self, revision: int, resources: list[Any], res_names: list[str],
-                 registry: list[dict], reg_names: list[str], items: dict[str, Any],
-                 hashes: dict[str, str]) -> None:
+                 registry: list[dict], reg_names: list[str], items: dict[str, _Item]) -> None:
         self.revision = revision
         self.resources = resources
         self.res_names = res_names
         self.registry = registry
         self.reg_names = reg_names
         self.items = items
-        self.hashes = hashes
-        self.views: dict[tuple, View] = {}
+        self.views: dict[tuple | None, View] = {}
 
 
 class Stream:
@@ -200,8 +229,8 @@ class PushHub:
         self.extra_mesh: Callable[[], dict] | None = None  # control-plane state sidecars follow
         self._state: _State | None = None
         self._stale = True
-        self._res_cache: dict[tuple, tuple[str, dict, str]] = {}  # (key, revision) -> item
-        self._reg_cache: dict[str, tuple[dict, str]] = {}  # canonical entry -> (entry, hash)
+        self._res_cache: dict[tuple, _Item] = {}  # (key, revision) -> item
+        self._reg_cache: dict[tuple, tuple[dict, _Item]] = {}  # registration -> entry, item
         self._base: tuple = ()
         self._store_dirty = True
         self._versions: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -223,48 +252,56 @@ class PushHub:
     def _build_state(self) -> _State:
         """The config as named items. The store's part is read again only after a commit or a
         CA change; a registry change (a sidecar joining) only rebuilds the registry's part,
-        with each entry's hash remembered, so a thousand sidecars joining stay cheap."""
-        old = self._state
-        if old is None or self._store_dirty:
+        each entry encoded and hashed once, so a thousand sidecars joining stay cheap."""
+        if self._state is None or self._store_dirty:
             self._store_dirty = False
             revision, stored = self.store.snapshot()
             extra = self.extra_mesh() if self.extra_mesh is not None else None
             mesh = snapshot_mod.mesh_settings(stored, self.trust_domain, extra)
-            cache: dict[tuple, tuple[str, dict, str]] = {}
+            cache: dict[tuple, _Item] = {}
             resources, res_names = [], []
-            base_items: dict[str, Any] = {}
-            base_hashes: dict[str, str] = {}
+            base: dict[str, _Item] = {}
             for sr in stored:
                 ck = (sr.resource.key, sr.revision)
-                hit = self._res_cache.get(ck)
-                if hit is None:
+                item = self._res_cache.get(ck)
+                if item is None:
                     body = sr.resource.to_dict()
-                    hit = (delta.resource_name(body), body, delta.item_hash(body))
-                cache[ck] = hit
-                name, body, h = hit
+                    item = _Item(delta.resource_name(body), body)
+                cache[ck] = item
                 resources.append(sr.resource)
-                res_names.append(name)
-                base_items[name], base_hashes[name] = body, h
+                res_names.append(item.name)
+                base[item.name] = item
             self._res_cache = cache  # drops what the store no longer has
-            base_items[delta.MESH], base_hashes[delta.MESH] = mesh, delta.item_hash(mesh)
-            self._base = (revision, resources, res_names, base_items, base_hashes,
-                          str(mesh["trustDomain"]))
-        revision, resources, res_names, base_items, base_hashes, td = self._base
-        items, hashes = dict(base_items), dict(base_hashes)
-        registry = snapshot_mod.registry_entries(self.registry.all(), td)
-        reg_names = []
-        reg_cache: dict[str, tuple[dict, str]] = {}
-        for e in registry:
-            name = delta.registry_name(e)
-            canon = json.dumps(e, sort_keys=True, separators=(",", ":"))
-            hit = self._reg_cache.get(canon)
+            base[delta.MESH] = _Item(delta.MESH, mesh)
+            td = str(mesh["trustDomain"])
+            if self._base and self._base[4] != td:
+                self._reg_cache = {}
+            self._base = (revision, resources, res_names, base, td)
+        revision, resources, res_names, base, td = self._base
+        items = dict(base)
+        registry, reg_names = [], []
+        reg_cache: dict[tuple, tuple[dict, _Item]] = {}
+        for r in self.registry.all():
+            if not r.address:
+                continue  # a sidecar with no inbound listener is not an endpoint
+            ck = (r.namespace, r.service, r.address, r.version, tuple(sorted(r.labels.items())))
+            hit = self._reg_cache.get(ck)
             if hit is None:
-                hit = (e, delta.item_hash(e))
-            reg_cache[canon] = hit
-            reg_names.append(name)
-            items[name], hashes[name] = hit
+                [entry] = snapshot_mod.registry_entries([r], td)
+                hit = (entry, _Item(delta.registry_name(entry), entry))
+            reg_cache[ck] = hit
+            entry, item = hit
+            registry.append((r.namespace, r.service, r.address, entry, item))
         self._reg_cache = reg_cache
-        return _State(revision, resources, res_names, registry, reg_names, items, hashes)
+        registry.sort(key=lambda t: t[:3])  # the snapshot's order
+        entries = []
+        for *_, entry, item in registry:
+            if item.name in items:
+                continue  # two registrations of one address (a restart in the grace period)
+            entries.append(entry)
+            reg_names.append(item.name)
+            items[item.name] = item
+        return _State(revision, resources, res_names, entries, reg_names, items)
 
     def _fresh_state(self) -> _State:
         if self._state is None or self._stale:
@@ -274,8 +311,7 @@ class PushHub:
                 # their items and encodings (a thousand sidecars joining make many versions),
                 # and the encoded deltas to them, since pushes only ever go to a current one.
                 for v in self._state.views.values():
-                    v.items = None
-                    v._full = None  # noqa: SLF001
+                    v.retire()
                 self._deltas.clear()
             self._state = self._build_state()
             everything = self._view(self._state, None)
@@ -305,15 +341,15 @@ class PushHub:
             names = ([st.res_names[i] for i in sc.resources]
                      + [st.reg_names[j] for j in sc.registry])
         names.append(delta.MESH)
-        hashes = {n: st.hashes[n] for n in names}
-        items = {n: st.items[n] for n in names}
-        content = delta.content_hash(hashes)
+        items = [st.items[n] for n in names]
+        content = delta.content_of(sum(i.line for i in items))
         known = self._views.get(content)
-        if known is not None and known.items is not None:
+        if known is not None and known.current:
             view = known  # identical content: share it (and its encodings)
             self._views.move_to_end(content)
         else:
-            view = View(self._canonical_version(st.revision, content), hashes, items)
+            view = View(self._canonical_version(st.revision, content),
+                        {i.name: i.hash for i in items}, names, {i.name: i.enc for i in items})
             self._views[content] = view
             if len(self._views) > VIEW_CACHE:
                 self._views.popitem(last=False)
@@ -440,9 +476,10 @@ class PushHub:
             body = self._deltas.get(key)
             if body is None:
                 changed, removed = delta.diff(base.hashes, view.hashes)
-                assert view.items is not None
-                body = json.dumps({"resources": {n: view.items[n] for n in changed},
-                                   "removed": removed}, separators=(",", ":"))
+                assert view.enc is not None
+                enc = view.enc
+                res = ",".join(f"{json.dumps(n)}:{enc[n]}" for n in changed)
+                body = f'{{"resources":{{{res}}},"removed":{json.dumps(removed)}}}'
                 self._deltas[key] = body
                 if len(self._deltas) > DELTA_CACHE:
                     self._deltas.popitem(last=False)
@@ -535,7 +572,7 @@ class PushHub:
             isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()
         ):
             content = delta.content_hash(hashes)
-            return View(str(first.get("cached_version") or f"0-{content}"), dict(hashes), None)
+            return View(str(first.get("cached_version") or f"0-{content}"), dict(hashes))
         cached = str(first.get("cached_version") or "")
         known = self._views.get(delta.hash_part(cached)) if cached else None
         return known

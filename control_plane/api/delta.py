@@ -26,8 +26,7 @@ MESH = "mesh"
 
 
 def item_hash(body: Any) -> str:
-    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+    return hash_text(canonical(body))
 
 
 def resource_name(doc: Mapping[str, Any]) -> str:
@@ -50,7 +49,8 @@ def items_of(snapshot: Mapping[str, Any]) -> dict[str, Any]:
 _MOD = 1 << 64
 
 
-def _line(name: str, h: str) -> int:
+def line_digest(name: str, h: str) -> int:
+    """One item's share of :func:`content_hash`."""
     return int.from_bytes(hashlib.sha256(f"{name}={h}".encode()).digest()[:8], "big")
 
 
@@ -61,7 +61,22 @@ def content_hash(hashes: Mapping[str, str]) -> str:
     when a delta arrives (a thousand registry entries need not be re-sorted and re-hashed per
     push). It guards against mistakes (a lost or reordered message, a wrong base), not against
     the control plane, which the stream's mTLS already authenticates."""
-    return f"{sum(_line(n, h) for n, h in hashes.items()) % _MOD:016x}"
+    return f"{sum(line_digest(n, h) for n, h in hashes.items()) % _MOD:016x}"
+
+
+def content_of(total: int) -> str:
+    """:func:`content_hash` from the sum of :func:`line_digest` of every item."""
+    return f"{total % _MOD:016x}"
+
+
+def canonical(body: Any) -> str:
+    """The canonical JSON of an item: what :func:`item_hash` hashes, and what the control plane
+    puts on the wire (encoded once per item, not once per sidecar)."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def hash_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def hash_part(version: str) -> str:
@@ -115,7 +130,7 @@ class Bundle:
         self.items = items
         self.hashes = hashes if hashes is not None else {n: item_hash(b) for n, b in items.items()}
         self._sum = (total if total is not None
-                     else sum(_line(n, h) for n, h in self.hashes.items()) % _MOD)
+                     else sum(line_digest(n, h) for n, h in self.hashes.items()) % _MOD)
         self._res = res if res is not None else sorted(
             (n for n in items if n.startswith("resource/")), key=_sort_key)
         self._reg = reg if reg is not None else sorted(
@@ -142,18 +157,18 @@ class Bundle:
         for name in removed:
             old = hashes.pop(name, None)
             if old is not None:
-                total -= _line(name, old)
+                total -= line_digest(name, old)
                 del items[name]
                 names_moved = True
         for name, body in changed.items():
             h = item_hash(body)
             old = hashes.get(name)
             if old is not None:
-                total -= _line(name, old)
+                total -= line_digest(name, old)
             else:
                 names_moved = True
             items[name], hashes[name] = body, h
-            total += _line(name, h)
+            total += line_digest(name, h)
         total %= _MOD
         version = str(msg.get("version", ""))
         if f"{total:016x}" != hash_part(version):
