@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="push at the latest this long after the first change of a burst "
                              "(env MESHLET_PUSH_DEBOUNCE_MAX; default 10s, PILOT_DEBOUNCE_MAX)")
     parser.add_argument("--push-throttle", metavar="N", type=int,
-                        default=int(os.environ.get("MESHLET_PUSH_THROTTLE", "100")),
+                        default=os.environ.get("MESHLET_PUSH_THROTTLE", "100"),
                         help="at most N sidecars are pushed to at once (env "
                              "MESHLET_PUSH_THROTTLE; default 100, PILOT_PUSH_THROTTLE)")
     parser.add_argument("--log-level", default="info",
