@@ -506,7 +506,8 @@ class PushHub:
             stream.inflight.popleft()
         self.registry.sent(stream.reg.node_id, view.version)
         try:
-            await asyncio.wait_for(stream.ws.send_str(text), self.settings.send_timeout)
+            async with asyncio.timeout(self.settings.send_timeout):  # no task per send
+                await stream.ws.send_str(text)
         except TimeoutError:
             self.metrics.pushes.labels(kind, "error").inc()
             self.metrics.errors.labels("timeout").inc()
