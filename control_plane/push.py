@@ -35,6 +35,9 @@ Push at scale, as istiod does it:
   (:mod:`control_plane.api.scope`), computed once per (namespace, labels) and config generation
   and shared by every sidecar of that shape; a change outside a sidecar's scope leaves its
   version unchanged and sends it nothing;
+* **flow control**: a stream with a config message not yet answered gets nothing newer until
+  the sidecar ACKs or NACKs it (or ``ack_wait``, 5 s, passes); then it gets the newest config,
+  not every version in between. A slow sidecar gets fewer, larger deltas instead of a backlog;
 * **deltas**: per stream, the server keeps the version it sent and the one ACKed (each version's
   item hashes are shared by every stream that has it, not copied per stream) and sends only
   what changed; deltas between two versions are encoded once and reused.
@@ -81,6 +84,9 @@ class PushSettings:
     debounce_max: float = 10.0
     throttle: int = 100
     send_timeout: float = 10.0
+    # flow control: a stream with an unACKed config gets nothing newer until it answers or this
+    # long has passed; then it gets the newest config, not every version in between
+    ack_wait: float = 5.0
 
 
 class StreamError(Exception):
@@ -200,8 +206,12 @@ class Stream:
         self.sent: View | None = None  # the last version sent (not sent again while current)
         self.base: View | None = None  # what the sidecar is believed to hold: deltas start here
         self.acked: View | None = None
-        self.inflight: collections.deque[tuple[str, View]] = collections.deque()
-        self.pending_since: float | None = None  # first change not yet ACKed (convergence)
+        # (nonce, version, first change it carries) of what was sent and not yet answered
+        self.inflight: collections.deque[tuple[str, View, float | None]] = collections.deque()
+        self.pending_since: float | None = None  # first change not yet sent (convergence)
+        self.sent_at = 0.0
+        self.deferred = False  # a newer config waits for the answer to the last one
+        self.retry: asyncio.TimerHandle | None = None
         self.force_full = False
         self.busy = False
         self.again = False
@@ -462,12 +472,32 @@ class PushHub:
                 stream.again = False
                 if self.streams.get(stream.reg.node_id) is not stream:
                     return
+                if stream.inflight and not stream.force_full:
+                    waited = self.clock() - stream.sent_at
+                    if waited < self.settings.ack_wait:
+                        self._defer(stream, self.settings.ack_wait - waited)
+                        return
                 view = self._view(self._fresh_state(), stream.reg)
                 await self._send(stream, view)
                 if not stream.again:
                     return
         finally:
             stream.busy = False
+
+    def _defer(self, stream: Stream, delay: float) -> None:
+        """Flow control: push again when the sidecar answers, or after ``delay``."""
+        stream.deferred = True
+        if stream.retry is None:
+            stream.retry = asyncio.get_running_loop().call_later(delay, self._undefer, stream)
+
+    def _undefer(self, stream: Stream) -> None:
+        if stream.retry is not None:
+            stream.retry.cancel()
+            stream.retry = None
+        if stream.deferred:
+            stream.deferred = False
+            if self.streams.get(stream.reg.node_id) is stream:
+                self._enqueue(stream)
 
     def _message(self, stream: Stream, view: View, nonce: str) -> tuple[str, str]:
         base = stream.base
@@ -491,8 +521,7 @@ class PushHub:
 
     async def _send(self, stream: Stream, view: View) -> None:
         if stream.sent is not None and stream.sent.key == view.key and not stream.force_full:
-            if not stream.inflight:
-                stream.pending_since = None  # nothing for this sidecar in that change
+            stream.pending_since = None  # nothing for this sidecar in that change
             return
         if stream.ws.closed:
             return
@@ -501,7 +530,9 @@ class PushHub:
         stream.force_full = False
         stream.sent = stream.base = view
         stream.nonce = nonce
-        stream.inflight.append((nonce, view))
+        stream.inflight.append((nonce, view, stream.pending_since))
+        stream.pending_since = None
+        stream.sent_at = self.clock()
         while len(stream.inflight) > 16:  # a sidecar that never answers
             stream.inflight.popleft()
         self.registry.sent(stream.reg.node_id, view.version)
@@ -522,32 +553,37 @@ class PushHub:
             self.metrics.pushes.labels(kind, "ok").inc()
             self.metrics.bytes.labels(kind).inc(len(text))
 
-    def _answered(self, stream: Stream, nonce: str) -> View | None:
-        """The version sent with ``nonce``; forgets it and every older one."""
+    def _answered(self, stream: Stream, nonce: str) -> tuple[View, float | None] | None:
+        """The version sent with ``nonce`` and the first change it carried; forgets it and
+        every older one."""
         while stream.inflight:
-            n, view = stream.inflight.popleft()
+            n, view, since = stream.inflight.popleft()
             if n == nonce:
-                return view
+                return view, since
         return None
 
     def _on_ack(self, stream: Stream, data: Mapping[str, Any]) -> None:
         nonce = str(data.get("nonce"))
-        view = self._answered(stream, nonce)
-        if view is None:
+        answered = self._answered(stream, nonce)
+        if answered is None:
             log.debug("ack of unknown nonce %s from %s ignored", nonce, stream.reg.node_id)
             return
+        view, since = answered
         stream.acked = view
-        if nonce != stream.nonce:
-            return  # an older version: the sidecar holds it, but a newer one is on its way
-        self.registry.acked(stream.reg.node_id, view.version)
-        if stream.pending_since is not None:
-            self.metrics.convergence.observe(max(0.0, self.clock() - stream.pending_since))
-            stream.pending_since = None
+        if since is not None:
+            self.metrics.convergence.observe(max(0.0, self.clock() - since))
+        if nonce == stream.nonce:
+            # older nonces: the sidecar holds that version, but a newer one is on its way
+            self.registry.acked(stream.reg.node_id, view.version)
+        if not stream.inflight:
+            self._undefer(stream)
 
     def _on_nack(self, stream: Stream, data: Mapping[str, Any]) -> None:
         nonce = str(data.get("nonce"))
         self._answered(stream, nonce)
         stream.base = stream.acked  # the sidecar kept its last good config
+        if not stream.inflight:
+            self._undefer(stream)
         if data.get("resync"):
             self.metrics.errors.labels("resync").inc()
             log.info("sidecar %s asks for the whole config: %s", stream.reg.node_id,
@@ -560,7 +596,6 @@ class PushHub:
         if nonce != stream.nonce:
             log.debug("stale nack from %s ignored", stream.reg.node_id)
             return
-        stream.pending_since = None
         self.registry.nacked(stream.reg.node_id, str(data.get("version", "")),
                              str(data.get("error", "")))
         log.warning("sidecar %s rejected %s: %s", stream.reg.node_id, data.get("version"),
@@ -635,6 +670,8 @@ class PushHub:
                     self.registry.deregister(reg.node_id)
                     break
         finally:
+            if stream.retry is not None:
+                stream.retry.cancel()
             if self.streams.get(reg.node_id) is stream:
                 del self.streams[reg.node_id]
                 self.metrics.connected.set(len(self.streams))

@@ -254,3 +254,28 @@ async def test_a_stuck_sidecar_holds_one_slot_for_the_send_timeout_only(tmp_path
     await poll(lambda: stuck.ws.closed, what="the stuck stream closed")
     assert sample(hub, "meshlet_push_errors_total", reason="timeout") == 1
     await hub.close()
+
+
+async def test_flow_control_one_unanswered_message_then_the_newest(plane):
+    cp, session, url = plane
+    a = Client(session, url, "a")
+    await a.connect()
+    await a.receive()
+    cp.store.apply(load_text(VS.format(name="reviews", timeout="1s")))
+    first = await a.receive(ack=False)
+    while "resource/VirtualService/default/reviews" not in first["resources"]:
+        await a.ws.send_json({"type": "ack", "version": first["version"],
+                              "nonce": first["nonce"]})
+        first = await a.receive(ack=False)
+    before = triggers(cp.hub)
+    for t in ("2s", "3s"):
+        cp.store.apply(load_text(VS.format(name="reviews", timeout=t)))
+    await poll(lambda: triggers(cp.hub) >= before + 1, what="the pushes of both changes")
+    # nothing more while the first is unanswered (ack_wait is 5 s)
+    with pytest.raises(TimeoutError):
+        await a.ws.receive(timeout=0.5)
+    await a.ws.send_json({"type": "ack", "version": first["version"], "nonce": first["nonce"]})
+    newest = await a.receive()
+    assert newest["base"] == first["version"]
+    body = newest["resources"]["resource/VirtualService/default/reviews"]
+    assert body["spec"]["http"][0]["timeout"] == "3s"
