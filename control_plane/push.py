@@ -200,7 +200,6 @@ class Stream:
     def __init__(self, ws: web.WebSocketResponse, reg: Registration) -> None:
         self.ws = ws
         self.reg = reg
-        self.scope_key = (reg.namespace, tuple(sorted(reg.labels.items())))
         self.delta_ok = False
         self.nonce = ""
         self.sent: View | None = None  # the last version sent (not sent again while current)

@@ -79,6 +79,7 @@ class Sidecar:
         self.telemetry: Any = None
         self.identity: Any = None
         self.discovery: Any = None
+        self._said: set[tuple[str, str, str]] = set()  # config warnings already logged
         self.state_dir = opts.state_dir or ""
         self._stopped: asyncio.Event | None = None
         self._draining_task: asyncio.Task[Any] | None = None
@@ -119,7 +120,10 @@ class Sidecar:
                     # its listener fields are accepted but not enforced yet: say so here
                     res, warns = validate_with_warnings(doc, source, i)
                     for w in warns:
-                        log.warning("%s", w)
+                        said = (res.ref, w.field, w.reason)
+                        if said not in self._said:  # once, not at every push
+                            self._said.add(said)
+                            log.warning("%s %s: %s", res.ref, w.field, w.reason)
                     resources.append(res)
                 else:
                     resources.append(from_dict(doc, source, i))

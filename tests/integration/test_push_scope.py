@@ -28,6 +28,7 @@ spec:
   workloadSelector: {labels: {app: productpage}}
   egress:
   - hosts: ["./reviews.default.svc.cluster.local"]
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
 """
 ELSEWHERE = """apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -92,6 +93,9 @@ async def test_scoped_delta_pushes_between_real_sidecars(tmp_path):
         # productpage's scoped view is its own version; reviews' sidecars see everything
         assert ps["productpage-v1"]["acked_version"] != ps["reviews-v1"]["acked_version"]
         await wait_versions(pp, {"v1", "v2"})
+        # the field it accepts without enforcing is said once in the sidecar's log
+        log = pp.proc.stderr()
+        assert log.count("spec.outboundTrafficPolicy: is accepted but not enforced yet") == 1
 
         # A change outside productpage's egress hosts: reviews' sidecars get it, productpage
         # is sent nothing and keeps its version.
