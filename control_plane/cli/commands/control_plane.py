@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from control_plane.memory import fix_mmap_threshold
+
+    fix_mmap_threshold()  # ~90 MB less RSS at 1,000 config streams (see the module)
     try:
         serve(args.data_dir or default_data_dir(), args.listen, grace_s=grace, push=push)
     except OSError as e:
