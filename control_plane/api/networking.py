@@ -724,8 +724,13 @@ def _egress_host(value: str) -> str | None:
     return hostname(host)
 
 
-def _warn_later(what: str) -> Validator:
+def _warn_later(what: str, check: Validator | None = None) -> Validator:
     def v(value: Any, path: str, ctx: Ctx) -> None:
+        if check is not None:
+            before = len(ctx.errors)
+            check(value, path, ctx)
+            if len(ctx.errors) != before:
+                return
         ctx.warn(path, _LATER.format(what))
 
     return v
@@ -736,7 +741,8 @@ SIDECAR_EGRESS = obj(
         "hosts": list_of(string(nonempty=True, check=_egress_host), nonempty=True),
         "port": _warn_later("egress listeners all share the outbound port"),
         "bind": _warn_later("the outbound listener's bind address is a sidecar flag"),
-        "captureMode": enum("DEFAULT", "IPTABLES", "NONE"),
+        "captureMode": _warn_later("capture is set up by `meshlet iptables`, not per listener",
+                                   enum("DEFAULT", "IPTABLES", "NONE")),
     },
     required=["hosts"],
 )
@@ -747,7 +753,8 @@ SIDECAR = obj(
         "egress": list_of(SIDECAR_EGRESS),
         "ingress": _warn_later("inbound listeners come from the sidecar's flags"),
         "outboundTrafficPolicy": _warn_later(
-            "a host outside the egress hosts is answered 404 NR, as REGISTRY_ONLY"
+            "a host outside the egress hosts is unknown to the sidecar: 404 NR on the explicit "
+            "outbound port, passed through like any non-mesh destination under capture"
         ),
         "inboundConnectionPool": _warn_later("no inbound connection pool settings"),
     },

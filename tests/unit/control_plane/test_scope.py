@@ -155,14 +155,15 @@ def test_listener_fields_are_accepted_with_a_warning():
 kind: Sidecar
 metadata: {name: s}
 spec:
-  egress: [{port: {number: 9080, protocol: HTTP, name: http}, bind: 127.0.0.1, hosts: ["./*"]}]
+  egress: [{port: {number: 9080, protocol: HTTP, name: http}, bind: 127.0.0.1, hosts: ["./*"],
+            captureMode: NONE}]
   ingress: [{port: {number: 9080, protocol: HTTP, name: http}, defaultEndpoint: "127.0.0.1:8080"}]
   outboundTrafficPolicy: {mode: REGISTRY_ONLY}
 """
     [res], warns = load_text_with_warnings(text, "s.yaml")
     fields = sorted(w.field for w in warns)
-    assert fields == ["spec.egress[0].bind", "spec.egress[0].port", "spec.ingress",
-                      "spec.outboundTrafficPolicy"]
+    assert fields == ["spec.egress[0].bind", "spec.egress[0].captureMode",
+                      "spec.egress[0].port", "spec.ingress", "spec.outboundTrafficPolicy"]
     assert all("not enforced yet" in w.reason for w in warns)
     assert res.kind == "Sidecar"
 
