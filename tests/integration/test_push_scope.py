@@ -77,6 +77,8 @@ async def test_scoped_delta_pushes_between_real_sidecars(tmp_path):
         app2, port2 = start_app(tmp_path, "reviews", "v2")
         procs += [app1, app2]
         await apply(cp, SIDECAR + "---\n" + DR)
+        status, body = await cp.call("GET", "/v1/resources/sidecars")  # `meshlet get sidecars`
+        assert status == 200 and [i["metadata"]["name"] for i in body["items"]] == ["productpage"]
         r1 = await start_joined_sidecar(cp, tmp_path, "reviews", "v1", port1, "reviews-v1")
         procs.append(r1)
         r2 = await start_joined_sidecar(cp, tmp_path, "reviews", "v2", port2, "reviews-v2")
