@@ -14,6 +14,7 @@ from typing import Any
 from control_plane.api.schema import (
     LABELS,
     Ctx,
+    Validator,
     any_value,
     boolean,
     check_regex,
@@ -705,7 +706,63 @@ SERVICE_ENTRY = obj(
 __all__ = [
     "DESTINATION_RULE",
     "SERVICE_ENTRY",
+    "SIDECAR",
     "VIRTUAL_SERVICE",
     "WORKLOAD_ENTRY",
     "check_regex",
 ]
+
+
+# -- Sidecar ----------------------------------------------------------------------------------
+
+_LATER = "is accepted but not enforced yet (TCP listeners come later): {}"
+
+
+def _egress_host(value: str) -> str | None:
+    """Istio's ``namespace/dnsName``: namespace ``*`` (any), ``.`` (the workload's) or ``~``
+    (none), or a namespace name; dnsName ``*``, ``*.suffix`` or a host name."""
+    ns, sep, host = value.partition("/")
+    if not sep:
+        return f"{value!r} must be namespace/dnsName (for example \"./*\" or \"*/{value}\")"
+    if ns not in ("*", ".", "~") and dns1123_label(ns):
+        return f"{value!r}: namespace {ns!r} must be *, ., ~ or a namespace name"
+    if not host:
+        return f"{value!r}: the dnsName after '/' is empty"
+    return hostname(host)
+
+
+def _warn_later(what: str, check: Validator | None = None) -> Validator:
+    def v(value: Any, path: str, ctx: Ctx) -> None:
+        if check is not None:
+            before = len(ctx.errors)
+            check(value, path, ctx)
+            if len(ctx.errors) != before:
+                return
+        ctx.warn(path, _LATER.format(what))
+
+    return v
+
+
+SIDECAR_EGRESS = obj(
+    {
+        "hosts": list_of(string(nonempty=True, check=_egress_host), nonempty=True),
+        "port": _warn_later("egress listeners all share the outbound port"),
+        "bind": _warn_later("the outbound listener's bind address is a sidecar flag"),
+        "captureMode": _warn_later("capture is set up by `meshlet iptables`, not per listener",
+                                   enum("DEFAULT", "IPTABLES", "NONE")),
+    },
+    required=["hosts"],
+)
+
+SIDECAR = obj(
+    {
+        "workloadSelector": SELECTOR_LABELS,
+        "egress": list_of(SIDECAR_EGRESS),
+        "ingress": _warn_later("inbound listeners come from the sidecar's flags"),
+        "outboundTrafficPolicy": _warn_later(
+            "a host outside the egress hosts is unknown to the sidecar: 404 NR on the explicit "
+            "outbound port, passed through like any non-mesh destination under capture"
+        ),
+        "inboundConnectionPool": _warn_later("no inbound connection pool settings"),
+    },
+)

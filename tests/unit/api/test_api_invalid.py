@@ -70,7 +70,12 @@ CASES = [
     ),
     (doc("AuthorizationPolicy", {}, api=NET), "apiVersion", "use one of security.istio.io/v1"),
     ({"apiVersion": NET, "metadata": {"name": "r"}}, "kind", "is required"),
-    (doc("Sidecar", {}), "kind", "unknown kind 'Sidecar'"),
+    (doc("Gateway", {}), "kind", "unknown kind 'Gateway'"),
+    (doc("Sidecar", {"egress": [{"hosts": ["reviews"]}]}), "spec.egress[0].hosts[0]",
+     "must be namespace/dnsName"),
+    (doc("Sidecar", {"egress": [{}]}), "spec.egress[0].hosts", "is required"),
+    (doc("Sidecar", {"workloadSelector": {"matchLabels": {"a": "b"}}}),
+     "spec.workloadSelector.matchLabels", "unknown field"),
     (doc("VirtualService", {"hosts": ["a"]}, name="Bad_Name"), "metadata.name", "DNS-1123"),
     (
         {"apiVersion": NET, "kind": "DestinationRule", "metadata": {}, "spec": {"host": "a"}},
