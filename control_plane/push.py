@@ -245,5 +245,7 @@ def registration_from_message(msg: dict, peer_host: str) -> Registration:
         labels={str(k): str(v) for k, v in labels.items()},
         address=address,
         admin_address=_admin_address(str(msg.get("admin_address") or ""), peer_host),
+        hbone_port=int(msg.get("hbone_port") or 0) if str(msg.get("hbone_port") or "0").isdigit()
+        else 0,
         cert_expiry=float(expiry) if isinstance(expiry, int | float) else None,
     )

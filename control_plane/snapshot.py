@@ -81,6 +81,7 @@ def build(
             "labels": dict(r.labels),
             "address": r.address,
             "spiffe_id": spiffe_id(td, r.namespace, r.service),
+            **({"hbone_port": r.hbone_port} if r.hbone_port else {}),
         }
         for r in sorted(registrations, key=lambda r: (r.namespace, r.service, r.address))
         if r.address  # a sidecar with no inbound listener is not an endpoint

@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-APT_PACKAGES="gcc curl openssl wrk nghttp2-client prometheus iproute2 iptables procps testssl.sh"
+APT_PACKAGES="gcc curl openssl wrk nghttp2-client prometheus iproute2 iptables procps testssl.sh redis-server redis-tools postgresql"
 
 need_apt=""
-for bin in gcc curl openssl wrk h2load promtool ip iptables ps testssl; do
+for bin in gcc curl openssl wrk h2load promtool ip iptables ps testssl redis-server redis-cli psql; do
   command -v "$bin" >/dev/null 2>&1 || need_apt=1
 done
 if [ -n "$need_apt" ]; then

@@ -59,10 +59,7 @@ EMPTY_L4 = L4Table()
 
 
 def sni_matches(patterns: tuple[str, ...], sni: str) -> bool:
-    for p in patterns:
-        if p == sni or p == "*" or (p.startswith("*.") and sni.endswith(p[1:])):
-            return True
-    return False
+    return any(p in (sni, "*") or (p.startswith("*.") and sni.endswith(p[1:])) for p in patterns)
 
 
 def select(svc: TcpService, sni: str, r: float) -> str | None:

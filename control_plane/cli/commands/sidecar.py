@@ -20,6 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inbound", type=int, default=15006, help="inbound (mTLS) port")
     p.add_argument("--outbound", type=int, default=15001, help="outbound port the app calls")
     p.add_argument("--admin", type=int, default=15000, help="admin port")
+    p.add_argument(
+        "--hbone",
+        type=int,
+        default=15008,
+        metavar="PORT",
+        help="HBONE port: peers tunnel opaque TCP here as HTTP/2 CONNECT over mTLS "
+        "(needs a certificate; 0 picks a free port)",
+    )
     p.add_argument("--inbound-bind", default="0.0.0.0")
     p.add_argument("--outbound-bind", default="127.0.0.1")
     p.add_argument("--admin-bind", default="127.0.0.1")
@@ -76,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         app_host=args.app_host,
         outbound_port=args.outbound,
         inbound_port=args.inbound,
+        hbone_port=args.hbone,
         admin_port=args.admin,
         outbound_bind=args.outbound_bind,
         inbound_bind=args.inbound_bind,
