@@ -187,6 +187,11 @@ class StreamLeg(asyncio.Protocol):
     # -- the socket side ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        if not self.downstream and self.conn is not None and self.sid in self.conn.tunnel.streams:
+            # the app is connected: answer the CONNECT now, before any byte the app may send
+            # (HEADERS must precede DATA on the stream)
+            self.conn.tunnel.accept(self.sid)
+            self.conn.flush()
         if self.early:
             for chunk in self.early:
                 self.from_tunnel(chunk)

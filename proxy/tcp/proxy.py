@@ -401,8 +401,6 @@ class TcpProxy:
         if leg.closed:
             leg.transport.close()
             return
-        conn.tunnel.accept(sid)
-        conn.flush()
         self.open_legs[leg] = [0, time.monotonic(), 3600.0]
 
     # -- bookkeeping -----------------------------------------------------------------------------
