@@ -591,7 +591,22 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
     loop.default_exception_handler(context)
 
 
+def _raise_nofile() -> None:
+    """Opaque TCP holds two sockets per proxied connection (a thousand idle database
+    connections are two thousand descriptors): lift the soft limit to the hard one, as Envoy's
+    deployments do."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 async def run_sidecar(opts: SidecarOptions) -> int:
+    _raise_nofile()
     asyncio.get_running_loop().set_exception_handler(_loop_exception)
     sidecar = Sidecar(opts)
     await sidecar.start()

@@ -187,6 +187,9 @@ class StreamLeg(asyncio.Protocol):
     # -- the socket side ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        if self.closed:  # the stream was refused or reset before the socket was adopted
+            abort_with_rst(transport)
+            return
         if not self.downstream and self.conn is not None and self.sid in self.conn.tunnel.streams:
             # the app is connected: answer the CONNECT now, before any byte the app may send
             # (HEADERS must precede DATA on the stream)
@@ -278,13 +281,13 @@ class StreamLeg(asyncio.Protocol):
         self.closed = True
         self.conn = None
         self.rec.close("tunnel reset" if code != -1 else "tunnel lost",
-                       "UR" if self.downstream else "DR")  # fmt: skip
+                       self.rec.flags or ("UR" if self.downstream else "DR"))  # fmt: skip
         if self.transport is not None:
             abort_with_rst(self.transport)
 
     def established(self, status: Any) -> None:
-        if status != 200:
-            self.rec.flags = "UF" if status in (502, 503, 504) else "UAEX"
+        if status != 200:  # the peer sidecar refused: its policy, no such port, app down
+            self.rec.flags = {403: "RBAC", 404: "NR"}.get(status, "UF")
 
     def pause_source(self) -> None:
         if self.transport is not None and not self.closed:

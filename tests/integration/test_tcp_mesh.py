@@ -8,8 +8,9 @@ port, which connects to the app. Each app's server sees only its own sidecar's c
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,6 +51,40 @@ while True:
 """
 
 
+SINK_APP = r"""
+import os, socket, sys, threading
+go = sys.argv[2] if len(sys.argv) > 2 else ""
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(64)
+def serve(c):
+    # a slow reader: reads nothing until the go file exists (the test's signal)
+    name = c.recv(64, socket.MSG_PEEK)
+    while go and not os.path.exists(go):
+        threading.Event().wait(0.02)
+    n = 0
+    while True:
+        b = c.recv(1 << 20)
+        if not b:
+            break
+        n += len(b)
+    c.sendall(b"%d\n" % n)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+VERSION_APP = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(256)
+while True:
+    c, _ = s.accept()
+    c.sendall(sys.argv[2].encode() + b"\n")
+    c.close()
+"""
+
+
 def _config(p: dict[str, int]) -> str:
     return f"""
 apiVersion: networking.istio.io/v1
@@ -74,6 +109,45 @@ spec:
   ports: [{{number: {p['resetter']}, name: tcp-x}}]
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: sink, namespace: default}}
+spec:
+  hosts: [sink]
+  ports: [{{number: {p['sink']}, name: tcp-sink}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: postgres, namespace: default}}
+spec:
+  hosts: [postgres]
+  ports: [{{number: {p['postgres']}, name: postgresql, protocol: TCP}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ver, namespace: default}}
+spec:
+  hosts: [ver]
+  ports: [{{number: {p['ver']}, name: tcp-ver}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ver, namespace: default}}
+spec:
+  host: ver
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ver, namespace: default}}
+spec:
+  hosts: [ver]
+  tcp:
+  - match: [{{port: {p['ver']}}}]
+    route:
+    - {{destination: {{host: ver, subset: v1}}, weight: 70}}
+    - {{destination: {{host: ver, subset: v2}}, weight: 30}}
+---
+apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {{name: client, namespace: default}}
 spec:
@@ -88,6 +162,15 @@ spec:
   - port: {{number: {p['resetter']}, protocol: TCP}}
     bind: 127.0.0.1
     hosts: ["./resetter"]
+  - port: {{number: {p['sink']}, protocol: TCP}}
+    bind: 127.0.0.1
+    hosts: ["./sink"]
+  - port: {{number: {p['postgres']}, protocol: TCP}}
+    bind: 127.0.0.1
+    hosts: ["./postgres"]
+  - port: {{number: {p['ver']}, protocol: TCP}}
+    bind: 127.0.0.1
+    hosts: ["./ver"]
   - hosts: ["./*"]
 ---
 apiVersion: security.istio.io/v1
@@ -103,7 +186,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     cp = start_control_plane(work)
     started: list = [cp]
     try:
-        ports = {"cache": free_port(), "banner": free_port(), "resetter": free_port()}
+        ports = {k: free_port() for k in ("cache", "banner", "resetter", "sink", "postgres", "ver")}
         r = cp.cli("apply", "-f", "-", input=_config(ports))
         assert r.returncode == 0, r.stderr
         redis_port, banner_port, reset_port = free_port(), free_port(), free_port()
@@ -119,24 +202,76 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
         started.append(resetter)
         wait_until(lambda: _listening(reset_port), timeout=20, what="resetting app")
 
-        def sidecar(service: str, port: int):
+        sink_port = free_port()
+        sink = Proc("sink", [sys.executable, "-c", SINK_APP, str(sink_port),
+                             str(work / "go")], work)  # fmt: skip
+        started.append(sink)
+        wait_until(lambda: _listening(sink_port), timeout=20, what="sink app")
+        ver_ports = {}
+        for v in ("v1", "v2"):
+            ver_ports[v] = free_port()
+            app = Proc(f"ver-{v}", [sys.executable, "-c", VERSION_APP, str(ver_ports[v]), v], work)
+            started.append(app)
+            wait_until(lambda v=v: _listening(ver_ports[v]), timeout=20, what="version app")
+        pg_port = free_port()
+        started.append(_Postgres(work, pg_port))
+
+        def sidecar(service: str, port: int, *extra: str, name: str = ""):
             sc = start_sidecar(
                 work, service, port, None,
                 "--control-plane", cp.url, "--token-file", str(cp.token(service, work)),
-                "--state-dir", str(work / service), "--hbone", "0", name=service,
+                "--state-dir", str(work / (name or service)), "--hbone", "0", *extra,
+                name=name or service,
             )  # fmt: skip
             started.append(sc)
             return sc
 
         m = {"cp": cp, "work": work, "ports": ports, "redis_port": redis_port,
              "cache": sidecar("cache", redis_port), "banner": sidecar("banner", banner_port),
-             "resetter": sidecar("resetter", reset_port), "client": sidecar("client", 1)}  # fmt: skip
-        for name in ("cache", "banner", "resetter"):
+             "resetter": sidecar("resetter", reset_port), "sink": sidecar("sink", sink_port),
+             "postgres": sidecar("postgres", pg_port),
+             "ver-v1": sidecar("ver", ver_ports["v1"], "--version", "v1", name="ver-v1"),
+             "ver-v2": sidecar("ver", ver_ports["v2"], "--version", "v2", name="ver-v2"),
+             "client": sidecar("client", 1)}  # fmt: skip
+        for name in ("cache", "banner", "resetter", "sink", "postgres", "ver"):
             _wait_routable(m, name)
+        wait_until(lambda: sum(r["service"] == "ver" for r in _dump(m["client"])["registry"])
+                   == 2, timeout=30, what="both versions of ver")  # fmt: skip
         yield m
     finally:
         for p in reversed(started):
             p.stop()
+
+
+class _Postgres:
+    """PostgreSQL 15 in a temporary data dir, initialised and run as ``nobody`` (it refuses
+    to run as root), trust authentication on loopback. The data dir lives outside pytest's
+    private (0700) tmp tree so that ``nobody`` can reach it; removed at stop."""
+
+    def __init__(self, work: Path, port: int) -> None:
+        import pwd
+        import tempfile
+
+        bindir = Path("/usr/lib/postgresql/15/bin")
+        self.dir = Path(tempfile.mkdtemp(prefix="meshlet-pg-"))
+        nobody = pwd.getpwnam("nobody")
+        os.chown(self.dir, nobody.pw_uid, nobody.pw_gid)
+        data = self.dir / "data"
+        r = subprocess.run(
+            ["runuser", "-u", "nobody", "--", str(bindir / "initdb"), "-D", str(data),
+             "--auth=trust", "-U", "postgres", "--no-sync"],
+            capture_output=True, text=True, timeout=120, cwd="/",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        self.proc = Proc("postgres", ["runuser", "-u", "nobody", "--", str(bindir / "postgres"),
+                                      "-D", str(data), "-p", str(port), "-k", str(self.dir),
+                                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                         work)  # fmt: skip
+        wait_until(lambda: _listening(port), timeout=60, what="postgres")
+
+    def stop(self) -> None:
+        self.proc.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _listening(port: int) -> bool:
@@ -318,3 +453,216 @@ def test_tunnel_shows_in_clusters_and_access_log(mesh):
     assert line["downstream_peer_principal"] == "spiffe://cluster.local/ns/default/sa/client"
     assert line["connection_termination_details"]
     assert isinstance(line["bytes_received"], int) and isinstance(line["duration_ms"], int)
+
+
+def test_psql_queries_through_the_mesh(mesh):
+    r = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(mesh["ports"]["postgres"]), "-U", "postgres",
+         "-d", "postgres", "-At", "-c",
+         "create table t(x int); insert into t select generate_series(1, 1000); "
+         "select count(*), sum(x) from t; select inet_client_addr() is not null"],
+        capture_output=True, text=True, timeout=60, env={"PGCONNECT_TIMEOUT": "20"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines() == ["CREATE TABLE", "INSERT 0 1000", "1000|500500", "t"]
+
+
+def test_strict_plaintext_to_the_inbound_and_hbone_ports_never_reaches_the_database(mesh):
+    cache = mesh["cache"]
+    hbone = _dump(cache)["tcp"]["hbone_port"]
+    for port in (cache.inbound, hbone):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$6\r\nstrict\r\n$1\r\n1\r\n")
+            got = b""
+            try:
+                while True:
+                    chunk = s.recv(100)
+                    if not chunk:
+                        break
+                    got += chunk
+            except ConnectionResetError:
+                pass
+            assert b"+OK" not in got
+        finally:
+            s.close()
+    assert _redis(mesh, "EXISTS", "strict").strip() == "0"
+
+
+AUTHZ_OTHER = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: cache-only-other, namespace: default}
+spec:
+  selector: {matchLabels: {app: cache}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/other"]}}]
+"""
+
+AUTHZ_HTTP_FIELDS = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: cache-only-other, namespace: default}
+spec:
+  selector: {matchLabels: {app: cache}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]
+    to: [{operation: {methods: ["GET"]}}]
+"""
+
+AUTHZ_CLIENT_PORT = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: cache-only-other, namespace: default}
+spec:
+  selector: {matchLabels: {app: cache}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]
+    to: [{operation: {ports: ["PORT"]}}]
+"""
+
+
+def _probe(mesh, key: str) -> bytes:
+    """SET key through the mesh; what came back (b"" when the connection was closed)."""
+    s = socket.create_connection(("127.0.0.1", mesh["ports"]["cache"]), timeout=10)
+    try:
+        s.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\n1\r\n" % (len(key), key.encode()))
+        return s.recv(100)
+    except ConnectionResetError:
+        return b""
+    finally:
+        s.close()
+
+
+def test_authorization_policy_for_another_principal_closes_before_the_app_sees_a_byte(mesh):
+    cp = mesh["cp"]
+    try:
+        r = cp.cli("apply", "-f", "-", input=AUTHZ_OTHER)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: _probe(mesh, "authz-wait") == b"", timeout=30, what="policy in force")
+        assert _probe(mesh, "authz-denied") == b""
+        # an ALLOW rule with an HTTP-only field never matches TCP (Istio): still denied
+        r = cp.cli("apply", "-f", "-", input=AUTHZ_HTTP_FIELDS)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: "methods" in json.dumps(_dump(mesh["cache"])["resources"]),
+                   timeout=30, what="HTTP-field policy pushed")  # fmt: skip
+        assert _probe(mesh, "authz-http") == b""
+        # principal and port: allowed
+        r = cp.cli("apply", "-f", "-",
+                   input=AUTHZ_CLIENT_PORT.replace("PORT", str(mesh["ports"]["cache"])))
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: _probe(mesh, "authz-ok") == b"+OK\r\n", timeout=30, what="allowed")
+    finally:
+        cp.cli("delete", "AuthorizationPolicy", "cache-only-other", "-n", "default")
+    wait_until(lambda: _probe(mesh, "authz-after") == b"+OK\r\n", timeout=30, what="no policy")
+    assert _redis(mesh, "EXISTS", "authz-wait", "authz-denied", "authz-http").strip() == "0"
+    lines = [json.loads(x) for x in mesh["cache"].proc.stdout().splitlines()
+             if '"RBAC"' in x]  # fmt: skip
+    assert lines and lines[0]["upstream_host"] == ""  # the app was never dialled
+
+
+def test_weighted_tcp_route_splits_connections_within_binomial_noise(mesh):
+    n = 300
+    counts = {"v1": 0, "v2": 0}
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", mesh["ports"]["ver"]), timeout=10)
+        got = s.makefile("rb").readline().strip().decode()
+        s.close()
+        counts[got] += 1
+    # 70/30: mean 210, sd sqrt(300*.7*.3) = 7.9; 4 sd either side
+    assert abs(counts["v1"] - 210) <= 32, counts
+    assert counts["v1"] + counts["v2"] == n
+
+
+def _rss_kib(sc) -> int:
+    for line in Path(f"/proc/{sc.proc.p.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_slow_reader_backpressure_bounds_what_the_sender_can_push(mesh):
+    go = mesh["work"] / "go"
+    if go.exists():
+        go.unlink()
+    s = socket.create_connection(("127.0.0.1", mesh["ports"]["sink"]), timeout=10)
+    s.setblocking(False)
+    chunk = b"z" * 65536
+    written = 0
+    stalled_since = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and written < 512 << 20:
+        try:
+            written += s.send(chunk)
+            stalled_since = None
+        except BlockingIOError:
+            now = time.monotonic()
+            stalled_since = stalled_since or now
+            if now - stalled_since > 2.0:  # no progress for 2 s: the pipe is full
+                break
+            import select
+
+            select.select([], [s], [], 0.1)
+    # what fits between the sender and the unread app: socket buffers and the HTTP/2 windows
+    # (1 MiB per stream, 16 MiB per connection), nothing unbounded
+    assert written < 64 << 20, written
+    go.write_text("go")
+    s.setblocking(True)
+    s.shutdown(socket.SHUT_WR)
+    f = s.makefile("rb")
+    assert int(f.readline()) == written
+    s.close()
+
+
+def test_1000_concurrent_idle_connections_share_one_tunnel(mesh):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    socks = []
+    try:
+        for _ in range(1000):
+            socks.append(socket.create_connection(("127.0.0.1", mesh["ports"]["cache"]),
+                                                  timeout=30))  # fmt: skip
+        for s in socks:
+            s.sendall(b"PING\r\n")
+        for s in socks:
+            assert s.recv(16) == b"+PONG\r\n"
+        status, body = mesh["client"].admin_get("/clusters")
+        out = [t for t in json.loads(body)["tcp_tunnels"]
+               if t["peer"].endswith("/sa/cache") and t["direction"] == "outbound"]  # fmt: skip
+        assert len(out) == 1 and out[0]["streams_open"] >= 1000, out
+        # still usable: a command on the first and last of them
+        socks[0].sendall(b"PING\r\n")
+        socks[-1].sendall(b"PING\r\n")
+        assert socks[0].recv(16) == b"+PONG\r\n" and socks[-1].recv(16) == b"+PONG\r\n"
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.slow
+def test_1_gib_transfer_with_bounded_memory(mesh):
+    go = mesh["work"] / "go"
+    go.write_text("go")
+    client, sink = mesh["client"], mesh["sink"]
+    rss0 = (_rss_kib(client), _rss_kib(sink))
+    total = 1 << 30
+    s = socket.create_connection(("127.0.0.1", mesh["ports"]["sink"]), timeout=120)
+    chunk = b"q" * (1 << 20)
+    peak = [0, 0]
+    for i in range(total // len(chunk)):
+        s.sendall(chunk)
+        if i % 128 == 0:
+            peak = [max(peak[0], _rss_kib(client)), max(peak[1], _rss_kib(sink))]
+    s.shutdown(socket.SHUT_WR)
+    assert int(s.makefile("rb").readline()) == total
+    s.close()
+    peak = [max(peak[0], _rss_kib(client)), max(peak[1], _rss_kib(sink))]
+    # bounded: windows and buffers, not the transfer (1 GiB)
+    assert peak[0] - rss0[0] < 96 * 1024, (rss0, peak)
+    assert peak[1] - rss0[1] < 96 * 1024, (rss0, peak)
