@@ -274,8 +274,7 @@ class Sidecar:
         )
         print(
             f"meshlet sidecar ready service={o.service} outbound={out.port} inbound={inb.port} "
-            f"admin={self.admin_port} hbone={self.tcp.hbone_port} "
-            f"fastpath={_accel.fastpath()}",
+            f"admin={self.admin_port} fastpath={_accel.fastpath()} hbone={self.tcp.hbone_port}",
             file=sys.stderr,
             flush=True,
         )

@@ -24,6 +24,7 @@ from proxy.tcp.conn import TcpRecord
 log = logging.getLogger("meshlet.proxy.tcp")
 
 _LINGER0 = struct.pack("ii", 1, 0)
+WRITE_HIGH = 1 << 20
 
 
 def abort_with_rst(transport: Any) -> None:
@@ -187,6 +188,9 @@ class StreamLeg(asyncio.Protocol):
     # -- the socket side ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        # the socket's own buffer may hold up to half a stream window before the peer's
+        # window stays shut (bulk transfers keep flowing while the app reads in bursts)
+        transport.set_write_buffer_limits(high=WRITE_HIGH)  # type: ignore[attr-defined]
         if self.closed:  # the stream was refused or reset before the socket was adopted
             abort_with_rst(transport)
             return

@@ -30,17 +30,17 @@ CLOSED = 7  # (CLOSED, 0, reason) the connection ended (GOAWAY / protocol error)
 
 CONNECT_ERROR = ErrorCode.CONNECT_ERROR if hasattr(ErrorCode, "CONNECT_ERROR") else 0xA
 
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
 
 #: HBONE connections carry many long-lived streams and bulk data: large windows and frames,
 #: many concurrent streams (Istio's ztunnel allows 100 per connection and opens more
 #: connections; meshlet allows more so 1,000 idle database connections share one tunnel)
 LIMITS = h2.Limits(
     max_concurrent_streams=4096,
-    stream_window=1 << 20,
+    stream_window=4 << 20,
     connection_window=16 << 20,
-    max_frame_size=1 << 16,
+    max_frame_size=(1 << 20) - 1,
 )
 
 
