@@ -50,10 +50,14 @@ class _Accepting:
         self.loop = asyncio.get_running_loop()
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(fam, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
         self.sock = sock
         self.port = sock.getsockname()[1]
         self.on_sock = on_sock
@@ -97,6 +101,8 @@ class TcpProxy:
         self.overflows = 0
         self.refused = 0
         self._sweeper: asyncio.TimerHandle | None = None
+        self._want_egress: dict[tuple[str, int], str] = {}
+        self._egress_failed: set[tuple[str, int]] = set()  # busy ports, retried by the sweep
         self.tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -116,7 +122,12 @@ class TcpProxy:
 
     def on_table(self, table: Any) -> None:
         """A new config: open, retarget or close the egress listeners it asks for."""
-        want: dict[tuple[str, int], str] = {(e.bind, e.port): e.service for e in table.l4.egress}
+        self._want_egress = {(e.bind, e.port): e.service for e in table.l4.egress}
+        self._sync_egress(self._want_egress)
+        self._arm_sweeper()
+
+    def _sync_egress(self, want: dict[tuple[str, int], str]) -> None:
+        self._egress_failed &= set(want)
         for key in list(self.egress):
             if key not in want:
                 acc, _ = self.egress.pop(key)
@@ -127,17 +138,21 @@ class TcpProxy:
                 cur[1][0] = service
                 continue
             target = [service]
+
             def on_sock(s: socket.socket, t: list[str] = target, p: int = key[1]) -> None:
                 self._egress(s, t, p)
 
             try:
                 acc = _Accepting(key[0], key[1], on_sock)
             except OSError as exc:
-                log.warning("Sidecar egress listener %s:%d not opened: %s", key[0], key[1], exc)
+                if key not in self._egress_failed:
+                    log.warning("Sidecar egress listener %s:%d not opened (retried every "
+                                "second): %s", key[0], key[1], exc)  # fmt: skip
+                self._egress_failed.add(key)
                 continue
+            self._egress_failed.discard(key)
             self.egress[key] = (acc, target)
             log.info("egress listener %s:%d -> %s", key[0], acc.port, service or "(nothing)")
-        self._arm_sweeper()
 
     def egress_ports(self) -> dict[str, int]:
         return {f"{h}:{p}": acc.port for (h, p), (acc, _) in self.egress.items()}
@@ -431,6 +446,8 @@ class TcpProxy:
         """Idle timeout (DestinationRule ``connectionPool.tcp.idleTimeout``, default 1 h): a
         connection with no byte either way for that long is closed. One pass a second over
         open connections, comparing byte totals: nothing is timed per chunk."""
+        if self._egress_failed:
+            self._sync_egress(self._want_egress)
         now = time.monotonic()
         for leg, st in list(self.open_legs.items()):
             rec = leg.rec

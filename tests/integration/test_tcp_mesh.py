@@ -186,7 +186,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     cp = start_control_plane(work)
     started: list = [cp]
     try:
-        ports = {k: free_port() for k in ("cache", "banner", "resetter", "sink", "postgres", "ver")}
+        ports = {k: _egress_port() for k in ("cache", "banner", "resetter", "sink", "postgres",
+                                             "ver")}  # fmt: skip
         r = cp.cli("apply", "-f", "-", input=_config(ports))
         assert r.returncode == 0, r.stderr
         redis_port, banner_port, reset_port = free_port(), free_port(), free_port()
@@ -274,6 +275,23 @@ class _Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _egress_port() -> int:
+    """A free port below Linux's ephemeral range (32768+): the egress listeners bind fixed
+    ports that the Sidecar names, and an ephemeral port could be taken by any connection on
+    this machine before the sidecar binds it."""
+    import random
+
+    for _ in range(1000):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 def _listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -300,7 +318,7 @@ def _wait_routable(m: dict, service: str) -> None:
             r["service"] == service and r.get("hbone_port") for r in d["registry"]
         )
 
-    wait_until(ready, timeout=30, what=f"{service} routable over TCP")
+    wait_until(ready, timeout=60, what=f"{service} routable over TCP")
 
 
 def _redis(m: dict, *args: str, stdin: str | None = None) -> str:
@@ -671,3 +689,49 @@ def test_1_gib_transfer_with_bounded_memory(mesh):
     # bounded: windows and buffers, not the transfer (1 GiB)
     assert peak[0] - rss0[0] < 96 * 1024, (rss0, peak)
     assert peak[1] - rss0[1] < 96 * 1024, (rss0, peak)
+
+
+POOL_LIMITS = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: banner, namespace: default}
+spec:
+  host: banner
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1, idleTimeout: 1s, connectTimeout: 2s}
+"""
+
+
+def test_connection_pool_max_connections_and_idle_timeout(mesh):
+    cp = mesh["cp"]
+    r = cp.cli("apply", "-f", "-", input=POOL_LIMITS)
+    assert r.returncode == 0, r.stderr
+    try:
+        wait_until(lambda: any(r.get("kind") == "DestinationRule" and r["metadata"]["name"] ==
+                               "banner" for r in _dump(mesh["client"])["resources"]),
+                   timeout=30, what="DestinationRule pushed")  # fmt: skip
+        first = socket.create_connection(("127.0.0.1", mesh["ports"]["banner"]), timeout=10)
+        f = first.makefile("rb")
+        assert f.readline() == b"220 meshlet-banner ready\r\n"
+        # a second connection while the first is open: over maxConnections, closed at once
+        second = socket.create_connection(("127.0.0.1", mesh["ports"]["banner"]), timeout=10)
+        try:
+            assert second.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        second.close()
+        # the first stays silent: idleTimeout closes it (the sweep runs once a second)
+        t0 = time.monotonic()
+        assert f.read() == b""
+        assert 0.5 <= time.monotonic() - t0 < 8
+        first.close()
+
+        def flags() -> set[str]:
+            return {json.loads(x)["response_flags"]
+                    for x in mesh["client"].proc.stdout().splitlines()
+                    if x.startswith("{") and "|banner." in x}  # fmt: skip
+
+        wait_until(lambda: {"UO", "IDLE"} <= flags(), timeout=10, what="UO and IDLE logged")
+    finally:
+        cp.cli("delete", "DestinationRule", "banner", "-n", "default")
