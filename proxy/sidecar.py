@@ -39,7 +39,7 @@ class SidecarOptions:
     app_host: str = "127.0.0.1"
     outbound_port: int = 15001
     inbound_port: int = 15006
-    hbone_port: int = 15008
+    hbone_port: int | None = None  # None: 15008 with the default inbound port, else free
     admin_port: int = 15000
     outbound_bind: str = "127.0.0.1"
     inbound_bind: str = "0.0.0.0"
@@ -199,9 +199,10 @@ class Sidecar:
 
         self.tcp = TcpProxy(self.runtime, o.app_host, o.app_port)
         if self.identity is not None:
-            await self.tcp.start_hbone(
-                o.inbound_bind, o.hbone_port, self.identity.listener_context()
-            )
+            hbone = o.hbone_port
+            if hbone is None:
+                hbone = 15008 if o.inbound_port == 15006 else 0
+            await self.tcp.start_hbone(o.inbound_bind, hbone, self.identity.listener_context())
         self.tcp.on_table(self.runtime.table)
         self._setup_telemetry()
         if self.telemetry is not None:

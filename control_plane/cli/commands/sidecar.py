@@ -23,10 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hbone",
         type=int,
-        default=15008,
+        default=None,
         metavar="PORT",
-        help="HBONE port: peers tunnel opaque TCP here as HTTP/2 CONNECT over mTLS "
-        "(needs a certificate; 0 picks a free port)",
+        help="HBONE port: peers tunnel opaque TCP here as HTTP/2 CONNECT over mTLS (needs a "
+        "certificate; registered with the control plane, so peers find it). Default 15008 "
+        "when --inbound is the default 15006 (one sidecar per host or pod), else 0, a free "
+        "port, so that many sidecars share a host without a flag each",
     )
     p.add_argument("--inbound-bind", default="0.0.0.0")
     p.add_argument("--outbound-bind", default="127.0.0.1")
