@@ -351,14 +351,20 @@ class RawLeg(asyncio.Protocol):
         p.transport.write(data)
 
     def start(self) -> None:
-        p = self.peer
-        assert p is not None
-        for chunk in self.pending:
-            p.transport.write(chunk)
-        self.pending.clear()
-        if self.eof and p.transport.can_write_eof():
-            p.transport.write_eof()
-        self.transport.resume_reading()
+        """Both sockets are open: pass on what either side sent before (a server-first
+        protocol's banner arrives while the client's socket is still being adopted)."""
+        for leg in (self, self.peer):
+            assert leg is not None and leg.peer is not None
+            p = leg.peer
+            for chunk in leg.pending:
+                p.transport.write(chunk)
+            leg.pending.clear()
+            if leg.eof and p.transport.can_write_eof():
+                p.transport.write_eof()
+            if not leg.closed:
+                leg.transport.resume_reading()
+            else:
+                p.transport.close()  # that side already went away: the rest is flushed first
 
     def eof_received(self) -> bool:
         self.eof = True

@@ -265,6 +265,8 @@ class TcpProxy:
                 sock.close()
                 rec.close("upstream connect failure", "UF")
                 return
+            if outlier is not None:
+                rt.endpoint_outcome(outlier, ep, 200, False)  # a success resets the streak
             rec.peer = conn.peer
             rec.security = "mutual_tls"
             rec.upstream = f"{ep.address}:{svc.port}"
@@ -288,6 +290,8 @@ class TcpProxy:
             sock.close()
             rec.close("upstream connect failure", "UF")
             return
+        if outlier is not None:
+            rt.endpoint_outcome(outlier, ep, 200, False)  # a success resets the streak
         set_keepalive(up.transport, cluster.tcp_keepalive)
         down = RawLeg(rec, True)
         down.peer, up.peer = up, down

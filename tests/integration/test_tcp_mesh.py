@@ -148,6 +148,26 @@ spec:
     - {{destination: {{host: ver, subset: v2}}, weight: 30}}
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: plain, namespace: default}}
+spec:
+  hosts: [plain]
+  ports: [{{number: {p['plain']}, name: tcp-plain}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{tcp-plain: {p['plain_live']}}}}}
+  - {{address: 127.0.0.1, ports: {{tcp-plain: {p['plain_dead']}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: plain, namespace: default}}
+spec:
+  host: plain
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 60s,
+                        maxEjectionPercent: 100}}
+---
+apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {{name: client, namespace: default}}
 spec:
@@ -171,6 +191,9 @@ spec:
   - port: {{number: {p['ver']}, protocol: TCP}}
     bind: 127.0.0.1
     hosts: ["./ver"]
+  - port: {{number: {p['plain']}, protocol: TCP}}
+    bind: 127.0.0.1
+    hosts: ["./plain"]
   - hosts: ["./*"]
 ---
 apiVersion: security.istio.io/v1
@@ -187,7 +210,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     started: list = [cp]
     try:
         ports = {k: _egress_port() for k in ("cache", "banner", "resetter", "sink", "postgres",
-                                             "ver")}  # fmt: skip
+                                             "ver", "plain", "plain_dead")}  # fmt: skip
+        ports["plain_live"] = free_port()  # another banner app, reached without a sidecar
         r = cp.cli("apply", "-f", "-", input=_config(ports))
         assert r.returncode == 0, r.stderr
         redis_port, banner_port, reset_port = free_port(), free_port(), free_port()
@@ -199,6 +223,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
         banner = Proc("banner", [sys.executable, "-c", BANNER_APP, str(banner_port)], work)
         started.append(banner)
         wait_until(lambda: _listening(banner_port), timeout=20, what="banner app")
+        live = Proc("plain-live", [sys.executable, "-c", BANNER_APP, str(ports["plain_live"])],
+                    work)  # fmt: skip
+        started.append(live)
+        wait_until(lambda: _listening(ports["plain_live"]), timeout=20, what="plain banner app")
         resetter = Proc("resetter", [sys.executable, "-c", RESET_APP, str(reset_port)], work)
         started.append(resetter)
         wait_until(lambda: _listening(reset_port), timeout=20, what="resetting app")
@@ -735,3 +763,34 @@ def test_connection_pool_max_connections_and_idle_timeout(mesh):
         wait_until(lambda: {"UO", "IDLE"} <= flags(), timeout=10, what="UO and IDLE logged")
     finally:
         cp.cli("delete", "DestinationRule", "banner", "-n", "default")
+
+
+def test_plain_tcp_endpoints_and_outlier_detection_on_connect_failures(mesh):
+    """Endpoints outside the mesh (no HBONE port) get plain TCP; one that refuses connections
+    is ejected after two connect failures (consecutive5xxErrors, as Envoy counts a TCP
+    connect failure), after which every connection reaches the live one."""
+
+    def one() -> bytes:
+        try:
+            with socket.create_connection(("127.0.0.1", mesh["ports"]["plain"]), timeout=10) as s:
+                return s.makefile("rb").readline()
+        except ConnectionResetError:
+            return b""
+
+    wait_until(lambda: f"127.0.0.1:{mesh['ports']['plain']}"
+               in _dump(mesh["client"])["tcp"]["egress_listening"], timeout=30,
+               what="plain egress listener")  # fmt: skip
+    results = [one() for _ in range(8)]
+    assert b"220 meshlet-banner ready\r\n" in results and b"" in results  # both endpoints tried
+    dead = f"127.0.0.1:{mesh['ports']['plain_dead']}"
+
+    def ejected() -> bool:
+        status, body = mesh["client"].admin_get("/clusters")
+        for c in json.loads(body)["clusters"]:
+            for ep in c["endpoints"]:
+                if ep["address"] == dead and ep.get("ejected"):
+                    return True
+        return False
+
+    wait_until(ejected, timeout=10, what="the dead endpoint ejected")
+    assert [one() for _ in range(10)] == [b"220 meshlet-banner ready\r\n"] * 10
