@@ -154,3 +154,25 @@ def test_sni_is_read_from_a_real_client_hello():
     assert server_name(hello[:3]) is None  # more bytes needed
     assert server_name(hello[:40]) is None
     assert server_name(b"PING\r\n") == ""  # not TLS
+
+
+def test_captured_connection_picks_the_service_port_from_its_original_destination():
+    from proxy.tcp.proxy import captured_service
+
+    text = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db]
+  addresses: [10.96.0.10]
+  ports: [{number: 5432, name: tcp-pg}, {number: 8080, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.5}]
+"""
+    t = compile_table(load_text(text), [], "default", {"app": "client"}, "v")
+    svc = captured_service(t, ("10.96.0.10", 5432))
+    assert svc is not None and (svc.service, svc.port) == ("db.default.svc.cluster.local", 5432)
+    assert captured_service(t, ("10.0.0.5", 5432)) is not None  # an endpoint address too
+    assert captured_service(t, ("10.96.0.10", 8080)) is None  # HTTP: detection as before
+    assert captured_service(t, ("10.9.9.9", 5432)) is None  # not a mesh service
