@@ -46,10 +46,13 @@ def compile_l4(c: Any) -> tuple[L4Table, list[str]]:
             # filter chain order), each kind keeping its VirtualService order
             rs.sort(key=lambda r: not r.sni)
             services[(fq, port)] = TcpService(fq, port, proto, tuple(rs), default)
+    # this workload's own opaque ports (numbers and target ports): HBONE streams to them are
+    # accepted by the inbound side
     local = c.services.get(fqdn(c.local_service, c.namespace)) if c.local_service else None
-    local_ports = frozenset(
-        t for n, _, t in (local.ports if local else ()) if is_opaque(local.protocols.get(n, ""))
-    ) | frozenset(n for n, p in (local.protocols.items() if local else ()) if is_opaque(p))
+    local_ports: frozenset[int] = frozenset()
+    if local is not None:
+        opaque = {n for n, p in local.protocols.items() if is_opaque(p)}
+        local_ports = frozenset(opaque) | frozenset(t for n, _, t in local.ports if n in opaque)
     egress, ingress = _sidecar(c, services, warnings)
     return L4Table(services, egress, ingress, local_ports), warnings
 

@@ -17,6 +17,8 @@ others) but their stream's window only when the shell says they were consumed
 
 from __future__ import annotations
 
+from typing import Any
+
 from proxy.http2 import connection as h2
 from proxy.http2.errors import ErrorCode
 
@@ -156,7 +158,8 @@ class TunnelConnection:
     # -- input -------------------------------------------------------------------------------
     def receive(self, data: bytes) -> list[tuple[int, int, object]]:
         out: list[tuple[int, int, object]] = []
-        for ev in self.h2.receive_data(data):
+        events: list[Any] = self.h2.receive_data(data)  # dispatched on type(): exact classes
+        for ev in events:
             t = type(ev)
             if t is h2.DataReceived:
                 self.h2.acknowledge_connection_data(ev.flow_controlled_length)
@@ -191,7 +194,7 @@ class TunnelConnection:
         return out
 
     def _request(self, ev: h2.RequestReceived, out: list[tuple[int, int, object]]) -> None:
-        f = ev.fields
+        f: Any = ev.fields
         sid = ev.stream_id
         self.streams[sid] = _Stream(sid)
         if getattr(f, "method", b"") != b"CONNECT" or getattr(f, "protocol", None) is not None:
