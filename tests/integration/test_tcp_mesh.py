@@ -657,8 +657,8 @@ def test_slow_reader_backpressure_bounds_what_the_sender_can_push(mesh):
             import select
 
             select.select([], [s], [], 0.1)
-    # what fits between the sender and the unread app: socket buffers and the HTTP/2 windows
-    # (1 MiB per stream, 16 MiB per connection), nothing unbounded
+    # what fits between the sender and the unread app: socket buffers, the HTTP/2 stream
+    # window (4 MiB) and the sidecars' high-water marks (1 MiB each), nothing unbounded
     assert written < 64 << 20, written
     go.write_text("go")
     s.setblocking(True)
@@ -794,3 +794,35 @@ def test_plain_tcp_endpoints_and_outlier_detection_on_connect_failures(mesh):
 
     wait_until(ejected, timeout=10, what="the dead endpoint ejected")
     assert [one() for _ in range(10)] == [b"220 meshlet-banner ready\r\n"] * 10
+
+
+def test_sidecar_ingress_default_endpoint_redirects_hbone_streams(mesh):
+    """A Sidecar ``ingress[]`` entry for the resetter workload's service port sends HBONE
+    streams for that port to its ``defaultEndpoint`` (here another app: a banner server)."""
+    port = mesh["ports"]["resetter"]
+    doc = f"""
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: resetter, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: resetter}}}}
+  ingress:
+  - port: {{number: {port}, protocol: TCP}}
+    defaultEndpoint: 127.0.0.1:{mesh['ports']['plain_live']}
+"""
+    cp = mesh["cp"]
+    r = cp.cli("apply", "-f", "-", input=doc)
+    assert r.returncode == 0, r.stderr
+
+    def banner() -> bytes:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                return s.makefile("rb").readline()
+        except ConnectionResetError:
+            return b""
+
+    try:
+        wait_until(lambda: banner() == b"220 meshlet-banner ready\r\n", timeout=30,
+                   what="ingress defaultEndpoint in force")  # fmt: skip
+    finally:
+        cp.cli("delete", "Sidecar", "resetter", "-n", "default")
