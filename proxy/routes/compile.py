@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.api.hosts import aliases, fqdn, split_host_port
-from proxy.tcp.compile import compile_l4
-from proxy.tcp.protocol import port_protocol
 from proxy.routes.table import (
     EXACT,
     PREFIX,
@@ -35,6 +33,8 @@ from proxy.routes.table import (
     RouteTable,
     VirtualHost,
 )
+from proxy.tcp.compile import compile_l4
+from proxy.tcp.protocol import port_protocol
 
 #: VirtualService annotation: its routes may retry requests that are not idempotent (POST ...)
 RETRY_NON_IDEMPOTENT = "retry.meshlet.dev/non-idempotent"
