@@ -298,7 +298,8 @@ class PushHub:
         for r in self.registry.all():
             if not r.address:
                 continue  # a sidecar with no inbound listener is not an endpoint
-            ck = (r.namespace, r.service, r.address, r.version, tuple(sorted(r.labels.items())))
+            ck = (r.namespace, r.service, r.address, r.version, tuple(sorted(r.labels.items())),
+                  r.hbone_port)
             hit = self._reg_cache.get(ck)
             if hit is None:
                 [entry] = snapshot_mod.registry_entries([r], td)
@@ -745,5 +746,7 @@ def registration_from_message(msg: dict, peer_host: str) -> Registration:
         labels={str(k): str(v) for k, v in labels.items()},
         address=address,
         admin_address=_admin_address(str(msg.get("admin_address") or ""), peer_host),
+        hbone_port=int(msg.get("hbone_port") or 0) if str(msg.get("hbone_port") or "0").isdigit()
+        else 0,
         cert_expiry=float(expiry) if isinstance(expiry, int | float) else None,
     )

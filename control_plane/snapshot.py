@@ -81,6 +81,7 @@ def registry_entries(registrations: Iterable[Registration], trust_domain: str) -
             "labels": dict(r.labels),
             "address": r.address,
             "spiffe_id": spiffe_id(trust_domain, r.namespace, r.service),
+            **({"hbone_port": r.hbone_port} if r.hbone_port else {}),
         }
         for r in sorted(registrations, key=lambda r: (r.namespace, r.service, r.address))
         if r.address

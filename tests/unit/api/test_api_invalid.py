@@ -73,9 +73,18 @@ CASES = [
     (doc("Gateway", {}), "kind", "unknown kind 'Gateway'"),
     (doc("Sidecar", {"egress": [{"hosts": ["reviews"]}]}), "spec.egress[0].hosts[0]",
      "must be namespace/dnsName"),
-    (doc("Sidecar", {"egress": [{}]}), "spec.egress[0].hosts", "is required"),
     (doc("Sidecar", {"workloadSelector": {"matchLabels": {"a": "b"}}}),
      "spec.workloadSelector.matchLabels", "unknown field"),
+    (doc("Sidecar", {"egress": [{"port": {"number": 6379}}]}), "spec.egress[0].hosts",
+     "is required"),
+    (doc("Sidecar", {"egress": [{"hosts": ["cache"]}]}), "spec.egress[0].hosts[0]",
+     "namespace/dnsName"),
+    (doc("Sidecar", {"ingress": [{"port": {"number": 1}, "defaultEndpoint": "10.1.1.1:80"}]}),
+     "spec.ingress[0].defaultEndpoint", "loopback"),
+    (doc("VirtualService", {"hosts": ["a"], "tls": [{"route": [{"destination": {"host": "a"}}]}]}),
+     "spec.tls[0].match", "is required"),
+    (doc("VirtualService", {"hosts": ["a"], "tcp": [{"match": [{"port": 0}]}]}),
+     "spec.tcp[0].route", "is required"),
     (doc("VirtualService", {"hosts": ["a"]}, name="Bad_Name"), "metadata.name", "DNS-1123"),
     (
         {"apiVersion": NET, "kind": "DestinationRule", "metadata": {}, "spec": {"host": "a"}},
@@ -741,10 +750,12 @@ WARNINGS = [
         "cannot be removed",
     ),
     (
-        doc("VirtualService", {"hosts": ["a"], "tcp": [{"route": []}]}),
-        "spec.tcp",
-        "not supported by meshlet",
-    ),
+        doc("VirtualService", {"hosts": ["a"], "tcp": [
+            {"match": [{"port": 5432, "gateways": ["mesh"]}],
+             "route": [{"destination": {"host": "a"}}]}]}),
+        "spec.tcp[0].match[0].gateways",
+        "applies to gateways only",
+    ),  # tcp routes are enforced (proxy/tcp); match.gateways is the one part a sidecar ignores
     (
         rules(to=[{"operation": {"methods": ["get"]}}]),
         "spec.rules[0].to[0].operation.methods[0]",
