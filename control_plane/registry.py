@@ -28,6 +28,7 @@ class Registration:
     labels: dict[str, str] = field(default_factory=dict)
     address: str = ""  # host:port of the sidecar's inbound mTLS listener
     admin_address: str = ""  # host:port of the sidecar's admin listener
+    hbone_port: int = 0  # the sidecar's HBONE port (opaque TCP tunnels), 0: none
     connected_at: float = 0.0  # wall clock, for display
     connected: bool = True
     disconnected_at: float | None = None  # monotonic, for the grace period

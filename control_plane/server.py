@@ -28,7 +28,7 @@ from aiohttp import web
 
 from control_plane import registry_state
 from control_plane.api import expiry
-from control_plane.push import PushHub, StreamError
+from control_plane.push import PushHub, PushSettings, StreamError
 from control_plane.registry import DEFAULT_GRACE_S, Registry, short_name
 from control_plane.store import KINDS, Store, StoreLimit, StoreUnavailable, canonical_kind
 from control_plane.store.lock import DataDirLock
@@ -142,6 +142,7 @@ class ControlPlane:
         etcd: EtcdOptions | None = None,
         admin_token_file: str | None = None,
         advertise_address: str | None = None,
+        push: PushSettings | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         # Where other replicas (and proxy-status readers) reach this one; in its serving
@@ -177,7 +178,7 @@ class ControlPlane:
                 self.etcd_client, self.lease, self.replica_id, listen, etcd.prefix,
                 grace_s=grace_s)
             # The CA and the trust domain come from etcd: set up in start().
-            self.hub = PushHub(self.store, self.registry, None)  # type: ignore[arg-type]
+            self.hub = PushHub(self.store, self.registry, None, push)  # type: ignore[arg-type]
             self._setup_telemetry()
             self.canaries = self._canary_controller()
             return
@@ -193,7 +194,7 @@ class ControlPlane:
             td, lifetime = self._mesh_identity()
             self.tls = Security(self.data_dir, td, [split_listen(listen)[0]], lifetime)
         self.hub = PushHub(self.store, self.registry,
-                           self.tls.trust_domain if self.tls is not None else None)
+                           self.tls.trust_domain if self.tls is not None else None, push)
         if self.tls is not None:
             self.hub.extra_mesh = self.tls.bundle_state
         self._setup_telemetry()
@@ -257,6 +258,7 @@ class ControlPlane:
         app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[_store_errors])
         r = app.router
         r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics)
         r.add_get("/v1/openapi.yaml", self.openapi)
         r.add_get("/v1/stream", self.stream)
         r.add_get("/v1/status", self.status)
@@ -473,6 +475,14 @@ class ControlPlane:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "revision": self.store.revision})
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text, unauthenticated as istiod's monitoring port is: scrapers hold no
+        admin token, and the metrics are counts and durations, without node ids, names,
+        tokens or keys."""
+        body = self.hub.metrics.render() + self.canaries.metrics_text().encode()
+        return web.Response(body=body,
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=OPENAPI.read_bytes(), content_type="application/yaml")
 
@@ -650,7 +660,8 @@ class ControlPlane:
         current = (self.hub.current or {}).get("version", "")
         return web.json_response({
             "snapshot_version": current,
-            "proxies": [r.to_dict() for r in self.registry.all()],
+            "proxies": [{**r.to_dict(), "expected_version": self.hub.expected_version(r)}
+                        for r in self.registry.all()],
         })
 
     async def canary_list(self, request: web.Request) -> web.Response:
@@ -865,9 +876,11 @@ async def serve_forever(cp: ControlPlane) -> None:
 
 def run(data_dir: str, listen: str, grace_s: float = DEFAULT_GRACE_S,
         plain_http: bool = False, etcd: EtcdOptions | None = None,
-        admin_token_file: str | None = None, advertise_address: str | None = None) -> None:
+        admin_token_file: str | None = None, advertise_address: str | None = None,
+        push: PushSettings | None = None) -> None:
     cp = ControlPlane(data_dir, listen, grace_s=grace_s, plain_http=plain_http, etcd=etcd,
-                      admin_token_file=admin_token_file, advertise_address=advertise_address)
+                      admin_token_file=admin_token_file, advertise_address=advertise_address,
+                      push=push)
     try:
         import uvloop
 

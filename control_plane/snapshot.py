@@ -17,8 +17,9 @@ Wire format (JSON)::
                    "spiffe_id"}, ...],
      "mesh": {MeshConfig spec, trustDomain = the CA's}}
 
-Today every sidecar gets the same snapshot; per-sidecar filtering and per-resource deltas are
-later optimizations (the version scheme already allows them).
+The push hub (:mod:`control_plane.push`) sends each sidecar the part of this snapshot its
+``Sidecar`` resource scopes it to (:mod:`control_plane.api.scope`), as per-resource deltas
+(:mod:`control_plane.api.delta`); the version of a scoped snapshot is computed the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 
+from control_plane.api import delta
 from control_plane.registry import Registration
 from control_plane.store import StoredResource
 
@@ -53,6 +55,39 @@ def content_hash(body: dict) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+def mesh_settings(
+    resources: list[StoredResource], trust_domain: str | None = None,
+    extra_mesh: dict | None = None,
+) -> dict:
+    """``mesh``: the MeshConfig's spec, the CA's trust domain (what certificates actually carry,
+    so it wins over the MeshConfig's) and ``extra_mesh`` (control-plane state such as the trust
+    bundle's fingerprints during a root rotation, pushed like any config)."""
+    mesh = mesh_config(resources)
+    if trust_domain:
+        mesh["trustDomain"] = trust_domain
+    if extra_mesh:
+        mesh.update(extra_mesh)
+    return mesh
+
+
+def registry_entries(registrations: Iterable[Registration], trust_domain: str) -> list[dict]:
+    """The registry as sidecars see it, sorted by (namespace, service, address); a sidecar with
+    no inbound listener is not an endpoint."""
+    return [
+        {
+            "service": r.service,
+            "namespace": r.namespace,
+            "version": r.version,
+            "labels": dict(r.labels),
+            "address": r.address,
+            "spiffe_id": spiffe_id(trust_domain, r.namespace, r.service),
+            **({"hbone_port": r.hbone_port} if r.hbone_port else {}),
+        }
+        for r in sorted(registrations, key=lambda r: (r.namespace, r.service, r.address))
+        if r.address
+    ]
+
+
 def build(
     revision: int,
     resources: list[StoredResource],
@@ -60,35 +95,15 @@ def build(
     trust_domain: str | None = None,
     extra_mesh: dict | None = None,
 ) -> dict:
-    """The snapshot for ``revision`` (resources read with it) and the current registrations.
-
-    ``extra_mesh`` adds control-plane state to ``mesh`` (the trust bundle's fingerprints during a
-    root rotation), so a change to it changes the version and is pushed like any config.
-
-    ``trust_domain``, when given, is the CA's: it is what certificates actually carry, so it
-    wins over the MeshConfig's."""
-    mesh = mesh_config(resources)
-    if trust_domain:
-        mesh["trustDomain"] = trust_domain
-    if extra_mesh:
-        mesh.update(extra_mesh)
-    td = str(mesh["trustDomain"])
-    registry = [
-        {
-            "service": r.service,
-            "namespace": r.namespace,
-            "version": r.version,
-            "labels": dict(r.labels),
-            "address": r.address,
-            "spiffe_id": spiffe_id(td, r.namespace, r.service),
-        }
-        for r in sorted(registrations, key=lambda r: (r.namespace, r.service, r.address))
-        if r.address  # a sidecar with no inbound listener is not an endpoint
-    ]
+    """The whole snapshot for ``revision`` (resources read with it) and the current
+    registrations. Its version's hash is :func:`control_plane.api.delta.content_hash` of its items,
+    the same a sidecar computes to check a delta."""
+    mesh = mesh_settings(resources, trust_domain, extra_mesh)
     body = {
         "revision": revision,
         "resources": [sr.resource.to_dict() for sr in resources],
-        "registry": registry,
+        "registry": registry_entries(registrations, str(mesh["trustDomain"])),
         "mesh": mesh,
     }
-    return {"version": f"{revision}-{content_hash(body)}", **body}
+    hashes = {name: delta.item_hash(item) for name, item in delta.items_of(body).items()}
+    return {"version": f"{revision}-{delta.content_hash(hashes)}", **body}

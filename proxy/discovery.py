@@ -14,6 +14,13 @@ after its grace period. Other messages from the control plane (``tap``, ``untap`
 ``on_message``; :meth:`send` puts the sidecar's own reports (``stats``, ``tap_events``) on the
 stream while it is connected.
 
+Deltas: the registration says ``"delta": true`` and, when the sidecar has a config (from this
+stream or the cache), its version and per-item hashes, so the control plane can send only what
+changed. A ``delta`` message is applied to the last good snapshot (:mod:`control_plane.api.delta`);
+the result must have the announced version (its hash covers every item), else the delta is NACKed
+with ``"resync": true`` and the control plane sends the whole snapshot. The whole result is then
+validated and applied exactly as a full snapshot is, and ACKed or NACKed.
+
 Imports nothing from the control plane's server side.
 """
 
@@ -31,6 +38,8 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+
+from control_plane.api import delta as delta_mod
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +93,8 @@ class DiscoveryClient:
         # SPIFFE ID proves the server is the control plane and not a workload posing as it.
         self._verify_id = verify_control_plane_id
         self.version = ""  # the last snapshot applied (from the stream or the cache)
+        # the last good snapshot as named items and their hashes: the base of the next delta
+        self._bundle = delta_mod.Bundle({})
         self.connected = False
         self.last_error = ""
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -107,9 +118,15 @@ class DiscoveryClient:
         if not isinstance(snap, dict) or "version" not in snap:
             return None
         self.version = str(snap["version"])
+        self._remember(snap)
         return snap
 
+    def _remember(self, snap: dict) -> None:
+        self._bundle = delta_mod.Bundle.of(snap)
+
     def _write_cache(self, snap: dict) -> None:
+        if not self.cache_path:
+            return  # no cache wanted (a load generator's simulated sidecars)
         tmp = f"{self.cache_path}.{os.getpid()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -192,8 +209,11 @@ class DiscoveryClient:
             try:
                 if ssl_ctx is not None and self._verify_id:
                     self._check_server_identity(ws)
-                await ws.send_json({**self.registration, "type": "register",
-                                    "cached_version": self.version})
+                hello = {**self.registration, "type": "register",
+                         "cached_version": self.version, "delta": True}
+                if self.version and self._bundle.hashes:
+                    hello["resource_hashes"] = self._bundle.hashes
+                await ws.send_json(hello)
                 self.connected = True
                 self.last_error = ""
                 self._status("connected")
@@ -204,6 +224,9 @@ class DiscoveryClient:
                     if data.get("type") == "snapshot":
                         self._attempt = 0  # a working stream resets the back-off
                         await self._on_snapshot(ws, data)
+                    elif data.get("type") == "delta":
+                        self._attempt = 0
+                        await self._on_delta(ws, data)
                     elif data.get("type") == "error":
                         self.last_error = str(data.get("error"))
                         log.warning("control plane refused the stream: %s", self.last_error)
@@ -227,7 +250,25 @@ class DiscoveryClient:
                 f"{sid or 'no SPIFFE ID'}"
             )
 
-    async def _on_snapshot(self, ws: aiohttp.ClientWebSocketResponse, msg: dict) -> None:
+    async def _on_delta(self, ws: aiohttp.ClientWebSocketResponse, msg: dict) -> None:
+        version, nonce = str(msg.get("version")), msg.get("nonce")
+        try:
+            bundle = self._bundle.apply(msg)
+        except delta_mod.DeltaMismatch as e:
+            log.info("config delta %s does not apply here: %s", version, e)
+            await ws.send_json({"type": "nack", "version": version, "nonce": nonce,
+                                "error": str(e), "resync": True})
+            return
+        if delta_mod.hash_part(version) == delta_mod.hash_part(self.version):
+            # what we hold already (a reconnect): nothing to apply
+            await ws.send_json({"type": "ack", "version": version, "nonce": nonce})
+            return
+        snap = bundle.snapshot(version)
+        await self._on_snapshot(ws, {"version": version, "nonce": nonce, "snapshot": snap},
+                                bundle)
+
+    async def _on_snapshot(self, ws: aiohttp.ClientWebSocketResponse, msg: dict,
+                           bundle: delta_mod.Bundle | None = None) -> None:
         version, nonce, snap = str(msg.get("version")), msg.get("nonce"), msg.get("snapshot")
         if version == self.version:
             await ws.send_json({"type": "ack", "version": version, "nonce": nonce})
@@ -246,8 +287,13 @@ class DiscoveryClient:
             self._status("nacked", version=version, error=error)
             return
         self.version = version
+        if bundle is not None:
+            self._bundle = bundle
+        else:
+            self._remember(snap)
         # fsync off the loop: the sidecar's data path shares it.
-        await asyncio.to_thread(self._write_cache, snap)
+        if self.cache_path:
+            await asyncio.to_thread(self._write_cache, snap)
         await ws.send_json({"type": "ack", "version": version, "nonce": nonce})
         self._status("acked", version=version)
 

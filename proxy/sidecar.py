@@ -44,6 +44,7 @@ class SidecarOptions:
     app_host: str = "127.0.0.1"
     outbound_port: int = 15001
     inbound_port: int = 15006
+    hbone_port: int | None = None  # None: 15008 with the default inbound port, else free
     admin_port: int = 15000
     outbound_bind: str = "127.0.0.1"
     inbound_bind: str = "0.0.0.0"
@@ -75,6 +76,7 @@ class Sidecar:
         )
         self.forwarder = Forwarder(self.runtime)
         self.listeners: dict[str, Listener] = {}
+        self.tcp: Any = None  # proxy.tcp.proxy.TcpProxy: HBONE, egress listeners, captured TCP
         self.admin_runner: web.AppRunner | None = None
         self.admin_port = 0
         self.ready = False
@@ -85,6 +87,7 @@ class Sidecar:
         self.identity: Any = None
         self.discovery: Any = None
         self.uplink: Any = None
+        self._said: set[tuple[str, str, str]] = set()  # config warnings already logged
         self.state_dir = opts.state_dir or ""
         self._stopped: asyncio.Event | None = None
         self._draining_task: asyncio.Task[Any] | None = None
@@ -120,7 +123,13 @@ class Sidecar:
         self.runtime.swap(table)  # raises (nothing changed) when a DestinationRule's TLS files fail
         self.runtime.mtls_mode = mtls_mode
         self.runtime.authz = authz
+        # the L4 rules for opaque TCP over HBONE (HTTP-only fields fail closed, as Istio)
+        self.runtime.authz_tcp = compile_policies(
+            resources, self.opts.namespace, self.runtime.labels, protocol="tcp"
+        )
         self.runtime.inbound_limits = limits
+        if self.tcp is not None:
+            self.tcp.on_table(table)
         self.resources = list(all_resources)
         self.registry = list(registry)
         self._schedule_expiry(next_expiry, version)
@@ -153,12 +162,23 @@ class Sidecar:
     def apply_snapshot(self, snap: dict[str, Any]) -> None:
         """A pushed snapshot: validated with the same code the control plane used, compiled,
         swapped; raising makes the discovery client NACK it and keep the last good table."""
-        from control_plane.api.resources import InvalidConfig, from_dict
+        from control_plane.api.resources import InvalidConfig, from_dict, validate_with_warnings
 
         resources, errors = [], []
         for i, doc in enumerate(snap.get("resources") or (), 1):
             try:
-                resources.append(from_dict(doc, f"snapshot {snap.get('version')}", i))
+                source = f"snapshot {snap.get('version')}"
+                if isinstance(doc, dict) and doc.get("kind") == "Sidecar":
+                    # its listener fields are accepted but not enforced yet: say so here
+                    res, warns = validate_with_warnings(doc, source, i)
+                    for w in warns:
+                        said = (res.ref, w.field, w.reason)
+                        if said not in self._said:  # once, not at every push
+                            self._said.add(said)
+                            log.warning("%s %s: %s", res.ref, w.field, w.reason)
+                    resources.append(res)
+                else:
+                    resources.append(from_dict(doc, source, i))
             except InvalidConfig as exc:
                 errors.extend(exc.errors)
         if errors:
@@ -225,7 +245,21 @@ class Sidecar:
         if o.config_file:
             self.load_file()  # at start an invalid file is fatal: there is nothing to keep
         await self._setup_identity()
+        from proxy.tcp.proxy import TcpProxy
+
+        self.tcp = TcpProxy(self.runtime, o.app_host, o.app_port)
+        if self.identity is not None:
+            hbone = o.hbone_port
+            if hbone is None:
+                hbone = 15008 if o.inbound_port == 15006 else 0
+            await self.tcp.start_hbone(o.inbound_bind, hbone, self.identity.listener_context())
+        self.tcp.on_table(self.runtime.table)
         self._setup_telemetry()
+        if self.telemetry is not None:
+            from proxy.tcp.metrics import TcpMetrics
+
+            self.tcp.metrics = TcpMetrics(self.telemetry.registry)
+            self.tcp.access_log = self.telemetry.access_log
         out = Listener(
             "outbound",
             self.forwarder.outbound,
@@ -236,6 +270,7 @@ class Sidecar:
             stream_idle_timeout=o.stream_idle_timeout,
         )
         out.transparent = True  # SO_ORIGINAL_DST when iptables captured the connection
+        out.tcp_capture = self.tcp.capture  # a declared TCP port skips HTTP detection
         inbound_ssl, peer_identity = self._inbound_tls()
         inb = Listener(
             "inbound",
@@ -290,7 +325,7 @@ class Sidecar:
         )
         print(
             f"meshlet sidecar ready service={o.service} outbound={out.port} inbound={inb.port} "
-            f"admin={self.admin_port} fastpath={_accel.fastpath()}",
+            f"admin={self.admin_port} fastpath={_accel.fastpath()} hbone={self.tcp.hbone_port}",
             file=sys.stderr,
             flush=True,
         )
@@ -402,6 +437,8 @@ class Sidecar:
             "version": o.version,
             "labels": self.runtime.labels,
             "address": f"{o.advertise_address}:{inbound_port}",
+            # where peers tunnel opaque TCP (HBONE); 0: this sidecar takes no TCP
+            "hbone_port": self.tcp.hbone_port if self.tcp is not None else 0,
             "admin_address": f"{o.admin_bind}:{self.admin_port}",
             "node": f"{o.service}{'-' + o.version if o.version else ''}.{o.namespace}"
             f"@{o.advertise_address}:{inbound_port}",
@@ -480,6 +517,8 @@ class Sidecar:
         for lst in self.listeners.values():
             lst.stop_accepting()
             lst.close_all()
+        if self.tcp is not None:
+            self.tcp.close()
         self.runtime.close()
         if self.telemetry is not None:
             self.telemetry.close()
@@ -535,6 +574,19 @@ class Sidecar:
             if self.runtime.authz
             else [],
             "mtls_mode": self.runtime.mtls_mode,
+            "tcp": {
+                "services": [
+                    {"service": s.service, "port": s.port, "protocol": s.protocol,
+                     "default_cluster": s.default_cluster,
+                     "routes": [{"name": r.name, "sni": list(r.sni),
+                                 "clusters": list(r.clusters)} for r in s.routes]}
+                    for s in t.l4.services.values()
+                ],
+                "egress": [{"bind": e.bind, "port": e.port, "service": e.service}
+                           for e in t.l4.egress],
+                "egress_listening": self.tcp.egress_ports() if self.tcp is not None else {},
+                "hbone_port": self.tcp.hbone_port if self.tcp is not None else 0,
+            },
         }
 
     def clusters_view(self) -> dict[str, Any]:
@@ -563,7 +615,8 @@ class Sidecar:
                     "tls_mode": c.tls_mode or "auto",
                 }
             )
-        return {"version": rt.config_version, "clusters": out}
+        tunnels = self.tcp.tunnels_view() if self.tcp is not None else []
+        return {"version": rt.config_version, "clusters": out, "tcp_tunnels": tunnels}
 
     def certs_view(self) -> dict[str, Any]:
         if self.identity is not None:
@@ -624,7 +677,22 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
     loop.default_exception_handler(context)
 
 
+def _raise_nofile() -> None:
+    """Opaque TCP holds two sockets per proxied connection (a thousand idle database
+    connections are two thousand descriptors): lift the soft limit to the hard one, as Envoy's
+    deployments do."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 async def run_sidecar(opts: SidecarOptions) -> int:
+    _raise_nofile()
     asyncio.get_running_loop().set_exception_handler(_loop_exception)
     sidecar = Sidecar(opts)
     await sidecar.start()

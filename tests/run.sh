@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-APT_PACKAGES="gcc curl openssl wrk nghttp2-client prometheus iproute2 iptables procps testssl.sh etcd-server chromium chromium-driver fonts-noto-color-emoji"
+APT_PACKAGES="gcc curl openssl wrk nghttp2-client prometheus iproute2 iptables procps testssl.sh etcd-server chromium chromium-driver fonts-noto-color-emoji redis-server redis-tools postgresql"
 
 need_apt=""
-for bin in gcc curl openssl wrk h2load promtool ip iptables ps testssl etcd chromium chromedriver; do
+for bin in gcc curl openssl wrk h2load promtool ip iptables ps testssl etcd chromium chromedriver redis-server redis-cli psql; do
   command -v "$bin" >/dev/null 2>&1 || need_apt=1
 done
 # the dashboard screenshot's mTLS lock

@@ -152,6 +152,7 @@ def analyze(
     for ap in idx.by_kind["AuthorizationPolicy"]:
         findings += _selector_matches(ap, idx)
     findings += _peer_authentications(idx)
+    findings += _sidecars(idx)
     meshes = idx.by_kind["MeshConfig"]
     for extra in meshes[1:]:
         findings.append(
@@ -533,4 +534,49 @@ def _peer_authentications(idx: _Index) -> list[Finding]:
                         f"({_mode(pa)} vs {_mode(other)})",
                     )
                 )
+    return out
+
+
+def _sidecars(idx: _Index) -> list[Finding]:
+    """Istio's ``Sidecar``: a selector that selects nothing, two selector-less Sidecars in one
+    namespace (only one applies), and egress hosts that match no service (a typo there cuts the
+    sidecar off that service without a word)."""
+    from control_plane.api.hosts import service_namespace
+    from control_plane.api.scope import unused_hosts
+
+    out: list[Finding] = []
+    known: list[tuple[str, str]] = [(service_namespace(h), h) for h in idx.services]
+    for se in idx.by_kind["ServiceEntry"]:
+        known += [(se.namespace, fqdn(h, se.namespace)) for h in se.spec.get("hosts") or []]
+    default: dict[str, Resource] = {}
+    for sc in idx.by_kind["Sidecar"]:
+        sel = (sc.spec.get("workloadSelector") or {}).get("labels")
+        if sel:
+            if not any(ns == sc.namespace and _selects(sel, lb) for ns, lb, _ in idx.workloads):
+                shown = ", ".join(f"{k}={v}" for k, v in sorted(sel.items()))
+                out.append(_finding(
+                    WARNING, sc, "spec.workloadSelector.labels",
+                    f"selector {shown} matches no workload in namespace {sc.namespace} "
+                    "(WorkloadEntry or ServiceEntry endpoint labels; sidecars that register "
+                    "later are not known here)",
+                ))
+        elif sc.namespace in default:
+            out.append(_finding(
+                WARNING, sc, "spec.workloadSelector",
+                f"{default[sc.namespace].ref} already applies to every workload of namespace "
+                f"{sc.namespace} without a selector; only the first by name is used",
+            ))
+        else:
+            default[sc.namespace] = sc
+        for li, hi, text in unused_hosts(sc, known):
+            out.append(_finding(
+                WARNING, sc, f"spec.egress[{li}].hosts[{hi}]",
+                f"{text!r} matches no known service: sidecars this applies to cannot reach it",
+            ))
+        if not sc.spec.get("egress"):
+            out.append(_finding(
+                WARNING, sc, "spec.egress",
+                "no egress listener: sidecars this applies to still see every service "
+                "(the default); list egress hosts to narrow what they receive",
+            ))
     return out

@@ -348,11 +348,42 @@ HTTP_ROUTE = obj(
 )
 
 
-def _l4_routes(value: Any, path: str, ctx: Ctx) -> None:
-    if not isinstance(value, list):
-        ctx.error(path, "must be a list")
-    elif value:
-        ctx.warn(path, "TLS/TCP routes are not supported by meshlet and are ignored")
+def _gateway_only(what: str) -> Any:
+    def v(value: Any, path: str, ctx: Ctx) -> None:
+        ctx.warn(path, f"{what} applies to gateways only and is ignored by sidecars")
+
+    return v
+
+
+# L4 routes (proxy/tcp/compile.py enforces them): TCP routes match the destination port,
+# TLS routes the SNI of the client's ClientHello (passthrough: the bytes are not terminated)
+L4_MATCH_COMMON = {
+    "destinationSubnets": list_of(string(check=ip_or_cidr)),
+    "port": port_number,
+    "sourceLabels": LABELS,
+    "gateways": _gateway_only("match.gateways"),
+    "sourceNamespace": string(),
+}
+TCP_ROUTE = obj(
+    {
+        "match": list_of(obj(L4_MATCH_COMMON)),
+        "route": _route_destinations,
+    },
+    required=["route"],
+)
+TLS_ROUTE = obj(
+    {
+        "match": list_of(
+            obj(
+                {"sniHosts": list_of(string(nonempty=True), nonempty=True), **L4_MATCH_COMMON},
+                required=["sniHosts"],
+            ),
+            nonempty=True,
+        ),
+        "route": _route_destinations,
+    },
+    required=["match", "route"],
+)
 
 
 VIRTUAL_SERVICE = obj(
@@ -360,8 +391,8 @@ VIRTUAL_SERVICE = obj(
         "hosts": HOSTS,
         "gateways": list_of(string(nonempty=True)),
         "http": list_of(HTTP_ROUTE),
-        "tls": _l4_routes,
-        "tcp": _l4_routes,
+        "tls": list_of(TLS_ROUTE),
+        "tcp": list_of(TCP_ROUTE),
         "exportTo": EXPORT_TO,
     },
     required=["hosts"],
@@ -597,7 +628,9 @@ DESTINATION_RULE = obj(
 
 # -- ServiceEntry / WorkloadEntry -------------------------------------------------------------
 
-PROTOCOLS = ("HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "TCP", "TLS", "MONGO", "UDP")
+PROTOCOLS = (
+    "HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "TCP", "TLS", "MONGO", "MYSQL", "REDIS", "UDP",
+)  # fmt: skip
 
 
 def _address(value: str) -> str | None:
@@ -628,6 +661,8 @@ SE_PORT = obj(
         "protocol": enum(*PROTOCOLS, case_insensitive=True),
         "name": string(nonempty=True),
         "targetPort": port_number,
+        # Kubernetes Service.ports[].appProtocol: the protocol by another name (proxy/tcp)
+        "appProtocol": string(nonempty=True),
     },
     required=["number", "name"],
 )
@@ -705,7 +740,103 @@ SERVICE_ENTRY = obj(
 __all__ = [
     "DESTINATION_RULE",
     "SERVICE_ENTRY",
+    "SIDECAR",
     "VIRTUAL_SERVICE",
     "WORKLOAD_ENTRY",
     "check_regex",
 ]
+
+
+# -- Sidecar ----------------------------------------------------------------------------------
+# Istio's Sidecar kind. meshlet enforces egress[].port/bind (a local TCP listener per port,
+# proxy/tcp/egress.py), egress[].hosts (the services such a listener reaches) and
+# ingress[].port/defaultEndpoint (where an HBONE stream for that port goes, proxy/tcp/inbound.py).
+
+
+def _egress_host(value: str) -> str | None:
+    """Istio's ``namespace/dnsName``: namespace ``*`` (any), ``.`` (the workload's) or ``~``
+    (none), or a namespace name; dnsName ``*``, ``*.suffix`` or a host name."""
+    ns, sep, host = value.partition("/")
+    if not sep:
+        return f"{value!r} must be namespace/dnsName (for example \"./*\" or \"*/{value}\")"
+    if ns not in ("*", ".", "~") and dns1123_label(ns):
+        return f"{value!r}: namespace {ns!r} must be *, ., ~ or a namespace name"
+    if not host:
+        return f"{value!r}: the dnsName after '/' is empty"
+    return hostname(host)
+
+
+def _endpoint(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if value.startswith("unix://"):
+        return "unix domain socket endpoints are not supported; use 127.0.0.1:PORT"
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{value!r} must be HOST:PORT (for example 127.0.0.1:8080)"
+    if host not in ("127.0.0.1", "0.0.0.0", "localhost", "[::1]", "::1"):
+        return f"{value!r}: the default endpoint must be a loopback address"
+    return None
+
+
+def _bind(value: str) -> str | None:
+    return ip_or_cidr(value) if "/" not in value else f"{value!r} must be an IP address"
+
+
+SIDECAR_PORT = obj(
+    {
+        "number": port_number,
+        "protocol": enum(*PROTOCOLS, case_insensitive=True),
+        "name": string(),
+        "targetPort": port_number,
+    },
+    required=["number"],
+)
+
+
+def _ignored(what: str, check: Any = None) -> Any:
+    """Accepted (and checked, if ``check``) but not enforced: the user is told so."""
+
+    def v(value: Any, path: str, ctx: Ctx) -> None:
+        if check is not None:
+            before = len(ctx.errors)
+            check(value, path, ctx)
+            if len(ctx.errors) != before:
+                return
+        ctx.warn(path, f"{what} is accepted and ignored by meshlet (not enforced yet)")
+
+    return v
+
+
+_CAPTURE_MODE = _ignored("captureMode (capture is set up by `meshlet iptables`, not per "
+                         "listener)", enum("DEFAULT", "IPTABLES", "NONE"))
+
+
+SIDECAR_EGRESS = obj(
+    {
+        "hosts": list_of(string(nonempty=True, check=_egress_host), nonempty=True),
+        "port": SIDECAR_PORT,
+        "bind": string(nonempty=True, check=_bind),
+        "captureMode": _CAPTURE_MODE,
+    },
+    required=["hosts"],
+)
+SIDECAR_INGRESS = obj(
+    {
+        "port": SIDECAR_PORT,
+        "bind": string(nonempty=True, check=_bind),
+        "captureMode": _CAPTURE_MODE,
+        "defaultEndpoint": string(nonempty=True, check=_endpoint),
+        "tls": _ignored("ingress[].tls"),
+        "connectionPool": _ignored("ingress[].connectionPool"),
+    },
+    required=["port"],
+)
+SIDECAR = obj(
+    {
+        "workloadSelector": SELECTOR_LABELS,
+        "egress": list_of(SIDECAR_EGRESS),
+        "ingress": list_of(SIDECAR_INGRESS),
+        "outboundTrafficPolicy": _ignored("outboundTrafficPolicy"),
+        "inboundConnectionPool": _ignored("inboundConnectionPool"),
+    },
+)
+__all__ += ["SIDECAR"]

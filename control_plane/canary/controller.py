@@ -256,7 +256,9 @@ class CanaryController:
         return view
 
     def metrics_text(self) -> str:
-        """The decision counters and weights in Prometheus' text format."""
+        """The decision counters (of this process: a counter resets with it, as Prometheus
+        expects) and every Canary's weight, in Prometheus' text format, for the control plane's
+        ``/metrics``. The labels name Canaries (config names), never sidecars or tokens."""
         lines = ["# HELP meshlet_canary_decisions_total Canary controller decisions.",
                  "# TYPE meshlet_canary_decisions_total counter"]
         for (c, d), n in sorted(self.decisions_total.items()):

@@ -42,6 +42,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "DestinationRule": ("destinationrule", "destinationrules", "dr"),
     "ServiceEntry": ("serviceentry", "serviceentries", "se"),
     "WorkloadEntry": ("workloadentry", "workloadentries", "we"),
+    "Sidecar": ("sidecar", "sidecars"),
     "AuthorizationPolicy": ("authorizationpolicy", "authorizationpolicies", "ap"),
     "PeerAuthentication": ("peerauthentication", "peerauthentications", "pa"),
     "ResiliencePolicy": ("resiliencepolicy", "resiliencepolicies", "rp"),

@@ -36,8 +36,9 @@ OUTPUT = "MESHLET_OUTPUT"
 CHAINS = (INBOUND, REDIRECT, IN_REDIRECT, OUTPUT)
 
 # The sidecar's own ports are never captured on the way in: admin (15000), the two capture
-# ports themselves, Istio's health (15021) and metrics (15090) ports for tools that expect them.
-DEFAULT_EXCLUDE_INBOUND = (15000, 15001, 15006, 15021, 15090)
+# ports themselves, HBONE (15008, opaque TCP from peer sidecars), Istio's health (15021) and
+# metrics (15090) ports for tools that expect them.
+DEFAULT_EXCLUDE_INBOUND = (15000, 15001, 15006, 15008, 15021, 15090)
 # The source address a proxy may bind when it forwards inbound traffic to the app (Istio's
 # 127.0.0.6), so that hop is never recaptured.
 INBOUND_PASSTHROUGH_SOURCE = "127.0.0.6/32"

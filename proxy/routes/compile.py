@@ -38,6 +38,8 @@ from proxy.routes.table import (
     UpstreamTLS,
     VirtualHost,
 )
+from proxy.tcp.compile import compile_l4
+from proxy.tcp.protocol import port_protocol
 
 #: VirtualService annotation: its routes may retry requests that are not idempotent (POST ...)
 RETRY_NON_IDEMPOTENT = "retry.meshlet.dev/non-idempotent"
@@ -57,6 +59,8 @@ class _Service:
     endpoints: list[tuple[str, dict[str, int], dict[str, str], int, bool, str, int]] = field(
         default_factory=list
     )
+    protocols: dict[int, str] = field(default_factory=dict)  # port -> proxy.tcp.protocol
+    hbone: dict[str, int] = field(default_factory=dict)  # "address:port" -> peer's HBONE port
 
 
 def _duration(value: Any) -> float | None:
@@ -126,6 +130,7 @@ class _Compiler:
         self.resilience: dict[str, dict[str, Any]] = {}
         self.clusters: dict[str, Cluster] = {}
         self.warnings: list[str] = []
+        self.local_service = self.labels.get("app", "")
 
     # -- services and endpoints ------------------------------------------------------------
     def _service(self, host: str, namespace: str) -> _Service:
@@ -170,8 +175,15 @@ class _Compiler:
             if not endpoints and spec.get("resolution") == "DNS":
                 for host in spec.get("hosts") or ():
                     endpoints.append((host, {}, {}, 1, False, "", 0))
+            protocols = {
+                int(p["number"]): port_protocol(p.get("protocol"), p.get("name"),
+                                                p.get("appProtocol"))
+                for p in spec.get("ports") or ()
+            }  # fmt: skip
             for host in spec.get("hosts") or ():
                 svc = self._service(host, se.namespace)
+                for number, proto in protocols.items():
+                    svc.protocols.setdefault(number, proto)
                 svc.addresses.extend(a for a in spec.get("addresses") or () if "/" not in a)
                 for p in ports:
                     if p not in svc.ports:
@@ -195,6 +207,8 @@ class _Compiler:
             if reg.get("version"):
                 labels.setdefault("version", str(reg["version"]))
             svc.endpoints.append((host, {}, labels, 1, True, str(reg.get("spiffe_id") or ""), port))
+            if reg.get("hbone_port"):
+                svc.hbone[f"{host}:{port}"] = int(reg["hbone_port"])
         for dr in by_kind.get("DestinationRule", []):
             self.drs.setdefault(fqdn(dr.spec["host"], dr.namespace), dr)
         for rp in by_kind.get("ResiliencePolicy", []):
@@ -230,7 +244,14 @@ class _Compiler:
                             continue
                         eps.append(
                             Endpoint(
-                                address, port, labels, weight, tls, spiffe, f"{address}:{port}"
+                                address,
+                                port,
+                                labels,
+                                weight,
+                                tls,
+                                spiffe,
+                                f"{address}:{port}",
+                                svc.hbone.get(f"{address}:{fixed}", 0) if fixed else 0,
                             )
                         )
                     name = f"outbound|{number}|{subset}|{svc.fqdn}"
@@ -438,7 +459,10 @@ class _Compiler:
         for c in self.clusters.values():
             for ep in c.endpoints:
                 by_address.setdefault(ep.key, c.service)
+        l4, l4_warnings = compile_l4(self)
+        self.warnings.extend(l4_warnings)
         return RouteTable(
+            l4=l4,
             version=self.version,
             hosts=hosts,
             clusters=dict(self.clusters),
@@ -541,6 +565,7 @@ def _cluster(
         max_connection_duration=_duration(tcp.get("maxConnectionDuration")) or 0.0,
         tcp_keepalive=_keepalive(tcp.get("tcpKeepalive")),
         idle_timeout=_duration(http.get("idleTimeout")) or 55.0,
+        tcp_idle_timeout=_duration(tcp.get("idleTimeout")) or 3600.0,
         outlier=policy.get("outlierDetection"),
         tls_mode=tls,
         origination=_origination(tls_spec, source),

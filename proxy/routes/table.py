@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from proxy.tcp.table import EMPTY_L4, L4Table
+
 # StringMatch operators, shared with the matcher (kept as ints for the compiled fast path).
 EXACT = 0
 PREFIX = 1
@@ -27,6 +29,7 @@ class Endpoint:
     tls: bool = False  # mTLS to a peer sidecar's inbound port
     spiffe_id: str = ""  # the identity the peer must present when tls is on
     key: str = ""  # "address:port", the key of per-endpoint runtime state
+    hbone: int = 0  # the peer sidecar's HBONE port (opaque TCP tunnels there), 0: none
 
 
 #: Istio's default for every connectionPool threshold: effectively no limit.
@@ -84,6 +87,7 @@ class Cluster:
     max_connection_duration: float = 0.0  # tcp.maxConnectionDuration (0: none)
     tcp_keepalive: tuple[int, int, int] | tuple[()] = ()  # (time, interval, probes); 0: OS's
     idle_timeout: float = 55.0
+    tcp_idle_timeout: float = 3600.0  # connectionPool.tcp.idleTimeout (Envoy's default 1 h)
     outlier: dict[str, Any] | None = None
     tls_mode: str = ""  # DestinationRule tls.mode, "" when unset (auto: mTLS to mesh peers)
     origination: UpstreamTLS | None = None  # TLS the sidecar originates, when tls.mode says so
@@ -245,6 +249,7 @@ class RouteTable:
     # captured connections whose Host header is an address)
     by_address: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    l4: L4Table = EMPTY_L4  # opaque TCP ports, tcp/tls routes, Sidecar listeners
 
     def cluster(self, name: str) -> Cluster | None:
         return self.clusters.get(name)

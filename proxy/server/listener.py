@@ -60,6 +60,9 @@ class Listener:
         # outbound under iptables capture: read SO_ORIGINAL_DST per connection
         self.transparent = False
         self.passthrough_hook: Callable[[Any, tuple[str, int]], None] | None = None
+        # captured opaque TCP: takes an accepted socket whose original destination is a
+        # declared TCP port (True: taken; it then never waits for the client's first byte)
+        self.tcp_capture: Callable[[socket.socket], bool] | None = None
         self._sock: socket.socket | None = None
         self._pending: dict[socket.socket, float] = {}
         self._detect = False
@@ -115,6 +118,8 @@ class Listener:
                 continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tcp_capture is not None and self.tcp_capture(conn):
+                continue
             if not self._detect:
                 self.loop.create_task(self._adopt(conn, self.ssl))
                 continue

@@ -82,6 +82,7 @@ class Runtime:
         self.peer_identity: Callable[[Any], str | None] | None = None
         self.mtls_mode = "PERMISSIVE"  # inbound PeerAuthentication mode in force
         self.authz: Any = None  # the compiled AuthorizationPolicies for this workload
+        self.authz_tcp: Any = None  # the same for opaque TCP (HBONE streams): L4 fields only
         self.inbound_limits: Any = None  # the compiled InboundRateLimits for this workload
         self.recorder: Callable[[Any, Any, str], None] | None = None
         self.local_reply_counter: Callable[[int, str], None] | None = None

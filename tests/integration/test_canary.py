@@ -256,6 +256,12 @@ def test_healthy_canary_is_promoted_step_by_step(mesh: Mesh):
     assert [e["weight"] for e in s["events"] if e["decision"] == "advanced"] == [25, 50]
     assert mesh.vs_weights() == {"v1": 0, "v2": 100}
     assert seen_v2 > 0
+    # counted on the control plane's /metrics
+    ctx = ssl.create_default_context(cafile=str(mesh.cp.data_dir / "ca" / "trust-bundle.pem"))
+    with urllib.request.urlopen(mesh.cp.url + "/metrics", context=ctx, timeout=10) as r:
+        text = r.read().decode()
+    assert 'meshlet_canary_decisions_total{canary="default/orders",decision="advanced"} 2' in text
+    assert 'meshlet_canary_weight{canary="default/orders"} 100' in text
     # the sidecars follow: all traffic now reaches v2
     with Load(mesh.caller.outbound, max_requests=50) as load:
         wait_until(lambda: load.sent >= 50, what="50 requests")

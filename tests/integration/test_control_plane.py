@@ -57,8 +57,10 @@ spec:
 class ControlPlaneProcess:
     """``meshlet control-plane`` in a subprocess; learns its port from ``listen.addr``."""
 
-    def __init__(self, data_dir: Path, listen: str = "127.0.0.1:0", grace: str = "30s") -> None:
+    def __init__(self, data_dir: Path, listen: str = "127.0.0.1:0", grace: str = "30s",
+                 extra: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
+        self.extra = extra
         self.listen = listen
         self.grace = grace
         self.proc: subprocess.Popen | None = None
@@ -70,7 +72,8 @@ class ControlPlaneProcess:
         self.log = open(self.data_dir.parent / f"{self.data_dir.name}-cp.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-c", LAUNCH, "control-plane", "--data-dir", str(self.data_dir),
-             "--listen", self.listen, "--grace-period", self.grace, "--log-level", "debug"],
+             "--listen", self.listen, "--grace-period", self.grace, "--log-level", "debug",
+             *self.extra],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 
 NAME = "control-plane"
 HELP = "run the control plane: operator API, config push and CA on one HTTPS port"
@@ -20,6 +21,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace-period", metavar="DURATION", default="30s",
                         help="how long a sidecar whose stream dropped stays registered "
                              "(default 30s)")
+    parser.add_argument("--push-debounce", metavar="DURATION",
+                        default=os.environ.get("MESHLET_PUSH_DEBOUNCE", "100ms"),
+                        help="push once no config change came for this long (env "
+                             "MESHLET_PUSH_DEBOUNCE; default 100ms, Istio's PILOT_DEBOUNCE_AFTER)")
+    parser.add_argument("--push-debounce-max", metavar="DURATION",
+                        default=os.environ.get("MESHLET_PUSH_DEBOUNCE_MAX", "10s"),
+                        help="push at the latest this long after the first change of a burst "
+                             "(env MESHLET_PUSH_DEBOUNCE_MAX; default 10s, PILOT_DEBOUNCE_MAX)")
+    parser.add_argument("--push-throttle", metavar="N", type=int,
+                        default=os.environ.get("MESHLET_PUSH_THROTTLE", "100"),
+                        help="at most N sidecars are pushed to at once (env "
+                             "MESHLET_PUSH_THROTTLE; default 100, PILOT_PUSH_THROTTLE)")
     g = parser.add_argument_group(
         "replicas on etcd",
         "With --store etcd://..., any number of control planes serve the same mesh: resources, "
@@ -55,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from control_plane.api.resources import parse_duration
     from control_plane.cli import output
+    from control_plane.push import PushSettings
     from control_plane.server import default_data_dir, split_listen
     from control_plane.server import run as serve
     from control_plane.store import StoreUnavailable
@@ -68,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
             with open(args.admin_token_file, encoding="utf-8") as f:
                 if not f.read().strip():
                     raise ValueError(f"--admin-token-file {args.admin_token_file} is empty")
+        push = PushSettings(debounce=parse_duration(args.push_debounce),
+                            debounce_max=parse_duration(args.push_debounce_max),
+                            throttle=args.push_throttle)
+        if push.throttle < 1:
+            raise ValueError("--push-throttle must be at least 1")
+        if push.debounce_max < push.debounce:
+            raise ValueError("--push-debounce-max must not be shorter than --push-debounce")
     except OSError as e:
         output.error(f"--admin-token-file {args.admin_token_file}: {e.strerror}")
         return 2
@@ -76,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from control_plane.memory import fix_mmap_threshold
+
+    fix_mmap_threshold()  # ~90 MB less RSS at 1,000 config streams (see the module)
     data_dir = args.data_dir or default_data_dir()
     try:
-        serve(data_dir, args.listen, grace_s=grace, etcd=etcd,
+        serve(data_dir, args.listen, grace_s=grace, etcd=etcd, push=push,
               admin_token_file=args.admin_token_file, advertise_address=args.advertise_address)
     except DataDirBusy as e:
         output.error(f"refusing to start: {e}")

@@ -9,16 +9,16 @@ from control_plane.cli import client as cli_client
 from control_plane.cli.client import CLIError
 
 NAME = "get"
-HELP = ("list resources of a kind (vs, dr, se, we, ap, pa, rp, irl, mc, canary; plural and long "
-        "names work)")
+HELP = ("list resources of a kind (vs, dr, se, we, sidecar, ap, pa, rp, irl, mc, canary; plural "
+        "and long names work)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", metavar="KIND",
                         help="VirtualService (vs), DestinationRule (dr), ServiceEntry (se), "
-                             "WorkloadEntry (we), AuthorizationPolicy (ap), PeerAuthentication "
-                             "(pa), ResiliencePolicy (rp), InboundRateLimit (irl), MeshConfig "
-                             "(mc), Canary (canary), or all")
+                             "WorkloadEntry (we), Sidecar, AuthorizationPolicy (ap), "
+                             "PeerAuthentication (pa), ResiliencePolicy (rp), InboundRateLimit "
+                             "(irl), MeshConfig (mc), Canary (canary), or all")
     parser.add_argument("name", metavar="NAME", nargs="?", help="one resource by name")
     parser.add_argument("-n", "--namespace", metavar="NS", default=None,
                         help="only this namespace (default: every namespace)")
@@ -49,6 +49,8 @@ def _summary(item: dict) -> str:
     if kind == "InboundRateLimit":
         labels = (spec.get("selector") or {}).get("matchLabels") or {}
         return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "*"
+    if kind == "Sidecar":
+        return ",".join(h for e in spec.get("egress") or [] for h in e.get("hosts") or [])
     return ""
 
 
@@ -56,7 +58,7 @@ _SUMMARY_HEADER = {
     "VirtualService": "HOSTS", "ServiceEntry": "HOSTS", "DestinationRule": "HOST",
     "ResiliencePolicy": "HOST", "WorkloadEntry": "ADDRESS", "AuthorizationPolicy": "ACTION",
     "PeerAuthentication": "MODE", "MeshConfig": "TRUST DOMAIN", "InboundRateLimit": "SELECTOR",
-    "Canary": "HOST STABLE->CANARY",
+    "Sidecar": "EGRESS HOSTS", "Canary": "HOST STABLE->CANARY",
 }
 
 

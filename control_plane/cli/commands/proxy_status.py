@@ -28,7 +28,8 @@ def sync_state(p: dict, current: str) -> str:
         return f"NACK: {p['nack_error']}"
     if not p.get("sent_version"):
         return "NOT SENT"
-    if p.get("acked_version") == current:
+    # a sidecar scoped by a Sidecar resource has a version of its own
+    if p.get("acked_version") == (p.get("expected_version") or current):
         return "SYNCED"
     return "STALE"
 

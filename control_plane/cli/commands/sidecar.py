@@ -23,6 +23,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="outbound port the app sends its calls to (default 15001)")
     p.add_argument("--admin", type=int, default=15000, metavar="PORT",
                    help="admin port: /healthz/ready, /metrics, /config_dump ... (default 15000)")
+    p.add_argument(
+        "--hbone",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="HBONE port: peers tunnel opaque TCP here as HTTP/2 CONNECT over mTLS (needs a "
+        "certificate; registered with the control plane, so peers find it). Default 15008 "
+        "when --inbound is the default 15006 (one sidecar per host or pod), else 0, a free "
+        "port, so that many sidecars share a host without a flag each",
+    )
     p.add_argument("--inbound-bind", default="0.0.0.0", help="default 0.0.0.0")
     p.add_argument("--outbound-bind", default="127.0.0.1", help="default 127.0.0.1")
     p.add_argument("--admin-bind", default="127.0.0.1", help="default 127.0.0.1")
@@ -95,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         app_host=args.app_host,
         outbound_port=args.outbound,
         inbound_port=args.inbound,
+        hbone_port=args.hbone,
         admin_port=args.admin,
         outbound_bind=args.outbound_bind,
         inbound_bind=args.inbound_bind,

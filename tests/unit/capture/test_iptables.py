@@ -57,7 +57,7 @@ def test_default_rules_follow_istio_structure() -> None:
     assert "-A MESHLET_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006" in rules
     assert "-A PREROUTING -p tcp -j MESHLET_INBOUND" in rules
     assert "-A OUTPUT -j MESHLET_OUTPUT" in rules
-    for p in (15000, 15001, 15006, 15021, 15090):
+    for p in (15000, 15001, 15006, 15008, 15021, 15090):
         assert f"-A MESHLET_INBOUND -p tcp -m tcp --dport {p} -j RETURN" in rules
     # the proxy's own traffic returns before the final redirect: no loops
     uid_return = rules.index("-A MESHLET_OUTPUT -m owner --uid-owner 1337 -j RETURN")

@@ -1,0 +1,556 @@
+"""Opaque TCP for one sidecar: the HBONE server (port 15008), the client pool of HBONE
+connections to peer sidecars, the Sidecar kind's egress listeners, and captured TCP.
+
+Outbound: a connection for a service's opaque port (an egress listener's, or a captured one
+whose original destination is such a port) picks its cluster by the L4 routes, an endpoint by
+the cluster's load balancer and outlier detection, then either opens a CONNECT stream on a
+pooled mTLS HTTP/2 connection to the endpoint's sidecar (the endpoint has an HBONE port), or
+splices plain TCP to it (an endpoint outside the mesh). A new TCP connection costs a stream,
+not a handshake. Nothing waits for the client's first byte unless a ``tls`` route needs its SNI.
+
+Inbound: the HBONE listener takes mTLS only (PeerAuthentication cannot make it plaintext),
+verifies the peer's identity, checks the CONNECT target port is one this workload serves,
+applies AuthorizationPolicy's L4 rules (compiled with ``protocol="tcp"``), and only then
+connects to the app: a denied connection never reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any
+
+from proxy.server.upstream import set_keepalive
+from proxy.tcp import sni as sni_mod
+from proxy.tcp.conn import TcpRecord
+from proxy.tcp.legs import HboneConnection, RawLeg, StreamLeg
+from proxy.tcp.table import TcpService, select
+
+log = logging.getLogger("meshlet.proxy.tcp")
+
+
+def captured_service(table: Any, dst: tuple[str, int]) -> TcpService | None:
+    """The opaque service port a captured connection was going to (``SO_ORIGINAL_DST``), or
+    None: then HTTP detection goes on as before."""
+    l4 = table.l4
+    if not l4.services:
+        return None
+    host, port = dst
+    fq = table.by_address.get(f"{host}:{port}") or table.by_address.get(host)
+    if fq is None:
+        return None
+    return l4.lookup(fq, port)
+
+
+class _Accepting:
+    """A listening socket accepting on its own (as :class:`proxy.server.listener.Listener`)."""
+
+    def __init__(self, host: str, port: int, on_sock: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+        self.on_sock = on_sock
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.on_sock(conn)
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+
+class TcpProxy:
+    def __init__(self, runtime: Any, app_host: str, app_port: int) -> None:
+        self.rt = runtime
+        self.app_host = app_host
+        self.app_port = app_port
+        self.metrics: Any = None  # TcpMetrics, when telemetry is on
+        self.access_log: Any = None
+        self.workload = runtime.service + ("-" + runtime.version if runtime.version else "")
+        self._series: dict[tuple[str, str, str], list[int]] = {}
+        self.pools: dict[tuple[str, int], list[HboneConnection]] = {}
+        self._dialing: dict[tuple[str, int], asyncio.Future[HboneConnection]] = {}
+        self.inbound_conns: set[HboneConnection] = set()
+        self.open_legs: dict[Any, list[Any]] = {}  # leg -> [bytes seen, since, idle timeout]
+        self.cluster_active: dict[str, int] = {}
+        self.egress: dict[tuple[str, int], tuple[_Accepting, list[str]]] = {}
+        self.hbone_server: asyncio.AbstractServer | None = None
+        self.hbone_port = 0
+        self.overflows = 0
+        self.refused = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._want_egress: dict[tuple[str, int], str] = {}
+        self._egress_failed: set[tuple[str, int]] = set()  # busy ports, retried by the sweep
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start_hbone(self, host: str, port: int, ssl_context: Any) -> int:
+        loop = asyncio.get_running_loop()
+        self.hbone_server = await loop.create_server(
+            lambda: HboneConnection(False, self._inbound_open, self.inbound_conns.discard),
+            host,
+            port,
+            ssl=ssl_context,
+            reuse_address=True,
+            backlog=1024,
+        )
+        self.hbone_port = self.hbone_server.sockets[0].getsockname()[1]
+        self._arm_sweeper()
+        return self.hbone_port
+
+    def on_table(self, table: Any) -> None:
+        """A new config: open, retarget or close the egress listeners it asks for."""
+        self._want_egress = {(e.bind, e.port): e.service for e in table.l4.egress}
+        self._sync_egress(self._want_egress)
+        self._arm_sweeper()
+
+    def _sync_egress(self, want: dict[tuple[str, int], str]) -> None:
+        self._egress_failed &= set(want)
+        for key in list(self.egress):
+            if key not in want:
+                acc, _ = self.egress.pop(key)
+                acc.close()
+        for key, service in want.items():
+            cur = self.egress.get(key)
+            if cur is not None:
+                cur[1][0] = service
+                continue
+            target = [service]
+
+            def on_sock(s: socket.socket, t: list[str] = target, p: int = key[1]) -> None:
+                self._egress(s, t, p)
+
+            try:
+                acc = _Accepting(key[0], key[1], on_sock)
+            except OSError as exc:
+                if key not in self._egress_failed:
+                    log.warning("Sidecar egress listener %s:%d not opened (retried every "
+                                "second): %s", key[0], key[1], exc)  # fmt: skip
+                self._egress_failed.add(key)
+                continue
+            self._egress_failed.discard(key)
+            self.egress[key] = (acc, target)
+            log.info("egress listener %s:%d -> %s", key[0], acc.port, service or "(nothing)")
+
+    def egress_ports(self) -> dict[str, int]:
+        return {f"{h}:{p}": acc.port for (h, p), (acc, _) in self.egress.items()}
+
+    def close(self) -> None:
+        for acc, _ in self.egress.values():
+            acc.close()
+        self.egress.clear()
+        if self.hbone_server is not None:
+            self.hbone_server.close()
+        for conns in self.pools.values():
+            for c in conns:
+                c.close()
+        for c in list(self.inbound_conns):
+            c.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self._done)
+
+    def _done(self, t: asyncio.Task[Any]) -> None:
+        self.tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("tcp connection task failed", exc_info=t.exception())
+
+    # -- outbound --------------------------------------------------------------------------------
+    def _egress(self, sock: socket.socket, target: list[str], port: int) -> None:
+        svc = self.rt.table.l4.lookup(target[0], port) if target[0] else None
+        if svc is None:
+            sock.close()
+            return
+        self.outbound(sock, svc)
+
+    def outbound(self, sock: socket.socket, svc: TcpService) -> None:
+        """Proxy one accepted client socket to ``svc`` (egress listener or capture)."""
+        if svc.needs_sni:
+            self._spawn(self._with_sni(sock, svc))
+        else:
+            self._spawn(self._outbound(sock, svc, ""))
+
+    async def _with_sni(self, sock: socket.socket, svc: TcpService) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while True:
+            try:
+                head = sock.recv(sni_mod.MAX_HELLO, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                head = None
+            except OSError:
+                sock.close()
+                return
+            if head == b"":
+                sock.close()
+                return
+            name = sni_mod.server_name(head) if head is not None else None
+            if name is not None:
+                break
+            if loop.time() > deadline:
+                sock.close()
+                return
+            fut = loop.create_future()
+            loop.add_reader(sock.fileno(), fut.set_result, None)
+            try:
+                await asyncio.wait_for(fut, max(0.01, deadline - loop.time()))
+            except TimeoutError:
+                pass
+            finally:
+                loop.remove_reader(sock.fileno())
+        await self._outbound(sock, svc, name)
+
+    async def _outbound(self, sock: socket.socket, svc: TcpService, sni: str) -> None:
+        rt = self.rt
+        table = rt.table
+        loop = asyncio.get_running_loop()
+        name = select(svc, sni, rt.random.random())
+        cluster = table.cluster(name) if name else None
+        if cluster is None:
+            self._refuse(sock, "source", svc.service, "NR")
+            return
+        active = self.cluster_active.get(cluster.name, 0)
+        if active >= cluster.max_connections:
+            self.overflows += 1
+            self._refuse(sock, "source", cluster.name, "UO")
+            return
+        outlier = rt.policies.outlier(cluster)
+        ep = rt.pick_endpoint(cluster, set(), outlier)
+        if ep is None:
+            self._refuse(sock, "source", cluster.name, "UH")
+            return
+        rec = TcpRecord("source", self._outbound_series(cluster, ep), self._closed)
+        rec.cluster = cluster.name
+        rec.service = cluster.service
+        rec.upstream = ep.key
+        try:
+            peer = sock.getpeername()
+            rec.downstream = f"{peer[0]}:{peer[1]}"
+        except OSError:
+            pass
+        self.cluster_active[cluster.name] = active + 1  # one decrement in _closed
+        if ep.tls and ep.hbone:
+            try:
+                async with asyncio.timeout(cluster.connect_timeout):
+                    conn = await self._hbone(ep, cluster)
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                log.debug("HBONE connect to %s:%d failed: %r", ep.address, ep.hbone, exc)
+                rt.endpoint_outcome(outlier, ep, None, True)
+                sock.close()
+                rec.close("upstream connect failure", "UF")
+                return
+            if outlier is not None:
+                rt.endpoint_outcome(outlier, ep, 200, False)  # a success resets the streak
+            rec.peer = conn.peer
+            rec.security = "mutual_tls"
+            rec.upstream = f"{ep.address}:{svc.port}"
+            leg = StreamLeg(rec, True)
+            leg.attach(conn, conn.open_stream(f"{ep.address}:{svc.port}", leg))
+            await loop.connect_accepted_socket(lambda: leg, sock)
+            self.open_legs[leg] = [0, time.monotonic(), cluster.tcp_idle_timeout]
+            return
+        if ep.tls:
+            # a mesh endpoint whose sidecar has no HBONE port: it only speaks HTTP
+            sock.close()
+            rec.close("peer sidecar has no HBONE port", "UF")
+            return
+        up = RawLeg(rec, False)
+        try:
+            async with asyncio.timeout(cluster.connect_timeout):
+                await loop.create_connection(lambda: up, ep.address, ep.port)
+        except (OSError, TimeoutError) as exc:
+            log.debug("TCP connect to %s failed: %r", ep.key, exc)
+            rt.endpoint_outcome(outlier, ep, None, True)
+            sock.close()
+            rec.close("upstream connect failure", "UF")
+            return
+        if outlier is not None:
+            rt.endpoint_outcome(outlier, ep, 200, False)  # a success resets the streak
+        if cluster.tcp_keepalive:
+            set_keepalive(up.transport, cluster.tcp_keepalive)
+        down = RawLeg(rec, True)
+        down.peer, up.peer = up, down
+        await loop.connect_accepted_socket(lambda: down, sock)
+        down.start()
+        self.open_legs[down] = [0, time.monotonic(), cluster.tcp_idle_timeout]
+
+    async def _hbone(self, ep: Any, cluster: Any) -> HboneConnection:
+        key = (ep.address, ep.hbone)
+        while True:
+            for c in self.pools.get(key, ()):
+                if c.usable():
+                    return c
+            fut = self._dialing.get(key)
+            if fut is None:
+                break
+            await asyncio.shield(fut)
+        loop = asyncio.get_running_loop()
+        fut = self._dialing[key] = loop.create_future()
+        try:
+            ctx = self.rt.client_ssl_h2()
+            _, conn = await loop.create_connection(
+                lambda: HboneConnection(True, on_lost=self._pool_lost),
+                ep.address,
+                ep.hbone,
+                ssl=ctx,
+                server_hostname="" if ctx is not None else None,
+            )
+            sslobj = conn.transport.get_extra_info("ssl_object")
+            verify = self.rt._verifier(ep)
+            if sslobj is None or (verify is not None and not verify(sslobj)):
+                conn.transport.abort()
+                raise ConnectionError(f"{ep.address}:{ep.hbone} is not {ep.spiffe_id}")
+            if self.rt.peer_identity is not None:
+                conn.peer = self.rt.peer_identity(sslobj) or ""
+            if cluster.tcp_keepalive:
+                set_keepalive(conn.transport, cluster.tcp_keepalive)
+            conn.pool_key = key  # type: ignore[attr-defined]
+            self.pools.setdefault(key, []).append(conn)
+            fut.set_result(conn)
+            return conn
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-dial
+            raise
+        finally:
+            self._dialing.pop(key, None)
+
+    def _pool_lost(self, conn: HboneConnection) -> None:
+        conns = self.pools.get(getattr(conn, "pool_key", ("", 0)))
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    def _refuse(self, sock: socket.socket, reporter: str, what: str, flag: str) -> None:
+        self.refused += 1
+        log.debug("tcp connection for %s refused: %s", what, flag)
+        sock.close()
+        if self.access_log is not None:
+            self.access_log.log(protocol="TCP", response_flags=flag, upstream_cluster=what,
+                                reporter=reporter, duration_ms=0)  # fmt: skip
+
+    # -- inbound ---------------------------------------------------------------------------------
+    def _inbound_open(self, conn: HboneConnection, sid: int, authority: str) -> None:
+        rt = self.rt
+        if not conn.peer and rt.peer_identity is not None:
+            sslobj = conn.transport.get_extra_info("ssl_object")
+            conn.peer = (rt.peer_identity(sslobj) if sslobj is not None else None) or ""
+            self.inbound_conns.add(conn)
+        host, _, p = authority.rpartition(":")
+        port = int(p) if p.isdigit() else 0
+        l4 = rt.table.l4
+        target = l4.ingress.get(port)
+        if target is None and (
+            port == self.app_port
+            or port in l4.local_ports
+            or port in rt.table.services.get(rt.local_service_fqdn, ())
+        ):
+            target = ("", 0)
+        rec = TcpRecord("destination", self._inbound_series(conn.peer), self._closed)
+        rec.peer = conn.peer
+        rec.security = "mutual_tls"
+        rec.downstream = conn.peer_address
+        rec.service = rt.local_service_fqdn
+        rec.cluster = f"inbound|{port}||{rt.local_service_fqdn}"
+        if target is None:
+            conn.tunnel.refuse(sid, 404)
+            rec.close("no such port", "NR")
+            return
+        authz = rt.authz_tcp
+        if authz is not None and not authz.empty:
+            from proxy.authz.engine import RequestAttrs, peer_identity
+
+            principal, namespace = peer_identity(conn.peer) if conn.peer else (None, None)
+            src = conn.peer_address.rpartition(":")[0]
+            decision = authz.check(
+                RequestAttrs(source_principal=principal, source_namespace=namespace,
+                             source_ip=src, port=port, mtls=bool(principal))  # fmt: skip
+            )
+            if not decision.allowed:
+                conn.tunnel.refuse(sid, 403)
+                rec.close("denied by " + (decision.policy or "AuthorizationPolicy"), "RBAC")
+                return
+        thost, tport = target
+        if not tport:
+            thost, tport = self.app_host, self.app_port
+        rec.upstream = f"{thost}:{tport}"
+        leg = StreamLeg(rec, False)
+        leg.attach(conn, sid)
+        self._spawn(self._connect_app(conn, sid, leg, thost, tport))
+
+    async def _connect_app(
+        self, conn: HboneConnection, sid: int, leg: StreamLeg, host: str, port: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(10.0):
+                await loop.create_connection(lambda: leg, host, port)
+        except (OSError, TimeoutError) as exc:
+            log.debug("app connect %s:%d failed: %r", host, port, exc)
+            conn.forget(sid)
+            if sid in conn.tunnel.streams:
+                conn.tunnel.refuse(sid, 503)
+                conn.flush()
+            leg.closed = True
+            leg.rec.close("app connect failure", "UF")
+            return
+        if leg.closed:
+            leg.transport.close()
+            return
+        self.open_legs[leg] = [0, time.monotonic(), 3600.0]
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def _closed(self, rec: TcpRecord) -> None:
+        if rec.reporter == "source":
+            self.cluster_active[rec.cluster] -= 1
+        if self.access_log is not None:
+            self.access_log.log(
+                protocol="TCP",
+                response_flags=rec.flags or "-",
+                duration_ms=int((time.monotonic() - rec.start) * 1000),
+                bytes_received=rec.received,
+                bytes_sent=rec.sent,
+                upstream_host=rec.upstream,
+                upstream_cluster=rec.cluster,
+                downstream_remote_address=rec.downstream,
+                downstream_peer_principal=rec.peer or None,
+                reporter=rec.reporter,
+                connection_termination_details=rec.reason,
+                authority=rec.service,
+            )
+
+    def _arm_sweeper(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
+
+    def _sweep(self) -> None:
+        """Idle timeout (DestinationRule ``connectionPool.tcp.idleTimeout``, default 1 h): a
+        connection with no byte either way for that long is closed. One pass a second over
+        open connections, comparing byte totals: nothing is timed per chunk."""
+        if self._egress_failed:
+            self._sync_egress(self._want_egress)
+        now = time.monotonic()
+        for leg, st in list(self.open_legs.items()):
+            rec = leg.rec
+            if rec.done:
+                del self.open_legs[leg]
+                continue
+            total = rec.received + rec.sent
+            if total != st[0]:
+                st[0], st[1] = total, now
+            elif now - st[1] >= st[2]:
+                leg.abort("idle timeout", "IDLE")
+        self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
+
+    def _outbound_series(self, cluster: Any, ep: Any) -> list[int] | None:
+        if self.metrics is None:
+            return None
+        key = ("source", cluster.name, ep.key)
+        s = self._series.get(key)
+        if s is None:
+            rt = self.rt
+            svc = cluster.service
+            parts = svc.split(".")
+            app = parts[0]
+            ns = parts[1] if len(parts) > 2 else "unknown"
+            ver = ep.labels.get("version", "unknown")
+            s = self._series[key] = self.metrics.series(
+                reporter="source", source_workload=self.workload,
+                source_workload_namespace=rt.namespace, source_principal=rt.spiffe_id,
+                source_app=rt.service, source_version=rt.version or "unknown",
+                source_canonical_service=rt.service,
+                source_canonical_revision=rt.version or "latest",
+                destination_workload=app + ("-" + ver if ver != "unknown" else ""),
+                destination_workload_namespace=ns,
+                destination_principal=ep.spiffe_id if ep.tls else "unknown",
+                destination_app=app, destination_version=ver, destination_service=svc,
+                destination_service_name=app, destination_service_namespace=ns,
+                destination_canonical_service=app,
+                destination_canonical_revision=ver if ver != "unknown" else "latest",
+                request_protocol="tcp", response_flags="-",
+                connection_security_policy="unknown",
+            )  # fmt: skip
+        return s
+
+    def _inbound_series(self, peer: str) -> list[int] | None:
+        if self.metrics is None:
+            return None
+        key = ("destination", "", peer)
+        s = self._series.get(key)
+        if s is None:
+            rt = self.rt
+            src_ns = peer.split("/ns/", 1)[1].split("/", 1)[0] if "/ns/" in peer else "unknown"
+            src_sa = peer.rsplit("/sa/", 1)[1] if "/sa/" in peer else "unknown"
+            s = self._series[key] = self.metrics.series(
+                reporter="destination", source_workload=src_sa,
+                source_workload_namespace=src_ns, source_principal=peer or "unknown",
+                source_app=src_sa, source_canonical_service=src_sa,
+                destination_workload=self.workload, destination_workload_namespace=rt.namespace,
+                destination_principal=rt.spiffe_id, destination_app=rt.service,
+                destination_version=rt.version or "unknown",
+                destination_service=rt.local_service_fqdn, destination_service_name=rt.service,
+                destination_service_namespace=rt.namespace,
+                destination_canonical_service=rt.service,
+                destination_canonical_revision=rt.version or "latest",
+                request_protocol="tcp", response_flags="-",
+                connection_security_policy="mutual_tls",
+            )  # fmt: skip
+        return s
+
+    # -- admin -----------------------------------------------------------------------------------
+    def tunnels_view(self) -> list[dict[str, Any]]:
+        out = []
+        for (addr, port), conns in self.pools.items():
+            for c in conns:
+                out.append({"direction": "outbound", "address": f"{addr}:{port}",
+                            "peer": c.peer, "streams_open": len(c.legs),
+                            "streams_total": c.streams_total})  # fmt: skip
+        for c in self.inbound_conns:
+            out.append({"direction": "inbound", "address": c.peer_address, "peer": c.peer,
+                        "streams_open": len(c.legs)})  # fmt: skip
+        return out
+
+    # -- capture ---------------------------------------------------------------------------------
+    def capture(self, sock: socket.socket) -> bool:
+        """The outbound listener under iptables capture: a connection whose original destination
+        is a declared opaque port is proxied here at once (server-first protocols work)."""
+        table = self.rt.table
+        if not table.l4.services:
+            return False
+        from proxy.capture.original_dst import original_dst
+
+        try:
+            dst = original_dst(sock)
+        except OSError:
+            return False
+        svc = captured_service(table, dst) if dst is not None else None
+        if svc is None:
+            return False
+        self.outbound(sock, svc)
+        return True

@@ -1,0 +1,138 @@
+"""HBONE's CONNECT streams without sockets: two TunnelConnections wired back to back."""
+
+from __future__ import annotations
+
+from proxy.http2 import connection as h2
+from proxy.tcp import tunnel as tn
+
+
+def _pair(limits: h2.Limits | None = None) -> tuple[tn.TunnelConnection, tn.TunnelConnection]:
+    c = tn.TunnelConnection(True, limits)
+    s = tn.TunnelConnection(False, limits)
+    _pump(c, s)
+    return c, s
+
+
+def _pump(c: tn.TunnelConnection, s: tn.TunnelConnection) -> tuple[list, list]:
+    """Move bytes both ways until quiet: (client events, server events)."""
+    cev: list = []
+    sev: list = []
+    for _ in range(1000):
+        a = c.data_to_send()
+        b = s.data_to_send()
+        if not a and not b:
+            break
+        if a:
+            sev.extend(s.receive(a))
+        if b:
+            cev.extend(c.receive(b))
+    return cev, sev
+
+
+def test_connect_carries_authority_and_no_scheme_or_path():
+    c, s = _pair()
+    sid = c.open("10.0.0.7:6379")
+    _, sev = _pump(c, s)
+    assert sev == [(tn.OPENED, sid, "10.0.0.7:6379")]
+    s.accept(sid)
+    cev, _ = _pump(c, s)
+    assert cev == [(tn.ESTABLISHED, sid, 200)]
+
+
+def test_bytes_both_ways_and_half_close_each_direction():
+    c, s = _pair()
+    sid = c.open("a:1")
+    _pump(c, s)
+    s.accept(sid)
+    c.send(sid, b"PING\r\n")
+    c.end(sid)  # the client's FIN: END_STREAM one way only
+    cev, sev = _pump(c, s)
+    assert (tn.DATA, sid, b"PING\r\n") in sev and (tn.ENDED, sid, None) in sev
+    s.send(sid, b"+PONG\r\n")  # the other direction still flows
+    cev, _ = _pump(c, s)
+    assert (tn.DATA, sid, b"+PONG\r\n") in cev
+    s.end(sid)
+    cev, _ = _pump(c, s)
+    assert (tn.ENDED, sid, None) in cev
+    assert sid not in c.streams and sid not in s.streams
+
+
+def test_server_first_bytes_flow_before_the_client_sends_any():
+    c, s = _pair()
+    sid = c.open("db:5432")
+    _pump(c, s)
+    s.accept(sid)
+    s.send(sid, b"220 banner\r\n")
+    cev, _ = _pump(c, s)
+    assert cev == [(tn.ESTABLISHED, sid, 200), (tn.DATA, sid, b"220 banner\r\n")]
+
+
+def test_flow_control_holds_bytes_until_the_reader_consumes_them():
+    lim = h2.Limits(stream_window=65536, connection_window=1 << 20, max_concurrent_streams=10)
+    c, s = _pair(lim)
+    sid = c.open("a:1")
+    _pump(c, s)
+    s.accept(sid)
+    _pump(c, s)
+    stop = False
+    sent = 0
+    while not stop and sent < 4 << 20:
+        stop = c.send(sid, b"x" * 16384)
+        sent += 16384
+    assert stop, "the sender must be told to stop reading its socket"
+    _, sev = _pump(c, s)
+    got = sum(len(v) for k, _, v in sev if k == tn.DATA)
+    assert got <= 65536  # the stream window, nothing more, while the reader consumes nothing
+    s.consumed(sid, got)  # the reader caught up: the window reopens
+    cev, sev = _pump(c, s)
+    assert sum(len(v) for k, _, v in sev if k == tn.DATA) > 0
+    # the sender's buffer drains as the reader keeps consuming; WRITABLE says "read again"
+    writable = False
+    for _ in range(200):
+        n = sum(len(v) for k, _, v in sev if k == tn.DATA)
+        s.consumed(sid, n)
+        cev, sev = _pump(c, s)
+        writable = writable or (tn.WRITABLE, sid, None) in cev
+        if writable:
+            break
+    assert writable
+
+
+def test_reset_and_refusal():
+    c, s = _pair()
+    a = c.open("a:1")
+    b = c.open("a:2")
+    _pump(c, s)
+    s.refuse(a, 403)
+    s.accept(b)
+    cev, _ = _pump(c, s)
+    assert (tn.ESTABLISHED, a, 403) in cev and (tn.RESET, a, tn.ErrorCode.CANCEL) in cev
+    c.reset(b)  # the client's TCP peer reset
+    _, sev = _pump(c, s)
+    assert (tn.RESET, b, tn.CONNECT_ERROR) in sev
+
+
+def test_a_request_other_than_connect_is_refused():
+    c = h2.H2Connection(client_side=True)
+    c.initiate_connection()
+    s = tn.TunnelConnection(False)
+    sev = s.receive(c.data_to_send())
+    c.receive_data(s.data_to_send())
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"),
+                         (b":authority", b"a")], end_stream=True)  # fmt: skip
+    sev = s.receive(c.data_to_send())
+    assert not [e for e in sev if e[0] == tn.OPENED]
+    evs = c.receive_data(s.data_to_send())
+    assert any(isinstance(e, h2.ResponseReceived) and e.fields.status == 405 for e in evs)
+
+
+def test_a_thousand_streams_share_one_connection():
+    c, s = _pair()
+    sids = [c.open(f"a:{i}") for i in range(1000)]
+    _, sev = _pump(c, s)
+    assert len([e for e in sev if e[0] == tn.OPENED]) == 1000
+    for sid in sids:
+        s.accept(sid)
+    cev, _ = _pump(c, s)
+    assert len([e for e in cev if e[0] == tn.ESTABLISHED]) == 1000
