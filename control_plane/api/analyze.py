@@ -153,6 +153,8 @@ def analyze(
         findings += _selector_matches(ap, idx)
     findings += _peer_authentications(idx)
     findings += _sidecars(idx)
+    for canary in idx.by_kind["Canary"]:
+        findings += _canary(canary, idx)
     meshes = idx.by_kind["MeshConfig"]
     for extra in meshes[1:]:
         findings.append(
@@ -579,4 +581,39 @@ def _sidecars(idx: _Index) -> list[Finding]:
                 "no egress listener: sidecars this applies to still see every service "
                 "(the default); list egress hosts to narrow what they receive",
             ))
+    return out
+
+
+def _canary(c: Resource, idx: _Index) -> list[Finding]:
+    """What would keep a Canary from starting, said before it is applied: its subsets must be
+    the host's DestinationRule's, with a ``version`` label (what the sidecars' reports carry);
+    two Canaries on one host would fight over its weights."""
+    out: list[Finding] = []
+    host = fqdn(c.spec["host"], c.namespace)
+    rules = idx.drs.get(host) or []
+    subsets: dict[str, dict] = {}
+    for dr in rules:
+        for sub in dr.spec.get("subsets") or ():
+            subsets.setdefault(str(sub.get("name")), dict(sub.get("labels") or {}))
+    for role in ("stable", "canary"):
+        name = c.spec[role]
+        if not rules:
+            out.append(_finding(ERROR, c, "spec.host", f"no DestinationRule for {host}: the "
+                                f"canary controller needs its subsets {c.spec['stable']!r} and "
+                                f"{c.spec['canary']!r}"))
+            break
+        if name not in subsets:
+            out.append(_finding(ERROR, c, f"spec.{role}", f"subset {name!r} is not defined by "
+                                f"the DestinationRule for {host} (subsets: "
+                                f"{', '.join(sorted(subsets)) or 'none'})"))
+        elif not subsets[name].get("version"):
+            out.append(_finding(ERROR, c, f"spec.{role}", f"subset {name!r} has no version "
+                                "label, so its traffic cannot be measured"))
+    for other in idx.by_kind["Canary"]:
+        if other is c:
+            break
+        if fqdn(other.spec["host"], other.namespace) == host:
+            out.append(_finding(WARNING, c, "spec.host", f"{other.ref} also rolls out {host}; "
+                                "both would move its VirtualService weights"))
+            break
     return out

@@ -396,3 +396,30 @@ def test_retries_without_any_timeout():
     f = only(analyze([vs([rule]), se()]))
     assert (f.level, f.field) == ("warning", "spec.http[0].retries")
     assert analyze([vs([{**rule, "timeout": "2s"}]), se()]) == []
+
+
+def _canary(name="reviews", stable="v1", canary="v2", host="reviews"):
+    return res("Canary", name, {
+        "host": host, "stable": stable, "canary": canary,
+        "analysis": {"interval": "10s", "stepWeight": 10, "threshold": 2, "minRequests": 10,
+                     "checks": {"successRate": {"min": 99}}}}, api="meshlet.dev/v1alpha1")
+
+
+def test_canary_subsets_come_from_the_destination_rule():
+    assert analyze([dr(), _canary()]) == []
+    f = only(analyze([dr(subsets=("v1",)), _canary()]))
+    assert (f.level, f.field) == ("error", "spec.canary")
+    assert f.message == ("subset 'v2' is not defined by the DestinationRule for "
+                         "reviews.default.svc.cluster.local (subsets: v1)")
+    bare = res("DestinationRule", "reviews", {"host": "reviews", "subsets": [
+        {"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"track": "x"}}]})
+    assert "has no version label" in only(analyze([bare, _canary()])).message
+    f = only(analyze([_canary()]))
+    assert (f.field, f.message.split(":")[0]) == (
+        "spec.host", "no DestinationRule for reviews.default.svc.cluster.local")
+
+
+def test_two_canaries_on_one_host_are_a_warning():
+    f = only(analyze([dr(), _canary(), _canary(name="again")]))
+    assert (f.level, f.name) == ("warning", "again")
+    assert "Canary default/reviews also rolls out reviews.default.svc.cluster.local" in f.message
