@@ -157,6 +157,12 @@ def test_running_demo_says_how_to_use_it_and_it_works(demo):
     assert r.returncode == 0, r.stderr
     assert any(ln.split()[:5] == ["orders.default.svc.cluster.local", "headers", "x-canary",
                                   "exact", "always"] for ln in r.stdout.splitlines()), r.stdout
+    assert "     meshlet canary status orders " in block
+    r = subprocess.run([sys.executable, "-m", "control_plane.cli", "canary", "status", "orders"],
+                       capture_output=True, text=True, timeout=60, cwd=str(ROOT),
+                       env={**env(MESHLET_DATA_DIR=data_dir), "MESHLET_CONTROL_PLANE": ""})
+    assert r.returncode == 0, r.stderr
+    assert "phase:          Failed\n" in r.stdout and "all traffic back on v2" in r.stdout
 
 
 @pytest.mark.slow

@@ -514,6 +514,7 @@ def _usage(mesh: _Mesh, once: bool, work_kept: bool) -> list[str]:
         f"     export MESHLET_DATA_DIR={mesh.data_dir}",
         "     meshlet proxy-status",
         "     meshlet proxy-config routes frontend-v1",
+        "     meshlet canary status orders             # the last rollout, decision by decision",
         f"   Dashboard: {mesh.url}/ui/ (sign in with the token in {ro_token})",
         "   Metrics (Prometheus text) of each sidecar:",
         *(f"     {name:<{width}}  curl -s http://127.0.0.1:{port}/metrics"
