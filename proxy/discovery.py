@@ -112,19 +112,31 @@ class DiscoveryClient:
             self._task = asyncio.get_running_loop().create_task(self.run())
         return self._task
 
-    async def stop(self) -> None:
-        """Deregister (the sidecar is draining), then close the stream and stop reconnecting."""
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Deregister (the sidecar is draining), then close the stream and stop reconnecting.
+
+        With the stream closed, the session ends by itself and closes its connection (a TLS
+        close takes a round trip); cancelling it then would leave that socket open. Only a
+        task still connecting or sleeping between attempts, or one that takes longer than
+        ``timeout``, is cancelled."""
         self._stopping = True
         ws = self._ws
+        closed = False
         if ws is not None and not ws.closed:
             with contextlib.suppress(Exception):
                 await ws.send_json({"type": "deregister"})
                 await ws.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                closed = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if closed:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def update_status(self, **fields: Any) -> None:
         """Report status to the control plane (e.g. ``cert_expiry`` after a renewal)."""
