@@ -355,7 +355,7 @@ STATUS: dict[str, dict[str, Status]] = {
         "certificateLifetime": E(),
         "defaultRetryPolicy": E(),
         "tracing": E(),
-        "accessLog": W("not applied: the sidecar's --access-log flag decides"),
+        "accessLog": W("not applied: the sidecar logs every request unless started with --no-access-log"),
     },
 }
 

@@ -535,9 +535,7 @@ class Forwarder:
                     await self._backoff(retry, attempt, None, deadline)
                     continue
                 # Envoy flags the last failure and, after retries, the exhausted retries too
-                return self._local(
-                    down, head, ex, 503, "UF,URX" if attempt > 1 else "UF", reporter
-                )
+                return self._local(down, head, ex, 503, "UF,URX" if attempt > 1 else "UF", reporter)
             if source is not None and head.expect_continue and not sent_continue:
                 down.send_continue()
                 sent_continue = True

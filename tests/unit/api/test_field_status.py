@@ -37,7 +37,9 @@ def test_statuses_are_the_three_known_ones():
 
 def test_a_field_added_to_a_schema_without_a_status_fails():
     vs = networking.VIRTUAL_SERVICE.shape  # type: ignore[attr-defined]
-    grown = obj({**vs.fields, "newField": integer()}, unsupported=vs.unsupported, name="VirtualService")
+    grown = obj(
+        {**vs.fields, "newField": integer()}, unsupported=vs.unsupported, name="VirtualService"
+    )
     assert problems({**SCHEMAS, "VirtualService": grown}) == [
         "VirtualService.newField: no status in field_status.STATUS"
     ]
@@ -94,7 +96,10 @@ def test_doc_lists_each_kind_and_the_issue_19_fields():
     text = compat_doc.render()
     for kind in SCHEMAS:
         assert f"\n## {kind}\n" in text
-    assert "| `maxConnections` | enforced | per endpoint; overflow answers 503 UO (enforced since issue 19) |" in text
+    assert (
+        "| `maxConnections` | enforced | per endpoint; overflow answers 503 UO (enforced since issue 19) |"
+        in text
+    )
     assert "| `tcp` | accepted with a warning |" in text
     assert "| `redirect` | refused |" in text
     assert "](" not in text  # no links, inside the repository or out
@@ -172,8 +177,14 @@ def test_validation_warns_for_each_unenforced_field_with_its_path():
     "doc",
     [
         {"http": [{"route": [{"destination": {"host": "a"}}]}]},
-        {"http": [{"retries": {"attempts": 1, "retryIgnorePreviousHosts": True},
-                   "route": [{"destination": {"host": "a"}}]}]},
+        {
+            "http": [
+                {
+                    "retries": {"attempts": 1, "retryIgnorePreviousHosts": True},
+                    "route": [{"destination": {"host": "a"}}],
+                }
+            ]
+        },
     ],
 )
 def test_enforced_fields_and_values_do_not_warn(doc):
@@ -193,11 +204,19 @@ def test_enforced_fields_and_values_do_not_warn(doc):
     [
         ({"redirect": {"uri": "/b"}}, "spec.http[0].redirect", "redirect is not supported"),
         ({"delegate": {"name": "x"}}, "spec.http[0].delegate", "delegate is not supported"),
-        ({"directResponse": {"status": 200, "body": {"bytes": "eA=="}}},
-         "spec.http[0].directResponse.body.bytes", "body.bytes is not supported"),
-        ({"route": [{"destination": {"host": "a"}}],
-          "mirrors": [{"destination": {"host": "b"}}, {"destination": {"host": "c"}}]},
-         "spec.http[0].mirrors", "at most 1"),
+        (
+            {"directResponse": {"status": 200, "body": {"bytes": "eA=="}}},
+            "spec.http[0].directResponse.body.bytes",
+            "body.bytes is not supported",
+        ),
+        (
+            {
+                "route": [{"destination": {"host": "a"}}],
+                "mirrors": [{"destination": {"host": "b"}}, {"destination": {"host": "c"}}],
+            },
+            "spec.http[0].mirrors",
+            "at most 1",
+        ),
     ],
 )
 def test_fields_meshlet_cannot_honour_are_refused(route, field, reason):
