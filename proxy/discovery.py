@@ -49,6 +49,18 @@ BACKOFF_CAP_S = 30.0
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 
 
+async def _socket_closed(sock: Any, timeout: float) -> None:
+    """Wait, at most ``timeout``, for the stream's socket to be closed. aiohttp closes a TLS
+    connection in the background (the close_notify round trip), after the session has ended: an
+    event loop closed before that (a sidecar's last act) would leave the socket open."""
+    if sock is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while sock.fileno() != -1 and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+
+
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S,
                   rand: Callable[[], float] = random.random) -> float:
     """Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2**attempt)]."""
@@ -102,6 +114,7 @@ class DiscoveryClient:
         # Messages from the control plane other than snapshots and errors (tap, untap).
         self.on_message: Callable[[dict], Any] | None = None
         self._stopping = False
+        self._in_session = False  # connecting, streaming or closing (not between attempts)
         self._attempt = 0
 
     # -- cache -----------------------------------------------------------------------------
@@ -144,19 +157,29 @@ class DiscoveryClient:
             self._task = asyncio.get_running_loop().create_task(self.run())
         return self._task
 
-    async def stop(self) -> None:
-        """Deregister (the sidecar is draining), then close the stream and stop reconnecting."""
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Deregister (the sidecar is draining), then close the stream and stop reconnecting.
+
+        With the stream closed, the session ends by itself and closes its connection (a TLS
+        close takes a round trip); cancelling it then would leave that socket open. A session
+        still connecting closes as soon as it is connected. Only a task sleeping between
+        attempts, or a session taking longer than ``timeout``, is cancelled."""
         self._stopping = True
         ws = self._ws
         if ws is not None and not ws.closed:
             with contextlib.suppress(Exception):
                 await ws.send_json({"type": "deregister"})
                 await ws.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if self._in_session:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def update_status(self, **fields: Any) -> None:
         """Report status to the control plane (e.g. ``cert_expiry`` after a renewal)."""
@@ -200,13 +223,27 @@ class DiscoveryClient:
                 self.url = self.urls[self._url_index]
 
     async def _session(self) -> None:
+        self._in_session = True  # until the session has closed its connection (see stop)
+        self._sock: Any = None
+        try:
+            await self._stream()
+        finally:
+            if self._stopping:
+                await _socket_closed(self._sock, 2.0)
+            self._in_session = False
+
+    async def _stream(self) -> None:
         ssl_ctx = self._ssl_factory()
         async with aiohttp.ClientSession() as session, session.ws_connect(
             self.url, ssl=ssl_ctx if ssl_ctx is not None else False, heartbeat=15.0,
             max_msg_size=MAX_SNAPSHOT_BYTES,
         ) as ws:
             self._ws = ws
+            self._sock = ws.get_extra_info("socket")
             try:
+                if self._stopping:  # stop() came while connecting
+                    await ws.close()
+                    return
                 if ssl_ctx is not None and self._verify_id:
                     self._check_server_identity(ws)
                 hello = {**self.registration, "type": "register",

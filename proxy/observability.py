@@ -11,6 +11,7 @@ costs one ``is not None`` check while none is on.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -76,14 +77,30 @@ class Telemetry:
 
         self.spans = SpanExporterBridge(service_name=f"{rt.service}.{rt.namespace}")
         rt.sampler = self.spans.sampler
+        self._sampling = 1.0  # the ratio the sampler was built with
         self.workload = rt.service + ("-" + rt.version if rt.version else "")
         if rt.config_version:
             self.meshlet.set_config_version(rt.config_version)
+            self._follow_sampling()
 
     def on_config(self, version: str, ok: bool) -> None:
         self.meshlet.config_applies.labels(result="ack" if ok else "nack").inc()
         if ok:
             self.meshlet.set_config_version(version)
+            self._follow_sampling()
+
+    def _follow_sampling(self) -> None:
+        """MeshConfig ``tracing.sampling`` (a percentage, as Istio's) is the head sampler's
+        ratio for requests that arrive without a sampling decision; ``OTEL_TRACES_SAMPLER``
+        still overrides it. Unset keeps the default (every trace)."""
+        from proxy.telemetry.spans import sampler_from_env
+
+        mesh = [r for r in self.sidecar.resources if getattr(r, "kind", "") == "MeshConfig"]
+        pct = (mesh[0].spec.get("tracing") or {}).get("sampling") if mesh else None
+        ratio = 1.0 if pct is None else float(pct) / 100.0
+        if ratio != self._sampling:
+            self._sampling = ratio
+            self.spans.sampler = self.rt.sampler = sampler_from_env(os.environ, ratio)
 
     def count_local_reply(self, status: int, flag: str) -> None:
         c = self._local.get((status, flag))

@@ -92,6 +92,7 @@ class Sidecar:
         self._stopped: asyncio.Event | None = None
         self._draining_task: asyncio.Task[Any] | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
+        self._warned_version = ""  # the config version whose unenforced fields were logged
 
     # -- config ------------------------------------------------------------------------------
     def apply_resources(
@@ -109,6 +110,7 @@ class Sidecar:
         )
         for w in table.warnings:
             log.warning("config %s: %s", version, w)
+        self._warn_unenforced(resources, version)
         from proxy.authz.engine import compile_policies
 
         authz = compile_policies(resources, self.opts.namespace, self.runtime.labels)
@@ -158,6 +160,18 @@ class Sidecar:
             log.info("config %s: expired resources removed", version)
         except Exception:  # the same resources compiled before; keep serving what we have
             log.exception("config %s: recompiling after an expiry failed", version)
+
+    def _warn_unenforced(self, resources: list[Any], version: str) -> None:
+        """One WARNING per accepted-but-not-enforced field, once per config version (a file
+        reloaded unchanged, or a snapshot pushed again, keeps its version and stays quiet)."""
+        if version == self._warned_version:
+            return
+        self._warned_version = version
+        from control_plane.api.resources import unenforced_fields
+
+        for r in resources:
+            for path, text in unenforced_fields(r):
+                log.warning("config %s: %s %s: %s: %s", version, r.source or "-", r.ref, path, text)
 
     def apply_snapshot(self, snap: dict[str, Any]) -> None:
         """A pushed snapshot: validated with the same code the control plane used, compiled,

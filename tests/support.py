@@ -52,6 +52,26 @@ def wait_until(
         time.sleep(interval)
 
 
+async def until(
+    cond: Callable[[], object], timeout: float = 15.0, interval: float = 0.01, what: str = ""
+) -> object:
+    """:func:`wait_until` for coroutines: polls ``cond`` (a function returning a value, or an
+    awaitable of one) without blocking the event loop, and fails after ``timeout``."""
+    import asyncio
+    import inspect
+
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if inspect.isawaitable(v):
+            v = await v
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(interval)
+
+
 class Proc:
     def __init__(
         self, name: str, cmd: list[str], workdir: Path, environ: dict[str, str] | None = None

@@ -89,18 +89,23 @@ CIRCUIT_BREAKER = obj(
         "minimumNumberOfCalls": integer(1),
         "waitDurationInOpenState": duration(0.001),
         "permittedNumberOfCallsInHalfOpenState": integer(1),
-    }
+    },
+    name="CircuitBreaker",
 )
-BULKHEAD = obj({"maxConcurrentCalls": integer(0), "maxWaitDuration": duration(0)})
+BULKHEAD = obj({"maxConcurrentCalls": integer(0), "maxWaitDuration": duration(0)}, name="Bulkhead")
 RATE_LIMITER = obj(
     {
         "limitForPeriod": integer(1),
         "limitRefreshPeriod": duration(1e-9),
         "timeoutDuration": duration(0),
-    }
+    },
+    name="RateLimiter",
 )
-RETRY_BUDGET = obj({"retryRatio": number(0), "minRetriesPerSecond": integer(0), "ttl": _ttl})
-HEDGING = obj({"delay": _hedge_delay, "maxHedges": integer(1)})
+RETRY_BUDGET = obj(
+    {"retryRatio": number(0), "minRetriesPerSecond": integer(0), "ttl": _ttl},
+    name="RetryBudget",
+)
+HEDGING = obj({"delay": _hedge_delay, "maxHedges": integer(1)}, name="Hedging")
 
 
 # fallback: the answer given instead of an error (proxy/resilience/fallback.py has the semantics)
@@ -176,6 +181,7 @@ RESILIENCE_POLICY = obj(
         "fallback": FALLBACK,
     },
     required=["host"],
+    name="ResiliencePolicy",
 )
 
 
@@ -303,13 +309,15 @@ MESH_CONFIG = obj(
         # short lifetimes (down to 5 s) are for rotation drills and tests; 24 h is the default
         "certificateLifetime": duration(5.0),
         "defaultRetryPolicy": RETRIES,
-        "tracing": obj({"sampling": number(0, 100)}),
+        "tracing": obj({"sampling": number(0, 100)}, name="MeshConfig.Tracing"),
         "accessLog": obj(
             {
                 "enabled": boolean(),
                 "path": string(nonempty=True),
                 "encoding": enum("JSON", "TEXT"),
-            }
+            },
+            name="MeshConfig.AccessLog",
         ),
-    }
+    },
+    name="MeshConfig",
 )

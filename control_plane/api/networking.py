@@ -34,6 +34,7 @@ from control_plane.api.schema import (
     port_number,
     quote_hint,
     regex,
+    shaped,
     string,
 )
 
@@ -41,9 +42,11 @@ from control_plane.api.schema import (
 
 HOST = string(nonempty=True, check=hostname)
 HOSTS = list_of(HOST, nonempty=True)
-PERCENT = obj({"value": number(0, 100)})
-SELECTOR_LABELS = obj({"labels": LABELS})  # ServiceEntry.workloadSelector
-MATCH_LABELS = obj({"matchLabels": LABELS})  # DestinationRule.workloadSelector, security kinds
+PERCENT = obj({"value": number(0, 100)}, name="Percent")
+# ServiceEntry.workloadSelector
+SELECTOR_LABELS = obj({"labels": LABELS}, name="ServiceEntry.WorkloadSelector")
+# DestinationRule.workloadSelector, the security kinds' selector
+MATCH_LABELS = obj({"matchLabels": LABELS}, name="WorkloadSelector")
 EXPORT_TO = list_of(string(nonempty=True))
 MS_1 = 0.001
 
@@ -80,10 +83,14 @@ _STRING_MATCH_FIELDS = {
     "regex": regex(),
 }
 # uri, method, authority, scheme: exactly one of exact/prefix/regex.
-STRING_MATCH = obj(_STRING_MATCH_FIELDS, exactly_one=[("exact", "prefix", "regex")])
+STRING_MATCH = obj(
+    _STRING_MATCH_FIELDS, exactly_one=[("exact", "prefix", "regex")], name="StringMatch"
+)
 # headers, withoutHeaders, queryParams: `{}` (or regex "*") means the key is present.
 PRESENCE_MATCH = obj(
-    {**_STRING_MATCH_FIELDS, "regex": _match_regex}, at_most_one=[("exact", "prefix", "regex")]
+    {**_STRING_MATCH_FIELDS, "regex": _match_regex},
+    at_most_one=[("exact", "prefix", "regex")],
+    name="StringMatch (headers, withoutHeaders, queryParams)",
 )
 
 
@@ -126,10 +133,15 @@ HTTP_MATCH = obj(
         "statPrefix": string(),
     },
     checks=[_ignored_header_keys],
+    name="HTTPMatchRequest",
 )
 
-PORT_SELECTOR = obj({"number": port_number})
-DESTINATION = obj({"host": HOST, "subset": string(), "port": PORT_SELECTOR}, required=["host"])
+PORT_SELECTOR = obj({"number": port_number}, name="PortSelector")
+DESTINATION = obj(
+    {"host": HOST, "subset": string(), "port": PORT_SELECTOR},
+    required=["host"],
+    name="Destination",
+)
 
 
 def _header_ops_check(value: dict, path: str, ctx: Ctx) -> None:
@@ -154,17 +166,23 @@ HEADER_OPS = obj(
         "remove": list_of(string(nonempty=True, check=http_header_name)),
     },
     checks=[_header_ops_check],
+    name="HeaderOperations",
 )
-HEADERS = obj({"request": HEADER_OPS, "response": HEADER_OPS})
+HEADERS = obj({"request": HEADER_OPS, "response": HEADER_OPS}, name="Headers")
+HTTP_ROUTE_DESTINATION = obj(
+    {"destination": DESTINATION, "weight": integer(0), "headers": HEADERS},
+    required=["destination"],
+    name="HTTPRouteDestination",
+)
 
 
+_ROUTE_DESTINATIONS = list_of(HTTP_ROUTE_DESTINATION, nonempty=True)
+
+
+@shaped(_ROUTE_DESTINATIONS)
 def _route_destinations(value: Any, path: str, ctx: Ctx) -> None:
-    item = obj(
-        {"destination": DESTINATION, "weight": integer(0), "headers": HEADERS},
-        required=["destination"],
-    )
     before = len(ctx.errors)
-    list_of(item, nonempty=True)(value, path, ctx)
+    _ROUTE_DESTINATIONS(value, path, ctx)
     if len(ctx.errors) != before or len(value) < 2:
         return
     weights = [d.get("weight", 0) if isinstance(d, dict) else 0 for d in value]
@@ -218,6 +236,7 @@ RETRIES = obj(
         "backoff": duration(MS_1),
     },
     checks=[_retries_check],
+    name="HTTPRetry",
 )
 
 
@@ -232,6 +251,7 @@ FAULT = obj(
             {"fixedDelay": duration(MS_1), "percentage": PERCENT, "percent": integer(0, 100)},
             required=["fixedDelay"],
             unsupported={"exponentialDelay": "exponentialDelay is not supported (Istio neither)"},
+            name="HTTPFaultInjection.Delay",
         ),
         "abort": obj(
             {
@@ -242,9 +262,11 @@ FAULT = obj(
             at_most_one=[("httpStatus", "grpcStatus")],
             checks=[_abort_check],
             unsupported={"http2Error": "http2Error aborts are not supported (Istio neither)"},
+            name="HTTPFaultInjection.Abort",
         ),
     },
     at_least_one=[("delay", "abort")],
+    name="HTTPFaultInjection",
 )
 
 REWRITE = obj(
@@ -252,35 +274,28 @@ REWRITE = obj(
         "uri": string(),
         "authority": string(nonempty=True),
         "uriRegexRewrite": obj(
-            {"match": regex(), "rewrite": string()}, required=["match", "rewrite"]
+            {"match": regex(), "rewrite": string()},
+            required=["match", "rewrite"],
+            name="RegexRewrite",
         ),
     },
     at_most_one=[("uri", "uriRegexRewrite")],
+    name="HTTPRewrite",
 )
 
 
-def _redirect_code(value: Any, path: str, ctx: Ctx) -> None:
-    if value not in (301, 302, 303, 307, 308) or isinstance(value, bool):
-        ctx.error(path, "must be one of 301, 302, 303, 307, 308")
-
-
-REDIRECT = obj(
-    {
-        "uri": string(),
-        "authority": string(),
-        "port": port_number,
-        "derivePort": enum("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"),
-        "scheme": string(),
-        "redirectCode": _redirect_code,
-    },
-    at_most_one=[("port", "derivePort")],
-)
 DIRECT_RESPONSE = obj(
     {
         "status": integer(200, 599),
-        "body": obj({"string": string(), "bytes": string()}, exactly_one=[("string", "bytes")]),
+        "body": obj(
+            {"string": string()},
+            required=["string"],
+            unsupported={"bytes": "body.bytes is not supported by meshlet; use body.string"},
+            name="HTTPBody",
+        ),
     },
     required=["status"],
+    name="HTTPDirectResponse",
 )
 CORS = obj(
     {
@@ -292,22 +307,21 @@ CORS = obj(
         "maxAge": duration(),
         "allowCredentials": boolean(),
         "unmatchedPreflights": enum("UNSPECIFIED", "FORWARD", "IGNORE"),
-    }
+    },
+    name="CorsPolicy",
 )
 
 
 def _http_route_check(value: dict, path: str, ctx: Ctx) -> None:
-    actions = [k for k in ("route", "redirect", "directResponse", "delegate") if k in value]
+    # redirect and delegate are refused as unsupported fields before this check runs
+    actions = [k for k in ("route", "directResponse") if k in value]
     if len(actions) != 1:
         names = ", ".join(actions) if actions else "none"
-        ctx.error(
-            path,
-            f"must set exactly one of route, redirect, directResponse, delegate (found {names})",
-        )
-    if "redirect" in value or "directResponse" in value:
+        ctx.error(path, f"must set exactly one of route, directResponse (found {names})")
+    if "directResponse" in value:
         for k in ("fault", "rewrite"):
             if k in value:
-                ctx.error(join(path, k), "cannot be combined with redirect or directResponse")
+                ctx.error(join(path, k), "cannot be combined with directResponse")
     if "mirror" in value and "mirrors" in value:
         ctx.error(join(path, "mirrors"), "cannot be combined with mirror")
     if "mirrorPercentage" in value and "mirror" not in value:
@@ -328,23 +342,32 @@ HTTP_ROUTE = obj(
         "name": string(),
         "match": list_of(HTTP_MATCH),
         "route": _route_destinations,
-        "redirect": REDIRECT,
         "directResponse": DIRECT_RESPONSE,
-        "delegate": obj({"name": string(nonempty=True), "namespace": string()}, required=["name"]),
         "rewrite": REWRITE,
         "timeout": duration(0),  # 0s = no timeout (Istio's default)
         "retries": RETRIES,
         "fault": FAULT,
         "mirror": DESTINATION,
+        # meshlet mirrors to one destination; a second one is refused rather than dropped
         "mirrors": list_of(
-            obj({"destination": DESTINATION, "percentage": PERCENT}, required=["destination"])
+            obj(
+                {"destination": DESTINATION, "percentage": PERCENT},
+                required=["destination"],
+                name="HTTPMirrorPolicy",
+            ),
+            max_items=1,
         ),
         "mirrorPercentage": PERCENT,
         "corsPolicy": CORS,
         "headers": HEADERS,
     },
-    unsupported={"mirrorPercent": "mirrorPercent was removed from Istio; use mirrorPercentage"},
+    unsupported={
+        "mirrorPercent": "mirrorPercent was removed from Istio; use mirrorPercentage",
+        "redirect": "redirect is not supported by meshlet; use directResponse or route",
+        "delegate": "delegate is not supported by meshlet; put the routes in this VirtualService",
+    },
     checks=[_http_route_check],
+    name="HTTPRoute",
 )
 
 
@@ -396,6 +419,7 @@ VIRTUAL_SERVICE = obj(
         "exportTo": EXPORT_TO,
     },
     required=["hosts"],
+    name="VirtualService",
 )
 
 # -- DestinationRule --------------------------------------------------------------------------
@@ -431,19 +455,25 @@ CONSISTENT_HASH = obj(
                 "path": string(),
                 "ttl": duration(),
                 "attributes": list_of(
-                    obj({"name": string(nonempty=True), "value": string()}, required=["name"])
+                    obj(
+                        {"name": string(nonempty=True), "value": string()},
+                        required=["name"],
+                        name="HTTPCookie.Attribute",
+                    )
                 ),
             },
             required=["name"],
+            name="HTTPCookie",
         ),
         "useSourceIp": boolean(),
         "httpQueryParameterName": string(nonempty=True),
-        "ringHash": obj({"minimumRingSize": integer(1)}),
-        "maglev": obj({"tableSize": _maglev_size}),
+        "ringHash": obj({"minimumRingSize": integer(1)}, name="RingHash"),
+        "maglev": obj({"tableSize": _maglev_size}, name="MagLev"),
         "minimumRingSize": integer(1),
     },
     exactly_one=[("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")],
     at_most_one=[("ringHash", "maglev", "minimumRingSize")],
+    name="ConsistentHashLB",
 )
 LOAD_BALANCER = obj(
     {
@@ -456,9 +486,11 @@ LOAD_BALANCER = obj(
         "warmup": obj(
             {"duration": duration(), "minimumPercent": number(0, 100), "aggression": number(1)},
             required=["duration"],
+            name="WarmupConfiguration",
         ),
     },
     at_most_one=[("simple", "consistentHash"), ("warmupDurationSecs", "warmup")],
+    name="LoadBalancerSettings",
 )
 
 CONNECTION_POOL = obj(
@@ -468,11 +500,13 @@ CONNECTION_POOL = obj(
                 "maxConnections": integer(0),
                 "connectTimeout": duration(MS_1),
                 "tcpKeepalive": obj(
-                    {"probes": integer(0), "time": duration(), "interval": duration()}
+                    {"probes": integer(0), "time": duration(), "interval": duration()},
+                    name="TCPSettings.TcpKeepalive",
                 ),
                 "maxConnectionDuration": duration(MS_1),
                 "idleTimeout": duration(),
-            }
+            },
+            name="ConnectionPoolSettings.TCPSettings",
         ),
         "http": obj(
             {
@@ -484,10 +518,12 @@ CONNECTION_POOL = obj(
                 "h2UpgradePolicy": enum("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"),
                 "useClientProtocol": boolean(),
                 "maxConcurrentStreams": integer(0),
-            }
+            },
+            name="ConnectionPoolSettings.HTTPSettings",
         ),
     },
     at_least_one=[("tcp", "http")],
+    name="ConnectionPoolSettings",
 )
 
 
@@ -515,6 +551,7 @@ OUTLIER_DETECTION = obj(
         "outlierDetectionHttpErrorCodes": list_of(integer(100, 599)),
     },
     checks=[_outlier_check],
+    name="OutlierDetection",
 )
 
 
@@ -549,9 +586,11 @@ CLIENT_TLS = obj(
         "caCrl": string(),
     },
     checks=[_tls_check],
+    name="ClientTLSSettings",
 )
 RETRY_BUDGET = obj(
-    {"percent": PERCENT, "minRetryConcurrency": integer(0), "budgetInterval": duration()}
+    {"percent": PERCENT, "minRetryConcurrency": integer(0), "budgetInterval": duration()},
+    name="TrafficPolicy.RetryBudget",
 )
 
 _POLICY_FIELDS = {
@@ -572,12 +611,15 @@ PORT_TRAFFIC_POLICY = obj(
         },
     },
     required=["port"],
+    name="TrafficPolicy.PortTrafficPolicy",
 )
+_PORT_LEVEL = list_of(PORT_TRAFFIC_POLICY)
 
 
+@shaped(_PORT_LEVEL)
 def _port_level_unique(value: Any, path: str, ctx: Ctx) -> None:
     before = len(ctx.errors)
-    list_of(PORT_TRAFFIC_POLICY)(value, path, ctx)
+    _PORT_LEVEL(value, path, ctx)
     if len(ctx.errors) != before:
         return  # cross-entry checks need well-formed entries
     seen: set[int] = set()
@@ -589,7 +631,9 @@ def _port_level_unique(value: Any, path: str, ctx: Ctx) -> None:
             seen.add(n)
 
 
-TRAFFIC_POLICY = obj({**_POLICY_FIELDS, "portLevelSettings": _port_level_unique})
+TRAFFIC_POLICY = obj(
+    {**_POLICY_FIELDS, "portLevelSettings": _port_level_unique}, name="TrafficPolicy"
+)
 
 SUBSET = obj(
     {
@@ -598,12 +642,15 @@ SUBSET = obj(
         "trafficPolicy": TRAFFIC_POLICY,
     },
     required=["name"],
+    name="Subset",
 )
+_SUBSETS = list_of(SUBSET)
 
 
+@shaped(_SUBSETS)
 def _subsets(value: Any, path: str, ctx: Ctx) -> None:
     before = len(ctx.errors)
-    list_of(SUBSET)(value, path, ctx)
+    _SUBSETS(value, path, ctx)
     if len(ctx.errors) != before:
         return  # cross-entry checks need well-formed entries
     seen: set[str] = set()
@@ -624,6 +671,7 @@ DESTINATION_RULE = obj(
         "workloadSelector": MATCH_LABELS,
     },
     required=["host"],
+    name="DestinationRule",
 )
 
 # -- ServiceEntry / WorkloadEntry -------------------------------------------------------------
@@ -652,8 +700,8 @@ WORKLOAD_ENTRY_FIELDS = {
 }
 
 
-WORKLOAD_ENTRY = obj(WORKLOAD_ENTRY_FIELDS, required=["address"])
-SE_ENDPOINT = obj(WORKLOAD_ENTRY_FIELDS, required=["address"])
+WORKLOAD_ENTRY = obj(WORKLOAD_ENTRY_FIELDS, required=["address"], name="WorkloadEntry")
+SE_ENDPOINT = obj(WORKLOAD_ENTRY_FIELDS, required=["address"], name="ServiceEntry.endpoints[]")
 
 SE_PORT = obj(
     {
@@ -665,12 +713,15 @@ SE_PORT = obj(
         "appProtocol": string(nonempty=True),
     },
     required=["number", "name"],
+    name="ServicePort",
 )
+_SE_PORTS = list_of(SE_PORT)
 
 
+@shaped(_SE_PORTS)
 def _ports_unique(value: Any, path: str, ctx: Ctx) -> None:
     before = len(ctx.errors)
-    list_of(SE_PORT)(value, path, ctx)
+    _SE_PORTS(value, path, ctx)
     if len(ctx.errors) != before:
         return  # cross-entry checks need well-formed entries
     numbers: set[Any] = set()
@@ -710,8 +761,6 @@ def _service_entry_check(value: dict, path: str, ctx: Ctx) -> None:
             join(path, "resolution"),
             "STATIC without endpoints or workloadSelector: the service has no endpoints",
         )
-    if resolution == "NONE" and endpoints:
-        ctx.warn(join(path, "resolution"), "endpoints are ignored with resolution NONE")
     for i, h in enumerate(value.get("hosts") or []):
         if h == "*" or (h.startswith("*.") and resolution == "DNS"):
             ctx.error(
@@ -734,6 +783,7 @@ SERVICE_ENTRY = obj(
     },
     required=["hosts"],
     checks=[_service_entry_check],
+    name="ServiceEntry",
 )
 
 # ``check_regex`` is re-exported for the sidecar's route compiler.

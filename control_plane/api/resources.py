@@ -4,8 +4,9 @@ validating every document against its kind's schema, and the immutable :class:`R
 Validation happens once, at the edge (``apply``, ``--config``, a pushed snapshot), with this same
 code on both sides. ``load_text``/``load_path`` validate *all* documents and raise one
 :class:`InvalidConfig` listing every error, each naming the file, the document (1-based) and the
-field path. Warnings (valid but suspicious config, such as weights not summing to 100) never
-fail a load; the ``*_with_warnings`` variants return them.
+field path. Warnings (valid but suspicious config, such as weights not summing to 100, and
+every field meshlet accepts without enforcing it, per ``field_status.py``) never fail a load;
+the ``*_with_warnings`` variants return them.
 
 Normalization: ``spec`` is a deep copy of the input with three changes: fields whose value is
 null (``timeout:`` with nothing after it) are dropped, as Istio treats them as unset; integer map
@@ -30,6 +31,7 @@ import yaml
 from control_plane.api import canary, extensions, networking, security
 from control_plane.api.expiry import EXPIRES_AT, parse_expires_at
 from control_plane.api.extensions import RESILIENCE_DEFAULTS, defaults_resilience, parse_hedge_delay
+from control_plane.api.field_status import unenforced, warning_text
 from control_plane.api.schema import (
     LABELS,
     Ctx,
@@ -54,6 +56,7 @@ __all__ = [
     "load_text",
     "load_text_with_warnings",
     "parse_duration",
+    "unenforced_fields",
     "parse_hedge_delay",
     "validate_with_warnings",
 ]
@@ -227,6 +230,9 @@ def _validate(
         spec = {}
     if kind in SCHEMAS:
         SCHEMAS[kind](spec, "spec", ctx)
+        if not ctx.errors:
+            for path, note in unenforced(SCHEMAS[kind], spec):
+                ctx.warn(path, warning_text(note))
 
     def mk(level: str) -> Callable[[tuple[str, str]], ConfigError]:
         return lambda e: ConfigError(source, index, kind, name, e[0], e[1], namespace, level)
@@ -316,6 +322,15 @@ def validate_with_warnings(
     if errors or res is None:
         raise InvalidConfig(errors, warns)
     return res, warns
+
+
+def unenforced_fields(res: Resource) -> list[tuple[str, str]]:
+    """``(field path, warning)`` for each field of a valid resource that meshlet accepts and
+    does not enforce (``field_status.py``): what the sidecar logs when it loads a config."""
+    schema = SCHEMAS.get(res.kind)
+    if schema is None:
+        return []
+    return [(path, warning_text(note)) for path, note in unenforced(schema, res.spec)]
 
 
 def from_dict(doc: dict, source: str = "", index: int = 1) -> Resource:

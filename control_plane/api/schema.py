@@ -36,6 +36,48 @@ class Ctx:
 
 Validator = Callable[[Any, str, Ctx], None]
 
+
+class Shape:
+    """What a validator accepts, for walking a schema without running it: an ``object`` (a named
+    message with its fields and the fields it refuses), a ``list`` or ``map`` of ``item``, or a
+    ``leaf``. The field-status table (``field_status.py``) and its docs generator read this."""
+
+    __slots__ = ("form", "name", "fields", "unsupported", "item")
+
+    def __init__(
+        self,
+        form: str,
+        *,
+        name: str = "",
+        fields: Mapping[str, Validator] | None = None,
+        unsupported: Mapping[str, str] | None = None,
+        item: Validator | None = None,
+    ) -> None:
+        self.form = form
+        self.name = name
+        self.fields = dict(fields or {})
+        self.unsupported = dict(unsupported or {})
+        self.item = item
+
+
+_LEAF = Shape("leaf")
+
+
+def shape_of(v: Validator) -> Shape:
+    return getattr(v, "shape", _LEAF)
+
+
+def shaped(like: Validator) -> Callable[[Validator], Validator]:
+    """Give a hand-written validator the shape of ``like`` (the list or object it checks
+    before its cross-entry checks), so schema walks see through it."""
+
+    def deco(fn: Validator) -> Validator:
+        fn.shape = shape_of(like)  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
 _SIMPLE_KEY = re.compile(r"^[A-Za-z0-9_\-/]+$")
 
 
@@ -323,6 +365,7 @@ def list_of(item: Validator, *, nonempty: bool = False, max_items: int | None = 
         for i, elem in enumerate(value):
             item(elem, index(path, i), ctx)
 
+    v.shape = Shape("list", item=item)  # type: ignore[attr-defined]
     return v
 
 
@@ -353,6 +396,7 @@ def map_of(
                     continue
             val(elem, sub, ctx)
 
+    v.shape = Shape("map", item=val)  # type: ignore[attr-defined]
     return v
 
 
@@ -369,10 +413,12 @@ def obj(
     checks: Iterable[Check] = (),
     unsupported: Mapping[str, str] | None = None,
     nonempty: str = "",
+    name: str = "",
 ) -> Validator:
     """A strict object. Groups name fields of which exactly / at most / at least one may be set;
     ``unsupported`` maps Istio fields meshlet refuses to the reason; ``checks`` run on the whole
-    object after its fields validate; ``nonempty`` is the message for an empty object."""
+    object after its fields validate; ``nonempty`` is the message for an empty object. ``name``
+    is the Istio message name (``HTTPRoute``) under which ``field_status.py`` lists its fields."""
     fields = dict(fields)
     required = tuple(required)
     exactly_one = tuple(exactly_one)
@@ -425,6 +471,8 @@ def obj(
             for check in checks:
                 check(value, path, ctx)
 
+    shape = Shape("object", name=name, fields=fields, unsupported=unsupported)
+    v.shape = shape  # type: ignore[attr-defined]
     return v
 
 

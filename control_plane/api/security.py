@@ -99,6 +99,7 @@ SOURCE = obj(
     },
     nonempty="source must not be empty (set at least one field)",
     checks=[_source_check],
+    name="Source",
 )
 
 PATHS = list_of(string(nonempty=True, check=_path_template))
@@ -114,6 +115,7 @@ OPERATION = obj(
         "notPaths": PATHS,
     },
     nonempty="operation must not be empty (set at least one field)",
+    name="Operation",
 )
 
 # security-ops.md 2.5; `request.headers[...]` and `request.auth.claims[...]` take a name.
@@ -157,14 +159,20 @@ CONDITION = obj(
     required=["key"],
     at_least_one=[("values", "notValues")],
     checks=[_when_check],
+    name="Condition",
 )
 
 RULE = obj(
     {
-        "from": list_of(obj({"source": SOURCE}, required=["source"]), max_items=512),
-        "to": list_of(obj({"operation": OPERATION}, required=["operation"]), max_items=512),
+        "from": list_of(
+            obj({"source": SOURCE}, required=["source"], name="Rule.From"), max_items=512
+        ),
+        "to": list_of(
+            obj({"operation": OPERATION}, required=["operation"], name="Rule.To"), max_items=512
+        ),
         "when": list_of(CONDITION),
-    }
+    },
+    name="Rule",
 )
 
 
@@ -189,9 +197,10 @@ AUTHORIZATION_POLICY = obj(
         "targetRefs": "targetRefs is not supported by meshlet; use selector",
     },
     checks=[_no_custom_action],
+    name="AuthorizationPolicy",
 )
 
-MTLS_MODE = obj({"mode": enum("UNSET", "DISABLE", "PERMISSIVE", "STRICT")})
+MTLS_MODE = obj({"mode": enum("UNSET", "DISABLE", "PERMISSIVE", "STRICT")}, name="MutualTLS")
 
 
 def _peer_auth_check(value: dict, path: str, ctx: Ctx) -> None:
@@ -206,4 +215,5 @@ PEER_AUTHENTICATION = obj(
         "portLevelMtls": map_of(MTLS_MODE, key=port_key, int_keys=True),
     },
     checks=[_peer_auth_check],
+    name="PeerAuthentication",
 )

@@ -172,7 +172,7 @@ class _Compiler:
                     if we.namespace == se.namespace and all(wl.get(k) == v for k, v in sel.items()):
                         selected.add((we.namespace, we.name))
                         endpoints.append(_we_endpoint(we))
-            if not endpoints and spec.get("resolution") == "DNS":
+            if not endpoints and spec.get("resolution") in ("DNS", "DNS_ROUND_ROBIN"):
                 for host in spec.get("hosts") or ():
                     endpoints.append((host, {}, {}, 1, False, "", 0))
             protocols = {
@@ -314,6 +314,8 @@ class _Compiler:
             return None  # Istio drops it at config time for sidecars whose labels differ
         if m.get("sourceNamespace") and m["sourceNamespace"] != self.namespace:
             return None
+        if not _for_sidecars(m.get("gateways")):
+            return None
         headers = [_string_match(k.lower(), v) for k, v in (m.get("headers") or {}).items()]
         headers += [
             _string_match(k.lower(), v, invert=True)
@@ -416,6 +418,8 @@ class _Compiler:
         regular: set[str] = set()  # hosts with a VirtualService that is not an overlay
         for vs in ordered:
             overlay = EXPIRES_AT in (getattr(vs, "annotations", None) or {})
+            if not _vs_for_sidecars(vs.spec):
+                continue
             for host in vs.spec.get("hosts") or ():
                 fq = fqdn(host, vs.namespace)
                 if not overlay:
@@ -471,6 +475,24 @@ class _Compiler:
             resources=tuple(self.resources),
             warnings=tuple(self.warnings),
         )
+
+
+def _for_sidecars(gateways: Any) -> bool:
+    """Istio applies a match block to sidecars only when its ``gateways`` are unset or name
+    the reserved gateway ``mesh``."""
+    return not gateways or "mesh" in gateways
+
+
+def _vs_for_sidecars(spec: Mapping[str, Any]) -> bool:
+    """A VirtualService reaches sidecars when its ``gateways`` are unset or name ``mesh``, or
+    one of its match blocks names ``mesh`` (Istio collects the gateways of both levels)."""
+    if _for_sidecars(spec.get("gateways")):
+        return True
+    return any(
+        "mesh" in (m.get("gateways") or ())
+        for rule in spec.get("http") or ()
+        for m in rule.get("match") or ()
+    )
 
 
 def _spiffe(sa: Any, namespace: str) -> str:
@@ -535,7 +557,9 @@ def _cluster(
     source: str = "",
 ) -> Cluster:
     lb = (policy.get("loadBalancer") or {}).get("simple") or "ROUND_ROBIN"
-    if lb == "LEAST_CONN":
+    if lb == "UNSPECIFIED":
+        lb = "ROUND_ROBIN"
+    elif lb == "LEAST_CONN":
         lb = "LEAST_REQUEST"
     pool = policy.get("connectionPool") or {}
     tcp = pool.get("tcp") or {}

@@ -209,7 +209,7 @@ class Forwarder:
                 await asyncio.sleep(delay)
                 ex.flags = "DI"
             if abort is not None:
-                return self._local(down, head, ex, abort, "FI", "outbound")
+                return self._local(down, head, ex, abort, "FI", "outbound", grpc=grpc_abort)
         extra = self._outbound_headers(head, route, dest, policy, ex)
         target = head.target
         if route.rewrite_uri is not None or route.rewrite_uri_regex is not None:
@@ -571,7 +571,8 @@ class Forwarder:
                 ):
                     await self._backoff(retry, attempt, None, deadline)
                     continue
-                return self._local(down, head, ex, 503, "URX" if attempt > 1 else "UF", reporter)
+                # Envoy flags the last failure and, after retries, the exhausted retries too
+                return self._local(down, head, ex, 503, "UF,URX" if attempt > 1 else "UF", reporter)
             if source is not None and head.expect_continue and not sent_continue:
                 down.send_continue()
                 sent_continue = True
@@ -709,7 +710,7 @@ class Forwarder:
             ):
                 await self._backoff(retry, attempt, None, deadline)
                 continue
-            return self._local(down, head, ex, 503, "URX" if attempt > 1 else "UC", reporter)
+            return self._local(down, head, ex, 503, "UC,URX" if attempt > 1 else "UC", reporter)
 
     async def _hedged(
         self,
@@ -1124,7 +1125,10 @@ class Forwarder:
         flag: str,
         reporter: str,
         body: str | None = None,
+        grpc: int | None = None,
     ) -> None:
+        """``grpc``: the grpc-status to answer with (a fault abort's ``grpcStatus``) instead of
+        the one the HTTP status and flag map to."""
         fb = ex.fallback
         if (
             fb is not None
@@ -1135,9 +1139,13 @@ class Forwarder:
             return
         ex.status = status
         ex.flags = flag
-        if h2grpc.is_grpc(ex.hdrs.get("content-type")):
+        extra: tuple[tuple[str, str], ...] = ()
+        if grpc is not None:
+            ex.grpc = str(grpc)
+            extra = (("grpc-status", ex.grpc),)
+        elif h2grpc.is_grpc(ex.hdrs.get("content-type")):
             ex.grpc = str(h2grpc.status_for_local(status, flag))
-        down.send_local(status, flag, body, (), self.rt.draining)
+        down.send_local(status, flag, body, extra, self.rt.draining)
         self.rt.count_local_reply(status, flag)
         self._account(ex, head, reporter)
 

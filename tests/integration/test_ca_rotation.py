@@ -108,7 +108,9 @@ def test_root_rotation_without_a_failed_request(tmp_path):
                 timeout=20,
                 what="every sidecar dropped the old root",
             )
-        time.sleep(0.5)  # some traffic after the last step
+        after = len(results)
+        # some traffic after the last step: 20 more calls, counted rather than slept for
+        wait_until(lambda: len(results) >= after + 20, timeout=20, what="traffic after retire")
         stop.set()
         t.join(10)
         assert len(results) > 50

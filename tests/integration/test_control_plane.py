@@ -261,12 +261,18 @@ async def test_snapshot_pushed_within_a_second_and_ack_recorded(cp, tmp_path):
         cache = Path(sc.client.cache_path)
         assert json.loads(cache.read_text())["version"] == snap["version"]
         assert stat.S_IMODE(cache.stat().st_mode) == 0o600
-        # An apply that changes nothing pushes nothing.
+        # An apply that changes nothing pushes nothing: the next push the sidecar sees (pushes
+        # are ordered on its one stream) is the change applied after it.
         n = len(sc.applied)
-        await cp.call("POST", "/v1/resources", json={"files": [
+        _, body = await cp.call("POST", "/v1/resources", json={"files": [
             {"source": "r.yaml", "text": VS.format(subset="v1")}]})
-        await asyncio.sleep(0.3)
-        assert len(sc.applied) == n
+        assert [r["action"] for r in body["results"]] == ["unchanged"]
+        await cp.call("POST", "/v1/resources", json={"files": [
+            {"source": "r.yaml", "text": VS.format(subset="v2")}]})
+        await wait_for(lambda: len(sc.applied) > n, what="the push of the change")
+        assert len(sc.applied) == n + 1
+        pushed = sc.applied[n]["resources"][0]["spec"]["http"][0]["route"][0]["destination"]
+        assert pushed["subset"] == "v2"
     finally:
         await sc.client.stop()
 

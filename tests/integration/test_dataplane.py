@@ -259,9 +259,19 @@ async def test_unknown_host_is_404_nr(mesh):
 
 
 async def test_connect_failure_is_503_uf(mesh):
+    # the default policy retries connect failures: as Envoy, the answer names both the last
+    # failure and the exhausted retries, with Envoy's body for that case
     status, headers, body = await _get(mesh, "ghost", "/")
     assert status == 503
-    assert headers["x-meshlet-response-flags"] in ("UF", "URX")
+    assert headers["x-meshlet-response-flags"] == "UF,URX"
+    assert body == (
+        b"upstream connect error or disconnect/reset before headers. "
+        b"retried and the latest reset reason: connection failure"
+    )
+    # without retries only the connect failure is flagged
+    status, headers, body = await _get(mesh, "ghost", "/", headers={"x-envoy-max-retries": "0"})
+    assert status == 503 and headers["x-meshlet-response-flags"] == "UF"
+    assert body.endswith(b"reset reason: connection failure")
 
 
 async def test_keep_alive_reuses_upstream_connections(mesh):

@@ -76,6 +76,10 @@ spec:
     match: [{{headers: {{x-route: {{exact: retry}}}}}}]
     retries: {{attempts: 3, retryOn: unavailable}}
     route: [{{destination: {{host: echo, subset: v1}}}}]
+  - name: aborted
+    match: [{{headers: {{x-route: {{exact: abort}}}}}}]
+    fault: {{abort: {{grpcStatus: RESOURCE_EXHAUSTED, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: echo, subset: v1}}}}]
   - name: split
     match: [{{headers: {{x-route: {{exact: split}}}}}}]
     route:
@@ -199,7 +203,21 @@ async def test_unknown_service_is_a_grpc_status(mesh):
     stub, ch = _stub(mesh, authority="nosuchservice")
     with ch, pytest.raises(grpc.RpcError) as err:
         await _call(stub.Unary, pb2.Msg(), timeout=10)
-    assert err.value.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE)
+    # 404 NR as a gRPC status: UNIMPLEMENTED (gRPC's HTTP mapping, as Envoy answers it), in a
+    # trailers-only response that still names the flag
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    md = dict(err.value.initial_metadata() or ()) | dict(err.value.trailing_metadata() or ())
+    assert md["x-meshlet-response-flags"] == "NR"
+
+
+async def test_fault_abort_answers_its_grpc_status(mesh):
+    pb2 = mesh["pb2"]
+    stub, ch = _stub(mesh)
+    with ch, pytest.raises(grpc.RpcError) as err:
+        await _call(stub.Unary, pb2.Msg(text="hi"), timeout=10, metadata=[("x-route", "abort")])
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    md = dict(err.value.initial_metadata() or ()) | dict(err.value.trailing_metadata() or ())
+    assert md["x-meshlet-response-flags"] == "FI"
 
 
 async def test_grpc_status_in_metrics(mesh):

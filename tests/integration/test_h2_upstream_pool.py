@@ -13,6 +13,7 @@ import pytest
 from proxy.server.h2.client import H2UpstreamPool
 from proxy.server.h2.server import H2ServerProtocol, Limits
 from proxy.server.upstream import UpstreamReset
+from tests.support import until
 
 
 class _Upstream:
@@ -21,6 +22,7 @@ class _Upstream:
         self.connections: set[Any] = set()
         self.active = 0
         self.peak = 0
+        self.held = 0  # handlers waiting for the client to open its flow-control window
         self.gate = asyncio.Event()
         self.limits = Limits()
         self.limits.max_concurrent_streams = streams
@@ -37,7 +39,11 @@ class _Upstream:
                 for _ in range(64):
                     sink.send_data(b"b" * 65536)
                     if sink.paused:
-                        await sink.drain()
+                        self.held += 1
+                        try:
+                            await sink.drain()
+                        finally:
+                            self.held -= 1
                 sink.send_end([("x-trailer", "done")])
                 return
             await self.gate.wait()
@@ -76,10 +82,7 @@ async def _get(pool: H2UpstreamPool, path: str) -> tuple[int, bytes, Any]:
 async def test_streams_beyond_the_peer_limit_wait_or_spread(upstream):
     pool = H2UpstreamPool("127.0.0.1", upstream.port, max_connections=2)
     tasks = [asyncio.ensure_future(_get(pool, f"/r{i}")) for i in range(10)]
-    for _ in range(100):
-        if upstream.active >= 4:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: upstream.active >= 4, what="4 streams at the upstream")
     assert upstream.active == 4  # 2 connections x 2 streams; the rest queue in the pool
     upstream.gate.set()
     results = await asyncio.gather(*tasks)
@@ -106,7 +109,8 @@ async def test_slow_reader_holds_the_response_back_then_gets_it_all(upstream):
     s, _ = await pool.acquire(5)
     resp = await s.start_request("GET", "/big", [("host", "up")], (), [])
     assert resp.status == 200 and s.response_length() == (False, -1)
-    await asyncio.sleep(0.3)  # not reading: windows close, the server's handler waits
+    # not reading: the windows close and the server's handler waits for them to open
+    await until(lambda: upstream.held == 1, what="the upstream held back by flow control")
     buffered = s.body._size
     assert buffered <= 262144 + 2 * 65536
     total = 0
@@ -127,10 +131,7 @@ async def test_goaway_retires_the_connection(upstream):
     first = pool.conns[0]
     for c in list(upstream.connections):
         c.shutdown()  # GOAWAY(NO_ERROR)
-    for _ in range(100):
-        if first.going_away:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: first.going_away, what="GOAWAY seen")
     assert first.going_away and first not in pool.conns
     assert (await _get(pool, "/two"))[1] == b"/two"
     assert pool.conns and pool.conns[0] is not first
@@ -142,17 +143,11 @@ async def test_a_graceful_goaway_lets_streams_in_flight_finish(upstream):
     is pending: that response still arrives whole, and later requests use a new connection."""
     pool = H2UpstreamPool("127.0.0.1", upstream.port)
     pending = asyncio.create_task(_get(pool, "/pending"))
-    for _ in range(200):
-        if upstream.active:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: upstream.active, what="the request at the upstream")
     for c in list(upstream.connections):
         c.shutdown()  # GOAWAY(NO_ERROR, last stream = the pending one)
     first = pool.conns[0]
-    for _ in range(100):
-        if first.going_away:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: first.going_away, what="GOAWAY seen")
     upstream.gate.set()
     status, body, _ = await asyncio.wait_for(pending, 5)
     assert (status, body) == (200, b"/pending")

@@ -13,7 +13,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.support import free_port, start_app, start_sidecar
+from tests.support import free_port, start_app, start_sidecar, until
 
 CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -377,11 +377,21 @@ async def test_fault_abort_and_delay(mesh):
     assert status == 200 and time.monotonic() - t0 >= 0.2
 
 
+def _bulkhead(mesh) -> dict:
+    """The 'bulk' destination's bulkhead as the sidecar's /clusters shows it."""
+    clusters = json.loads(mesh["sidecar"].admin_get("/clusters")[1])["clusters"]
+    return next(c["bulkhead"] for c in clusters if c["service"].startswith("bulk."))
+
+
 async def test_bulkhead_keeps_a_hung_dependency_from_delaying_a_healthy_one(mesh):
     """'bulk' hangs (2 s per call) and its bulkhead is full; calls to 'inventory' through the
     same sidecar at the same time are not delayed."""
+    rejected = _bulkhead(mesh)["rejected"]
     hung = [asyncio.ensure_future(_req(mesh, "bulk", "/delay?ms=2000")) for _ in range(6)]
-    await asyncio.sleep(0.2)
+    await until(
+        lambda: (b := _bulkhead(mesh))["active"] == 2 and b["rejected"] == rejected + 4,
+        what="bulkhead full: 2 calls in, 4 refused",
+    )
     t0 = time.monotonic()
     for _ in range(10):
         status, _, _ = await _req(mesh, "inventory", "/items")

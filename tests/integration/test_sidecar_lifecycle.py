@@ -11,7 +11,7 @@ import subprocess
 
 import aiohttp
 
-from tests.support import start_app, start_sidecar, wait_until
+from tests.support import start_app, start_sidecar, until, wait_until
 
 SE = """
 apiVersion: networking.istio.io/v1
@@ -153,6 +153,15 @@ async def test_sighup_reload_and_invalid_file_keeps_running_config(tmp_path):
         app.stop()
 
 
+def _in_flight(sc) -> int:
+    """Requests the sidecar has in flight to its upstreams, from /clusters."""
+    clusters = json.loads(sc.admin_get("/clusters")[1])["clusters"]
+    # an endpoint shared by several clusters (subsets) is counted once
+    return sum(
+        {ep["address"]: ep["active_requests"] for c in clusters for ep in c["endpoints"]}.values()
+    )
+
+
 async def test_sigterm_drains_in_flight_requests(tmp_path):
     app, port = start_app(tmp_path, "inventory")
     sc = start_sidecar(tmp_path, "orders", port, SE.format(port=port))
@@ -170,7 +179,8 @@ async def test_sigterm_drains_in_flight_requests(tmp_path):
                 return r.status
 
         tasks = [asyncio.ensure_future(slow()) for _ in range(10)]
-        await asyncio.sleep(0.5)  # let the requests reach the app (they take 1.5 s there)
+        # drain only once all ten are in flight upstream (they take 1.5 s at the app)
+        await until(lambda: _in_flight(sc) == 10, what="10 requests in flight")
         sc.proc.signal(signal.SIGTERM)
         results = await asyncio.gather(*tasks)
         assert results == [200] * 10

@@ -77,11 +77,14 @@ def encode_message(text: str) -> str:
 
 def local_reply_headers(status: int, flag: str, message: str,
                         extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-    """The HEADERS of a trailers-only gRPC error answering for a local reply."""
+    """The HEADERS of a trailers-only gRPC error answering for a local reply. A ``grpc-status``
+    in ``extra`` (a fault abort's own code) replaces the one the status and flag map to."""
+    extra = list(extra)
+    code = next((v for n, v in extra if n == "grpc-status"), None)
     out = [
         (":status", "200"),
         ("content-type", "application/grpc"),
-        ("grpc-status", str(status_for_local(status, flag))),
+        ("grpc-status", code if code is not None else str(status_for_local(status, flag))),
     ]
     if message:
         out.append(("grpc-message", encode_message(message)))
@@ -90,7 +93,7 @@ def local_reply_headers(status: int, flag: str, message: str,
         out.append(("x-envoy-overloaded", "true"))
     elif flag == "RL":
         out.append(("x-envoy-ratelimited", "true"))
-    out.extend(extra)
+    out.extend(kv for kv in extra if kv[0] != "grpc-status")
     return out
 
 

@@ -154,7 +154,7 @@ CASES = [
     (
         {**vs_route(), "spec": {"hosts": ["a"], "http": [{"match": []}]}},
         "spec.http[0]",
-        "exactly one of route, redirect, directResponse, delegate",
+        "exactly one of route, directResponse",
     ),
     (vs_match(uri={}), "spec.http[0].match[0].uri", "exactly one of exact, prefix, regex"),
     (
@@ -761,7 +761,11 @@ WARNINGS = [
         "spec.rules[0].to[0].operation.methods[0]",
         "never matches",
     ),
-    (se(resolution="NONE", endpoints=[{"address": "10.0.0.1"}]), "spec.resolution", "ignored"),
+    (
+        se(resolution="NONE", endpoints=[{"address": "10.0.0.1"}]),
+        "spec.resolution",
+        "accepted but not enforced by meshlet: value 'NONE'",
+    ),
     (se(resolution="STATIC"), "spec.resolution", "no endpoints"),
     (
         rules(**{"from": [{"source": {"principals": ["spiffe://cluster.local/ns/a/sa/b"]}}]}),
@@ -802,7 +806,7 @@ VALID = [
         **vs_route(),
         "spec": {
             "hosts": ["*.example.com", "*"],
-            "http": [{"redirect": {"uri": "/b", "redirectCode": 302}}],
+            "http": [{"directResponse": {"status": 302, "body": {"string": "moved"}}}],
         },
     },
     dr(

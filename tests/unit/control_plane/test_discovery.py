@@ -45,3 +45,41 @@ def test_corrupt_cache_is_ignored(tmp_path):
     assert client(tmp_path).load_cache() is None
     (tmp_path / "cache.json").write_text(json.dumps({"no": "version"}))
     assert client(tmp_path).load_cache() is None
+
+
+async def test_stop_lets_the_session_close_its_connection(tmp_path):
+    """stop() closes the stream and waits for the session to end by itself (so it closes its
+    socket, a TLS close needing a round trip) instead of cancelling it mid-close."""
+    import asyncio
+
+    from aiohttp import web
+
+    registered = asyncio.Event()
+    gone = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.json().get("type") == "register":
+                registered.set()
+        gone.set()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        c = DiscoveryClient(f"http://127.0.0.1:{port}", lambda: None, {"service": "a"},
+                            lambda s: None, str(tmp_path / "cache.json"))
+        task = c.start()
+        await asyncio.wait_for(registered.wait(), 10)
+        await c.stop()
+        assert task.done() and not task.cancelled()  # the session ended on its own
+        await asyncio.wait_for(gone.wait(), 10)
+    finally:
+        await runner.cleanup()
