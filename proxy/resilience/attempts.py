@@ -87,7 +87,8 @@ class Attempts:
     __slots__ = (
         "retry", "method", "idem", "source", "deadline", "budget", "gates", "cluster",
         "counters", "dest", "clock", "rng", "wall", "tried", "attempt", "timeout", "delay",
-        "status", "flag", "slot", "hedges",
+        "status", "flag", "slot", "hedges", "outbound", "expected", "grpc_timeout", "grpc",
+        "propagation",
     )
 
     def __init__(
@@ -104,12 +105,21 @@ class Attempts:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | Any = random,
         wall: Callable[[], float] = time.time,
+        *,
+        outbound: bool = False,
+        expected: str | None = None,
+        grpc_timeout: str | None = None,
+        grpc: bool = False,
+        propagation: frozenset[str] | None = None,
     ) -> None:
         """``source``: the request body (``replayable``, ``started``) or None; ``deadline``:
         the absolute time on ``clock`` the request must end by, 0.0 for none; ``dest``: the
         destination's resilience (``budget``, ``hedge``, ``tracker``) or None; ``gates``: the
         ``maxRetries`` gates by cluster name; ``counters``: where refusals and retries are
-        counted (``count_retry``, ``count_protection``, ``count_overflow``)."""
+        counted (``count_retry``, ``count_protection``, ``count_overflow``). The keywords say
+        what `try_headers` writes: ``outbound`` (a request from the local app), the caller's
+        ``x-envoy-expected-rq-timeout-ms`` and ``grpc-timeout`` (``grpc``: a gRPC request), and
+        ``propagation``, the trace headers a try drops (when the sidecar traces), else None."""
         self.retry = retry
         self.method = method
         self.idem = idem_key or method in IDEMPOTENT_METHODS
@@ -131,6 +141,11 @@ class Attempts:
         self.flag = "-"
         self.slot: Any = None  # the maxRetries gate this request holds a slot of
         self.hedges = 0  # hedged copies sent
+        self.outbound = outbound
+        self.expected = expected
+        self.grpc_timeout = grpc_timeout
+        self.grpc = grpc
+        self.propagation = propagation
 
     # -- trying --------------------------------------------------------------------------------
     def begin(self, key: str | None) -> int:
@@ -147,33 +162,36 @@ class Attempts:
         self.timeout = attempt_timeout(self.retry.per_try_timeout, remaining)
         return TRY
 
-    def try_headers(
-        self,
-        extra: list[str],
-        outbound: bool,
-        expected: str | None,
-        grpc_timeout: str | None,
-        grpc: bool,
-        propagation: frozenset[str] | None,
-    ) -> tuple[list[str], frozenset[str] | None]:
-        """This try's extra header lines and the caller's header names they replace: what is
-        left of the deadline in ``x-envoy-expected-rq-timeout-ms`` (outbound only) and
-        ``grpc-timeout``, and ``x-envoy-attempt-count`` from the second try. ``propagation``:
-        the trace headers to drop (when the sidecar traces), else None."""
+    def try_headers(self, extra: list[str], framing: list[str]) -> list[str]:
+        """This try's extra header lines: ``extra``, what is left of the deadline in
+        ``x-envoy-expected-rq-timeout-ms`` (outbound only) and ``grpc-timeout``,
+        ``x-envoy-attempt-count`` from the second try, then ``framing``. The caller's header
+        names they replace are in `drop`."""
         lines = list(extra)
         t = self.timeout
-        repl_expected = repl_grpc = False
-        if t is not None and outbound:
-            lines.append("x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(t))
-            repl_expected = expected is not None
-        if self.attempt > 1:
+        if t is not None:
+            if self.outbound:
+                lines.append("x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(t))
+            if self.attempt > 1:
+                lines.append("x-envoy-attempt-count: %d" % self.attempt)
+            if self.grpc:
+                lines.append(timeout_extra(self.grpc_timeout, t))  # type: ignore[arg-type]
+        elif self.attempt > 1:
             lines.append("x-envoy-attempt-count: %d" % self.attempt)
-        if grpc and t is not None:
-            lines.append(timeout_extra(grpc_timeout, t))  # type: ignore[arg-type]
-            repl_grpc = True
-        if not repl_expected and not repl_grpc:
-            return lines, propagation
-        return lines, _drop(propagation, repl_expected, repl_grpc)
+        if framing:
+            lines += framing
+        return lines
+
+    @property
+    def drop(self) -> frozenset[str] | None:
+        """The caller's header names this try's lines replace (trace headers, the caller's
+        expected-rq-timeout and grpc-timeout when rewritten); None: none."""
+        if self.timeout is None:
+            return self.propagation
+        expected = self.outbound and self.expected is not None
+        if not expected and not self.grpc:
+            return self.propagation
+        return _drop(self.propagation, expected, self.grpc)
 
     def on_pool_overflow(self) -> int:
         """A connectionPool threshold refused the connection (Envoy's circuit breaker)."""

@@ -51,6 +51,7 @@ log = logging.getLogger("meshlet.proxy")
 
 _rand = random.random
 _monotonic = time.monotonic
+_wallclock = time.time
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -458,20 +459,11 @@ class Forwarder:
         request is answered: this shell picks endpoints, dials, sends and waits; every
         decision (retry, back-off, deadline, hedge, which local reply) is the machine's."""
         rt = self.rt
-        hdrs = ex.hdrs
         outbound = reporter == "outbound"
-        ct = hdrs.get("content-type")
-        is_grpc = ct is not None and h2grpc.is_grpc(ct)
-        grpc_timeout = hdrs.get("grpc-timeout") if is_grpc else None
-        expected = hdrs.get("x-envoy-expected-rq-timeout-ms")
-        m = Attempts(
-            _retry_policy(policy.retry, hdrs, outbound), head.method, "idempotency-key" in hdrs,
-            ReplayBody(down.body) if down.body is not None else None,
-            _deadline(ex.start, policy.timeout, grpc_timeout, expected), policy.dest,
-            rt.retry_gates, ex.cluster, rt, _monotonic, rt.random,
-        )
+        m = _machine(down, head, policy, ex, outbound, rt)
         framing = _framing(head)
         outlier = policy.outlier
+        h2 = head.version == 20
         sent_continue = False
         try:
             while True:
@@ -482,12 +474,8 @@ class Forwarder:
                     _note_endpoint(ex, ep, outbound)
                 if act == GIVE_UP:
                     return self._local(down, head, ex, m.status, m.flag, reporter)
-                up_extra, drop = m.try_headers(
-                    extra, outbound, expected, grpc_timeout, is_grpc,
-                    _PROPAGATION if ex.trace is not None else None,
-                )
-                up_extra += framing
-                pool = rt.pool(ep, cluster, head.version == 20 and (is_grpc or ep.tls))
+                up_extra = m.try_headers(extra, framing)
+                pool = rt.pool(ep, cluster, h2 and (m.grpc or ep.tls))
                 # an idle keep-alive connection without a coroutine round trip when there is one
                 take = getattr(pool, "take_idle", None)
                 conn = take() if take is not None else None
@@ -503,13 +491,19 @@ class Forwarder:
                     if delay is not None:
                         act = await self._hedged(
                             down, head, conn, pool, ep, delay, cluster, target, headers,
-                            up_extra, drop, ex, reporter, resp_ops, outlier, m,
+                            up_extra, ex, reporter, resp_ops, outlier, m,
                         )
                     else:
-                        act = await self._single(
-                            down, head, conn, pool, ep, reused, target, headers, up_extra,
-                            drop, ex, reporter, resp_ops, outlier, m,
-                        )
+                        rt.endpoint_started(ep)
+                        try:
+                            result = await self._attempt(
+                                down, head, conn, target, headers, up_extra, source, ex,
+                                reporter, resp_ops, ep, outlier, m,
+                            )
+                        finally:
+                            rt.endpoint_finished(ep)
+                        act = self._settle(down, head, conn, pool, ep, reused, result, ex,
+                                           reporter, outlier, m)
                 if act == BACKOFF:
                     if m.delay > 0:
                         await asyncio.sleep(m.delay)
@@ -538,21 +532,12 @@ class Forwarder:
             return None, False, m.on_connect_failed()
         return conn, reused, TRY
 
-    async def _single(
-        self, down: Any, head: Any, conn: Any, pool: Any, ep: Any, reused: bool, target: str,
-        headers: list[tuple[str, str]], up_extra: list[str], drop: frozenset[str] | None,
-        ex: Exchange, reporter: str, resp_ops: Any, outlier: Any, m: Attempts,
+    def _settle(
+        self, down: Any, head: Any, conn: Any, pool: Any, ep: Any, reused: bool, result: Any,
+        ex: Exchange, reporter: str, outlier: Any, m: Attempts,
     ) -> int:
-        """One unhedged try on ``conn``; the machine's action once it ended (STREAM: done)."""
-        rt = self.rt
-        rt.endpoint_started(ep)
-        try:
-            result = await self._attempt(
-                down, head, conn, target, headers, up_extra, drop, m.source, ex, reporter,
-                resp_ops, ep, outlier, m,
-            )
-        finally:
-            rt.endpoint_finished(ep)
+        """After an unhedged try: the connection back to its pool, and the machine's action
+        (STREAM: the request is done)."""
         if result is None:
             if conn.tunnel is not None:
                 pool.active -= 1  # the connection now belongs to the tunnel, not the pool
@@ -569,7 +554,7 @@ class Forwarder:
             down.keep_alive = False
             self._local(down, head, ex, 400, "DPE", reporter, "Bad Request")
             return STREAM
-        rt.endpoint_outcome(outlier, ep, None, True)
+        self.rt.endpoint_outcome(outlier, ep, None, True)
         if kind == "upe":
             # the upstream's response broke HTTP/1.1: a reset with reason "protocol error"
             return m.on_protocol_error()
@@ -580,9 +565,8 @@ class Forwarder:
 
     async def _hedged(
         self, down: Any, head: Any, conn: Any, pool: Any, ep: Any, delay: float, cluster: Any,
-        target: str, headers: list[tuple[str, str]], up_extra: list[str],
-        drop: frozenset[str] | None, ex: Exchange, reporter: str, resp_ops: Any, outlier: Any,
-        m: Attempts,
+        target: str, headers: list[tuple[str, str]], up_extra: list[str], ex: Exchange,
+        reporter: str, resp_ops: Any, outlier: Any, m: Attempts,
     ) -> int:
         """The first try, hedged: each time ``delay`` (the observed p95, or a fixed delay) passes
         without an answer, another copy goes to an endpoint that has none while the machine
@@ -595,7 +579,7 @@ class Forwarder:
         tries = [(conn, pool, ep)]
         rt.endpoint_started(ep)
         tasks = [loop.create_task(self._attempt(
-            down, head, conn, target, headers, up_extra, drop, None, ex, reporter, resp_ops, ep,
+            down, head, conn, target, headers, up_extra, None, ex, reporter, resp_ops, ep,
             outlier, m, gate,
         ))]
         try:
@@ -621,7 +605,7 @@ class Forwarder:
                 rt.endpoint_started(ep2)
                 tasks.append(loop.create_task(self._attempt(
                     down, head, conn2, target, headers,
-                    up_extra + ["x-envoy-attempt-count: %d" % (m.hedges + 1)], drop, None, ex,
+                    up_extra + ["x-envoy-attempt-count: %d" % (m.hedges + 1)], None, ex,
                     reporter, resp_ops, ep2, outlier, m, gate,
                 )))
             results = await asyncio.gather(*tasks)
@@ -639,24 +623,16 @@ class Forwarder:
 
     async def _attempt(
         self, down: Any, head: Any, conn: Any, target: str, headers: list[tuple[str, str]],
-        up_extra: list[str], drop: frozenset[str] | None, source: Any, ex: Exchange,
-        reporter: str, resp_ops: Any, ep: Any, outlier: Any, m: Attempts, gate: Any = None,
+        up_extra: list[str], source: Any, ex: Exchange, reporter: str, resp_ops: Any, ep: Any,
+        outlier: Any, m: Attempts, gate: Any = None,
     ) -> tuple[str, Any] | None:
         """One try. None when the response was (at least partly) sent; else why it failed.
 
         With a ``gate`` this try races a hedge: the first response head claims the gate (which
         aborts the other try's connection); the loser returns ("lost", ...)."""
         t_sent = _monotonic()
-        fut = conn.start_request(head.method, target, headers, head.connection, up_extra, drop)
-        pump = None
-        if source is not None:
-            whole = source.complete()
-            if whole is None:
-                pump = asyncio.get_running_loop().create_task(_pump(source, conn))
-            else:
-                for data in whole:
-                    conn.send_body(data)
-                conn.end_request(source.trailers)
+        fut = conn.start_request(head.method, target, headers, head.connection, up_extra, m.drop)
+        pump = _send_body(source, conn) if source is not None else None
         # one timer per try (asyncio.timeout costs several times more on this path); an HTTP/1.1
         # connection keeps one timer for its sequential requests instead
         timer = None
@@ -706,7 +682,20 @@ class Forwarder:
         if verdict != STREAM:
             _cancel(pump)  # retried (BACKOFF), or answered from the fallback (GIVE_UP)
             return _R_RETRY if verdict == BACKOFF else None
-        return await self._respond(down, head, conn, resp, ex, reporter, resp_ops, m, pump, source)
+        data, resp_headers = self._respond(down, head, conn, resp, ex, reporter, resp_ops, m)
+        if resp_headers is None:  # an upgrade, or the body broke: answered and accounted
+            if resp.status != 101:
+                _cancel(pump)
+            return None
+        if data is not None and not await self._stream(
+            down, head, conn, data, ex, reporter, m, resp_headers
+        ):
+            _cancel(pump)  # the body broke
+            return None
+        if source is not None:
+            _request_done(down, conn, source, pump, ex)
+        self._account(ex, head, reporter)
+        return None
 
     def _judge(
         self, down: Any, head: Any, conn: Any, resp: Any, ex: Exchange, reporter: str, ep: Any,
@@ -734,11 +723,14 @@ class Forwarder:
                     return GIVE_UP
         return STREAM
 
-    async def _respond(
+    def _respond(
         self, down: Any, head: Any, conn: Any, resp: Any, ex: Exchange, reporter: str,
-        resp_ops: Any, m: Attempts, pump: Any, source: Any,
-    ) -> None:
-        """Stream the response head and body to the caller."""
+        resp_ops: Any, m: Attempts,
+    ) -> tuple[Any, Any]:
+        """The response head to the caller, with the body when it is complete already (one
+        write, no streaming). (None, _) once answered whole; (None, None) when the answer is
+        over already (an upgrade, or a broken body, accounted); else (data read so far, the
+        response headers) for `_stream`."""
         status = resp.status
         extra = []
         if reporter == "outbound":
@@ -752,55 +744,44 @@ class Forwarder:
             down.send_upgrade(resp, resp_headers, extra)
             _tunnel(down, conn)
             self._account(ex, head, reporter)
-            return None
+            return None, None
         rbody = conn.body
         no_body, length = conn.response_length()
         try:
             data = rbody.read_nowait()
-            fb = ex.fallback
-            keep = fb is not None and 200 <= status < 300 and fb.caches(head.method, head.get)
-            if data is not None and rbody.at_eof and not rbody.trailers:
-                # the body is complete already: one write, no streaming
-                if keep:
-                    fb.stale.store(head.host, head.target, status, resp_headers, data)
-                down.send_response(
-                    status, resp.reason, resp_headers, resp.connection, extra, length, True,
-                    data, no_body,
-                )
-                ex.resp_bytes = len(data)
-            else:
-                down.send_response(
-                    status, resp.reason, resp_headers, resp.connection, extra, length, False,
-                    b"", no_body,
-                )
-                await self._stream(down, head, conn, rbody, data, ex, m, keep, resp_headers)
         except ChannelClosed:
-            # the upstream reset mid-body, or the route timeout cut it: the client must see a
-            # broken response, not a short one
-            _cancel(pump)
-            down.reset()
-            if ex.flags != "UT":  # set by _cut_body when the route timeout cut the body
-                ex.flags = "UPE"
-            self._account(ex, head, reporter)
-            return None
-        if source is not None:
-            if pump is not None and not pump.done():
-                # the upstream answered before reading the whole request body
-                _cancel(pump)
-                down.keep_alive = False
-                conn.keep_alive = False
-            ex.req_bytes = source.total
-        self._account(ex, head, reporter)
-        return None
+            self._broken(down, head, ex, reporter)
+            return None, None
+        if data is not None and rbody.at_eof and not rbody.trailers:
+            fb = ex.fallback
+            if fb is not None and 200 <= status < 300 and fb.caches(head.method, head.get):
+                fb.stale.store(head.host, head.target, status, resp_headers, data)
+            down.send_response(
+                status, resp.reason, resp_headers, resp.connection, extra, length, True, data,
+                no_body,
+            )
+            ex.resp_bytes = len(data)
+            return None, _WHOLE
+        down.send_response(
+            status, resp.reason, resp_headers, resp.connection, extra, length, False, b"",
+            no_body,
+        )
+        return (data if data is not None else b""), resp_headers
 
     async def _stream(
-        self, down: Any, head: Any, conn: Any, rbody: Any, data: bytes | None, ex: Exchange,
-        m: Attempts, cache: bool, resp_headers: Any,
-    ) -> None:
+        self, down: Any, head: Any, conn: Any, data: bytes, ex: Exchange, reporter: str,
+        m: Attempts, resp_headers: Any,
+    ) -> bool:
         """The response body, piece by piece, within the route timeout (which spans the whole
-        response, body included, as Envoy's); a copy kept for the stale cache when wanted."""
+        response, body included, as Envoy's); a copy kept for the stale cache when wanted.
+        False when it broke (then answered and accounted here)."""
         fb = ex.fallback
-        keep: list[bytes] | None = [] if cache else None
+        status = ex.status
+        keep: list[bytes] | None = (
+            [] if fb is not None and 200 <= status < 300 and fb.caches(head.method, head.get)
+            else None
+        )
+        rbody = conn.body
         total = 0
         stop = None
         if m.deadline:
@@ -809,10 +790,10 @@ class Forwarder:
             )
         try:
             while True:
-                if data is None:
-                    data = await rbody.read()
                 if not data:
-                    break
+                    data = await rbody.read()
+                    if not data:
+                        break
                 total += len(data)
                 if keep is not None:
                     # a copy for the stale cache, dropped once over its size cap
@@ -821,9 +802,12 @@ class Forwarder:
                     else:
                         keep = None
                 down.send_data(data)
-                data = None
+                data = b""
                 if down.paused:
                     await down.drain()
+        except ChannelClosed:
+            self._broken(down, head, ex, reporter)
+            return False
         finally:
             if stop is not None:
                 stop.cancel()
@@ -831,13 +815,21 @@ class Forwarder:
         down.send_end(trailers)
         ex.resp_bytes = total
         if keep is not None and not trailers:
-            fb.stale.store(head.host, head.target, ex.status, resp_headers, b"".join(keep))
+            fb.stale.store(head.host, head.target, status, resp_headers, b"".join(keep))
         if trailers:
             for name, value in trailers:
                 if name == "grpc-status":
                     ex.grpc = value
                     break
+        return True
 
+    def _broken(self, down: Any, head: Any, ex: Exchange, reporter: str) -> None:
+        """The upstream reset mid-body, or the route timeout cut it: the client must see a
+        broken response, not a short one."""
+        down.reset()
+        if ex.flags != "UT":  # set by _cut_body when the route timeout cut the body
+            ex.flags = "UPE"
+        self._account(ex, head, reporter)
     # -- local replies and accounting --------------------------------------------------------------
     def _local(
         self,
@@ -900,6 +892,26 @@ class Forwarder:
         self.rt.record(ex, head, reporter)
 
 
+def _machine(
+    down: Any, head: Any, policy: Any, ex: Exchange, outbound: bool, rt: Any
+) -> Attempts:
+    """The attempt machine for this request, from the route's compiled policy and the headers
+    the caller sent (its deadline, gRPC, the app's retry overrides)."""
+    hdrs = ex.hdrs
+    ct = hdrs.get("content-type")
+    grpc = ct is not None and h2grpc.is_grpc(ct)
+    grpc_timeout = hdrs.get("grpc-timeout") if grpc else None
+    expected = hdrs.get("x-envoy-expected-rq-timeout-ms")
+    return Attempts(
+        _retry_policy(policy.retry, hdrs, outbound), head.method, "idempotency-key" in hdrs,
+        ReplayBody(down.body) if down.body is not None else None,
+        _deadline(ex.start, policy.timeout, grpc_timeout, expected), policy.dest,
+        rt.retry_gates, ex.cluster, rt, _monotonic, rt.random, _wallclock, outbound=outbound,
+        expected=expected, grpc_timeout=grpc_timeout, grpc=grpc,
+        propagation=_PROPAGATION if ex.trace is not None else None,
+    )
+
+
 def _note_endpoint(ex: Exchange, ep: Any, outbound: bool) -> None:
     ex.upstream = ep.key
     ex.endpoint = ep
@@ -946,6 +958,8 @@ def _framing(head: Any) -> list[str]:
         framing.append("upgrade: websocket")
     return framing
 
+
+_WHOLE: Any = ()  # _respond: the response went out whole
 
 # How a try ended short of a response (constants: a failed try allocates no tuple)
 _R_TIMEOUT = ("timeout", False)
@@ -1124,6 +1138,26 @@ class _FutureWaiter:
     def wake(self) -> None:
         if not self.fut.done():
             self.fut.set_result(None)
+
+
+def _send_body(source: ReplayBody, conn: Any) -> Any:
+    """The request body upstream: at once when it is all here, else a pump task (returned)."""
+    whole = source.complete()
+    if whole is None:
+        return asyncio.get_running_loop().create_task(_pump(source, conn))
+    for data in whole:
+        conn.send_body(data)
+    conn.end_request(source.trailers)
+    return None
+
+
+def _request_done(down: Any, conn: Any, source: ReplayBody, pump: Any, ex: Exchange) -> None:
+    if pump is not None and not pump.done():
+        # the upstream answered before reading the whole request body
+        _cancel(pump)
+        down.keep_alive = False
+        conn.keep_alive = False
+    ex.req_bytes = source.total
 
 
 async def _pump(source: ReplayBody, conn: Any) -> None:

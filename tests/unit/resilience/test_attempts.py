@@ -82,6 +82,7 @@ def machine(
     dest: Any = None,
     gates: dict[str, RetryGate] | None = None,
     counters: Counters | None = None,
+    **headers: Any,
 ) -> Attempts:
     return Attempts(
         retry if retry is not None else policy(),
@@ -96,6 +97,7 @@ def machine(
         clock,
         random.Random(7),
         lambda: 1_700_000_000.0,
+        **headers,
     )
 
 
@@ -132,23 +134,32 @@ def test_try_timeout_is_per_try_within_what_is_left(clock: FakeClock) -> None:
 
 
 def test_try_headers(clock: FakeClock) -> None:
-    m = machine(clock, timeout=2.0)
+    m = machine(clock, timeout=2.0, outbound=True)
     m.begin("a")
-    lines, drop = m.try_headers(["x: 1"], True, None, None, False, None)
-    assert lines == ["x: 1", "x-envoy-expected-rq-timeout-ms: 2000"] and drop is None
+    assert m.try_headers(["x: 1"], ["content-length: 0"]) == [
+        "x: 1", "x-envoy-expected-rq-timeout-ms: 2000", "content-length: 0"
+    ]
+    assert m.drop is None
     # the caller's expected-rq-timeout and grpc-timeout are replaced, the trace headers dropped
     prop = frozenset({"traceparent"})
-    lines, drop = m.try_headers([], True, "5000", "10S", True, prop)
-    assert lines == ["x-envoy-expected-rq-timeout-ms: 2000", "grpc-timeout: 2S"]
-    assert drop == {"traceparent", "x-envoy-expected-rq-timeout-ms", "grpc-timeout"}
+    m = machine(
+        clock, timeout=2.0, outbound=True, expected="5000", grpc_timeout="10S", grpc=True,
+        propagation=prop,
+    )
+    m.begin("a")
+    assert m.try_headers([], []) == ["x-envoy-expected-rq-timeout-ms: 2000", "grpc-timeout: 2S"]
+    assert m.drop == {"traceparent", "x-envoy-expected-rq-timeout-ms", "grpc-timeout"}
     # inbound: no expected-rq-timeout upstream; a shorter grpc-timeout is kept as sent
-    lines, drop = m.try_headers([], False, "5000", "100m", True, None)
-    assert lines == ["grpc-timeout: 100m"] and drop == {"grpc-timeout"}
+    m = machine(clock, timeout=2.0, expected="5000", grpc_timeout="100m", grpc=True)
+    m.begin("a")
+    assert m.try_headers([], []) == ["grpc-timeout: 100m"] and m.drop == {"grpc-timeout"}
+    # no deadline: nothing rewritten; the attempt count from the second try
+    m = machine(clock, expected="5000", grpc_timeout="1S", grpc=True, propagation=prop)
+    m.begin("a")
+    assert m.try_headers([], []) == [] and m.drop is prop
     m.on_connect_failed()
-    clock.advance(m.delay)
     m.begin("b")
-    lines, drop = m.try_headers([], False, None, None, False, prop)
-    assert lines == ["x-envoy-attempt-count: 2"] and drop is prop
+    assert m.try_headers([], []) == ["x-envoy-attempt-count: 2"] and m.drop is prop
 
 
 def test_pool_answers(clock: FakeClock) -> None:
