@@ -47,7 +47,7 @@ from proxy.resilience.deadline import attempt_timeout, format_timeout_ms
 from proxy.resilience.retry import IDEMPOTENT_METHODS, Outcome, RetryPolicy, retry_after_delay
 from proxy.server.h2.grpc import timeout_extra
 
-__all__ = ["BACKOFF", "GIVE_UP", "RETRY_NOW", "STREAM", "TRY", "Attempts"]
+__all__ = ["BACKOFF", "GIVE_UP", "RETRY_NOW", "STREAM", "TRY", "Attempts", "Env"]
 
 # Actions (plain ints: compared on every request, never allocated)
 TRY = 0  # try the picked endpoint with ``timeout`` and `try_headers`
@@ -81,31 +81,53 @@ def _drop(propagation: frozenset[str] | None, expected: bool, grpc: bool) -> fro
     return got  # type: ignore[return-value]
 
 
+class Env:
+    """What every request's machine shares, made once per sidecar (and per test): the clocks,
+    the random source, the counters and the ``maxRetries`` gates by cluster name. ``gates``
+    is read only when a retry is considered, so a subclass may look it up live."""
+
+    __slots__ = ("clock", "wall", "rng", "counters", "gates")
+
+    def __init__(
+        self,
+        counters: Any,
+        gates: dict[str, Any] | None = None,
+        rng: random.Random | Any = random,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        """``counters``: where refusals and retries are counted (``count_retry``,
+        ``count_protection``, ``count_overflow``); ``clock``: monotonic seconds; ``wall``: Unix
+        time (a Retry-After date is wall-clock)."""
+        self.counters = counters
+        self.gates = gates
+        self.rng = rng
+        self.clock = clock
+        self.wall = wall
+
+
 class Attempts:
-    """One request's tries (see the module docstring for its events and actions)."""
+    """One request's tries (see the module docstring for its events and actions).
+
+    Made once per request: the constructor takes positional arguments only and leaves the
+    fields an action sets (``delay``, ``status``, ``flag``, ``hedges``) unset until then."""
 
     __slots__ = (
-        "retry", "method", "idem", "source", "deadline", "budget", "gates", "cluster",
-        "counters", "dest", "clock", "rng", "wall", "tried", "attempt", "timeout", "delay",
-        "status", "flag", "slot", "hedges", "outbound", "expected", "grpc_timeout", "grpc",
-        "propagation",
+        "env", "retry", "method", "idem", "source", "deadline", "dest", "cluster", "tried",
+        "attempt", "timeout", "delay", "status", "flag", "slot", "hedges", "outbound",
+        "expected", "grpc_timeout", "grpc", "propagation",
     )
 
     def __init__(
         self,
+        env: Env,
         retry: RetryPolicy,
         method: str,
         idem_key: bool,
         source: Any,
         deadline: float,
         dest: Any,
-        gates: dict[str, Any] | None,
         cluster: str,
-        counters: Any,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | Any = random,
-        wall: Callable[[], float] = time.time,
-        *,
         outbound: bool = False,
         expected: str | None = None,
         grpc_timeout: str | None = None,
@@ -113,34 +135,24 @@ class Attempts:
         propagation: frozenset[str] | None = None,
     ) -> None:
         """``source``: the request body (``replayable``, ``started``) or None; ``deadline``:
-        the absolute time on ``clock`` the request must end by, 0.0 for none; ``dest``: the
-        destination's resilience (``budget``, ``hedge``, ``tracker``) or None; ``gates``: the
-        ``maxRetries`` gates by cluster name; ``counters``: where refusals and retries are
-        counted (``count_retry``, ``count_protection``, ``count_overflow``). The keywords say
-        what `try_headers` writes: ``outbound`` (a request from the local app), the caller's
+        the absolute time on ``env.clock`` the request must end by, 0.0 for none; ``dest``:
+        the destination's resilience (``budget``, ``hedge``, ``tracker``) or None; ``cluster``:
+        whose ``maxRetries`` gate applies. The rest say what `try_headers` writes:
+        ``outbound`` (a request from the local app), the caller's
         ``x-envoy-expected-rq-timeout-ms`` and ``grpc-timeout`` (``grpc``: a gRPC request), and
         ``propagation``, the trace headers a try drops (when the sidecar traces), else None."""
+        self.env = env
         self.retry = retry
         self.method = method
         self.idem = idem_key or method in IDEMPOTENT_METHODS
         self.source = source
         self.deadline = deadline
         self.dest = dest
-        self.budget = dest.budget if dest is not None else None
-        self.gates = gates
         self.cluster = cluster
-        self.counters = counters
-        self.clock = clock
-        self.rng = rng
-        self.wall = wall
         self.tried: set[str] = set()
         self.attempt = 0  # the try in progress, 1-based
         self.timeout: float | None = None  # this try's timeout (TRY)
-        self.delay = 0.0  # seconds to wait (BACKOFF)
-        self.status = 0  # the local reply (GIVE_UP)
-        self.flag = "-"
         self.slot: Any = None  # the maxRetries gate this request holds a slot of
-        self.hedges = 0  # hedged copies sent
         self.outbound = outbound
         self.expected = expected
         self.grpc_timeout = grpc_timeout
@@ -156,7 +168,7 @@ class Attempts:
         self.tried.add(key)
         remaining = None
         if self.deadline:
-            remaining = self.deadline - self.clock()
+            remaining = self.deadline - self.env.clock()
             if remaining <= 0:
                 return self._give_up(504, "UT")
         self.timeout = attempt_timeout(self.retry.per_try_timeout, remaining)
@@ -217,6 +229,7 @@ class Attempts:
         delay = dest.hedge.delay_s(dest.tracker)
         if delay is None or (self.timeout is not None and delay >= self.timeout):
             return None
+        self.hedges = 0
         return delay
 
     def hedge_armed(self) -> bool:
@@ -227,7 +240,7 @@ class Attempts:
         """The hedge delay passed without an answer: True when one more copy may go out
         (fewer than ``maxHedges`` sent and the budget paid for it); its attempt count is
         ``hedges + 1``."""
-        if self.hedges >= self.dest.hedge.max_hedges or not self.budget.try_withdraw():
+        if self.hedges >= self.dest.hedge.max_hedges or not self.dest.budget.try_withdraw():
             return False
         self.hedges += 1
         return True
@@ -252,7 +265,7 @@ class Attempts:
             return STREAM  # a peer's local overload reply is never retried (Envoy)
         if not self._may_retry(_RESPONSE, status, grpc, ratelimited):
             return STREAM
-        ra = retry_after_delay(retry_after, self.wall()) if retry_after else None
+        ra = retry_after_delay(retry_after, self.env.wall()) if retry_after else None
         return self._backoff(ra)
 
     def response_flag(self, status: int) -> str:
@@ -261,7 +274,7 @@ class Attempts:
 
     def on_try_timeout(self) -> int:
         deadline = self.deadline
-        hit = deadline and self.clock() >= deadline - 0.0005
+        hit = deadline and self.env.clock() >= deadline - 0.0005
         if not hit and self._may_retry(_TIMEOUT, 0, None, False):
             return self._backoff(None)
         return self._give_up(504, "UT")
@@ -305,28 +318,31 @@ class Attempts:
         src = self.source
         if src is not None and not src.replayable:
             return False
-        if self.deadline and self.clock() >= self.deadline:
+        env = self.env
+        if self.deadline and env.clock() >= self.deadline:
             return False
-        if self.slot is None and self.gates:
-            gate = self.gates.get(self.cluster)
+        if self.slot is None:
+            gates = env.gates
+            gate = gates.get(self.cluster) if gates else None
             if gate is not None:  # http.maxRetries: concurrent retries of the cluster
                 if not gate.take():
-                    self.counters.count_overflow(gate.service, "retries")
+                    env.counters.count_overflow(gate.service, "retries")
                     return False
                 self.slot = gate
-        if self.dest is not None and not self.budget.try_withdraw():
-            self.counters.count_protection(self.dest, "budget_skipped")
+        dest = self.dest
+        if dest is not None and not dest.budget.try_withdraw():
+            env.counters.count_protection(dest, "budget_skipped")
             return False
-        self.counters.count_retry(self.dest, outcome)
+        env.counters.count_retry(dest, outcome)
         return True
 
     def _backoff(self, retry_after: float | None) -> int:
         """Envoy's jittered back-off, at least Retry-After, at most what is left."""
-        delay = self.retry.backoff(self.attempt, self.rng)
+        delay = self.retry.backoff(self.attempt, self.env.rng)
         if retry_after is not None and retry_after > delay:
             delay = retry_after
         if self.deadline:
-            left = self.deadline - self.clock()
+            left = self.deadline - self.env.clock()
             if delay > left:
                 delay = left if left > 0.0 else 0.0
         self.delay = delay

@@ -17,7 +17,7 @@ from typing import Any
 from control_plane.api.hosts import split_host_port
 from proxy.authz.engine import RequestAttrs, merged_header_getter
 from proxy.authz.normalize import normalize_path, normalize_target
-from proxy.resilience.attempts import BACKOFF, GIVE_UP, RETRY_NOW, STREAM, TRY, Attempts
+from proxy.resilience.attempts import BACKOFF, GIVE_UP, RETRY_NOW, STREAM, TRY, Attempts, Env
 from proxy.resilience.deadline import effective_timeout, incoming_deadline
 from proxy.routes import match
 from proxy.server import local_reply
@@ -148,6 +148,7 @@ class Forwarder:
 
     def __init__(self, runtime: Any) -> None:
         self.rt = runtime
+        self.env = _RuntimeEnv(runtime)
 
     # -- entry points ------------------------------------------------------------------------------
     async def outbound(self, down: Any, head: Any) -> None:
@@ -460,7 +461,7 @@ class Forwarder:
         decision (retry, back-off, deadline, hedge, which local reply) is the machine's."""
         rt = self.rt
         outbound = reporter == "outbound"
-        m = _machine(down, head, policy, ex, outbound, rt)
+        m = _machine(down, head, policy, ex, outbound, self.env)
         framing = _framing(head)
         outlier = policy.outlier
         h2 = head.version == 20
@@ -892,8 +893,26 @@ class Forwarder:
         self.rt.record(ex, head, reporter)
 
 
+class _RuntimeEnv(Env):
+    """The attempt machines' Env over the runtime: its counters and random source, and its
+    maxRetries gates read live (a config swap replaces them)."""
+
+    __slots__ = ("rt",)
+
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self.counters = rt
+        self.rng = rt.random
+        self.clock = _monotonic
+        self.wall = _wallclock
+
+    @property  # type: ignore[override]
+    def gates(self) -> Any:
+        return self.rt.retry_gates
+
+
 def _machine(
-    down: Any, head: Any, policy: Any, ex: Exchange, outbound: bool, rt: Any
+    down: Any, head: Any, policy: Any, ex: Exchange, outbound: bool, env: Env
 ) -> Attempts:
     """The attempt machine for this request, from the route's compiled policy and the headers
     the caller sent (its deadline, gRPC, the app's retry overrides)."""
@@ -903,12 +922,10 @@ def _machine(
     grpc_timeout = hdrs.get("grpc-timeout") if grpc else None
     expected = hdrs.get("x-envoy-expected-rq-timeout-ms")
     return Attempts(
-        _retry_policy(policy.retry, hdrs, outbound), head.method, "idempotency-key" in hdrs,
+        env, _retry_policy(policy.retry, hdrs, outbound), head.method, "idempotency-key" in hdrs,
         ReplayBody(down.body) if down.body is not None else None,
-        _deadline(ex.start, policy.timeout, grpc_timeout, expected), policy.dest,
-        rt.retry_gates, ex.cluster, rt, _monotonic, rt.random, _wallclock, outbound=outbound,
-        expected=expected, grpc_timeout=grpc_timeout, grpc=grpc,
-        propagation=_PROPAGATION if ex.trace is not None else None,
+        _deadline(ex.start, policy.timeout, grpc_timeout, expected), policy.dest, ex.cluster,
+        outbound, expected, grpc_timeout, grpc, _PROPAGATION if ex.trace is not None else None,
     )
 
 
