@@ -115,7 +115,7 @@ class Attempts:
     __slots__ = (
         "env", "retry", "method", "idem", "source", "deadline", "dest", "cluster", "tried",
         "attempt", "timeout", "delay", "status", "flag", "slot", "hedges", "outbound",
-        "expected", "grpc_timeout", "grpc", "propagation",
+        "expected", "grpc_timeout", "grpc", "propagation", "drop",
     )
 
     def __init__(
@@ -177,8 +177,9 @@ class Attempts:
     def try_headers(self, extra: list[str], framing: list[str]) -> list[str]:
         """This try's extra header lines: ``extra``, what is left of the deadline in
         ``x-envoy-expected-rq-timeout-ms`` (outbound only) and ``grpc-timeout``,
-        ``x-envoy-attempt-count`` from the second try, then ``framing``. The caller's header
-        names they replace are in `drop`."""
+        ``x-envoy-attempt-count`` from the second try, then ``framing``. Sets ``drop``: the
+        caller's header names they replace (trace headers, the caller's expected-rq-timeout and
+        grpc-timeout when rewritten), None for none."""
         lines = list(extra)
         t = self.timeout
         if t is not None:
@@ -192,18 +193,15 @@ class Attempts:
             lines.append("x-envoy-attempt-count: %d" % self.attempt)
         if framing:
             lines += framing
+        if t is None:
+            self.drop = self.propagation
+        else:
+            expected = self.outbound and self.expected is not None
+            if not expected and not self.grpc:
+                self.drop = self.propagation
+            else:
+                self.drop = _drop(self.propagation, expected, self.grpc)
         return lines
-
-    @property
-    def drop(self) -> frozenset[str] | None:
-        """The caller's header names this try's lines replace (trace headers, the caller's
-        expected-rq-timeout and grpc-timeout when rewritten); None: none."""
-        if self.timeout is None:
-            return self.propagation
-        expected = self.outbound and self.expected is not None
-        if not expected and not self.grpc:
-            return self.propagation
-        return _drop(self.propagation, expected, self.grpc)
 
     def on_pool_overflow(self) -> int:
         """A connectionPool threshold refused the connection (Envoy's circuit breaker)."""

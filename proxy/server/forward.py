@@ -472,7 +472,11 @@ class Forwarder:
                 act = m.begin(ep.key if ep is not None else None)
                 ex.attempts = m.attempt
                 if ep is not None:
-                    _note_endpoint(ex, ep, outbound)
+                    ex.upstream = ep.key
+                    ex.endpoint = ep
+                    if outbound:
+                        ex.peer = ep.spiffe_id  # outbound, the peer is the destination
+                        ex.mtls = ep.tls
                 if act == GIVE_UP:
                     return self._local(down, head, ex, m.status, m.flag, reporter)
                 up_extra = m.try_headers(extra, framing)
@@ -513,7 +517,8 @@ class Forwarder:
                 elif act != RETRY_NOW:
                     return
         finally:
-            m.release()
+            if m.slot is not None:
+                m.release()
 
     async def _connect(
         self, pool: Any, cluster: Any, m: Attempts, ep: Any, outlier: Any
@@ -927,14 +932,6 @@ def _machine(
         _deadline(ex.start, policy.timeout, grpc_timeout, expected), policy.dest, ex.cluster,
         outbound, expected, grpc_timeout, grpc, _PROPAGATION if ex.trace is not None else None,
     )
-
-
-def _note_endpoint(ex: Exchange, ep: Any, outbound: bool) -> None:
-    ex.upstream = ep.key
-    ex.endpoint = ep
-    if outbound:
-        ex.peer = ep.spiffe_id  # outbound, the peer is the destination
-        ex.mtls = ep.tls
 
 
 def _retry_policy(retry: Any, hdrs: dict[str, str], outbound: bool) -> Any:
