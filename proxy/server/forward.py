@@ -920,42 +920,32 @@ def _machine(
     down: Any, head: Any, policy: Any, ex: Exchange, outbound: bool, env: Env
 ) -> Attempts:
     """The attempt machine for this request, from the route's compiled policy and the headers
-    the caller sent (its deadline, gRPC, the app's retry overrides)."""
+    the caller sent: its deadline, gRPC, and (from the local app only, never from a remote
+    peer) Envoy's per-request retry overrides."""
     hdrs = ex.hdrs
     ct = hdrs.get("content-type")
     grpc = ct is not None and h2grpc.is_grpc(ct)
     grpc_timeout = hdrs.get("grpc-timeout") if grpc else None
     expected = hdrs.get("x-envoy-expected-rq-timeout-ms")
-    return Attempts(
-        env, _retry_policy(policy.retry, hdrs, outbound), head.method, "idempotency-key" in hdrs,
-        ReplayBody(down.body) if down.body is not None else None,
-        _deadline(ex.start, policy.timeout, grpc_timeout, expected), policy.dest, ex.cluster,
-        outbound, expected, grpc_timeout, grpc, _PROPAGATION if ex.trace is not None else None,
-    )
-
-
-def _retry_policy(retry: Any, hdrs: dict[str, str], outbound: bool) -> Any:
-    """The route's retry policy with Envoy's per-request overrides from the local app (never
-    from a remote peer)."""
+    retry = policy.retry
     if outbound:
         ro = hdrs.get("x-envoy-retry-on")
         rg = hdrs.get("x-envoy-retry-grpc-on")
         mr = hdrs.get("x-envoy-max-retries")
         if ro is not None or rg is not None or mr is not None:
-            return retry.with_request_headers(ro, rg, mr)
-    return retry
-
-
-def _deadline(
-    start: float, route_timeout: Any, grpc_timeout: str | None, expected: str | None
-) -> float:
-    """This request's own deadline (0.0: none): the caller's (gRPC or Envoy header) caps the
-    route timeout and is never extended. Per request: nothing of it may outlive the request."""
+            retry = retry.with_request_headers(ro, rg, mr)
+    # this request's own deadline: the caller's (gRPC or Envoy header) caps the route timeout
+    # and is never extended. Per request: nothing of it may outlive the request.
     if grpc_timeout is None and expected is None:
-        total = route_timeout
+        total = policy.timeout
     else:
-        total = effective_timeout(route_timeout, incoming_deadline(grpc_timeout, expected))
-    return start + total if total else 0.0
+        total = effective_timeout(policy.timeout, incoming_deadline(grpc_timeout, expected))
+    return Attempts(
+        env, retry, head.method, "idempotency-key" in hdrs,
+        ReplayBody(down.body) if down.body is not None else None,
+        ex.start + total if total else 0.0, policy.dest, ex.cluster,
+        outbound, expected, grpc_timeout, grpc, _PROPAGATION if ex.trace is not None else None,
+    )
 
 
 def _framing(head: Any) -> list[str]:
