@@ -52,7 +52,6 @@ log = logging.getLogger("meshlet.proxy")
 _rand = random.random
 _monotonic = time.monotonic
 _wallclock = time.time
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 # Host header -> split_host_port(Host): a handful of distinct values per sidecar, so the split is
@@ -73,10 +72,6 @@ def _host_port(authority: str) -> tuple[str, int]:
 
 # traceparent flags suffix by (sampled | random-trace-id << 1), as inject() formats them
 _FLAGS = ("-00", "-01", "-02", "-03")
-
-
-class Timeout(Exception):
-    pass
 
 
 class Exchange:
@@ -1094,10 +1089,6 @@ class ReplayBody:
                     self.overflow = True
                     self.buf = []
             yield d
-
-
-def source_fresh(source: Any) -> bool:
-    return source is None or not source.started or source.replayable
 
 
 def _cut_body(conn: Any, rbody: Any, down: Any, ex: Exchange) -> None:
