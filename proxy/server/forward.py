@@ -17,13 +17,8 @@ from typing import Any
 from control_plane.api.hosts import split_host_port
 from proxy.authz.engine import RequestAttrs, merged_header_getter
 from proxy.authz.normalize import normalize_path, normalize_target
-from proxy.resilience.deadline import (
-    attempt_timeout,
-    effective_timeout,
-    format_timeout_ms,
-    incoming_deadline,
-)
-from proxy.resilience.retry import Outcome, retry_after_delay
+from proxy.resilience.attempts import BACKOFF, GIVE_UP, RETRY_NOW, STREAM, TRY, Attempts, Env
+from proxy.resilience.deadline import effective_timeout, incoming_deadline
 from proxy.routes import match
 from proxy.server import local_reply
 from proxy.server.channel import ChannelClosed, MalformedBody
@@ -56,9 +51,7 @@ log = logging.getLogger("meshlet.proxy")
 
 _rand = random.random
 _monotonic = time.monotonic
-_GRPC_TIMEOUT = frozenset({"grpc-timeout"})
-_EXPECTED_TIMEOUT = frozenset({"x-envoy-expected-rq-timeout-ms"})
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_wallclock = time.time
 
 
 # Host header -> split_host_port(Host): a handful of distinct values per sidecar, so the split is
@@ -79,10 +72,6 @@ def _host_port(authority: str) -> tuple[str, int]:
 
 # traceparent flags suffix by (sampled | random-trace-id << 1), as inject() formats them
 _FLAGS = ("-00", "-01", "-02", "-03")
-
-
-class Timeout(Exception):
-    pass
 
 
 class Exchange:
@@ -108,7 +97,6 @@ class Exchange:
         "trace",
         "hdrs",
         "downstream",
-        "retry_slot",
         "fallback",
     )
 
@@ -132,7 +120,6 @@ class Exchange:
         self.trace: Any = None
         self.hdrs: dict[str, str] = {}
         self.downstream: tuple[str, int] = ("", 0)  # the caller's address, for the access log
-        self.retry_slot: Any = None  # the maxRetries gate this request holds a retry slot of
         self.fallback: Any = None  # the destination's FallbackPolicy, set once policy is known
 
 
@@ -156,6 +143,7 @@ class Forwarder:
 
     def __init__(self, runtime: Any) -> None:
         self.rt = runtime
+        self.env = _RuntimeEnv(runtime)
 
     # -- entry points ------------------------------------------------------------------------------
     async def outbound(self, down: Any, head: Any) -> None:
@@ -440,8 +428,6 @@ class Forwarder:
             )
             ok = 0 < ex.status < 500 and ex.flags in ("-", "DC")
         finally:
-            if ex.retry_slot is not None:
-                ex.retry_slot.release()
             if bulkhead is not None:
                 bulkhead.release()
             if breaker is not None:
@@ -465,320 +451,145 @@ class Forwarder:
         reporter: str,
         resp_ops: Any,
     ) -> None:
+        """Execute the attempt machine's actions (proxy/resilience/attempts.py) until the
+        request is answered: this shell picks endpoints, dials, sends and waits; every
+        decision (retry, back-off, deadline, hedge, which local reply) is the machine's."""
         rt = self.rt
-        method = head.method
-        framing: list[str] = []
-        if head.chunked:
-            framing.append("transfer-encoding: chunked")
-        elif head.content_length >= 0 and (
-            head.content_length > 0 or method in ("POST", "PUT", "PATCH")
-        ):
-            framing.append("content-length: %d" % head.content_length)
-        if head.upgrade == "websocket":
-            framing.append("connection: upgrade")
-            framing.append("upgrade: websocket")
-        retry = policy.retry
-        hdrs = ex.hdrs
-        if reporter == "outbound":
-            # Envoy's per-request overrides from the local app (never from a remote peer)
-            ro = hdrs.get("x-envoy-retry-on")
-            rg = hdrs.get("x-envoy-retry-grpc-on")
-            mr = hdrs.get("x-envoy-max-retries")
-            if ro is not None or rg is not None or mr is not None:
-                retry = retry.with_request_headers(ro, rg, mr)
-        ct = hdrs.get("content-type")
-        is_grpc = ct is not None and h2grpc.is_grpc(ct)
-        grpc_timeout = hdrs.get("grpc-timeout") if is_grpc else None
-        expected = hdrs.get("x-envoy-expected-rq-timeout-ms")
-        # This request's own deadline: the caller's (gRPC or Envoy header) caps the route
-        # timeout and is never extended. Per request: nothing of it may outlive the request.
-        if grpc_timeout is None and expected is None:
-            total = policy.timeout
-        else:
-            total = effective_timeout(policy.timeout, incoming_deadline(grpc_timeout, expected))
-        deadline = ex.start + total if total else 0.0
-        source = ReplayBody(down.body) if down.body is not None else None
-        idem_key = "idempotency-key" in hdrs
-        dest = policy.dest
+        outbound = reporter == "outbound"
+        m = _machine(down, head, policy, ex, outbound, self.env)
+        framing = _framing(head)
         outlier = policy.outlier
-        tried: set[str] = set()
-        attempt = 0
+        h2 = head.version == 20
         sent_continue = False
-        while True:
-            attempt += 1
-            ex.attempts = attempt
-            ep = rt.pick_endpoint(cluster, tried, outlier)
-            if ep is None:
-                if attempt == 1:
-                    return self._local(down, head, ex, 503, "UH", reporter)
-                return self._local(down, head, ex, 503, "URX", reporter)
-            tried.add(ep.key)
-            ex.upstream = ep.key
-            ex.endpoint = ep
-            if reporter == "outbound":
-                ex.peer = ep.spiffe_id
-                ex.mtls = ep.tls
-            remaining = deadline - _monotonic() if deadline else None
-            if remaining is not None and remaining <= 0:
-                return self._local(down, head, ex, 504, "UT", reporter)
-            try_timeout = attempt_timeout(retry.per_try_timeout, remaining)
-            try_extra = list(extra)
-            drop = _PROPAGATION if ex.trace is not None else None
-            if try_timeout is not None and reporter == "outbound":
-                # what is left of this request's budget for this try, replacing the caller's
-                try_extra.append(
-                    "x-envoy-expected-rq-timeout-ms: " + format_timeout_ms(try_timeout)
-                )
-                if expected is not None:
-                    drop = (drop or frozenset()) | _EXPECTED_TIMEOUT
-            if attempt > 1:
-                try_extra.append("x-envoy-attempt-count: %d" % attempt)
-            if is_grpc and try_timeout is not None:
-                # grpc-timeout rewritten to what is left of this try's budget
-                try_extra.append(h2grpc.timeout_extra(grpc_timeout, try_timeout))
-                drop = (drop or frozenset()) | _GRPC_TIMEOUT
-            pool = rt.pool(ep, cluster, head.version == 20 and (is_grpc or ep.tls))
-            try:
+        try:
+            while True:
+                ep = rt.pick_endpoint(cluster, m.tried, outlier)
+                act = m.begin(ep.key if ep is not None else None)
+                ex.attempts = m.attempt
+                if ep is not None:
+                    ex.upstream = ep.key
+                    ex.endpoint = ep
+                    if outbound:
+                        ex.peer = ep.spiffe_id  # outbound, the peer is the destination
+                        ex.mtls = ep.tls
+                if act == GIVE_UP:
+                    return self._local(down, head, ex, m.status, m.flag, reporter)
+                up_extra = m.try_headers(extra, framing)
+                pool = rt.pool(ep, cluster, h2 and (m.grpc or ep.tls))
                 # an idle keep-alive connection without a coroutine round trip when there is one
                 take = getattr(pool, "take_idle", None)
                 conn = take() if take is not None else None
-                if conn is not None:
-                    reused = True
-                else:
-                    ct = cluster.connect_timeout
-                    conn, reused = await pool.acquire(
-                        min(ct, try_timeout) if try_timeout else ct, try_timeout
-                    )
-            except PoolOverflow:  # a connectionPool threshold (Envoy's circuit breaker)
-                return self._local(down, head, ex, 503, "UO", reporter)  # x-envoy-overloaded
-            except PendingTimeout:
-                return self._local(down, head, ex, 504, "UT", reporter)
-            except (OSError, TimeoutError, ConnectionError) as exc:
-                log.debug("connect to %s failed: %r", ep.key, exc)
-                rt.endpoint_outcome(outlier, ep, None, True)
-                if self._retry(
-                    retry,
-                    Outcome.CONNECT_FAILURE,
-                    0,
-                    None,
-                    head,
-                    idem_key,
-                    attempt,
-                    source,
-                    deadline,
-                    dest,
-                    ex,
-                ):
-                    await self._backoff(retry, attempt, None, deadline)
-                    continue
-                # Envoy flags the last failure and, after retries, the exhausted retries too
-                return self._local(down, head, ex, 503, "UF,URX" if attempt > 1 else "UF", reporter)
-            if source is not None and head.expect_continue and not sent_continue:
-                down.send_continue()
-                sent_continue = True
-            if (
-                attempt == 1
-                and dest is not None
-                and dest.hedge is not None
-                and source is None
-                and (method in IDEMPOTENT or idem_key)
-            ):
-                delay = dest.hedge.delay_s(dest.tracker)
-                if delay is not None and (try_timeout is None or delay < try_timeout):
-                    hedged = await self._hedged(
-                        down,
-                        head,
-                        conn,
-                        pool,
-                        ep,
-                        delay,
-                        cluster,
-                        tried,
-                        target,
-                        headers,
-                        try_extra + framing,
-                        drop,
-                        try_timeout,
-                        ex,
-                        reporter,
-                        resp_ops,
-                        outlier,
-                        retry,
-                        idem_key,
-                        deadline,
-                        dest,
-                    )
-                    if hedged is None:
-                        return
-                    kind, status, retry_after = hedged
-                    if kind == "retry":
-                        await self._backoff(retry, attempt, retry_after, deadline)
-                        continue
-                    if kind == "timeout":
-                        return self._local(down, head, ex, 504, "UT", reporter)
-                    return self._local(down, head, ex, 503, "UC", reporter)
-            rt.endpoint_started(ep)
-            try:
-                result = await self._attempt(
-                    down,
-                    head,
-                    conn,
-                    target,
-                    headers,
-                    try_extra + framing,
-                    drop,
-                    source,
-                    try_timeout,
-                    ex,
-                    reporter,
-                    resp_ops,
-                    ep,
-                    outlier,
-                    retry,
-                    idem_key,
-                    attempt,
-                    deadline,
-                    dest,
-                )
-            finally:
-                rt.endpoint_finished(ep)
-            if result is None:
-                if conn.tunnel is not None:
-                    pool.active -= 1  # the connection now belongs to the tunnel, not the pool
-                else:
-                    pool.release(conn)
-                return
-            # the try failed before any response byte reached the client
-            conn.abort()
-            pool.release(conn)
-            kind, status, retry_after = result
-            if kind == "downstream":
-                return
-            if kind == "malformed":  # the client's body broke its framing: its error, not ours
-                down.keep_alive = False
-                return self._local(down, head, ex, 400, "DPE", reporter, "Bad Request")
-            if kind == "upe":
-                # the upstream's response broke HTTP/1.1: a reset with reason "protocol error"
-                # to the retry policy, and 502 UPE when not retried (Envoy)
-                rt.endpoint_outcome(outlier, ep, None, True)
-                if self._retry(
-                    retry, Outcome.RESET, 0, None, head, idem_key, attempt, source, deadline,
-                    dest, ex,
-                ):
-                    await self._backoff(retry, attempt, None, deadline)
-                    continue
-                return self._local(down, head, ex, 502, "UPE", reporter)
-            if kind == "retry":  # a response the policy retries (already decided and budgeted)
-                await self._backoff(retry, attempt, retry_after, deadline)
-                continue
-            if kind == "timeout":
-                global_hit = deadline and _monotonic() >= deadline - 0.0005
-                rt.endpoint_outcome(outlier, ep, None, True)
-                if not global_hit and self._retry(
-                    retry,
-                    Outcome.TIMEOUT,
-                    0,
-                    None,
-                    head,
-                    idem_key,
-                    attempt,
-                    source,
-                    deadline,
-                    dest,
-                    ex,
-                ):
-                    await self._backoff(retry, attempt, None, deadline)
-                    continue
-                return self._local(down, head, ex, 504, "UT", reporter)
-            # reset: the connection closed or broke before a response head
-            rt.endpoint_outcome(outlier, ep, None, True)
-            got_nothing = not status  # status carries "bytes came back" for resets
-            if (
-                reused
-                and got_nothing
-                and source_fresh(source)
-                and (method in IDEMPOTENT or idem_key)
-                and attempt < 3
-            ):
-                # A keep-alive connection the upstream had just closed: the classic stale-pool
-                # race. The request got no answer at all; Envoy retries these too.
-                tried.discard(ep.key)
-                continue
-            outcome = Outcome.RESET
-            if self._retry(
-                retry, outcome, 0, None, head, idem_key, attempt, source, deadline, dest, ex
-            ):
-                await self._backoff(retry, attempt, None, deadline)
-                continue
-            return self._local(down, head, ex, 503, "UC,URX" if attempt > 1 else "UC", reporter)
+                reused = True
+                if conn is None:
+                    conn, reused, act = await self._connect(pool, cluster, m, ep, outlier)
+                if act == TRY:
+                    source = m.source
+                    if source is not None and head.expect_continue and not sent_continue:
+                        down.send_continue()
+                        sent_continue = True
+                    delay = m.hedge_delay(source is not None)
+                    if delay is not None:
+                        act = await self._hedged(
+                            down, head, conn, pool, ep, delay, cluster, target, headers,
+                            up_extra, ex, reporter, resp_ops, outlier, m,
+                        )
+                    else:
+                        rt.endpoint_started(ep)
+                        try:
+                            result = await self._attempt(
+                                down, head, conn, target, headers, up_extra, source, ex,
+                                reporter, resp_ops, ep, outlier, m,
+                            )
+                        finally:
+                            rt.endpoint_finished(ep)
+                        act = self._settle(down, head, conn, pool, ep, reused, result, ex,
+                                           reporter, outlier, m)
+                if act == BACKOFF:
+                    if m.delay > 0:
+                        await asyncio.sleep(m.delay)
+                elif act == GIVE_UP:
+                    return self._local(down, head, ex, m.status, m.flag, reporter)
+                elif act != RETRY_NOW:
+                    return
+        finally:
+            if m.slot is not None:
+                m.release()
+
+    async def _connect(
+        self, pool: Any, cluster: Any, m: Attempts, ep: Any, outlier: Any
+    ) -> tuple[Any, bool, int]:
+        """A new (or queued-for) connection for this try: (conn, reused, the machine's action)."""
+        t = m.timeout
+        ct = cluster.connect_timeout
+        try:
+            conn, reused = await pool.acquire(min(ct, t) if t else ct, t)
+        except PoolOverflow:  # a connectionPool threshold (Envoy's circuit breaker)
+            return None, False, m.on_pool_overflow()  # x-envoy-overloaded
+        except PendingTimeout:
+            return None, False, m.on_pending_timeout()
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            log.debug("connect to %s failed: %r", ep.key, exc)
+            self.rt.endpoint_outcome(outlier, ep, None, True)
+            return None, False, m.on_connect_failed()
+        return conn, reused, TRY
+
+    def _settle(
+        self, down: Any, head: Any, conn: Any, pool: Any, ep: Any, reused: bool, result: Any,
+        ex: Exchange, reporter: str, outlier: Any, m: Attempts,
+    ) -> int:
+        """After an unhedged try: the connection back to its pool, and the machine's action
+        (STREAM: the request is done)."""
+        if result is None:
+            if conn.tunnel is not None:
+                pool.active -= 1  # the connection now belongs to the tunnel, not the pool
+            else:
+                pool.release(conn)
+            return STREAM
+        # the try failed before any response byte reached the client
+        conn.abort()
+        pool.release(conn)
+        kind = result[0]
+        if kind == "retry":  # a response the machine retries (already decided and budgeted)
+            return BACKOFF
+        if kind == "malformed":  # the client's body broke its framing: its error, not ours
+            down.keep_alive = False
+            self._local(down, head, ex, 400, "DPE", reporter, "Bad Request")
+            return STREAM
+        self.rt.endpoint_outcome(outlier, ep, None, True)
+        if kind == "upe":
+            # the upstream's response broke HTTP/1.1: a reset with reason "protocol error"
+            return m.on_protocol_error()
+        if kind == "timeout":
+            return m.on_try_timeout()
+        # the connection closed or broke before a response head (result[1]: bytes came back)
+        return m.on_reset(ep.key, reused, result[1])
 
     async def _hedged(
-        self,
-        down: Any,
-        head: Any,
-        conn: Any,
-        pool: Any,
-        ep: Any,
-        delay: float,
-        cluster: Any,
-        tried: set[str],
-        target: str,
-        headers: list[tuple[str, str]],
-        up_extra: list[str],
-        drop: frozenset[str] | None,
-        try_timeout: float | None,
-        ex: Exchange,
-        reporter: str,
-        resp_ops: Any,
-        outlier: Any,
-        retry: Any,
-        idem_key: bool,
-        deadline: float,
-        dest: Any,
-    ) -> tuple[str, int, float | None] | None:
+        self, down: Any, head: Any, conn: Any, pool: Any, ep: Any, delay: float, cluster: Any,
+        target: str, headers: list[tuple[str, str]], up_extra: list[str], ex: Exchange,
+        reporter: str, resp_ops: Any, outlier: Any, m: Attempts,
+    ) -> int:
         """The first try, hedged: each time ``delay`` (the observed p95, or a fixed delay) passes
-        without an answer, another copy goes to an endpoint that has none, up to ``maxHedges``
-        copies, each paid from the retry budget; the first response wins and the other
-        connections are aborted."""
+        without an answer, another copy goes to an endpoint that has none while the machine
+        allows (``maxHedges``, each paid from the retry budget); the first response wins and
+        the other connections are aborted."""
         rt = self.rt
         gate = _Gate()
         gate.conns.append(conn)
         loop = asyncio.get_running_loop()
         tries = [(conn, pool, ep)]
         rt.endpoint_started(ep)
-        t1 = loop.create_task(
-            self._attempt(
-                down,
-                head,
-                conn,
-                target,
-                headers,
-                up_extra,
-                drop,
-                None,
-                try_timeout,
-                ex,
-                reporter,
-                resp_ops,
-                ep,
-                outlier,
-                retry,
-                idem_key,
-                1,
-                deadline,
-                dest,
-                gate,
-            )
-        )
-        tasks = [t1]
+        tasks = [loop.create_task(self._attempt(
+            down, head, conn, target, headers, up_extra, None, ex, reporter, resp_ops, ep,
+            outlier, m, gate,
+        ))]
         try:
-            # up to maxHedges copies, each after another ``delay`` without an answer
-            for n in range(2, dest.hedge.max_hedges + 2):
+            while m.hedge_armed():
                 done, _ = await asyncio.wait(tasks, timeout=delay)
-                if done or gate.winner is not None or not dest.budget.try_withdraw():
+                if done or gate.winner is not None or not m.on_hedge_timer():
                     break
-                ep2 = rt.pick_endpoint(cluster, tried, outlier)
-                if ep2 is None or ep2.key in tried:
+                ep2 = rt.pick_endpoint(cluster, m.tried, outlier)
+                if ep2 is None or ep2.key in m.tried:
                     break  # every endpoint already has a copy of this request
                 pool2 = rt.pool(ep2, cluster)
                 try:
@@ -788,37 +599,16 @@ class Forwarder:
                 if gate.winner is not None:
                     pool2.release(conn2)
                     break
-                tried.add(ep2.key)
-                rt.count_protection(dest, "hedge")
+                m.tried.add(ep2.key)
+                rt.count_protection(m.dest, "hedge")
                 tries.append((conn2, pool2, ep2))
                 gate.conns.append(conn2)
                 rt.endpoint_started(ep2)
-                tasks.append(
-                    loop.create_task(
-                        self._attempt(
-                            down,
-                            head,
-                            conn2,
-                            target,
-                            headers,
-                            up_extra + ["x-envoy-attempt-count: %d" % n],
-                            drop,
-                            None,
-                            try_timeout,
-                            ex,
-                            reporter,
-                            resp_ops,
-                            ep2,
-                            outlier,
-                            retry,
-                            idem_key,
-                            1,
-                            deadline,
-                            dest,
-                            gate,
-                        )
-                    )
-                )
+                tasks.append(loop.create_task(self._attempt(
+                    down, head, conn2, target, headers,
+                    up_extra + ["x-envoy-attempt-count: %d" % (m.hedges + 1)], None, ex,
+                    reporter, resp_ops, ep2, outlier, m, gate,
+                )))
             results = await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             for t in tasks:
@@ -830,108 +620,25 @@ class Forwarder:
         finally:
             for _, _, e in tries:
                 rt.endpoint_finished(e)
-        outcome: tuple[str, int, float | None] | None = ("reset", 0, None)
-        for (c, p, _), r in zip(tries, results, strict=True):
-            if r is None:
-                p.release(c)  # the winner, response delivered
-                outcome = None
-            else:
-                c.abort()
-                p.release(c)
-                if outcome is not None and r[0] != "lost":
-                    outcome = r
-        return outcome
-
-    def _retry(
-        self,
-        retry: Any,
-        outcome: Any,
-        status: int,
-        grpc: int | None,
-        head: Any,
-        idem_key: bool,
-        attempt: int,
-        source: Any,
-        deadline: float,
-        dest: Any,
-        ex: Exchange,
-        ratelimited: bool = False,
-    ) -> bool:
-        """The whole retry decision: policy, replayable body, time left, then the budget."""
-        if not retry.should_retry(
-            outcome, status, grpc, head.method, idem_key, False, attempt, ratelimited=ratelimited
-        ):
-            return False
-        if source is not None and not source.replayable:
-            return False
-        if deadline and _monotonic() >= deadline:
-            return False
-        if ex.retry_slot is None:
-            gate = self.rt.retry_gates.get(ex.cluster) if self.rt.retry_gates else None
-            if gate is not None:  # http.maxRetries: concurrent retries of the cluster
-                if not gate.take():
-                    self.rt.count_overflow(gate.service, "retries")
-                    return False
-                ex.retry_slot = gate
-        if dest is not None and not dest.budget.try_withdraw():
-            self.rt.count_protection(dest, "budget_skipped")
-            return False
-        self.rt.count_retry(dest, outcome)
-        return True
-
-    async def _backoff(
-        self, retry: Any, attempt: int, retry_after: float | None, deadline: float
-    ) -> None:
-        delay = retry.backoff(attempt, self.rt.random)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        if deadline:
-            delay = min(delay, max(0.0, deadline - _monotonic()))
-        if delay > 0:
-            await asyncio.sleep(delay)
+        return _hedge_outcome(tries, results, m)
 
     async def _attempt(
-        self,
-        down: Any,
-        head: Any,
-        conn: Any,
-        target: str,
-        headers: list[tuple[str, str]],
-        up_extra: list[str],
-        drop: frozenset[str] | None,
-        source: Any,
-        try_timeout: float | None,
-        ex: Exchange,
-        reporter: str,
-        resp_ops: Any,
-        ep: Any,
-        outlier: Any,
-        retry: Any,
-        idem_key: bool,
-        attempt: int,
-        deadline: float,
-        dest: Any,
-        gate: Any = None,
-    ) -> tuple[str, int, float | None] | None:
+        self, down: Any, head: Any, conn: Any, target: str, headers: list[tuple[str, str]],
+        up_extra: list[str], source: Any, ex: Exchange, reporter: str, resp_ops: Any, ep: Any,
+        outlier: Any, m: Attempts, gate: Any = None,
+    ) -> tuple[str, Any] | None:
         """One try. None when the response was (at least partly) sent; else why it failed.
 
         With a ``gate`` this try races a hedge: the first response head claims the gate (which
         aborts the other try's connection); the loser returns ("lost", ...)."""
         t_sent = _monotonic()
-        fut = conn.start_request(head.method, target, headers, head.connection, up_extra, drop)
-        pump = None
-        if source is not None:
-            whole = source.complete()
-            if whole is None:
-                pump = asyncio.get_running_loop().create_task(_pump(source, conn))
-            else:
-                for data in whole:
-                    conn.send_body(data)
-                conn.end_request(source.trailers)
+        fut = conn.start_request(head.method, target, headers, head.connection, up_extra, m.drop)
+        pump = _send_body(source, conn) if source is not None else None
         # one timer per try (asyncio.timeout costs several times more on this path); an HTTP/1.1
         # connection keeps one timer for its sequential requests instead
         timer = None
         arm = None
+        try_timeout = m.timeout
         if try_timeout is not None:
             arm = getattr(conn, "arm_timeout", None)
             if arm is not None:
@@ -942,16 +649,16 @@ class Forwarder:
             resp = await fut
         except TimeoutError:
             _cancel(pump)
-            return ("timeout", 0, None)
+            return _R_TIMEOUT
         except UpstreamReset as exc:
             _cancel(pump)
             if gate is not None and gate.winner is not None and gate.winner is not conn:
-                return ("lost", 0, None)
+                return _R_LOST
             if source is not None and source.malformed:
-                return ("malformed", 0, None)  # our pump reset the upstream request
+                return _R_MALFORMED  # our pump reset the upstream request
             if type(exc) is UpstreamProtocolError:
-                return ("upe", 0, None)
-            return ("reset", 1 if conn.got_bytes else 0, None)
+                return _R_UPE
+            return _R_RESET_BYTES if conn.got_bytes else _R_RESET
         except asyncio.CancelledError:
             _cancel(pump)
             conn.abort()
@@ -968,10 +675,35 @@ class Forwarder:
         if gate is not None:
             if not gate.claim(conn):
                 _cancel(pump)
-                return ("lost", 0, None)
+                return _R_LOST
             ex.upstream = ep.key
             ex.endpoint = ep
         ex.upstream_ms = (_monotonic() - t_sent) * 1000.0
+        verdict = self._judge(down, head, conn, resp, ex, reporter, ep, outlier, m)
+        if verdict != STREAM:
+            _cancel(pump)  # retried (BACKOFF), or answered from the fallback (GIVE_UP)
+            return _R_RETRY if verdict == BACKOFF else None
+        data, resp_headers = self._respond(down, head, conn, resp, ex, reporter, resp_ops, m)
+        if resp_headers is None:  # an upgrade, or the body broke: answered and accounted
+            if resp.status != 101:
+                _cancel(pump)
+            return None
+        if data is not None and not await self._stream(
+            down, head, conn, data, ex, reporter, m, resp_headers
+        ):
+            _cancel(pump)  # the body broke
+            return None
+        if source is not None:
+            _request_done(down, conn, source, pump, ex)
+        self._account(ex, head, reporter)
+        return None
+
+    def _judge(
+        self, down: Any, head: Any, conn: Any, resp: Any, ex: Exchange, reporter: str, ep: Any,
+        outlier: Any, m: Attempts,
+    ) -> int:
+        """The response head's fate before it is streamed: STREAM, BACKOFF when the machine
+        retries it, GIVE_UP when the fallback answered instead (the connection aborted)."""
         status = resp.status
         ex.status = status
         self.rt.endpoint_outcome(outlier, ep, status, False)
@@ -980,39 +712,32 @@ class Forwarder:
             ex.grpc = grpc_hdr  # a trailers-only gRPC answer
         if status >= 500 or status == 409 or status == 429 or (grpc_hdr and grpc_hdr != "0"):
             grpc = int(grpc_hdr) if grpc_hdr and grpc_hdr.isdigit() else None
-            ratelimited = resp.get("x-envoy-ratelimited") is not None
-            if resp.get("x-envoy-overloaded") is not None:
-                pass  # a peer's local overload reply is never retried (Envoy)
-            elif self._retry(
-                retry,
-                Outcome.RESPONSE,
-                status,
-                grpc,
-                head,
-                idem_key,
-                attempt,
-                source,
-                deadline,
-                dest,
-                ex,
-                ratelimited,
-            ):
-                _cancel(pump)
-                ra = resp.get("retry-after")
-                return ("retry", status, retry_after_delay(ra, time.time()) if ra else None)
+            if m.on_response(
+                status, grpc, resp.get("x-envoy-ratelimited") is not None,
+                resp.get("x-envoy-overloaded") is not None, resp.get("retry-after"),
+            ) == BACKOFF:
+                return BACKOFF
             fb = ex.fallback
             if fb is not None and status >= 500 and fb.applies("5xx", head.method):
                 if self._fallback(down, head, ex, reporter, fb, str(status)):
-                    _cancel(pump)
                     conn.abort()
-                    return None
-        # -- response head
+                    return GIVE_UP
+        return STREAM
+
+    def _respond(
+        self, down: Any, head: Any, conn: Any, resp: Any, ex: Exchange, reporter: str,
+        resp_ops: Any, m: Attempts,
+    ) -> tuple[Any, Any]:
+        """The response head to the caller, with the body when it is complete already (one
+        write, no streaming). (None, _) once answered whole; (None, None) when the answer is
+        over already (an upgrade, or a broken body, accounted); else (data read so far, the
+        response headers) for `_stream`."""
+        status = resp.status
         extra = []
         if reporter == "outbound":
             extra.append("x-envoy-upstream-service-time: %d" % int(ex.upstream_ms))
-        if attempt > 1:
-            ex.flags = "URX" if status >= 500 else "-"
-        rbody = conn.body
+        if m.attempt > 1:
+            ex.flags = m.response_flag(status)
         resp_headers = resp.headers
         if resp_ops is not None:
             resp_headers = apply_ops(apply_ops(resp_headers, resp_ops[0]), resp_ops[1])
@@ -1020,101 +745,92 @@ class Forwarder:
             down.send_upgrade(resp, resp_headers, extra)
             _tunnel(down, conn)
             self._account(ex, head, reporter)
-            return None
+            return None, None
+        rbody = conn.body
         no_body, length = conn.response_length()
-        # -- response body, with a fast path for a body that is already complete
-        cut: list[bool] | None = None
         try:
             data = rbody.read_nowait()
-            fb = ex.fallback
-            keep: list[bytes] | None = (
-                []
-                if fb is not None and 200 <= status < 300 and fb.caches(head.method, head.get)
-                else None
-            )
-            if data is not None and rbody.at_eof and not rbody.trailers:
-                if keep is not None:
-                    fb.stale.store(head.host, head.target, status, resp_headers, data)
-                down.send_response(
-                    status,
-                    resp.reason,
-                    resp_headers,
-                    resp.connection,
-                    extra,
-                    length,
-                    True,
-                    data,
-                    no_body,
-                )
-                ex.resp_bytes = len(data)
-            else:
-                down.send_response(
-                    status,
-                    resp.reason,
-                    resp_headers,
-                    resp.connection,
-                    extra,
-                    length,
-                    False,
-                    b"",
-                    no_body,
-                )
-                total = 0
-                stop = None
-                if deadline:
-                    # the route timeout spans the whole response, body included (Envoy)
-                    cut = []
-                    stop = asyncio.get_running_loop().call_later(
-                        max(0.0, deadline - _monotonic()), _cut_body, conn, rbody, down, cut
-                    )
-                try:
-                    while True:
-                        if data is None:
-                            data = await rbody.read()
-                        if not data:
-                            break
-                        total += len(data)
-                        if keep is not None:
-                            # a copy for the stale cache, dropped once over its size cap
-                            if total <= fb.stale.max_body:
-                                keep.append(data)
-                            else:
-                                keep = None
-                        down.send_data(data)
-                        data = None
-                        if down.paused:
-                            await down.drain()
-                finally:
-                    if stop is not None:
-                        stop.cancel()
-                trailers = rbody.trailers
-                down.send_end(trailers)
-                ex.resp_bytes = total
-                if keep is not None and not trailers:
-                    fb.stale.store(head.host, head.target, status, resp_headers, b"".join(keep))
-                if trailers:
-                    for name, value in trailers:
-                        if name == "grpc-status":
-                            ex.grpc = value
-                            break
         except ChannelClosed:
-            # the upstream reset mid-body, or the route timeout cut it: the client must see a
-            # broken response, not a short one
-            _cancel(pump)
-            down.reset()
-            ex.flags = "UT" if cut else "UPE"
-            self._account(ex, head, reporter)
-            return None
-        if source is not None:
-            if pump is not None and not pump.done():
-                # the upstream answered before reading the whole request body
-                _cancel(pump)
-                down.keep_alive = False
-                conn.keep_alive = False
-            ex.req_bytes = source.total
-        self._account(ex, head, reporter)
-        return None
+            self._broken(down, head, ex, reporter)
+            return None, None
+        if data is not None and rbody.at_eof and not rbody.trailers:
+            fb = ex.fallback
+            if fb is not None and 200 <= status < 300 and fb.caches(head.method, head.get):
+                fb.stale.store(head.host, head.target, status, resp_headers, data)
+            down.send_response(
+                status, resp.reason, resp_headers, resp.connection, extra, length, True, data,
+                no_body,
+            )
+            ex.resp_bytes = len(data)
+            return None, _WHOLE
+        down.send_response(
+            status, resp.reason, resp_headers, resp.connection, extra, length, False, b"",
+            no_body,
+        )
+        return (data if data is not None else b""), resp_headers
 
+    async def _stream(
+        self, down: Any, head: Any, conn: Any, data: bytes, ex: Exchange, reporter: str,
+        m: Attempts, resp_headers: Any,
+    ) -> bool:
+        """The response body, piece by piece, within the route timeout (which spans the whole
+        response, body included, as Envoy's); a copy kept for the stale cache when wanted.
+        False when it broke (then answered and accounted here)."""
+        fb = ex.fallback
+        status = ex.status
+        keep: list[bytes] | None = (
+            [] if fb is not None and 200 <= status < 300 and fb.caches(head.method, head.get)
+            else None
+        )
+        rbody = conn.body
+        total = 0
+        stop = None
+        if m.deadline:
+            stop = asyncio.get_running_loop().call_later(
+                max(0.0, m.deadline - _monotonic()), _cut_body, conn, rbody, down, ex
+            )
+        try:
+            while True:
+                if not data:
+                    data = await rbody.read()
+                    if not data:
+                        break
+                total += len(data)
+                if keep is not None:
+                    # a copy for the stale cache, dropped once over its size cap
+                    if total <= fb.stale.max_body:
+                        keep.append(data)
+                    else:
+                        keep = None
+                down.send_data(data)
+                data = b""
+                if down.paused:
+                    await down.drain()
+        except ChannelClosed:
+            self._broken(down, head, ex, reporter)
+            return False
+        finally:
+            if stop is not None:
+                stop.cancel()
+        trailers = rbody.trailers
+        down.send_end(trailers)
+        ex.resp_bytes = total
+        if keep is not None and not trailers:
+            fb.stale.store(head.host, head.target, status, resp_headers, b"".join(keep))
+        if trailers:
+            for name, value in trailers:
+                if name == "grpc-status":
+                    ex.grpc = value
+                    break
+        return True
+
+    def _broken(self, down: Any, head: Any, ex: Exchange, reporter: str) -> None:
+        """The upstream reset mid-body, or the route timeout cut it: the client must see a
+        broken response, not a short one."""
+        down.reset()
+        if ex.flags != "UT":  # set by _cut_body when the route timeout cut the body
+            ex.flags = "UPE"
+        self._account(ex, head, reporter)
     # -- local replies and accounting --------------------------------------------------------------
     def _local(
         self,
@@ -1182,6 +898,104 @@ class Forwarder:
 
     def _account(self, ex: Exchange, head: Any, reporter: str) -> None:
         self.rt.record(ex, head, reporter)
+
+
+class _RuntimeEnv(Env):
+    """The attempt machines' Env over the runtime: its counters and random source, and its
+    maxRetries gates read live (a config swap replaces them)."""
+
+    __slots__ = ("rt",)
+
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self.counters = rt
+        self.rng = rt.random
+        self.clock = _monotonic
+        self.wall = _wallclock
+
+    @property  # type: ignore[override]
+    def gates(self) -> Any:
+        return self.rt.retry_gates
+
+
+def _machine(
+    down: Any, head: Any, policy: Any, ex: Exchange, outbound: bool, env: Env
+) -> Attempts:
+    """The attempt machine for this request, from the route's compiled policy and the headers
+    the caller sent: its deadline, gRPC, and (from the local app only, never from a remote
+    peer) Envoy's per-request retry overrides."""
+    hdrs = ex.hdrs
+    ct = hdrs.get("content-type")
+    grpc = ct is not None and h2grpc.is_grpc(ct)
+    grpc_timeout = hdrs.get("grpc-timeout") if grpc else None
+    expected = hdrs.get("x-envoy-expected-rq-timeout-ms")
+    retry = policy.retry
+    if outbound:
+        ro = hdrs.get("x-envoy-retry-on")
+        rg = hdrs.get("x-envoy-retry-grpc-on")
+        mr = hdrs.get("x-envoy-max-retries")
+        if ro is not None or rg is not None or mr is not None:
+            retry = retry.with_request_headers(ro, rg, mr)
+    # this request's own deadline: the caller's (gRPC or Envoy header) caps the route timeout
+    # and is never extended. Per request: nothing of it may outlive the request.
+    if grpc_timeout is None and expected is None:
+        total = policy.timeout
+    else:
+        total = effective_timeout(policy.timeout, incoming_deadline(grpc_timeout, expected))
+    return Attempts(
+        env, retry, head.method, "idempotency-key" in hdrs,
+        ReplayBody(down.body) if down.body is not None else None,
+        ex.start + total if total else 0.0, policy.dest, ex.cluster,
+        outbound, expected, grpc_timeout, grpc, _PROPAGATION if ex.trace is not None else None,
+    )
+
+
+def _framing(head: Any) -> list[str]:
+    """The request's framing header lines, as the upstream connection must send them."""
+    framing: list[str] = []
+    if head.chunked:
+        framing.append("transfer-encoding: chunked")
+    elif head.content_length >= 0 and (
+        head.content_length > 0 or head.method in ("POST", "PUT", "PATCH")
+    ):
+        framing.append("content-length: %d" % head.content_length)
+    if head.upgrade == "websocket":
+        framing.append("connection: upgrade")
+        framing.append("upgrade: websocket")
+    return framing
+
+
+_WHOLE: Any = ()  # _respond: the response went out whole
+
+# How a try ended short of a response (constants: a failed try allocates no tuple)
+_R_TIMEOUT = ("timeout", False)
+_R_LOST = ("lost", False)  # a hedged copy that another copy beat
+_R_MALFORMED = ("malformed", False)
+_R_UPE = ("upe", False)
+_R_RESET = ("reset", False)  # [1]: whether any bytes came back
+_R_RESET_BYTES = ("reset", True)
+_R_RETRY = ("retry", False)  # the machine retries the response it got
+
+
+def _hedge_outcome(tries: list[Any], results: list[Any], m: Attempts) -> int:
+    """Settle the hedged copies: the winner's connection goes back to its pool, the others
+    are aborted; the action is STREAM once one answered, else what failed (a retried
+    response backs off; a timeout or reset gives up)."""
+    outcome: Any = _R_RESET
+    for (c, p, _), r in zip(tries, results, strict=True):
+        if r is None:
+            p.release(c)  # the winner, response delivered
+            outcome = None
+        else:
+            c.abort()
+            p.release(c)
+            if outcome is not None and r[0] != "lost":
+                outcome = r
+    if outcome is None:
+        return STREAM
+    if outcome[0] == "retry":
+        return BACKOFF
+    return m.on_hedges_failed(outcome[0] == "timeout")
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -1284,15 +1098,11 @@ class ReplayBody:
             yield d
 
 
-def source_fresh(source: Any) -> bool:
-    return source is None or not source.started or source.replayable
-
-
-def _cut_body(conn: Any, rbody: Any, down: Any, cut: list[bool]) -> None:
+def _cut_body(conn: Any, rbody: Any, down: Any, ex: Exchange) -> None:
     """The route timeout fired while the response body was streaming: reset both sides. The
     status already went out, so the client learns it from the broken framing (HTTP/1.1: the
     connection closes before the body's end; HTTP/2: RST_STREAM), as from Envoy."""
-    cut.append(True)
+    ex.flags = "UT"
     rbody.set_exception(ChannelClosed("route timeout during the response body"))
     conn.abort()
     down.reset()
@@ -1330,6 +1140,26 @@ class _FutureWaiter:
     def wake(self) -> None:
         if not self.fut.done():
             self.fut.set_result(None)
+
+
+def _send_body(source: ReplayBody, conn: Any) -> Any:
+    """The request body upstream: at once when it is all here, else a pump task (returned)."""
+    whole = source.complete()
+    if whole is None:
+        return asyncio.get_running_loop().create_task(_pump(source, conn))
+    for data in whole:
+        conn.send_body(data)
+    conn.end_request(source.trailers)
+    return None
+
+
+def _request_done(down: Any, conn: Any, source: ReplayBody, pump: Any, ex: Exchange) -> None:
+    if pump is not None and not pump.done():
+        # the upstream answered before reading the whole request body
+        _cancel(pump)
+        down.keep_alive = False
+        conn.keep_alive = False
+    ex.req_bytes = source.total
 
 
 async def _pump(source: ReplayBody, conn: Any) -> None:
