@@ -37,9 +37,11 @@ from typing import Any
 
 from ._duration import parse_duration
 
+# A failure after retries carries both flags, as Envoy logs it ("UF,URX", "UC,URX"): either
+# trigger answers it.
 TRIGGERS: dict[str, frozenset[str]] = {
-    "connectFailure": frozenset({"UF", "UC", "UH"}),
-    "retriesExhausted": frozenset({"URX", "5xx"}),
+    "connectFailure": frozenset({"UF", "UC", "UH", "UF,URX", "UC,URX"}),
+    "retriesExhausted": frozenset({"URX", "5xx", "UF,URX", "UC,URX"}),
     "timeout": frozenset({"UT"}),
     "circuitOpen": frozenset({"UO"}),
 }

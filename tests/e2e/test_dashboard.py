@@ -129,10 +129,11 @@ def test_dashboard_shows_the_demo_mesh_live(tmp_path):
                     return cells[2]
             return None
 
+        # the demo's canary scenario promoted v2 and rolled the faulty v3 back: the split it left
         assert wait_until(split_row, 20, 0.5, "the canary route") == \
-            "orders/v1 80% · orders/v2 20%"
+            "orders/v2 100% · orders/v3 0%"
         proxies = driver.find_elements(By.CSS_SELECTOR, "#proxies tbody tr")
-        assert len(proxies) == 5 and all("SYNCED" in r.text and " in " in r.text
+        assert len(proxies) == 6 and all("SYNCED" in r.text and " in " in r.text
                                          for r in proxies), [r.text for r in proxies]
 
         # live tap: a request this test sends shows up

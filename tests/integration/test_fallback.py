@@ -133,7 +133,7 @@ async def test_static_fallback_when_no_upstream_answers(mesh):
     assert (status, body) == (200, b'{"items": []}')
     assert headers["x-meshlet-fallback"] == "static"
     assert headers["x-meshlet-response-flags"] == "FB"
-    assert headers["x-meshlet-fallback-cause"] == "URX"  # connect failures, retried
+    assert headers["x-meshlet-fallback-cause"] == "UF,URX"  # connect failures, retried
     assert headers["content-type"] == "application/json"
     # HEAD gets the head of it
     status, headers, body = await _req(mesh, "gone", "/items", "HEAD")
@@ -154,7 +154,7 @@ async def test_static_fallback_when_no_upstream_answers(mesh):
 
 async def test_never_for_post_unless_asked(mesh):
     status, headers, body = await _req(mesh, "gone", "/pay", "POST", data=b"{}")
-    assert status == 503 and headers["x-meshlet-response-flags"] == "URX"
+    assert status == 503 and headers["x-meshlet-response-flags"] == "UF,URX"
     assert "x-meshlet-fallback" not in headers
     status, headers, body = await _req(mesh, "gone-post", "/pay", "POST", data=b"{}")
     assert (status, body, headers["x-meshlet-fallback"]) == (202, b"queued", "static")
@@ -196,7 +196,7 @@ async def test_stale_answer_after_the_app_is_gone_then_expires(mesh):
     t_stop = time.monotonic()
     status, headers, body = await _req(mesh, "doomed", "/catalog")
     assert (status, body, headers["x-meshlet-fallback"]) == (200, good, "stale")
-    assert headers["x-meshlet-fallback-cause"] == "URX"  # connect failure, retried, no answer
+    assert headers["x-meshlet-fallback-cause"] == "UF,URX"  # connect failure, retried, no answer
     # maxAge 2s: poll until the entry is too old, then the error itself comes back
     deadline = time.monotonic() + 30
     while True:
@@ -205,7 +205,7 @@ async def test_stale_answer_after_the_app_is_gone_then_expires(mesh):
             break
         assert time.monotonic() < deadline, "the stale entry never expired"
         await asyncio.sleep(0.2)
-    assert status == 503 and headers["x-meshlet-response-flags"] == "URX"
+    assert status == 503 and headers["x-meshlet-response-flags"] == "UF,URX"
     assert time.monotonic() - t_stop > 1.0
 
 

@@ -312,7 +312,10 @@ spec:
 
 async def test_explain_outbound_and_inbound(mesh):
     await _wait_routable(mesh)
-    r = mesh["cp"].cli("proxy-config", "explain", "orders.default", "--host", "inventory:8080",
+    # by node id: the orders sidecar restarted by an earlier test stays registered under its old
+    # address for the grace period (the control plane restores registrations across a restart)
+    node = f"orders.default@127.0.0.1:{mesh['orders'].inbound}"
+    r = mesh["cp"].cli("proxy-config", "explain", node, "--host", "inventory:8080",
                        "--path", "/items?x=1", "-o", "json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)

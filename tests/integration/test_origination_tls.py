@@ -262,7 +262,7 @@ async def test_istio_mutual_refuses_a_peer_with_another_identity(mesh):
     """The ServiceEntry says the endpoint runs as ``payments``; it presents ``inventory``."""
     status, headers, _ = await _get(mesh, "wrong-identity")
     # a connect failure, retried by the default policy (connect-failure), then given up
-    assert (status, headers["x-meshlet-response-flags"]) == (503, "URX")
+    assert (status, headers["x-meshlet-response-flags"]) == (503, "UF,URX")
 
 
 async def test_istio_mutual_subject_alt_names_name_the_accepted_identities(mesh):
@@ -285,12 +285,12 @@ async def test_simple_tls_verifies_the_server_name(mesh):
 
 async def test_simple_tls_with_subject_alt_names_refuses_another_name(mesh):
     status, headers, _ = await _get(mesh, "ext-san")
-    assert (status, headers["x-meshlet-response-flags"]) == (503, "URX")
+    assert (status, headers["x-meshlet-response-flags"]) == (503, "UF,URX")
 
 
 async def test_simple_tls_against_the_system_roots_refuses_a_private_ca(mesh):
     status, headers, _ = await _get(mesh, "ext-system-roots")
-    assert (status, headers["x-meshlet-response-flags"]) == (503, "URX")
+    assert (status, headers["x-meshlet-response-flags"]) == (503, "UF,URX")
 
 
 async def test_insecure_skip_verify(mesh):
