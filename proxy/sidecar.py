@@ -87,7 +87,6 @@ class Sidecar:
         self.identity: Any = None
         self.discovery: Any = None
         self.uplink: Any = None
-        self._said: set[tuple[str, str, str]] = set()  # config warnings already logged
         self.state_dir = opts.state_dir or ""
         self._stopped: asyncio.Event | None = None
         self._draining_task: asyncio.Task[Any] | None = None
@@ -176,23 +175,13 @@ class Sidecar:
     def apply_snapshot(self, snap: dict[str, Any]) -> None:
         """A pushed snapshot: validated with the same code the control plane used, compiled,
         swapped; raising makes the discovery client NACK it and keep the last good table."""
-        from control_plane.api.resources import InvalidConfig, from_dict, validate_with_warnings
+        from control_plane.api.resources import InvalidConfig, from_dict
 
         resources, errors = [], []
         for i, doc in enumerate(snap.get("resources") or (), 1):
             try:
-                source = f"snapshot {snap.get('version')}"
-                if isinstance(doc, dict) and doc.get("kind") == "Sidecar":
-                    # its listener fields are accepted but not enforced yet: say so here
-                    res, warns = validate_with_warnings(doc, source, i)
-                    for w in warns:
-                        said = (res.ref, w.field, w.reason)
-                        if said not in self._said:  # once, not at every push
-                            self._said.add(said)
-                            log.warning("%s %s: %s", res.ref, w.field, w.reason)
-                    resources.append(res)
-                else:
-                    resources.append(from_dict(doc, source, i))
+                # fields accepted but not enforced are logged by _warn_unenforced, once
+                resources.append(from_dict(doc, f"snapshot {snap.get('version')}", i))
             except InvalidConfig as exc:
                 errors.extend(exc.errors)
         if errors:

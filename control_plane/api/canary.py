@@ -83,6 +83,7 @@ SUCCESS_RATE = obj(
         "maxDropFromStable": number(0, 100),
     },
     at_least_one=[("min", "maxDropFromStable")],
+    name="Canary.SuccessRate",
 )
 LATENCY_P99 = obj(
     {
@@ -91,6 +92,7 @@ LATENCY_P99 = obj(
         "maxRatioToStable": number(1.0),
     },
     at_least_one=[("max", "maxRatioToStable")],
+    name="Canary.LatencyP99",
 )
 WEBHOOK = obj(
     {
@@ -101,6 +103,7 @@ WEBHOOK = obj(
         "metadata": map_of(string()),
     },
     required=["name", "type", "url"],
+    name="Canary.Webhook",
 )
 
 
@@ -142,12 +145,14 @@ ANALYSIS = obj(
         "checks": obj(
             {"successRate": SUCCESS_RATE, "latencyP99": LATENCY_P99},
             at_least_one=[("successRate", "latencyP99")],
+            name="Canary.Checks",
         ),
         "webhooks": list_of(WEBHOOK, nonempty=True),
     },
     required=["interval", "threshold", "minRequests", "checks"],
     exactly_one=[("stepWeight", "stepWeights")],
     checks=[_analysis_check],
+    name="Canary.Analysis",
 )
 
 
@@ -166,6 +171,7 @@ CANARY = obj(
     },
     required=["host", "stable", "canary", "analysis"],
     checks=[_canary_check],
+    name="Canary",
 )
 
 

@@ -42,7 +42,8 @@ listed once per kind.
 
 Every kind: `apiVersion`, `kind`, `metadata.name`, `metadata.namespace`, `metadata.labels` and
 `metadata.annotations` are enforced (annotations read by meshlet: `istio.io/dry-run` on an
-AuthorizationPolicy, `retry.meshlet.dev/non-idempotent` on a VirtualService); the fields
+AuthorizationPolicy, `retry.meshlet.dev/non-idempotent` on a VirtualService,
+`meshlet.dev/expires-at` on any resource, removed once that time has passed); the fields
 Kubernetes writes (`uid`, `resourceVersion`, `generation`, `creationTimestamp`,
 `managedFields`, ...) and `status` are ignored, as they carry no configuration.
 """

@@ -154,20 +154,23 @@ FALLBACK = obj(
                 "status": integer(200, 599),
                 "headers": _fallback_static_headers,
                 "body": _static_body,
-            }
+            },
+            name="Fallback.Static",
         ),
         "stale": obj(
             {
                 "maxAge": duration(0.001),
                 "maxEntries": integer(1, 1_000_000),
                 "maxBodyBytes": integer(1, 16 << 20),
-            }
+            },
+            name="Fallback.Stale",
         ),
         "triggers": list_of(enum(*_FALLBACK_TRIGGERS), nonempty=True),
         "methods": list_of(enum(*_METHODS), nonempty=True),
     },
     at_least_one=[("static", "stale")],
     checks=[_fallback_methods],
+    name="Fallback",
 )
 
 RESILIENCE_POLICY = obj(
@@ -206,7 +209,7 @@ def defaults_resilience(spec: dict) -> dict:
 # host and is enforced by every *caller's* sidecar, each with its own buckets; this one names
 # the *receiving* workload (selected like an AuthorizationPolicy) and is enforced once, in that
 # workload's sidecar, where the caller's identity is known from mTLS.
-_RPS = obj({"requestsPerSecond": integer(1)}, required=["requestsPerSecond"])
+_RPS = obj({"requestsPerSecond": integer(1)}, required=["requestsPerSecond"], name="RateLimit")
 
 
 def _path_pattern(value: Any, path: str, ctx: Ctx) -> None:
@@ -237,6 +240,7 @@ _CLIENT_REF = obj(
         "namespace": _dns_name(dns1123_label),
     },
     required=["name"],
+    name="ClientRef",
 )
 
 
@@ -274,6 +278,7 @@ INBOUND_RATE_LIMIT = obj(
                     "methods": list_of(string(nonempty=True), nonempty=True),
                 },
                 at_least_one=[("paths", "methods")],
+                name="InboundRateLimit.Match",
             ),
             nonempty=True,
         ),
@@ -286,6 +291,7 @@ INBOUND_RATE_LIMIT = obj(
                     "clientRefs": list_of(_CLIENT_REF, nonempty=True),
                 },
                 required=["requestsPerSecond", "clientRefs"],
+                name="InboundRateLimit.Override",
             ),
             nonempty=True,
         ),
@@ -295,6 +301,7 @@ INBOUND_RATE_LIMIT = obj(
     unsupported={
         "targetRef": "targetRef is not supported by meshlet; use selector (the workload's labels)"
     },
+    name="InboundRateLimit",
 )
 
 

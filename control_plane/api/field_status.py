@@ -53,6 +53,9 @@ def R(note: str) -> Status:  # noqa: N802
 
 
 I19 = "(enforced since issue 19)"
+L4_SUBNETS = "not matched: a tcp or tls route matches connections to any destination address"
+L4_GATEWAYS = "match.gateways applies to gateways only and is ignored by sidecars"
+_OPAQUE_NOT_SUPPORTED = ("UDP",)
 _AUTH_KEYS_NOT_EVALUATED = re.compile(r"^(request\.auth\.|destination\.ip$|connection\.sni$)")
 
 STATUS: dict[str, dict[str, Status]] = {
@@ -61,8 +64,8 @@ STATUS: dict[str, dict[str, Status]] = {
         "hosts": E(),
         "gateways": E('a VirtualService whose gateways omit "mesh" is not applied to sidecars'),
         "http": E("first matching rule wins"),
-        "tls": W("TLS routes are not implemented (TCP proxying comes in a later issue)"),
-        "tcp": W("TCP routes are not implemented (TCP proxying comes in a later issue)"),
+        "tls": E("on opaque ports: passthrough, routed by the ClientHello's SNI (tls before tcp)"),
+        "tcp": E("on opaque ports: first matching route wins; no match closes the connection"),
         "exportTo": W("visibility is not restricted: every sidecar sees every VirtualService"),
     },
     "HTTPRoute": {
@@ -143,6 +146,24 @@ STATUS: dict[str, dict[str, Status]] = {
         "http2Error": R("not supported (Istio neither)"),
     },
     "HTTPMirrorPolicy": {"destination": E(), "percentage": E()},
+    "TLSRoute": {"match": E(), "route": E()},
+    "TLSMatchAttributes": {
+        "sniHosts": E("exact or *.suffix"),
+        "destinationSubnets": W(L4_SUBNETS),
+        "port": E(),
+        "sourceLabels": E("resolved at config time against the sidecar's own labels"),
+        "gateways": W(L4_GATEWAYS),
+        "sourceNamespace": E("resolved at config time against the sidecar's namespace"),
+    },
+    "RouteDestination": {"destination": E(), "weight": E()},
+    "TCPRoute": {"match": E(), "route": E()},
+    "L4MatchAttributes": {
+        "destinationSubnets": W(L4_SUBNETS),
+        "port": E(),
+        "sourceLabels": E("resolved at config time against the sidecar's own labels"),
+        "gateways": W(L4_GATEWAYS),
+        "sourceNamespace": E("resolved at config time against the sidecar's namespace"),
+    },
     "Percent": {"value": E()},
     # -- DestinationRule ----------------------------------------------------------------------
     "DestinationRule": {
@@ -184,10 +205,17 @@ STATUS: dict[str, dict[str, Status]] = {
     "ConnectionPoolSettings.TCPSettings": {
         "maxConnections": E(f"per endpoint; overflow answers 503 UO {I19}"),
         "connectTimeout": E(),
-        "tcpKeepalive": W("TCP keepalive is not set on upstream connections"),
-        "maxConnectionDuration": W("upstream connections are not closed after a duration"),
-        "idleTimeout": W("not applied; http.idleTimeout closes idle upstream connections"),
+        "tcpKeepalive": E(f"on upstream sockets, HTTP and opaque TCP {I19}"),
+        "maxConnectionDuration": E(
+            f"an HTTP connection past it takes no new request {I19}; opaque TCP connections "
+            "are not cut"
+        ),
+        "idleTimeout": E(
+            "opaque TCP: no byte either way for that long closes the connection (default 1 h); "
+            "for HTTP, http.idleTimeout applies"
+        ),
     },
+    "TCPSettings.TcpKeepalive": {"probes": E(), "time": E(), "interval": E()},
     "ConnectionPoolSettings.HTTPSettings": {
         "http1MaxPendingRequests": E(f"requests waiting for a connection; 503 UO {I19}"),
         "http2MaxRequests": E(f"concurrent requests; 503 UO {I19}"),
@@ -196,7 +224,7 @@ STATUS: dict[str, dict[str, Status]] = {
         "idleTimeout": E(),
         "h2UpgradePolicy": W("meshlet picks the upstream protocol (HTTP/2 for gRPC and mTLS)"),
         "useClientProtocol": W("meshlet picks the upstream protocol (HTTP/2 for gRPC and mTLS)"),
-        "maxConcurrentStreams": W("the upstream's SETTINGS decide concurrent streams"),
+        "maxConcurrentStreams": E(f"per HTTP/2 connection, under the peer's SETTINGS {I19}"),
     },
     "OutlierDetection": {
         "consecutive5xxErrors": E(),
@@ -215,11 +243,11 @@ STATUS: dict[str, dict[str, Status]] = {
         "clientCertificate": E(I19),
         "privateKey": E(I19),
         "caCertificates": E(I19),
-        "credentialName": W("no Kubernetes secrets: use clientCertificate/privateKey files"),
         "subjectAltNames": E(I19),
         "sni": E(I19),
         "insecureSkipVerify": E(I19),
-        "caCrl": W("certificate revocation lists are not checked"),
+        "caCrl": E(I19),
+        "credentialName": R("no Kubernetes secrets: use clientCertificate/privateKey files"),
     },
     "Subset": {"name": E(), "labels": E(), "trafficPolicy": E()},
     # -- ServiceEntry / WorkloadEntry ---------------------------------------------------------
@@ -246,12 +274,16 @@ STATUS: dict[str, dict[str, Status]] = {
     "ServicePort": {
         "number": E(),
         "protocol": E(
-            "HTTP, HTTP2, GRPC, GRPC-WEB are proxied as HTTP; HTTPS, TLS, TCP, MONGO, UDP are "
-            "warned: meshlet proxies HTTP only",
-            warn_if=lambda v: str(v).upper() in ("HTTPS", "TLS", "TCP", "MONGO", "UDP"),
+            "HTTP, HTTP2, GRPC, GRPC-WEB are proxied as HTTP; TLS and HTTPS as TLS passthrough; "
+            "TCP, MONGO, MYSQL, REDIS as opaque TCP; UDP is warned (TCP only)",
+            warn_if=lambda v: str(v).upper() in _OPAQUE_NOT_SUPPORTED,
         ),
-        "name": E(),
+        "name": E("its prefix (tcp-, mysql-, http-...) gives the protocol when none is set"),
         "targetPort": E(),
+        "appProtocol": E(
+            "the protocol when protocol is not set (Kubernetes); udp is warned (TCP only)",
+            warn_if=lambda v: str(v).upper() in _OPAQUE_NOT_SUPPORTED,
+        ),
     },
     "ServiceEntry.WorkloadSelector": {"labels": E()},
     "ServiceEntry.endpoints[]": {
@@ -273,6 +305,34 @@ STATUS: dict[str, dict[str, Status]] = {
         "serviceAccount": E("the identity expected over ISTIO_MUTUAL"),
     },
     # -- security -----------------------------------------------------------------------------
+    # -- Sidecar --------------------------------------------------------------------------------
+    "Sidecar": {
+        "workloadSelector": E(),
+        "egress": E("hosts scope what the control plane pushes; a port opens a local listener"),
+        "ingress": E(),
+        "outboundTrafficPolicy": W("not applied: unknown destinations are handled as without it"),
+        "inboundConnectionPool": W("no inbound connection limits"),
+    },
+    "IstioEgressListener": {
+        "hosts": E("namespace/dnsName: the services pushed to this sidecar, reached by port"),
+        "port": E("an opaque TCP listener on bind:port; an HTTP port is warned and not opened"),
+        "bind": E("default 127.0.0.1"),
+        "captureMode": W("capture is set up by `meshlet iptables`, not per listener"),
+    },
+    "Sidecar.Port": {
+        "number": E(),
+        "protocol": E("egress: an HTTP protocol is warned and no listener is opened"),
+        "name": E("a label, as in Istio"),
+        "targetPort": W("not used: the listener's port is number"),
+    },
+    "IstioIngressListener": {
+        "port": E("HBONE streams for this port go to defaultEndpoint"),
+        "bind": W("not used: inbound traffic arrives through the sidecar's own ports"),
+        "captureMode": W("capture is set up by `meshlet iptables`, not per listener"),
+        "defaultEndpoint": E("a loopback HOST:PORT; default the app port"),
+        "tls": W("not applied: inbound TLS is the mesh's mTLS (PeerAuthentication)"),
+        "connectionPool": W("no inbound connection limits"),
+    },
     "AuthorizationPolicy": {
         "selector": E(),
         "action": E("ALLOW, DENY, AUDIT; CUSTOM is refused"),
@@ -332,7 +392,11 @@ STATUS: dict[str, dict[str, Status]] = {
         "rateLimiter": E(),
         "retryBudget": E(),
         "hedging": E(),
+        "fallback": E("an answer instead of an error: static, or the last good one (stale)"),
     },
+    "Fallback": {"static": E(), "stale": E(), "triggers": E(), "methods": E()},
+    "Fallback.Static": {"status": E(), "headers": E(), "body": E()},
+    "Fallback.Stale": {"maxAge": E(), "maxEntries": E(), "maxBodyBytes": E()},
     "CircuitBreaker": {
         "failureRateThreshold": E(),
         "slowCallRateThreshold": E(),
@@ -347,6 +411,39 @@ STATUS: dict[str, dict[str, Status]] = {
     "RateLimiter": {"limitForPeriod": E(), "limitRefreshPeriod": E(), "timeoutDuration": E()},
     "RetryBudget": {"retryRatio": E(), "minRetriesPerSecond": E(), "ttl": E()},
     "Hedging": {"delay": E(), "maxHedges": E(f"up to maxHedges hedges {I19}")},
+    "InboundRateLimit": {
+        "selector": E("the receiving workloads, by labels"),
+        "match": E(),
+        "total": E(),
+        "identity": E("per caller identity (from mTLS)"),
+        "overrides": E(),
+        "targetRef": R("use selector (the workload's labels)"),
+    },
+    "InboundRateLimit.Match": {"paths": E(), "methods": E()},
+    "RateLimit": {"requestsPerSecond": E()},
+    "InboundRateLimit.Override": {"requestsPerSecond": E(), "clientRefs": E()},
+    "ClientRef": {"kind": E(), "group": E(), "name": E(), "namespace": E()},
+    "Canary": {
+        "host": E(),
+        "stable": E(),
+        "canary": E(),
+        "virtualService": E(),
+        "analysis": E(),
+    },
+    "Canary.Analysis": {
+        "interval": E(),
+        "stepWeight": E(),
+        "stepWeights": E(),
+        "maxWeight": E(),
+        "threshold": E(),
+        "minRequests": E(),
+        "checks": E(),
+        "webhooks": E(),
+    },
+    "Canary.Checks": {"successRate": E(), "latencyP99": E()},
+    "Canary.SuccessRate": {"min": E(), "maxDropFromStable": E()},
+    "Canary.LatencyP99": {"max": E(), "maxRatioToStable": E()},
+    "Canary.Webhook": {"name": E(), "type": E(), "url": E(), "timeout": E(), "metadata": E()},
     "MeshConfig.Tracing": {
         "sampling": E(f"percent of new traces sampled; OTEL_TRACES_SAMPLER overrides it {I19}"),
     },
@@ -355,7 +452,9 @@ STATUS: dict[str, dict[str, Status]] = {
         "certificateLifetime": E(),
         "defaultRetryPolicy": E(),
         "tracing": E(),
-        "accessLog": W("not applied: the sidecar logs every request unless started with --no-access-log"),
+        "accessLog": W(
+            "not applied: the sidecar logs every request unless started with --no-access-log"
+        ),
     },
 }
 

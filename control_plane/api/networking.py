@@ -177,12 +177,28 @@ HTTP_ROUTE_DESTINATION = obj(
 
 
 _ROUTE_DESTINATIONS = list_of(HTTP_ROUTE_DESTINATION, nonempty=True)
+# tcp and tls routes: Istio's RouteDestination, which has no header operations
+ROUTE_DESTINATION = obj(
+    {"destination": DESTINATION, "weight": integer(0)},
+    required=["destination"],
+    name="RouteDestination",
+)
+_L4_ROUTE_DESTINATIONS = list_of(ROUTE_DESTINATION, nonempty=True)
 
 
 @shaped(_ROUTE_DESTINATIONS)
 def _route_destinations(value: Any, path: str, ctx: Ctx) -> None:
+    _weighted(_ROUTE_DESTINATIONS, value, path, ctx)
+
+
+@shaped(_L4_ROUTE_DESTINATIONS)
+def _l4_route_destinations(value: Any, path: str, ctx: Ctx) -> None:
+    _weighted(_L4_ROUTE_DESTINATIONS, value, path, ctx)
+
+
+def _weighted(destinations: Any, value: Any, path: str, ctx: Ctx) -> None:
     before = len(ctx.errors)
-    _ROUTE_DESTINATIONS(value, path, ctx)
+    destinations(value, path, ctx)
     if len(ctx.errors) != before or len(value) < 2:
         return
     weights = [d.get("weight", 0) if isinstance(d, dict) else 0 for d in value]
@@ -371,28 +387,23 @@ HTTP_ROUTE = obj(
 )
 
 
-def _gateway_only(what: str) -> Any:
-    def v(value: Any, path: str, ctx: Ctx) -> None:
-        ctx.warn(path, f"{what} applies to gateways only and is ignored by sidecars")
-
-    return v
-
-
 # L4 routes (proxy/tcp/compile.py enforces them): TCP routes match the destination port,
-# TLS routes the SNI of the client's ClientHello (passthrough: the bytes are not terminated)
+# TLS routes the SNI of the client's ClientHello (passthrough: the bytes are not terminated).
+# match.gateways and destinationSubnets are warned (field_status.py), not enforced.
 L4_MATCH_COMMON = {
     "destinationSubnets": list_of(string(check=ip_or_cidr)),
     "port": port_number,
     "sourceLabels": LABELS,
-    "gateways": _gateway_only("match.gateways"),
+    "gateways": list_of(string(nonempty=True)),
     "sourceNamespace": string(),
 }
 TCP_ROUTE = obj(
     {
-        "match": list_of(obj(L4_MATCH_COMMON)),
-        "route": _route_destinations,
+        "match": list_of(obj(L4_MATCH_COMMON, name="L4MatchAttributes")),
+        "route": _l4_route_destinations,
     },
     required=["route"],
+    name="TCPRoute",
 )
 TLS_ROUTE = obj(
     {
@@ -400,12 +411,14 @@ TLS_ROUTE = obj(
             obj(
                 {"sniHosts": list_of(string(nonempty=True), nonempty=True), **L4_MATCH_COMMON},
                 required=["sniHosts"],
+                name="TLSMatchAttributes",
             ),
             nonempty=True,
         ),
-        "route": _route_destinations,
+        "route": _l4_route_destinations,
     },
     required=["match", "route"],
+    name="TLSRoute",
 )
 
 
@@ -560,14 +573,7 @@ def _tls_check(value: dict, path: str, ctx: Ctx) -> None:
         extra = sorted(k for k in value if k not in ("mode", "sni", "subjectAltNames"))
         if extra:
             ctx.error(path, f"ISTIO_MUTUAL uses mesh certificates; remove {', '.join(extra)}")
-    if "credentialName" in value:
-        # a Kubernetes secret; the sidecar reads certificate files (and has no secret store)
-        ctx.error(
-            join(path, "credentialName"),
-            "is not supported by meshlet: name the files with clientCertificate, privateKey "
-            "and caCertificates",
-        )
-    elif value.get("mode") == "MUTUAL":
+    if value.get("mode") == "MUTUAL":
         for k in ("clientCertificate", "privateKey"):
             if k not in value:
                 ctx.error(join(path, k), "is required for MUTUAL")
@@ -579,13 +585,17 @@ CLIENT_TLS = obj(
         "clientCertificate": string(nonempty=True),
         "privateKey": string(nonempty=True),
         "caCertificates": string(),
-        "credentialName": string(nonempty=True),
         "subjectAltNames": list_of(string(nonempty=True)),
         "sni": string(),
         "insecureSkipVerify": boolean(),
         "caCrl": string(),
     },
     checks=[_tls_check],
+    # a Kubernetes secret; the sidecar reads certificate files (and has no secret store)
+    unsupported={
+        "credentialName": "credentialName is not supported by meshlet: name the files with "
+        "clientCertificate, privateKey and caCertificates"
+    },
     name="ClientTLSSettings",
 )
 RETRY_BUDGET = obj(
@@ -839,25 +849,13 @@ SIDECAR_PORT = obj(
         "targetPort": port_number,
     },
     required=["number"],
+    name="Sidecar.Port",
 )
 
 
-def _ignored(what: str, check: Any = None) -> Any:
-    """Accepted (and checked, if ``check``) but not enforced: the user is told so."""
-
-    def v(value: Any, path: str, ctx: Ctx) -> None:
-        if check is not None:
-            before = len(ctx.errors)
-            check(value, path, ctx)
-            if len(ctx.errors) != before:
-                return
-        ctx.warn(path, f"{what} is accepted and ignored by meshlet (not enforced yet)")
-
-    return v
-
-
-_CAPTURE_MODE = _ignored("captureMode (capture is set up by `meshlet iptables`, not per "
-                         "listener)", enum("DEFAULT", "IPTABLES", "NONE"))
+# captureMode, ingress[].tls and connectionPool, outboundTrafficPolicy and
+# inboundConnectionPool are accepted and warned about (field_status.py), not enforced.
+_CAPTURE_MODE = enum("DEFAULT", "IPTABLES", "NONE")
 
 
 SIDECAR_EGRESS = obj(
@@ -868,6 +866,7 @@ SIDECAR_EGRESS = obj(
         "captureMode": _CAPTURE_MODE,
     },
     required=["hosts"],
+    name="IstioEgressListener",
 )
 SIDECAR_INGRESS = obj(
     {
@@ -875,18 +874,20 @@ SIDECAR_INGRESS = obj(
         "bind": string(nonempty=True, check=_bind),
         "captureMode": _CAPTURE_MODE,
         "defaultEndpoint": string(nonempty=True, check=_endpoint),
-        "tls": _ignored("ingress[].tls"),
-        "connectionPool": _ignored("ingress[].connectionPool"),
+        "tls": any_value(),
+        "connectionPool": any_value(),
     },
     required=["port"],
+    name="IstioIngressListener",
 )
 SIDECAR = obj(
     {
         "workloadSelector": SELECTOR_LABELS,
         "egress": list_of(SIDECAR_EGRESS),
         "ingress": list_of(SIDECAR_INGRESS),
-        "outboundTrafficPolicy": _ignored("outboundTrafficPolicy"),
-        "inboundConnectionPool": _ignored("inboundConnectionPool"),
+        "outboundTrafficPolicy": any_value(),
+        "inboundConnectionPool": any_value(),
     },
+    name="Sidecar",
 )
 __all__ += ["SIDECAR"]

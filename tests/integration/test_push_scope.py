@@ -97,7 +97,7 @@ async def test_scoped_delta_pushes_between_real_sidecars(tmp_path):
         await wait_versions(pp, {"v1", "v2"})
         # the field it accepts without enforcing is said once in the sidecar's log
         log = pp.proc.stderr()
-        assert log.count("spec.outboundTrafficPolicy: is accepted but not enforced yet") == 1
+        assert log.count("spec.outboundTrafficPolicy: accepted but not enforced by meshlet") == 1
 
         # A change outside productpage's egress hosts: reviews' sidecars get it, productpage
         # is sent nothing and keeps its version.

@@ -259,7 +259,7 @@ def test_istio_documentation_samples_load_unchanged():
     assert len(resources) == 14
     # only what meshlet accepts without enforcing it (field_status.py)
     assert [(w.document, w.field) for w in warnings] == [
-        (8, "spec.ports[0].protocol"),
+        # (8 has an HTTPS port: TLS passthrough since issue 14, no warning)
         (8, "spec.resolution"),
         (11, "spec.rules[0].from[0].source.requestPrincipals"),
         (11, "spec.rules[0].when[0].key"),

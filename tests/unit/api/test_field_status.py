@@ -100,7 +100,9 @@ def test_doc_lists_each_kind_and_the_issue_19_fields():
         "| `maxConnections` | enforced | per endpoint; overflow answers 503 UO (enforced since issue 19) |"
         in text
     )
-    assert "| `tcp` | accepted with a warning |" in text
+    assert "| `corsPolicy` | accepted with a warning |" in text
+    assert "| `tcp` | enforced |" in text  # issue 14: opaque TCP
+    assert "| `credentialName` | refused |" in text
     assert "| `redirect` | refused |" in text
     assert "](" not in text  # no links, inside the repository or out
 
@@ -112,7 +114,7 @@ metadata: {name: reviews}
 spec:
   hosts: [reviews]
   exportTo: ["."]
-  tcp: [{route: [{destination: {host: reviews}}]}]
+  tcp: [{match: [{port: 5432, gateways: [mesh]}], route: [{destination: {host: reviews}}]}]
   http:
   - match: [{uri: {prefix: /a}, port: 9080, statPrefix: a}, {uri: {prefix: /b}}]
     corsPolicy: {allowOrigins: [{exact: "https://x"}], allowMethods: [GET]}
@@ -126,7 +128,7 @@ spec:
   host: reviews
   trafficPolicy:
     loadBalancer: {simple: PASSTHROUGH}
-    connectionPool: {tcp: {maxConnections: 1, tcpKeepalive: {time: 10s}}}
+    connectionPool: {tcp: {maxConnections: 1, tcpKeepalive: {time: 10s}}, http: {useClientProtocol: true}}
   subsets:
   - name: v1
     labels: {version: v1}
@@ -137,7 +139,7 @@ kind: ServiceEntry
 metadata: {name: reviews}
 spec:
   hosts: [reviews.default.svc.cluster.local]
-  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9443, name: tls, protocol: TLS}]
+  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9443, name: tls, protocol: TLS}, {number: 53, name: dns, protocol: UDP}]
   resolution: STATIC
   endpoints: [{address: 10.0.0.1, weight: 3, network: n1}]
 ---
@@ -156,16 +158,16 @@ def test_validation_warns_for_each_unenforced_field_with_its_path():
     got = [(w.document, w.field) for w in warns if "not enforced" in w.reason]
     assert got == [
         (1, "spec.exportTo"),
-        (1, "spec.tcp"),
+        (1, "spec.tcp[0].match[0].gateways"),
         (1, "spec.http[0].match[0].port"),
         (1, "spec.http[0].match[0].statPrefix"),
         (1, "spec.http[0].corsPolicy"),  # once for the whole subtree
         (1, "spec.http[0].retries.retryIgnorePreviousHosts"),
         (1, "spec.http[0].retries.retryRemoteLocalities"),
         (2, "spec.trafficPolicy.loadBalancer.simple"),
-        (2, "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive"),
+        (2, "spec.trafficPolicy.connectionPool.http.useClientProtocol"),
         (2, "spec.subsets[0].trafficPolicy.loadBalancer.consistentHash"),
-        (3, "spec.ports[1].protocol"),
+        (3, "spec.ports[2].protocol"),
         (3, "spec.endpoints[0].weight"),
         (3, "spec.endpoints[0].network"),
         (4, "spec.rules[0].from[0].source.requestPrincipals"),

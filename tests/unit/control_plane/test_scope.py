@@ -164,7 +164,7 @@ spec:
     fields = sorted(w.field for w in warns)
     # egress port/bind and ingress open listeners (proxy/tcp); these two are not enforced
     assert fields == ["spec.egress[0].captureMode", "spec.outboundTrafficPolicy"]
-    assert all("not enforced yet" in w.reason for w in warns)
+    assert all("not enforced by meshlet" in w.reason for w in warns)
     assert res.kind == "Sidecar"
 
 
