@@ -7,6 +7,14 @@ the success rate and the p99 of that window (Prometheus' ``histogram_quantile``)
 restarted between two scrapes has counters that went down: its new counts are the delta
 (Prometheus' counter-reset rule). Optionally the same three figures come from a Prometheus
 server instead (``prometheus_url``).
+
+Istio's metrics carry no route label, so the figures of one route (``route_window``) come from
+the control plane's golden metrics instead: two reads of its raw 10 s slots
+(``/v1/stats/local``), ``seconds`` apart, diffed slot by slot. The windowed views
+(``/v1/stats/routes?window=1m``) are sliding sums (what a slot too old to count drops, the
+difference of two reads loses), and a slot is 10 s wide, so neither they nor whole slots give
+the traffic of an arbitrary window; the slot-wise difference is exactly what the sidecars
+reported between the two reads.
 """
 
 from __future__ import annotations
@@ -247,6 +255,68 @@ def window(
     first = take_sample(known)
     time.sleep(seconds)
     return between(first, take_sample(known), service)
+
+
+#: Longest route window: the control plane's ring holds 600 s of 10 s slots, and a slot that
+#: leaves the ring between the two reads would lose what it gained in between.
+MAX_ROUTE_WINDOW_S = 540.0
+
+RouteSlots = dict[tuple[str, str], dict[int, list]]  # (service, route) -> slot -> aggregate
+
+
+def route_slots(exported: dict[str, Any]) -> RouteSlots:
+    """The route rings of a ``/v1/stats/local`` answer, by (service, route) and slot index."""
+    out: RouteSlots = {}
+    for entry in exported.get("routes") or ():
+        key = tuple(str(k) for k in entry.get("key") or ())
+        if len(key) != 2:
+            continue
+        slots = out.setdefault((key[0], key[1]), {})
+        for slot, agg in entry.get("slots") or ():
+            slots[int(slot)] = list(agg)
+    return out
+
+
+def route_between(
+    old: tuple[float, dict[str, Any]], new: tuple[float, dict[str, Any]], service: str, route: str
+) -> Window:
+    """Calls on ``route`` of ``service`` reported to the control plane between two reads of
+    ``/v1/stats/local`` (``(time, answer)``): per slot, what it holds now less what it held
+    then (a slot new since then counts whole). Percentiles from the merged buckets, as the
+    control plane's own views compute them."""
+    from control_plane.stats import AGG_LEN, B0, FAIL, REQ, add_into, histogram_quantile, new_agg
+
+    before, after = route_slots(old[1]), route_slots(new[1])
+    total = new_agg()
+    for key, slots in after.items():
+        if not matches(service, key[0]) or key[1] != route:
+            continue
+        then = before.get(key, {})
+        for slot, agg in slots.items():
+            if len(agg) != AGG_LEN:
+                raise ValueError(f"a route aggregate of {len(agg)} values, not {AGG_LEN}")
+            prev = then.get(slot)
+            add_into(total, agg if prev is None else [max(0, a - b) for a, b in
+                                                      zip(agg, prev, strict=True)])
+    return Window(
+        new[0] - old[0],
+        total[REQ],
+        total[FAIL],
+        histogram_quantile(0.99, total[B0:]) if total[REQ] else None,
+    )
+
+
+def route_window(
+    service: str, route: str, seconds: float, read: Callable[[], dict[str, Any]]
+) -> Window:
+    """The next ``seconds`` of ``route``: ``read`` (the control plane's ``/v1/stats/local``)
+    now and ``seconds`` later. Sidecars report every few seconds (``MESHLET_STATS_INTERVAL``),
+    so the window is the traffic reported in it, late by up to one report interval."""
+    if not 0 < seconds <= MAX_ROUTE_WINDOW_S:
+        raise ValueError(f"a route window is 0-{MAX_ROUTE_WINDOW_S:.0f} s, not {seconds}")
+    first = (time.time(), read())
+    time.sleep(seconds)
+    return route_between(first, (time.time(), read()), service, route)
 
 
 def prometheus_window(url: str, service: str, seconds: float) -> Window:

@@ -5,6 +5,14 @@ mesh's own state is whole (faults left, sidecars in sync).
 Windows are the last ``window`` seconds: inside ``meshlet chaos run`` they are read from the
 runner's metrics timeline at once; elsewhere a probe scrapes twice, ``window`` seconds apart.
 A window without a single request meets no SLO: silence is not success.
+
+With ``route`` (a VirtualService http route's ``name``, or ``<VirtualService name>.<index>``
+for an unnamed one, as ``meshlet top routes`` shows them), ``success_rate``, ``p99_latency``,
+``request_rate``, ``slo`` and ``slo_holds`` give the figures of that route of ``service`` only:
+from the control plane's per-route golden metrics, two reads ``window`` seconds apart (also
+inside ``meshlet chaos run``, whose timeline has no routes), with the admin token the actions
+use. They count what the sidecars reported in the window (every ``MESHLET_STATS_INTERVAL``
+seconds, 5 by default), and only what reached the control plane asked (not its peer replicas).
 """
 
 from __future__ import annotations
@@ -33,8 +41,20 @@ __all__ = [
 
 
 def _window(
-    service: str, window: Any, prometheus_url: str | None, configuration: dict[str, Any] | None
+    service: str,
+    window: Any,
+    prometheus_url: str | None,
+    configuration: dict[str, Any] | None,
+    route: str | None = None,
 ) -> metrics.Window:
+    if route:
+        if prometheus_url:
+            raise ValueError("route figures come from the control plane, not from Prometheus "
+                             "(Istio's metrics have no route label): drop prometheus_url")
+        return metrics.route_window(
+            service, str(route), float(window),
+            lambda: mesh.client(configuration, timeout=10).request("GET", "/v1/stats/local"),
+        )
     return metrics.window(
         service, float(window), lambda: mesh.admin_addresses(configuration), prometheus_url
     )
@@ -45,10 +65,11 @@ def success_rate(
     window: float = 5.0,
     prometheus_url: str | None = None,
     configuration: dict[str, Any] | None = None,
+    route: str | None = None,
 ) -> float:
     """Share of calls to ``service`` that did not end in a 5xx (or no answer); 0.0 when
-    there were none."""
-    w = _window(service, window, prometheus_url, configuration)
+    there were none. ``route``: only the calls on that route of ``service``."""
+    w = _window(service, window, prometheus_url, configuration, route)
     return w.success_rate if w.success_rate is not None else 0.0
 
 
@@ -57,9 +78,11 @@ def p99_latency(
     window: float = 5.0,
     prometheus_url: str | None = None,
     configuration: dict[str, Any] | None = None,
+    route: str | None = None,
 ) -> float:
-    """p99 of calls to ``service``, in ms, as their callers' sidecars measured it."""
-    w = _window(service, window, prometheus_url, configuration)
+    """p99 of calls to ``service``, in ms, as their callers' sidecars measured it (0.0 when
+    there were none). ``route``: only the calls on that route of ``service``."""
+    w = _window(service, window, prometheus_url, configuration, route)
     return w.p99_ms if w.p99_ms is not None else 0.0
 
 
@@ -68,9 +91,10 @@ def request_rate(
     window: float = 5.0,
     prometheus_url: str | None = None,
     configuration: dict[str, Any] | None = None,
+    route: str | None = None,
 ) -> float:
-    """Calls per second to ``service``."""
-    return _window(service, window, prometheus_url, configuration).rate
+    """Calls per second to ``service``. ``route``: only the calls on that route."""
+    return _window(service, window, prometheus_url, configuration, route).rate
 
 
 def slo(
@@ -81,10 +105,12 @@ def slo(
     window: float = 5.0,
     prometheus_url: str | None = None,
     configuration: dict[str, Any] | None = None,
+    route: str | None = None,
 ) -> bool:
-    """True when the last ``window`` seconds of ``service`` meet the SLO (for a hypothesis
-    with ``"tolerance": true``); the figures go to the experiment's log either way."""
-    w = _window(service, window, prometheus_url, configuration)
+    """True when the last ``window`` seconds of ``service`` (of its ``route`` only, if given)
+    meet the SLO (for a hypothesis with ``"tolerance": true``); the figures go to the
+    experiment's log either way."""
+    w = _window(service, window, prometheus_url, configuration, route)
     sr = w.success_rate
     ok = (
         w.rate >= float(min_rate)
@@ -93,8 +119,9 @@ def slo(
         and (max_p99_ms is None or (w.p99_ms or 0.0) <= float(max_p99_ms))
     )
     log.info(
-        "SLO %s %s: %.1f req/s, success %s, p99 %s ms over %.1f s (want success >= %s%s)",
+        "SLO %s%s %s: %.1f req/s, success %s, p99 %s ms over %.1f s (want success >= %s%s)",
         service,
+        f" route {route}" if route else "",
         "met" if ok else "NOT met",
         w.rate,
         "-" if sr is None else f"{sr:.4f}",
@@ -114,15 +141,17 @@ def slo_holds(
     window: float = 5.0,
     prometheus_url: str | None = None,
     configuration: dict[str, Any] | None = None,
+    route: str | None = None,
 ) -> bool:
     """``slo`` as a check inside the method: the probe fails (and ``meshlet chaos run`` exits
-    1) when the SLO does not hold while the fault acts."""
+    1) when the SLO does not hold while the fault acts (``route``: as for ``slo``)."""
     if slo(service, min_success_rate, max_p99_ms, min_rate, window, prometheus_url,
-           configuration):
+           configuration, route):
         return True
     from chaoslib.exceptions import ActivityFailed
 
-    raise ActivityFailed(f"the SLO of {service} did not hold (see the log for the figures)")
+    what = f"route {route} of {service}" if route else service
+    raise ActivityFailed(f"the SLO of {what} did not hold (see the log for the figures)")
 
 
 def error_budget_consumed(
