@@ -815,15 +815,16 @@ spec:
     r = cp.cli("apply", "-f", "-", input=doc)
     assert r.returncode == 0, r.stderr
 
-    def banner() -> bytes:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                return s.makefile("rb").readline()
-        except ConnectionResetError:
-            return b""
+    # The push is asynchronous (and debounced): until the resetter's sidecar holds this
+    # Sidecar, a stream still reaches the resetter app, which waits for client bytes forever.
+    # Poll for the pushed state rather than racing the first connection against the push.
+    def pushed() -> bool:
+        return any(r.get("kind") == "Sidecar" and r["metadata"]["name"] == "resetter"
+                   for r in _dump(mesh["resetter"])["resources"])  # fmt: skip
 
     try:
-        wait_until(lambda: banner() == b"220 meshlet-banner ready\r\n", timeout=30,
-                   what="ingress defaultEndpoint in force")  # fmt: skip
+        wait_until(pushed, timeout=30, what="resetter's Sidecar pushed to its sidecar")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            assert s.makefile("rb").readline() == b"220 meshlet-banner ready\r\n"
     finally:
         cp.cli("delete", "Sidecar", "resetter", "-n", "default")
