@@ -35,9 +35,9 @@ Push at scale, as istiod does it:
   stream that cannot take its message in time is closed, so the slowest sidecar holds one slot
   for a bounded time and never the others;
 * **scope**: each sidecar gets what its ``Sidecar`` resource allows
-  (:mod:`control_plane.api.scope`), computed once per (namespace, labels) and config generation
-  and shared by every sidecar of that shape; a change outside a sidecar's scope leaves its
-  version unchanged and sends it nothing;
+  (:mod:`control_plane.api.scope`), computed once per (namespace, service, labels) and config
+  generation and shared by every sidecar of that shape; a change outside a sidecar's scope
+  leaves its version unchanged and sends it nothing;
 * **flow control**: a stream with a config message not yet answered gets nothing newer until
   the sidecar ACKs or NACKs it (or ``ack_wait``, 5 s, passes); then it gets the newest config,
   not every version in between. A slow sidecar gets fewer, larger deltas instead of a backlog;
@@ -345,14 +345,16 @@ class PushHub:
         return v
 
     def _view(self, st: _State, reg: Registration | None) -> View:
-        key = (reg.namespace, tuple(sorted(reg.labels.items()))) if reg is not None else None
+        key = ((reg.namespace, reg.service, tuple(sorted(reg.labels.items())))
+               if reg is not None else None)
         view = st.views.get(key)
         if view is not None:
             return view
         if reg is None:
             names = list(st.res_names) + list(st.reg_names)
         else:
-            sc = scope.compute(st.resources, st.registry, reg.namespace, reg.labels)
+            sc = scope.compute(st.resources, st.registry, reg.namespace, reg.labels,
+                               service=reg.service)
             names = ([st.res_names[i] for i in sc.resources]
                      + [st.reg_names[j] for j in sc.registry])
         names.append(delta.MESH)

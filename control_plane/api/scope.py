@@ -9,14 +9,15 @@ workload's own, ``~/`` none; dnsName ``*``, ``*.suffix`` or a host, short names 
 namespace as everywhere else.
 
 What is kept: services (registry entries, ServiceEntries and the WorkloadEntries they select)
-whose host is allowed; VirtualServices for an allowed host, and the destinations those route to
-(Istio has included a VirtualService's destinations in the sidecar scope since 1.22, so a route
-never points at a cluster the sidecar lacks); DestinationRules and ResiliencePolicies for a kept
+whose host is allowed; the ServiceEntries declaring the workload's own service (its inbound
+ports); VirtualServices for an allowed host, and the destinations those route to (Istio has
+included a VirtualService's destinations in the sidecar scope since 1.22, so a route never
+points at a cluster the sidecar lacks); DestinationRules and ResiliencePolicies for a kept
 host; the AuthorizationPolicies and PeerAuthentications that apply to this workload (its
 namespace or the root namespace, selector matching); the MeshConfig; the ``Sidecar`` itself.
 
-Sans-I/O and pure: the push hub calls :func:`compute` once per (namespace, labels) and config
-generation, and shares the answer between every sidecar of that shape.
+Sans-I/O and pure: the push hub calls :func:`compute` once per (namespace, service, labels) and
+config generation, and shares the answer between every sidecar of that shape.
 """
 
 from __future__ import annotations
@@ -113,9 +114,16 @@ def _inbound_applies(r: Any, namespace: str, labels: Mapping[str, str],
 
 
 def compute(resources: list[Any], registry: list[Mapping[str, Any]], namespace: str,
-            labels: Mapping[str, str], root_namespace: str = ROOT_NAMESPACE) -> Scope:
-    """The scope of a workload in ``namespace`` with ``labels``. ``resources`` are
-    :class:`~control_plane.api.resources.Resource`; ``registry`` the snapshot's entries."""
+            labels: Mapping[str, str], root_namespace: str = ROOT_NAMESPACE,
+            service: str = "") -> Scope:
+    """The scope of a workload of ``service`` in ``namespace`` with ``labels``. ``resources``
+    are :class:`~control_plane.api.resources.Resource`; ``registry`` the snapshot's entries.
+
+    Egress hosts scope the outbound view only: a ServiceEntry that declares this workload's own
+    service (by host, or by a ``workloadSelector`` matching it) is always kept, because the
+    inbound side reads its ports and protocols (which HBONE streams to accept as opaque TCP),
+    as Istio builds inbound listeners from the services selecting a workload whatever the
+    Sidecar's egress says."""
     sidecar = select_sidecar((r for r in resources if r.kind == "Sidecar"), namespace, labels,
                              root_namespace)
     if sidecar is None:
@@ -138,13 +146,21 @@ def compute(resources: list[Any], registry: list[Mapping[str, Any]], namespace: 
     def kept(ns: str, host: str) -> bool:
         return egress.allows(ns, host) or any(host_matches(w, host) for w in wanted)
 
+    own = service or labels.get("app") or ""
+    own_host = fqdn(own, namespace) if own else ""
+
+    def declares_own(r: Any, se_hosts: list[str]) -> bool:
+        sel = (r.spec.get("workloadSelector") or {}).get("labels")
+        return (own_host in se_hosts and r.namespace == namespace) or bool(
+            sel and r.namespace == namespace and selects(sel, labels))
+
     hosts: set[str] = set()
     selected_by: list[tuple[str, Mapping[str, str]]] = []
     for i, r in enumerate(resources):
         k = r.kind
         if k == "ServiceEntry":
             se_hosts = [fqdn(h, r.namespace) for h in r.spec.get("hosts") or ()]
-            if any(kept(r.namespace, h) for h in se_hosts):
+            if any(kept(r.namespace, h) for h in se_hosts) or declares_own(r, se_hosts):
                 scope.resources.append(i)
                 hosts.update(se_hosts)
                 sel = (r.spec.get("workloadSelector") or {}).get("labels")

@@ -798,6 +798,37 @@ def test_plain_tcp_endpoints_and_outlier_detection_on_connect_failures(mesh):
     assert [one() for _ in range(10)] == [b"220 meshlet-banner ready\r\n"] * 10
 
 
+def test_server_sidecar_egress_scope_keeps_its_own_inbound_ports(mesh):
+    """A Sidecar on the server workload whose egress hosts leave out its own service scopes
+    its outbound view only: HBONE streams to its declared TCP port (not the app port) are
+    still accepted (Istio builds inbound listeners from the services selecting a workload)."""
+    doc = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: banner-egress, namespace: default}
+spec:
+  workloadSelector: {labels: {app: banner}}
+  egress:
+  - hosts: ["istio-system/*"]
+"""
+    cp = mesh["cp"]
+    r = cp.cli("apply", "-f", "-", input=doc)
+    assert r.returncode == 0, r.stderr
+
+    def pushed() -> bool:
+        return any(r.get("kind") == "Sidecar" and r["metadata"]["name"] == "banner-egress"
+                   for r in _dump(mesh["banner"])["resources"])  # fmt: skip
+
+    try:
+        wait_until(pushed, timeout=30, what="banner's Sidecar pushed to its sidecar")
+        kinds = {(r.get("kind"), r["metadata"]["name"]) for r in _dump(mesh["banner"])["resources"]}
+        assert ("ServiceEntry", "cache") not in kinds  # the egress scope is in force
+        with socket.create_connection(("127.0.0.1", mesh["ports"]["banner"]), timeout=10) as s:
+            assert s.makefile("rb").readline() == b"220 meshlet-banner ready\r\n"
+    finally:
+        cp.cli("delete", "Sidecar", "banner-egress", "-n", "default")
+
+
 def test_sidecar_ingress_default_endpoint_redirects_hbone_streams(mesh):
     """A Sidecar ``ingress[]`` entry for the resetter workload's service port sends HBONE
     streams for that port to its ``defaultEndpoint`` (here another app: a banner server)."""
@@ -816,15 +847,16 @@ spec:
     r = cp.cli("apply", "-f", "-", input=doc)
     assert r.returncode == 0, r.stderr
 
-    def banner() -> bytes:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                return s.makefile("rb").readline()
-        except ConnectionResetError:
-            return b""
+    # The push is asynchronous (and debounced): until the resetter's sidecar holds this
+    # Sidecar, a stream still reaches the resetter app, which waits for client bytes forever.
+    # Poll for the pushed state rather than racing the first connection against the push.
+    def pushed() -> bool:
+        return any(r.get("kind") == "Sidecar" and r["metadata"]["name"] == "resetter"
+                   for r in _dump(mesh["resetter"])["resources"])  # fmt: skip
 
     try:
-        wait_until(lambda: banner() == b"220 meshlet-banner ready\r\n", timeout=30,
-                   what="ingress defaultEndpoint in force")  # fmt: skip
+        wait_until(pushed, timeout=30, what="resetter's Sidecar pushed to its sidecar")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            assert s.makefile("rb").readline() == b"220 meshlet-banner ready\r\n"
     finally:
         cp.cli("delete", "Sidecar", "resetter", "-n", "default")

@@ -177,3 +177,41 @@ def test_analyze_sidecar_selecting_nothing_and_hosts_matching_nothing():
     msg = findings[("spec.egress[0].hosts[1]", "warning")]
     assert "revews" in msg and "matches no known service" in msg
     assert ("spec.egress[0].hosts[0]", "warning") not in findings
+
+
+OWN_SE = """
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: productpage}
+spec:
+  hosts: [productpage]
+  ports: [{number: 9000, name: tcp-pp}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: pp-by-selector}
+spec:
+  hosts: [pp-alias.internal]
+  workloadSelector: {labels: {app: productpage}}
+  ports: [{number: 9001, name: tcp-alias}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: other, namespace: shop}
+spec:
+  hosts: [productpage]
+  ports: [{number: 9002, name: tcp-other}]
+"""
+
+
+def test_egress_scoping_keeps_the_service_entries_declaring_the_workload_itself():
+    # egress allows only shop: outbound view is shop's, but the workload's own ServiceEntries
+    # (which its inbound side reads to accept opaque TCP on their ports) stay, as in Istio
+    refs, services, _ = kept(MESH + OWN_SE + sidecar(["shop/payment"]))
+    assert {"ServiceEntry/default/productpage", "ServiceEntry/default/pp-by-selector"} <= refs
+    assert "ServiceEntry/shop/other" not in refs  # same short name, another namespace
+    assert services == {"payment"}  # registry: still only what egress allows
+    # another workload with the same Sidecar does not get productpage's entries
+    refs, _, _ = kept(MESH + OWN_SE + sidecar(["shop/payment"]), labels={"app": "reviews"})
+    assert not {"ServiceEntry/default/productpage", "ServiceEntry/default/pp-by-selector"} & refs
