@@ -241,6 +241,20 @@ class SharedRegistry(Registry):
         svc, _, ns = name.partition(".")
         return [r for r in regs if r.service == svc and (not ns or r.namespace == ns)]
 
+    async def replica_addresses(self) -> list[str]:
+        """The ``host:port`` of every other live replica (each keeps its entry under its lease),
+        e.g. for the telemetry hub to merge their stats windows without a configured list."""
+        _, kvs = await self.client.get_prefix(self._replicas)
+        out = set()
+        for kv in kvs:
+            try:
+                addr = json.loads(kv.value).get("address")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(addr, str) and addr and addr != self.replica_address:
+                out.add(addr)
+        return sorted(out)
+
     async def collect_garbage(self) -> int:
         """Leader job: drop entries of replicas that no longer exist (their lease normally
         removes them; this catches entries written without one). Returns how many."""

@@ -346,6 +346,14 @@ class ControlPlane:
         registry.replica_id = self.replica_id  # type: ignore[attr-defined]
         registry.replica_address = addr  # type: ignore[attr-defined]
         await registry.start()  # type: ignore[attr-defined]
+        # The stats views merge every live replica's windows (MESHLET_STATS_PEERS overrides).
+        scheme = "http" if self.tls is None else "https"
+
+        async def stats_peers() -> list[str]:
+            addrs = await registry.replica_addresses()  # type: ignore[attr-defined]
+            return [f"{scheme}://{a}" for a in addrs]
+
+        self.telemetry.peer_source = stats_peers
         self.election = Election(self.etcd_client, self.etcd.prefix.encode() + b"leader",
                                  self.replica_id, self.lease)
         self.election.on_leader(self._leader_housekeeping)

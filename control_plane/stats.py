@@ -3,10 +3,11 @@
 Sidecars report, every few seconds, what their request counters gained since the last report
 (``proxy/telemetry/report.py``): per edge (source workload -> destination service and version)
 and per route, requests, failures, the latency histogram in the bucket bounds of
-``istio_request_duration_milliseconds``, bytes and how many requests were mTLS. This module keeps
-them in fixed rings of ``width``-second slots (60 x 10 s: a 10 min window, the last 6 slots a
-1 min one), so memory per edge is bounded whatever the traffic, and the number of edges is capped
-(the least recently reported edge is evicted first).
+``istio_request_duration_milliseconds``, bytes, how many requests were mTLS, and opaque TCP
+bytes and connections. This module keeps them in fixed rings of ``width``-second slots
+(60 x 10 s: a 10 min window, the last 6 slots a 1 min one), so memory per edge is bounded
+whatever the traffic, and the number of edges is capped (the least recently reported edge is
+evicted first).
 
 Percentiles are merged the only correct way: bucket counts are added (across slots, sidecars and
 control plane replicas) and the quantile is interpolated from the merged buckets exactly as
@@ -41,10 +42,12 @@ DEFAULT_MAX_EDGES = 5000
 DEFAULT_MAX_ROUTES = 5000
 
 # Layout of one aggregate (a plain list, cheap to add and to serialize):
-# [requests, failures, mtls requests, latency sum ms, request bytes, response bytes, b0..b19]
+# [requests, failures, mtls requests, latency sum ms, request bytes, response bytes, b0..b19,
+#  tcp sent bytes, tcp received bytes, tcp connections opened]
 REQ, FAIL, MTLS, SUM_MS, REQ_BYTES, RESP_BYTES = range(6)
 B0 = 6
-AGG_LEN = B0 + NB
+TCP_SENT, TCP_RECV, TCP_CONNS = B0 + NB, B0 + NB + 1, B0 + NB + 2
+AGG_LEN = B0 + NB + 3
 
 
 def new_agg() -> list:
@@ -63,7 +66,9 @@ def agg_from_report(item: dict) -> list:
         raise ValueError(f"buckets: expected at most {NB} counts")
     agg = new_agg()
     for i, name in ((REQ, "requests"), (FAIL, "failures"), (MTLS, "mtls"), (SUM_MS, "sum_ms"),
-                    (REQ_BYTES, "request_bytes"), (RESP_BYTES, "response_bytes")):
+                    (REQ_BYTES, "request_bytes"), (RESP_BYTES, "response_bytes"),
+                    (TCP_SENT, "tcp_sent_bytes"), (TCP_RECV, "tcp_received_bytes"),
+                    (TCP_CONNS, "tcp_connections")):
         v = item.get(name, 0)
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or not math.isfinite(v):
             raise ValueError(f"{name}: expected a non-negative number")
@@ -246,7 +251,7 @@ class StatsStore:
         out = []
         for key, ring in self.edges.items():
             agg = ring.total(now_slot, n)
-            if agg[REQ] <= 0:
+            if agg[REQ] <= 0 and agg[TCP_CONNS] <= 0 and agg[TCP_SENT] + agg[TCP_RECV] <= 0:
                 continue
             reporter, src_ns, src, src_version, dst, dst_version = key
             out.append({
@@ -267,7 +272,7 @@ class StatsStore:
         totals: dict[tuple[str, str], list] = {}
         for key, ring in self.edges.items():
             agg = ring.total(now_slot, n)
-            if agg[REQ] <= 0:
+            if agg[REQ] <= 0 and agg[TCP_CONNS] <= 0 and agg[TCP_SENT] + agg[TCP_RECV] <= 0:
                 continue
             k = (key[4], key[5])
             add_into(totals.setdefault(k, new_agg()), agg)
@@ -292,9 +297,10 @@ class StatsStore:
 
 
 def golden(agg: list, span_s: float) -> dict[str, Any]:
-    """Rate, success rate, latency percentiles and bytes of one aggregate over ``span_s``."""
+    """Rate, success rate, latency percentiles and bytes of one aggregate over ``span_s``, and
+    the opaque TCP bytes and connections of the same edge (zero for HTTP-only traffic)."""
     req = agg[REQ]
-    buckets = agg[B0:]
+    buckets = agg[B0:TCP_SENT]
     return {
         "requests": req,
         "failures": agg[FAIL],
@@ -308,6 +314,9 @@ def golden(agg: list, span_s: float) -> dict[str, Any]:
         "request_bytes": agg[REQ_BYTES],
         "response_bytes": agg[RESP_BYTES],
         "buckets": list(buckets),
+        "tcp_sent_bytes": agg[TCP_SENT],
+        "tcp_received_bytes": agg[TCP_RECV],
+        "tcp_connections": agg[TCP_CONNS],
     }
 
 

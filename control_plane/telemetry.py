@@ -28,7 +28,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -36,6 +36,7 @@ from aiohttp import web
 
 from control_plane.api.hosts import fqdn
 from control_plane.stats import WINDOWS, StatsStore
+from control_plane.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ TAP_QUEUE = 1000
 MAX_TAP_SECONDS = 3600.0
 #: How long a computed stats view is served again (dashboards poll every 2 s).
 VIEW_CACHE_S = 1.0
+#: How long the replica list read from etcd is reused before it is read again.
+PEERS_CACHE_S = 5.0
 #: Most taps running at once (each holds a client connection and a queue).
 MAX_TAPS = 64
 
@@ -86,11 +89,15 @@ class TelemetryHub:
         self._ids = itertools.count(1)
         self._pending: set[asyncio.Task] = set()
         self._cache: dict[tuple[str, str, str], tuple[float, dict]] = {}
-        # Peer replicas' base URLs whose /v1/stats/local is merged into the views.
+        # Peer replicas' base URLs whose /v1/stats/local is merged into the views:
+        # MESHLET_STATS_PEERS when set (an override), else, on etcd, the live replicas that
+        # ``peer_source`` lists (control_plane/server.py sets it).
         self.peers: list[str] = [
             u.strip().rstrip("/") for u in os.environ.get("MESHLET_STATS_PEERS", "").split(",")
             if u.strip()
         ]
+        self.peer_source: Callable[[], Awaitable[list[str]]] | None = None
+        self._discovered: tuple[float, list[str]] = (-PEERS_CACHE_S, [])
         self.peer_token: str = ""
         self.peer_ca: str | None = None  # the CA bundle the peers' certificates chain to
 
@@ -162,8 +169,25 @@ class TelemetryHub:
         return {"edges": edges, "routes": data.get("routes") or []}
 
     # -- API -------------------------------------------------------------------------------
+    async def peer_urls(self) -> list[str]:
+        """The configured peers, else the replicas registered in etcd (looked up at most every
+        PEERS_CACHE_S; the last list is kept while etcd does not answer)."""
+        if self.peers or self.peer_source is None:
+            return self.peers
+        now = time.monotonic()
+        at, urls = self._discovered
+        if now - at < PEERS_CACHE_S:
+            return urls
+        try:
+            urls = list(await self.peer_source())
+        except StoreUnavailable as e:
+            log.warning("stats peers: replica list unavailable, using the last one: %s", e)
+        self._discovered = (now, urls)
+        return urls
+
     async def merged(self, scope: str, window: str = "10m") -> StatsStore:
-        if scope == "local" or not self.peers:
+        peers = [] if scope == "local" else await self.peer_urls()
+        if not peers:
             return self.stats
         view = self.stats.copy()
         timeout = aiohttp.ClientTimeout(total=3)
@@ -183,7 +207,7 @@ class TelemetryHub:
                     log.warning("stats peer %s unreachable: %s", url, e)
                 return None
 
-            for exported in await asyncio.gather(*(one(u) for u in self.peers)):
+            for exported in await asyncio.gather(*(one(u) for u in peers)):
                 if exported:
                     try:
                         view.merge(exported)

@@ -479,6 +479,8 @@ class Sidecar:
 
             # stats reports and live taps ride on the config stream
             self.uplink = Uplink(self.telemetry, self.discovery)
+            if self.tcp is not None:
+                self.uplink.report.tcp = self.tcp.metrics  # TCP bytes and connections per edge
 
     def not_ready_reason(self) -> str:
         if not self.runtime.config_version:

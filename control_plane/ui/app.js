@@ -16,6 +16,14 @@ async function api(path) {
 const fmtRps = (v) => (v == null ? "-" : v.toFixed(2));
 const fmtPct = (v) => (v == null ? "-" : (v * 100).toFixed(2) + "%");
 const fmtMs = (v) => (v == null ? "-" : v >= 1000 ? (v / 1000).toFixed(2) + "s" : v.toFixed(1) + "ms");
+const fmtBytes = (v) => {
+  let n = v || 0;
+  for (const u of ["B", "KiB", "MiB"]) {
+    if (n < 1024) return u === "B" ? `${n}B` : `${n.toFixed(1)}${u}`;
+    n /= 1024;
+  }
+  return `${n.toFixed(1)}GiB`;
+};
 const rateClass = (v) => (v == null ? "" : v >= 0.99 ? "ok" : v >= 0.9 ? "warn" : "bad");
 
 function fillTable(id, rows) {
@@ -79,11 +87,18 @@ function updateGraph(edges, proxies) {
     nodes.set(s.id, s);
     nodes.set(d.id, d);
     const lock = e.mtls ? " 🔒" : "";
+    // opaque TCP on the edge: connections and bytes sent/received, only when there were any
+    const tcp = e.tcp_connections || e.tcp_sent_bytes || e.tcp_received_bytes
+      ? `tcp ${e.tcp_connections || 0} conn ${fmtBytes(e.tcp_sent_bytes)}↑ ${fmtBytes(e.tcp_received_bytes)}↓`
+      : "";
+    const http = e.requests > 0
+      ? `${fmtRps(e.rps)} rps · ${fmtPct(e.success_rate)} · p99 ${fmtMs(e.p99_ms)}` : "";
     wanted.push({
       id: `${s.id}->${d.id}`, source: s.id, target: d.id,
-      label: `${fmtRps(e.rps)} rps · ${fmtPct(e.success_rate)} · p99 ${fmtMs(e.p99_ms)}${lock}`,
+      label: [http, tcp].filter(Boolean).join(" · ") + lock,
       rps: e.rps, success_rate: e.success_rate, p99_ms: e.p99_ms, mtls: e.mtls,
-      color: e.success_rate >= 0.99 ? "#1f9d55" : e.success_rate >= 0.9 ? "#d98a00" : "#d64545",
+      color: e.success_rate == null ? "#6b7280"
+        : e.success_rate >= 0.99 ? "#1f9d55" : e.success_rate >= 0.9 ? "#d98a00" : "#d64545",
       width: Math.min(8, 1.5 + Math.log2(1 + e.rps)),
     });
   }

@@ -5,8 +5,11 @@ series of :mod:`proxy.telemetry.metrics`, and one per-route latency histogram) i
 delta since the previous report: per edge (this workload -> destination service and version, or
 an unauthenticated caller -> this workload) requests, failures (5xx, local replies without a
 response, i.e. status 0, and gRPC statuses other than OK), the latency buckets of
-``istio_request_duration_milliseconds``, bytes and how many requests were mTLS. Nothing is
-added per request for the edges; the route histograms cost one dict lookup and an increment
+``istio_request_duration_milliseconds``, bytes and how many requests were mTLS, and, from the
+deltas of the opaque TCP proxy's ``istio_tcp_{sent,received}_bytes_total`` and
+``istio_tcp_connections_opened_total`` series (:mod:`proxy.tcp.metrics`), the TCP bytes and
+connections of the same edge. Nothing is added per request or per byte for the edges; the
+route histograms cost one dict lookup and an increment
 (the bucket index is the one the Istio series already computed).
 
 :class:`Tap` is a live request tap the control plane starts over the config stream: a filter, a
@@ -24,12 +27,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from proxy.tcp.metrics import LABELS as TCP_LABELS
 from proxy.telemetry.metrics import ENVOY_BUCKETS_MS, ISTIO_LABELS, SERIES_LABELS
 
 _ND = len(ENVOY_BUCKETS_MS) + 1
 _I = {n: i for i, n in enumerate(SERIES_LABELS)}
 _I_CODE_FULL = ISTIO_LABELS.index("response_code")
 _I_GRPC_FULL = ISTIO_LABELS.index("grpc_response_status")
+_T = {n: i for i, n in enumerate(TCP_LABELS)}
 #: Most routes one sidecar keeps a histogram for (a route is config-bound, so this is a guard).
 MAX_ROUTES = 2000
 #: Most pending tap events per tap before new ones are dropped.
@@ -43,9 +48,11 @@ def _failed(code: int) -> bool:
 class StatsReport:
     """Builds the ``stats`` message from the deltas of the sidecar's counters."""
 
-    def __init__(self, requests: Any, routes: dict[tuple[str, str], list]) -> None:
+    def __init__(self, requests: Any, routes: dict[tuple[str, str], list],
+                 tcp: Any = None) -> None:
         self.requests = requests  # proxy.telemetry.metrics.RequestMetrics
         self.routes = routes  # (service, route) -> [duration buckets..., failures]
+        self.tcp = tcp  # proxy.tcp.metrics.TcpMetrics, or None (set later by the sidecar)
         self._prev: dict[int, list] = {}
         self._prev_routes: dict[tuple[str, str], list] = {}
 
@@ -80,15 +87,7 @@ class StatsReport:
                 if n <= 0:
                     continue
                 code = _code(full)
-                item = edges.get(key)
-                if item is None:
-                    item = edges[key] = {
-                        "reporter": key[0], "source_namespace": key[1], "source": key[2],
-                        "source_version": key[3], "destination": key[4],
-                        "destination_version": key[5], "requests": 0, "failures": 0,
-                        "mtls": 0, "sum_ms": 0.0, "request_bytes": 0, "response_bytes": 0,
-                        "buckets": [0] * _ND,
-                    }
+                item = _edge(edges, key)
                 item["requests"] += n
                 if _failed(code) or full[_I_GRPC_FULL] not in ("", "0"):
                     item["failures"] += n
@@ -100,6 +99,8 @@ class StatsReport:
                 b = item["buckets"]
                 for i, c in enumerate(buckets):
                     b[i] += c
+        if self.tcp is not None:
+            self._tcp_edges(edges)
         routes = []
         for rkey, counts in list(self.routes.items()):
             snap = counts[:]
@@ -114,6 +115,46 @@ class StatsReport:
         for item in edges.values():
             item["sum_ms"] = round(item["sum_ms"], 3)
         return {"edges": list(edges.values()), "routes": routes}
+
+    def _tcp_edges(self, edges: dict[tuple[str, ...], dict]) -> None:
+        """Add what each TCP series ([received, sent, opened, closed]) gained to its edge. As
+        for HTTP, an inbound mTLS connection is left to the calling sidecar to report."""
+        for v, counts in list(self.tcp._series):
+            reporter = v[_T["reporter"]]
+            if reporter == "destination" and v[_T["connection_security_policy"]] == "mutual_tls":
+                continue
+            snap = counts[:3]
+            prev = self._prev.get(id(counts))
+            self._prev[id(counts)] = snap
+            if prev is not None:
+                snap = [a - b for a, b in zip(snap, prev, strict=True)]
+            if not any(snap):
+                continue
+            if reporter == "source":
+                key = ("source", v[_T["source_workload_namespace"]], v[_T["source_app"]],
+                       v[_T["source_version"]], v[_T["destination_service"]],
+                       v[_T["destination_version"]])
+            else:
+                key = ("destination", v[_T["source_workload_namespace"]],
+                       v[_T["source_workload"]], "unknown", v[_T["destination_service"]],
+                       v[_T["destination_version"]])
+            item = _edge(edges, key)
+            item["tcp_received_bytes"] += snap[0]
+            item["tcp_sent_bytes"] += snap[1]
+            item["tcp_connections"] += snap[2]
+
+
+def _edge(edges: dict[tuple[str, ...], dict], key: tuple[str, ...]) -> dict:
+    item = edges.get(key)
+    if item is None:
+        item = edges[key] = {
+            "reporter": key[0], "source_namespace": key[1], "source": key[2],
+            "source_version": key[3], "destination": key[4], "destination_version": key[5],
+            "requests": 0, "failures": 0, "mtls": 0, "sum_ms": 0.0, "request_bytes": 0,
+            "response_bytes": 0, "buckets": [0] * _ND, "tcp_sent_bytes": 0,
+            "tcp_received_bytes": 0, "tcp_connections": 0,
+        }
+    return item
 
 
 def _code(full: list[str]) -> int:

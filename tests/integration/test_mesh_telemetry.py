@@ -168,8 +168,8 @@ def test_sidecar_reports_become_edges_services_and_routes(mesh):
     code, out, err = cli(mesh, "top", "edges", "--once")
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["SOURCE", "DESTINATION", "RPS", "SUCCESS", "P50", "P99", "MTLS"]
-    assert any(ln.split()[:2] == ["frontend/v1", "orders/v1"] and ln.endswith("yes")
+    assert lines[0].split() == ["SOURCE", "DESTINATION", "RPS", "SUCCESS", "P50", "P99", "MTLS", "TCP"]
+    assert any(ln.split()[:2] == ["frontend/v1", "orders/v1"] and ln.split()[6:] == ["yes", "-"]
                for ln in lines[1:]), out
     code, out, err = cli(mesh, "top", "routes", "--once", "--window", "10m")
     assert code == 0, err

@@ -117,8 +117,11 @@ class Mesh:
                                 else ""): p for p in json.loads(r.stdout)["proxies"]}
 
     def status(self, url: str) -> dict:
+        return self.api(url, "/v1/status")
+
+    def api(self, url: str, path: str) -> dict:
         req = urllib.request.Request(
-            url + "/v1/status",
+            url + path,
             headers={"Authorization": "Bearer " + (self.a.data_dir / "admin.token").read_text()
                      .strip()})
         import ssl
@@ -265,6 +268,26 @@ def test_apply_through_a_reaches_sidecars_of_b_within_a_second(mesh):
     # `meshlet check` against a replica: store writable (etcd), every sidecar synced
     r = mesh.cli(mesh.b.url, "check", "--min-cert-validity", "1s")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_stats_views_merge_every_replica_listed_in_etcd(mesh):
+    """orders-b reports its calls to B; A's mesh-wide views include them, A having found B under
+    replicas/ in etcd (no MESHLET_STATS_PEERS is set)."""
+    for _ in range(7):
+        assert call(mesh.orders_b)[0] == 200
+
+    def calls(url: str, scope: str) -> int:
+        body = mesh.api(url, f"/v1/stats/edges?window=10m&scope={scope}")
+        return sum(e["requests"] for e in body["edges"]
+                   if e["reporter"] == "source" and e["source"]["workload"] == "orders"
+                   and e["destination"]["name"] == "inventory")
+
+    def merged() -> bool:
+        a, b = calls(mesh.a.url, "local"), calls(mesh.b.url, "local")
+        return b >= 7 and calls(mesh.a.url, "mesh") == a + b == calls(mesh.b.url, "mesh")
+
+    # sidecars report every 5 s; each replica's merged view is cached 1 s
+    wait_until(merged, timeout=30, interval=0.5, what="A's and B's windows merged on both")
 
 
 def test_join_through_b_renewal_on_either_replica_and_ca_rotation_once(mesh):

@@ -442,6 +442,31 @@ def test_tcp_metrics_count_the_bytes_on_both_sides(mesh):
     )  # fmt: skip
 
 
+def test_a_tcp_edge_bytes_and_connections_reach_the_control_plane(mesh):
+    """The sidecar's stats report carries the istio_tcp_* deltas per edge, and the control plane
+    serves them in /v1/stats/edges (here through ``meshlet top edges -o json``)."""
+    s = socket.create_connection(("127.0.0.1", mesh["ports"]["cache"]))
+    req = b"*3\r\n$3\r\nSET\r\n$2\r\ncp\r\n$5\r\nvalue\r\n"
+    s.sendall(req)
+    assert s.recv(100) == b"+OK\r\n"
+    s.close()
+
+    def edge() -> dict | None:
+        r = mesh["cp"].cli("top", "edges", "--once", "--window", "10m", "-o", "json")
+        assert r.returncode == 0, r.stderr
+        for e in json.loads(r.stdout)["edges"]:
+            if (e["source"]["workload"], e["destination"]["service"], e["reporter"]) == (
+                "client", "cache.default.svc.cluster.local", "source"
+            ) and e["tcp_connections"] >= 1 and e["tcp_received_bytes"] >= len(req) \
+                    and e["tcp_sent_bytes"] >= 5:
+                return e
+        return None
+
+    # sidecars report every 5 s by default
+    e = wait_until(edge, timeout=30, interval=0.5, what="the client -> cache TCP edge at the control plane")
+    assert e["requests"] == 0 and e["success_rate"] is None
+
+
 def test_server_first_banner_protocol(mesh):
     s = socket.create_connection(("127.0.0.1", mesh["ports"]["banner"]), timeout=10)
     f = s.makefile("rb")

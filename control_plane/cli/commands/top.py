@@ -2,7 +2,8 @@
 
 As ``linkerd viz top`` / ``routes``: the golden metrics the control plane merged from every
 sidecar's reports (``/v1/stats/...``): requests per second, success rate, p50 and p99 latency,
-and for routes the split their VirtualService configures. Refreshes every ``--interval`` seconds
+and for routes the split their VirtualService configures; for edges also the opaque TCP
+connections and bytes (sent/received) when there were any. Refreshes every ``--interval`` seconds
 until Ctrl-C; ``--once`` prints one table.
 """
 
@@ -48,6 +49,24 @@ def _rps(v: float) -> str:
     return f"{v:.2f}"
 
 
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}GiB"
+
+
+def _tcp(e: dict) -> str:
+    """Opaque TCP on the edge as ``CONNECTIONSc,SENT/RECEIVED`` (sent and received as Istio's
+    ``istio_tcp_*_bytes_total`` count them); ``-`` for an HTTP-only edge."""
+    conns = e.get("tcp_connections") or 0
+    sent, recv = e.get("tcp_sent_bytes") or 0, e.get("tcp_received_bytes") or 0
+    if not (conns or sent or recv):
+        return "-"
+    return f"{conns}c,{_bytes(sent)}/{_bytes(recv)}"
+
+
 def _split(row: dict) -> str:
     dests = row.get("destinations") or []
     parts = []
@@ -62,14 +81,14 @@ def render(view: str, data: dict) -> str:
 
     items = data.get(view) or []
     if view == "edges":
-        headers = ["SOURCE", "DESTINATION", "RPS", "SUCCESS", "P50", "P99", "MTLS"]
+        headers = ["SOURCE", "DESTINATION", "RPS", "SUCCESS", "P50", "P99", "MTLS", "TCP"]
         rows = [[f"{e['source']['workload']}"
                  + (f"/{e['source']['version']}" if e["source"]["version"] != "unknown" else ""),
                  f"{e['destination']['name']}"
                  + (f"/{e['destination']['version']}"
                     if e["destination"]["version"] != "unknown" else ""),
                  _rps(e["rps"]), _pct(e["success_rate"]), _ms(e["p50_ms"]), _ms(e["p99_ms"]),
-                 "yes" if e.get("mtls") else "no"] for e in items]
+                 "yes" if e.get("mtls") else "no", _tcp(e)] for e in items]
     elif view == "services":
         headers = ["SERVICE", "VERSION", "RPS", "SUCCESS", "P50", "P99"]
         rows = [[s["name"] + (f".{s['namespace']}" if s.get("namespace") else ""),

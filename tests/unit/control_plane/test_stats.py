@@ -177,3 +177,30 @@ def test_export_of_a_window_holds_only_its_slots():
     merged = StatsStore(clock=clock)
     merged.merge(st.export("1m"))
     assert merged.edge_view("1m") == st.edge_view("1m")
+
+
+def tcp_report(conns: int, sent: int, received: int) -> dict:
+    return {"edges": [{"reporter": "source", "source": "frontend", "source_namespace": "default",
+                       "source_version": "v1", "destination": "redis.default.svc.cluster.local",
+                       "destination_version": "v1", "tcp_connections": conns,
+                       "tcp_sent_bytes": sent, "tcp_received_bytes": received}]}
+
+
+def test_tcp_bytes_per_edge_add_up_in_windows_and_across_replicas():
+    clock = Clock()
+    a, b = StatsStore(clock=clock), StatsStore(clock=clock)
+    a.ingest(tcp_report(2, 1000, 50))
+    clock.t += 10
+    a.ingest(tcp_report(1, 24, 6))
+    b.ingest(tcp_report(4, 2000, 100))
+    a.merge(b.export("1m"))
+    (e,) = a.edge_view("1m")  # a TCP-only edge is listed, with no request rate
+    assert (e["tcp_connections"], e["tcp_sent_bytes"], e["tcp_received_bytes"]) == (7, 3024, 156)
+    assert e["requests"] == 0 and e["success_rate"] is None
+    (s,) = a.service_view("1m")
+    assert s["tcp_sent_bytes"] == 3024
+    clock.t += 600  # out of every window
+    assert a.edge_view("10m") == []
+    bad = tcp_report(1, 10, 10)
+    bad["edges"][0]["tcp_sent_bytes"] = -1
+    assert StatsStore(clock=clock).ingest(bad) == 0

@@ -21,6 +21,13 @@ EDGES = {"window": "1m", "edges": [
                      "namespace": "default", "version": "v2"},
      "requests": 120, "failures": 6, "rps": 2.0, "success_rate": 0.95, "p50_ms": 480.0,
      "p90_ms": 900.0, "p99_ms": 2400.0, "mtls": False},
+    {"reporter": "source", "source": {"workload": "frontend", "namespace": "default",
+                                      "version": "v1"},
+     "destination": {"service": "redis.default.svc.cluster.local", "name": "redis",
+                     "namespace": "default", "version": "unknown"},
+     "requests": 0, "failures": 0, "rps": 0.0, "success_rate": None, "p50_ms": None,
+     "p90_ms": None, "p99_ms": None, "mtls": False, "tcp_connections": 3,
+     "tcp_sent_bytes": 1536, "tcp_received_bytes": 42},
 ]}
 SERVICES = {"window": "10m", "services": [
     {"service": "orders.default.svc.cluster.local", "name": "orders", "namespace": "default",

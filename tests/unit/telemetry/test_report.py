@@ -159,3 +159,34 @@ def test_record_returns_the_duration_bucket_the_route_histogram_reuses():
     assert s.record(200, "-", "", 1.0, 0, 0) == 1  # bounds are inclusive, as Prometheus' le
     assert s.record(200, "-", "", 7.0, 0, 0) == 3
     assert s.record(200, "-", "", 1e9, 0, 0) == len(ENVOY_BUCKETS_MS)  # +Inf
+
+
+def test_tcp_bytes_and_connections_join_their_edge_as_deltas():
+    from proxy.tcp.metrics import TcpMetrics
+
+    m, tcp = RequestMetrics(), TcpMetrics()
+    rep = StatsReport(m, {}, tcp)
+    out = tcp.series(reporter="source", source_workload_namespace="default",
+                     source_app="frontend", source_version="v1",
+                     destination_service="redis.default.svc.cluster.local",
+                     destination_version="v1", request_protocol="tcp")
+    mesh_in = tcp.series(reporter="destination", connection_security_policy="mutual_tls",
+                         destination_service="frontend.default.svc.cluster.local")
+    out[:] = [100, 2000, 3, 1]  # received, sent, opened, closed
+    mesh_in[:] = [5, 5, 1, 0]  # the calling sidecar reports it
+    outbound(m, "v1").record(200, "-", "", 3.0, 0, 10)  # an HTTP edge alongside
+    body = rep.build()
+    edges = {e["destination"]: e for e in body["edges"]}
+    assert set(edges) == {"redis.default.svc.cluster.local", "orders.default.svc.cluster.local"}
+    r = edges["redis.default.svc.cluster.local"]
+    assert (r["reporter"], r["source"], r["source_version"]) == ("source", "frontend", "v1")
+    assert (r["tcp_received_bytes"], r["tcp_sent_bytes"], r["tcp_connections"]) == (100, 2000, 3)
+    assert r["requests"] == 0 and sum(r["buckets"]) == 0
+    assert edges["orders.default.svc.cluster.local"]["tcp_connections"] == 0
+    # only what the counters gained since; a connection closing alone is not news
+    out[3] += 1
+    assert rep.build() == {"edges": [], "routes": []}
+    out[0] += 7
+    out[1] += 9
+    (e,) = rep.build()["edges"]
+    assert (e["tcp_received_bytes"], e["tcp_sent_bytes"], e["tcp_connections"]) == (7, 9, 0)
