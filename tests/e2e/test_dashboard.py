@@ -29,11 +29,12 @@ FRONT = re.compile(r"curl -s -H 'Host: orders' http://127\.0\.0\.1:(\d+)/orders"
 
 def start_demo(work: Path) -> tuple[subprocess.Popen, Path]:
     out = work / "demo.out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control_plane.cli", "demo", "--requests", "40",
-         "--workdir", str(work / "demo")],
-        stdout=open(out, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,  # noqa: SIM115
-        cwd=str(ROOT), env=env(MESHLET_STATS_INTERVAL="1"), start_new_session=True)
+    with open(out, "wb") as log:  # the child has its own descriptor; ours closes here
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "control_plane.cli", "demo", "--requests", "40",
+             "--workdir", str(work / "demo")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=str(ROOT), env=env(MESHLET_STATS_INTERVAL="1"), start_new_session=True)
     return proc, out
 
 
@@ -136,12 +137,12 @@ def test_dashboard_shows_the_demo_mesh_live(tmp_path):
         assert len(proxies) == 6 and all("SYNCED" in r.text and " in " in r.text
                                          for r in proxies), [r.text for r in proxies]
 
-        # live tap: a request this test sends shows up
+        # live tap: a request this test sends shows up (orders has three sidecars: v1, v2, v3)
         marker = f"/echo/e2e-{uuid.uuid4().hex[:8]}"
         Select(driver.find_element(By.ID, "tap-service")).select_by_value("orders.default")
         driver.find_element(By.ID, "tap-path").send_keys("/echo/e2e-")
         driver.find_element(By.ID, "tap-start").click()
-        wait_until(lambda: "on 2 sidecar(s)" in driver.find_element(By.ID, "tap-status").text,
+        wait_until(lambda: "on 3 sidecar(s)" in driver.find_element(By.ID, "tap-status").text,
                    30, 0.2, "the tap to start")
 
         def tapped() -> str | None:
