@@ -1,24 +1,18 @@
 """Integration tests only: ResourceWarning is still ignored here (and only here; the unit tests
 run with every warning an error, ResourceWarning included).
 
-What is known to remain, found when pyproject's global ignore was removed (issue 19): with this
-hook removed, ``-W error::ResourceWarning`` fails ``test_control_plane.py`` intermittently (once in
-two runs here, passing under ``-X tracemalloc``): an "unclosed transport
-<_SelectorSocketTransport>" whose socket aiohttp's connector opened to the control plane's port
-(the raw transport under a TLS one). The likely path (not yet proven): aiohttp
-(3.12+) aborts TLS connections still pooled when a ClientSession closes and waits for them, but a
-connection released as not reusable (``BaseConnector._release(should_close=True)``: a WebSocket
-that closes, a ``ws_connect`` that fails after the TLS 1.3 handshake because the control plane
-refused the client certificate) gets ``proto.close()``, a graceful TLS close that nothing awaits.
-The close_notify round trip is still pending when the test's event loop closes (the peer is another
-process, slow on a loaded machine; ``DiscoveryClient._session`` waits at most 2 s, and only for the
-stream's own socket when stopping), so the transport is collected during a later test. A
-``DiscoveryClient`` without a client certificate, refused by a loopback aiohttp HTTPS server in
-the same loop and stopped while retrying, was run 100 times here with no leak: the same-loop peer
-answers at once, so such a unit test does not reproduce it. The clean stop of a connected stream is
-fixed (``proxy/discovery.py``) and covered by ``tests/unit/control_plane/test_discovery.py``.
-Remove this hook once every connection the DiscoveryClient opens is closed (aborted, or its close
-awaited) before its session returns.
+Found when pyproject's global ignore was removed (issue 19) and since fixed: a control plane that
+refuses a ``DiscoveryClient``'s stream closes it; aiohttp closes a connection it will not reuse
+with a graceful TLS close (``proto.close()``) that nothing awaits, and a ``stop()`` during the
+back-off that followed left that socket open when the loop closed (the transport was collected
+during a later test, ``test_control_plane.py::test_proxy_config_error_paths`` here). Every
+session now waits (at most 2 s) for its socket to close before backing off
+(``proxy/discovery.py``, ``tests/unit/control_plane/test_discovery.py``). With that fix and
+without this hook, ``test_control_plane.py`` passed 3 runs of 3 (it failed 2 of 3 without the
+fix) and ``test_cli.py`` + ``test_identity.py`` passed; the other integration modules were not yet
+run twice without it, so the hook stays until they are. What could remain: a session whose TLS
+close takes longer than 2 s, or connections aiohttp opens and closes inside one ``ws_connect``
+attempt whose socket the client never sees (a handshake refused outright, under TLS 1.2).
 """
 
 from __future__ import annotations
