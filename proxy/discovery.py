@@ -228,8 +228,10 @@ class DiscoveryClient:
         try:
             await self._stream()
         finally:
-            if self._stopping:
-                await _socket_closed(self._sock, 2.0)
+            # Also after a failed or refused session, not only when stopping: aiohttp closes a
+            # connection it will not reuse with a graceful TLS close that nothing awaits, and a
+            # stop() during the back-off that follows would otherwise leave that socket open.
+            await _socket_closed(self._sock, 2.0)
             self._in_session = False
 
     async def _stream(self) -> None:

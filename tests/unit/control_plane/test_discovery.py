@@ -83,3 +83,64 @@ async def test_stop_lets_the_session_close_its_connection(tmp_path):
         await asyncio.wait_for(gone.wait(), 10)
     finally:
         await runner.cleanup()
+
+
+async def test_a_refused_session_closes_its_socket_before_backing_off(tmp_path):
+    """A control plane that refuses the stream closes it; aiohttp then closes that TLS connection
+    with a close_notify round trip nothing awaits. The session must wait for it before backing
+    off: a stop() during the back-off would otherwise leave the socket open (issue 19)."""
+    import asyncio
+
+    from aiohttp import web
+
+    from certs import keys, tls
+    from certs.authority import CertificateAuthority
+    from certs.csr import build_csr
+    from certs.spiffe import SpiffeId
+
+    ca = CertificateAuthority.create_self_signed(tmp_path / "cp", "cluster.local")
+    key = keys.generate_private_key()
+    sid = SpiffeId.for_workload("cluster.local", "default", "cp")
+    chain = ca.sign(build_csr(key, sid), sid, 600)
+    server_ctx = tls.server_context(chain, keys.private_key_to_pem(key), ca.bundle_pem(),
+                                    require_client_cert=False, alpn=tls.HTTP11_ALPN)
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive()
+        await ws.send_json({"type": "error", "error": "a client certificate is required"})
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    open_at_disconnect: list[bool] = []
+    c: DiscoveryClient
+
+    def on_status(event: dict) -> None:
+        if event["event"] == "disconnected":
+            open_at_disconnect.append(c._sock is not None and c._sock.fileno() != -1)
+
+    c = DiscoveryClient(
+        f"https://127.0.0.1:{port}",
+        lambda: tls.client_context(None, None, ca.bundle_pem(), alpn=tls.HTTP11_ALPN),
+        {"service": "a"}, lambda s: None, str(tmp_path / "cache.json"), on_status,
+        backoff_base=0.01, backoff_cap=0.02, verify_control_plane_id=False,
+    )
+    try:
+        c.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len(open_at_disconnect) < 3 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await c.stop()
+        assert len(open_at_disconnect) >= 3 and c.last_error
+        assert not any(open_at_disconnect)
+    finally:
+        await runner.cleanup()
