@@ -115,3 +115,16 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
         return True
     return False
+
+
+_DETACHED: list[Any] = []  # processes started to outlive the action that started them
+
+
+def detach(p: Any) -> int:
+    """Keep a started process that is meant to outlive its caller (a watchdog, a restarted
+    sidecar) referenced, so dropping its ``Popen`` neither warns that it still runs nor
+    leaves it unreaped: finished ones are reaped here, on the next call."""
+    _DETACHED[:] = [q for q in _DETACHED if q.poll() is None]
+    _DETACHED.append(p)
+    return int(p.pid)
+

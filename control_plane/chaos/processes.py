@@ -76,7 +76,7 @@ def start(name: str, configuration: dict[str, Any] | None = None, timeout: float
         )
     finally:
         log.close()
-    spec["pid"] = p.pid
+    spec["pid"] = mesh.detach(p)
     # re-read: another action may have written meanwhile; only this process's pid changes
     fresh = mesh.load(configuration)
     fresh.setdefault("processes", {})[name] = spec

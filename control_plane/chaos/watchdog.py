@@ -35,7 +35,7 @@ def spawn(after: float, *what: str) -> int:
         env=env,
         start_new_session=True,
     )
-    return p.pid
+    return mesh.detach(p)
 
 
 def main(argv: list[str] | None = None) -> int:
