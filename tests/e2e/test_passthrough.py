@@ -64,7 +64,7 @@ def netns(tmp_path):
         _ns(name, "ip", "addr", "add", f"{ADDR}/32", "dev", "lo")
         cfg = tmp_path / "se.yaml"
         cfg.write_text(SE)
-        log = open(tmp_path / "sidecar.log", "wb")  # noqa: SIM115 - lives as long as the sidecar
+        log = open(tmp_path / "sidecar.log", "wb")  # noqa: SIM115 - closed once the child has it
         # the sidecar runs with GID 1337, which the capture rule exempts (as istio-iptables does)
         procs.append(
             subprocess.Popen(
@@ -99,6 +99,7 @@ def netns(tmp_path):
                 cwd=str(ROOT),
             )
         )
+        log.close()  # the sidecar has its own descriptor
         deadline = time.monotonic() + 20
         while b"meshlet sidecar ready" not in (tmp_path / "sidecar.log").read_bytes():
             assert time.monotonic() < deadline, (tmp_path / "sidecar.log").read_text()
