@@ -536,7 +536,9 @@ async def test_stale_nonce_is_ignored(cp):
         first = await ws.receive_json(timeout=5)
         await cp.call("POST", "/v1/resources", json={"files": [
             {"source": "r.yaml", "text": VS.format(subset="v1")}]})
-        second = await ws.receive_json(timeout=5)
+        # the first snapshot is not ACKed, so the push holds the newer one for ack_wait (5 s,
+        # control_plane/push.py flow control) and then sends it
+        second = await ws.receive_json(timeout=15)
         assert second["nonce"] != first["nonce"]
         # An ACK of the new version carrying the old nonce is stale.
         await ws.send_json({"type": "ack", "version": second["version"], "nonce": first["nonce"]})
