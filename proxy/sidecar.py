@@ -58,6 +58,7 @@ class SidecarOptions:
     state_dir: str | None = None
     advertise_address: str = "127.0.0.1"
     drain_timeout: float = 20.0
+    hbone_idle_timeout: float = 300.0  # an outbound HBONE connection with no stream is closed
     access_log: bool = True
     header_timeout: float = 10.0
     idle_timeout: float = 300.0
@@ -251,11 +252,12 @@ class Sidecar:
         from proxy.tcp.proxy import TcpProxy
 
         self.tcp = TcpProxy(self.runtime, o.app_host, o.app_port)
+        self.tcp.pool_idle_timeout = o.hbone_idle_timeout
         if self.identity is not None:
             hbone = o.hbone_port
             if hbone is None:
                 hbone = 15008 if o.inbound_port == 15006 else 0
-            await self.tcp.start_hbone(o.inbound_bind, hbone, self.identity.listener_context())
+            await self.tcp.start_hbone(o.inbound_bind, hbone, self._ticketing_contexts())
         self.tcp.on_table(self.runtime.table)
         self._setup_telemetry()
         if self.telemetry is not None:
@@ -412,12 +414,16 @@ class Sidecar:
         identity's ticket-issuing context (rebuilt on renewal, bundle change and hourly, so
         tickets never outlive the trust they were issued under), and a resumed session whose
         peer certificate has expired since is closed."""
+        from proxy.server.tls_session import resumed_peer_valid
+
+        inb.accept_context = self._ticketing_contexts()
+        inb.resumed_ok = resumed_peer_valid
+
+    def _ticketing_contexts(self) -> Any:
+        """The current identity's ticket-issuing server context, for the inbound listener and
+        the HBONE listener (each has its own, hence its own tickets)."""
         from certs import tls
-        from proxy.server.tls_session import (
-            RESUMPTION,
-            TicketingServerContexts,
-            resumed_peer_valid,
-        )
+        from proxy.server.tls_session import RESUMPTION, TicketingServerContexts
 
         ident = self.identity
         assert ident is not None
@@ -427,8 +433,7 @@ class Sidecar:
                 cur.chain_pem, cur.key_pem, cur.bundle_pem, True, session_tickets=RESUMPTION
             )
 
-        inb.accept_context = TicketingServerContexts(ident._cur, build)
-        inb.resumed_ok = resumed_peer_valid
+        return TicketingServerContexts(ident._cur, build)
 
     def _start_discovery(self, inbound_port: int) -> None:
         from proxy.discovery import DiscoveryClient
@@ -492,19 +497,33 @@ class Sidecar:
             self._draining_task = asyncio.get_running_loop().create_task(self.drain())
 
     async def drain(self) -> None:
+        """Stop taking connections (HTTP and TCP), wait up to the drain timeout for the open
+        ones (requests in flight, TCP connections) to finish, close the rest, stop."""
         rt = self.runtime
         rt.draining = True
+        tcp = self.tcp
         log.info(
-            "draining: %d requests in flight", sum(lst.busy for lst in self.listeners.values())
+            "draining: %d requests in flight, %d TCP connections open",
+            sum(lst.busy for lst in self.listeners.values()),
+            tcp.busy() if tcp is not None else 0,
         )
         for lst in self.listeners.values():
             lst.stop_accepting()
+        if tcp is not None:
+            tcp.stop_accepting()
+
+        def busy() -> bool:
+            return any(lst.busy for lst in self.listeners.values()) or bool(
+                tcp is not None and tcp.busy()
+            )
+
         deadline = asyncio.get_running_loop().time() + self.opts.drain_timeout
-        while any(lst.busy for lst in self.listeners.values()):
+        while busy():
             if asyncio.get_running_loop().time() > deadline:
                 log.warning(
-                    "drain timeout: closing %d busy connections",
+                    "drain timeout: closing %d busy connections and %d TCP connections",
                     sum(lst.busy for lst in self.listeners.values()),
+                    tcp.close_open("drain timeout") if tcp is not None else 0,
                 )
                 break
             await asyncio.sleep(0.05)
@@ -591,6 +610,8 @@ class Sidecar:
                            for e in t.l4.egress],
                 "egress_listening": self.tcp.egress_ports() if self.tcp is not None else {},
                 "hbone_port": self.tcp.hbone_port if self.tcp is not None else 0,
+                "hbone_tls_handshakes": self.tcp.handshakes_view() if self.tcp is not None
+                else {},
             },
         }
 

@@ -19,14 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
+from proxy.server.tls_session import SessionCache, resumed_peer_valid
+from proxy.server.tls_session import open_connection as open_tls
 from proxy.server.upstream import set_keepalive
 from proxy.tcp import sni as sni_mod
 from proxy.tcp.conn import TcpRecord
 from proxy.tcp.legs import HboneConnection, RawLeg, StreamLeg
 from proxy.tcp.table import TcpService, select
+from proxy.telemetry.metrics import INBOUND_TLS_HANDSHAKES
 
 log = logging.getLogger("meshlet.proxy.tcp")
 
@@ -82,6 +87,24 @@ class _Accepting:
             self.sock.close()
 
 
+class _Dialed(HboneConnection):
+    """An outbound HBONE connection. Its TLS session is kept for the next connection to the same
+    peer sidecar once the first bytes have been read: a TLS 1.3 ticket arrives after the
+    handshake, ahead of the server's SETTINGS, i.e. in the first read. Only that read pays for
+    the check: the instance then reads through :class:`HboneConnection` directly."""
+
+    def __init__(self, sessions: SessionCache | None, on_lost: Any) -> None:
+        super().__init__(True, on_lost=on_lost)
+        self.sessions = sessions
+        self.resumed = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data_received = super().data_received  # type: ignore[method-assign]
+        if self.sessions is not None and self.transport is not None:
+            self.sessions.remember(self.transport.get_extra_info("ssl_object"))
+        HboneConnection.data_received(self, data)
+
+
 class TcpProxy:
     def __init__(self, runtime: Any, app_host: str, app_port: int) -> None:
         self.rt = runtime
@@ -91,13 +114,15 @@ class TcpProxy:
         self.access_log: Any = None
         self.workload = runtime.service + ("-" + runtime.version if runtime.version else "")
         self._series: dict[tuple[str, str, str], list[int]] = {}
-        self.pools: dict[tuple[str, int], list[HboneConnection]] = {}
-        self._dialing: dict[tuple[str, int], asyncio.Future[HboneConnection]] = {}
+        # pooled HBONE connections per (address, HBONE port, identity the peer must have): as
+        # ztunnel's pool, keyed by the expected identity, so that a config changing who the peer
+        # must be never reuses a connection verified under the old expectation
+        self.pools: dict[tuple[str, int, Any], list[HboneConnection]] = {}
+        self._dialing: dict[tuple[str, int, Any], asyncio.Future[HboneConnection]] = {}
         self.inbound_conns: set[HboneConnection] = set()
         self.open_legs: dict[Any, list[Any]] = {}  # leg -> [bytes seen, since, idle timeout]
         self.cluster_active: dict[str, int] = {}
         self.egress: dict[tuple[str, int], tuple[_Accepting, list[str]]] = {}
-        self.hbone_server: asyncio.AbstractServer | None = None
         self.hbone_port = 0
         self.overflows = 0
         self.refused = 0
@@ -105,24 +130,73 @@ class TcpProxy:
         self._want_egress: dict[tuple[str, int], str] = {}
         self._egress_failed: set[tuple[str, int]] = set()  # busy ports, retried by the sweep
         self.tasks: set[asyncio.Task[Any]] = set()
+        # TLS session resumption towards peer sidecars: one cache per (address, HBONE port)
+        self.sessions: dict[tuple[str, int], SessionCache] = {}
+        # HBONE handshakes of this sidecar: outbound/inbound x full/resumed
+        self.handshakes = {"outbound": [0, 0], "inbound": [0, 0]}
+        # an outbound HBONE connection with no stream for this long is closed (ztunnel's pool
+        # releases unused connections the same way); swept once a second
+        self.pool_idle_timeout = 300.0
+        self.hbone_listener: _Accepting | None = None
+        self._accept_context: Callable[[], ssl.SSLContext] | None = None
+        self.draining = False
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def start_hbone(self, host: str, port: int, ssl_context: Any) -> int:
-        loop = asyncio.get_running_loop()
-        self.hbone_server = await loop.create_server(
-            lambda: HboneConnection(False, self._inbound_open, self.inbound_conns.discard),
-            host,
-            port,
-            ssl=ssl_context,
-            reuse_address=True,
-            backlog=1024,
-        )
-        self.hbone_port = self.hbone_server.sockets[0].getsockname()[1]
+    async def start_hbone(
+        self, host: str, port: int, accept_context: Callable[[], ssl.SSLContext]
+    ) -> int:
+        """Listen for peers' HBONE connections. Each accepted connection is created from
+        ``accept_context()`` (the current identity's ticket-issuing context, see
+        ``proxy/server/tls_session.py``): tickets die with the certificate or bundle they were
+        issued under, so a resumption never skips a verification the current trust needs."""
+        self._accept_context = accept_context
+        self.hbone_listener = _Accepting(host, port, self._hbone_accepted)
+        self.hbone_port = self.hbone_listener.port
         self._arm_sweeper()
         return self.hbone_port
 
+    def _hbone_accepted(self, sock: socket.socket) -> None:
+        assert self._accept_context is not None
+        try:
+            ctx = self._accept_context()
+        except Exception:
+            log.exception("no TLS context for an inbound HBONE connection")
+            sock.close()
+            return
+        self._spawn(self._hbone_adopt(sock, ctx))
+
+    async def _hbone_adopt(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(10.0):
+                transport, conn = await loop.connect_accepted_socket(
+                    lambda: HboneConnection(False, self._inbound_open, self.inbound_conns.discard),
+                    sock,
+                    ssl=ctx,
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            log.debug("inbound HBONE handshake refused: %r", exc)
+            sock.close()
+            return
+        sslobj = transport.get_extra_info("ssl_object")
+        resumed = sslobj is not None and sslobj.session_reused
+        INBOUND_TLS_HANDSHAKES.count(resumed)
+        self.handshakes["inbound"][resumed] += 1
+        conn.resumed = resumed  # type: ignore[attr-defined]
+        # a resumed session skipped chain verification: its certificate must still be valid
+        # (checked before the first read: no stream is opened on a refused session)
+        if sslobj is None or (resumed and not resumed_peer_valid(sslobj)):
+            self.refused += 1
+            transport.abort()
+            return
+        if self.rt.peer_identity is not None:
+            conn.peer = self.rt.peer_identity(sslobj) or ""
+        self.inbound_conns.add(conn)
+
     def on_table(self, table: Any) -> None:
         """A new config: open, retarget or close the egress listeners it asks for."""
+        if self.draining:
+            return  # drain closed them: a config pushed meanwhile must not reopen any
         self._want_egress = {(e.bind, e.port): e.service for e in table.l4.egress}
         self._sync_egress(self._want_egress)
         self._arm_sweeper()
@@ -162,8 +236,8 @@ class TcpProxy:
         for acc, _ in self.egress.values():
             acc.close()
         self.egress.clear()
-        if self.hbone_server is not None:
-            self.hbone_server.close()
+        if self.hbone_listener is not None:
+            self.hbone_listener.close()
         for conns in self.pools.values():
             for c in conns:
                 c.close()
@@ -171,6 +245,36 @@ class TcpProxy:
             c.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+
+    # -- drain -----------------------------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        """Drain, first step: no new TCP connection (egress listeners and the HBONE listener
+        close: a new connection is refused; a new CONNECT on an open HBONE connection gets a
+        503), while the open ones go on."""
+        self.draining = True
+        for acc, _ in self.egress.values():
+            acc.close()
+        self.egress.clear()
+        self._want_egress = {}
+        self._egress_failed.clear()
+        if self.hbone_listener is not None:
+            self.hbone_listener.close()
+
+    def busy(self) -> int:
+        """Open TCP connections (and ones being set up): what drain waits for."""
+        return sum(1 for leg in self.open_legs if not leg.rec.done) + len(self.tasks)
+
+    def close_open(self, reason: str) -> int:
+        """Drain, last step: close every connection still open, with ``reason`` as the access
+        log's termination details. Returns how many were closed."""
+        n = 0
+        for leg in list(self.open_legs):
+            if not leg.rec.done:
+                leg.abort(reason, "")
+                n += 1
+        for t in list(self.tasks):
+            t.cancel()
+        return n
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -302,7 +406,9 @@ class TcpProxy:
         self.open_legs[down] = [0, time.monotonic(), cluster.tcp_idle_timeout]
 
     async def _hbone(self, ep: Any, cluster: Any) -> HboneConnection:
-        key = (ep.address, ep.hbone)
+        o = cluster.origination
+        sans = o.subject_alt_names if o is not None and o.mode == "ISTIO_MUTUAL" else ()
+        key = (ep.address, ep.hbone, tuple(sans) or ep.spiffe_id)
         while True:
             for c in self.pools.get(key, ()):
                 if c.usable():
@@ -315,16 +421,33 @@ class TcpProxy:
         fut = self._dialing[key] = loop.create_future()
         try:
             ctx = self.rt.client_ssl_h2()
-            _, conn = await loop.create_connection(
-                lambda: HboneConnection(True, on_lost=self._pool_lost),
-                ep.address,
-                ep.hbone,
-                ssl=ctx,
-                server_hostname="" if ctx is not None else None,
-            )
+            # sessions are the peer sidecar's, whatever identity it must have: a session for it
+            # is offered, and the identity checked on the resumed connection as on any other
+            sessions = self.sessions.get(key[:2])
+            if sessions is None:
+                sessions = self.sessions[key[:2]] = SessionCache()
+            conn: _Dialed
+            if ctx is None:
+                _, conn = await loop.create_connection(
+                    lambda: _Dialed(None, self._pool_lost), ep.address, ep.hbone
+                )
+            else:
+                # offers the peer's last session (a reconnect resumes instead of a full
+                # handshake); counted in meshlet_upstream_tls_handshakes_total
+                _, conn = await open_tls(
+                    loop, lambda: _Dialed(sessions, self._pool_lost), ep.address, ep.hbone,
+                    ctx, sessions, server_hostname="",
+                )  # fmt: skip
             sslobj = conn.transport.get_extra_info("ssl_object")
-            verify = self.rt._verifier(ep)
+            conn.resumed = bool(sslobj is not None and sslobj.session_reused)
+            self.handshakes["outbound"][conn.resumed] += 1
+            # resumed or not, the session records the peer's certificate: verified every time
+            # ISTIO_MUTUAL with subjectAltNames narrows who the peer may be; any other
+            # DestinationRule TLS mode says nothing about HBONE, always mesh mTLS
+            verify = self.rt._verifier(ep, cluster if sans else None)
             if sslobj is None or (verify is not None and not verify(sslobj)):
+                sessions.forget()
+                conn.sessions = None
                 conn.transport.abort()
                 raise ConnectionError(f"{ep.address}:{ep.hbone} is not {ep.spiffe_id}")
             if self.rt.peer_identity is not None:
@@ -343,7 +466,7 @@ class TcpProxy:
             self._dialing.pop(key, None)
 
     def _pool_lost(self, conn: HboneConnection) -> None:
-        conns = self.pools.get(getattr(conn, "pool_key", ("", 0)))
+        conns = self.pools.get(getattr(conn, "pool_key", ("", 0, "")))
         if conns and conn in conns:
             conns.remove(conn)
 
@@ -381,6 +504,10 @@ class TcpProxy:
         if target is None:
             conn.tunnel.refuse(sid, 404)
             rec.close("no such port", "NR")
+            return
+        if self.draining:
+            conn.tunnel.refuse(sid, 503)
+            rec.close("draining", "UF")
             return
         authz = rt.authz_tcp
         if authz is not None and not authz.empty:
@@ -466,6 +593,14 @@ class TcpProxy:
                 st[0], st[1] = total, now
             elif now - st[1] >= st[2]:
                 leg.abort("idle timeout", "IDLE")
+        for conns in list(self.pools.values()):
+            for c in list(conns):
+                if c.legs:
+                    c.idle_since = 0.0
+                elif not c.idle_since:
+                    c.idle_since = now
+                elif now - c.idle_since >= self.pool_idle_timeout:
+                    c.close()  # GOAWAY; the next connection to that peer resumes its session
         self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
 
     def _outbound_series(self, cluster: Any, ep: Any) -> list[int] | None:
@@ -526,15 +661,21 @@ class TcpProxy:
     # -- admin -----------------------------------------------------------------------------------
     def tunnels_view(self) -> list[dict[str, Any]]:
         out = []
-        for (addr, port), conns in self.pools.items():
+        for (addr, port, _), conns in self.pools.items():
             for c in conns:
                 out.append({"direction": "outbound", "address": f"{addr}:{port}",
                             "peer": c.peer, "streams_open": len(c.legs),
-                            "streams_total": c.streams_total})  # fmt: skip
+                            "streams_total": c.streams_total,
+                            "tls_resumed": getattr(c, "resumed", False)})  # fmt: skip
         for c in self.inbound_conns:
             out.append({"direction": "inbound", "address": c.peer_address, "peer": c.peer,
-                        "streams_open": len(c.legs)})  # fmt: skip
+                        "streams_open": len(c.legs),
+                        "tls_resumed": getattr(c, "resumed", False)})  # fmt: skip
         return out
+
+    def handshakes_view(self) -> dict[str, dict[str, int]]:
+        """HBONE TLS handshakes so far, full and resumed, each way."""
+        return {d: {"full": n[0], "resumed": n[1]} for d, n in self.handshakes.items()}
 
     # -- capture ---------------------------------------------------------------------------------
     def capture(self, sock: socket.socket) -> bool:

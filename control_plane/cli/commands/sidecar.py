@@ -52,7 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="the address peers reach this sidecar's inbound port at",
     )
-    p.add_argument("--drain-timeout", type=float, default=20.0, help="seconds (default 20)")
+    p.add_argument("--drain-timeout", type=float, default=20.0,
+                   help="seconds drain waits for requests and TCP connections (default 20)")
+    p.add_argument("--hbone-idle-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="an outbound HBONE connection (to a peer's 15008) with no TCP "
+                   "connection on it for this long is closed; the next one resumes its TLS "
+                   "session (default 300)")
     p.add_argument(
         "--stream-idle-timeout",
         type=float,
@@ -119,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         advertise_address=args.advertise_address,
         drain_timeout=args.drain_timeout,
+        hbone_idle_timeout=args.hbone_idle_timeout,
         stream_idle_timeout=args.stream_idle_timeout,
         access_log=not args.no_access_log,
     )
