@@ -197,6 +197,13 @@ class TcpProxy:
         """A new config: open, retarget or close the egress listeners it asks for."""
         if self.draining:
             return  # drain closed them: a config pushed meanwhile must not reopen any
+        # sessions of peer sidecars no longer in the config are dropped (config time, not per
+        # connection): the cache holds at most one session per known HBONE endpoint
+        if self.sessions:
+            known = {(ep.address, ep.hbone) for c in table.clusters.values()
+                     for ep in c.endpoints if getattr(ep, "hbone", 0)}  # fmt: skip
+            for key in [k for k in self.sessions if k not in known]:
+                del self.sessions[key]
         self._want_egress = {(e.bind, e.port): e.service for e in table.l4.egress}
         self._sync_egress(self._want_egress)
         self._arm_sweeper()
