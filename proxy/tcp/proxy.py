@@ -167,13 +167,11 @@ class TcpProxy:
 
     async def _hbone_adopt(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
+        # made here, not taken from the call's result: with ssl= uvloop returns its SSLProtocol
+        conn = HboneConnection(False, self._inbound_open, self.inbound_conns.discard)
         try:
             async with asyncio.timeout(10.0):
-                transport, conn = await loop.connect_accepted_socket(
-                    lambda: HboneConnection(False, self._inbound_open, self.inbound_conns.discard),
-                    sock,
-                    ssl=ctx,
-                )
+                transport, _ = await loop.connect_accepted_socket(lambda: conn, sock, ssl=ctx)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.debug("inbound HBONE handshake refused: %r", exc)
             sock.close()

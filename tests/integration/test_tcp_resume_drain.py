@@ -193,6 +193,9 @@ def test_a_reconnect_resumes_the_tls_session(mesh):
     tunnels = _outbound_tunnels(client)
     assert len(tunnels) == 1 and tunnels[0]["tls_resumed"] is True
     assert tunnels[0]["peer"] == ECHO_ID  # read from the certificate the session recorded
+    inbound = [t for t in _json(echo, "/clusters")["tcp_tunnels"] if t["direction"] == "inbound"
+               and t["tls_resumed"]]  # fmt: skip
+    assert inbound and inbound[0]["peer"] == CLIENT_ID, inbound
     # the process-wide upstream handshake counter counts HBONE's too
     metrics = client.admin_get("/metrics")[1].decode()
     assert 'meshlet_upstream_tls_handshakes_total{resumed="true"}' in metrics
@@ -328,3 +331,34 @@ def test_drain_closes_a_connection_that_never_ends_at_the_drain_timeout(mesh):
 
 def test_the_drained_client_left_echo_serving_others(mesh):
     assert _exchange(mesh["port"]) == b"echo ping\n"
+
+
+@pytest.mark.slow
+def test_after_a_root_rotation_a_full_verified_handshake_then_resumption_again(mesh):
+    """Both sidecars get a new trust bundle, then new certificates: a session from before is
+    not resumed (new contexts, new tickets on the server; the client drops sessions of its old
+    context), the new chain is verified, and later reconnects resume again. Last in the module:
+    it changes the mesh's root."""
+    client, echo, cp, port = mesh["client"], mesh["echo"], mesh["cp"], mesh["port"]
+    assert _exchange(port) == b"echo ping\n"
+    _idle_released(client)
+    serials = {sc: _json(sc, "/certs")["serial"] for sc in (client, echo)}
+    # (not `ca ... --wait`: it compares every proxy's ACK with one snapshot version, and the
+    # Sidecar-scoped client has its own; each sidecar's /certs says when it followed)
+    r = cp.cli("ca", "rotate")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: all(len(_json(sc, "/certs")["trust_bundle_fingerprints"]) == 2
+                           for sc in serials), timeout=60, what="both trust the new root")
+    r = cp.cli("ca", "activate")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: all(_json(sc, "/certs")["serial"] != serials[sc] for sc in serials),
+               timeout=60, what="both renewed under the new root")  # fmt: skip
+    before = _handshakes(client)["outbound"]
+    assert _exchange(port) == b"echo ping\n"
+    after = _handshakes(client)["outbound"]
+    assert after["full"] == before["full"] + 1 and after["resumed"] == before["resumed"]
+    tunnels = _outbound_tunnels(client)
+    assert tunnels and tunnels[0]["peer"] == ECHO_ID and tunnels[0]["tls_resumed"] is False
+    _idle_released(client)
+    assert _exchange(port) == b"echo ping\n"
+    assert _handshakes(client)["outbound"]["resumed"] == after["resumed"] + 1
