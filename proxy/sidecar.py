@@ -264,6 +264,7 @@ class Sidecar:
             from proxy.tcp.metrics import TcpMetrics
 
             self.tcp.metrics = TcpMetrics(self.telemetry.registry)
+            self.tcp.metrics.handshakes = self.tcp.handshakes
             self.tcp.access_log = self.telemetry.access_log
         out = Listener(
             "outbound",

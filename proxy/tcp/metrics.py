@@ -4,6 +4,10 @@
 Series are bound once per (reporter, cluster, endpoint or peer): a connection holds the bound
 list ``[received, sent, opened, closed]`` and bumps it in place as data flows; labels and text
 are made at scrape time only (the pattern of :mod:`proxy.telemetry.metrics`).
+
+Also ``meshlet_hbone_tls_handshakes_total{direction, resumed}``: the HBONE connections' TLS
+handshakes, full or resumed, outbound (to peers' 15008) and inbound (on ours), read at scrape
+time from the proxy's two-by-two counts.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ _FAMILIES = (
 class TcpMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._series: list[tuple[tuple[str, ...], list[int]]] = []
+        # direction -> [full, resumed], the TcpProxy's own counts (set by the sidecar)
+        self.handshakes: dict[str, list[int]] | None = None
         if registry is not None:
             registry.register(self)
 
@@ -62,3 +68,11 @@ class TcpMetrics:
             for i, fam in enumerate(fams):
                 fam.add_metric(list(values), counts[i])
         yield from fams
+        if self.handshakes is not None:
+            hs = CounterMetricFamily("meshlet_hbone_tls_handshakes",
+                                     "TLS handshakes of HBONE connections, full or resumed",
+                                     labels=["direction", "resumed"])  # fmt: skip
+            for direction, (full, resumed) in self.handshakes.items():
+                hs.add_metric([direction, "false"], full)
+                hs.add_metric([direction, "true"], resumed)
+            yield hs

@@ -196,9 +196,14 @@ def test_a_reconnect_resumes_the_tls_session(mesh):
     inbound = [t for t in _json(echo, "/clusters")["tcp_tunnels"] if t["direction"] == "inbound"
                and t["tls_resumed"]]  # fmt: skip
     assert inbound and inbound[0]["peer"] == CLIENT_ID, inbound
-    # the process-wide upstream handshake counter counts HBONE's too
+    # as metrics: HBONE's own counter, and the process-wide upstream one counts HBONE's too
     metrics = client.admin_get("/metrics")[1].decode()
+    assert (f'meshlet_hbone_tls_handshakes_total{{direction="outbound",resumed="true"}} '
+            f'{float(after_out["resumed"])}') in metrics  # fmt: skip
     assert 'meshlet_upstream_tls_handshakes_total{resumed="true"}' in metrics
+    assert 'meshlet_hbone_tls_handshakes_total{direction="inbound",resumed="true"}' in (
+        echo.admin_get("/metrics")[1].decode()
+    )
     # the server still knows who called over the resumed session
     wait_until(lambda: any(x["downstream_peer_principal"] == CLIENT_ID and
                            x["bytes_received"] == len(b"again\n") for x in _tcp_log(echo)),
