@@ -338,6 +338,43 @@ def test_the_drained_client_left_echo_serving_others(mesh):
     assert _exchange(mesh["port"]) == b"echo ping\n"
 
 
+def _no_banner(port: int) -> bool:
+    """A new connection through the client sidecar that gets nothing from echo."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.settimeout(5)
+            return s.recv(100) == b""
+    except (ConnectionResetError, TimeoutError):
+        return True
+
+
+def test_a_draining_server_sidecar_refuses_new_streams_and_finishes_open_ones(mesh):
+    """The server side of a tunnel drains too: its HBONE listener closes, a new CONNECT on the
+    open HBONE connection is refused (503: the client's socket is closed before a byte), the
+    open stream carries on, and it exits once that closed."""
+    port, echo = mesh["port"], mesh["echo"]
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = s.makefile("rb")
+    try:
+        assert f.readline() == b"hello\n"
+        echo.proc.signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        wait_until(lambda: _no_banner(port), timeout=15, what="new connections refused by echo")
+        for i in range(3):
+            s.sendall(b"late %d\n" % i)
+            assert f.readline() == b"echo late %d\n" % i
+        assert echo.proc.p.poll() is None, "echo's sidecar exited with a stream open"
+    finally:
+        f.close()
+        s.close()
+    echo.proc.p.wait(timeout=20)
+    assert time.monotonic() - t0 < 19, "echo waited for its drain timeout (default 20 s)"
+    refused = [x for x in _tcp_log(echo) if x["connection_termination_details"] == "draining"]
+    assert refused and refused[-1]["downstream_peer_principal"] == CLIENT_ID
+    mesh["echo"] = _echo_sidecar(mesh)
+    wait_until(lambda: _routable(mesh["client"], port), timeout=30, what="echo back")
+
+
 @pytest.mark.slow
 def test_after_a_root_rotation_a_full_verified_handshake_then_resumption_again(mesh):
     """Both sidecars get a new trust bundle, then new certificates: a session from before is
