@@ -189,7 +189,8 @@ class TcpProxy:
             return
         if self.rt.peer_identity is not None:
             conn.peer = self.rt.peer_identity(sslobj) or ""
-        self.inbound_conns.add(conn)
+        if not conn.lost:  # (lost already: on_lost has run, nothing would remove it)
+            self.inbound_conns.add(conn)
 
     def on_table(self, table: Any) -> None:
         """A new config: open, retarget or close the egress listeners it asks for."""
@@ -600,11 +601,12 @@ class TcpProxy:
                 leg.abort("idle timeout", "IDLE")
         for conns in list(self.pools.values()):
             for c in list(conns):
+                since = getattr(c, "idle_since", 0.0)
                 if c.legs:
                     c.idle_since = 0.0
-                elif not c.idle_since:
+                elif not since:
                     c.idle_since = now
-                elif now - c.idle_since >= self.pool_idle_timeout:
+                elif now - since >= self.pool_idle_timeout:
                     c.close()  # GOAWAY; the next connection to that peer resumes its session
         self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
 
