@@ -35,9 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _synced(c: cli_client.Client) -> bool:
-    data = c.request("GET", "/v1/proxies")
+    return all_synced(c.request("GET", "/v1/proxies"))
+
+
+def all_synced(data: dict) -> bool:
+    """Every connected sidecar SYNCED in ``proxy-status``'s sense: a sidecar scoped by a Sidecar
+    resource acknowledges a version of its own, not the global snapshot's."""
+    from control_plane.cli.commands.proxy_status import sync_state
+
     version = data.get("snapshot_version")
-    return bool(version) and all(p.get("acked_version") == version for p in data.get("proxies", []))
+    return bool(version) and all(
+        sync_state(p, version) == "SYNCED"
+        for p in data.get("proxies", [])
+        if p.get("connected", True)
+    )
 
 
 @cli_client.command
