@@ -1,16 +1,25 @@
-"""Per-route and per-destination resilience, compiled once per config, kept across swaps.
+"""Per-route resilience, compiled with the config into immutable objects; live state kept apart.
 
-:class:`RoutePolicy` holds what a route decides (timeout, retry policy, fault, hedging);
-:class:`DestinationState` holds the live, stateful protections of one destination service
-(circuit breaker, bulkhead, rate limiter, retry budget, latency tracker). A destination state
-is reused by the next config when its ResiliencePolicy did not change, so a push does not reset
-an open breaker or a spent budget; outlier detectors are kept per cluster the same way.
+A config swap compiles every route destination once (:meth:`PolicyStore.compile`) into a
+frozen :class:`RoutePolicy`: the cluster it goes to, the timeout, the retry policy, the fault,
+the header operations, and references to the destination's live protections. The request path
+only reads these objects, so nothing one request does can change what the next one sees (a
+lazily filled, mutable policy is how a per-request deadline once leaked between requests).
+
+What must carry state across requests lives in :class:`DestinationState` (circuit breaker,
+bulkhead, rate limiter, retry budget, latency tracker, stale cache) and in the outlier
+detectors, both held by the store keyed by destination (service and its ResiliencePolicy) or
+cluster, and reused by the next config when their spec did not change, so a push does not reset
+an open breaker or a spent budget.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from proxy.resilience.breaker import BreakerConfig, CircuitBreaker
@@ -25,6 +34,8 @@ from proxy.resilience.retry import RetryPolicy
 
 
 class DestinationState:
+    """The live protections of one destination service (shared by every route to it)."""
+
     __slots__ = (
         "service",
         "breaker",
@@ -55,41 +66,124 @@ class DestinationState:
         self.fallback = FallbackPolicy.from_spec(fb) if fb else None
 
 
+@dataclass(frozen=True, slots=True)
 class RoutePolicy:
-    """What one (route, cluster) pair decides, compiled once per table."""
+    """What one route destination decides for one cluster, compiled once per config.
 
-    __slots__ = ("timeout", "retry", "fault", "dest", "outlier", "connect_retries")
+    ``dest`` and ``outlier`` are references to shared live state (see the module docstring);
+    everything else is a value. ``request_ops`` / ``response_ops``: the (route, destination)
+    header operations, None when neither level has any (decided here, not per request)."""
 
-    def __init__(
-        self,
-        timeout: float | None,
-        retry: RetryPolicy,
-        fault: FaultPolicy | None,
-        dest: DestinationState | None,
-        outlier: OutlierDetector | None,
-    ) -> None:
-        self.timeout = timeout
-        self.retry = retry
-        self.fault = fault
-        self.dest = dest
-        self.outlier = outlier
-        self.connect_retries = retry.attempts
+    timeout: float | None
+    retry: RetryPolicy
+    fault: FaultPolicy | None = None
+    dest: DestinationState | None = None
+    outlier: OutlierDetector | None = None
+    cluster: Any = None  # the Cluster (None: the inbound/passthrough policy, for any cluster)
+    request_ops: tuple[Any, Any] | None = None
+    response_ops: tuple[Any, Any] | None = None
+
+    @property
+    def connect_retries(self) -> int:
+        return self.retry.attempts
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationPlan:
+    """Where one weighted route destination goes: its policy by the request's port, and the
+    one for any other port (None where the cluster does not exist: 503 NC)."""
+
+    by_port: Mapping[int, RoutePolicy | None]
+    default: RoutePolicy | None
+
+    def for_port(self, port: int) -> RoutePolicy | None:
+        by_port = self.by_port
+        return by_port.get(port, self.default) if by_port else self.default
+
+
+#: The inbound side (and passthrough): the app is local; only a connect failure (app not up
+#: yet) is retried. One object for every request, never changed.
+INBOUND_POLICY = RoutePolicy(
+    None, RetryPolicy.from_spec({"attempts": 1, "retryOn": "connect-failure"})
+)
+
+_NO_PLANS: Mapping[int, DestinationPlan] = MappingProxyType({})
 
 
 class PolicyStore:
-    """Builds policies and keeps the stateful parts alive across config versions."""
+    """Compiles the policies of a table and keeps the stateful parts alive across versions."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.dests: dict[tuple[str, str], DestinationState] = {}
         self.outliers: dict[tuple[str, str], OutlierDetector] = {}
-        self.policies: dict[tuple[int, str], RoutePolicy] = {}
         self.mesh_default_retry: dict[str, Any] | None = None
-        self.on_new_destination: Any = None
+        self._on_new: Callable[[DestinationState], None] | None = None
 
-    def reset_table(self, table: Any) -> None:
-        """A new table: drop compiled route policies and state no cluster uses any more."""
-        self.policies = {}
+    @property
+    def on_new_destination(self) -> Callable[[DestinationState], None] | None:
+        return self._on_new
+
+    @on_new_destination.setter
+    def on_new_destination(self, hook: Callable[[DestinationState], None] | None) -> None:
+        """Called for every destination state made from now on, and at once for those compiled
+        already (the first config is compiled before telemetry attaches)."""
+        self._on_new = hook
+        if hook is not None:
+            for d in self.dests.values():
+                hook(d)
+
+    def compile(self, table: Any) -> Mapping[int, DestinationPlan]:
+        """Every route destination's plan for ``table`` (keyed by ``id(destination)``; the
+        table keeps its destinations alive), after dropping state no cluster uses any more."""
+        self._retain(table)
+        plans: dict[int, DestinationPlan] = {}
+        for vh in {id(v): v for v in table.hosts.values()}.values():
+            for route in vh.routes:
+                retry = RetryPolicy.from_spec(
+                    route.retries, self.mesh_default_retry, route.retry_non_idempotent
+                )
+                fault = FaultPolicy.from_spec(route.fault) if route.fault else None
+                for d in route.destinations:
+                    if id(d) not in plans:
+                        plans[id(d)] = self._plan(table, route, d, retry, fault)
+        return MappingProxyType(plans) if plans else _NO_PLANS
+
+    def _plan(
+        self, table: Any, route: Any, d: Any, retry: RetryPolicy, fault: Any
+    ) -> DestinationPlan:
+        by_port = {
+            port: self._policy(table, route, d, cname, retry, fault)
+            for port, cname in d.clusters.items()
+        }
+        return DestinationPlan(
+            MappingProxyType(by_port),
+            self._policy(table, route, d, d.default_cluster, retry, fault),
+        )
+
+    def _policy(
+        self, table: Any, route: Any, d: Any, cname: str, retry: RetryPolicy, fault: Any
+    ) -> RoutePolicy | None:
+        cluster = table.clusters.get(cname)
+        if cluster is None:
+            return None
+        return RoutePolicy(
+            route.timeout,
+            retry,
+            fault,
+            self.destination(cluster),
+            self.outlier(cluster),
+            cluster,
+            (route.request_headers, d.request_headers)
+            if route.request_ops or d.request_ops
+            else None,
+            (route.response_headers, d.response_headers)
+            if route.response_ops or d.response_ops
+            else None,
+        )
+
+    def _retain(self, table: Any) -> None:
+        """Keep the state of destinations and outlier detectors the new table still uses."""
         live_dest = set()
         live_out = set()
         for c in table.clusters.values():
@@ -110,8 +204,8 @@ class PolicyStore:
         d = self.dests.get(k)
         if d is None:
             d = self.dests[k] = DestinationState(cluster.service, cluster.resilience)
-            if self.on_new_destination is not None:
-                self.on_new_destination(d)
+            if self._on_new is not None:
+                self._on_new(d)
         return d
 
     def outlier(self, cluster: Any) -> OutlierDetector | None:
@@ -124,36 +218,6 @@ class PolicyStore:
             det.service = cluster.service  # type: ignore[attr-defined]  # for metrics labels
             det.set_endpoints(ep.key for ep in cluster.endpoints)
         return det
-
-    def for_route(self, route: Any, cluster: Any) -> RoutePolicy:
-        key = (id(route), cluster.name)
-        p = self.policies.get(key)
-        if p is None:
-            p = RoutePolicy(
-                route.timeout,
-                RetryPolicy.from_spec(
-                    route.retries, self.mesh_default_retry, route.retry_non_idempotent
-                ),
-                FaultPolicy.from_spec(route.fault) if route.fault else None,
-                self.destination(cluster),
-                self.outlier(cluster),
-            )
-            self.policies[key] = p
-        return p
-
-    def inbound(self, cluster: Any) -> RoutePolicy:
-        key = (0, cluster.name)
-        p = self.policies.get(key)
-        if p is None:
-            # inbound: the app is local; only a connect failure (app not up yet) is retried
-            p = self.policies[key] = RoutePolicy(
-                None,
-                RetryPolicy.from_spec({"attempts": 1, "retryOn": "connect-failure"}),
-                None,
-                None,
-                None,
-            )
-        return p
 
 
 def _key(spec: Any) -> str:
