@@ -48,7 +48,11 @@ def choose(
         return (DIRECT, vh.service, route, block, None)
     dest = match.pick_destination(route, rand())
     plan = plans.get(id(dest))
-    policy = plan.for_port(port) if plan is not None else None
+    if plan is None:
+        policy = None
+    else:  # DestinationPlan.for_port, inline (once per request)
+        by_port = plan.by_port
+        policy = by_port.get(port, plan.default) if by_port else plan.default
     if policy is None:
         return (NO_CLUSTER, vh.service, route, block, None)
     return (FORWARD, vh.service, route, block, policy)

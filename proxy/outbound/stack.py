@@ -51,7 +51,15 @@ class OutboundStack:
         if kind == FORWARD:
             ex.service = service
             ex.route = route.name
-            return await self._routed(ex, route, block, policy)
+            cluster = policy.cluster
+            ex.cluster = cluster.name
+            ex.policy = policy
+            ex.upstream_cluster = cluster
+            fault = policy.fault
+            if fault is not None and await self._fault(ex, fault):
+                return None
+            self._prepare(ex, route, block, policy)
+            return await protected(ex)
         if kind == PASSTHROUGH:
             return await self._passthrough(ex, service)
         ex.service = service
@@ -63,30 +71,29 @@ class OutboundStack:
             return local(ex, status, "-", body)
         return local(ex, 503, "NC")
 
-    async def _routed(self, ex: Exchange, route: Any, block: Any, policy: Any) -> None:
-        """Fault, headers, rewrite, mirror, then the protected tries."""
+    async def _fault(self, ex: Exchange, fault: Any) -> bool:
+        """The route's fault: a delay, then maybe an abort (answered here: True)."""
+        delay, abort, grpc_abort = fault.decide(self.rt.random)
+        if delay > 0:
+            await asyncio.sleep(delay)
+            ex.flags = "DI"
+        if abort is None:
+            return False
+        local(ex, abort, "FI", grpc=grpc_abort)
+        return True
+
+    def _prepare(self, ex: Exchange, route: Any, block: Any, policy: Any) -> None:
+        """What goes upstream: trace, request id and X-Forwarded-Proto lines, the rewritten
+        target and headers, the response's header ops; a mirrored copy fired off."""
         rt = self.rt
-        head = ex.head
-        cluster = policy.cluster
-        ex.cluster = cluster.name
-        ex.policy = policy
-        ex.upstream_cluster = cluster
-        fault = policy.fault
-        if fault is not None:
-            delay, abort, grpc_abort = fault.decide(rt.random)
-            if delay > 0:
-                await asyncio.sleep(delay)
-                ex.flags = "DI"
-            if abort is not None:
-                return local(ex, abort, "FI", grpc=grpc_abort)
         extra = hop_headers(rt, ex)
         if ex.hdrs.get("x-forwarded-proto") is None:
             extra.append("x-forwarded-proto: http")
+        head = ex.head
         ex.target, ex.headers = rewrite(route, block, policy, head)
         if route.mirror is not None:
             rt.mirror(route.mirror, head, ex.target, ex.headers, ex.down.body)
         ex.resp_ops = policy.response_ops
-        await protected(ex)
 
     async def _passthrough(self, ex: Exchange, dst: tuple[str, int]) -> None:
         """A captured request for an address outside the mesh goes where the app sent it,
