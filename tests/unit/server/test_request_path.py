@@ -294,3 +294,51 @@ def test_upstream_headers_drop_spoofed_sidecar_headers_and_take_the_absolute_aut
     assert out[0] == ("host", "inventory") and ("a", "1") in out
     assert all(n != "x-forwarded-client-cert" for n, _ in out)
     assert upstream_headers(head, spoofed=False, absolute=False) is head.headers
+
+
+# -- the two sides -------------------------------------------------------------------------------
+def test_only_the_outbound_side_honours_the_callers_retry_overrides():
+    rt = _runtime()
+    policy = _split_policy(rt)
+    headers = [("x-envoy-max-retries", "0")]
+    out = _exchange(rt, policy, headers, 0.0)
+    inb = _exchange(rt, policy, headers, 0.0)
+    inb.side = Side(rt, "inbound", outbound=False)
+    assert attempts_for(out).retry.attempts == 0
+    assert attempts_for(inb).retry is policy.retry  # a remote peer cannot change our retries
+
+
+REQUEST_PATH = ("proxy/transport", "proxy/inbound", "proxy/outbound")
+
+
+def _request_path_sources() -> list[tuple[str, str]]:
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[3]
+    found = [
+        (str(p.relative_to(root)), p.read_text())
+        for pkg in REQUEST_PATH
+        for p in sorted((root / pkg).glob("*.py"))
+    ]
+    assert len(found) >= 10, found
+    return found
+
+
+def test_no_direction_string_is_compared_on_the_request_path():
+    import ast
+
+    for path, src in _request_path_sources():
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.Compare):
+                consts = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant)]
+                assert not {"inbound", "outbound"} & set(consts), f"{path}:{node.lineno}"
+
+
+def test_no_function_on_the_request_path_is_over_80_lines():
+    import ast
+
+    for path, src in _request_path_sources():
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1
+                assert n <= 80, f"{path}:{node.lineno} {node.name} is {n} lines"
