@@ -119,6 +119,9 @@ class PolicyStore:
         self.outliers: dict[tuple[str, str], OutlierDetector] = {}
         self.mesh_default_retry: dict[str, Any] | None = None
         self._on_new: Callable[[DestinationState], None] | None = None
+        # compiled retry and fault policies by spec, from the last compile (frozen: shared)
+        self._retries: dict[str, RetryPolicy] = {}
+        self._faults: dict[str, FaultPolicy] = {}
 
     @property
     def on_new_destination(self) -> Callable[[DestinationState], None] | None:
@@ -135,52 +138,23 @@ class PolicyStore:
 
     def compile(self, table: Any) -> Mapping[int, DestinationPlan]:
         """Every route destination's plan for ``table`` (keyed by ``id(destination)``; the
-        table keeps its destinations alive), after dropping state no cluster uses any more."""
+        table keeps its destinations alive), after dropping state no cluster uses any more.
+
+        Equal retry and fault specs compile to one shared (frozen) object, within a table and
+        from the previous one, and each cluster's live state is looked up once: a push of a
+        large mesh costs little more than its route count."""
         self._retain(table)
+        ctx = _Compile(table, self, self._retries, self._faults)
         plans: dict[int, DestinationPlan] = {}
         for vh in {id(v): v for v in table.hosts.values()}.values():
             for route in vh.routes:
-                retry = RetryPolicy.from_spec(
-                    route.retries, self.mesh_default_retry, route.retry_non_idempotent
-                )
-                fault = FaultPolicy.from_spec(route.fault) if route.fault else None
+                retry = ctx.retry(route)
+                fault = ctx.fault(route)
                 for d in route.destinations:
                     if id(d) not in plans:
-                        plans[id(d)] = self._plan(table, route, d, retry, fault)
+                        plans[id(d)] = ctx.plan(route, d, retry, fault)
+        self._retries, self._faults = ctx.new_retries, ctx.new_faults
         return MappingProxyType(plans) if plans else _NO_PLANS
-
-    def _plan(
-        self, table: Any, route: Any, d: Any, retry: RetryPolicy, fault: Any
-    ) -> DestinationPlan:
-        by_port = {
-            port: self._policy(table, route, d, cname, retry, fault)
-            for port, cname in d.clusters.items()
-        }
-        return DestinationPlan(
-            MappingProxyType(by_port),
-            self._policy(table, route, d, d.default_cluster, retry, fault),
-        )
-
-    def _policy(
-        self, table: Any, route: Any, d: Any, cname: str, retry: RetryPolicy, fault: Any
-    ) -> RoutePolicy | None:
-        cluster = table.clusters.get(cname)
-        if cluster is None:
-            return None
-        return RoutePolicy(
-            route.timeout,
-            retry,
-            fault,
-            self.destination(cluster),
-            self.outlier(cluster),
-            cluster,
-            (route.request_headers, d.request_headers)
-            if route.request_ops or d.request_ops
-            else None,
-            (route.response_headers, d.response_headers)
-            if route.response_ops or d.response_ops
-            else None,
-        )
 
     def _retain(self, table: Any) -> None:
         """Keep the state of destinations and outlier detectors the new table still uses."""
@@ -218,6 +192,84 @@ class PolicyStore:
             det.service = cluster.service  # type: ignore[attr-defined]  # for metrics labels
             det.set_endpoints(ep.key for ep in cluster.endpoints)
         return det
+
+
+class _Compile:
+    """One compile: caches by spec (carried from the previous compile) and by cluster."""
+
+    __slots__ = ("table", "store", "old_retries", "old_faults", "new_retries", "new_faults",
+                 "clusters")
+
+    def __init__(
+        self, table: Any, store: PolicyStore, retries: dict[str, RetryPolicy],
+        faults: dict[str, FaultPolicy],
+    ) -> None:
+        self.table = table
+        self.store = store
+        self.old_retries = retries
+        self.old_faults = faults
+        self.new_retries: dict[str, RetryPolicy] = {}
+        self.new_faults: dict[str, FaultPolicy] = {}
+        self.clusters: dict[str, Any] = {}
+
+    def retry(self, route: Any) -> RetryPolicy:
+        default = self.store.mesh_default_retry
+        k = _key([route.retries, default, route.retry_non_idempotent])
+        p = self.new_retries.get(k) or self.old_retries.get(k)
+        if p is None:
+            p = RetryPolicy.from_spec(route.retries, default, route.retry_non_idempotent)
+        self.new_retries[k] = p
+        return p
+
+    def fault(self, route: Any) -> FaultPolicy | None:
+        if not route.fault:
+            return None
+        k = _key(route.fault)
+        p = self.new_faults.get(k) or self.old_faults.get(k)
+        if p is None:
+            p = FaultPolicy.from_spec(route.fault)
+        self.new_faults[k] = p
+        return p
+
+    def plan(self, route: Any, d: Any, retry: RetryPolicy, fault: Any) -> DestinationPlan:
+        made: dict[str, RoutePolicy | None] = {}  # a destination's ports often share a cluster
+        for cname in (d.default_cluster, *d.clusters.values()):
+            if cname not in made:
+                made[cname] = self.policy(route, d, cname, retry, fault)
+        by_port = {port: made[cname] for port, cname in d.clusters.items()}
+        return DestinationPlan(MappingProxyType(by_port), made[d.default_cluster])
+
+    def policy(
+        self, route: Any, d: Any, cname: str, retry: RetryPolicy, fault: Any
+    ) -> RoutePolicy | None:
+        got = self.clusters.get(cname, _UNSEEN)
+        if got is _UNSEEN:
+            cluster = self.table.clusters.get(cname)
+            got = self.clusters[cname] = (
+                None
+                if cluster is None
+                else (cluster, self.store.destination(cluster), self.store.outlier(cluster))
+            )
+        if got is None:
+            return None
+        cluster, dest, outlier = got
+        return RoutePolicy(
+            route.timeout,
+            retry,
+            fault,
+            dest,
+            outlier,
+            cluster,
+            (route.request_headers, d.request_headers)
+            if route.request_ops or d.request_ops
+            else None,
+            (route.response_headers, d.response_headers)
+            if route.response_ops or d.response_ops
+            else None,
+        )
+
+
+_UNSEEN: Any = object()
 
 
 def _key(spec: Any) -> str:
