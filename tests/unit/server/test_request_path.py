@@ -185,6 +185,7 @@ def test_live_state_survives_a_swap_and_the_policy_is_rebuilt():
     new = _split_policy(rt)
     assert new is not old and new.timeout == 3.0 and old.timeout == 2.0
     assert new.dest is old.dest and new.dest.breaker is breaker  # same ResiliencePolicy: kept
+    assert new.retry is old.retry and new.fault is old.fault  # equal specs: one frozen object
     wider = VS.replace("slidingWindowSize: 4", "slidingWindowSize: 6")
     rt.swap(compile_table(load_text(SE + wider), [], "default", rt.labels, "3"))
     assert _split_policy(rt).dest is not old.dest  # a changed policy starts afresh
