@@ -89,10 +89,10 @@ class OutboundStack:
         extra = hop_headers(rt, ex)
         if ex.hdrs.get("x-forwarded-proto") is None:
             extra.append("x-forwarded-proto: http")
-        head = ex.head
-        ex.target, ex.headers = rewrite(route, block, policy, head)
+        if policy.rewrites:  # decided at config time
+            ex.target, ex.headers = rewrite(route, block, policy, ex.head)
         if route.mirror is not None:
-            rt.mirror(route.mirror, head, ex.target, ex.headers, ex.down.body)
+            rt.mirror(route.mirror, ex.head, ex.target, ex.headers, ex.down.body)
         ex.resp_ops = policy.response_ops
 
     async def _passthrough(self, ex: Exchange, dst: tuple[str, int]) -> None:

@@ -82,6 +82,8 @@ class RoutePolicy:
     cluster: Any = None  # the Cluster (None: the inbound/passthrough policy, for any cluster)
     request_ops: tuple[Any, Any] | None = None
     response_ops: tuple[Any, Any] | None = None
+    # the request goes upstream changed: a URI or authority rewrite, or request header ops
+    rewrites: bool = False
 
     @property
     def connect_retries(self) -> int:
@@ -253,6 +255,11 @@ class _Compile:
         if got is None:
             return None
         cluster, dest, outlier = got
+        request_ops = (
+            (route.request_headers, d.request_headers)
+            if route.request_ops or d.request_ops
+            else None
+        )
         return RoutePolicy(
             route.timeout,
             retry,
@@ -260,12 +267,14 @@ class _Compile:
             dest,
             outlier,
             cluster,
-            (route.request_headers, d.request_headers)
-            if route.request_ops or d.request_ops
-            else None,
+            request_ops,
             (route.response_headers, d.response_headers)
             if route.response_ops or d.response_ops
             else None,
+            request_ops is not None
+            or route.rewrite_uri is not None
+            or route.rewrite_uri_regex is not None
+            or bool(route.rewrite_authority),
         )
 
 

@@ -343,3 +343,9 @@ def test_no_function_on_the_request_path_is_over_80_lines():
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 n = node.end_lineno - node.lineno + 1
                 assert n <= 80, f"{path}:{node.lineno} {node.name} is {n} lines"
+
+
+def test_only_a_route_that_changes_the_request_is_rewritten():
+    rt = _runtime()
+    assert _route(rt, _head("/old/x"))[4].rewrites
+    assert not _split_policy(rt).rewrites  # the request goes upstream as it came
