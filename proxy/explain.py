@@ -29,8 +29,8 @@ def _headers(query: dict[str, str]) -> list[tuple[str, str]]:
     return out
 
 
-def _policy_view(rt: Any, route: Any, cluster: Any) -> dict[str, Any]:
-    p = rt.policies.for_route(route, cluster)
+def _policy_view(rt: Any, route: Any, dest: Any, port: int) -> dict[str, Any]:
+    p = rt.route_policy(dest, port)  # the policy compiled with the config, as the data path
     r = p.retry
     view: dict[str, Any] = {
         "timeout_s": p.timeout,
@@ -161,7 +161,7 @@ def explain(sidecar: Any, query: dict[str, str]) -> dict[str, Any]:
             ]
             if not cluster.endpoints:
                 entry["decision"] = "503 UH: no endpoint"
-            entry["policy"] = _policy_view(rt, route, cluster)
+            entry["policy"] = _policy_view(rt, route, d, port)
         dests.append(entry)
     out["destinations"] = dests
     return out

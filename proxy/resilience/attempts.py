@@ -1,7 +1,8 @@
 """The attempt machine: every decision about one request's tries, with no I/O.
 
-The request path (``proxy/server/forward.py``) used to decide retries, back-off, deadlines and
-hedges inline, between awaits, so no decision could be tested without sockets. `Attempts` holds
+The request path (once ``proxy/server/forward.py``, now ``proxy/transport/``) used to decide
+retries, back-off, deadlines and hedges inline, between awaits, so no decision could be tested
+without sockets. `Attempts` holds
 the decisions and the state they need (the tried set, the deadline, the retry policy, the
 retry budget, the ``http.maxRetries`` gate, the hedges sent); the I/O shell feeds it what
 happened and executes what it answers. Its clock and random source are injected.

@@ -14,11 +14,11 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.routes.table import EMPTY, UNLIMITED, Cluster, Endpoint, RouteTable
-from proxy.server.policy import PolicyStore
+from proxy.server.policy import DestinationPlan, PolicyStore, RoutePolicy
 from proxy.server.pool_limits import RetryGate
 from proxy.server.upstream import EndpointPool
 
@@ -55,6 +55,8 @@ class Runtime:
         self.local_service_fqdn = fqdn(service, namespace)
         self.spiffe_id = f"spiffe://{trust_domain}/ns/{namespace}/sa/{service}"
         self.table: RouteTable = EMPTY
+        # id(route destination) -> its compiled plan, for ``table`` (assigned with it)
+        self.plans: Mapping[int, DestinationPlan] = {}
         self.config_version = ""
         self.draining = False
         # (endpoint key, how it is dialled, h2, Cluster.pool_settings) -> pool
@@ -103,8 +105,8 @@ class Runtime:
 
         self.origination = origination.build(table, self.origination)
         self._refit_retry_gates(table)
-        self.policies.reset_table(table)
-        self.table = table
+        plans = self.policies.compile(table)
+        self.table, self.plans = table, plans
         self.config_version = table.version
         self._refit_pools(table)
 
@@ -165,6 +167,12 @@ class Runtime:
                 g.limit = c.max_retries
                 gates[c.name] = g
         self.retry_gates = gates
+
+    def route_policy(self, dest: Any, port: int) -> RoutePolicy | None:
+        """The compiled policy of route destination ``dest`` for a request on ``port``, under
+        the table in force (None: its cluster does not exist)."""
+        plan = self.plans.get(id(dest))
+        return plan.for_port(port) if plan is not None else None
 
     def passthrough_cluster(self, dst: tuple[str, int]) -> Cluster:
         key = f"{dst[0]}:{dst[1]}"

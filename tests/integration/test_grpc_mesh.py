@@ -136,18 +136,18 @@ async def _call(fn: Any, *args: Any, **kw: Any) -> Any:
 def _grpc_timeout_supported() -> bool:
     import inspect
 
-    from proxy.server import forward
+    from proxy.transport import tries
 
-    src = inspect.getsource(forward)
+    src = inspect.getsource(tries)
     return "grpc-timeout" in src or "timeout_extra" in src
 
 
 def _grpc_retry_supported() -> bool:
     import inspect
 
-    from proxy.server import forward
+    from proxy.transport import attempt
 
-    return "grpc-status" in inspect.getsource(forward)
+    return "grpc-status" in inspect.getsource(attempt)
 
 
 async def test_unary_through_two_sidecars(mesh, protos):

@@ -1,7 +1,7 @@
 """The attempt machine without sockets: given these events, expect these actions.
 
-The expected actions are the request path's answers before the machine existed
-(proxy/server/forward.py `_tries`/`_attempt`/`_retry`/`_hedged`), so these tests pin the
+The expected actions are the request path's answers before the machine existed (once
+proxy/server/forward.py, now proxy/transport/tries.py, attempt.py, hedge.py), so these tests pin the
 decisions the integration tests (test_resilience, test_hedging, ...) check over the wire.
 """
 
