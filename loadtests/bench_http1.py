@@ -240,6 +240,16 @@ def wait_until(cond, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
+def _tree_of(env: dict[str, str]) -> Path:
+    """The checkout a child runs from: the first PYTHONPATH entry that is one, else this one.
+    It is also the child's cwd, because ``python -m`` puts the cwd first on sys.path: a
+    meshlet-base sidecar started from this tree's directory would import this tree."""
+    first = env.get("PYTHONPATH", "").split(os.pathsep)[0]
+    if first and (Path(first) / "proxy" / "sidecar.py").exists():
+        return Path(first)
+    return ROOT
+
+
 class Proc:
     """A child process in its own session (so the whole group can be killed), output to files."""
 
@@ -254,13 +264,14 @@ class Proc:
         self.out_path = work / f"{name}.out"
         self._fe = open(self.err_path, "ab")  # noqa: SIM115 - lives as long as the child
         self._fo = open(self.out_path, "ab")  # noqa: SIM115
+        env = environ or dict(os.environ)
         self.p = subprocess.Popen(
             cmd,
             stdout=self._fo,
             stderr=self._fe,
             stdin=subprocess.DEVNULL,
-            env=environ or dict(os.environ),
-            cwd=str(ROOT),
+            env=env,
+            cwd=str(_tree_of(env)),
             start_new_session=True,
         )
         Proc.ALL.append(self)
