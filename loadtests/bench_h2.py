@@ -127,7 +127,12 @@ def start_grpc_app(work: Path, cpu: int | None) -> tuple[h.Proc, int]:
 
 def start_grpc_pair(name: str, work: Path, app_port: int, cpu: int | None, tag: str) -> m.Pair:
     pair = m.Pair(name)
-    if name == "meshlet":
+    if name in ("meshlet", "meshlet-base"):
+        env = None
+        if name == "meshlet-base":  # the same pair from the --base-tree checkout
+            path = str(h.BASE_TREE[0]) + os.pathsep + os.environ.get("PYTHONPATH", "")
+            env = {"PYTHONPATH": path}
+            tag += "-base"
         se = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: echo}}
@@ -141,12 +146,12 @@ spec:
         sc = work / f"grpc-server{tag}.yaml"
         sc.write_text(se.format(port=app_port).replace("name: echo}", "name: self}"))
         pair.server, _, pair.inbound, _ = m.launch_sidecar(
-            f"grpc-meshlet-echo{tag}", "echo", app_port, ["--config", str(sc)], work, cpu
+            f"grpc-meshlet-echo{tag}", "echo", app_port, ["--config", str(sc)], work, cpu, env
         )
         cc = work / f"grpc-client{tag}.yaml"
         cc.write_text(se.format(port=pair.inbound))
         pair.client, pair.port, _, _ = m.launch_sidecar(
-            f"grpc-meshlet-client{tag}", "client", app_port, ["--config", str(cc)], work, cpu
+            f"grpc-meshlet-client{tag}", "client", app_port, ["--config", str(cc)], work, cpu, env
         )
     else:
         tpl = string.Template(ENVOY_GRPC_CLIENT)
@@ -224,7 +229,13 @@ def main() -> int:
     ap.add_argument("--out", default="results-h2.json")
     ap.add_argument("--keep-workdir", action="store_true")
     ap.add_argument("--nice", type=int, default=0, help="niceness for everything started")
+    ap.add_argument("--base-tree", help="also run meshlet from this checkout (meshlet-base): A/B "
+                    "against the same Envoy in one run")  # fmt: skip
     args = ap.parse_args()
+    if args.base_tree:
+        if not (Path(args.base_tree) / "proxy" / "sidecar.py").exists():
+            ap.error("--base-tree must point at a meshlet checkout")
+        h.BASE_TREE.append(Path(args.base_tree).resolve())
     h.NICE = args.nice
     if args.quick:
         args.duration, args.rounds = 3.0, 1
@@ -253,7 +264,7 @@ def main() -> int:
     runs: list[dict] = []
     rc = 0
     out_path = Path(args.out)
-    names = ["meshlet", "envoy"]
+    names = ["meshlet", "meshlet-base", "envoy"] if h.BASE_TREE else ["meshlet", "envoy"]
     try:
         up = h.Upstream("nginx" if shutil.which("nginx") or Path("/usr/sbin/nginx").exists()
                         else "python", work, load_cpu)  # fmt: skip
@@ -269,7 +280,8 @@ def main() -> int:
                 grpc_pairs[n] = start_grpc_pair(n, work, app_port, proxy_cpu, "")
         plan = []
         for rnd in range(args.rounds):
-            order = names[rnd % 2 :] + names[: rnd % 2]
+            k = rnd % len(names)
+            order = names[k:] + names[:k]
             plan += [(rnd, sc, n) for sc in scenarios for n in order]
         for i, (rnd, sc, n) in enumerate(plan, 1):
             if sc.startswith("grpc"):
@@ -283,7 +295,7 @@ def main() -> int:
             r["round"] = rnd + 1
             runs.append(r)
             flag = f"  ERRORS {r['non2xx']} {r['socket_errors']}" if r["errors"] else ""
-            print(f"[h2] {i:>3}/{len(plan)} round {rnd + 1} {sc:<11} {n:<8} rps={r['rps']:>8.0f} "
+            print(f"[h2] {i:>3}/{len(plan)} round {rnd + 1} {sc:<11} {n:<12} rps={r['rps']:>8.0f} "
                   f"cpu={r['proxy_cpu']:.2f} rps/core={h.fmt(r['rps_per_core'], ',.0f'):>8} "
                   f"p99={h.fmt_us(r['p99_us'])} cpu1busy={h.fmt(r['proxy_cpu_busy_total'], '.2f')}"
                   f"{flag}", file=sys.stderr)  # fmt: skip
@@ -291,7 +303,7 @@ def main() -> int:
         lines = [f"Medians of {args.rounds} interleaved round(s), {args.duration:g}s each; "
                  "proxies on CPU 1 (grpc: both proxies of the pair), h2load + upstream on CPU 0.",
                  ""]  # fmt: skip
-        hdr = (f"{'scenario':<12} {'target':<8} {'rps':>9} {'cpu':>5} {'rps/core':>9} "
+        hdr = (f"{'scenario':<12} {'target':<12} {'rps':>9} {'cpu':>5} {'rps/core':>9} "
                f"{'vs envoy':>8} {'p50':>8} {'p99':>8} {'errors':>6}")  # fmt: skip
         lines += [hdr, "-" * len(hdr)]
         ratios = []
@@ -299,12 +311,14 @@ def main() -> int:
             env = row.get("envoy", {}).get("rps_per_core")
             for n, v in row.items():
                 rel = h.ratio(v["rps_per_core"], env)
-                lines.append(f"{sc:<12} {n:<8} {v['rps']:>9.0f} {h.fmt(v['proxy_cpu'], '.2f'):>5} "
+                lines.append(f"{sc:<12} {n:<12} {v['rps']:>9.0f} {h.fmt(v['proxy_cpu'], '.2f'):>5} "
                              f"{h.fmt(v['rps_per_core'], ',.0f'):>9} {h.fmt(rel, '.2f'):>8} "
                              f"{h.fmt_us(v['p50_us']):>8} {h.fmt_us(v['p99_us']):>8} "
                              f"{v['errors']:>6}")  # fmt: skip
             if "meshlet" in row and "envoy" in row:
                 ratios.append((sc, h.ratio(row["meshlet"]["rps_per_core"], env)))
+            if "meshlet-base" in row and "envoy" in row:
+                ratios.append((sc + " base", h.ratio(row["meshlet-base"]["rps_per_core"], env)))
             lines.append("")
         lines.append("RATIOS meshlet / envoy rps-per-core (T3 h2c: target >= 0.6, floor >= 0.4)")
         lines += [f"  {sc:<12} {h.fmt(v, '.2f')}" for sc, v in ratios]

@@ -108,11 +108,15 @@ FEATURE_TARGETS = tuple(f"meshlet+{f}" for f in FEATURES)
 # sampling ratios; plain "meshlet" propagates trace headers but exports nothing.
 TRACE_TARGETS = {"meshlet+trace0": "0", "meshlet+trace0.01": "0.01", "meshlet+trace1": "1"}
 ALL_TARGETS = ("direct", "meshlet", "meshlet-py", "meshlet-bare", *FEATURE_TARGETS,
-               *TRACE_TARGETS, "envoy")  # fmt: skip
+               *TRACE_TARGETS, "meshlet-base", "envoy")  # fmt: skip
+# meshlet-base: the full chain (compiled) run from another checkout (--base-tree), so a change
+# and its baseline are measured against the same Envoy in the same run (A/B).
+BASE_TREE: list[Path] = []
 DEFAULT_TARGETS = ("direct", "meshlet", "meshlet-py", "meshlet-bare", "envoy")
 # meshlet-bare: the same sidecar with only the ServiceEntry (no VirtualService, DestinationRule,
 # ResiliencePolicy or AuthorizationPolicy): full-chain / bare is what the features cost.
 CONFIGS = {"meshlet": "meshlet.yaml", "meshlet-py": "meshlet.yaml",
+           "meshlet-base": "meshlet.yaml",
            **{t: "meshlet.yaml" for t in TRACE_TARGETS}}  # others: meshlet-bare.yaml
 
 
@@ -236,6 +240,16 @@ def wait_until(cond, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
+def _tree_of(env: dict[str, str]) -> Path:
+    """The checkout a child runs from: the first PYTHONPATH entry that is one, else this one.
+    It is also the child's cwd, because ``python -m`` puts the cwd first on sys.path: a
+    meshlet-base sidecar started from this tree's directory would import this tree."""
+    first = env.get("PYTHONPATH", "").split(os.pathsep)[0]
+    if first and (Path(first) / "proxy" / "sidecar.py").exists():
+        return Path(first)
+    return ROOT
+
+
 class Proc:
     """A child process in its own session (so the whole group can be killed), output to files."""
 
@@ -250,13 +264,14 @@ class Proc:
         self.out_path = work / f"{name}.out"
         self._fe = open(self.err_path, "ab")  # noqa: SIM115 - lives as long as the child
         self._fo = open(self.out_path, "ab")  # noqa: SIM115
+        env = environ or dict(os.environ)
         self.p = subprocess.Popen(
             cmd,
             stdout=self._fo,
             stderr=self._fe,
             stdin=subprocess.DEVNULL,
-            env=environ or dict(os.environ),
-            cwd=str(ROOT),
+            env=env,
+            cwd=str(_tree_of(env)),
             start_new_session=True,
         )
         Proc.ALL.append(self)
@@ -449,7 +464,8 @@ def start_meshlet(t: Target, work: Path, up: Upstream, cpu: int | None, twin: bo
         src += "---\n" + FEATURES[t.name.split("+", 1)[1]]
     cfg.write_text(string.Template(src).substitute(port_v1=up.ports[0], port_v2=up.ports[1]))
     e = dict(os.environ)
-    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    root = BASE_TREE[0] if t.name == "meshlet-base" else ROOT
+    e["PYTHONPATH"] = str(root) + os.pathsep + e.get("PYTHONPATH", "")
     e.pop("MESHLET_NO_EXTENSIONS", None)
     e.pop("MESHLET_REQUIRE_EXTENSIONS", None)
     if twin:
@@ -623,7 +639,9 @@ def start_target(t: Target, work: Path, up: Upstream, cpu: int | None) -> None:
         start_meshlet(t, work, up, cpu, twin=False)
     elif t.name == "meshlet-py":
         start_meshlet(t, work, up, cpu, twin=True)
-    elif t.name == "meshlet-bare" or t.name in FEATURE_TARGETS or t.name in TRACE_TARGETS:
+    elif t.name in ("meshlet-bare", "meshlet-base") or t.name in FEATURE_TARGETS or (
+        t.name in TRACE_TARGETS
+    ):
         start_meshlet(t, work, up, cpu, twin=False)
     elif t.name == "envoy":
         start_envoy(t, work, up, cpu)
@@ -921,8 +939,21 @@ RATIO_SPECS = [
     ("meshlet", "envoy", "proxy_cpu", "h1-2krps", "<= 1.0", "<= 1.3"),
     ("meshlet", "envoy", "rss_idle_mb", "", "<= 0.6", "<= 0.8"),
     ("meshlet", "envoy", "rss_peak_mb", "h1-c100", "", ""),
+    *[
+        ("meshlet-base", "envoy", key, sc, "", "")
+        for key, sc in (("rps_per_core", "h1-c10"), ("rps_per_core", "h1-c100"),
+                        ("added_p99_us", "h1-2krps"), ("proxy_cpu", "h1-2krps"),
+                        ("rss_idle_mb", ""))
+    ],
+    *[
+        ("meshlet", "meshlet-base", key, sc, "", "")
+        for key, sc in (("rps_per_core", "h1-c10"), ("rps_per_core", "h1-c100"),
+                        ("added_p99_us", "h1-2krps"), ("proxy_cpu", "h1-2krps"),
+                        ("rss_idle_mb", ""))
+    ],
 ]
 NAMES = {"meshlet": "meshlet", "meshlet-py": "python-twin", "meshlet-bare": "meshlet-bare",
+         "meshlet-base": "meshlet-base",
          "envoy": "envoy", **{f: f for f in FEATURE_TARGETS},
          **{t: t for t in TRACE_TARGETS}}  # fmt: skip
 KEYS = {"rps_per_core": "rps-per-core", "added_p50_us": "added p50", "added_p99_us": "added p99",
@@ -1050,6 +1081,11 @@ def main() -> int:
         help="niceness for everything started (e.g. -5 on a busy box; needs root; default 0)",
     )
     ap.add_argument("--rss-interval", type=float, default=0.5)
+    ap.add_argument(
+        "--base-tree",
+        help="checkout (with its extensions built) the meshlet-base target runs from: A/B "
+        "against this tree in one run",
+    )
     ap.add_argument("--out", default="results.json", help="raw per-run numbers (JSON)")
     ap.add_argument("--keep-workdir", action="store_true")
     args = ap.parse_args()
@@ -1067,6 +1103,10 @@ def main() -> int:
     for x in targets:
         if x not in ALL_TARGETS:
             ap.error(f"unknown target {x}")
+    if "meshlet-base" in targets:
+        if not args.base_tree or not (Path(args.base_tree) / "proxy" / "sidecar.py").exists():
+            ap.error("target meshlet-base needs --base-tree pointing at a meshlet checkout")
+        BASE_TREE.append(Path(args.base_tree).resolve())
     if "direct" not in targets:
         targets.insert(0, "direct")  # always: it is the latency baseline
     if not shutil.which("wrk"):
@@ -1111,6 +1151,7 @@ def main() -> int:
         "python": sys.version.split()[0],
         "loadavg_start": os.getloadavg(),
         "git": git_state(),
+        "base_tree": str(BASE_TREE[0]) if BASE_TREE else None,
         "events": [],
     }
     out_path = Path(args.out)

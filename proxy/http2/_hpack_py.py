@@ -23,6 +23,11 @@ ENTRY_OVERHEAD = 32
 MAX_INT = 0x7FFFFFFF
 #: fields that must never enter a compression context (RFC 7541 7.1.3: CRIME-style probing)
 NEVER_INDEXED = frozenset((b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"))
+#: fields whose value is new on every request (ids): sent as literals *without* indexing (RFC
+#: 7541 6.2.2; unlike never-indexed, a later hop may index them). Indexing them would cost an
+#: insert and an eviction per request and push out entries that do repeat.
+UNIQUE_PER_REQUEST = frozenset((b"x-request-id", b"traceparent", b"b3", b"x-b3-traceid",
+                                b"x-b3-spanid", b"x-b3-parentspanid"))  # fmt: skip
 
 # C-typed copies for the compiled twin (the public names stay Python objects)
 _OVERHEAD = ENTRY_OVERHEAD
@@ -380,8 +385,9 @@ class Encoder:
     """Encodes header lists; repeated fields are indexed, sensitive ones never are.
 
     A field enters the dynamic table unless its name is in ``never_index`` (sent as
-    never-indexed literals, RFC 7541 7.1.3) or it would fill more than three quarters of the
-    table (it would only evict everything else).
+    never-indexed literals, RFC 7541 7.1.3), in ``UNIQUE_PER_REQUEST`` (ids: a literal without
+    indexing) or it would fill more than three quarters of the table (it would only evict
+    everything else).
     """
 
     def __init__(
@@ -448,7 +454,7 @@ class Encoder:
                 continue
             index = self._name_index(name)
             size = len(name) + len(value) + _OVERHEAD
-            if size * 4 <= self._max_size * 3:
+            if size * 4 <= self._max_size * 3 and name not in UNIQUE_PER_REQUEST:
                 _emit_int(out, index, 6, 0x40)
                 if not index:
                     _emit_str(out, name, huffman)

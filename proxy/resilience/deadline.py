@@ -91,9 +91,18 @@ def parse_expected_timeout_ms(header: str | None) -> float | None:
     return int(header) / 1000.0
 
 
-def format_timeout_ms(seconds: float) -> str:
+_FORMATTED: dict[float, str] = {}  # a route's timeout recurs on every request: format it once
+
+
+def format_timeout_ms(seconds: float, _memo: dict[float, str] = _FORMATTED) -> str:
     """`x-envoy-expected-rq-timeout-ms` value: whole milliseconds rounded up, at least 1."""
-    return str(max(1, math.ceil(round(seconds * 1000.0, 6))))
+    s = _memo.get(seconds)
+    if s is None:
+        s = str(max(1, math.ceil(round(seconds * 1000.0, 6))))
+        if len(_memo) >= 1024:  # remaining deadlines vary per request: keep the memo bounded
+            _memo.clear()
+        _memo[seconds] = s
+    return s
 
 
 def incoming_deadline(grpc_timeout: str | None, expected_rq_timeout_ms: str | None) -> float | None:

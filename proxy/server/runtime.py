@@ -10,7 +10,9 @@ resolved label by label per request.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import random
 import ssl
 import time
@@ -27,12 +29,30 @@ log = logging.getLogger("meshlet.proxy")
 
 _bits = random.SystemRandom().getrandbits(64)
 _rng = random.Random(_bits)
+_RID: list[Any] = []  # [prefix, counter's __next__]: replaced after a fork
 
 
-def new_request_id() -> str:
-    """A UUIDv4-shaped id. Not a secret (Envoy's is not either), so a fast PRNG is enough."""
-    b = "%032x" % _rng.getrandbits(128)
-    return f"{b[:8]}-{b[8:12]}-4{b[13:16]}-a{b[17:20]}-{b[20:]}"
+def _new_rid_series() -> None:
+    """A fresh random prefix (72 random bits, the version and variant nibbles fixed) and a
+    counter from a random start for the last group: an id costs one format and one add
+    instead of 128 random bits, and stays unique (the prefix across processes, the counter
+    within one). A forked child starts its own series."""
+    b = "%032x" % random.SystemRandom().getrandbits(128)
+    _RID[:] = [
+        f"{b[:8]}-{b[8:12]}-4{b[13:16]}-a{b[17:20]}-",
+        itertools.count(int(b[20:], 16) >> 8).__next__,
+    ]
+
+
+_new_rid_series()
+os.register_at_fork(after_in_child=_new_rid_series)
+
+
+def new_request_id(_rid: list[Any] = _RID) -> str:
+    """A UUIDv4-shaped ``x-request-id``: unique, well-formed, not a secret (Envoy's is not
+    either), so it need not be unpredictable."""
+    prefix, nxt = _rid
+    return prefix + "%012x" % nxt()  # starts below 2**40: 12 digits for ~2**48 ids
 
 
 class Runtime:

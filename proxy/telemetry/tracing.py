@@ -404,12 +404,19 @@ def new_context(
     sampler: ParentBasedRatio,
     _bits=_getrandbits,
     _z16=_ZERO16,
+    _z32=_ZERO32,
 ) -> TraceContext:
     """The context of the proxy's own span: a child of ``parent``, or a new root."""
     if parent is None:
-        return TraceContext(
-            _new_id128(), _new_id64(), "", sampler.decide(None), "", "w3c", False, True
-        )
+        # a new root (most requests): trace and span id from one draw of 192 random bits
+        ids = _bits(192).to_bytes(24).hex()
+        trace_id = ids[:32]
+        span_id = ids[32:]
+        if trace_id == _z32:
+            trace_id = _new_id128()
+        if span_id == _z16:
+            span_id = _new_id64()
+        return TraceContext(trace_id, span_id, "", sampler.decide(None), "", "w3c", False, True)
     trace_id = parent.trace_id
     if not trace_id:  # B3 sampling-only: keep the decision, start the trace
         return TraceContext(

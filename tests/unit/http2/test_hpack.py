@@ -210,6 +210,31 @@ def test_encoder_indexes_repeats_and_never_indexes_secrets(hp):
     assert dec.never_indexed == [2, 3]
 
 
+def test_per_request_ids_are_literals_without_indexing(hp):
+    """x-request-id and trace ids are new on every request: they must not churn the dynamic
+    table (an insert and an eviction each, pushing out fields that repeat), yet a later hop
+    may index them (not never-indexed)."""
+    enc = hp.Encoder()
+    lib = hpack.Decoder()
+    blocks = []
+    for i in range(200):
+        fields = [
+            (b":method", b"POST"),
+            (b"content-type", b"application/grpc"),
+            (b"x-request-id", b"3b059d5e-a309-4dda-a3fb-%012x" % i),
+            (b"traceparent", b"00-%032x-%016x-01" % (i, i)),
+            (b"x-custom", b"v"),
+        ]
+        block = enc.encode(fields)
+        blocks.append(block)
+        decoded = lib.decode(block, raw=True)
+        assert [tuple(h) for h in decoded] == fields
+        assert all(h.indexable for h in decoded)
+    assert [n for n, _ in lib.header_table.dynamic_entries] == [b"x-custom", b"content-type"]
+    # the repeated fields stay indexed: later blocks are only the two ids plus a few bytes
+    assert len(blocks[-1]) == len(blocks[1]) < len(blocks[0])
+
+
 def test_encoder_table_size_change(hp):
     enc = hp.Encoder()
     lib = hpack.Decoder()
