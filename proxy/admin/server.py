@@ -4,9 +4,7 @@ Served by a small HTTP/1.1 protocol on the proxy's own strict parser rather than
 admin port is all a sidecar with a static config needs a web framework for, and aiohttp.web
 with its dependencies is about 15 MB of the idle process (issue 18: idle RSS). Every answer
 reads live state at request time, so what an operator sees is what the data path uses now.
-Requests are tiny and rare; one connection answers one request at a time, in order. The
-parser is the data path's strict one: an HTTP/1.1 request without Host is a 400 (RFC 9112;
-curl, urllib and kubelet probes send one), an HTTP/1.0 one is answered.
+Requests are tiny and rare; one connection answers one request at a time, in order.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from proxy.http1.errors import ProtocolError
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json; charset=utf-8"
 MAX_BODY = 64 * 1024  # admin POSTs carry nothing we read; a bigger body is refused
-IDLE_TIMEOUT = 75.0  # an idle connection is closed after this (aiohttp's keep-alive timeout)
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             413: "Payload Too Large", 503: "Service Unavailable"}  # fmt: skip
 
@@ -94,32 +91,15 @@ class AdminProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.skip = 0  # body bytes of the current request still to discard
-        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
-        self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
-
-    def _arm(self) -> None:
-        """(Re)start the idle timer: a connection that sends nothing for the idle timeout is
-        closed, so idle or half-sent connections cannot pile up on the admin port."""
-        if self.timer is not None:
-            self.timer.cancel()
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.server.idle_timeout, self._idle)
-
-    def _idle(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        self._arm()
         self.buf += data
         while self.transport is not None and not self.transport.is_closing():
             if self.skip:
@@ -175,10 +155,9 @@ class AdminProtocol(asyncio.Protocol):
 class AdminServer:
     """The admin listener: ``await start(host, port)``, then ``port``; ``await close()``."""
 
-    def __init__(self, sidecar: Any, log: Any, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, sidecar: Any, log: Any) -> None:
         self.routes = build_routes(sidecar)
         self.log = log
-        self.idle_timeout = idle_timeout
         self.connections: set[AdminProtocol] = set()
         self.server: asyncio.Server | None = None
         self.port = 0
