@@ -21,9 +21,11 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
+
 from control_plane.api import expiry
 from proxy import __version__, _accel
-from proxy.admin.server import AdminServer
+from proxy.admin.server import build_app
 from proxy.routes.compile import compile_table
 from proxy.server.forward import Forwarder
 from proxy.server.listener import Listener
@@ -76,7 +78,7 @@ class Sidecar:
         self.forwarder = Forwarder(self.runtime)
         self.listeners: dict[str, Listener] = {}
         self.tcp: Any = None  # proxy.tcp.proxy.TcpProxy: HBONE, egress listeners, captured TCP
-        self.admin_server: AdminServer | None = None
+        self.admin_runner: web.AppRunner | None = None
         self.admin_port = 0
         self.ready = False
         self.last_error = ""
@@ -296,10 +298,11 @@ class Sidecar:
             lst.h2_factory = _h2_factory
             await _listening(lst.start(), lst.name, lst.host, lst.port)
             self.listeners[lst.name] = lst
-        self.admin_server = AdminServer(self, log)
-        await _listening(self.admin_server.start(o.admin_bind, o.admin_port), "admin",
-                         o.admin_bind, o.admin_port)  # fmt: skip
-        self.admin_port = self.admin_server.port
+        self.admin_runner = web.AppRunner(build_app(self), access_log=None)
+        await self.admin_runner.setup()
+        site = web.TCPSite(self.admin_runner, o.admin_bind, o.admin_port, reuse_address=True)
+        await _listening(site.start(), "admin", o.admin_bind, o.admin_port)
+        self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -544,8 +547,8 @@ class Sidecar:
         self.runtime.close()
         if self.telemetry is not None:
             self.telemetry.close()
-        if self.admin_server is not None:
-            await self.admin_server.close()
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
         if self._stopped is not None:
             self._stopped.set()
 
