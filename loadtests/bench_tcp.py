@@ -169,11 +169,19 @@ def _ping(port: int) -> bool:
 
 
 def start_meshlet(
-    pair: Pair, work: Path, app_port: int, cpu: int, load_cpu: int, tree: str | None = None
+    pair: Pair,
+    work: Path,
+    app_port: int,
+    cpu: int,
+    load_cpu: int,
+    tree: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> None:
-    """``tree``: the sidecars run that checkout's code (an A/B against another commit)."""
+    """``tree``: the sidecars run that checkout's code (an A/B against another commit);
+    ``extra_env``: added to their environment."""
     work.mkdir(parents=True, exist_ok=True)
-    env = {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"} if tree else None  # not the cwd's code
+    env = {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"} if tree else {}  # not the cwd's code
+    env.update(extra_env or {})
     data = work / "cp-data"
     addr = data / "listen.addr"
     cp = h.Proc("control-plane", h.pinned(load_cpu, [PY, "-m", "control_plane.cli",
@@ -312,7 +320,15 @@ def main() -> int:
     ap.add_argument(
         "--baseline",
         metavar="TREE",
-        help="a third pair: meshlet sidecars running another checkout's code (A/B, same run)",
+        help="a third pair: meshlet sidecars running another checkout's code (A/B, same run; "
+        "'.' for this one, to A/B --meshlet-env)",
+    )
+    ap.add_argument(
+        "--meshlet-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in the environment of the first meshlet pair's sidecars (not the baseline's)",
     )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", help="write the raw results here")
@@ -332,10 +348,12 @@ def main() -> int:
         pairs["baseline"] = Pair("baseline")
     results: dict[str, dict[str, list[dict]]] = {n: {"bulk": [], "conns": []} for n in pairs}
     try:
-        start_meshlet(pairs["meshlet"], work, app_port, a.proxy_cpu, a.load_cpu)
+        env = dict(kv.split("=", 1) for kv in a.meshlet_env)
+        start_meshlet(pairs["meshlet"], work, app_port, a.proxy_cpu, a.load_cpu, None, env)
         if a.baseline:
+            tree = None if a.baseline == "." else str(Path(a.baseline).resolve())
             start_meshlet(pairs["baseline"], work / "baseline", app_port, a.proxy_cpu,
-                          a.load_cpu, str(Path(a.baseline).resolve()))  # fmt: skip
+                          a.load_cpu, tree)  # fmt: skip
         start_envoy(pairs["envoy"], work, app_port, a.proxy_cpu, certs)
         for rnd in range(a.rounds):
             for name, pair in pairs.items():

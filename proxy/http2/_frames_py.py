@@ -153,7 +153,7 @@ class FrameParser:
         end = self._end
         held = end - start
         need = hint if hint > _MIN_READ else _MIN_READ
-        if held >= _HDR:
+        if held >= _HDR and not self._preface:
             b = self._buf
             total = _HDR + ((b[start] << 16) | (b[start + 1] << 8) | b[start + 2])
             if total - held > need:

@@ -109,6 +109,8 @@ class HboneConnection(asyncio.BufferedProtocol):
                 if leg is not None:
                     leg.tunnel_reset(value)
             elif kind == tn.CLOSED:
+                if log.isEnabledFor(logging.INFO):  # once per connection
+                    log.info("HBONE connection with %s ended: %r", self.peer_address, value)
                 self.tunnel.close()
         self.flush()
         if self.tunnel.h2.closed and self.transport is not None:
@@ -119,6 +121,8 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if exc is not None:
+            log.info("HBONE connection with %s lost: %r", self.peer_address, exc)
         for leg in list(self.legs.values()):
             leg.tunnel_reset(-1)
         self.legs.clear()

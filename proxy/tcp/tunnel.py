@@ -203,7 +203,8 @@ class TunnelConnection:
             elif t is h2.RemoteSettingsChanged:
                 self._flush(0, out)
             elif t is h2.ConnectionTerminated:
-                out.append((CLOSED, 0, ev.debug or b"GOAWAY"))
+                why = ev.debug or b"GOAWAY"
+                out.append((CLOSED, 0, why if ev.remote else b"local: " + why))
         return out
 
     def _request(self, ev: h2.RequestReceived, out: list[tuple[int, int, object]]) -> None:
