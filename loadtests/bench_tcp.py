@@ -249,30 +249,55 @@ def _unspy(spies: list[tuple[subprocess.Popen, Path]]) -> None:
 
 def self_time(folded: str, n: int = 25) -> str:
     """The top-``n`` frames by self time (the leaf of each sampled stack) of py-spy's raw
-    (collapsed) output, as percentages of all samples."""
+    (collapsed) output, as percentages of the busy samples: stacks waiting in ``epoll_pwait``
+    (the loop idle) or on a lock (an idle worker thread) are counted apart. A leaf in a
+    stripped library (``0x7f.. (libc.so.6)``: memcpy, malloc) is named by its caller."""
     leaves: dict[str, int] = {}
-    total = 0
+    busy = idle = 0
     for line in folded.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         c = int(count)
-        total += c
-        leaf = stack.rsplit(";", 1)[-1]
+        frames = [f.split(" (", 1)[0] for f in stack.split(";")]
+        if any(f in ("epoll_pwait", "PyThread_acquire_lock_timed") for f in frames):
+            idle += c
+            continue
+        busy += c
+        leaf = frames[-1]
+        if leaf.startswith("0x") and len(frames) > 1:
+            lib = stack.rsplit("(", 1)[-1].rstrip(")")
+            leaf = f"{frames[-2]} > {lib}"
         leaves[leaf] = leaves.get(leaf, 0) + c
     rows = sorted(leaves.items(), key=lambda kv: -kv[1])[:n]
-    return "\n".join(f"{100 * c / max(total, 1):5.1f}%  {f}" for f, c in rows) + "\n"
+    head = f"busy samples {busy}, idle {idle}\n"
+    return head + "\n".join(f"{100 * c / max(busy, 1):5.1f}%  {f}" for f, c in rows) + "\n"
+
+
+def _stuck(pair: Pair) -> None:
+    """A transfer stopped: where the bytes wait (socket queues) and what the proxies do."""
+    for cmd in (["ss", "-tnpi", "state", "established"],
+                *(["py-spy", "dump", "--pid", str(p.pid)] for p in pair.procs)):  # fmt: skip
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            out = repr(exc)
+        print(f"--- {' '.join(cmd)}\n{out}", file=sys.stderr, flush=True)
 
 
 def bulk(pair: Pair, mib: int) -> dict:
     chunk = b"\x5a" * (1 << 20)
     c0, t0 = _cpu(pair), time.monotonic()
     with socket.create_connection(("127.0.0.1", pair.port), timeout=120) as s:
-        s.sendall(b"BULK\n")
-        for _ in range(mib):
-            s.sendall(chunk)
-        s.shutdown(socket.SHUT_WR)
-        got = int(s.makefile("rb").readline())
+        try:
+            s.sendall(b"BULK\n")
+            for _ in range(mib):
+                s.sendall(chunk)
+            s.shutdown(socket.SHUT_WR)
+            got = int(s.makefile("rb").readline())
+        except OSError:
+            _stuck(pair)
+            raise
     wall, cpu = time.monotonic() - t0, _cpu(pair) - c0
     assert got == mib << 20, (got, mib)
     return {"MiB_s": mib / wall, "MiB_per_cpu_s": mib / cpu, "cpu_s": cpu, "wall_s": wall}
