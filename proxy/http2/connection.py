@@ -332,11 +332,12 @@ class H2Connection:
             raise LocalProtocolError("data exceeds the flow-control window")
         self._send_window -= n
         stream.send_window -= n
-        if n < _ZERO_COPY or n > self._peer_max_frame_size:
+        if n < _ZERO_COPY or n > self._peer_max_frame_size or type(data) is not bytes:
             self._out.append(fr.data_frame(stream_id, data, end_stream, self._peer_max_frame_size))
         else:
             # one frame, not copied whole: its header with the first TLS record's worth of the
-            # payload, then a view of the rest (see data_to_send_chunks)
+            # payload, then a view of the rest (see data_to_send_chunks); only of immutable
+            # bytes, as the view is read after this call returns
             flags = fr.FLAG_END_STREAM if end_stream else 0
             lead = _OWN_RECORD - 9  # the frame header
             self._out.append(
