@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -156,6 +157,7 @@ class Pair:
         self.name = name
         self.procs: list[h.Proc] = []  # the two proxies
         self.extra: list[h.Proc] = []  # control plane
+        self.admins: list[int] = []  # meshlet sidecars' admin ports
         self.port = 0
 
 
@@ -199,11 +201,12 @@ def start_meshlet(
         toks[svc] = work / f"{svc}.token"
         toks[svc].write_text(m.cli(data, url, "token", "create", "--service", svc))
     for svc, port in (("inventory", app_port), ("orders", 1)):
-        p, _, _, _ = m.launch_sidecar(
+        p, _, _, admin = m.launch_sidecar(
             f"meshlet-{svc}", svc, port,
             ["--control-plane", url, "--token-file", str(toks[svc]), "--state-dir",
              str(work / f"state-{svc}"), "--hbone", "0"], work, cpu, env)  # fmt: skip
         pair.procs.append(p)
+        pair.admins.append(admin)
     h.wait_until(lambda: _ping(pair.port), 40, "orders -> inventory over HBONE")
 
 
@@ -275,7 +278,8 @@ def self_time(folded: str, n: int = 25) -> str:
 
 
 def _stuck(pair: Pair) -> None:
-    """A transfer stopped: where the bytes wait (socket queues) and what the proxies do."""
+    """A transfer stopped: where the bytes wait (socket queues, the tunnels' flow-control
+    state from the sidecars' ``/clusters``) and what the proxies do."""
     for cmd in (["ss", "-tnpi", "state", "established"],
                 *(["py-spy", "dump", "--pid", str(p.pid)] for p in pair.procs)):  # fmt: skip
         try:
@@ -283,6 +287,14 @@ def _stuck(pair: Pair) -> None:
         except (OSError, subprocess.SubprocessError) as exc:
             out = repr(exc)
         print(f"--- {' '.join(cmd)}\n{out}", file=sys.stderr, flush=True)
+    for admin in pair.admins:  # the HBONE tunnels' flow-control state
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/clusters", timeout=10) as r:
+                tunnels = json.loads(r.read())["tcp_tunnels"]
+        except (OSError, ValueError, KeyError) as exc:
+            tunnels = repr(exc)
+        print(f"--- admin {admin} tcp_tunnels\n{json.dumps(tunnels, indent=1)}", file=sys.stderr,
+              flush=True)  # fmt: skip
 
 
 def bulk(pair: Pair, mib: int) -> dict:

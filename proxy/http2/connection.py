@@ -317,6 +317,11 @@ class H2Connection:
         if end_stream:
             self._close_send(stream)
 
+    @property
+    def connection_send_window(self) -> int:
+        """What the peer's connection window lets us send now (all streams together)."""
+        return self._send_window
+
     def local_flow_control_window(self, stream_id: int) -> int:
         stream = self._streams.get(stream_id)
         if stream is None:

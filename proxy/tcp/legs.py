@@ -158,6 +158,32 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.flush()
         return sid
 
+    def flow_view(self, limit: int = 16) -> dict[str, Any]:
+        """Where bytes wait, for ``/clusters`` (a stalled transfer shows which side holds it):
+        the connection's send window and pause, and up to ``limit`` streams that hold bytes
+        back, are blocked, or whose socket is not being read."""
+        tunnel = self.tunnel
+        held = []
+        for sid, leg in self.legs.items():
+            st = tunnel.streams.get(sid)
+            t = getattr(leg, "transport", None)
+            reading = t.is_reading() if t is not None and not t.is_closing() else None
+            pending = st.pending_len if st is not None else 0
+            blocked = st.blocked if st is not None else False
+            if pending or blocked or reading is False:
+                try:
+                    window = tunnel.h2.local_flow_control_window(sid)
+                except Exception:  # closed for sending in the h2 state machine
+                    window = None
+                held.append({"stream": sid, "pending": pending, "blocked": blocked,
+                             "send_window": window, "socket_reading": reading,
+                             "socket_write_paused": getattr(leg, "write_paused", None),
+                             "unacked": getattr(leg, "unacked", 0)})  # fmt: skip
+                if len(held) >= limit:
+                    break
+        return {"write_paused": self.write_paused,
+                "send_window": tunnel.h2.connection_send_window, "held_streams": held}  # fmt: skip
+
     def forget(self, sid: int) -> None:
         self.legs.pop(sid, None)
 

@@ -530,10 +530,10 @@ class TcpProxy:
             for c in conns:
                 out.append({"direction": "outbound", "address": f"{addr}:{port}",
                             "peer": c.peer, "streams_open": len(c.legs),
-                            "streams_total": c.streams_total})  # fmt: skip
+                            "streams_total": c.streams_total, "flow": c.flow_view()})  # fmt: skip
         for c in self.inbound_conns:
             out.append({"direction": "inbound", "address": c.peer_address, "peer": c.peer,
-                        "streams_open": len(c.legs)})  # fmt: skip
+                        "streams_open": len(c.legs), "flow": c.flow_view()})  # fmt: skip
         return out
 
     # -- capture ---------------------------------------------------------------------------------
