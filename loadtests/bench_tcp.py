@@ -35,12 +35,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import socket
 import statistics
 import string
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -154,6 +157,7 @@ class Pair:
         self.name = name
         self.procs: list[h.Proc] = []  # the two proxies
         self.extra: list[h.Proc] = []  # control plane
+        self.admins: list[int] = []  # meshlet sidecars' admin ports
         self.port = 0
 
 
@@ -166,7 +170,20 @@ def _ping(port: int) -> bool:
         return False
 
 
-def start_meshlet(pair: Pair, work: Path, app_port: int, cpu: int, load_cpu: int) -> None:
+def start_meshlet(
+    pair: Pair,
+    work: Path,
+    app_port: int,
+    cpu: int,
+    load_cpu: int,
+    tree: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> None:
+    """``tree``: the sidecars run that checkout's code (an A/B against another commit);
+    ``extra_env``: added to their environment."""
+    work.mkdir(parents=True, exist_ok=True)
+    env = {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"} if tree else {}  # not the cwd's code
+    env.update(extra_env or {})
     data = work / "cp-data"
     addr = data / "listen.addr"
     cp = h.Proc("control-plane", h.pinned(load_cpu, [PY, "-m", "control_plane.cli",
@@ -184,11 +201,12 @@ def start_meshlet(pair: Pair, work: Path, app_port: int, cpu: int, load_cpu: int
         toks[svc] = work / f"{svc}.token"
         toks[svc].write_text(m.cli(data, url, "token", "create", "--service", svc))
     for svc, port in (("inventory", app_port), ("orders", 1)):
-        p, _, _, _ = m.launch_sidecar(
+        p, _, _, admin = m.launch_sidecar(
             f"meshlet-{svc}", svc, port,
-            ["--control-plane", url, "--token-file", str(toks[svc]),
-             "--state-dir", str(work / f"state-{svc}"), "--hbone", "0"], work, cpu)  # fmt: skip
+            ["--control-plane", url, "--token-file", str(toks[svc]), "--state-dir",
+             str(work / f"state-{svc}"), "--hbone", "0"], work, cpu, env)  # fmt: skip
         pair.procs.append(p)
+        pair.admins.append(admin)
     h.wait_until(lambda: _ping(pair.port), 40, "orders -> inventory over HBONE")
 
 
@@ -207,15 +225,91 @@ def _cpu(pair: Pair) -> float:
     return sum(h.cpu_seconds(p.pid) for p in pair.procs)
 
 
+def _spy(pair: Pair, out: Path, cpu: int) -> list[tuple[subprocess.Popen, Path]]:
+    """py-spy (raw collapsed stacks, native frames: uvloop, _ssl and Cython show) on each
+    proxy of the pair, the samplers on the load CPU."""
+    out.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for i, p in enumerate(pair.procs):
+        raw = out / f"{pair.name}-{i}.folded"
+        cmd = h.pinned(cpu, ["py-spy", "record", "--native", "-r", "100",
+                             "-f", "raw", "-o", str(raw), "-p", str(p.pid)])  # fmt: skip
+        spies.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL), raw))  # fmt: skip
+    time.sleep(1.0)  # py-spy attaches
+    return spies
+
+
+def _unspy(spies: list[tuple[subprocess.Popen, Path]]) -> None:
+    for proc, raw in spies:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        if raw.exists():
+            top = self_time(raw.read_text())
+            (raw.parent / (raw.stem + ".top25.txt")).write_text(top)
+            print(f"--- {raw.stem}: self time, top 25\n{top}", flush=True)
+
+
+def self_time(folded: str, n: int = 25) -> str:
+    """The top-``n`` frames by self time (the leaf of each sampled stack) of py-spy's raw
+    (collapsed) output, as percentages of the busy samples: stacks waiting in ``epoll_pwait``
+    (the loop idle) or on a lock (an idle worker thread) are counted apart. A leaf in a
+    stripped library (``0x7f.. (libc.so.6)``: memcpy, malloc) is named by its caller."""
+    leaves: dict[str, int] = {}
+    busy = idle = 0
+    for line in folded.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        frames = [f.split(" (", 1)[0] for f in stack.split(";")]
+        if any(f in ("epoll_pwait", "PyThread_acquire_lock_timed") for f in frames):
+            idle += c
+            continue
+        busy += c
+        leaf = frames[-1]
+        if leaf.startswith("0x") and len(frames) > 1:
+            lib = stack.rsplit("(", 1)[-1].rstrip(")")
+            leaf = f"{frames[-2]} > {lib}"
+        leaves[leaf] = leaves.get(leaf, 0) + c
+    rows = sorted(leaves.items(), key=lambda kv: -kv[1])[:n]
+    head = f"busy samples {busy}, idle {idle}\n"
+    return head + "\n".join(f"{100 * c / max(busy, 1):5.1f}%  {f}" for f, c in rows) + "\n"
+
+
+def _stuck(pair: Pair) -> None:
+    """A transfer stopped: where the bytes wait (socket queues, the tunnels' flow-control
+    state from the sidecars' ``/clusters``) and what the proxies do."""
+    for cmd in (["ss", "-tnpi", "state", "established"],
+                *(["py-spy", "dump", "--pid", str(p.pid)] for p in pair.procs)):  # fmt: skip
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            out = repr(exc)
+        print(f"--- {' '.join(cmd)}\n{out}", file=sys.stderr, flush=True)
+    for admin in pair.admins:  # the HBONE tunnels' flow-control state
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/clusters", timeout=10) as r:
+                tunnels = json.loads(r.read())["tcp_tunnels"]
+        except (OSError, ValueError, KeyError) as exc:
+            tunnels = repr(exc)
+        print(f"--- admin {admin} tcp_tunnels\n{json.dumps(tunnels, indent=1)}", file=sys.stderr,
+              flush=True)  # fmt: skip
+
+
 def bulk(pair: Pair, mib: int) -> dict:
     chunk = b"\x5a" * (1 << 20)
     c0, t0 = _cpu(pair), time.monotonic()
     with socket.create_connection(("127.0.0.1", pair.port), timeout=120) as s:
-        s.sendall(b"BULK\n")
-        for _ in range(mib):
-            s.sendall(chunk)
-        s.shutdown(socket.SHUT_WR)
-        got = int(s.makefile("rb").readline())
+        try:
+            s.sendall(b"BULK\n")
+            for _ in range(mib):
+                s.sendall(chunk)
+            s.shutdown(socket.SHUT_WR)
+            got = int(s.makefile("rb").readline())
+        except OSError:
+            _stuck(pair)
+            raise
     wall, cpu = time.monotonic() - t0, _cpu(pair) - c0
     assert got == mib << 20, (got, mib)
     return {"MiB_s": mib / wall, "MiB_per_cpu_s": mib / cpu, "cpu_s": cpu, "wall_s": wall}
@@ -254,30 +348,65 @@ def main() -> int:
     ap.add_argument("--conns-concurrency", type=int, default=10)
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--load-cpu", type=int, default=0)
+    ap.add_argument("--scenarios", default="bulk,conns", help="comma-separated: bulk, conns")
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy the meshlet proxies during round 1's bulk (self-time summaries, top 25)",
+    )
+    ap.add_argument(
+        "--baseline",
+        metavar="TREE",
+        help="a third pair: meshlet sidecars running another checkout's code (A/B, same run; "
+        "'.' for this one, to A/B --meshlet-env)",
+    )
+    ap.add_argument(
+        "--meshlet-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in the environment of the first meshlet pair's sidecars (not the baseline's)",
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", help="write the raw results here")
     a = ap.parse_args()
     if a.quick:
         a.rounds, a.bulk_mib, a.duration = 1, 256, 4.0
+    scenarios = set(a.scenarios.split(","))
+    if not scenarios <= {"bulk", "conns"}:
+        ap.error(f"--scenarios: unknown {sorted(scenarios - {'bulk', 'conns'})}")
     work = Path(tempfile.mkdtemp(prefix="bench-tcp-"))
     app_port = h.free_port()
     app = h.Proc("app", h.pinned(a.load_cpu, [PY, "-c", APP, str(app_port)]), work)
     h.wait_until(lambda: _ping(app_port), 20, "app")
     certs = m.make_certs(work / "certs")
     pairs = {"meshlet": Pair("meshlet"), "envoy": Pair("envoy")}
+    if a.baseline:
+        pairs["baseline"] = Pair("baseline")
     results: dict[str, dict[str, list[dict]]] = {n: {"bulk": [], "conns": []} for n in pairs}
     try:
-        start_meshlet(pairs["meshlet"], work, app_port, a.proxy_cpu, a.load_cpu)
+        env = dict(kv.split("=", 1) for kv in a.meshlet_env)
+        start_meshlet(pairs["meshlet"], work, app_port, a.proxy_cpu, a.load_cpu, None, env)
+        if a.baseline:
+            tree = None if a.baseline == "." else str(Path(a.baseline).resolve())
+            start_meshlet(pairs["baseline"], work / "baseline", app_port, a.proxy_cpu,
+                          a.load_cpu, tree)  # fmt: skip
         start_envoy(pairs["envoy"], work, app_port, a.proxy_cpu, certs)
         for rnd in range(a.rounds):
             for name, pair in pairs.items():
-                b = bulk(pair, a.bulk_mib)
-                c = conns(pair, a.duration, a.conns_concurrency)
-                results[name]["bulk"].append(b)
-                results[name]["conns"].append(c)
-                print(f"round {rnd + 1} {name:8s} bulk {b['MiB_s']:7.1f} MiB/s "
-                      f"{b['MiB_per_cpu_s']:7.1f} MiB/cpu-s | conns {c['conns_s']:7.0f}/s "
-                      f"{c['conns_per_cpu_s']:7.0f}/cpu-s", flush=True)  # fmt: skip
+                line = f"round {rnd + 1} {name:8s}"
+                if "bulk" in scenarios:
+                    spies = (_spy(pair, Path(a.profile), a.load_cpu)
+                             if a.profile and rnd == 0 and name == "meshlet" else [])  # fmt: skip
+                    b = bulk(pair, a.bulk_mib)
+                    _unspy(spies)
+                    results[name]["bulk"].append(b)
+                    line += f" bulk {b['MiB_s']:7.1f} MiB/s {b['MiB_per_cpu_s']:7.1f} MiB/cpu-s"
+                if "conns" in scenarios:
+                    c = conns(pair, a.duration, a.conns_concurrency)
+                    results[name]["conns"].append(c)
+                    line += f" | conns {c['conns_s']:7.0f}/s {c['conns_per_cpu_s']:7.0f}/cpu-s"
+                print(line, flush=True)
     finally:
         for pair in pairs.values():
             for p in (*pair.procs, *pair.extra):
@@ -287,21 +416,32 @@ def main() -> int:
     def med(name: str, sc: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name][sc])
 
-    summary = {
-        "bulk_MiB_per_cpu_s": {n: med(n, "bulk", "MiB_per_cpu_s") for n in pairs},
-        "bulk_MiB_s": {n: med(n, "bulk", "MiB_s") for n in pairs},
-        "conns_per_cpu_s": {n: med(n, "conns", "conns_per_cpu_s") for n in pairs},
-        "conns_s": {n: med(n, "conns", "conns_s") for n in pairs},
-    }
-    summary["ratio_bulk_per_core"] = (
-        summary["bulk_MiB_per_cpu_s"]["meshlet"] / summary["bulk_MiB_per_cpu_s"]["envoy"]
-    )
-    summary["ratio_conns_per_core"] = (
-        summary["conns_per_cpu_s"]["meshlet"] / summary["conns_per_cpu_s"]["envoy"]
-    )
+    summary: dict = {}
+    if "bulk" in scenarios:
+        summary["bulk_MiB_per_cpu_s"] = {n: med(n, "bulk", "MiB_per_cpu_s") for n in pairs}
+        summary["bulk_MiB_s"] = {n: med(n, "bulk", "MiB_s") for n in pairs}
+        for n in pairs:
+            if n != "envoy":
+                summary[f"ratio_bulk_per_core_rounds_{n}"] = [
+                    m_["MiB_per_cpu_s"] / e_["MiB_per_cpu_s"]
+                    for m_, e_ in zip(results[n]["bulk"], results["envoy"]["bulk"], strict=True)
+                ]
+        summary["ratio_bulk_per_core"] = (
+            summary["bulk_MiB_per_cpu_s"]["meshlet"] / summary["bulk_MiB_per_cpu_s"]["envoy"]
+        )
+    if "conns" in scenarios:
+        summary["conns_per_cpu_s"] = {n: med(n, "conns", "conns_per_cpu_s") for n in pairs}
+        summary["conns_s"] = {n: med(n, "conns", "conns_s") for n in pairs}
+        summary["ratio_conns_per_core"] = (
+            summary["conns_per_cpu_s"]["meshlet"] / summary["conns_per_cpu_s"]["envoy"]
+        )
     print(json.dumps(summary, indent=2))
-    print(f"meshlet / envoy, bulk per core:  {summary['ratio_bulk_per_core']:.2f} (target >= 0.5)")
-    print(f"meshlet / envoy, conns per core: {summary['ratio_conns_per_core']:.2f} (target >= 1.0)")
+    if "bulk" in scenarios:
+        print(f"meshlet / envoy, bulk per core:  {summary['ratio_bulk_per_core']:.2f} "
+              "(target >= 0.5)")  # fmt: skip
+    if "conns" in scenarios:
+        print(f"meshlet / envoy, conns per core: {summary['ratio_conns_per_core']:.2f} "
+              "(target >= 1.0)")  # fmt: skip
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
     return 0

@@ -1,7 +1,7 @@
 # Augments _frames_py.py (compiled as _frames_c): C types for the same source.
 import cython
 
-cdef Py_ssize_t _PREFACE_LEN, _HDR
+cdef Py_ssize_t _PREFACE_LEN, _HDR, _MIN_READ, _MIN_BUFFER
 cdef unsigned int _PADDED, _PRIO, _ACK, _END_STREAM, _END_HEADERS
 
 
@@ -10,6 +10,21 @@ cdef class FrameParser:
     cdef bytearray _pending
     cdef Py_ssize_t _need
     cdef bint _preface
+    cdef bytearray _buf
+    cdef object _mv
+    cdef Py_ssize_t _start, _end
+
+    @cython.locals(start=Py_ssize_t, end=Py_ssize_t, held=Py_ssize_t, need=Py_ssize_t,
+                   total=Py_ssize_t, cap=Py_ssize_t, size=Py_ssize_t, b=cython.p_uchar,
+                   buf=bytearray)
+    cpdef object get_buffer(self, Py_ssize_t hint)
+
+    @cython.locals(frames=list, b=cython.p_uchar, end=Py_ssize_t, pos=Py_ssize_t,
+                   length=Py_ssize_t, ftype=cython.uint, flags=cython.uint,
+                   stream_id=cython.ulong)
+    cpdef list parse(self, Py_ssize_t n)
+
+    cpdef void clear(self)
 
     @cython.locals(frames=list, buf=bytes, b=cython.p_uchar, end=Py_ssize_t, pos=Py_ssize_t,
                    n=Py_ssize_t, length=Py_ssize_t, ftype=cython.uint, flags=cython.uint,

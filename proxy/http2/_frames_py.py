@@ -43,6 +43,9 @@ DEFAULT_MAX_FRAME_SIZE = 16384
 MAX_MAX_FRAME_SIZE = (1 << 24) - 1
 MAX_WINDOW = (1 << 31) - 1
 FRAME_HEADER_SIZE = 9
+#: the buffered mode's smallest read and buffer
+_MIN_READ = 64 * 1024
+_MIN_BUFFER = 1024 * 1024
 
 _PROTOCOL_ERROR = ErrorCode.PROTOCOL_ERROR
 _FRAME_SIZE_ERROR = ErrorCode.FRAME_SIZE_ERROR
@@ -74,6 +77,11 @@ class FrameParser:
         self._pending = bytearray()
         self._need = 0  # octets _pending must reach before another frame can complete
         self._preface = expect_preface
+        # the buffered mode's input (get_buffer/parse): octets held are _buf[_start:_end]
+        self._buf = bytearray()
+        self._mv = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
 
     def feed(self, data: bytes) -> list:
         frames: list = []
@@ -128,7 +136,99 @@ class FrameParser:
     @property
     def buffered(self) -> int:
         """Octets received but not yet part of a complete frame."""
-        return len(self._pending)
+        return len(self._pending) + self._end - self._start
+
+    # -- buffered mode (asyncio.BufferedProtocol): the transport fills our buffer -------------
+    #
+    # ``feed`` costs a copy of every octet into ``_pending`` and one more to join a frame that
+    # came in pieces (a bulk DATA frame always does), on top of the copy the transport made to
+    # hand over ``data``. Here TLS decrypts (or the socket reads) straight into ``_buf`` and each
+    # frame's payload is copied out once; octets of a frame not yet complete move only when the
+    # buffer's tail is too short (a memcpy of at most one frame, at most once per buffer).
+
+    def get_buffer(self, hint: int) -> memoryview:
+        """Room for the next read: at least ``hint`` octets (a transport's size hint, at least
+        64 KiB), and enough to complete the frame held in part."""
+        start = self._start
+        end = self._end
+        held = end - start
+        need = hint if hint > _MIN_READ else _MIN_READ
+        if held >= _HDR and not self._preface:
+            b = self._buf
+            total = _HDR + ((b[start] << 16) | (b[start + 1] << 8) | b[start + 2])
+            if total - held > need:
+                need = total - held
+        cap = len(self._buf)
+        if cap - end >= need:
+            return self._mv[end:]
+        if held == 0:
+            start = end = 0
+            self._start = self._end = 0
+            if cap >= need:
+                return self._mv
+        elif held <= start and cap - held >= need:
+            # the held octets move to the front (the two ranges do not overlap)
+            self._buf[0:held] = self._mv[start:end]
+            self._start = 0
+            self._end = held
+            return self._mv[held:]
+        # a bigger buffer (the old one stays exported until the transport lets go of its view)
+        size = held + need
+        if size < _MIN_BUFFER:
+            size = _MIN_BUFFER
+        buf = bytearray(size)
+        if held:
+            buf[0:held] = self._mv[start:end]
+        self._buf = buf
+        self._mv = memoryview(buf)
+        self._start = 0
+        self._end = held
+        return self._mv[held:]
+
+    def parse(self, n: int) -> list:
+        """``n`` octets were written at the start of the last :meth:`get_buffer` view: the
+        frames now complete, as :meth:`feed` returns them."""
+        frames: list = []
+        end = self._end + n
+        self._end = end
+        pos = self._start
+        b = self._buf
+        mv = self._mv
+        if self._preface:
+            n = min(end - pos, _PREFACE_LEN)
+            if bytes(mv[pos : pos + n]) != PREFACE[:n]:
+                raise H2Error(_PROTOCOL_ERROR, "invalid connection preface")
+            if n < _PREFACE_LEN:
+                return frames
+            self._preface = False
+            pos += _PREFACE_LEN
+        while end - pos >= _HDR:
+            length = (b[pos] << 16) | (b[pos + 1] << 8) | b[pos + 2]
+            if length > self.max_frame_size:
+                raise H2Error(
+                    _FRAME_SIZE_ERROR,
+                    f"frame of {length} octets exceeds SETTINGS_MAX_FRAME_SIZE "
+                    f"{self.max_frame_size}",
+                )
+            if end - pos - _HDR < length:
+                break
+            ftype = b[pos + 3]
+            flags = b[pos + 4]
+            stream_id = (
+                ((b[pos + 5] & 0x7F) << 24) | (b[pos + 6] << 16) | (b[pos + 7] << 8) | b[pos + 8]
+            )
+            pos += _HDR
+            frames.append((ftype, flags, stream_id, bytes(mv[pos : pos + length])))
+            pos += length
+        if pos == end:
+            self._start = self._end = 0
+        else:
+            self._start = pos
+        return frames
+
+    def clear(self) -> None:
+        """Drop what the buffered mode holds (the connection reads no more frames)."""
+        self._start = self._end = 0
 
 
 def _padded(payload: bytes, flags: int, skip: int) -> tuple:

@@ -34,6 +34,10 @@ from proxy.http2.validate import (
 )
 
 DEFAULT_WINDOW = 65535
+#: a chunk of output at least this long is written on its own (a full TLS record's plaintext)
+_OWN_RECORD = 16384
+#: DATA at least this long is queued without copying its payload into the frame
+_ZERO_COPY = 4 * _OWN_RECORD
 
 
 @dataclass(slots=True)
@@ -249,6 +253,30 @@ class H2Connection:
         self._control_queued = 0
         return out
 
+    def data_to_send_chunks(self) -> list[bytes | memoryview]:
+        """What :meth:`data_to_send` returns, as a list for ``transport.writelines``: a large
+        DATA payload stays the caller's buffer (a view of it, not a copy) and runs of small
+        frames are joined, so that a TLS transport writes full records and few tiny ones."""
+        out = self._out
+        self._control_queued = 0
+        if len(out) == 1:
+            chunks = [out[0]]
+        else:
+            chunks = []
+            run: list[bytes | memoryview] = []
+            for c in out:
+                if len(c) >= _OWN_RECORD:
+                    if run:
+                        chunks.append(run[0] if len(run) == 1 else b"".join(run))
+                        run = []
+                    chunks.append(c)
+                else:
+                    run.append(c)
+            if run:
+                chunks.append(run[0] if len(run) == 1 else b"".join(run))
+        out.clear()
+        return chunks
+
     def get_next_available_stream_id(self) -> int:
         return self._next_local
 
@@ -289,6 +317,11 @@ class H2Connection:
         if end_stream:
             self._close_send(stream)
 
+    @property
+    def connection_send_window(self) -> int:
+        """What the peer's connection window lets us send now (all streams together)."""
+        return self._send_window
+
     def local_flow_control_window(self, stream_id: int) -> int:
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -304,7 +337,19 @@ class H2Connection:
             raise LocalProtocolError("data exceeds the flow-control window")
         self._send_window -= n
         stream.send_window -= n
-        self._out.append(fr.data_frame(stream_id, data, end_stream, self._peer_max_frame_size))
+        if n < _ZERO_COPY or n > self._peer_max_frame_size or type(data) is not bytes:
+            self._out.append(fr.data_frame(stream_id, data, end_stream, self._peer_max_frame_size))
+        else:
+            # one frame, not copied whole: its header with the first TLS record's worth of the
+            # payload, then a view of the rest (see data_to_send_chunks); only of immutable
+            # bytes, as the view is read after this call returns
+            flags = fr.FLAG_END_STREAM if end_stream else 0
+            lead = _OWN_RECORD - 9  # the frame header
+            self._out.append(
+                n.to_bytes(3, "big") + bytes((fr.DATA, flags)) + stream_id.to_bytes(4, "big")
+                + data[:lead]
+            )  # fmt: skip
+            self._out.append(memoryview(data)[lead:])
         if end_stream:
             self._close_send(stream)
 
@@ -354,11 +399,27 @@ class H2Connection:
     # -- receiving -------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Event]:
+        return self._receive(data, 0)
+
+    def get_buffer(self, hint: int) -> memoryview:
+        """Where the transport should put the next bytes it reads (``asyncio.BufferedProtocol``):
+        frames are then cut from them in place (see :meth:`FrameParser.get_buffer`)."""
+        return self._parser.get_buffer(hint)
+
+    def buffer_updated(self, n: int) -> list[Event]:
+        """``n`` bytes were written into the last :meth:`get_buffer` view: as
+        :meth:`receive_data`. One connection uses one of the two ways of receiving."""
+        return self._receive(None, n)
+
+    def _receive(self, data: bytes | None, n: int) -> list[Event]:
         events: list[Event] = []
         if self.closed:
+            if data is None:
+                self._parser.clear()
             return events
         try:
-            for ftype, flags, stream_id, payload in self._parser.feed(data):
+            frames = self._parser.feed(data) if data is not None else self._parser.parse(n)
+            for ftype, flags, stream_id, payload in frames:
                 try:
                     self._frame(ftype, flags, stream_id, payload, events)
                 except H2Error as exc:

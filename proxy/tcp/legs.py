@@ -38,8 +38,14 @@ def abort_with_rst(transport: Any) -> None:
     transport.abort()
 
 
-class HboneConnection(asyncio.Protocol):
-    """One HTTP/2 connection of CONNECT streams, client or server side."""
+class HboneConnection(asyncio.BufferedProtocol):
+    """One HTTP/2 connection of CONNECT streams, client or server side.
+
+    A buffered protocol: the TLS layer decrypts straight into the frame parser's buffer, rather
+    than into a new bytes object per TLS record that are then joined and copied again into the
+    parser (bulk throughput is bound by those copies, not by the cipher). Output goes out with
+    ``writelines``, large DATA payloads as views of the bytes read from the TCP socket.
+    """
 
     def __init__(
         self,
@@ -66,9 +72,19 @@ class HboneConnection(asyncio.Protocol):
         self.peer_address = f"{peer[0]}:{peer[1]}" if peer else ""
         self.flush()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.tunnel.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._dispatch(self.tunnel.buffer_updated(nbytes))
+
     def data_received(self, data: bytes) -> None:
+        """The same bytes handed over whole (a transport without buffered reads)."""
+        self._dispatch(self.tunnel.receive(data))
+
+    def _dispatch(self, events: list[tuple[int, int, object]]) -> None:
         legs = self.legs
-        for kind, sid, value in self.tunnel.receive(data):
+        for kind, sid, value in events:
             if kind == tn.DATA:
                 leg = legs.get(sid)
                 if leg is not None:
@@ -93,6 +109,8 @@ class HboneConnection(asyncio.Protocol):
                 if leg is not None:
                     leg.tunnel_reset(value)
             elif kind == tn.CLOSED:
+                if log.isEnabledFor(logging.INFO):  # once per connection
+                    log.info("HBONE connection with %s ended: %r", self.peer_address, value)
                 self.tunnel.close()
         self.flush()
         if self.tunnel.h2.closed and self.transport is not None:
@@ -103,6 +121,8 @@ class HboneConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if exc is not None:
+            log.info("HBONE connection with %s lost: %r", self.peer_address, exc)
         for leg in list(self.legs.values()):
             leg.tunnel_reset(-1)
         self.legs.clear()
@@ -121,9 +141,12 @@ class HboneConnection(asyncio.Protocol):
 
     # -- use -----------------------------------------------------------------------------------
     def flush(self) -> None:
-        out = self.tunnel.data_to_send()
-        if out and self.transport is not None and not self.lost:
-            self.transport.write(out)
+        chunks = self.tunnel.data_to_send_chunks()
+        if chunks and self.transport is not None and not self.lost:
+            if len(chunks) == 1:
+                self.transport.write(chunks[0])
+            else:
+                self.transport.writelines(chunks)
 
     def usable(self) -> bool:
         return not self.lost and self.tunnel.can_open()
@@ -134,6 +157,32 @@ class HboneConnection(asyncio.Protocol):
         self.streams_total += 1
         self.flush()
         return sid
+
+    def flow_view(self, limit: int = 16) -> dict[str, Any]:
+        """Where bytes wait, for ``/clusters`` (a stalled transfer shows which side holds it):
+        the connection's send window and pause, and up to ``limit`` streams that hold bytes
+        back, are blocked, or whose socket is not being read."""
+        tunnel = self.tunnel
+        held = []
+        for sid, leg in self.legs.items():
+            st = tunnel.streams.get(sid)
+            t = getattr(leg, "transport", None)
+            reading = t.is_reading() if t is not None and not t.is_closing() else None
+            pending = st.pending_len if st is not None else 0
+            blocked = st.blocked if st is not None else False
+            if pending or blocked or reading is False:
+                try:
+                    window = tunnel.h2.local_flow_control_window(sid)
+                except Exception:  # closed for sending in the h2 state machine
+                    window = None
+                held.append({"stream": sid, "pending": pending, "blocked": blocked,
+                             "send_window": window, "socket_reading": reading,
+                             "socket_write_paused": getattr(leg, "write_paused", None),
+                             "unacked": getattr(leg, "unacked", 0)})  # fmt: skip
+                if len(held) >= limit:
+                    break
+        return {"write_paused": self.write_paused,
+                "send_window": tunnel.h2.connection_send_window, "held_streams": held}  # fmt: skip
 
     def forget(self, sid: int) -> None:
         self.legs.pop(sid, None)

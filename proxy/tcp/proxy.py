@@ -98,7 +98,16 @@ class _Dialed(HboneConnection):
         self.sessions = sessions
         self.resumed = False
 
+    def buffer_updated(self, nbytes: int) -> None:
+        # uvloop's TLS transport decrypts into get_buffer()'s memory and calls this (the
+        # connection is a BufferedProtocol): the first call is the first read
+        self.buffer_updated = super().buffer_updated  # type: ignore[method-assign]
+        if self.sessions is not None and self.transport is not None:
+            self.sessions.remember(self.transport.get_extra_info("ssl_object"))
+        HboneConnection.buffer_updated(self, nbytes)
+
     def data_received(self, data: bytes) -> None:
+        # a transport that does not use the buffer protocol reads through here instead
         self.data_received = super().data_received  # type: ignore[method-assign]
         if self.sessions is not None and self.transport is not None:
             self.sessions.remember(self.transport.get_extra_info("ssl_object"))
@@ -673,11 +682,13 @@ class TcpProxy:
                 out.append({"direction": "outbound", "address": f"{addr}:{port}",
                             "peer": c.peer, "streams_open": len(c.legs),
                             "streams_total": c.streams_total,
-                            "tls_resumed": getattr(c, "resumed", False)})  # fmt: skip
+                            "tls_resumed": getattr(c, "resumed", False),
+                            "flow": c.flow_view()})  # fmt: skip
         for c in self.inbound_conns:
             out.append({"direction": "inbound", "address": c.peer_address, "peer": c.peer,
                         "streams_open": len(c.legs),
-                        "tls_resumed": getattr(c, "resumed", False)})  # fmt: skip
+                        "tls_resumed": getattr(c, "resumed", False),
+                        "flow": c.flow_view()})  # fmt: skip
         return out
 
     def handshakes_view(self) -> dict[str, dict[str, int]]:

@@ -157,9 +157,22 @@ class TunnelConnection:
 
     # -- input -------------------------------------------------------------------------------
     def receive(self, data: bytes) -> list[tuple[int, int, object]]:
+        return self._events(self.h2.receive_data(data))
+
+    def get_buffer(self, hint: int) -> memoryview:
+        """Where the transport reads (decrypts) into next (``asyncio.BufferedProtocol``)."""
+        return self.h2.get_buffer(hint)
+
+    def buffer_updated(self, n: int) -> list[tuple[int, int, object]]:
+        """``n`` bytes were put in the last :meth:`get_buffer` view: as :meth:`receive`."""
+        return self._events(self.h2.buffer_updated(n))
+
+    def data_to_send_chunks(self) -> list[bytes | memoryview]:
+        return self.h2.data_to_send_chunks()
+
+    def _events(self, events: list[Any]) -> list[tuple[int, int, object]]:
         out: list[tuple[int, int, object]] = []
-        events: list[Any] = self.h2.receive_data(data)  # dispatched on type(): exact classes
-        for ev in events:
+        for ev in events:  # dispatched on type(): exact classes
             t = type(ev)
             if t is h2.DataReceived:
                 self.h2.acknowledge_connection_data(ev.flow_controlled_length)
@@ -190,7 +203,8 @@ class TunnelConnection:
             elif t is h2.RemoteSettingsChanged:
                 self._flush(0, out)
             elif t is h2.ConnectionTerminated:
-                out.append((CLOSED, 0, ev.debug or b"GOAWAY"))
+                why = ev.debug or b"GOAWAY"
+                out.append((CLOSED, 0, why if ev.remote else b"local: " + why))
         return out
 
     def _request(self, ev: h2.RequestReceived, out: list[tuple[int, int, object]]) -> None:

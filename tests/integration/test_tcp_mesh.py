@@ -686,6 +686,13 @@ def test_slow_reader_backpressure_bounds_what_the_sender_can_push(mesh):
     # what fits between the sender and the unread app: socket buffers, the HTTP/2 stream
     # window (4 MiB) and the sidecars' high-water marks (1 MiB each), nothing unbounded
     assert written < 64 << 20, written
+    # /clusters shows where the bytes wait: the client's sidecar holds them back (its window
+    # spent) and has stopped reading the sender's socket
+    _, body = mesh["client"].admin_get("/clusters")
+    held = [h for t in json.loads(body)["tcp_tunnels"] if t["direction"] == "outbound"
+            for h in t["flow"]["held_streams"]]  # fmt: skip
+    assert any(h["blocked"] and h["pending"] > 0 and h["send_window"] == 0
+               and h["socket_reading"] is False for h in held), held  # fmt: skip
     go.write_text("go")
     s.setblocking(True)
     s.shutdown(socket.SHUT_WR)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -496,3 +497,56 @@ def test_headers_on_an_even_stream_from_a_client_is_a_connection_error():
     events = ours.receive_data(fr.headers_frame(2, block, True))
     assert isinstance(events[-1], ConnectionTerminated)
     assert events[-1].error_code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_large_data_goes_out_as_a_view_in_full_tls_records():
+    """A large DATA payload is queued as the frame header with the first 16 KiB of it, then a
+    view of the caller's bytes (no copy); small frames around it are joined. The h2 library
+    reads the same frames, and the bytes are those data_to_send() gives."""
+    peer = h2_peer(client_side=False)
+    big = Limits(stream_window=1 << 20, connection_window=1 << 21, max_frame_size=1 << 20)
+    ours = H2Connection(client_side=True, limits=big, clock=Clock())
+    ours.initiate_connection()
+    peer.receive_data(ours.data_to_send())
+    codes = h2.settings.SettingCodes
+    peer.update_settings({codes.MAX_FRAME_SIZE: 1 << 20, codes.INITIAL_WINDOW_SIZE: 1 << 20})
+    peer.increment_flow_control_window(1 << 20)
+    ours.receive_data(peer.data_to_send())
+    peer.receive_data(ours.data_to_send())  # our SETTINGS ACK: the peer takes larger frames
+    sid = ours.get_next_available_stream_id()
+    ours.send_headers(sid, REQ)
+    payload = bytes(range(256)) * 1024  # 256 KiB
+    ours.send_data(sid, payload)
+    ours.send_data(sid, b"tail", end_stream=True)
+    chunks = ours.data_to_send_chunks()
+    assert [type(c) for c in chunks] == [bytes, bytes, memoryview, bytes]
+    assert len(chunks[1]) == 16384 and len(chunks[2]) == len(payload) - 16384 + 9
+    assert chunks[2].obj is payload  # a view of the caller's bytes
+    wire = b"".join(chunks)
+    assert ours.data_to_send() == b""
+    got = [e for e in peer.receive_data(wire) if isinstance(e, h2.events.DataReceived)]
+    assert b"".join(e.data for e in got) == payload + b"tail"
+    assert [e.flow_controlled_length for e in got] == [len(payload), 4]
+
+
+def test_buffered_receive_is_receive_data():
+    """get_buffer/buffer_updated (a BufferedProtocol's reads) give the events receive_data
+    gives for the same bytes."""
+    peer = h2_peer()
+    peer.send_headers(1, REQ)
+    for last in (False, False, True):
+        peer.send_data(1, b"y" * 16_000, end_stream=last)
+    wire = peer.data_to_send()
+    fed = H2Connection(client_side=False, clock=Clock())
+    fed.initiate_connection()
+    want = kinds(fed.receive_data(wire))
+    ours = H2Connection(client_side=False, clock=Clock())
+    ours.initiate_connection()
+    got = []
+    for at in range(0, len(wire), 7000):
+        piece = wire[at : at + 7000]
+        view = ours.get_buffer(len(piece))
+        view[: len(piece)] = piece
+        got += ours.buffer_updated(len(piece))
+    assert kinds(got) == want and "DataReceived" in want
+    assert b"".join(e.data for e in got if type(e).__name__ == "DataReceived") == b"y" * 48_000

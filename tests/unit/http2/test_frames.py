@@ -351,3 +351,89 @@ def test_garbage_raises_only_h2error_and_twins_agree(data, cuts):
 def test_headers_self_dependency_is_left_to_the_caller(fr):
     # the block must still be decoded (HPACK), so parse_headers reports rather than raises
     assert fr.parse_headers(0x20, 3, b"\x80\0\0\3\x10\x82") == (b"\x82", (3, 17, True))
+
+
+def parse_buffered(m, data: bytes, cuts: list[int], hint: int = 0, **kw):
+    """Like ``feed_split`` through the buffered mode: each piece is written into the view
+    ``get_buffer`` returns (a transport reading into it), as much as fits."""
+    parser = m.FrameParser(**kw)
+    out = []
+    points = sorted({c % (len(data) + 1) for c in cuts}) + [len(data)]
+    prev = 0
+    for at in points:
+        while prev < at:
+            view = parser.get_buffer(hint or (at - prev))
+            n = min(len(view), at - prev)
+            assert n > 0
+            view[:n] = data[prev : prev + n]
+            out += parser.parse(n)
+            prev += n
+    return out, parser.buffered
+
+
+@SETTINGS
+@given(
+    fs=st.lists(frames(), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(0, 10_000), max_size=8),
+    hint=st.sampled_from([0, 1, 70_000]),
+)
+def test_buffered_mode_parses_what_feed_parses(fs, cuts, hint):
+    wire = b"".join(f.serialize() for f, _ in fs)
+    for kind in ("python", "cython"):
+        m = load("frames", kind)
+        fed = m.FrameParser(max_frame_size=2**24 - 1).feed(wire)
+        assert parse_buffered(m, wire, cuts, hint, max_frame_size=2**24 - 1) == (fed, 0)
+
+
+def test_buffered_mode_moves_or_regrows_for_frames_larger_than_the_buffer(fr):
+    """Frames bigger than the first buffer, arriving in pieces that straddle frames: the
+    parser compacts (held octets moved to the front) or takes a bigger buffer, and every
+    payload comes out whole and as bytes."""
+    sizes = [3 << 20, 5, 700_000, 1 << 20, 17, 2 << 20]
+    wire = b"".join(
+        fr.data_frame(1, bytes([i + 1]) * n, False, 2**24 - 1) for i, n in enumerate(sizes)
+    )
+    for step in (65_536, 300_001, 1 << 20):
+        got, left = parse_buffered(
+            fr, wire, list(range(step, len(wire), step)), max_frame_size=2**24 - 1
+        )
+        assert left == 0
+        assert [(t[0], len(t[3])) for t in got] == [(0, n) for n in sizes]
+        assert all(type(t[3]) is bytes and t[3] == bytes([i + 1]) * len(t[3])
+                   for i, t in enumerate(got))  # fmt: skip
+
+
+def test_buffered_mode_view_holds_the_hint_and_the_rest_of_a_frame(fr):
+    p = fr.FrameParser(max_frame_size=2**24 - 1)
+    wire = fr.data_frame(3, b"z" * (4 << 20), True, 2**24 - 1)
+    view = p.get_buffer(100)
+    assert len(view) >= 64 * 1024  # a transport's hint is not taken below one read's worth
+    view[:9] = wire[:9]
+    assert p.parse(9) == [] and p.buffered == 9
+    view = p.get_buffer(100)
+    assert len(view) >= (4 << 20)  # room for the whole announced frame
+    view[: len(wire) - 9] = wire[9:]
+    assert p.parse(len(wire) - 9) == [(0, 1, 3, b"z" * (4 << 20))] and p.buffered == 0
+
+
+def test_buffered_mode_checks_the_preface_and_frame_size(fr):
+    p = fr.FrameParser(expect_preface=True)
+    wire = fr.PREFACE + fr.settings_ack()
+    for i in range(len(wire)):
+        view = p.get_buffer(1)
+        view[0] = wire[i]
+        got = p.parse(1)
+    assert got == [(4, 1, 0, b"")]
+
+    def fill(parser, data):
+        view = parser.get_buffer(len(data))
+        view[: len(data)] = data
+        return parser.parse(len(data))
+
+    assert err(fill, fr.FrameParser(expect_preface=True), b"GET / HTTP/1.1\r\n") == (PE, 0)
+    big = fr.frame(0, 0, 1, b"x" * 16385)
+    assert err(fill, fr.FrameParser(), big[:9]) == (ErrorCode.FRAME_SIZE_ERROR, 0)
+    p = fr.FrameParser()
+    assert fill(p, fr.frame(0, 0, 1, b"x" * 100)[:20]) == [] and p.buffered == 20
+    p.clear()
+    assert p.buffered == 0
