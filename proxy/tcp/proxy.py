@@ -91,27 +91,32 @@ class _Dialed(HboneConnection):
     """An outbound HBONE connection. Its TLS session is kept for the next connection to the same
     peer sidecar once the first bytes have been read: a TLS 1.3 ticket arrives after the
     handshake, ahead of the server's SETTINGS, i.e. in the first read. Only that read pays for
-    the check: the instance then reads through :class:`HboneConnection` directly."""
+    the check."""
 
     def __init__(self, sessions: SessionCache | None, on_lost: Any) -> None:
         super().__init__(True, on_lost=on_lost)
         self.sessions = sessions
         self.resumed = False
+        self._ticket_seen = False
 
     def buffer_updated(self, nbytes: int) -> None:
         # uvloop's TLS transport decrypts into get_buffer()'s memory and calls this (the
-        # connection is a BufferedProtocol): the first call is the first read
-        self.buffer_updated = super().buffer_updated  # type: ignore[method-assign]
-        if self.sessions is not None and self.transport is not None:
-            self.sessions.remember(self.transport.get_extra_info("ssl_object"))
+        # connection is a BufferedProtocol); it keeps the bound method it found when the
+        # protocol was set, so a flag, not a re-bound attribute, marks the first read
+        if not self._ticket_seen:
+            self._remember_session()
         HboneConnection.buffer_updated(self, nbytes)
 
     def data_received(self, data: bytes) -> None:
         # a transport that does not use the buffer protocol reads through here instead
-        self.data_received = super().data_received  # type: ignore[method-assign]
+        if not self._ticket_seen:
+            self._remember_session()
+        HboneConnection.data_received(self, data)
+
+    def _remember_session(self) -> None:
+        self._ticket_seen = True
         if self.sessions is not None and self.transport is not None:
             self.sessions.remember(self.transport.get_extra_info("ssl_object"))
-        HboneConnection.data_received(self, data)
 
 
 class TcpProxy:
