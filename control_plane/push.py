@@ -200,9 +200,13 @@ class _State:
 class Stream:
     """One open config stream and what the server knows of the sidecar's config."""
 
-    def __init__(self, ws: web.WebSocketResponse, reg: Registration) -> None:
+    def __init__(self, ws: web.WebSocketResponse, reg: Registration,
+                 transport: asyncio.Transport | None = None) -> None:
         self.ws = ws
         self.reg = reg
+        # the connection under the WebSocket: a push is written inline only while its write
+        # buffer is empty (see PushHub._fanout)
+        self.transport = transport
         self.delta_ok = False
         self.nonce = ""
         self.sent: View | None = None  # the last version sent (not sent again while current)
@@ -236,6 +240,9 @@ class PushHub:
         self.settings = settings or PushSettings()
         self.clock = clock
         self.metrics = PushMetrics()
+        # the per-push counters' children, looked up once (labels() is a locked dict lookup)
+        self._ok_counters = {k: (self.metrics.pushes.labels(k, "ok"), self.metrics.bytes.labels(k))
+                             for k in ("delta", "full")}
         self.streams: dict[str, Stream] = {}
         self.current: dict | None = None  # {"version", "revision"} of the unscoped config
         self.extra_mesh: Callable[[], dict] | None = None  # control-plane state sidecars follow
@@ -245,9 +252,13 @@ class PushHub:
         self._reg_cache: dict[tuple, tuple[dict, _Item]] = {}  # registration -> entry, item
         self._base: tuple = ()
         self._store_dirty = True
+        self._reg_part: tuple[list[dict], list[str], dict[str, _Item]] | None = None
+        self._registry_dirty = True
         self._versions: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._views: collections.OrderedDict[str, View] = collections.OrderedDict()
-        self._deltas: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
+        # (base key, version key) -> (head, tail, base version, version) of the delta message
+        self._deltas: collections.OrderedDict[tuple[str, str], tuple[str, str, str, str]] = (
+            collections.OrderedDict())
         self._nonces = itertools.count(1)
         self._first_event: float | None = None
         self._last_event = 0.0
@@ -259,6 +270,9 @@ class PushHub:
         self._tasks: set[asyncio.Task] = set()
         # stats and tap messages go to control_plane.telemetry (registration, message)
         self.on_message: Callable[[Registration, dict], None] | None = None
+        # why this replica refuses config streams now ("" while it serves them): it lost
+        # etcd and handed its sidecars over (control_plane/etcd/handover.py)
+        self.refusing = ""
         store.add_listener(lambda _rev: self.mark_dirty())
         registry.add_listener(self._registry_changed)
 
@@ -290,9 +304,21 @@ class PushHub:
             td = str(mesh["trustDomain"])
             if self._base and self._base[4] != td:
                 self._reg_cache = {}
+                self._reg_part = None
             self._base = (revision, resources, res_names, base, td)
         revision, resources, res_names, base, td = self._base
         items = dict(base)
+        if self._reg_part is None or self._registry_dirty:
+            self._registry_dirty = False
+            self._reg_part = self._build_registry(td)
+        entries, reg_names, reg_items = self._reg_part
+        items.update(reg_items)
+        return _State(revision, resources, res_names, entries, reg_names, items)
+
+    def _build_registry(self, td: str) -> tuple[list[dict], list[str], dict[str, _Item]]:
+        """The registry's part of the config: rebuilt after a registry change only (an apply
+        does not walk a thousand registrations)."""
+        items: dict[str, _Item] = {}
         registry, reg_names = [], []
         reg_cache: dict[tuple, tuple[dict, _Item]] = {}
         for r in self.registry.all():
@@ -316,7 +342,7 @@ class PushHub:
             entries.append(entry)
             reg_names.append(item.name)
             items[item.name] = item
-        return _State(revision, resources, res_names, entries, reg_names, items)
+        return entries, reg_names, items
 
     def _fresh_state(self) -> _State:
         if self._state is None or self._stale:
@@ -379,18 +405,22 @@ class PushHub:
 
     def rebuild(self) -> dict:
         """Rebuild now (start-up, tests); returns ``current``."""
-        self._stale = self._store_dirty = True
+        self._stale = self._store_dirty = self._registry_dirty = True
         self._fresh_state()
         assert self.current is not None
         return self.current
 
     # -- debounce and queue ------------------------------------------------------------------
     def mark_dirty(self) -> None:
-        """Anything may have changed (a store commit, a CA step): rebuild everything."""
+        """The store or the CA changed (a commit, a CA step): rebuild the store's part."""
         self._store_dirty = True
-        self._registry_changed()
+        self._changed()
 
     def _registry_changed(self) -> None:
+        self._registry_dirty = True
+        self._changed()
+
+    def _changed(self) -> None:
         now = self.clock()
         self._stale = True
         if self._first_event is None:
@@ -425,10 +455,42 @@ class PushHub:
         self.metrics.triggers.inc()
         self._fresh_state()
         since = self.clock() if since is None else since
-        for stream in list(self.streams.values()):
+        streams = list(self.streams.values())
+        for stream in streams:
             if stream.pending_since is None or since < stream.pending_since:
                 stream.pending_since = since
-            self._enqueue(stream)
+        if not streams:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # One writer for the whole fan-out, holding one push slot; see _fanout.
+        self._active += 1
+        self.peak_active = max(self.peak_active, self._active)
+        task = loop.create_task(self._fanout(streams))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _fanout(self, streams: list[Stream]) -> None:
+        """Write one push to each stream in turn, in this task: a send whose connection has an
+        empty write buffer completes without suspending (the bytes go to the kernel), so the
+        fan-out to a thousand sidecars costs one task and no per-stream scheduling. A stream
+        whose buffer holds bytes (a slow reader), or one busy with a push, goes to the queue
+        instead: its own task, throttled, bounded by the send timeout, so it never holds up
+        the others."""
+        try:
+            for stream in streams:
+                if self.streams.get(stream.reg.node_id) is not stream:
+                    continue
+                tr = stream.transport
+                if stream.busy or tr is None or tr.is_closing() or tr.get_write_buffer_size():
+                    self._enqueue(stream)
+                    continue
+                await self._push(stream)
+        finally:
+            self._active -= 1
+            self._pump()
 
     def _enqueue(self, stream: Stream) -> None:
         if id(stream) in self._queued:
@@ -507,24 +569,27 @@ class PushHub:
                 self._enqueue(stream)
 
     def _message(self, stream: Stream, view: View, nonce: str) -> tuple[str, str]:
+        """The message as text: everything but the nonce is encoded once per (base, version)
+        and shared by every stream that gets it; a stream costs a join. ``nonce`` is digits
+        (no JSON escaping)."""
         base = stream.base
         if stream.delta_ok and base is not None and not stream.force_full:
             key = (base.key, view.key)
-            body = self._deltas.get(key)
-            if body is None:
+            parts = self._deltas.get(key)
+            if parts is None or parts[2] != base.version or parts[3] != view.version:
                 changed, removed = delta.diff(base.hashes, view.hashes)
                 assert view.enc is not None
                 enc = view.enc
                 res = ",".join(f"{json.dumps(n)}:{enc[n]}" for n in changed)
-                body = f'{{"resources":{{{res}}},"removed":{json.dumps(removed)}}}'
-                self._deltas[key] = body
+                head = (f'{{"type":"delta","version":{json.dumps(view.version)},'
+                        f'"base":{json.dumps(base.version)},"nonce":"')
+                tail = f'","resources":{{{res}}},"removed":{json.dumps(removed)}}}'
+                parts = self._deltas[key] = (head, tail, base.version, view.version)
                 if len(self._deltas) > DELTA_CACHE:
                     self._deltas.popitem(last=False)
-            head = json.dumps({"type": "delta", "version": view.version,
-                               "base": base.version, "nonce": nonce})
-            return "delta", f"{head[:-1]},{body[1:]}"
-        head = json.dumps({"type": "snapshot", "version": view.version, "nonce": nonce})
-        return "full", f'{head[:-1]},"snapshot":{view.full_json()}}}'
+            return "delta", parts[0] + nonce + parts[1]
+        head = f'{{"type":"snapshot","version":{json.dumps(view.version)},"nonce":"'
+        return "full", f'{head}{nonce}","snapshot":{view.full_json()}}}'
 
     async def _send(self, stream: Stream, view: View) -> None:
         if stream.sent is not None and stream.sent.key == view.key and not stream.force_full:
@@ -557,8 +622,9 @@ class PushHub:
             self.metrics.errors.labels("send").inc()
             log.debug("send to %s failed: %s", stream.reg.node_id, e)
         else:
-            self.metrics.pushes.labels(kind, "ok").inc()
-            self.metrics.bytes.labels(kind).inc(len(text))
+            ok, sent_bytes = self._ok_counters[kind]
+            ok.inc()
+            sent_bytes.inc(len(text))
 
     def _answered(self, stream: Stream, nonce: str) -> tuple[View, float | None] | None:
         """The version sent with ``nonce`` and the first change it carried; forgets it and
@@ -627,6 +693,7 @@ class PushHub:
         authorize: Callable[[dict], str | None],
         peer_host: str,
         cert_expiry: float | None = None,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         """Run one sidecar's stream until it closes. ``authorize(registration)`` returns an
         error string to refuse it. ``cert_expiry`` is the not-after of the client certificate
@@ -638,13 +705,13 @@ class PushHub:
         reg = registration_from_message(first, peer_host)
         if cert_expiry is not None:
             reg.cert_expiry = cert_expiry
-        refusal = authorize(first)
+        refusal = authorize(first) or self.refusing
         if refusal:
             raise StreamError(refusal)
         old = self.streams.get(reg.node_id)
         if old is not None:
             await old.ws.close(message=b"replaced by a newer stream")
-        stream = Stream(ws, reg)
+        stream = Stream(ws, reg, transport)
         stream.delta_ok = first.get("delta") is True
         if stream.delta_ok:
             stream.base = self._client_base(first)
@@ -687,6 +754,18 @@ class PushHub:
                 if not deregistered:
                     self.registry.disconnected(reg.node_id, reg)
             log.info("sidecar %s disconnected", reg.node_id)
+
+    async def hand_over(self) -> None:
+        """Cut off from etcd: refuse new streams and close every open one, so each sidecar
+        reconnects to the next replica of its list (it keeps serving its config meanwhile)."""
+        self.refusing = "this control-plane replica cannot reach etcd; use another replica"
+        streams = list(self.streams.values())
+        await asyncio.gather(*(s.ws.close(code=1013, message=b"replica cut off from etcd")
+                               for s in streams), return_exceptions=True)
+
+    def resume(self) -> None:
+        """etcd reachable again: take config streams again."""
+        self.refusing = ""
 
     async def close(self) -> None:
         for stream in list(self.streams.values()):
