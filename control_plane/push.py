@@ -30,10 +30,15 @@ Push at scale, as istiod does it:
 * **debounce**: a store commit, a registry change or a CA step marks the config dirty; the push
   starts once no change came for ``debounce`` seconds (default 100 ms, Istio's
   PILOT_DEBOUNCE_AFTER) or ``debounce_max`` after the first change (10 s, PILOT_DEBOUNCE_MAX);
-* **throttle**: streams wait in a queue (a stream already queued is not queued twice) and at most
-  ``throttle`` pushes run at once (100, PILOT_PUSH_THROTTLE); each send has a timeout, and a
-  stream that cannot take its message in time is closed, so the slowest sidecar holds one slot
-  for a bounded time and never the others;
+* **fan-out**: a push round is written by one task, stream after stream: a send on a connection
+  whose write buffer is empty completes without suspending, so a round to a thousand sidecars
+  costs no per-stream task; the message is encoded once per (base, version) and a stream costs
+  a string join with its nonce;
+* **throttle**: a stream whose connection is backed up (or busy with a push) goes to a queue
+  instead (a stream already queued is not queued twice), and at most ``throttle`` pushes run at
+  once (100, PILOT_PUSH_THROTTLE; the fan-out task holds one slot); each send has a timeout, and
+  a stream that cannot take its message in time is closed, so the slowest sidecar holds one
+  slot for a bounded time and never the others;
 * **scope**: each sidecar gets what its ``Sidecar`` resource allows
   (:mod:`control_plane.api.scope`), computed once per (namespace, service, labels) and config
   generation and shared by every sidecar of that shape; a change outside a sidecar's scope
@@ -49,7 +54,8 @@ Metrics (their own Prometheus registry, served at the control plane's ``/metrics
 ``meshlet_proxy_convergence_seconds`` (first change of a push to the ACK of the version that
 carries it, istiod's ``pilot_proxy_convergence_time``), ``meshlet_connected_proxies``,
 ``meshlet_pushes_total{type,result}``, ``meshlet_push_errors_total{reason}``,
-``meshlet_push_bytes_total{type}``, ``meshlet_push_triggers_total``.
+``meshlet_push_bytes_total{type}``, ``meshlet_push_triggers_total``,
+``meshlet_push_fanout_seconds`` (one push round written to every stream that could take it).
 """
 
 from __future__ import annotations
@@ -123,6 +129,13 @@ class PushMetrics:
                                 registry=r)
         self.queue = Gauge("meshlet_push_queue_size", "Streams waiting for a push slot",
                            registry=r)
+        self.fanout = Histogram(
+            "meshlet_push_fanout_seconds",
+            "Time to write one push round to every stream that could take it at once (streams "
+            "with a backed-up connection are queued and not counted)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -479,6 +492,7 @@ class PushHub:
         whose buffer holds bytes (a slow reader), or one busy with a push, goes to the queue
         instead: its own task, throttled, bounded by the send timeout, so it never holds up
         the others."""
+        started = self.clock()
         try:
             for stream in streams:
                 if self.streams.get(stream.reg.node_id) is not stream:
@@ -488,6 +502,7 @@ class PushHub:
                     self._enqueue(stream)
                     continue
                 await self._push(stream)
+            self.metrics.fanout.observe(self.clock() - started)
         finally:
             self._active -= 1
             self._pump()

@@ -389,6 +389,7 @@ async def run_one(n: int, args: argparse.Namespace, work: Path) -> dict:
         profilers = ([_profile(cp.proc.pid, args.profile, f"push-{n}"),
                       _profile(clients.procs[0].pid, args.profile, f"client-{n}")]
                      if args.profile else [])
+        before = [await _metrics(r) for r in replicas]
         cpu1 = [r.cpu_seconds() for r in replicas]
         ccpu1 = clients.cpu_seconds()
         for k in range(args.applies):
@@ -408,6 +409,13 @@ async def run_one(n: int, args: argparse.Namespace, work: Path) -> dict:
             prof.send_signal(2)
             prof.wait(60)
         metrics = await _metrics(cp)
+        per_replica = [await _metrics(r) for r in replicas]
+
+        def fanout_ms(m0: dict, m1: dict) -> float:
+            """Mean time a replica took to write one push round to all its streams."""
+            k = "meshlet_push_fanout_seconds_"
+            rounds = m1.get(k + "count", 0) - m0.get(k + "count", 0)
+            return 1000 * (m1.get(k + "sum", 0) - m0.get(k + "sum", 0)) / max(1, rounds)
         mems = [r.rss_mb() for r in replicas]
         rss, hwm = max(m[0] for m in mems), max(m[1] for m in mems)
         return {
@@ -435,6 +443,12 @@ async def run_one(n: int, args: argparse.Namespace, work: Path) -> dict:
             "cp_rss_mb": round(rss, 1), "cp_rss_peak_mb": round(hwm, 1),
             "rss_connected_mb": round(rss_connected, 1),
             "nacks": len(clients.nacks),
+            # the control plane's part: one apply's push written to every stream (per replica)
+            "cp_fanout_ms": [round(fanout_ms(m0, m1), 1)
+                             for m0, m1 in zip(before, per_replica, strict=True)],
+            # the sidecars each replica serves (they spread over the replicas)
+            "connected_per_replica": [int(m.get("meshlet_connected_proxies", 0))
+                                      for m in per_replica],
             "metrics": metrics,
         }
     finally:
@@ -463,6 +477,8 @@ async def _metrics(cp: ControlPlane) -> dict:
     keep = {}
     for line in text.splitlines():
         if line.startswith(("meshlet_pushes_total", "meshlet_push_bytes_total",
+                            "meshlet_connected_proxies", "meshlet_push_fanout_seconds_sum",
+                            "meshlet_push_fanout_seconds_count",
                             "meshlet_proxy_convergence_seconds_count",
                             "meshlet_proxy_convergence_seconds_sum", "meshlet_push_errors_total",
                             "meshlet_push_triggers_total")):
@@ -506,6 +522,7 @@ async def main(args: argparse.Namespace) -> int:
                   f" {r['cp_cpu_s_connect']:.1f} CPU s to connect all,"
                   f" RSS {r['cp_rss_mb']:.0f} MB (peak {r['cp_rss_peak_mb']:.0f})"
                   f"  | clients {r['clients_cpu_s_per_apply']:.2f} CPU s/apply"
+                  f"  | fan-out {'/'.join(f'{x:.0f}' for x in r['cp_fanout_ms'])} ms"
                   f"  | first ACK p50 {r['apply_to_first_ack_p50_s'] * 1000:.0f} ms,"
                   f" median ACK p50 {r['apply_to_median_ack_p50_s'] * 1000:.0f} ms"
                   f"  | connect {r['connect_all_s']:.1f} s, nacks {r['nacks']}"
