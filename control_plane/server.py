@@ -369,9 +369,10 @@ class ControlPlane:
                                  self.hub.hand_over, self.hub.resume)
         self.handover.start()
 
-    async def _peer_reaches_etcd(self, url: str) -> bool:
-        """Whether the replica at ``url`` reaches etcd now and serves config streams (its
-        ``/healthz``; the serving certificate checked against the mesh's trust bundle)."""
+    async def _peer_reaches_etcd(self, url: str) -> tuple[float, float | None] | None:
+        """Seconds since the replica at ``url`` last reached etcd and since it last failed to,
+        if it answers and serves config streams (its ``/healthz``; its certificate checked
+        against the mesh's trust bundle)."""
         import ssl
 
         ctx: ssl.SSLContext | bool = False
@@ -383,9 +384,13 @@ class ControlPlane:
                 body = await r.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as e:
             log.debug("peer %s: %s", url, e)
-            return False
-        return (r.status == 200 and isinstance(body, dict) and body.get("etcd_reachable") is True
-                and body.get("serving") is True)
+            return None
+        if r.status != 200 or not isinstance(body, dict) or body.get("serving") is not True:
+            return None
+        ok, failed = body.get("etcd_ok_age_s"), body.get("etcd_failed_age_s")
+        if not isinstance(ok, int | float):
+            return None
+        return float(ok), float(failed) if isinstance(failed, int | float) else None
 
     async def _leader_housekeeping(self) -> None:
         """Singleton jobs, run by the leader only: registry garbage collection and pruning
@@ -516,6 +521,10 @@ class ControlPlane:
         body: dict = {"status": "ok", "revision": self.store.revision}
         if self.handover is not None:
             body["etcd_reachable"] = self.handover.reachable
+            now = time.monotonic()
+            body["etcd_ok_age_s"] = round(now - self.lease.last_ok, 3)
+            failed = self.lease.last_failed
+            body["etcd_failed_age_s"] = None if failed is None else round(now - failed, 3)
             body["serving"] = not self.handover.cut_off
         return web.json_response(body)
 

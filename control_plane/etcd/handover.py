@@ -3,7 +3,9 @@
 Why: a replica that cannot reach etcd no longer sees what is applied through the other replicas
 nor who joined or left the mesh, yet its sidecars would keep taking its (stale) config as
 current and ``proxy-status`` would show them ``SYNCED``. So once its lease keep-alives have
-failed for longer than ``bound`` and another replica says it reaches etcd, this replica closes
+failed for longer than ``bound`` and another replica has reached etcd all along (it reached etcd
+since this one lost it, and none of its own keep-alives failed meanwhile: not a replica slower
+to notice the same outage, nor one quicker to see etcd return after it), this replica closes
 its config streams, refuses new ones and answers ``/readyz`` with 503: its sidecars go to the
 next URL of their failover list, keep serving their last config meanwhile, and resume there
 from the version they ACKed. When its keep-alives succeed again it serves again.
@@ -34,7 +36,7 @@ class Handover:
         self,
         lease: LeaseKeeper,
         peers: Callable[[], Awaitable[list[str]]],
-        probe: Callable[[str], Awaitable[bool]],
+        probe: Callable[[str], Awaitable[tuple[float, float | None] | None]],
         on_cut_off: Callable[[], Awaitable[None]],
         on_back: Callable[[], None],
         bound: float | None = None,
@@ -43,7 +45,9 @@ class Handover:
     ) -> None:
         self.lease = lease
         self.peers = peers  # other replicas' URLs (the last list known while etcd answered)
-        self.probe = probe  # does the replica at this URL reach etcd now?
+        # (seconds since the replica at this URL last reached etcd, since one of its keep-alives
+        # last failed or None); None: it does not answer, or does not serve config streams
+        self.probe = probe
         self.on_cut_off = on_cut_off
         self.on_back = on_back
         self.bound = bound if bound is not None else lease.ttl / 3
@@ -92,7 +96,11 @@ class Handover:
             return
         self._next_probe = now + self.probe_interval
         for url in await self.peers():
-            if await self.probe(url):
+            ages = await self.probe(url)
+            if ages is None:
+                continue
+            ok_age, failed_age = ages
+            if ok_age < now - since and (failed_age is None or failed_age > now - since):
                 self.cut_off = True
                 log.warning("etcd unreachable for %.1fs and replica %s reaches it: closing "
                             "this replica's config streams so its sidecars move there",

@@ -6,9 +6,10 @@ SIGKILLed replica stops renewing and etcd deletes it all after ``ttl`` seconds, 
 having to notice. After an etcd outage longer than the TTL the lease may be gone; the keeper
 then grants a new one and calls ``on_new_lease`` so owners write their keys again.
 
-``failing_since`` (monotonic) says since when the keep-alives fail: the replica's measure of
-being cut off from etcd (:mod:`control_plane.etcd.handover`). After a failure the keeper tries
-again every ``RETRY_S`` rather than every ``ttl / 3``, so etcd's return is noticed quickly.
+``failing_since`` (monotonic) says since when the keep-alives fail, ``last_ok`` when etcd last
+answered one and ``last_failed`` when one last failed: the replica's measure of being cut off
+from etcd (:mod:`control_plane.etcd.handover`). After a failure the keeper tries again every
+``RETRY_S`` rather than every ``ttl / 3``, so etcd's return is noticed quickly.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ class LeaseKeeper:
         self.on_new_lease: list[Callable[[], Awaitable[None]]] = []
         self._task: asyncio.Task | None = None
         self.failing_since: float | None = None
+        self.last_ok = 0.0  # monotonic time of the last keep-alive (or grant) etcd answered
+        self.last_failed: float | None = None  # ... and of the last one that failed
 
     async def start(self) -> None:
         self.id = await self.client.lease_grant(self.ttl)
         self.failing_since = None
+        self.last_ok = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._keepalive())
 
     async def stop(self, *, revoke: bool = False) -> None:
@@ -57,14 +61,17 @@ class LeaseKeeper:
         while True:
             await asyncio.sleep(self.ttl / 3 if self.failing_since is None
                                 else min(RETRY_S, self.ttl / 3))
+            sent = time.monotonic()
             try:
                 left = await self.client.lease_keepalive(self.id)
                 if left > 0:
                     self.failing_since = None
+                    self.last_ok = time.monotonic()
                     continue
                 log.warning("etcd lease %x expired; granting a new one", self.id)
                 self.id = await self.client.lease_grant(self.ttl)
                 self.failing_since = None
+                self.last_ok = time.monotonic()
                 for cb in list(self.on_new_lease):
                     try:
                         await cb()
@@ -72,5 +79,8 @@ class LeaseKeeper:
                         log.warning("re-registering under the new lease: %s", e)
             except StoreUnavailable as e:
                 if self.failing_since is None:
-                    self.failing_since = time.monotonic()
+                    # when the failed keep-alive was sent: a partition shows as a timeout,
+                    # and the lease's time in etcd runs from the last keep-alive it received
+                    self.failing_since = sent
+                self.last_failed = sent
                 log.debug("lease keep-alive: %s", e)

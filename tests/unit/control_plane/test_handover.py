@@ -20,6 +20,8 @@ class Lease:
 class World:
     now: float = 100.0
     reaching: set[str] = field(default_factory=set)  # peers that reach etcd
+    stale: set[str] = field(default_factory=set)  # peers whose last contact predates the outage
+    recovered: set[str] = field(default_factory=set)  # peers back after failing themselves
     probed: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
 
@@ -28,9 +30,14 @@ def handover(lease: Lease, w: World) -> Handover:
     async def peers() -> list[str]:
         return ["https://b", "https://c"]
 
-    async def probe(url: str) -> bool:
+    async def probe(url: str) -> tuple[float, float | None] | None:
+        """(seconds since it last reached etcd, since one of its keep-alives failed)."""
         w.probed.append(url)
-        return url in w.reaching
+        if url in w.reaching:
+            return 0.5, None
+        if url in w.recovered:
+            return 0.2, 1.0
+        return (60.0, 1.0) if url in w.stale else None
 
     async def cut_off() -> None:
         w.events.append("cut off")
@@ -61,7 +68,11 @@ async def test_hands_over_after_the_bound_to_a_replica_that_reaches_etcd_then_se
 
 
 async def test_keeps_its_sidecars_when_no_other_replica_reaches_etcd():
-    lease, w = Lease(failing_since=100.0), World()
+    # c answers, but has not reached etcd since before this replica lost it (the same outage,
+    # noticed later): not a replica to hand over to
+    # and b is back from the same outage a moment before this replica: staying is better than
+    # moving every sidecar twice
+    lease, w = Lease(failing_since=100.0), World(stale={"https://c"}, recovered={"https://b"})
     h = handover(lease, w)
     w.now += 3
     await h.check()
@@ -69,6 +80,7 @@ async def test_keeps_its_sidecars_when_no_other_replica_reaches_etcd():
     w.now += 0.5
     await h.check()  # peers are asked again after probe_interval, not every check
     assert len(w.probed) == 2
+    w.recovered.clear()
     w.reaching.add("https://b")
     w.now += 1
     await h.check()
