@@ -25,16 +25,27 @@ How:
 * each measured apply changes one VirtualService's timeout (every sidecar sees it, so each gets
   a one-resource delta), waits for every ACK, then pauses; ``--applies`` of them per N.
 
-Clients report each ACK (node, revision, time) on stdout; the parent matches revisions with its
-applies. Control-plane CPU comes from /proc (utime + stime), RSS from VmRSS (after the run) and
-VmHWM (peak).
+Clients note each ACK (node, revision, time) and write them to stdout every 20 ms; the parent
+matches revisions with its applies. Besides the last ACK it reports the first and the median
+ACK of each apply (the first is the fixed part: request, commit, debounce, one send) and the
+control plane's own fan-out time (``meshlet_push_fanout_seconds``: one push round written to
+every stream). Control-plane CPU comes from /proc (utime + stime), RSS from VmRSS (after the
+run) and VmHWM (peak). ``--profile DIR`` runs py-spy on the (first) control plane and the first
+client process during the applies.
 
     python loadtests/bench_push.py --sidecars 100,500,1000 --applies 7
     python loadtests/bench_push.py --sidecars 100 --applies 3 --json /tmp/push.json
 
-``--store etcd://HOST:PORT`` and ``--replicas 2`` describe the replicated run of issue 12 (the
-clients are spread over the replicas' URLs round-robin); they need the etcd store support of the
-control plane and answer so until it is there.
+Replicas on etcd (issue 12): ``--store etcd --replicas 2`` starts a real etcd cluster on
+loopback (``--etcd-members``, 3 by default; the ``etcd`` binary of Debian's etcd-server) and two
+``meshlet control-plane --store etcd://...`` replicas on it, the second with the first one's
+admin token; each N gets a fresh mesh under its own key prefix. Every simulated sidecar gets
+both replicas' URLs as its failover list, starting with "its" replica (round-robin), so half
+the sidecars stream from each; tokens, certificates and the applies go through the first
+replica, and apply-to-last-ACK spans both replicas' sidecars (the second replica learns the
+change from its etcd watch). ``--store etcd://HOST:PORT[,...]`` uses an etcd already running.
+
+    python loadtests/bench_push.py --store etcd --replicas 2 --sidecars 100,500,1000 --applies 5
 """
 
 from __future__ import annotations
