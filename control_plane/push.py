@@ -145,19 +145,16 @@ class View:
     """One version of a sidecar's config: item names -> hashes, and (while it is current) each
     item's encoded JSON. Shared by every stream that has this version."""
 
-    __slots__ = ("__weakref__", "_full", "enc", "hashes", "names", "revision", "version")
+    __slots__ = ("__weakref__", "_full", "enc", "hashes", "key", "names", "revision", "version")
 
     def __init__(self, version: str, hashes: dict[str, str], names: list[str] | None = None,
                  enc: dict[str, str] | None = None) -> None:
         self.version = version
+        self.key = delta.hash_part(version)  # the content's hash: equal keys, equal content
         self.hashes = hashes
         self.names = names  # in snapshot order; None for a base known only by its hashes
         self.enc = enc
         self._full: str | None = None
-
-    @property
-    def key(self) -> str:
-        return delta.hash_part(self.version)
 
     @property
     def current(self) -> bool:
@@ -210,6 +207,11 @@ class _State:
         self.views: dict[tuple | None, View] = {}
 
 
+def shape_of(reg: Registration) -> tuple:
+    """A sidecar's shape: every sidecar of one shape gets the same scoped view."""
+    return (reg.namespace, reg.service, tuple(sorted(reg.labels.items())))
+
+
 class Stream:
     """One open config stream and what the server knows of the sidecar's config."""
 
@@ -217,6 +219,7 @@ class Stream:
                  transport: asyncio.Transport | None = None) -> None:
         self.ws = ws
         self.reg = reg
+        self.shape = shape_of(reg)  # what its scope depends on: the key of its shared view
         # the connection under the WebSocket: a push is written inline only while its write
         # buffer is empty (see PushHub._fanout)
         self.transport = transport
@@ -383,9 +386,9 @@ class PushHub:
             self._versions.move_to_end(content)
         return v
 
-    def _view(self, st: _State, reg: Registration | None) -> View:
-        key = ((reg.namespace, reg.service, tuple(sorted(reg.labels.items())))
-               if reg is not None else None)
+    def _view(self, st: _State, reg: Registration | None, key: tuple | None = None) -> View:
+        if key is None and reg is not None:
+            key = shape_of(reg)
         view = st.views.get(key)
         if view is not None:
             return view
@@ -561,7 +564,7 @@ class PushHub:
                     if waited < self.settings.ack_wait:
                         self._defer(stream, self.settings.ack_wait - waited)
                         return
-                view = self._view(self._fresh_state(), stream.reg)
+                view = self._view(self._fresh_state(), stream.reg, stream.shape)
                 await self._send(stream, view)
                 if not stream.again:
                     return
