@@ -30,10 +30,15 @@ Push at scale, as istiod does it:
 * **debounce**: a store commit, a registry change or a CA step marks the config dirty; the push
   starts once no change came for ``debounce`` seconds (default 100 ms, Istio's
   PILOT_DEBOUNCE_AFTER) or ``debounce_max`` after the first change (10 s, PILOT_DEBOUNCE_MAX);
-* **throttle**: streams wait in a queue (a stream already queued is not queued twice) and at most
-  ``throttle`` pushes run at once (100, PILOT_PUSH_THROTTLE); each send has a timeout, and a
-  stream that cannot take its message in time is closed, so the slowest sidecar holds one slot
-  for a bounded time and never the others;
+* **fan-out**: a push round is written by one task, stream after stream: a send on a connection
+  whose write buffer is empty completes without suspending, so a round to a thousand sidecars
+  costs no per-stream task; the message is encoded once per (base, version) and a stream costs
+  a string join with its nonce;
+* **throttle**: a stream whose connection is backed up (or busy with a push) goes to a queue
+  instead (a stream already queued is not queued twice), and at most ``throttle`` pushes run at
+  once (100, PILOT_PUSH_THROTTLE; the fan-out task holds one slot); each send has a timeout, and
+  a stream that cannot take its message in time is closed, so the slowest sidecar holds one
+  slot for a bounded time and never the others;
 * **scope**: each sidecar gets what its ``Sidecar`` resource allows
   (:mod:`control_plane.api.scope`), computed once per (namespace, service, labels) and config
   generation and shared by every sidecar of that shape; a change outside a sidecar's scope
@@ -49,7 +54,8 @@ Metrics (their own Prometheus registry, served at the control plane's ``/metrics
 ``meshlet_proxy_convergence_seconds`` (first change of a push to the ACK of the version that
 carries it, istiod's ``pilot_proxy_convergence_time``), ``meshlet_connected_proxies``,
 ``meshlet_pushes_total{type,result}``, ``meshlet_push_errors_total{reason}``,
-``meshlet_push_bytes_total{type}``, ``meshlet_push_triggers_total``.
+``meshlet_push_bytes_total{type}``, ``meshlet_push_triggers_total``,
+``meshlet_push_fanout_seconds`` (one push round written to every stream that could take it).
 """
 
 from __future__ import annotations
@@ -123,6 +129,13 @@ class PushMetrics:
                                 registry=r)
         self.queue = Gauge("meshlet_push_queue_size", "Streams waiting for a push slot",
                            registry=r)
+        self.fanout = Histogram(
+            "meshlet_push_fanout_seconds",
+            "Time to write one push round to every stream that could take it at once (streams "
+            "with a backed-up connection are queued and not counted)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -132,19 +145,16 @@ class View:
     """One version of a sidecar's config: item names -> hashes, and (while it is current) each
     item's encoded JSON. Shared by every stream that has this version."""
 
-    __slots__ = ("__weakref__", "_full", "enc", "hashes", "names", "revision", "version")
+    __slots__ = ("__weakref__", "_full", "enc", "hashes", "key", "names", "revision", "version")
 
     def __init__(self, version: str, hashes: dict[str, str], names: list[str] | None = None,
                  enc: dict[str, str] | None = None) -> None:
         self.version = version
+        self.key = delta.hash_part(version)  # the content's hash: equal keys, equal content
         self.hashes = hashes
         self.names = names  # in snapshot order; None for a base known only by its hashes
         self.enc = enc
         self._full: str | None = None
-
-    @property
-    def key(self) -> str:
-        return delta.hash_part(self.version)
 
     @property
     def current(self) -> bool:
@@ -197,12 +207,22 @@ class _State:
         self.views: dict[tuple | None, View] = {}
 
 
+def shape_of(reg: Registration) -> tuple:
+    """A sidecar's shape: every sidecar of one shape gets the same scoped view."""
+    return (reg.namespace, reg.service, tuple(sorted(reg.labels.items())))
+
+
 class Stream:
     """One open config stream and what the server knows of the sidecar's config."""
 
-    def __init__(self, ws: web.WebSocketResponse, reg: Registration) -> None:
+    def __init__(self, ws: web.WebSocketResponse, reg: Registration,
+                 transport: asyncio.Transport | None = None) -> None:
         self.ws = ws
         self.reg = reg
+        self.shape = shape_of(reg)  # what its scope depends on: the key of its shared view
+        # the connection under the WebSocket: a push is written inline only while its write
+        # buffer is empty (see PushHub._fanout)
+        self.transport = transport
         self.delta_ok = False
         self.nonce = ""
         self.sent: View | None = None  # the last version sent (not sent again while current)
@@ -236,6 +256,9 @@ class PushHub:
         self.settings = settings or PushSettings()
         self.clock = clock
         self.metrics = PushMetrics()
+        # the per-push counters' children, looked up once (labels() is a locked dict lookup)
+        self._ok_counters = {k: (self.metrics.pushes.labels(k, "ok"), self.metrics.bytes.labels(k))
+                             for k in ("delta", "full")}
         self.streams: dict[str, Stream] = {}
         self.current: dict | None = None  # {"version", "revision"} of the unscoped config
         self.extra_mesh: Callable[[], dict] | None = None  # control-plane state sidecars follow
@@ -245,9 +268,13 @@ class PushHub:
         self._reg_cache: dict[tuple, tuple[dict, _Item]] = {}  # registration -> entry, item
         self._base: tuple = ()
         self._store_dirty = True
+        self._reg_part: tuple[list[dict], list[str], dict[str, _Item]] | None = None
+        self._registry_dirty = True
         self._versions: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._views: collections.OrderedDict[str, View] = collections.OrderedDict()
-        self._deltas: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
+        # (base key, version key) -> (head, tail, base version, version) of the delta message
+        self._deltas: collections.OrderedDict[tuple[str, str], tuple[str, str, str, str]] = (
+            collections.OrderedDict())
         self._nonces = itertools.count(1)
         self._first_event: float | None = None
         self._last_event = 0.0
@@ -259,6 +286,9 @@ class PushHub:
         self._tasks: set[asyncio.Task] = set()
         # stats and tap messages go to control_plane.telemetry (registration, message)
         self.on_message: Callable[[Registration, dict], None] | None = None
+        # why this replica refuses config streams now ("" while it serves them): it lost
+        # etcd and handed its sidecars over (control_plane/etcd/handover.py)
+        self.refusing = ""
         store.add_listener(lambda _rev: self.mark_dirty())
         registry.add_listener(self._registry_changed)
 
@@ -290,9 +320,21 @@ class PushHub:
             td = str(mesh["trustDomain"])
             if self._base and self._base[4] != td:
                 self._reg_cache = {}
+                self._reg_part = None
             self._base = (revision, resources, res_names, base, td)
         revision, resources, res_names, base, td = self._base
         items = dict(base)
+        if self._reg_part is None or self._registry_dirty:
+            self._registry_dirty = False
+            self._reg_part = self._build_registry(td)
+        entries, reg_names, reg_items = self._reg_part
+        items.update(reg_items)
+        return _State(revision, resources, res_names, entries, reg_names, items)
+
+    def _build_registry(self, td: str) -> tuple[list[dict], list[str], dict[str, _Item]]:
+        """The registry's part of the config: rebuilt after a registry change only (an apply
+        does not walk a thousand registrations)."""
+        items: dict[str, _Item] = {}
         registry, reg_names = [], []
         reg_cache: dict[tuple, tuple[dict, _Item]] = {}
         for r in self.registry.all():
@@ -316,7 +358,7 @@ class PushHub:
             entries.append(entry)
             reg_names.append(item.name)
             items[item.name] = item
-        return _State(revision, resources, res_names, entries, reg_names, items)
+        return entries, reg_names, items
 
     def _fresh_state(self) -> _State:
         if self._state is None or self._stale:
@@ -344,9 +386,9 @@ class PushHub:
             self._versions.move_to_end(content)
         return v
 
-    def _view(self, st: _State, reg: Registration | None) -> View:
-        key = ((reg.namespace, reg.service, tuple(sorted(reg.labels.items())))
-               if reg is not None else None)
+    def _view(self, st: _State, reg: Registration | None, key: tuple | None = None) -> View:
+        if key is None and reg is not None:
+            key = shape_of(reg)
         view = st.views.get(key)
         if view is not None:
             return view
@@ -379,18 +421,22 @@ class PushHub:
 
     def rebuild(self) -> dict:
         """Rebuild now (start-up, tests); returns ``current``."""
-        self._stale = self._store_dirty = True
+        self._stale = self._store_dirty = self._registry_dirty = True
         self._fresh_state()
         assert self.current is not None
         return self.current
 
     # -- debounce and queue ------------------------------------------------------------------
     def mark_dirty(self) -> None:
-        """Anything may have changed (a store commit, a CA step): rebuild everything."""
+        """The store or the CA changed (a commit, a CA step): rebuild the store's part."""
         self._store_dirty = True
-        self._registry_changed()
+        self._changed()
 
     def _registry_changed(self) -> None:
+        self._registry_dirty = True
+        self._changed()
+
+    def _changed(self) -> None:
         now = self.clock()
         self._stale = True
         if self._first_event is None:
@@ -425,10 +471,44 @@ class PushHub:
         self.metrics.triggers.inc()
         self._fresh_state()
         since = self.clock() if since is None else since
-        for stream in list(self.streams.values()):
+        streams = list(self.streams.values())
+        for stream in streams:
             if stream.pending_since is None or since < stream.pending_since:
                 stream.pending_since = since
-            self._enqueue(stream)
+        if not streams:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # One writer for the whole fan-out, holding one push slot; see _fanout.
+        self._active += 1
+        self.peak_active = max(self.peak_active, self._active)
+        task = loop.create_task(self._fanout(streams))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _fanout(self, streams: list[Stream]) -> None:
+        """Write one push to each stream in turn, in this task: a send whose connection has an
+        empty write buffer completes without suspending (the bytes go to the kernel), so the
+        fan-out to a thousand sidecars costs one task and no per-stream scheduling. A stream
+        whose buffer holds bytes (a slow reader), or one busy with a push, goes to the queue
+        instead: its own task, throttled, bounded by the send timeout, so it never holds up
+        the others."""
+        started = self.clock()
+        try:
+            for stream in streams:
+                if self.streams.get(stream.reg.node_id) is not stream:
+                    continue
+                tr = stream.transport
+                if stream.busy or tr is None or tr.is_closing() or tr.get_write_buffer_size():
+                    self._enqueue(stream)
+                    continue
+                await self._push(stream)
+            self.metrics.fanout.observe(self.clock() - started)
+        finally:
+            self._active -= 1
+            self._pump()
 
     def _enqueue(self, stream: Stream) -> None:
         if id(stream) in self._queued:
@@ -484,7 +564,7 @@ class PushHub:
                     if waited < self.settings.ack_wait:
                         self._defer(stream, self.settings.ack_wait - waited)
                         return
-                view = self._view(self._fresh_state(), stream.reg)
+                view = self._view(self._fresh_state(), stream.reg, stream.shape)
                 await self._send(stream, view)
                 if not stream.again:
                     return
@@ -507,24 +587,27 @@ class PushHub:
                 self._enqueue(stream)
 
     def _message(self, stream: Stream, view: View, nonce: str) -> tuple[str, str]:
+        """The message as text: everything but the nonce is encoded once per (base, version)
+        and shared by every stream that gets it; a stream costs a join. ``nonce`` is digits
+        (no JSON escaping)."""
         base = stream.base
         if stream.delta_ok and base is not None and not stream.force_full:
             key = (base.key, view.key)
-            body = self._deltas.get(key)
-            if body is None:
+            parts = self._deltas.get(key)
+            if parts is None or parts[2] != base.version or parts[3] != view.version:
                 changed, removed = delta.diff(base.hashes, view.hashes)
                 assert view.enc is not None
                 enc = view.enc
                 res = ",".join(f"{json.dumps(n)}:{enc[n]}" for n in changed)
-                body = f'{{"resources":{{{res}}},"removed":{json.dumps(removed)}}}'
-                self._deltas[key] = body
+                head = (f'{{"type":"delta","version":{json.dumps(view.version)},'
+                        f'"base":{json.dumps(base.version)},"nonce":"')
+                tail = f'","resources":{{{res}}},"removed":{json.dumps(removed)}}}'
+                parts = self._deltas[key] = (head, tail, base.version, view.version)
                 if len(self._deltas) > DELTA_CACHE:
                     self._deltas.popitem(last=False)
-            head = json.dumps({"type": "delta", "version": view.version,
-                               "base": base.version, "nonce": nonce})
-            return "delta", f"{head[:-1]},{body[1:]}"
-        head = json.dumps({"type": "snapshot", "version": view.version, "nonce": nonce})
-        return "full", f'{head[:-1]},"snapshot":{view.full_json()}}}'
+            return "delta", parts[0] + nonce + parts[1]
+        head = f'{{"type":"snapshot","version":{json.dumps(view.version)},"nonce":"'
+        return "full", f'{head}{nonce}","snapshot":{view.full_json()}}}'
 
     async def _send(self, stream: Stream, view: View) -> None:
         if stream.sent is not None and stream.sent.key == view.key and not stream.force_full:
@@ -557,8 +640,9 @@ class PushHub:
             self.metrics.errors.labels("send").inc()
             log.debug("send to %s failed: %s", stream.reg.node_id, e)
         else:
-            self.metrics.pushes.labels(kind, "ok").inc()
-            self.metrics.bytes.labels(kind).inc(len(text))
+            ok, sent_bytes = self._ok_counters[kind]
+            ok.inc()
+            sent_bytes.inc(len(text))
 
     def _answered(self, stream: Stream, nonce: str) -> tuple[View, float | None] | None:
         """The version sent with ``nonce`` and the first change it carried; forgets it and
@@ -627,6 +711,7 @@ class PushHub:
         authorize: Callable[[dict], str | None],
         peer_host: str,
         cert_expiry: float | None = None,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         """Run one sidecar's stream until it closes. ``authorize(registration)`` returns an
         error string to refuse it. ``cert_expiry`` is the not-after of the client certificate
@@ -638,13 +723,13 @@ class PushHub:
         reg = registration_from_message(first, peer_host)
         if cert_expiry is not None:
             reg.cert_expiry = cert_expiry
-        refusal = authorize(first)
+        refusal = authorize(first) or self.refusing
         if refusal:
             raise StreamError(refusal)
         old = self.streams.get(reg.node_id)
         if old is not None:
             await old.ws.close(message=b"replaced by a newer stream")
-        stream = Stream(ws, reg)
+        stream = Stream(ws, reg, transport)
         stream.delta_ok = first.get("delta") is True
         if stream.delta_ok:
             stream.base = self._client_base(first)
@@ -687,6 +772,18 @@ class PushHub:
                 if not deregistered:
                     self.registry.disconnected(reg.node_id, reg)
             log.info("sidecar %s disconnected", reg.node_id)
+
+    async def hand_over(self) -> None:
+        """Cut off from etcd: refuse new streams and close every open one, so each sidecar
+        reconnects to the next replica of its list (it keeps serving its config meanwhile)."""
+        self.refusing = "this control-plane replica cannot reach etcd; use another replica"
+        streams = list(self.streams.values())
+        await asyncio.gather(*(s.ws.close(code=1013, message=b"replica cut off from etcd")
+                               for s in streams), return_exceptions=True)
+
+    def resume(self) -> None:
+        """etcd reachable again: take config streams again."""
+        self.refusing = ""
 
     async def close(self) -> None:
         for stream in list(self.streams.values()):

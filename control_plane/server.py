@@ -22,6 +22,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -32,6 +33,9 @@ from control_plane.push import PushHub, PushSettings, StreamError
 from control_plane.registry import DEFAULT_GRACE_S, Registry, short_name
 from control_plane.store import KINDS, Store, StoreLimit, StoreUnavailable, canonical_kind
 from control_plane.store.lock import DataDirLock
+
+if TYPE_CHECKING:
+    from control_plane.etcd.handover import Handover
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +168,7 @@ class ControlPlane:
         self._expiry_task: asyncio.Task | None = None
         self.tls: Security | None = None
         self.election = None
+        self.handover: Handover | None = None
         self.ca_state = None
         if etcd is not None:
             from control_plane.etcd.lease import LeaseKeeper
@@ -258,6 +263,7 @@ class ControlPlane:
         app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[_store_errors])
         r = app.router
         r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
         r.add_get("/metrics", self.metrics)
         r.add_get("/v1/openapi.yaml", self.openapi)
         r.add_get("/v1/stream", self.stream)
@@ -335,6 +341,7 @@ class ControlPlane:
     async def _start_replica(self) -> None:
         """Join the other replicas: lease, registry, leader election and its jobs."""
         from control_plane.etcd.election import Election
+        from control_plane.etcd.handover import Handover
 
         assert self.etcd is not None
         registry = self.registry
@@ -358,6 +365,32 @@ class ControlPlane:
                                  self.replica_id, self.lease)
         self.election.on_leader(self._leader_housekeeping)
         self.election.start()
+        self.handover = Handover(self.lease, self.telemetry.peer_urls, self._peer_reaches_etcd,
+                                 self.hub.hand_over, self.hub.resume)
+        self.handover.start()
+
+    async def _peer_reaches_etcd(self, url: str) -> tuple[float, float | None] | None:
+        """Seconds since the replica at ``url`` last reached etcd and since it last failed to,
+        if it answers and serves config streams (its ``/healthz``; its certificate checked
+        against the mesh's trust bundle)."""
+        import ssl
+
+        ctx: ssl.SSLContext | bool = False
+        if self.tls is not None:
+            ctx = ssl.create_default_context(cafile=str(self.data_dir / "ca" / "trust-bundle.pem"))
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s, \
+                    s.get(url + "/healthz", ssl=ctx) as r:
+                body = await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as e:
+            log.debug("peer %s: %s", url, e)
+            return None
+        if r.status != 200 or not isinstance(body, dict) or body.get("serving") is not True:
+            return None
+        ok, failed = body.get("etcd_ok_age_s"), body.get("etcd_failed_age_s")
+        if not isinstance(ok, int | float):
+            return None
+        return float(ok), float(failed) if isinstance(failed, int | float) else None
 
     async def _leader_housekeeping(self) -> None:
         """Singleton jobs, run by the leader only: registry garbage collection and pruning
@@ -415,6 +448,8 @@ class ControlPlane:
         if self.tls is not None:
             self.tls.tokens.close()
         if self.etcd is not None:
+            if self.handover is not None:
+                self.handover.stop()
             if self.election is not None:
                 await self.election.stop()
             if self.ca_state is not None:
@@ -481,7 +516,25 @@ class ControlPlane:
 
     # -- handlers --------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "revision": self.store.revision})
+        """Liveness: the process answers. A replica also says whether it reaches etcd now and
+        whether it serves config streams (peers probe this before handing sidecars over)."""
+        body: dict = {"status": "ok", "revision": self.store.revision}
+        if self.handover is not None:
+            body["etcd_reachable"] = self.handover.reachable
+            now = time.monotonic()
+            body["etcd_ok_age_s"] = round(now - self.lease.last_ok, 3)
+            failed = self.lease.last_failed
+            body["etcd_failed_age_s"] = None if failed is None else round(now - failed, 3)
+            body["serving"] = not self.handover.cut_off
+        return web.json_response(body)
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness: 503 while this replica, cut off from etcd, has handed its sidecars over
+        (a Service then sends neither sidecars nor the CLI here)."""
+        if self.handover is not None and self.handover.cut_off:
+            return web.json_response({"status": "not ready", "reason": self.hub.refusing},
+                                     status=503)
+        return web.json_response({"status": "ready"})
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text, unauthenticated as istiod's monitoring port is: scrapers hold no
@@ -837,6 +890,8 @@ class ControlPlane:
         return web.json_response({"node": reg.node_id, "type": what, "data": data})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
+        if self.hub.refusing:  # cut off from etcd: the sidecar goes to its next replica
+            return _error(503, self.hub.refusing)
         ws = web.WebSocketResponse(heartbeat=15.0)
         await ws.prepare(request)
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -859,7 +914,7 @@ class ControlPlane:
 
         try:
             expiry = self.tls.peer_not_after(request) if self.tls is not None else None
-            await self.hub.serve(ws, authorize, peer_host, expiry)
+            await self.hub.serve(ws, authorize, peer_host, expiry, request.transport)
         except StreamError as e:
             await ws.send_json({"type": "error", "error": str(e)})
             await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION)

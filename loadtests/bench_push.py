@@ -25,16 +25,27 @@ How:
 * each measured apply changes one VirtualService's timeout (every sidecar sees it, so each gets
   a one-resource delta), waits for every ACK, then pauses; ``--applies`` of them per N.
 
-Clients report each ACK (node, revision, time) on stdout; the parent matches revisions with its
-applies. Control-plane CPU comes from /proc (utime + stime), RSS from VmRSS (after the run) and
-VmHWM (peak).
+Clients note each ACK (node, revision, time) and write them to stdout every 20 ms; the parent
+matches revisions with its applies. Besides the last ACK it reports the first and the median
+ACK of each apply (the first is the fixed part: request, commit, debounce, one send) and the
+control plane's own fan-out time (``meshlet_push_fanout_seconds``: one push round written to
+every stream). Control-plane CPU comes from /proc (utime + stime), RSS from VmRSS (after the
+run) and VmHWM (peak). ``--profile DIR`` runs py-spy on the (first) control plane and the first
+client process during the applies.
 
     python loadtests/bench_push.py --sidecars 100,500,1000 --applies 7
     python loadtests/bench_push.py --sidecars 100 --applies 3 --json /tmp/push.json
 
-``--store etcd://HOST:PORT`` and ``--replicas 2`` describe the replicated run of issue 12 (the
-clients are spread over the replicas' URLs round-robin); they need the etcd store support of the
-control plane and answer so until it is there.
+Replicas on etcd (issue 12): ``--store etcd --replicas 2`` starts a real etcd cluster on
+loopback (``--etcd-members``, 3 by default; the ``etcd`` binary of Debian's etcd-server) and two
+``meshlet control-plane --store etcd://...`` replicas on it, the second with the first one's
+admin token; each N gets a fresh mesh under its own key prefix. Every simulated sidecar gets
+both replicas' URLs as its failover list, starting with "its" replica (round-robin), so half
+the sidecars stream from each; tokens, certificates and the applies go through the first
+replica, and apply-to-last-ACK spans both replicas' sidecars (the second replica learns the
+change from its etcd watch). ``--store etcd://HOST:PORT[,...]`` uses an etcd already running.
+
+    python loadtests/bench_push.py --store etcd --replicas 2 --sidecars 100,500,1000 --applies 5
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,13 +86,18 @@ spec:
 
 
 class ControlPlane:
-    def __init__(self, data_dir: Path, args: argparse.Namespace) -> None:
+    def __init__(self, data_dir: Path, args: argparse.Namespace, store: str = "",
+                 token_file: Path | None = None) -> None:
         self.data_dir = data_dir
         cmd = [sys.executable, "-m", "control_plane.cli", "control-plane",
                "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--log-level", "warning",
                "--push-debounce", args.debounce, "--push-debounce-max", args.debounce_max,
                "--push-throttle", str(args.throttle)]
-        self.log = open(data_dir.parent / "control-plane.log", "ab")  # noqa: SIM115
+        if store:
+            cmd += ["--store", store, "--etcd-prefix", args.etcd_prefix]
+        if token_file is not None:
+            cmd += ["--admin-token-file", str(token_file)]
+        self.log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=env)
@@ -93,7 +110,8 @@ class ControlPlane:
                 raise SystemExit("control plane did not start")
             time.sleep(0.05)
         self.url = "https://" + addr_file.read_text().strip()
-        self.token = (data_dir / "admin.token").read_text().strip()
+        token = token_file if token_file is not None else data_dir / "admin.token"
+        self.token = token.read_text().strip()
         self.cafile = str(data_dir / "ca" / "trust-bundle.pem")
 
     def cpu_seconds(self) -> float:
@@ -196,13 +214,24 @@ async def client_main(args: argparse.Namespace) -> None:
     services = args.service_list.split(",")
     sem = asyncio.Semaphore(16)  # connects in flight per process: a ramp, not a stampede
 
+    # ACKs are noted here (a tuple append) and written out by the flusher every 20 ms: the
+    # report costs the simulated sidecar next to nothing (its own work is what is measured)
+    acks: list[tuple[str, str, float]] = []
+    wall = time.time
+
     def on_status(node: str):
         def cb(ev: dict) -> None:
             if ev["event"] == "acked":
-                out.write(f"ack {node} {revision_part(ev['version'])} {time.time():.6f}\n")
+                acks.append((node, ev["version"], wall()))
             elif ev["event"] == "nacked":
                 out.write(f"nack {node} {ev.get('error')!r}\n")
         return cb
+
+    def report() -> None:
+        if acks:
+            out.write("".join(f"ack {node} {revision_part(v)} {t:.6f}\n" for node, v, t in acks))
+            acks.clear()
+        out.flush()
 
     async def start(i: int) -> None:
         s = services[i % len(services)]
@@ -210,8 +239,10 @@ async def client_main(args: argparse.Namespace) -> None:
         reg = {"node": node, "service": s, "namespace": "default", "version": "v1",
                "labels": {"app": s, "version": "v1"}, "address": f"127.0.0.1:{20000 + i}"}
         ctx = contexts[s]
-        c = cls(urls[i % len(urls)], lambda: ctx, reg, apply_snapshot, "",
-                            on_status(node), backoff_base=0.5, backoff_cap=5.0)
+        # each sidecar's failover list starts at "its" replica: spread round-robin
+        k = i % len(urls)
+        c = cls(",".join(urls[k:] + urls[:k]), lambda: ctx, reg, apply_snapshot, "",
+                on_status(node), backoff_base=0.5, backoff_cap=5.0)
         async with sem:
             c.start()
             while not c.connected and c._task is not None and not c._task.done():
@@ -222,20 +253,20 @@ async def client_main(args: argparse.Namespace) -> None:
     out.write("ready\n")
     out.flush()
     loop = asyncio.get_running_loop()
-    flusher = loop.create_task(_flush_every(out))
+    flusher = loop.create_task(_flush_every(report))
     await loop.run_in_executor(None, sys.stdin.read)  # the parent closes stdin to stop us
     flusher.cancel()
     for c in clients:
         c._stopping = True  # noqa: SLF001 - no deregistration storm: just close
         if c._task is not None:
             c._task.cancel()
-    out.flush()
+    report()
 
 
-async def _flush_every(out) -> None:
+async def _flush_every(report: Callable[[], None]) -> None:
     while True:
         await asyncio.sleep(0.02)
-        out.flush()
+        report()
 
 
 # -- the parent ------------------------------------------------------------------------------
@@ -316,10 +347,31 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
+def start_replicas(n: int, args: argparse.Namespace, work: Path) -> list[ControlPlane]:
+    """One control plane on SQLite, or ``--replicas`` on etcd under a prefix of their own (a
+    fresh mesh per N); the second and later replicas share the first one's admin token."""
+    if args.etcd_store is None:
+        data = work / f"cp-{n}"
+        data.mkdir(parents=True)
+        return [ControlPlane(data, args)]
+    args.etcd_prefix = f"/bench-push-{os.getpid()}-{n}/"
+    replicas: list[ControlPlane] = []
+    try:
+        for k in range(args.replicas):
+            data = work / f"cp-{n}-{chr(97 + k)}"
+            data.mkdir(parents=True)
+            token = replicas[0].data_dir / "admin.token" if replicas else None
+            replicas.append(ControlPlane(data, args, args.etcd_store, token))
+    except BaseException:
+        for r in replicas:
+            r.stop()
+        raise
+    return replicas
+
+
 async def run_one(n: int, args: argparse.Namespace, work: Path) -> dict:
-    data = work / f"cp-{n}"
-    data.mkdir(parents=True)
-    cp = ControlPlane(data, args)
+    replicas = start_replicas(n, args, work)
+    cp = replicas[0]  # applies, tokens and certificates go through the first replica
     clients = Clients()
     try:
         services = [f"svc{i}" for i in range(args.services)]
@@ -327,10 +379,10 @@ async def run_one(n: int, args: argparse.Namespace, work: Path) -> dict:
                                      for s in services))
         cert_dir = work / f"certs-{n}"
         await certificates(cp, services, cert_dir)
-        cpu0 = cp.cpu_seconds()
+        cpu0 = sum(r.cpu_seconds() for r in replicas)
         t0 = time.monotonic()
-        await clients.start(n, args.procs, [cp.url], services, cert_dir, args.validate,
-                            args.client_mode)
+        await clients.start(n, args.procs, [r.url for r in replicas], services, cert_dir,
+                            args.validate, args.client_mode)
         await clients.wait(lambda: clients.ready == len(clients.procs), 600, "clients connected")
         status = await call(cp, "GET", "/v1/status")
         # every sidecar has ACKed the config with every registration in it
@@ -342,10 +394,14 @@ async def run_one(n: int, args: argparse.Namespace, work: Path) -> dict:
         await clients.wait(settled, 600, "initial config ACKed by all")
         await asyncio.sleep(args.debounce_s * 3 + 1)  # let the last registry push land
         connect_s = time.monotonic() - t0
-        cpu_connect = cp.cpu_seconds() - cpu0
-        rss_connected, _ = cp.rss_mb()
-        lat = []
-        cpu1 = cp.cpu_seconds()
+        cpu_connect = sum(r.cpu_seconds() for r in replicas) - cpu0
+        rss_connected = max(r.rss_mb()[0] for r in replicas)
+        lat, first_lat, mid_lat = [], [], []
+        profilers = ([_profile(cp.proc.pid, args.profile, f"push-{n}"),
+                      _profile(clients.procs[0].pid, args.profile, f"client-{n}")]
+                     if args.profile else [])
+        before = [await _metrics(r) for r in replicas]
+        cpu1 = [r.cpu_seconds() for r in replicas]
         ccpu1 = clients.cpu_seconds()
         for k in range(args.applies):
             text = VS.format(s=services[0], t=2000 + k)
@@ -353,33 +409,72 @@ async def run_one(n: int, args: argparse.Namespace, work: Path) -> dict:
             rev = await apply(cp, text)
             await clients.wait(lambda rev=rev: all(r >= rev for r, _ in clients.acks.values()),
                                120, f"apply {k} ACKed by all")
-            last = max(t for _, t in clients.acks.values())
-            lat.append(last - start)
+            times = sorted(t for _, t in clients.acks.values())
+            lat.append(times[-1] - start)
+            first_lat.append(times[0] - start)
+            mid_lat.append(times[len(times) // 2] - start)
             await asyncio.sleep(args.pause)
-        cpu_applies = cp.cpu_seconds() - cpu1
+        cpu_applies = [r.cpu_seconds() - c for r, c in zip(replicas, cpu1, strict=True)]
         ccpu_applies = clients.cpu_seconds() - ccpu1
+        for prof in profilers:
+            prof.send_signal(2)
+            prof.wait(60)
         metrics = await _metrics(cp)
-        rss, hwm = cp.rss_mb()
+        per_replica = [await _metrics(r) for r in replicas]
+
+        def fanout_ms(m0: dict, m1: dict) -> float:
+            """Mean time a replica took to write one push round to all its streams."""
+            k = "meshlet_push_fanout_seconds_"
+            rounds = m1.get(k + "count", 0) - m0.get(k + "count", 0)
+            return 1000 * (m1.get(k + "sum", 0) - m0.get(k + "sum", 0)) / max(1, rounds)
+        mems = [r.rss_mb() for r in replicas]
+        rss, hwm = max(m[0] for m in mems), max(m[1] for m in mems)
         return {
             "sidecars": n, "services": args.services, "client_procs": args.procs,
+            "store": "etcd" if args.etcd_store else "sqlite", "replicas": len(replicas),
+            "etcd_members": args.etcd_members if args.etcd_store else 0,
             "applies": args.applies, "validate": args.validate,
             "client_mode": args.client_mode,
             "apply_to_last_ack_p50_s": round(statistics.median(lat), 4),
             "apply_to_last_ack_p99_s": round(pct(lat, 0.99), 4),
             "apply_to_last_ack_max_s": round(max(lat), 4),
             "all_s": [round(x, 4) for x in lat],
+            # apply to the first and to the median sidecar's ACK: the first is the fixed part
+            # (request, commit, debounce, one send); last - first is the fan-out and the ACKs
+            "apply_to_first_ack_p50_s": round(statistics.median(first_lat), 4),
+            "apply_to_median_ack_p50_s": round(statistics.median(mid_lat), 4),
             "connect_all_s": round(connect_s, 2),
             "cp_cpu_s_connect": round(cpu_connect, 2),
-            "cp_cpu_s_per_apply": round(cpu_applies / max(1, args.applies), 3),
+            # the replicas together (the busiest one alone in the list that follows)
+            "cp_cpu_s_per_apply": round(sum(cpu_applies) / max(1, args.applies), 3),
+            "cp_cpu_s_per_apply_each": [round(c / max(1, args.applies), 3)
+                                        for c in cpu_applies],
             "clients_cpu_s_per_apply": round(ccpu_applies / max(1, args.applies), 3),
+            # the largest replica's
             "cp_rss_mb": round(rss, 1), "cp_rss_peak_mb": round(hwm, 1),
             "rss_connected_mb": round(rss_connected, 1),
             "nacks": len(clients.nacks),
+            # the control plane's part: one apply's push written to every stream (per replica)
+            "cp_fanout_ms": [round(fanout_ms(m0, m1), 1)
+                             for m0, m1 in zip(before, per_replica, strict=True)],
+            # the sidecars each replica serves (they spread over the replicas)
+            "connected_per_replica": [int(m.get("meshlet_connected_proxies", 0))
+                                      for m in per_replica],
             "metrics": metrics,
         }
     finally:
         await clients.stop()
-        cp.stop()
+        for r in replicas:
+            r.stop()
+
+
+def _profile(pid: int, out_dir: str, name: str) -> subprocess.Popen:
+    """py-spy on a process (the first replica, the first client process) for the measured
+    applies: collapsed stacks, one file per process and N."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "250",
+                             "-o", str(Path(out_dir) / f"{name}.txt"), "-f", "raw"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def _metrics(cp: ControlPlane) -> dict:
@@ -393,6 +488,8 @@ async def _metrics(cp: ControlPlane) -> dict:
     keep = {}
     for line in text.splitlines():
         if line.startswith(("meshlet_pushes_total", "meshlet_push_bytes_total",
+                            "meshlet_connected_proxies", "meshlet_push_fanout_seconds_sum",
+                            "meshlet_push_fanout_seconds_count",
                             "meshlet_proxy_convergence_seconds_count",
                             "meshlet_proxy_convergence_seconds_sum", "meshlet_push_errors_total",
                             "meshlet_push_triggers_total")):
@@ -402,16 +499,31 @@ async def _metrics(cp: ControlPlane) -> dict:
 
 
 async def main(args: argparse.Namespace) -> int:
-    if args.store != "sqlite" or args.replicas != 1:
-        print("bench_push: --store etcd://... and --replicas N need etcd store support in "
-              "`meshlet control-plane`, which this tree does not have yet", file=sys.stderr)
-        return 2
     from control_plane.api.resources import parse_duration
 
+    if args.store == "sqlite":
+        if args.replicas != 1:
+            print("bench_push: --replicas needs --store etcd (SQLite is single-writer)",
+                  file=sys.stderr)
+            return 2
+        args.etcd_store = None
+    elif args.store != "etcd" and not args.store.startswith(("etcd://", "etcds://")):
+        print(f"bench_push: --store {args.store}: sqlite, etcd or etcd://HOST:PORT[,...]",
+              file=sys.stderr)
+        return 2
     args.debounce_s = parse_duration(args.debounce)
     work = Path(tempfile.mkdtemp(prefix="bench-push-"))
+    etcd = None
     results = []
     try:
+        if args.store == "etcd":
+            from tests.support import EtcdCluster
+
+            etcd = EtcdCluster(work, args.etcd_members)
+            etcd.start_all()
+            args.etcd_store = etcd.endpoints
+        elif args.store != "sqlite":
+            args.etcd_store = args.store
         for n in [int(x) for x in args.sidecars.split(",")]:
             r = await run_one(n, args, work)
             results.append(r)
@@ -421,9 +533,15 @@ async def main(args: argparse.Namespace) -> int:
                   f" {r['cp_cpu_s_connect']:.1f} CPU s to connect all,"
                   f" RSS {r['cp_rss_mb']:.0f} MB (peak {r['cp_rss_peak_mb']:.0f})"
                   f"  | clients {r['clients_cpu_s_per_apply']:.2f} CPU s/apply"
+                  f"  | fan-out {'/'.join(f'{x:.0f}' for x in r['cp_fanout_ms'])} ms"
+                  f"  | first ACK p50 {r['apply_to_first_ack_p50_s'] * 1000:.0f} ms,"
+                  f" median ACK p50 {r['apply_to_median_ack_p50_s'] * 1000:.0f} ms"
                   f"  | connect {r['connect_all_s']:.1f} s, nacks {r['nacks']}"
-                  f"  [{r['client_mode']}]", flush=True)
+                  f"  [{r['client_mode']}, {r['store']}, {r['replicas']} replica(s)]",
+                  flush=True)
     finally:
+        if etcd is not None:
+            etcd.stop()
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
@@ -446,9 +564,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--debounce", default="100ms")
     p.add_argument("--debounce-max", default="10s")
     p.add_argument("--throttle", type=int, default=100)
-    p.add_argument("--store", default="sqlite", help="sqlite (default) or etcd://HOST:PORT[,...]")
-    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--store", default="sqlite",
+                   help="sqlite (default; one control plane); etcd: the bench starts an etcd "
+                        "cluster of --etcd-members on loopback; etcd://HOST:PORT[,...]: an "
+                        "etcd already running (each N uses a key prefix of its own)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="control-plane replicas on the etcd store (the clients spread over "
+                        "them, each with every replica in its failover list)")
+    p.add_argument("--etcd-members", type=int, default=3,
+                   help="members of the etcd cluster --store etcd starts (1 or 3)")
     p.add_argument("--json", default="", help="write the results here")
+    p.add_argument("--profile", default="",
+                   help="a directory: py-spy records the first replica and the first client "
+                        "process during the applies (push-N.txt, client-N.txt: collapsed stacks)")
     # client-process mode (internal)
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--urls", help=argparse.SUPPRESS)

@@ -273,20 +273,25 @@ def start_control_plane(workdir: Path, data_dir: Path | None = None,
 
 
 class EtcdCluster:
-    """A 3-member etcd cluster on loopback for control-plane replicas (etcd cannot bind port
-    0: free ports are picked). ``endpoints`` is the ``--store`` value; members can be killed
-    and started again on their data dirs."""
+    """An etcd cluster on loopback for control-plane replicas, 3 members unless told (etcd
+    cannot bind port 0: free ports are picked). ``endpoints`` is the ``--store`` value;
+    members can be killed and started again on their data dirs."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, members: int = 3) -> None:
         self.workdir = workdir
-        self.client = [free_port() for _ in range(3)]
-        self.peer = [free_port() for _ in range(3)]
-        self.procs: list[Proc | None] = [None, None, None]
+        self.members = members
+        self.client = [free_port() for _ in range(members)]
+        self.peer = [free_port() for _ in range(members)]
+        self.procs: list[Proc | None] = [None] * members
         self.initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer))
 
     @property
     def endpoints(self) -> str:
         return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client)
+
+    def endpoint(self, i: int) -> str:
+        """The ``--store`` value that points at member ``i`` alone."""
+        return f"etcd://127.0.0.1:{self.client[i]}"
 
     def start(self, i: int) -> None:
         self.procs[i] = Proc(f"etcd-m{i}-{time.monotonic_ns()}", [
@@ -308,9 +313,9 @@ class EtcdCluster:
             return False
 
     def start_all(self) -> None:
-        for i in range(3):
+        for i in range(self.members):
             self.start(i)
-        for i in range(3):
+        for i in range(self.members):
             wait_until(lambda i=i: self.healthy(i), timeout=30, interval=0.1,
                        what=f"etcd member {i} healthy")
 

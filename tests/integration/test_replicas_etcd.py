@@ -55,8 +55,11 @@ spec:
 
 
 class Replica:
-    def __init__(self, name: str, workdir: Path, etcd: EtcdCluster, token_file: Path | None) -> None:
+    def __init__(self, name: str, workdir: Path, etcd: EtcdCluster, token_file: Path | None,
+                 store: str | None = None, lease_ttl: str = LEASE_TTL) -> None:
         self.name = name
+        self.store = store  # default: every member of the cluster
+        self.lease_ttl = lease_ttl
         self.workdir = workdir
         self.data_dir = workdir / f"cp-{name}"
         self.port = free_port()
@@ -69,8 +72,9 @@ class Replica:
         addr = self.data_dir / "listen.addr"
         addr.unlink(missing_ok=True)
         cmd = [PY, "-m", "control_plane.cli", "control-plane", "--data-dir", str(self.data_dir),
-               "--listen", f"127.0.0.1:{self.port}", "--store", self.etcd.endpoints,
-               "--lease-ttl", LEASE_TTL, "--grace-period", "2s"]
+               "--listen", f"127.0.0.1:{self.port}", "--store",
+               self.store or self.etcd.endpoints, "--lease-ttl", self.lease_ttl,
+               "--grace-period", "2s"]
         if self.token_file is not None:
             cmd += ["--admin-token-file", str(self.token_file)]
         self.proc = Proc(f"cp-{self.name}-{time.monotonic_ns()}", cmd, self.workdir)

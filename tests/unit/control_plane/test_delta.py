@@ -99,3 +99,23 @@ def test_bundle_updates_incrementally_to_what_a_fresh_build_gives(tmp_path):
                      "resources": {n: items[n] for n in changed}})
         assert b.content == delta.hash_part(new["version"])
         assert b.snapshot(new["version"]) == new
+
+
+@pytest.mark.parametrize("n_res,n_reg", [(0, 0), (1, 1), (1, 3), (3, 0)])
+def test_bundle_snapshot_lists_every_item_in_order_for_any_count(n_res, n_reg):
+    """Bundle.snapshot picks its lists with itemgetter: none, one (a scalar for itemgetter)
+    and many items all give assemble()'s lists, also after a delta that keeps the names."""
+    items: dict = {delta.MESH: {"trustDomain": "cluster.local"}}
+    for i in range(n_res):
+        items[f"resource/VirtualService/default/r{i}"] = {"kind": "VirtualService", "i": i}
+    for i in range(n_reg):
+        items[f"registry/default/s/127.0.0.1:{1000 + i}"] = {"address": f"127.0.0.1:{1000 + i}"}
+    b = delta.Bundle(dict(items))
+    assert b.snapshot("1-x") == delta.assemble("1-x", items)
+    if n_res:
+        name = "resource/VirtualService/default/r0"
+        changed = {**items, name: {"kind": "VirtualService", "i": "changed"}}
+        after = delta.Bundle(changed)
+        b2 = b.apply({"version": "2-" + after.content, "resources": {name: changed[name]},
+                      "removed": []})
+        assert b2.snapshot("2-x") == delta.assemble("2-x", changed)

@@ -78,6 +78,7 @@ class Client:
                  delta_ok: bool = True) -> None:
         self.session, self.url, self.node, self.delta_ok = session, url, node, delta_ok
         self.messages: list[dict] = []
+        self.raw: list[str] = []  # the messages as sent
         self.items: dict = {}
         self.hashes: dict = {}
         self.version = ""
@@ -91,7 +92,9 @@ class Client:
 
     async def receive(self, ack: bool = True) -> dict:
         assert self.ws is not None
-        msg = json.loads((await self.ws.receive(timeout=10)).data)
+        text = (await self.ws.receive(timeout=10)).data
+        msg = json.loads(text)
+        self.raw.append(text)
         self.messages.append(msg)
         if msg["type"] == "snapshot":
             self.items = delta.items_of(msg["snapshot"])
@@ -207,6 +210,35 @@ async def test_pushes_in_flight_never_exceed_the_throttle(plane):
     want = "resource/VirtualService/default/reviews"
     await poll(lambda: all(want in c.items for c in clients), what="every client updated")
     assert 1 <= cp.hub.peak_active <= 2
+    for t in readers:
+        t.cancel()
+
+
+async def test_a_push_round_is_written_by_one_task_from_one_encoding(plane):
+    """The fan-out writes every stream in turn from one task (one push slot, not a task per
+    stream), and every stream gets the same text but for its nonce."""
+    cp, session, url = plane
+    clients = [Client(session, url, "c" * (i + 1)) for i in range(8)]  # 8 distinct addresses
+    for c in clients:
+        await c.connect()
+        await c.receive()
+    readers = [asyncio.create_task(drain(c)) for c in clients]
+    await poll(lambda: all(cp.registry.get(c.node).acked_version
+                           == cp.hub.expected_version(cp.registry.get(c.node))
+                           for c in clients), what="every client on the current config")
+    cp.hub.peak_active = 0
+    rounds = sample(cp.hub, "meshlet_push_fanout_seconds_count")
+    cp.store.apply(load_text(VS.format(name="reviews", timeout="9s")))
+    want = "resource/VirtualService/default/reviews"
+    await poll(lambda: all(want in c.items for c in clients), what="every client updated")
+    assert cp.hub.peak_active == 1  # the old code ran a task per stream: throttle (2) at once
+    assert sample(cp.hub, "meshlet_push_fanout_seconds_count") == rounds + 1
+    import re
+
+    texts = {re.sub(r'"nonce":"\d+"', "", t) for c in clients for t in c.raw if want in t}
+    assert len(texts) == 1
+    nonces = [m["nonce"] for c in clients for m in c.messages if want in m.get("resources", {})]
+    assert len(set(nonces)) == len(clients)
     for t in readers:
         t.cancel()
 
