@@ -52,6 +52,31 @@ def wait_until(
         time.sleep(interval)
 
 
+def sockets_connected_to(port: int) -> list[str]:
+    """This process's open TCP sockets whose peer is ``port`` on loopback (client ends only: a
+    server in this process has ``port`` as its local port). Read from ``/proc``, so a test can
+    check that a client closed its connection when it said it was done, not some time later:
+    a socket still closing when the event loop closes is leaked ("unclosed transport")."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed since listed
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    found = []
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                local, remote, inode = cols[1], cols[2], cols[9]
+                if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == port:
+                    found.append(f"{local} -> {remote} (state {cols[3]})")
+    return found
+
+
 async def until(
     cond: Callable[[], object], timeout: float = 15.0, interval: float = 0.01, what: str = ""
 ) -> object:

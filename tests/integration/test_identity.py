@@ -9,6 +9,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from certs.spiffe import SpiffeId
 from control_plane.ca.service import serving_certificate, serving_context, setup_routes
 from control_plane.ca.tokens import TokenStore
 from proxy.identity import IdentityError, IdentityManager
+from tests.support import sockets_connected_to
 
 TD = "cluster.local"
 
@@ -170,6 +172,46 @@ async def test_impostor_with_workload_certificate_gets_no_token(tmp_path):
         impostor.tokens.close()
 
 
+async def test_no_connection_outlives_its_request(tmp_path):
+    """Each request to the control plane has closed its socket when it returns, also when the
+    server is refused: a socket still closing when the event loop closes (a sidecar's last act)
+    is leaked. aiohttp's ``force_close`` left each one closing in the background."""
+    cp = await _start_cp(tmp_path, lifetime_s=3600)
+    port = int(cp.url.rsplit(":", 1)[1])
+    mgr = IdentityManager(cp.url, cp.tokens.create("orders"), "orders", "default", None)
+    try:
+        await mgr.start()  # the trust bundle, unverified, then certify with the join token
+        assert sockets_connected_to(port) == []
+        await mgr.renew_now()  # over mTLS
+        assert sockets_connected_to(port) == []
+        cp.ca.rotate_root(activate=False)
+        assert await mgr.refresh_bundle()
+        assert sockets_connected_to(port) == []
+    finally:
+        await mgr.close()
+        await cp.runner.cleanup()
+        cp.tokens.close()
+
+    ca = CertificateAuthority.create_self_signed(tmp_path / "evil", TD)
+    key = keys.generate_private_key()
+    chain = ca.sign_serving(
+        key.public_key(), ["127.0.0.1"], 600, SpiffeId.for_workload(TD, "default", "evil")
+    )
+    ctx = tls.server_context(
+        chain, keys.private_key_to_pem(key), ca.bundle_pem(), False, alpn=tls.HTTP11_ALPN
+    )
+    impostor = await _start_cp(tmp_path / "evil", 4, ssl_context=ctx, ca=ca)
+    port = int(impostor.url.rsplit(":", 1)[1])
+    try:
+        mgr = IdentityManager(impostor.url, impostor.tokens.create("orders"), "orders")
+        with pytest.raises(aiohttp.ClientError, match="not the control plane"):
+            await mgr.renew_now()
+        assert sockets_connected_to(port) == []
+    finally:
+        await impostor.runner.cleanup()
+        impostor.tokens.close()
+
+
 @pytest.mark.slow
 async def test_waits_for_control_plane_then_keeps_cert_through_outage(tmp_path):
     # Start the sidecar before the control plane exists: it retries until it can join.
@@ -243,6 +285,7 @@ async def test_two_sidecars_mtls(tmp_path):
             writer.write(b"ok")
             await writer.drain()
             writer.close()
+            await writer.wait_closed()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=b.server_context())
         port = server.sockets[0].getsockname()[1]
@@ -250,6 +293,7 @@ async def test_two_sidecars_mtls(tmp_path):
         peer = tls.peer_spiffe_id(writer.get_extra_info("ssl_object"))
         assert await reader.read() == b"ok"
         writer.close()
+        await writer.wait_closed()
         server.close()
         await server.wait_closed()
         assert peer == b.spiffe_id
@@ -320,6 +364,7 @@ async def test_two_phase_root_rotation_reaches_the_sidecar(tmp_path):
             assert tls.peer_spiffe_id(writer.get_extra_info("ssl_object")) == server.spiffe_id
             assert await reader.read() == b"ok"
             writer.close()
+            await writer.wait_closed()
             srv.close()
             await srv.wait_closed()
         # 3. every leaf renewed from the new root, retire the old one.
@@ -347,6 +392,7 @@ async def _ok(reader, writer):
     writer.write(b"ok")
     await writer.drain()
     writer.close()
+    await writer.wait_closed()
 
 
 async def test_activation_before_distribution_fails_safe(tmp_path):
@@ -387,6 +433,7 @@ async def test_listener_context_follows_renewals(tmp_path):
             serials.append(format(x509.load_der_x509_certificate(der).serial_number, "x"))
             assert await reader.read() == b"ok"
             writer.close()
+            await writer.wait_closed()
             await b.renew_now()
         assert serials[0] != serials[1]
         assert serials[1] != b.serial  # b renewed once more after the second connection
