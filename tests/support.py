@@ -297,6 +297,15 @@ def start_control_plane(workdir: Path, data_dir: Path | None = None,
     return ControlPlane(proc, data, "https://" + addr.read_text().strip())
 
 
+def etcd_healthy(url: str) -> bool:
+    """Whether the etcd member at ``url`` (plain HTTP) says it is healthy."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return json.loads(r.read()).get("health") == "true"
+    except (OSError, ValueError):
+        return False
+
+
 class EtcdCluster:
     """A 3-member etcd cluster on loopback for control-plane replicas (etcd cannot bind port
     0: free ports are picked). ``endpoints`` is the ``--store`` value; members can be killed
@@ -325,12 +334,7 @@ class EtcdCluster:
         ], self.workdir)
 
     def healthy(self, i: int) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.client[i]}/health",
-                                        timeout=2) as r:
-                return json.loads(r.read()).get("health") == "true"
-        except (OSError, ValueError):
-            return False
+        return etcd_healthy(f"http://127.0.0.1:{self.client[i]}")
 
     def start_all(self) -> None:
         for i in range(3):
