@@ -6,6 +6,7 @@ block them); readiness is polled from those files and from admin endpoints, neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,8 +15,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -95,6 +97,36 @@ async def until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what or cond}")
         await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def stopped_at_end() -> Iterator[list[Any]]:
+    """A list for the processes a fixture starts (anything with ``stop()``): every one is
+    stopped at the end, the last started first, also when starting a later one failed."""
+    started: list[Any] = []
+    try:
+        yield started
+    finally:
+        for p in reversed(started):
+            p.stop()
+
+
+async def outbound_request(
+    sidecar: Sidecar, host: str, path: str, method: str = "GET", **kw: Any
+) -> tuple[int, Any, bytes]:
+    """One request through ``sidecar``'s outbound listener the way an app makes it (``Host``
+    names the service; more ``headers`` may be given), on a connection of its own:
+    (status, headers, body). The headers are case-insensitive (aiohttp's ``CIMultiDict``)."""
+    import aiohttp
+
+    headers = {"Host": host, **kw.pop("headers", {})}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(
+            method, f"http://127.0.0.1:{sidecar.outbound}{path}", headers=headers, **kw
+        ) as r,
+    ):
+        return r.status, r.headers.copy(), await r.read()
 
 
 class Proc:
@@ -241,6 +273,26 @@ def start_sidecar(
     proc = Proc(f"sidecar-{name or service}", cmd, workdir, environ)
     m = proc.wait_for(READY)
     return Sidecar(proc, int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+def join_sidecar(
+    workdir: Path,
+    cp: ControlPlane,
+    service: str,
+    app_port: int,
+    *extra: str,
+    name: str | None = None,
+    state_dir: Path | None = None,
+) -> Sidecar:
+    """A sidecar that joins the control plane ``cp`` with a join token made for it, its
+    identity kept in ``state_dir`` (``workdir/<name or service>`` by default)."""
+    name = name or service
+    return start_sidecar(
+        workdir, service, app_port, None,
+        "--control-plane", cp.url, "--token-file", str(cp.token(service, workdir)),
+        "--state-dir", str(state_dir or workdir / name), *extra,
+        name=name,
+    )  # fmt: skip
 
 
 class ControlPlane:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.support import start_app, start_sidecar
+from tests.support import start_app, start_sidecar, stopped_at_end
 
 B_CONFIG = """
 apiVersion: security.istio.io/v1
@@ -60,17 +60,14 @@ spec:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("deadline")
-    app, app_port = start_app(work, "inventory")
-    started = [app]
-    try:
+    with stopped_at_end() as started:
+        app, app_port = start_app(work, "inventory")
+        started.append(app)
         b = start_sidecar(work, "inventory", app_port, B_CONFIG, name="b")
         started.append(b)
         a = start_sidecar(work, "orders", 1, _a_config(b.inbound), name="a")
         started.append(a)
         yield {"a": a, "b": b}
-    finally:
-        for p in reversed(started):
-            p.stop()
 
 
 async def _call(mesh, route: str, path: str = "/echo", **headers: str) -> tuple[int, dict, dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, start_app, start_sidecar, wait_until
+from tests.support import free_port, start_app, start_sidecar, stopped_at_end, wait_until
 
 CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -98,7 +98,7 @@ class RawUpstream:
                     answered = True
                     c.sendall(self.reply)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         self._stop = True
         self.sock.close()
         self._t.join(2)
@@ -107,17 +107,14 @@ class RawUpstream:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("strict-http")
-    app, app_port = start_app(work, "inventory")
-    raw = RawUpstream()
-    started = [app]
-    try:
+    with stopped_at_end() as started:
+        app, app_port = start_app(work, "inventory")
+        started.append(app)
+        raw = RawUpstream()
+        started.append(raw)
         sc = start_sidecar(work, "orders", app_port, CONFIG.format(app=app_port, raw=raw.port))
         started.append(sc)
         yield {"sidecar": sc, "raw": raw, "work": work}
-    finally:
-        for p in reversed(started):
-            p.stop()
-        raw.close()
 
 
 def _read_all(s: socket.socket, timeout: float = 10.0) -> bytes:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Proc, free_port, start_control_plane, start_sidecar, wait_until
+from tests.support import Proc, free_port, join_sidecar, start_control_plane, wait_until
 
 BANNER_APP = r"""
 import asyncio, sys
@@ -246,12 +246,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
         started.append(_Postgres(work, pg_port))
 
         def sidecar(service: str, port: int, *extra: str, name: str = ""):
-            sc = start_sidecar(
-                work, service, port, None,
-                "--control-plane", cp.url, "--token-file", str(cp.token(service, work)),
-                "--state-dir", str(work / (name or service)), "--hbone", "0", *extra,
-                name=name or service,
-            )  # fmt: skip
+            sc = join_sidecar(work, cp, service, port, "--hbone", "0", *extra, name=name or None)
             started.append(sc)
             return sc
 
