@@ -23,7 +23,7 @@ from proxy.server.h2.client import H2UpstreamPool
 from proxy.server.h2.server import H2ServerProtocol
 from proxy.server.listener import Listener
 from proxy.server.runtime import Runtime
-from tests.grpc_fixtures import CHANNEL_OPTIONS, EchoServer, build
+from tests.grpc_fixtures import EchoServer, build, channel
 
 MB = 1024 * 1024
 
@@ -122,11 +122,7 @@ async def mesh(app: EchoServer):
 
 
 def _channel(port: int, authority: str = "echo") -> grpc.Channel:
-    return grpc.insecure_channel(
-        f"127.0.0.1:{port}",
-        options=[("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0),
-                 *CHANNEL_OPTIONS],
-    )
+    return channel(port, authority)
 
 
 async def _call(fn: Any, *args: Any, **kw: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.grpc_fixtures import CHANNEL_OPTIONS, EchoServer, build
+from tests.grpc_fixtures import EchoServer, build, channel
 from tests.support import join_sidecar, start_sidecar, stopped_at_end, wait_until
 
 MB = 1024 * 1024
@@ -109,11 +109,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _stub(mesh: dict[str, Any], authority: str = "echo") -> tuple[Any, grpc.Channel]:
-    ch = grpc.insecure_channel(
-        f"127.0.0.1:{mesh['a'].outbound}",
-        options=[("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0),
-                 *CHANNEL_OPTIONS],
-    )
+    ch = channel(mesh["a"].outbound, authority)
     return mesh["pb2_grpc"].EchoStub(ch), ch
 
 
