@@ -99,6 +99,31 @@ async def until(
         await asyncio.sleep(interval)
 
 
+def static_service_entry(
+    name: str,
+    *endpoint_ports: int,
+    hosts: str | None = None,
+    number: int = 8080,
+    port_name: str = "http",
+    protocol: str | None = None,
+) -> str:
+    """A ServiceEntry document (YAML) for ``name`` (or ``hosts``, a YAML flow list's items)
+    with one port and a STATIC endpoint on loopback for each of ``endpoint_ports``: how a test
+    puts an app it started behind a name."""
+    proto = f", protocol: {protocol}" if protocol else ""
+    eps = "".join(f"\n  - {{address: 127.0.0.1, ports: {{{port_name}: {p}}}}}"
+                  for p in endpoint_ports)
+    return f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{hosts or name}]
+  ports: [{{number: {number}, name: {port_name}{proto}}}]
+  resolution: STATIC
+  endpoints:{eps}
+"""
+
+
 @contextlib.contextmanager
 def stopped_at_end() -> Iterator[list[Any]]:
     """A list for the processes a fixture starts (anything with ``stop()``): every one is

@@ -15,22 +15,13 @@ import aiohttp
 import pytest
 
 from tests.counting_app import CountingApp
-from tests.support import start_sidecar, stopped_at_end, wait_until
+from tests.support import start_sidecar, static_service_entry, stopped_at_end, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 def _config(port: int, pool: str, vs: str = "") -> str:
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: inventory}}
-spec:
-  hosts: [inventory]
-  ports: [{{number: 8080, name: http}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
----
+    return static_service_entry("inventory", port) + f"""---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: inventory}}
@@ -249,16 +240,10 @@ async def test_a_raised_limit_applies_on_reload(tmp_path):
         await app.close()
 
 
-GRPC_CONFIG = """
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo}}
-spec:
-  hosts: [echo]
-  ports: [{{number: 50051, name: grpc, protocol: GRPC}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {port}}}}}]
----
+def _grpc_config(port: int, pool: str) -> str:
+    return static_service_entry(
+        "echo", port, number=50051, port_name="grpc", protocol="GRPC"
+    ) + f"""---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: echo}}
@@ -279,7 +264,7 @@ async def _grpc_through_sidecar(tmp_path, pool: str) -> AsyncIterator[tuple[Any,
     with stopped_at_end() as started:
         echo = EchoServer(pb2, pb2_grpc).start()
         started.append(echo)
-        sc = start_sidecar(tmp_path, "orders", 1, GRPC_CONFIG.format(port=echo.port, pool=pool))
+        sc = start_sidecar(tmp_path, "orders", 1, _grpc_config(echo.port, pool))
         started.append(sc)
         with channel(sc.outbound) as ch:
             yield pb2, pb2_grpc.EchoStub(ch), echo, sc
