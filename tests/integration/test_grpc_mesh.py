@@ -303,7 +303,12 @@ async def test_h2load_smoke(mesh, app, tmp_path):
         f"http://127.0.0.1:{a.outbound}/meshtest.Echo/Unary",
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 50)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 50)
+    finally:
+        if proc.returncode is None:  # timed out: end it, or it and its pipe outlive the test
+            proc.kill()
+            await proc.wait()
     text = out.decode()
     assert proc.returncode == 0, text
     assert "2000 succeeded" in text and "2000 2xx" in text, text
