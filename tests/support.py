@@ -320,6 +320,26 @@ def join_sidecar(
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def sidecar_for_apps(
+    workdir: Path, config: str, *apps: str
+) -> Iterator[tuple[Sidecar, list[tuple[Proc, int]]]]:
+    """Sample apps named ``apps`` and a standalone ``orders`` sidecar beside the first, its
+    config ``config`` with the apps' ports as ``{a}``, ``{b}``... and ``{dead}`` (a port
+    nobody listens on): (the sidecar, [(app, port)...]), all stopped at the end."""
+    with stopped_at_end() as started:
+        running = []
+        for name in apps:
+            proc, port = start_app(workdir, name)
+            started.append(proc)
+            running.append((proc, port))
+        ports = dict(zip("abcdefgh", (port for _, port in running), strict=False))
+        sc = start_sidecar(workdir, "orders", running[0][1],
+                           config.format(**ports, dead=free_port()))
+        started.append(sc)
+        yield sc, running
+
+
 class ControlPlane:
     def __init__(self, proc: Proc, data_dir: Path, url: str) -> None:
         self.proc = proc

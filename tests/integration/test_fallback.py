@@ -12,13 +12,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.support import (
-    free_port,
-    outbound_request,
-    start_app,
-    start_sidecar,
-    stopped_at_end,
-)
+from tests.support import outbound_request, sidecar_for_apps
 
 CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -114,13 +108,7 @@ spec:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("fallback")
-    with stopped_at_end() as started:
-        a, pa = start_app(work, "flaky")
-        started.append(a)
-        b, pb = start_app(work, "doomed")
-        started.append(b)
-        sc = start_sidecar(work, "orders", pa, CONFIG.format(a=pa, b=pb, dead=free_port()))
-        started.append(sc)
+    with sidecar_for_apps(work, CONFIG, "flaky", "doomed") as (sc, [(_, pa), (b, _)]):
         yield {"sidecar": sc, "a": pa, "b": b}
 
 

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from tests.support import (
-    free_port,
     outbound_request,
+    sidecar_for_apps,
     start_app,
     start_sidecar,
     stopped_at_end,
@@ -183,13 +183,7 @@ async def test_hedging_beats_a_stuck_endpoint(tmp_path):
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("resilience")
-    with stopped_at_end() as started:
-        a, pa = start_app(work, "inventory")
-        started.append(a)
-        b, pb = start_app(work, "flaky")
-        started.append(b)
-        sc = start_sidecar(work, "orders", pa, CONFIG.format(a=pa, b=pb, dead=free_port()))
-        started.append(sc)
+    with sidecar_for_apps(work, CONFIG, "inventory", "flaky") as (sc, [(_, pa), (_, pb)]):
         yield {"sidecar": sc, "a": pa, "b": pb}
 
 
