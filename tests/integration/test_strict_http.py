@@ -17,40 +17,35 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, start_app, start_sidecar, stopped_at_end, wait_until
+from tests.support import (
+    free_port,
+    start_app,
+    start_sidecar,
+    static_service_entry,
+    stopped_at_end,
+    wait_until,
+)
 
-CONFIG = """
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: inventory}}
-spec:
-  hosts: [inventory.default.svc.cluster.local]
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {app}}}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: raw}}
-spec:
-  hosts: [raw.default.svc.cluster.local]
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {raw}}}}}
----
-apiVersion: networking.istio.io/v1
+RAW_VS = """apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: raw}}
+metadata: {name: raw}
 spec:
   hosts: [raw]
   http:
-  - match: [{{headers: {{x-retry: {{exact: "yes"}}}}}}]
-    retries: {{attempts: 2, retryOn: reset}}
-    route: [{{destination: {{host: raw}}}}]
-  - route: [{{destination: {{host: raw}}}}]
+  - match: [{headers: {x-retry: {exact: "yes"}}}]
+    retries: {attempts: 2, retryOn: reset}
+    route: [{destination: {host: raw}}]
+  - route: [{destination: {host: raw}}]
 """
+
+
+def _config(app: int, raw: int) -> str:
+    entries = [
+        static_service_entry(name, port, hosts=f"{name}.default.svc.cluster.local",
+                             protocol="HTTP")
+        for name, port in (("inventory", app), ("raw", raw))
+    ]
+    return "---\n".join([*entries, RAW_VS])
 
 
 class RawUpstream:
@@ -112,7 +107,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
         started.append(app)
         raw = RawUpstream()
         started.append(raw)
-        sc = start_sidecar(work, "orders", app_port, CONFIG.format(app=app_port, raw=raw.port))
+        sc = start_sidecar(work, "orders", app_port, _config(app_port, raw.port))
         started.append(sc)
         yield {"sidecar": sc, "raw": raw, "work": work}
 
