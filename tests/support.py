@@ -208,6 +208,17 @@ class Proc:
         return self.p.returncode
 
 
+@contextlib.contextmanager
+def _stopped_if_failed(proc: Proc) -> Iterator[None]:
+    """A process that did not come up is stopped (and its output files closed) before the
+    error goes to the test: nobody else holds it to stop it."""
+    try:
+        yield
+    except BaseException:
+        proc.stop()
+        raise
+
+
 def start_app(
     workdir: Path, name: str, version: str = "v1", outbound: str = "", *extra: str
 ) -> tuple[Proc, int]:
@@ -230,9 +241,10 @@ def start_app(
         cmd += ["--outbound", outbound]
     cmd += list(extra)
     proc = Proc(f"app-{name}-{version}", cmd, workdir)
-    wait_until(lambda: port_file.exists() or proc.p.poll() is not None, what=f"app {name}")
-    if proc.p.poll() is not None:
-        raise RuntimeError(proc.stderr())
+    with _stopped_if_failed(proc):
+        wait_until(lambda: port_file.exists() or proc.p.poll() is not None, what=f"app {name}")
+        if proc.p.poll() is not None:
+            raise RuntimeError(proc.stderr())
     return proc, int(port_file.read_text())
 
 
@@ -296,7 +308,8 @@ def start_sidecar(
         *extra,
     ]
     proc = Proc(f"sidecar-{name or service}", cmd, workdir, environ)
-    m = proc.wait_for(READY)
+    with _stopped_if_failed(proc):
+        m = proc.wait_for(READY)
     return Sidecar(proc, int(m.group(1)), int(m.group(2)), int(m.group(3)))
 
 
@@ -388,9 +401,10 @@ def start_control_plane(workdir: Path, data_dir: Path | None = None,
         ],
         workdir,
     )
-    wait_until(lambda: addr.exists() or proc.p.poll() is not None, what="control plane")
-    if proc.p.poll() is not None:
-        raise RuntimeError(proc.stderr())
+    with _stopped_if_failed(proc):
+        wait_until(lambda: addr.exists() or proc.p.poll() is not None, what="control plane")
+        if proc.p.poll() is not None:
+            raise RuntimeError(proc.stderr())
     return ControlPlane(proc, data, "https://" + addr.read_text().strip())
 
 
