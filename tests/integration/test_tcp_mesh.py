@@ -509,40 +509,25 @@ def test_strict_plaintext_to_the_inbound_and_hbone_ports_never_reaches_the_datab
     assert _redis(mesh, "EXISTS", "strict").strip() == "0"
 
 
-AUTHZ_OTHER = """
+def _cache_policy(principal: str, to: str = "") -> str:
+    """The AuthorizationPolicy on ``cache`` (one name: each apply replaces the last) allowing
+    ``principal``, and ``to`` (an operation's YAML) when given."""
+    rule = f"\n    to: [{{operation: {to}}}]" if to else ""
+    return f"""
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: cache-only-other, namespace: default}
+metadata: {{name: cache-only-other, namespace: default}}
 spec:
-  selector: {matchLabels: {app: cache}}
+  selector: {{matchLabels: {{app: cache}}}}
   action: ALLOW
   rules:
-  - from: [{source: {principals: ["cluster.local/ns/default/sa/other"]}}]
+  - from: [{{source: {{principals: ["cluster.local/ns/default/sa/{principal}"]}}}}]{rule}
 """
 
-AUTHZ_HTTP_FIELDS = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: cache-only-other, namespace: default}
-spec:
-  selector: {matchLabels: {app: cache}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]
-    to: [{operation: {methods: ["GET"]}}]
-"""
 
-AUTHZ_CLIENT_PORT = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: cache-only-other, namespace: default}
-spec:
-  selector: {matchLabels: {app: cache}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]
-    to: [{operation: {ports: ["PORT"]}}]
-"""
+AUTHZ_OTHER = _cache_policy("other")
+AUTHZ_HTTP_FIELDS = _cache_policy("client", '{methods: ["GET"]}')
+AUTHZ_CLIENT_PORT = _cache_policy("client", '{ports: ["PORT"]}')
 
 
 def _probe(mesh, key: str) -> bytes:
