@@ -38,7 +38,6 @@ import json
 import signal
 import socket
 import statistics
-import string
 import subprocess
 import sys
 import tempfile
@@ -75,63 +74,42 @@ async def main():
 asyncio.run(main())
 """
 
-ENVOY_SERVER = """admin:
+def envoy_tcp_proxy(
+    listener: str, cluster: str, port: int, listener_tls: str = "", cluster_tls: str = ""
+) -> str:
+    """An Envoy with one tcp_proxy listener (port 0) to one STATIC endpoint on loopback: the
+    server side (``inbound`` -> the app, TLS on the listener) and the client side
+    (``outbound`` -> the peer, TLS on the cluster) of a pair."""
+    return f"""admin:
   address:
-    socket_address: {address: 127.0.0.1, port_value: 0}
+    socket_address: {{address: 127.0.0.1, port_value: 0}}
 static_resources:
   listeners:
-  - name: inbound
+  - name: {listener}
     address:
-      socket_address: {address: 127.0.0.1, port_value: 0}
+      socket_address: {{address: 127.0.0.1, port_value: 0}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: inbound_tcp
-          cluster: app
-${transport}
+          stat_prefix: {listener}_tcp
+          cluster: {cluster}
+{listener_tls}
   clusters:
-  - name: app
+  - name: {cluster}
     type: STATIC
     connect_timeout: 1s
+{cluster_tls}
     load_assignment:
-      cluster_name: app
+      cluster_name: {cluster}
       endpoints:
       - lb_endpoints:
         - endpoint:
             address:
-              socket_address: {address: 127.0.0.1, port_value: ${app_port}}
+              socket_address: {{address: 127.0.0.1, port_value: {port}}}
 """
 
-ENVOY_CLIENT = """admin:
-  address:
-    socket_address: {address: 127.0.0.1, port_value: 0}
-static_resources:
-  listeners:
-  - name: outbound
-    address:
-      socket_address: {address: 127.0.0.1, port_value: 0}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: outbound_tcp
-          cluster: inventory
-  clusters:
-  - name: inventory
-    type: STATIC
-    connect_timeout: 1s
-${transport}
-    load_assignment:
-      cluster_name: inventory
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {address: 127.0.0.1, port_value: ${peer_port}}
-"""
 
 MESH_CONFIG = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -211,11 +189,11 @@ def start_meshlet(
 
 
 def start_envoy(pair: Pair, work: Path, app_port: int, cpu: int, certs: dict) -> None:
-    server = string.Template(ENVOY_SERVER).substitute(
-        app_port=app_port, transport=m.envoy_server_transport(certs))
+    server = envoy_tcp_proxy("inbound", "app", app_port,
+                             listener_tls=m.envoy_server_transport(certs))
     srv, _, inbound = h.launch_envoy("envoy-server", server, work, cpu)
-    client = string.Template(ENVOY_CLIENT).substitute(
-        peer_port=inbound, transport=m.envoy_client_transport(certs))
+    client = envoy_tcp_proxy("outbound", "inventory", inbound,
+                             cluster_tls=m.envoy_client_transport(certs))
     cli, _, pair.port = h.launch_envoy("envoy-client", client, work, cpu)
     pair.procs += [cli, srv]
     h.wait_until(lambda: _ping(pair.port), 30, "envoy pair")

@@ -6,6 +6,7 @@ block them); readiness is polled from those files and from admin endpoints, neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,8 +15,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -52,6 +54,31 @@ def wait_until(
         time.sleep(interval)
 
 
+def sockets_connected_to(port: int) -> list[str]:
+    """This process's open TCP sockets whose peer is ``port`` on loopback (client ends only: a
+    server in this process has ``port`` as its local port). Read from ``/proc``, so a test can
+    check that a client closed its connection when it said it was done, not some time later:
+    a socket still closing when the event loop closes is leaked ("unclosed transport")."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed since listed
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    found = []
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                local, remote, inode = cols[1], cols[2], cols[9]
+                if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == port:
+                    found.append(f"{local} -> {remote} (state {cols[3]})")
+    return found
+
+
 async def until(
     cond: Callable[[], object], timeout: float = 15.0, interval: float = 0.01, what: str = ""
 ) -> object:
@@ -70,6 +97,61 @@ async def until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what or cond}")
         await asyncio.sleep(interval)
+
+
+def static_service_entry(
+    name: str,
+    *endpoint_ports: int,
+    hosts: str | None = None,
+    number: int = 8080,
+    port_name: str = "http",
+    protocol: str | None = None,
+) -> str:
+    """A ServiceEntry document (YAML) for ``name`` (or ``hosts``, a YAML flow list's items)
+    with one port and a STATIC endpoint on loopback for each of ``endpoint_ports``: how a test
+    puts an app it started behind a name."""
+    proto = f", protocol: {protocol}" if protocol else ""
+    eps = "".join(f"\n  - {{address: 127.0.0.1, ports: {{{port_name}: {p}}}}}"
+                  for p in endpoint_ports)
+    return f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{hosts or name}]
+  ports: [{{number: {number}, name: {port_name}{proto}}}]
+  resolution: STATIC
+  endpoints:{eps}
+"""
+
+
+@contextlib.contextmanager
+def stopped_at_end() -> Iterator[list[Any]]:
+    """A list for the processes a fixture starts (anything with ``stop()``): every one is
+    stopped at the end, the last started first, also when starting a later one failed."""
+    started: list[Any] = []
+    try:
+        yield started
+    finally:
+        for p in reversed(started):
+            p.stop()
+
+
+async def outbound_request(
+    sidecar: Sidecar, host: str, path: str, method: str = "GET", **kw: Any
+) -> tuple[int, Any, bytes]:
+    """One request through ``sidecar``'s outbound listener the way an app makes it (``Host``
+    names the service; more ``headers`` may be given), on a connection of its own:
+    (status, headers, body). The headers are case-insensitive (aiohttp's ``CIMultiDict``)."""
+    import aiohttp
+
+    headers = {"Host": host, **kw.pop("headers", {})}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(
+            method, f"http://127.0.0.1:{sidecar.outbound}{path}", headers=headers, **kw
+        ) as r,
+    ):
+        return r.status, r.headers.copy(), await r.read()
 
 
 class Proc:
@@ -126,6 +208,17 @@ class Proc:
         return self.p.returncode
 
 
+@contextlib.contextmanager
+def _stopped_if_failed(proc: Proc) -> Iterator[None]:
+    """A process that did not come up is stopped (and its output files closed) before the
+    error goes to the test: nobody else holds it to stop it."""
+    try:
+        yield
+    except BaseException:
+        proc.stop()
+        raise
+
+
 def start_app(
     workdir: Path, name: str, version: str = "v1", outbound: str = "", *extra: str
 ) -> tuple[Proc, int]:
@@ -148,9 +241,10 @@ def start_app(
         cmd += ["--outbound", outbound]
     cmd += list(extra)
     proc = Proc(f"app-{name}-{version}", cmd, workdir)
-    wait_until(lambda: port_file.exists() or proc.p.poll() is not None, what=f"app {name}")
-    if proc.p.poll() is not None:
-        raise RuntimeError(proc.stderr())
+    with _stopped_if_failed(proc):
+        wait_until(lambda: port_file.exists() or proc.p.poll() is not None, what=f"app {name}")
+        if proc.p.poll() is not None:
+            raise RuntimeError(proc.stderr())
     return proc, int(port_file.read_text())
 
 
@@ -214,8 +308,49 @@ def start_sidecar(
         *extra,
     ]
     proc = Proc(f"sidecar-{name or service}", cmd, workdir, environ)
-    m = proc.wait_for(READY)
+    with _stopped_if_failed(proc):
+        m = proc.wait_for(READY)
     return Sidecar(proc, int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+def join_sidecar(
+    workdir: Path,
+    cp: ControlPlane,
+    service: str,
+    app_port: int,
+    *extra: str,
+    name: str | None = None,
+    state_dir: Path | None = None,
+) -> Sidecar:
+    """A sidecar that joins the control plane ``cp`` with a join token made for it, its
+    identity kept in ``state_dir`` (``workdir/<name or service>`` by default)."""
+    name = name or service
+    return start_sidecar(
+        workdir, service, app_port, None,
+        "--control-plane", cp.url, "--token-file", str(cp.token(service, workdir)),
+        "--state-dir", str(state_dir or workdir / name), *extra,
+        name=name,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def sidecar_for_apps(
+    workdir: Path, config: str, *apps: str
+) -> Iterator[tuple[Sidecar, list[tuple[Proc, int]]]]:
+    """Sample apps named ``apps`` and a standalone ``orders`` sidecar beside the first, its
+    config ``config`` with the apps' ports as ``{a}``, ``{b}``... and ``{dead}`` (a port
+    nobody listens on): (the sidecar, [(app, port)...]), all stopped at the end."""
+    with stopped_at_end() as started:
+        running = []
+        for name in apps:
+            proc, port = start_app(workdir, name)
+            started.append(proc)
+            running.append((proc, port))
+        ports = dict(zip("abcdefgh", (port for _, port in running), strict=False))
+        sc = start_sidecar(workdir, "orders", running[0][1],
+                           config.format(**ports, dead=free_port()))
+        started.append(sc)
+        yield sc, running
 
 
 class ControlPlane:
@@ -266,10 +401,20 @@ def start_control_plane(workdir: Path, data_dir: Path | None = None,
         ],
         workdir,
     )
-    wait_until(lambda: addr.exists() or proc.p.poll() is not None, what="control plane")
-    if proc.p.poll() is not None:
-        raise RuntimeError(proc.stderr())
+    with _stopped_if_failed(proc):
+        wait_until(lambda: addr.exists() or proc.p.poll() is not None, what="control plane")
+        if proc.p.poll() is not None:
+            raise RuntimeError(proc.stderr())
     return ControlPlane(proc, data, "https://" + addr.read_text().strip())
+
+
+def etcd_healthy(url: str) -> bool:
+    """Whether the etcd member at ``url`` (plain HTTP) says it is healthy."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return json.loads(r.read()).get("health") == "true"
+    except (OSError, ValueError):
+        return False
 
 
 class EtcdCluster:
@@ -305,12 +450,7 @@ class EtcdCluster:
         ], self.workdir)
 
     def healthy(self, i: int) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.client[i]}/health",
-                                        timeout=2) as r:
-                return json.loads(r.read()).get("health") == "true"
-        except (OSError, ValueError):
-            return False
+        return etcd_healthy(f"http://127.0.0.1:{self.client[i]}")
 
     def start_all(self) -> None:
         for i in range(self.members):

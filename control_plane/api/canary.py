@@ -37,16 +37,8 @@ WEBHOOK_TYPES = ("confirm-rollout", "confirm-promotion")
 DEFAULT_WEBHOOK_TIMEOUT_S = 5.0
 
 
-def _name(value: Any, path: str, ctx: Ctx) -> None:
-    why = dns1123_label(value) if isinstance(value, str) else "must be a string"
-    if why is not None:
-        ctx.error(path, why)
-
-
-def _vs_name(value: Any, path: str, ctx: Ctx) -> None:
-    why = dns1123_subdomain(value) if isinstance(value, str) else "must be a string"
-    if why is not None:
-        ctx.error(path, why)
+_name = string(check=dns1123_label)
+_vs_name = string(check=dns1123_subdomain)
 
 
 def _url(value: Any, path: str, ctx: Ctx) -> None:

@@ -223,21 +223,12 @@ def _path_pattern(value: Any, path: str, ctx: Ctx) -> None:
         ctx.error(path, 'must start with "/" (or "*")')
 
 
-def _dns_name(check: Any) -> Any:
-    def v(value: Any, path: str, ctx: Ctx) -> None:
-        why = check(value) if isinstance(value, str) else "must be a string"
-        if why is not None:
-            ctx.error(path, why)
-
-    return v
-
-
 _CLIENT_REF = obj(
     {
         "kind": enum("ServiceAccount"),
         "group": enum(""),
-        "name": _dns_name(dns1123_subdomain),
-        "namespace": _dns_name(dns1123_label),
+        "name": string(check=dns1123_subdomain),
+        "namespace": string(check=dns1123_label),
     },
     required=["name"],
     name="ClientRef",

@@ -94,10 +94,15 @@ class _ControlPlaneConnector(aiohttp.TCPConnector):
     The chain is verified by OpenSSL against the given roots; this adds the SPIFFE ID check
     (any workload's certificate chains to the same roots, and must not be able to pose as the
     control plane and collect join tokens or hand out a bogus bundle).
+
+    Not ``force_close``: aiohttp closes a connection it will not keep with a graceful TLS close
+    that nothing awaits, so the socket outlived the request (and was leaked if the event loop
+    closed first, a sidecar's last act). Each session makes one request; the connection it
+    keeps is closed, and waited for, when the session closes.
     """
 
     def __init__(self, ssl_context: ssl.SSLContext, trust_domain: str | None) -> None:
-        super().__init__(ssl=ssl_context, force_close=True)
+        super().__init__(ssl=ssl_context)
         self._trust_domain = trust_domain
 
     async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
@@ -108,8 +113,12 @@ class _ControlPlaneConnector(aiohttp.TCPConnector):
         if ok and self._trust_domain is not None:
             ok = peer is not None and peer.member_of(self._trust_domain)
         if not ok:
-            if transport is not None:
-                transport.close()
+            # Nothing to say to an impostor: abort, and be done with the socket before raising.
+            closed = proto.closed
+            proto.abort()
+            if closed is not None:
+                with contextlib.suppress(Exception):
+                    await closed
             raise aiohttp.ClientConnectionError(f"server is not the control plane (it is {peer})")
         return proto
 
@@ -371,9 +380,7 @@ class IdentityManager:
         pin = self._token.ca_pin
         async with (
             aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    ssl=tls.unverified_client_context(), force_close=True
-                ),
+                connector=aiohttp.TCPConnector(ssl=tls.unverified_client_context()),
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
             ) as session,
             session.get(f"{self._url}/v1/trust-bundle") as resp,

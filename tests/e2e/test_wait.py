@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +33,20 @@ def wait_cmd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
     )
 
 
+def _refuse_one_poll(port: int, timeout: float = 30.0) -> None:
+    """Listen on ``port`` until the waiter's first poll arrives, then reset it: proof that the
+    waiter is polling and has been told "not ready", without sleeping for it. The reset (linger
+    0) leaves no TIME_WAIT on the port, so the sidecar can take it next."""
+    with socket.socket() as lsn:
+        lsn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsn.bind(("127.0.0.1", port))
+        lsn.listen(1)
+        lsn.settimeout(timeout)
+        conn, _ = lsn.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+
 def test_wait_blocks_until_the_sidecar_is_ready_then_fails_once_it_drains(tmp_path: Path) -> None:
     port = free_port()
     waiter = subprocess.Popen(
@@ -55,7 +71,7 @@ def test_wait_blocks_until_the_sidecar_is_ready_then_fails_once_it_drains(tmp_pa
     app, app_port = start_app(tmp_path, "orders")
     sc = None
     try:
-        time.sleep(0.3)  # the waiter must really be waiting on nothing before the sidecar starts
+        _refuse_one_poll(port)  # the waiter is waiting, on nothing, before the sidecar starts
         assert waiter.poll() is None
         sc = start_sidecar(tmp_path, "orders", app_port, CONFIG, "--admin", str(port))
         out, err = waiter.communicate(timeout=30)

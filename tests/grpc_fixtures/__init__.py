@@ -16,6 +16,19 @@ MAX_MESSAGE = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
                    ("grpc.max_send_message_length", MAX_MESSAGE)]
 
+
+def channel(port: int, authority: str = "echo") -> Any:
+    """A plaintext grpcio channel to a sidecar's outbound port on loopback, naming the service
+    in ``:authority`` as an app's channel does (no HTTP proxy from the environment)."""
+    import grpc
+
+    return grpc.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0),
+                 *CHANNEL_OPTIONS],
+    )
+
+
 _lock = threading.Lock()
 _built: tuple[ModuleType, ModuleType] | None = None
 

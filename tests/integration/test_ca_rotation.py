@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import start_app, start_control_plane, start_sidecar, wait_until
+from tests.support import join_sidecar, start_app, start_control_plane, wait_until
 
 
 def _certs(sc) -> dict:
@@ -22,32 +22,8 @@ def _certs(sc) -> dict:
 def test_root_rotation_without_a_failed_request(tmp_path):
     cp = start_control_plane(tmp_path)
     app, port = start_app(tmp_path, "inventory")
-    inv = start_sidecar(
-        tmp_path,
-        "inventory",
-        port,
-        None,
-        "--control-plane",
-        cp.url,
-        "--token-file",
-        str(cp.token("inventory", tmp_path)),
-        "--state-dir",
-        str(tmp_path / "inv"),
-        name="inventory",
-    )
-    orders = start_sidecar(
-        tmp_path,
-        "orders",
-        1,
-        None,
-        "--control-plane",
-        cp.url,
-        "--token-file",
-        str(cp.token("orders", tmp_path)),
-        "--state-dir",
-        str(tmp_path / "orders"),
-        name="orders",
-    )
+    inv = join_sidecar(tmp_path, cp, "inventory", port, state_dir=tmp_path / "inv")
+    orders = join_sidecar(tmp_path, cp, "orders", 1)
     sidecars = (inv, orders)
     results: list[int] = []
     stop = threading.Event()

@@ -10,7 +10,13 @@ import urllib.request
 
 import pytest
 
-from tests.support import Proc, start_app, start_control_plane, start_sidecar, wait_until
+from tests.support import (
+    Proc,
+    join_sidecar,
+    start_app,
+    start_control_plane,
+    wait_until,
+)
 
 MESH = """
 apiVersion: meshlet.dev/v1alpha1
@@ -31,12 +37,8 @@ def test_short_lived_certificates_rotate_without_a_failed_request(tmp_path):
                                         "--data-dir", str(cp.data_dir), "--listen", host_port], tmp_path)
     wait_until(lambda: cp.cli("proxy-status").returncode == 0, timeout=20, what="control plane back")
     app, port = start_app(tmp_path, "inventory")
-    inv = start_sidecar(tmp_path, "inventory", port, None, "--control-plane", cp.url, "--token-file",
-                        str(cp.token("inventory", tmp_path)), "--state-dir", str(tmp_path / "inv"),
-                        name="inventory")
-    orders = start_sidecar(tmp_path, "orders", 1, None, "--control-plane", cp.url, "--token-file",
-                           str(cp.token("orders", tmp_path)), "--state-dir", str(tmp_path / "orders"),
-                           name="orders")
+    inv = join_sidecar(tmp_path, cp, "inventory", port, state_dir=tmp_path / "inv")
+    orders = join_sidecar(tmp_path, cp, "orders", 1)
     results: list[int] = []
     stop = threading.Event()
 

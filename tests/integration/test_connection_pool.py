@@ -5,29 +5,23 @@ what reached it, not only what the client was told."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.counting_app import CountingApp
-from tests.support import start_sidecar, wait_until
+from tests.support import start_sidecar, static_service_entry, stopped_at_end, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 def _config(port: int, pool: str, vs: str = "") -> str:
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: inventory}}
-spec:
-  hosts: [inventory]
-  ports: [{{number: 8080, name: http}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
----
+    return static_service_entry("inventory", port) + f"""---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: inventory}}
@@ -246,16 +240,10 @@ async def test_a_raised_limit_applies_on_reload(tmp_path):
         await app.close()
 
 
-GRPC_CONFIG = """
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo}}
-spec:
-  hosts: [echo]
-  ports: [{{number: 50051, name: grpc, protocol: GRPC}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {port}}}}}]
----
+def _grpc_config(port: int, pool: str) -> str:
+    return static_service_entry(
+        "echo", port, number=50051, port_name="grpc", protocol="GRPC"
+    ) + f"""---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: echo}}
@@ -266,30 +254,29 @@ spec:
 """
 
 
+@contextlib.asynccontextmanager
+async def _grpc_through_sidecar(tmp_path, pool: str) -> AsyncIterator[tuple[Any, Any, Any, Any]]:
+    """An echo gRPC server behind a sidecar whose DestinationRule has ``connectionPool.http:
+    pool``: (pb2, a stub through the sidecar, the server, the sidecar)."""
+    from tests.grpc_fixtures import EchoServer, build, channel
+
+    pb2, pb2_grpc = build(tmp_path / "gen")
+    with stopped_at_end() as started:
+        echo = EchoServer(pb2, pb2_grpc).start()
+        started.append(echo)
+        sc = start_sidecar(tmp_path, "orders", 1, _grpc_config(echo.port, pool))
+        started.append(sc)
+        with channel(sc.outbound) as ch:
+            yield pb2, pb2_grpc.EchoStub(ch), echo, sc
+
+
 async def test_http2_max_requests_on_an_h2_upstream(tmp_path):
     """gRPC through the sidecar goes over its HTTP/2 upstream pool: with http2MaxRequests 1,
     of three concurrent slow calls one is served and two are refused (UNAVAILABLE, from the
     503 UO local reply, with ``x-envoy-overloaded``)."""
     import grpc
 
-    from tests.grpc_fixtures import CHANNEL_OPTIONS, EchoServer, build
-
-    pb2, pb2_grpc = build(tmp_path / "gen")
-    echo = EchoServer(pb2, pb2_grpc).start()
-    sc = start_sidecar(
-        tmp_path, "orders", 1, GRPC_CONFIG.format(port=echo.port, pool="{http2MaxRequests: 1}")
-    )
-    ch = grpc.insecure_channel(
-        f"127.0.0.1:{sc.outbound}",
-        options=[
-            ("grpc.default_authority", "echo"),
-            ("grpc.enable_http_proxy", 0),
-            *CHANNEL_OPTIONS,
-        ],
-    )
-    try:
-        stub = pb2_grpc.EchoStub(ch)
-
+    async with _grpc_through_sidecar(tmp_path, "{http2MaxRequests: 1}") as (pb2, stub, echo, sc):
         def call() -> tuple[str, dict[str, str]]:
             try:
                 stub.Unary(pb2.Msg(text="sleep:0.8"), timeout=10)
@@ -310,34 +297,12 @@ async def test_http2_max_requests_on_an_h2_upstream(tmp_path):
         assert echo.total == 1
         (pool,) = _clusters(sc, "echo")["connection_pool"]["pools"]
         assert pool["http2"] and pool["max_requests"] == 1 and pool["overflows"]["requests"] == 2
-    finally:
-        ch.close()
-        sc.stop()
-        echo.stop()
 
 
 async def test_max_concurrent_streams_opens_more_http2_connections(tmp_path):
     """maxConcurrentStreams 1: three concurrent gRPC calls need three HTTP/2 connections to the
     upstream (by default they share one)."""
-    import grpc
-
-    from tests.grpc_fixtures import CHANNEL_OPTIONS, EchoServer, build
-
-    pb2, pb2_grpc = build(tmp_path / "gen")
-    echo = EchoServer(pb2, pb2_grpc).start()
-    sc = start_sidecar(
-        tmp_path, "orders", 1, GRPC_CONFIG.format(port=echo.port, pool="{maxConcurrentStreams: 1}")
-    )
-    ch = grpc.insecure_channel(
-        f"127.0.0.1:{sc.outbound}",
-        options=[
-            ("grpc.default_authority", "echo"),
-            ("grpc.enable_http_proxy", 0),
-            *CHANNEL_OPTIONS,
-        ],
-    )
-    try:
-        stub = pb2_grpc.EchoStub(ch)
+    async with _grpc_through_sidecar(tmp_path, "{maxConcurrentStreams: 1}") as (pb2, stub, _, sc):
         replies = await asyncio.gather(
             *(
                 asyncio.to_thread(stub.Unary, pb2.Msg(text="sleep:0.5"), timeout=10)
@@ -347,10 +312,6 @@ async def test_max_concurrent_streams_opens_more_http2_connections(tmp_path):
         assert [r.text for r in replies] == ["sleep:0.5"] * 3
         (pool,) = _clusters(sc, "echo")["connection_pool"]["pools"]
         assert pool["max_concurrent_streams"] == 1 and pool["connections"] == 3
-    finally:
-        ch.close()
-        sc.stop()
-        echo.stop()
 
 
 async def test_max_connection_duration_retires_a_connection(tmp_path):

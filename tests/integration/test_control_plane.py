@@ -22,6 +22,7 @@ from certs.authority import CertificateAuthority
 from certs.csr import build_csr
 from certs.spiffe import SpiffeId
 from proxy.discovery import DiscoveryClient
+from tests.support import sockets_connected_to
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = "import sys; from control_plane.cli.main import main; sys.exit(main(sys.argv[1:]))"
@@ -102,6 +103,10 @@ class ControlPlaneProcess:
     @property
     def url(self) -> str:
         return f"https://{self.addr}"
+
+    @property
+    def port(self) -> int:
+        return int(self.addr.rsplit(":", 1)[1])
 
     @property
     def token(self) -> str:
@@ -275,6 +280,8 @@ async def test_snapshot_pushed_within_a_second_and_ack_recorded(cp, tmp_path):
         assert pushed["subset"] == "v2"
     finally:
         await sc.client.stop()
+    # stop() returns with the stream's socket closed (TLS close included), not closing
+    assert sockets_connected_to(cp.port) == []
 
 
 async def test_nack_keeps_previous_version_and_shows_reason(cp, tmp_path):
@@ -359,6 +366,8 @@ async def test_dropped_stream_removed_after_grace_drain_removed_at_once(tmp_path
         await wait_for(lambda: _missing(nodes, "reviews-b"), timeout=5, what="b expired")
         assert time.monotonic() - t0 >= 0.3
     finally:
+        await a.client.stop()
+        await b.client.stop()  # reaps the cancelled session, which closes its socket
         cp.stop()
 
 
@@ -376,6 +385,7 @@ async def test_registration_must_match_the_certificate(cp, tmp_path):
         assert sc.applied == []
     finally:
         await sc.client.stop()
+    assert sockets_connected_to(cp.port) == []  # the refused streams' sockets too
 
 
 async def test_stream_without_client_certificate_is_refused(cp, tmp_path):
@@ -529,6 +539,14 @@ async def _raw_stream(cp, service: str = "reviews"):
     return session, ws
 
 
+async def _close_raw_stream(cp, session, ws) -> None:
+    """aiohttp ends a WebSocket's connection with a TLS close that nothing awaits (the session
+    does not know it any more): wait for the socket, or a loop closed first leaks it."""
+    await ws.close()
+    await session.close()
+    await wait_for(lambda: not sockets_connected_to(cp.port), what="the stream's socket closed")
+
+
 async def test_stale_nonce_is_ignored(cp):
     session, ws = await _raw_stream(cp)
     try:
@@ -549,8 +567,7 @@ async def test_stale_nonce_is_ignored(cp):
                             "nonce": second["nonce"]})
         await wait_for(_proxy_with(cp, lambda p: p["acked_version"] == second["version"]))
     finally:
-        await ws.close()
-        await session.close()
+        await _close_raw_stream(cp, session, ws)
 
 
 def _proxy_with(cp, pred):
@@ -571,7 +588,7 @@ async def test_first_message_must_be_a_registration(cp):
         closing = await ws.receive(timeout=5)
         assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     finally:
-        await session.close()
+        await _close_raw_stream(cp, session, ws)
 
 
 async def test_proxy_config_error_paths(cp, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support import free_port, start_app, start_sidecar
+from tests.support import free_port, outbound_request, start_app, start_sidecar, stopped_at_end
 
 CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -110,40 +110,33 @@ def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     from tests.support import env
 
     work = tmp_path_factory.mktemp(f"dp-{request.param}")
-    procs = []
-    inv1, p1 = start_app(work, "inventory", "v1")
-    inv2, p2 = start_app(work, "inventory", "v2")
-    pay, p3 = start_app(work, "payment", "v1")
-    procs += [inv1, inv2, pay]
-    cfg = work / "mesh.yaml"
-    cfg.write_text(CONFIG.format(inv1=p1, inv2=p2, pay=p3, dead=free_port()))
-    e = (
-        env(MESHLET_NO_EXTENSIONS="1")
-        if request.param == "python"
-        else env(MESHLET_REQUIRE_EXTENSIONS="1")
-    )
-    sc = start_sidecar(work, "orders", p3, cfg, environ=e)
-    yield {
-        "sidecar": sc,
-        "work": work,
-        "cfg": cfg,
-        "ports": (p1, p2, p3),
-        "fastpath": request.param,
-    }
-    sc.stop()
-    for p in procs:
-        p.stop()
+    with stopped_at_end() as started:
+        ports = []
+        for name, version in (("inventory", "v1"), ("inventory", "v2"), ("payment", "v1")):
+            app, port = start_app(work, name, version)
+            started.append(app)
+            ports.append(port)
+        p1, p2, p3 = ports
+        cfg = work / "mesh.yaml"
+        cfg.write_text(CONFIG.format(inv1=p1, inv2=p2, pay=p3, dead=free_port()))
+        e = (
+            env(MESHLET_NO_EXTENSIONS="1")
+            if request.param == "python"
+            else env(MESHLET_REQUIRE_EXTENSIONS="1")
+        )
+        sc = start_sidecar(work, "orders", p3, cfg, environ=e)
+        started.append(sc)
+        yield {
+            "sidecar": sc,
+            "work": work,
+            "cfg": cfg,
+            "ports": (p1, p2, p3),
+            "fastpath": request.param,
+        }
 
 
 async def _get(mesh, host: str, path: str, **kw):
-    sc = mesh["sidecar"]
-    headers = {"Host": host, **kw.pop("headers", {})}
-    async with (
-        aiohttp.ClientSession() as s,
-        s.get(f"http://127.0.0.1:{sc.outbound}{path}", headers=headers, **kw) as r,
-    ):
-        body = await r.read()
-        return r.status, dict(r.headers), body
+    return await outbound_request(mesh["sidecar"], host, path, **kw)
 
 
 async def test_fastpath_in_use(mesh):

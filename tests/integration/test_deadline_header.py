@@ -14,7 +14,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.support import start_app, start_sidecar
+from tests.support import start_app, start_sidecar, static_service_entry, stopped_at_end
 
 B_CONFIG = """
 apiVersion: security.istio.io/v1
@@ -25,52 +25,41 @@ spec: {mtls: {mode: PERMISSIVE}}
 
 
 def _a_config(b_inbound: int) -> str:
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: inventory}}
-spec:
-  hosts: [inventory.default.svc.cluster.local]
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {b_inbound}}}}}
----
+    return static_service_entry(
+        "inventory", b_inbound, hosts="inventory.default.svc.cluster.local", protocol="HTTP"
+    ) + """---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: inventory}}
+metadata: {name: inventory}
 spec:
   hosts: [inventory]
   http:
   - name: grpc-first
-    match: [{{headers: {{x-route: {{exact: a}}}}}}]
+    match: [{headers: {x-route: {exact: a}}}]
     timeout: 5s
-    route: [{{destination: {{host: inventory}}}}]
+    route: [{destination: {host: inventory}}]
   - name: plain-first
-    match: [{{headers: {{x-route: {{exact: b}}}}}}]
+    match: [{headers: {x-route: {exact: b}}}]
     timeout: 5s
-    route: [{{destination: {{host: inventory}}}}]
+    route: [{destination: {host: inventory}}]
   - name: expected-header
-    match: [{{headers: {{x-route: {{exact: c}}}}}}]
+    match: [{headers: {x-route: {exact: c}}}]
     timeout: 5s
-    route: [{{destination: {{host: inventory}}}}]
+    route: [{destination: {host: inventory}}]
 """
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("deadline")
-    app, app_port = start_app(work, "inventory")
-    started = [app]
-    try:
+    with stopped_at_end() as started:
+        app, app_port = start_app(work, "inventory")
+        started.append(app)
         b = start_sidecar(work, "inventory", app_port, B_CONFIG, name="b")
         started.append(b)
         a = start_sidecar(work, "orders", 1, _a_config(b.inbound), name="a")
         started.append(a)
         yield {"a": a, "b": b}
-    finally:
-        for p in reversed(started):
-            p.stop()
 
 
 async def _call(mesh, route: str, path: str = "/echo", **headers: str) -> tuple[int, dict, dict]:

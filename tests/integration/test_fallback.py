@@ -12,7 +12,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.support import free_port, start_app, start_sidecar
+from tests.support import outbound_request, sidecar_for_apps
 
 CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -108,24 +108,12 @@ spec:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("fallback")
-    a, pa = start_app(work, "flaky")
-    b, pb = start_app(work, "doomed")
-    sc = start_sidecar(work, "orders", pa, CONFIG.format(a=pa, b=pb, dead=free_port()))
-    yield {"sidecar": sc, "a": pa, "b": b}
-    sc.stop()
-    a.stop()
-    b.stop()
+    with sidecar_for_apps(work, CONFIG, "flaky", "doomed") as (sc, [(_, pa), (b, _)]):
+        yield {"sidecar": sc, "a": pa, "b": b}
 
 
 async def _req(mesh, host: str, path: str, method: str = "GET", **kw):
-    sc = mesh["sidecar"]
-    async with (
-        aiohttp.ClientSession() as s,
-        s.request(
-            method, f"http://127.0.0.1:{sc.outbound}{path}", headers={"Host": host}, **kw
-        ) as r,
-    ):
-        return r.status, r.headers.copy(), await r.read()
+    return await outbound_request(mesh["sidecar"], host, path, method, **kw)
 
 
 async def test_static_fallback_when_no_upstream_answers(mesh):

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from control_plane.api.expiry import format_expires_at
-from tests.support import start_app, start_control_plane, start_sidecar, wait_until
+from tests.support import join_sidecar, start_app, start_control_plane, wait_until
 
 OVERLAY = """apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -54,11 +54,8 @@ async def test_injected_fault_expires_in_the_sidecar_and_in_the_store(tmp_path):
     try:
         sidecars = {}
         for svc, port in (("reviews", pa), ("orders", pa)):
-            sc = start_sidecar(
-                tmp_path, svc, port, None, "--control-plane", cp.url,
-                "--token-file", str(cp.token(svc, tmp_path)),
-                "--state-dir", str(tmp_path / f"state-{svc}"), "--no-access-log",
-            )
+            sc = join_sidecar(tmp_path, cp, svc, port, "--no-access-log",
+                              state_dir=tmp_path / f"state-{svc}")
             procs.append(sc)
             sidecars[svc] = sc
         out = sidecars["orders"].outbound
@@ -116,11 +113,8 @@ def test_chaos_actions_inject_a_header_scoped_delay_and_remove_it(tmp_path, monk
     procs = [app]
     try:
         for svc in ("reviews", "orders"):
-            procs.append(start_sidecar(
-                tmp_path, svc, pa, None, "--control-plane", cp.url,
-                "--token-file", str(cp.token(svc, tmp_path)),
-                "--state-dir", str(tmp_path / f"state-{svc}"), "--no-access-log",
-            ))
+            procs.append(join_sidecar(tmp_path, cp, svc, pa, "--no-access-log",
+                                      state_dir=tmp_path / f"state-{svc}"))
         out = procs[-1].outbound
         monkeypatch.setenv("MESHLET_CONTROL_PLANE", cp.url)
         monkeypatch.setenv("MESHLET_DATA_DIR", str(cp.data_dir))

@@ -9,18 +9,7 @@ import signal
 
 import aiohttp
 
-from tests.support import start_app, start_sidecar, wait_until
-
-SE = """
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: inventory}}
-spec:
-  hosts: [inventory]
-  ports: [{{number: 8080, name: http}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
-"""
+from tests.support import start_app, start_sidecar, static_service_entry, wait_until
 
 VS = """
 ---
@@ -76,7 +65,7 @@ async def _get(port: int) -> dict:
 async def test_sidecar_warns_once_per_version_for_each_unenforced_field(tmp_path):
     app, port = start_app(tmp_path, "inventory")
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(SE.format(port=port) + VS + MESH.format(pct=0))
+    cfg.write_text(static_service_entry("inventory", port) + VS + MESH.format(pct=0))
     sc = start_sidecar(tmp_path, "orders", port, cfg)
     try:
         first = _warnings(sc.proc.stderr())
@@ -97,7 +86,7 @@ async def test_sidecar_warns_once_per_version_for_each_unenforced_field(tmp_path
         assert _warnings(sc.proc.stderr()) == first
 
         # a new version warns again, for each field it has
-        cfg.write_text(SE.format(port=port) + VS + MESH.format(pct=100) + EXPORT)
+        cfg.write_text(static_service_entry("inventory", port) + VS + MESH.format(pct=100) + EXPORT)
         sc.proc.signal(signal.SIGHUP)
         wait_until(
             lambda: json.loads(sc.admin_get("/config_dump")[1])["version"] != v1, what="reload"

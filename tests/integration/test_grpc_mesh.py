@@ -23,7 +23,7 @@ from proxy.server.h2.client import H2UpstreamPool
 from proxy.server.h2.server import H2ServerProtocol
 from proxy.server.listener import Listener
 from proxy.server.runtime import Runtime
-from tests.grpc_fixtures import CHANNEL_OPTIONS, EchoServer, build
+from tests.grpc_fixtures import EchoServer, build, channel
 
 MB = 1024 * 1024
 
@@ -122,11 +122,7 @@ async def mesh(app: EchoServer):
 
 
 def _channel(port: int, authority: str = "echo") -> grpc.Channel:
-    return grpc.insecure_channel(
-        f"127.0.0.1:{port}",
-        options=[("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0),
-                 *CHANNEL_OPTIONS],
-    )
+    return channel(port, authority)
 
 
 async def _call(fn: Any, *args: Any, **kw: Any) -> Any:
@@ -307,7 +303,12 @@ async def test_h2load_smoke(mesh, app, tmp_path):
         f"http://127.0.0.1:{a.outbound}/meshtest.Echo/Unary",
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 50)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 50)
+    finally:
+        if proc.returncode is None:  # timed out: end it, or it and its pipe outlive the test
+            proc.kill()
+            await proc.wait()
     text = out.decode()
     assert proc.returncode == 0, text
     assert "2000 succeeded" in text and "2000 2xx" in text, text

@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.grpc_fixtures import CHANNEL_OPTIONS, EchoServer, build
-from tests.support import start_sidecar, wait_until
+from tests.grpc_fixtures import EchoServer, build, channel
+from tests.support import join_sidecar, start_sidecar, stopped_at_end, wait_until
 
 MB = 1024 * 1024
 
@@ -94,9 +94,9 @@ spec:
 def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("grpc-sidecars")
     pb2, pb2_grpc = build(work / "gen")
-    apps = [EchoServer(pb2, pb2_grpc, name).start() for name in ("v1", "v2")]
-    started: list[Any] = []
-    try:
+    with stopped_at_end() as started:
+        apps = [EchoServer(pb2, pb2_grpc, name).start() for name in ("v1", "v2")]
+        started += apps
         bs = []
         for app in apps:
             b = start_sidecar(work, "echo", app.port, B_CONFIG, "--version", app.name,
@@ -106,19 +106,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
         a = start_sidecar(work, "client", 1, _a_config(bs[0].inbound, bs[1].inbound), name="client")
         started.append(a)
         yield {"a": a, "b": bs, "apps": apps, "pb2": pb2, "pb2_grpc": pb2_grpc}
-    finally:
-        for p in reversed(started):
-            p.stop()
-        for app in apps:
-            app.stop()
 
 
 def _stub(mesh: dict[str, Any], authority: str = "echo") -> tuple[Any, grpc.Channel]:
-    ch = grpc.insecure_channel(
-        f"127.0.0.1:{mesh['a'].outbound}",
-        options=[("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0),
-                 *CHANNEL_OPTIONS],
-    )
+    ch = channel(mesh["a"].outbound, authority)
     return mesh["pb2_grpc"].EchoStub(ch), ch
 
 
@@ -236,13 +227,6 @@ async def test_grpc_status_in_metrics(mesh):
 
 
 
-def _joined(work: Any, cp: Any, service: str, app_port: int) -> Any:
-    """A sidecar process that joins the control plane ``cp`` with a join token."""
-    return start_sidecar(work, service, app_port, None, "--control-plane", cp.url,
-                         "--token-file", str(cp.token(service, work)),
-                         "--state-dir", str(work / service), name=service)
-
-
 @pytest.fixture(scope="module")
 def mtls_mesh(tmp_path_factory: pytest.TempPathFactory):
     """A control plane, and sidecars that join it: A -> B is h2 over mTLS chosen by ALPN."""
@@ -251,18 +235,15 @@ def mtls_mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("grpc-mtls")
     pb2, pb2_grpc = build(work / "gen")
     app = EchoServer(pb2, pb2_grpc, "mtls").start()
-    cp = start_control_plane(work)
-    started: list[Any] = [cp]
-    try:
-        b = _joined(work, cp, "echo", app.port)
+    with stopped_at_end() as started:
+        started.append(app)
+        cp = start_control_plane(work)
+        started.append(cp)
+        b = join_sidecar(work, cp, "echo", app.port)
         started.append(b)
-        a = _joined(work, cp, "client", 1)
+        a = join_sidecar(work, cp, "client", 1)
         started.append(a)
         yield {"a": a, "b": b, "apps": [app], "pb2": pb2, "pb2_grpc": pb2_grpc}
-    finally:
-        for p in reversed(started):
-            p.stop()
-        app.stop()
 
 
 async def test_h2_over_mtls_between_sidecars(mtls_mesh):
@@ -311,9 +292,9 @@ async def test_h2_between_sidecars_resumes_tls_sessions(tmp_path):
                   "  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}\n")
     try:
         assert cp.cli("apply", "-f", "-", input=one_stream).returncode == 0
-        b = _joined(tmp_path, cp, "echo", app.port)
+        b = join_sidecar(tmp_path, cp, "echo", app.port)
         started.append(b)
-        a = _joined(tmp_path, cp, "client", 1)
+        a = join_sidecar(tmp_path, cp, "client", 1)
         started.append(a)
         mesh = {"a": a, "pb2_grpc": pb2_grpc}
 

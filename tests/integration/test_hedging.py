@@ -11,23 +11,13 @@ import aiohttp
 import pytest
 
 from tests.counting_app import CountingApp, until
-from tests.support import start_sidecar
+from tests.support import start_sidecar, static_service_entry
 
 pytestmark = pytest.mark.slow
 
 
 def _config(ports: list[int], max_hedges: int) -> str:
-    eps = "".join(f"\n  - {{address: 127.0.0.1, ports: {{http: {p}}}}}" for p in ports)
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: hedged}}
-spec:
-  hosts: [hedged]
-  ports: [{{number: 8080, name: http}}]
-  resolution: STATIC
-  endpoints:{eps}
----
+    return static_service_entry("hedged", *ports) + f"""---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: hedged}}

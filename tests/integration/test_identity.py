@@ -9,6 +9,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from certs.spiffe import SpiffeId
 from control_plane.ca.service import serving_certificate, serving_context, setup_routes
 from control_plane.ca.tokens import TokenStore
 from proxy.identity import IdentityError, IdentityManager
+from tests.support import sockets_connected_to
 
 TD = "cluster.local"
 
@@ -64,6 +66,20 @@ async def cp(tmp_path):
     yield cp
     await cp.runner.cleanup()
     cp.tokens.close()
+
+
+@pytest.fixture
+async def long_cp(tmp_path):
+    """A control plane whose certificates last an hour: no renewal unless a test asks."""
+    cp = await _start_cp(tmp_path, lifetime_s=3600)
+    yield cp
+    await cp.runner.cleanup()
+    cp.tokens.close()
+
+
+def _manager(cp: ControlPlane, service: str) -> IdentityManager:
+    """A sidecar's identity manager for ``service`` with a join token from ``cp``."""
+    return IdentityManager(cp.url, cp.tokens.create(service), service, "default", None)
 
 
 async def _poll(cond, timeout: float = 15.0) -> None:
@@ -170,6 +186,46 @@ async def test_impostor_with_workload_certificate_gets_no_token(tmp_path):
         impostor.tokens.close()
 
 
+async def test_no_connection_outlives_its_request(tmp_path):
+    """Each request to the control plane has closed its socket when it returns, also when the
+    server is refused: a socket still closing when the event loop closes (a sidecar's last act)
+    is leaked. aiohttp's ``force_close`` left each one closing in the background."""
+    cp = await _start_cp(tmp_path, lifetime_s=3600)
+    port = int(cp.url.rsplit(":", 1)[1])
+    mgr = _manager(cp, "orders")
+    try:
+        await mgr.start()  # the trust bundle, unverified, then certify with the join token
+        assert sockets_connected_to(port) == []
+        await mgr.renew_now()  # over mTLS
+        assert sockets_connected_to(port) == []
+        cp.ca.rotate_root(activate=False)
+        assert await mgr.refresh_bundle()
+        assert sockets_connected_to(port) == []
+    finally:
+        await mgr.close()
+        await cp.runner.cleanup()
+        cp.tokens.close()
+
+    ca = CertificateAuthority.create_self_signed(tmp_path / "evil", TD)
+    key = keys.generate_private_key()
+    chain = ca.sign_serving(
+        key.public_key(), ["127.0.0.1"], 600, SpiffeId.for_workload(TD, "default", "evil")
+    )
+    ctx = tls.server_context(
+        chain, keys.private_key_to_pem(key), ca.bundle_pem(), False, alpn=tls.HTTP11_ALPN
+    )
+    impostor = await _start_cp(tmp_path / "evil", 4, ssl_context=ctx, ca=ca)
+    port = int(impostor.url.rsplit(":", 1)[1])
+    try:
+        mgr = IdentityManager(impostor.url, impostor.tokens.create("orders"), "orders")
+        with pytest.raises(aiohttp.ClientError, match="not the control plane"):
+            await mgr.renew_now()
+        assert sockets_connected_to(port) == []
+    finally:
+        await impostor.runner.cleanup()
+        impostor.tokens.close()
+
+
 @pytest.mark.slow
 async def test_waits_for_control_plane_then_keeps_cert_through_outage(tmp_path):
     # Start the sidecar before the control plane exists: it retries until it can join.
@@ -229,36 +285,34 @@ async def test_restart_reuses_saved_identity_without_token(cp, tmp_path):
         long_cp.tokens.close()
 
 
-async def test_two_sidecars_mtls(tmp_path):
-    cp = await _start_cp(tmp_path, lifetime_s=3600)
-    try:
-        a = IdentityManager(cp.url, cp.tokens.create("orders"), "orders", "default", None)
-        b = IdentityManager(cp.url, cp.tokens.create("inventory"), "inventory", "default", None)
-        await a.start()
-        await b.start()
-        seen: list[SpiffeId | None] = []
+async def test_two_sidecars_mtls(long_cp):
+    cp = long_cp
+    a = _manager(cp, "orders")
+    b = _manager(cp, "inventory")
+    await a.start()
+    await b.start()
+    seen: list[SpiffeId | None] = []
 
-        async def handle(reader, writer):
-            seen.append(tls.peer_spiffe_id(writer.get_extra_info("ssl_object")))
-            writer.write(b"ok")
-            await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=b.server_context())
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=a.client_context())
-        peer = tls.peer_spiffe_id(writer.get_extra_info("ssl_object"))
-        assert await reader.read() == b"ok"
+    async def handle(reader, writer):
+        seen.append(tls.peer_spiffe_id(writer.get_extra_info("ssl_object")))
+        writer.write(b"ok")
+        await writer.drain()
         writer.close()
-        server.close()
-        await server.wait_closed()
-        assert peer == b.spiffe_id
-        assert seen == [a.spiffe_id]
-        await a.close()
-        await b.close()
-    finally:
-        await cp.runner.cleanup()
-        cp.tokens.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=b.server_context())
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=a.client_context())
+    peer = tls.peer_spiffe_id(writer.get_extra_info("ssl_object"))
+    assert await reader.read() == b"ok"
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    assert peer == b.spiffe_id
+    assert seen == [a.spiffe_id]
+    await a.close()
+    await b.close()
 
 
 async def test_from_files_static_mode(tmp_path):
@@ -285,118 +339,109 @@ async def test_from_files_static_mode(tmp_path):
         )
 
 
-async def test_two_phase_root_rotation_reaches_the_sidecar(tmp_path):
-    cp = await _start_cp(tmp_path, lifetime_s=3600)
-    try:
-        mgr = IdentityManager(cp.url, cp.tokens.create("orders"), "orders", "default", None)
-        peer = IdentityManager(cp.url, cp.tokens.create("payment"), "payment", "default", None)
-        stale = IdentityManager(cp.url, cp.tokens.create("stale"), "stale", "default", None)
-        await mgr.start()
-        await peer.start()
-        await stale.start()
-        old_fp = cp.ca.root_fingerprints()[0]
-        old_issuer = keys.load_certificates(mgr._cur().chain_pem)[0].issuer
-        serial = mgr.serial
-        # 1. publish the new root; sidecars pick up the two-root bundle without renewing.
-        new_fp = cp.ca.rotate_root(activate=False)
-        assert await mgr.refresh_bundle()
-        assert await peer.refresh_bundle()
-        assert await stale.refresh_bundle()
-        assert mgr.bundle_fingerprints == [old_fp, new_fp]
-        assert mgr.serial == serial
-        assert not await mgr.refresh_bundle()  # unchanged now
-        # 2. switch signing: the control plane's serving certificate and new leaves come from
-        #    the new root, and a sidecar holding both roots renews fine.
-        cp.ca.activate_root()
-        await mgr.renew_now()
-        assert keys.load_certificates(mgr._cur().chain_pem)[0].issuer != old_issuer
-        # old-root leaf (peer) and new-root leaf (mgr) talk mTLS both ways
-        for server, client in ((mgr, peer), (peer, mgr)):
-            srv = await asyncio.start_server(_ok, "127.0.0.1", 0, ssl=server.server_context())
-            port = srv.sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=client.client_context()
-            )
-            assert tls.peer_spiffe_id(writer.get_extra_info("ssl_object")) == server.spiffe_id
-            assert await reader.read() == b"ok"
-            writer.close()
-            srv.close()
-            await srv.wait_closed()
-        # 3. every leaf renewed from the new root, retire the old one.
-        await peer.renew_now()
-        cp.ca.retire_root(old_fp)
-        assert await mgr.refresh_bundle()
-        assert mgr.bundle_fingerprints == [new_fp]
-        await mgr.renew_now()
-        # A sidecar that missed the renewal window still holds an old-root leaf: the new
-        # bundle does not cover it, so it tries to renew at once, is refused (the control
-        # plane no longer trusts the old root), keeps its certificate and reports the failure.
-        stale_serial = stale.serial
-        assert not await stale.refresh_bundle()
-        await _poll(lambda: stale.last_renewal_error is not None, timeout=10)
-        assert stale.serial == stale_serial
-        await stale.close()
-        await mgr.close()
-        await peer.close()
-    finally:
-        await cp.runner.cleanup()
-        cp.tokens.close()
+async def test_two_phase_root_rotation_reaches_the_sidecar(long_cp):
+    cp = long_cp
+    mgr = _manager(cp, "orders")
+    peer = _manager(cp, "payment")
+    stale = _manager(cp, "stale")
+    await mgr.start()
+    await peer.start()
+    await stale.start()
+    old_fp = cp.ca.root_fingerprints()[0]
+    old_issuer = keys.load_certificates(mgr._cur().chain_pem)[0].issuer
+    serial = mgr.serial
+    # 1. publish the new root; sidecars pick up the two-root bundle without renewing.
+    new_fp = cp.ca.rotate_root(activate=False)
+    assert await mgr.refresh_bundle()
+    assert await peer.refresh_bundle()
+    assert await stale.refresh_bundle()
+    assert mgr.bundle_fingerprints == [old_fp, new_fp]
+    assert mgr.serial == serial
+    assert not await mgr.refresh_bundle()  # unchanged now
+    # 2. switch signing: the control plane's serving certificate and new leaves come from
+    #    the new root, and a sidecar holding both roots renews fine.
+    cp.ca.activate_root()
+    await mgr.renew_now()
+    assert keys.load_certificates(mgr._cur().chain_pem)[0].issuer != old_issuer
+    # old-root leaf (peer) and new-root leaf (mgr) talk mTLS both ways
+    for server, client in ((mgr, peer), (peer, mgr)):
+        srv = await asyncio.start_server(_ok, "127.0.0.1", 0, ssl=server.server_context())
+        port = srv.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client.client_context()
+        )
+        assert tls.peer_spiffe_id(writer.get_extra_info("ssl_object")) == server.spiffe_id
+        assert await reader.read() == b"ok"
+        writer.close()
+        await writer.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+    # 3. every leaf renewed from the new root, retire the old one.
+    await peer.renew_now()
+    cp.ca.retire_root(old_fp)
+    assert await mgr.refresh_bundle()
+    assert mgr.bundle_fingerprints == [new_fp]
+    await mgr.renew_now()
+    # A sidecar that missed the renewal window still holds an old-root leaf: the new
+    # bundle does not cover it, so it tries to renew at once, is refused (the control
+    # plane no longer trusts the old root), keeps its certificate and reports the failure.
+    stale_serial = stale.serial
+    assert not await stale.refresh_bundle()
+    await _poll(lambda: stale.last_renewal_error is not None, timeout=10)
+    assert stale.serial == stale_serial
+    await stale.close()
+    await mgr.close()
+    await peer.close()
 
 
 async def _ok(reader, writer):
     writer.write(b"ok")
     await writer.drain()
     writer.close()
+    await writer.wait_closed()
 
 
-async def test_activation_before_distribution_fails_safe(tmp_path):
+async def test_activation_before_distribution_fails_safe(long_cp):
     # The failure mode two-phase rotation avoids: the sidecar does not trust the control
     # plane's new certificate yet, so renewal fails and the current certificate stays.
-    cp = await _start_cp(tmp_path, lifetime_s=3600)
-    try:
-        mgr = IdentityManager(cp.url, cp.tokens.create("orders"), "orders", "default", None)
-        await mgr.start()
-        serial = mgr.serial
-        cp.ca.rotate_root()  # publish and activate at once
-        with pytest.raises(Exception, match="certificate verify failed"):
-            await mgr.renew_now()
-        assert mgr.serial == serial and mgr.ready
-        await mgr.close()
-    finally:
-        await cp.runner.cleanup()
-        cp.tokens.close()
+    cp = long_cp
+    mgr = _manager(cp, "orders")
+    await mgr.start()
+    serial = mgr.serial
+    cp.ca.rotate_root()  # publish and activate at once
+    with pytest.raises(Exception, match="certificate verify failed"):
+        await mgr.renew_now()
+    assert mgr.serial == serial and mgr.ready
+    await mgr.close()
 
 
-async def test_listener_context_follows_renewals(tmp_path):
-    cp = await _start_cp(tmp_path, lifetime_s=3600)
-    try:
-        a = IdentityManager(cp.url, cp.tokens.create("orders"), "orders", "default", None)
-        b = IdentityManager(cp.url, cp.tokens.create("inventory"), "inventory", "default", None)
-        await a.start()
-        await b.start()
-        srv = await asyncio.start_server(_ok, "127.0.0.1", 0, ssl=b.listener_context())
-        port = srv.sockets[0].getsockname()[1]
-        serials = []
-        for _ in range(2):
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=a.client_context()
-            )
-            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            from cryptography import x509
+async def test_listener_context_follows_renewals(long_cp):
+    cp = long_cp
+    a = _manager(cp, "orders")
+    b = _manager(cp, "inventory")
+    await a.start()
+    await b.start()
+    srv = await asyncio.start_server(_ok, "127.0.0.1", 0, ssl=b.listener_context())
+    port = srv.sockets[0].getsockname()[1]
+    serials = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=a.client_context()
+        )
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        from cryptography import x509
 
-            serials.append(format(x509.load_der_x509_certificate(der).serial_number, "x"))
-            assert await reader.read() == b"ok"
-            writer.close()
-            await b.renew_now()
-        assert serials[0] != serials[1]
-        assert serials[1] != b.serial  # b renewed once more after the second connection
-        srv.close()
-        await srv.wait_closed()
-        await a.close()
-        await b.close()
-    finally:
-        await cp.runner.cleanup()
-        cp.tokens.close()
+        serials.append(format(x509.load_der_x509_certificate(der).serial_number, "x"))
+        assert await reader.read() == b"ok"
+        writer.close()
+        await writer.wait_closed()
+        await b.renew_now()
+    assert serials[0] != serials[1]
+    assert serials[1] != b.serial  # b renewed once more after the second connection
+    srv.close()
+    await srv.wait_closed()
+    await a.close()
+    await b.close()
 
 
 def test_serving_certificate_is_not_a_workload(tmp_path):

@@ -13,7 +13,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.support import start_app, start_control_plane, start_sidecar, wait_until
+from tests.support import join_sidecar, start_app, start_control_plane, stopped_at_end, wait_until
 
 PER_IDENTITY = """
 apiVersion: meshlet.dev/v1alpha1
@@ -40,27 +40,20 @@ spec:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("inbound-rl")
-    cp = start_control_plane(work)
-    started: list = [cp]
-    try:
+    with stopped_at_end() as started:
+        cp = start_control_plane(work)
+        started.append(cp)
         app, app_port = start_app(work, "inventory")
         started.append(app)
 
         def sidecar(service: str, port: int):
-            sc = start_sidecar(
-                work, service, port, None,
-                "--control-plane", cp.url, "--token-file", str(cp.token(service, work)),
-                "--state-dir", str(work / service), name=service,
-            )
+            sc = join_sidecar(work, cp, service, port)
             started.append(sc)
             return sc
 
         m = {"cp": cp, "work": work, "inv": sidecar("inventory", app_port),
              "orders": sidecar("orders", 1), "payment": sidecar("payment", 1)}
         yield m
-    finally:
-        for p in reversed(started):
-            p.stop()
 
 
 async def _burst(port: int, n: int) -> list[tuple[int, str, str]]:

@@ -13,7 +13,7 @@ import subprocess
 import aiohttp
 import pytest
 
-from tests.support import start_app, start_control_plane, start_sidecar, wait_until
+from tests.support import join_sidecar, start_app, start_control_plane, start_sidecar, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -21,34 +21,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("mtls")
     cp = start_control_plane(work)
     inv_app, inv_port = start_app(work, "inventory")
-    inv = start_sidecar(
-        work,
-        "inventory",
-        inv_port,
-        None,
-        "--version",
-        "v1",
-        "--control-plane",
-        cp.url,
-        "--token-file",
-        str(cp.token("inventory", work)),
-        "--state-dir",
-        str(work / "inv"),
-        name="inventory",
-    )
-    orders = start_sidecar(
-        work,
-        "orders",
-        1,
-        None,
-        "--control-plane",
-        cp.url,
-        "--token-file",
-        str(cp.token("orders", work)),
-        "--state-dir",
-        str(work / "orders"),
-        name="orders",
-    )
+    inv = join_sidecar(work, cp, "inventory", inv_port, "--version", "v1", state_dir=work / "inv")
+    orders = join_sidecar(work, cp, "orders", 1)
     m = {
         "cp": cp,
         "inv": inv,

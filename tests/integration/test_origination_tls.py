@@ -304,8 +304,8 @@ async def test_mutual_tls_presents_the_rule_s_client_certificate(mesh):
     assert json.loads(body) == {"client": [ORDERS], "sni": "secure.example"}
 
 
-def test_an_unreadable_certificate_file_rejects_the_config(mesh, tmp_path):
-    cfg = """
+# a rule whose CA file does not exist
+UNREADABLE_CA = """
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: ext}
@@ -322,8 +322,11 @@ spec:
   host: ext
   trafficPolicy: {tls: {mode: SIMPLE, caCertificates: /nonexistent/ca.pem}}
 """
+
+
+def test_an_unreadable_certificate_file_rejects_the_config(mesh, tmp_path):
     with pytest.raises(RuntimeError) as err:
-        start_sidecar(tmp_path, "orders", 1, cfg)
+        start_sidecar(tmp_path, "orders", 1, UNREADABLE_CA)
     assert "DestinationRule default/ext: tls.caCertificates '/nonexistent/ca.pem'" in str(err.value)
 
 
@@ -341,26 +344,7 @@ def test_a_reload_with_an_unreadable_file_changes_nothing(mesh, tmp_path):
     )  # fmt: skip
     try:
         assert json.loads(sc.admin_get("/certs")[1])["mtls_mode"] == "PERMISSIVE"
-        cfg.write_text(
-            STRICT
-            + """---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: ext}
-spec:
-  hosts: [ext]
-  ports: [{number: 80, name: http}]
-  resolution: STATIC
-  endpoints: [{address: 127.0.0.1, ports: {http: 9}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: ext}
-spec:
-  host: ext
-  trafficPolicy: {tls: {mode: SIMPLE, caCertificates: /nonexistent/ca.pem}}
-"""
-        )
+        cfg.write_text(STRICT + "---" + UNREADABLE_CA)
         sc.proc.signal(signal.SIGHUP)
         sc.proc.wait_for(r"config reload refused.*\n.*tls.caCertificates '/nonexistent/ca.pem'")
         assert json.loads(sc.admin_get("/certs")[1])["mtls_mode"] == "PERMISSIVE"

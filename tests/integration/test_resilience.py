@@ -13,7 +13,14 @@ import time
 import aiohttp
 import pytest
 
-from tests.support import free_port, start_app, start_sidecar, until
+from tests.support import (
+    outbound_request,
+    sidecar_for_apps,
+    start_app,
+    start_sidecar,
+    stopped_at_end,
+    until,
+)
 
 CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -176,27 +183,12 @@ async def test_hedging_beats_a_stuck_endpoint(tmp_path):
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("resilience")
-    a, pa = start_app(work, "inventory")
-    b, pb = start_app(work, "flaky")
-    sc = start_sidecar(work, "orders", pa, CONFIG.format(a=pa, b=pb, dead=free_port()))
-    yield {"sidecar": sc, "a": pa, "b": pb}
-    sc.stop()
-    a.stop()
-    b.stop()
+    with sidecar_for_apps(work, CONFIG, "inventory", "flaky") as (sc, [(_, pa), (_, pb)]):
+        yield {"sidecar": sc, "a": pa, "b": pb}
 
 
 async def _req(mesh, host: str, path: str, method: str = "GET", **kw):
-    sc = mesh["sidecar"]
-    async with (
-        aiohttp.ClientSession() as s,
-        s.request(
-            method,
-            f"http://127.0.0.1:{sc.outbound}{path}",
-            headers={"Host": host, **kw.pop("headers", {})},
-            **kw,
-        ) as r,
-    ):
-        return r.status, dict(r.headers), await r.read()
+    return await outbound_request(mesh["sidecar"], host, path, method, **kw)
 
 
 async def _reset_flaky(mesh) -> None:
@@ -431,11 +423,13 @@ IDLE = CONFIG.split("\n---\n")[0]
 def idle_sidecar(tmp_path_factory: pytest.TempPathFactory):
     """A sidecar whose stream idle timeout is 1 s, routes without a route timeout."""
     work = tmp_path_factory.mktemp("stream-idle")
-    app, port = start_app(work, "inventory")
-    sc = start_sidecar(work, "orders", port, IDLE.format(a=port), "--stream-idle-timeout", "1")
-    yield sc
-    sc.stop()
-    app.stop()
+    with stopped_at_end() as started:
+        app, port = start_app(work, "inventory")
+        started.append(app)
+        sc = start_sidecar(work, "orders", port, IDLE.format(a=port), "--stream-idle-timeout",
+                           "1")
+        started.append(sc)
+        yield sc
 
 
 async def test_stream_idle_timeout_408_when_no_response_started(idle_sidecar):

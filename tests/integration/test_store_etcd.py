@@ -5,10 +5,10 @@ changes through the watch, optimistic concurrency, quick clear errors when etcd 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import ssl
 import time
-import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from control_plane.etcd.election import Election
 from control_plane.etcd.lease import LeaseKeeper
 from control_plane.store import StoreLimit, StoreUnavailable
 from control_plane.store.etcd import EtcdStore
-from tests.support import Proc, free_port, wait_until
+from tests.support import Proc, etcd_healthy, free_port, wait_until
 
 # etcd comes from tests/run.sh (apt etcd-server); without it these tests fail, never skip.
 
@@ -59,16 +59,8 @@ def start_etcd(workdir: Path, name: str, *tls: str, scheme: str = "http") -> tup
 def etcd(tmp_path_factory):
     work = tmp_path_factory.mktemp("etcd")
     proc, url = start_etcd(work, "single")
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                return json.loads(r.read()).get("health") == "true"
-        except (OSError, ValueError):
-            return False
-
     try:
-        wait_until(healthy, timeout=30, interval=0.1, what="etcd healthy")
+        wait_until(lambda: etcd_healthy(url), timeout=30, interval=0.1, what="etcd healthy")
         yield url
     finally:
         proc.stop()
@@ -82,13 +74,25 @@ def prefix() -> str:
     return f"/t{next(_prefixes)}-{time.monotonic_ns()}/"
 
 
-async def test_same_semantics_as_sqlite_and_replicas_see_each_other(etcd):
+@contextlib.asynccontextmanager
+async def two_replicas(etcd: str) -> AsyncIterator[tuple[EtcdStore, EtcdStore]]:
+    """Two started stores on one fresh prefix, each with its own client (two control-plane
+    replicas); both closed, with their clients, at the end."""
     p = prefix()
-    ca, cb = EtcdClient([etcd]), EtcdClient([etcd])
-    a, b = EtcdStore(ca, p), EtcdStore(cb, p)
+    a, b = EtcdStore(EtcdClient([etcd]), p), EtcdStore(EtcdClient([etcd]), p)
     try:
         await a.start()
         await b.start()
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+        await a.client.close()
+        await b.client.close()
+
+
+async def test_same_semantics_as_sqlite_and_replicas_see_each_other(etcd):
+    async with two_replicas(etcd) as (a, b):
         assert a.revision == 0 and a.get() == []
         seen: list[int] = []
         b.add_listener(seen.append)
@@ -114,17 +118,12 @@ async def test_same_semantics_as_sqlite_and_replicas_see_each_other(etcd):
         await asyncio.wait_for(_until(lambda: a.revision == rev3), 5)
         assert a.get("VirtualService") == []
         # a new replica loads the same state
-        c = EtcdStore(EtcdClient([etcd]), p)
+        c = EtcdStore(EtcdClient([etcd]), a.prefix.decode())
         await c.start()
         assert c.snapshot()[0] == rev3
         assert [sr.resource.key for sr in c.get()] == [("DestinationRule", "default", "reviews")]
         c.close()
         await c.client.close()
-    finally:
-        a.close()
-        b.close()
-        await ca.close()
-        await cb.close()
 
 
 async def _until(cond) -> None:  # type: ignore[no-untyped-def]
@@ -133,12 +132,7 @@ async def _until(cond) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_concurrent_applies_through_two_replicas_are_serialized(etcd):
-    p = prefix()
-    ca, cb = EtcdClient([etcd]), EtcdClient([etcd])
-    a, b = EtcdStore(ca, p), EtcdStore(cb, p)
-    try:
-        await a.start()
-        await b.start()
+    async with two_replicas(etcd) as (a, b):
         results = await asyncio.gather(*(
             (a if i % 2 else b).apply_async(load_text(DR % f"-{i}", "x.yaml")) for i in range(8)
         ))
@@ -147,11 +141,6 @@ async def test_concurrent_applies_through_two_replicas_are_serialized(etcd):
         assert all(ch[0].action == "created" for _, ch in results)
         await asyncio.wait_for(_until(lambda: a.revision == b.revision == revs[-1]), 5)
         assert len(a.get("DestinationRule")) == len(b.get("DestinationRule")) == 8
-    finally:
-        a.close()
-        b.close()
-        await ca.close()
-        await cb.close()
 
 
 def _service_entries(n: int, endpoints: int) -> str:
@@ -168,12 +157,7 @@ async def test_a_large_apply_reaches_the_other_replica(etcd):
     """127 resources (etcd's default --max-txn-ops is 128: r/rev is the 128th) of about 1 MB
     in one apply: read in several txns, committed in one, and one watch message to the other
     replica far over aiohttp's line limit (128 KiB before 3.10, 512 KiB since)."""
-    p = prefix()
-    ca, cb = EtcdClient([etcd]), EtcdClient([etcd])
-    a, b = EtcdStore(ca, p), EtcdStore(cb, p)
-    try:
-        await a.start()
-        await b.start()
+    async with two_replicas(etcd) as (a, b):
         rev, changes = await a.apply_async(load_text(_service_entries(127, 160), "big.yaml"))
         assert len(changes) == 127 and {c.action for c in changes} == {"created"}
         await asyncio.wait_for(_until(lambda: b.revision == rev), 10)
@@ -182,34 +166,19 @@ async def test_a_large_apply_reaches_the_other_replica(etcd):
         with pytest.raises(StoreLimit, match="touches 128 resources"):
             await a.apply_async(load_text(_service_entries(128, 1), "bigger.yaml"))
         assert a.revision == rev
-        assert (await ca.get(f"{p}r/res/ServiceEntry/default/se0".encode())) is not None
-    finally:
-        a.close()
-        b.close()
-        await ca.close()
-        await cb.close()
+        assert (await a.client.get(a.prefix + b"r/res/ServiceEntry/default/se0")) is not None
 
 
 async def test_a_watch_behind_a_compaction_reloads(etcd):
-    p = prefix()
-    ca, cb = EtcdClient([etcd]), EtcdClient([etcd])
-    a, b = EtcdStore(ca, p), EtcdStore(cb, p)
-    try:
-        await a.start()
-        await b.start()
+    async with two_replicas(etcd) as (a, b):
         assert a._watch_task is not None
         a._watch_task.cancel()  # A is cut off while B changes things and etcd compacts
         rev, _ = await b.apply_async(load_text(DR % "-1", "x.yaml"))
         rev, _ = await b.apply_async(load_text(DR % "-2", "x.yaml"))
-        await cb.call("kv/compaction", {"revision": str(rev), "physical": True})
+        await b.client.call("kv/compaction", {"revision": str(rev), "physical": True})
         a._watch_task = asyncio.get_running_loop().create_task(a._watch_loop())
         await asyncio.wait_for(_until(lambda: a.revision == rev), 5)
         assert len(a.get("DestinationRule")) == 2
-    finally:
-        a.close()
-        b.close()
-        await ca.close()
-        await cb.close()
 
 
 async def test_unreachable_etcd_is_a_quick_clear_error():

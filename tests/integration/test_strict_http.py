@@ -17,40 +17,35 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, start_app, start_sidecar, wait_until
+from tests.support import (
+    free_port,
+    start_app,
+    start_sidecar,
+    static_service_entry,
+    stopped_at_end,
+    wait_until,
+)
 
-CONFIG = """
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: inventory}}
-spec:
-  hosts: [inventory.default.svc.cluster.local]
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {app}}}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: raw}}
-spec:
-  hosts: [raw.default.svc.cluster.local]
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {raw}}}}}
----
-apiVersion: networking.istio.io/v1
+RAW_VS = """apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: raw}}
+metadata: {name: raw}
 spec:
   hosts: [raw]
   http:
-  - match: [{{headers: {{x-retry: {{exact: "yes"}}}}}}]
-    retries: {{attempts: 2, retryOn: reset}}
-    route: [{{destination: {{host: raw}}}}]
-  - route: [{{destination: {{host: raw}}}}]
+  - match: [{headers: {x-retry: {exact: "yes"}}}]
+    retries: {attempts: 2, retryOn: reset}
+    route: [{destination: {host: raw}}]
+  - route: [{destination: {host: raw}}]
 """
+
+
+def _config(app: int, raw: int) -> str:
+    entries = [
+        static_service_entry(name, port, hosts=f"{name}.default.svc.cluster.local",
+                             protocol="HTTP")
+        for name, port in (("inventory", app), ("raw", raw))
+    ]
+    return "---\n".join([*entries, RAW_VS])
 
 
 class RawUpstream:
@@ -98,7 +93,7 @@ class RawUpstream:
                     answered = True
                     c.sendall(self.reply)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         self._stop = True
         self.sock.close()
         self._t.join(2)
@@ -107,17 +102,14 @@ class RawUpstream:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("strict-http")
-    app, app_port = start_app(work, "inventory")
-    raw = RawUpstream()
-    started = [app]
-    try:
-        sc = start_sidecar(work, "orders", app_port, CONFIG.format(app=app_port, raw=raw.port))
+    with stopped_at_end() as started:
+        app, app_port = start_app(work, "inventory")
+        started.append(app)
+        raw = RawUpstream()
+        started.append(raw)
+        sc = start_sidecar(work, "orders", app_port, _config(app_port, raw.port))
         started.append(sc)
         yield {"sidecar": sc, "raw": raw, "work": work}
-    finally:
-        for p in reversed(started):
-            p.stop()
-        raw.close()
 
 
 def _read_all(s: socket.socket, timeout: float = 10.0) -> bytes:

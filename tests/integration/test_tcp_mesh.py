@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Proc, free_port, start_control_plane, start_sidecar, wait_until
+from tests.support import Proc, free_port, join_sidecar, start_control_plane, wait_until
 
 BANNER_APP = r"""
 import asyncio, sys
@@ -85,50 +85,32 @@ while True:
 """
 
 
+# Each TCP service's port (its number is the test's egress port): a ServiceEntry for each, and
+# a Sidecar egress listener for each (and for ``plain``) on the client.
+_PORTS = {
+    "cache": "name: tcp-redis, protocol: REDIS",
+    "banner": "name: smtp, appProtocol: tcp",
+    "resetter": "name: tcp-x",
+    "sink": "name: tcp-sink",
+    "postgres": "name: postgresql, protocol: TCP",
+    "ver": "name: tcp-ver",
+}
+
+
 def _config(p: dict[str, int]) -> str:
-    return f"""
+    entries = "".join(f"""
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {{name: cache, namespace: default}}
+metadata: {{name: {name}, namespace: default}}
 spec:
-  hosts: [cache]
-  ports: [{{number: {p['cache']}, name: tcp-redis, protocol: REDIS}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: banner, namespace: default}}
-spec:
-  hosts: [banner]
-  ports: [{{number: {p['banner']}, name: smtp, appProtocol: tcp}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: resetter, namespace: default}}
-spec:
-  hosts: [resetter]
-  ports: [{{number: {p['resetter']}, name: tcp-x}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: sink, namespace: default}}
-spec:
-  hosts: [sink]
-  ports: [{{number: {p['sink']}, name: tcp-sink}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: postgres, namespace: default}}
-spec:
-  hosts: [postgres]
-  ports: [{{number: {p['postgres']}, name: postgresql, protocol: TCP}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: ver, namespace: default}}
-spec:
-  hosts: [ver]
-  ports: [{{number: {p['ver']}, name: tcp-ver}}]
----
+  hosts: [{name}]
+  ports: [{{number: {p[name]}, {fields}}}]
+---""" for name, fields in _PORTS.items())
+    egress = "".join(f"""
+  - port: {{number: {p[name]}, protocol: TCP}}
+    bind: 127.0.0.1
+    hosts: ["./{name}"]""" for name in [*_PORTS, "plain"])
+    return f"""{entries}
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: ver, namespace: default}}
@@ -172,28 +154,7 @@ kind: Sidecar
 metadata: {{name: client, namespace: default}}
 spec:
   workloadSelector: {{labels: {{app: client}}}}
-  egress:
-  - port: {{number: {p['cache']}, protocol: TCP}}
-    bind: 127.0.0.1
-    hosts: ["./cache"]
-  - port: {{number: {p['banner']}, protocol: TCP}}
-    bind: 127.0.0.1
-    hosts: ["./banner"]
-  - port: {{number: {p['resetter']}, protocol: TCP}}
-    bind: 127.0.0.1
-    hosts: ["./resetter"]
-  - port: {{number: {p['sink']}, protocol: TCP}}
-    bind: 127.0.0.1
-    hosts: ["./sink"]
-  - port: {{number: {p['postgres']}, protocol: TCP}}
-    bind: 127.0.0.1
-    hosts: ["./postgres"]
-  - port: {{number: {p['ver']}, protocol: TCP}}
-    bind: 127.0.0.1
-    hosts: ["./ver"]
-  - port: {{number: {p['plain']}, protocol: TCP}}
-    bind: 127.0.0.1
-    hosts: ["./plain"]
+  egress:{egress}
   - hosts: ["./*"]
 ---
 apiVersion: security.istio.io/v1
@@ -215,43 +176,31 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
         r = cp.cli("apply", "-f", "-", input=_config(ports))
         assert r.returncode == 0, r.stderr
         redis_port, banner_port, reset_port = free_port(), free_port(), free_port()
-        redis = Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no", "--protected-mode", "no"],
-                     work)  # fmt: skip
-        started.append(redis)
-        wait_until(lambda: _listening(redis_port), timeout=20, what="redis-server")
-        banner = Proc("banner", [sys.executable, "-c", BANNER_APP, str(banner_port)], work)
-        started.append(banner)
-        wait_until(lambda: _listening(banner_port), timeout=20, what="banner app")
-        live = Proc("plain-live", [sys.executable, "-c", BANNER_APP, str(ports["plain_live"])],
-                    work)  # fmt: skip
-        started.append(live)
-        wait_until(lambda: _listening(ports["plain_live"]), timeout=20, what="plain banner app")
-        resetter = Proc("resetter", [sys.executable, "-c", RESET_APP, str(reset_port)], work)
-        started.append(resetter)
-        wait_until(lambda: _listening(reset_port), timeout=20, what="resetting app")
 
+        def listening(name: str, port: int, *argv: str) -> None:
+            started.append(Proc(name, list(argv), work))
+            wait_until(lambda: _listening(port), timeout=20, what=f"{name} listening")
+
+        listening("redis", redis_port, "redis-server", "--port", str(redis_port),
+                  "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                  "--protected-mode", "no")  # fmt: skip
+        listening("banner", banner_port, sys.executable, "-c", BANNER_APP, str(banner_port))
+        listening("plain-live", ports["plain_live"], sys.executable, "-c", BANNER_APP,
+                  str(ports["plain_live"]))  # fmt: skip
+        listening("resetter", reset_port, sys.executable, "-c", RESET_APP, str(reset_port))
         sink_port = free_port()
-        sink = Proc("sink", [sys.executable, "-c", SINK_APP, str(sink_port),
-                             str(work / "go")], work)  # fmt: skip
-        started.append(sink)
-        wait_until(lambda: _listening(sink_port), timeout=20, what="sink app")
+        listening("sink", sink_port, sys.executable, "-c", SINK_APP, str(sink_port),
+                  str(work / "go"))  # fmt: skip
         ver_ports = {}
         for v in ("v1", "v2"):
             ver_ports[v] = free_port()
-            app = Proc(f"ver-{v}", [sys.executable, "-c", VERSION_APP, str(ver_ports[v]), v], work)
-            started.append(app)
-            wait_until(lambda v=v: _listening(ver_ports[v]), timeout=20, what="version app")
+            listening(f"ver-{v}", ver_ports[v], sys.executable, "-c", VERSION_APP,
+                      str(ver_ports[v]), v)  # fmt: skip
         pg_port = free_port()
         started.append(_Postgres(work, pg_port))
 
         def sidecar(service: str, port: int, *extra: str, name: str = ""):
-            sc = start_sidecar(
-                work, service, port, None,
-                "--control-plane", cp.url, "--token-file", str(cp.token(service, work)),
-                "--state-dir", str(work / (name or service)), "--hbone", "0", *extra,
-                name=name or service,
-            )  # fmt: skip
+            sc = join_sidecar(work, cp, service, port, "--hbone", "0", *extra, name=name or None)
             started.append(sc)
             return sc
 
@@ -560,40 +509,25 @@ def test_strict_plaintext_to_the_inbound_and_hbone_ports_never_reaches_the_datab
     assert _redis(mesh, "EXISTS", "strict").strip() == "0"
 
 
-AUTHZ_OTHER = """
+def _cache_policy(principal: str, to: str = "") -> str:
+    """The AuthorizationPolicy on ``cache`` (one name: each apply replaces the last) allowing
+    ``principal``, and ``to`` (an operation's YAML) when given."""
+    rule = f"\n    to: [{{operation: {to}}}]" if to else ""
+    return f"""
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: cache-only-other, namespace: default}
+metadata: {{name: cache-only-other, namespace: default}}
 spec:
-  selector: {matchLabels: {app: cache}}
+  selector: {{matchLabels: {{app: cache}}}}
   action: ALLOW
   rules:
-  - from: [{source: {principals: ["cluster.local/ns/default/sa/other"]}}]
+  - from: [{{source: {{principals: ["cluster.local/ns/default/sa/{principal}"]}}}}]{rule}
 """
 
-AUTHZ_HTTP_FIELDS = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: cache-only-other, namespace: default}
-spec:
-  selector: {matchLabels: {app: cache}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]
-    to: [{operation: {methods: ["GET"]}}]
-"""
 
-AUTHZ_CLIENT_PORT = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: cache-only-other, namespace: default}
-spec:
-  selector: {matchLabels: {app: cache}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]
-    to: [{operation: {ports: ["PORT"]}}]
-"""
+AUTHZ_OTHER = _cache_policy("other")
+AUTHZ_HTTP_FIELDS = _cache_policy("client", '{methods: ["GET"]}')
+AUTHZ_CLIENT_PORT = _cache_policy("client", '{ports: ["PORT"]}')
 
 
 def _probe(mesh, key: str) -> bytes:

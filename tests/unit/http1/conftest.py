@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import os
+from types import ModuleType
 
 import pytest
 
-from proxy import _accel
+from tests.unit.twins import NO_EXTENSIONS, load_build
 
-NO_EXTENSIONS = os.environ.get("MESHLET_NO_EXTENSIONS") == "1"
+__all__ = ["NO_EXTENSIONS", "load"]
 
 
-def load(which: str):
-    if which == "twin":
-        return _accel.load_twin("proxy.http1", "parser")
-    mod = _accel.load_compiled("proxy.http1", "parser")
-    if mod is None:
-        if NO_EXTENSIONS:
-            pytest.skip("MESHLET_NO_EXTENSIONS=1: the compiled build is not expected")
-        pytest.fail(
-            "proxy.http1._parser_c is not compiled (run `python setup.py build_ext --inplace`);"
-            " set MESHLET_NO_EXTENSIONS=1 to test the twin alone"
-        )
-    return mod
+def load(which: str) -> ModuleType:
+    return load_build("proxy.http1", "parser", twin=which == "twin")
 
 
 @pytest.fixture(params=["twin", "compiled"], scope="module")

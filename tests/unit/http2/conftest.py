@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 
 import pytest
 
-from proxy import _accel
+from tests.unit.twins import load_build
 
 
 def load(base: str, kind: str) -> ModuleType:
-    if kind == "python":
-        return _accel.load_twin("proxy.http2", base)
-    mod = _accel.load_compiled("proxy.http2", base)
-    if mod is None:
-        if os.environ.get("MESHLET_NO_EXTENSIONS") == "1":
-            pytest.skip("MESHLET_NO_EXTENSIONS=1: the compiled codec is not expected")
-        pytest.fail(
-            f"proxy.http2._{base}_c is not compiled; run `python setup.py build_ext --inplace`"
-        )
-    return mod
+    return load_build("proxy.http2", base, twin=kind == "python")
 
 
 @pytest.fixture(scope="module", params=["python", "cython"])

@@ -3,27 +3,15 @@ module (the same layout as tests/unit/http1)."""
 
 from __future__ import annotations
 
-import os
+from types import ModuleType
 
 import pytest
 
-from proxy import _accel
-
-NO_EXTENSIONS = os.environ.get("MESHLET_NO_EXTENSIONS") == "1"
+from tests.unit.twins import load_build
 
 
-def load(which: str):
-    if which == "twin":
-        return _accel.load_twin("proxy.routes", "match")
-    mod = _accel.load_compiled("proxy.routes", "match")
-    if mod is None:
-        if NO_EXTENSIONS:
-            pytest.skip("MESHLET_NO_EXTENSIONS=1: the compiled build is not expected")
-        pytest.fail(
-            "proxy.routes._match_c is not compiled (run `python setup.py build_ext --inplace`);"
-            " set MESHLET_NO_EXTENSIONS=1 to test the twin alone"
-        )
-    return mod
+def load(which: str) -> ModuleType:
+    return load_build("proxy.routes", "match", twin=which == "twin")
 
 
 @pytest.fixture(params=["twin", "compiled"], scope="module")

@@ -1,0 +1,30 @@
+"""Loading one build of a fast-path module for the unit tests: the pure-Python twin, or the
+compiled module (which must be there unless ``MESHLET_NO_EXTENSIONS=1`` says it is not
+expected). The conftests of ``http1``, ``http2`` and ``routes`` parametrize their fixtures over
+both builds with it."""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import pytest
+
+from proxy import _accel
+
+NO_EXTENSIONS = os.environ.get("MESHLET_NO_EXTENSIONS") == "1"
+
+
+def load_build(package: str, base: str, twin: bool) -> ModuleType:
+    """``package``'s ``_<base>_py`` (``twin``) or ``_<base>_c`` module."""
+    if twin:
+        return _accel.load_twin(package, base)
+    mod = _accel.load_compiled(package, base)
+    if mod is None:
+        if NO_EXTENSIONS:
+            pytest.skip("MESHLET_NO_EXTENSIONS=1: the compiled build is not expected")
+        pytest.fail(
+            f"{package}._{base}_c is not compiled (run `python setup.py build_ext --inplace`);"
+            " set MESHLET_NO_EXTENSIONS=1 to test the twin alone"
+        )
+    return mod
