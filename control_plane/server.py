@@ -526,6 +526,7 @@ class ControlPlane:
             failed = self.lease.last_failed
             body["etcd_failed_age_s"] = None if failed is None else round(now - failed, 3)
             body["serving"] = not self.handover.cut_off
+            body["peers"] = self.telemetry.known_peers
         return web.json_response(body)
 
     async def readyz(self, request: web.Request) -> web.Response:

@@ -169,6 +169,12 @@ class TelemetryHub:
         return {"edges": edges, "routes": data.get("routes") or []}
 
     # -- API -------------------------------------------------------------------------------
+    @property
+    def known_peers(self) -> list[str]:
+        """The peer list as last read, without asking etcd (what a replica cut off from etcd
+        would ask before handing its sidecars over)."""
+        return list(self.peers) if self.peers else list(self._discovered[1])
+
     async def peer_urls(self) -> list[str]:
         """The configured peers, else the replicas registered in etcd (looked up at most every
         PEERS_CACHE_S; the last list is kept while etcd does not answer)."""

@@ -3,9 +3,10 @@
 Why: a replica that cannot reach etcd no longer sees what is applied through the other replicas
 nor who joined or left the mesh, yet its sidecars would keep taking its (stale) config as
 current and ``proxy-status`` would show them ``SYNCED``. So once its lease keep-alives have
-failed for longer than ``bound`` and another replica has reached etcd all along (it reached etcd
-since this one lost it, and none of its own keep-alives failed meanwhile: not a replica slower
-to notice the same outage, nor one quicker to see etcd return after it), this replica closes
+failed for longer than ``bound`` and another replica reaches etcd (it reached etcd since this one
+lost it, so it is not a replica slower to notice the same outage, and none of its own
+keep-alives failed for at least ``bound``, so it is not one merely quicker to see etcd return
+after an outage they shared), this replica closes
 its config streams, refuses new ones and answers ``/readyz`` with 503: its sidecars go to the
 next URL of their failover list, keep serving their last config meanwhile, and resume there
 from the version they ACKed. When its keep-alives succeed again it serves again.
@@ -100,7 +101,11 @@ class Handover:
             if ages is None:
                 continue
             ok_age, failed_age = ages
-            if ok_age < now - since and (failed_age is None or failed_age > now - since):
+            # It reached etcd since this replica lost it, and has kept reaching it for at least
+            # the bound: a keep-alive of its own that failed *during* this outage (etcd electing
+            # a leader when a member died) must not rule it out for good, and one just back from
+            # an outage everyone had gets a bound's time for this replica to see etcd return too.
+            if ok_age < now - since and (failed_age is None or failed_age > self.bound):
                 self.cut_off = True
                 log.warning("etcd unreachable for %.1fs and replica %s reaches it: closing "
                             "this replica's config streams so its sidecars move there",

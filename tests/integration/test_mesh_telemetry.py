@@ -257,6 +257,11 @@ def test_top_refreshes_until_interrupted(mesh, tmp_path):
                        "three refreshes of meshlet top")
         finally:
             p.send_signal(signal.SIGINT)
-            code = p.wait(10)
+            try:
+                code = p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()  # reaped here, not left running into the next test
+                p.wait(10)
+                raise
     assert code == 0, out.read_text()
     assert "\x1b[2J" not in out.read_text()  # not a terminal: tables one after the other

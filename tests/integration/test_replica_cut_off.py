@@ -94,6 +94,10 @@ def test_replica_cut_off_from_etcd_hands_its_sidecars_over_and_serves_again(mesh
     assert ps["orders-b"]["replica"] == b_addr
     assert get(mesh, mesh.a.url + "/readyz")[0] == 200
     assert get(mesh, mesh.a.url + "/healthz")[1]["etcd_reachable"] is True
+    # A hands over only to a replica it knows: its list of the others is re-read from etcd at
+    # most every 5 s, and B started after A
+    wait_until(lambda: mesh.b.url in get(mesh, mesh.a.url + "/healthz")[1].get("peers", []),
+               timeout=20, interval=0.2, what="A knows B")
     results: list[int] = []
     stop = threading.Event()
     t = steady_load(mesh.orders_a, results, stop)

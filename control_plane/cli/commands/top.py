@@ -10,6 +10,7 @@ until Ctrl-C; ``--once`` prints one table.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -127,8 +128,20 @@ def run(args: argparse.Namespace) -> int:
     c = cli_client.Client(args)
     path = f"/v1/stats/{args.view}?window={args.window}"
     interval = max(0.2, float(args.interval))
+    interrupted = False
+
+    def on_sigint(signum: int, frame: object) -> None:
+        # Our own handler, so each request's asyncio.run keeps it instead of installing its
+        # own: that one only cancels the request's task, and a Ctrl-C landing while aiohttp
+        # finishes a request that completes anyway is lost (top then runs on). The flag is
+        # checked after every request as well.
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if not args.once else None
     try:
-        while True:
+        while not interrupted:
             data = _filter(args.view, c.request("GET", path), args.namespace)
             if args.output == "json":
                 output.out(json.dumps(data, indent=2))
@@ -140,6 +153,11 @@ def run(args: argparse.Namespace) -> int:
             if args.once:
                 return 0
             sys.stdout.flush()
-            time.sleep(interval)
+            if not interrupted:
+                time.sleep(interval)
+        return 0
     except KeyboardInterrupt:
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

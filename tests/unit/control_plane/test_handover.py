@@ -85,3 +85,24 @@ async def test_keeps_its_sidecars_when_no_other_replica_reaches_etcd():
     w.now += 1
     await h.check()
     assert h.cut_off and w.events == ["cut off"]
+
+
+async def test_a_peer_that_failed_once_during_the_outage_and_recovered_is_handed_to():
+    # Killing A's etcd member made etcd elect a new leader, and one of B's keep-alives failed
+    # meanwhile (3 s into A's 6-s outage). B has reached etcd steadily for longer than the bound
+    # since: A hands over. (It used to require B never to have failed since A's outage began,
+    # so A kept its sidecars on stale config for as long as the outage lasted.)
+    lease, w = Lease(failing_since=100.0), World()
+    h = handover(lease, w)
+
+    async def probe(url: str) -> tuple[float, float | None] | None:
+        w.probed.append(url)
+        return (0.3, w.now - 103.0) if url == "https://b" else None
+
+    h.probe = probe
+    w.now = 104.0  # B failed 1 s ago: not yet steady for the bound
+    await h.check()
+    assert not h.cut_off
+    w.now = 106.0  # B steady for 3 s > the bound of 2 s
+    await h.check()
+    assert h.cut_off and w.events == ["cut off"]
