@@ -2,9 +2,10 @@
 
 Through the demo's frontend sidecar (``meshlet chaos run`` points ``--host`` at it): most calls
 read ``orders``; some make orders call ``payment`` or ``inventory`` through orders' sidecar, so
-each experiment's service sees traffic. A few calls carry ``x-user: chaos-test``: test traffic a
-header-matched fault may single out (orders propagates the header on its calls). Failures are
-what locust counts; the experiments judge from the sidecars' metrics, not from these.
+each experiment's service sees traffic. One call in 41 carries ``x-user: chaos-test``: test
+traffic a header-matched fault may single out (orders propagates the header on its calls).
+Failures are what locust counts; the experiments judge from the sidecars' metrics, not from
+these.
 
     locust -f configs/chaos/locustfile.py --headless -u 5 -r 5 -t 30s --host http://127.0.0.1:PORT
 """
@@ -19,17 +20,17 @@ class OrdersCaller(FastHttpUser):
     network_timeout = 40.0
     connection_timeout = 5.0
 
-    @task(16)
+    @task(32)
     def orders(self) -> None:
         self.client.get("/orders", headers={"Host": "orders"}, name="orders GET /orders")
 
-    @task(2)
+    @task(4)
     def pay(self) -> None:
         self.client.get(
             "/call/payment/pay", headers={"Host": "orders"}, name="orders -> payment"
         )
 
-    @task(2)
+    @task(4)
     def items(self) -> None:
         self.client.get(
             "/call/inventory/items", headers={"Host": "orders"}, name="orders -> inventory"
