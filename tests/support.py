@@ -41,6 +41,26 @@ def free_port() -> int:
     return port
 
 
+def port_below_ephemeral() -> int:
+    """A free port for a listener the config names by number (a Sidecar's egress port): picked
+    below the kernel's ephemeral range, as the demo does, so no outgoing connection takes it
+    before the sidecar binds it."""
+    from control_plane.cli.commands.demo import free_port_below_ephemeral
+
+    return free_port_below_ephemeral()
+
+
+def listening(port: int) -> bool:
+    """Something accepts connections on loopback ``port``."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_until(
     cond: Callable[[], object], timeout: float = 15.0, interval: float = 0.02, what: str = ""
 ) -> object:

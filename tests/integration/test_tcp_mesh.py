@@ -19,7 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Proc, free_port, join_sidecar, start_control_plane, wait_until
+from tests.support import (
+    Proc,
+    free_port,
+    join_sidecar,
+    port_below_ephemeral,
+    start_control_plane,
+    wait_until,
+)
+from tests.support import (
+    listening as accepting,
+)
 
 BANNER_APP = r"""
 import asyncio, sys
@@ -170,8 +180,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     cp = start_control_plane(work)
     started: list = [cp]
     try:
-        ports = {k: _egress_port() for k in ("cache", "banner", "resetter", "sink", "postgres",
-                                             "ver", "plain", "plain_dead")}  # fmt: skip
+        names = ("cache", "banner", "resetter", "sink", "postgres", "ver", "plain", "plain_dead")
+        ports = {k: port_below_ephemeral() for k in names}
         ports["plain_live"] = free_port()  # another banner app, reached without a sidecar
         r = cp.cli("apply", "-f", "-", input=_config(ports))
         assert r.returncode == 0, r.stderr
@@ -179,7 +189,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
 
         def listening(name: str, port: int, *argv: str) -> None:
             started.append(Proc(name, list(argv), work))
-            wait_until(lambda: _listening(port), timeout=20, what=f"{name} listening")
+            wait_until(lambda: accepting(port), timeout=20, what=f"{name} listening")
 
         listening("redis", redis_port, "redis-server", "--port", str(redis_port),
                   "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -245,36 +255,13 @@ class _Postgres:
                                       "-D", str(data), "-p", str(port), "-k", str(self.dir),
                                       "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
                          work)  # fmt: skip
-        wait_until(lambda: _listening(port), timeout=60, what="postgres")
+        wait_until(lambda: accepting(port), timeout=60, what="postgres")
 
     def stop(self) -> None:
         self.proc.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _egress_port() -> int:
-    """A free port below Linux's ephemeral range (32768+): the egress listeners bind fixed
-    ports that the Sidecar names, and an ephemeral port could be taken by any connection on
-    this machine before the sidecar binds it."""
-    import random
-
-    for _ in range(1000):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port below the ephemeral range")
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _dump(sc) -> dict:

@@ -21,7 +21,15 @@ import time
 
 import pytest
 
-from tests.support import Proc, free_port, start_control_plane, start_sidecar, wait_until
+from tests.support import (
+    Proc,
+    free_port,
+    listening,
+    port_below_ephemeral,
+    start_control_plane,
+    start_sidecar,
+    wait_until,
+)
 
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
 ECHO_ID = "spiffe://cluster.local/ns/default/sa/echo"
@@ -71,26 +79,6 @@ spec:
     return out
 
 
-def _port_below_ephemeral() -> int:
-    import random
-
-    for _ in range(1000):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port below the ephemeral range")
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _json(sc, path: str) -> dict:
@@ -127,13 +115,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     cp = start_control_plane(work)
     started: list = [cp]
     try:
-        port = _port_below_ephemeral()
+        port = port_below_ephemeral()
         r = cp.cli("apply", "-f", "-", input=_config(port))
         assert r.returncode == 0, r.stderr
         app_port = free_port()
         app = Proc("echo-app", [sys.executable, "-c", ECHO_APP, str(app_port)], work)
         started.append(app)
-        wait_until(lambda: _listening(app_port), timeout=20, what="echo app")
+        wait_until(lambda: listening(app_port), timeout=20, what="echo app")
         hbone = free_port()  # fixed: a restarted echo sidecar comes back on the same address
         m: dict = {"cp": cp, "work": work, "port": port,
                    "app_port": app_port, "hbone": hbone, "started": started}  # fmt: skip

@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=100, help="requests for the canary split")
 
 
-def _free_port() -> int:
+def free_port_below_ephemeral() -> int:
     """A port free now, picked below the kernel's ephemeral range: the demo learns a port here
     and a child binds it a moment later, and a port from the ephemeral range can be taken in
     between by any outgoing connection or port-0 bind on the host (seen under parallel test
@@ -593,7 +593,7 @@ async def _run_mesh(work: Path, procs: _Procs, args: argparse.Namespace) -> int:
         token = work / f"{svc}.token"
         if not token.exists():
             token.write_text(cli("token", "create", "--service", svc).strip())
-        app_port, out_port, in_port, admin = (_free_port() for _ in range(4))
+        app_port, out_port, in_port, admin = (free_port_below_ephemeral() for _ in range(4))
         if svc != "frontend":
             procs.start(
                 f"app-{name}",
