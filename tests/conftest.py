@@ -17,3 +17,45 @@ def fastpath_env(request: pytest.FixtureRequest) -> dict[str, str]:
     if os.environ.get("MESHLET_NO_EXTENSIONS") == "1":
         pytest.fail("the cython parametrization needs the extensions (unset MESHLET_NO_EXTENSIONS)")
     return env(MESHLET_REQUIRE_EXTENSIONS="1")
+
+
+def _live_children() -> dict[int, str]:
+    """This process's children that still run (not zombies), with their command lines."""
+    me = os.getpid()
+    out: dict[int, str] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2:].split()
+            if int(fields[1]) != me or fields[0] == b"Z":
+                continue
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                out[int(d)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+_LEFT_RUNNING: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_process_left_running(request: pytest.FixtureRequest):
+    """Why: a process a test module starts and never stops outlives it (and the suite: Python
+    then warns at exit that a subprocess is still running). Naming the module that left it is
+    what makes that warning actionable, so every module's leftovers are listed in the summary."""
+    before = set(_live_children())
+    yield
+    for pid, cmd in _live_children().items():
+        if pid not in before:
+            _LEFT_RUNNING.append(f"{request.node.nodeid}: pid {pid}: {cmd[:200]}")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's hook
+    if _LEFT_RUNNING:
+        terminalreporter.section("processes a test module left running")
+        for line in _LEFT_RUNNING:
+            terminalreporter.write_line(line)
