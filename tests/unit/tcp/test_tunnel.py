@@ -192,3 +192,59 @@ def test_bulk_bytes_arrive_intact_through_buffered_reads_and_zero_copy_writes():
         if len(got_up) == len(up) and len(got_down) == len(down):
             break
     assert got_up == up and got_down == down
+
+
+# -- GOAWAY (drain) and the peer's stream limit ----------------------------------------------
+def test_goaway_lets_processed_streams_run_and_refuses_the_ones_that_crossed_it():
+    c, s = _pair()
+    old = c.open("a:1")
+    _pump(c, s)
+    s.accept(old)
+    _pump(c, s)
+    assert s.goaway() is True and s.goaway() is False  # once
+    late = c.open("a:1")  # sent before the client has read the GOAWAY: they cross
+    c.send(late, b"never processed")
+    to_server, to_client = c.data_to_send(), s.data_to_send()
+    sev = s.receive(to_server)
+    assert not [e for e in sev if e[1] == late]  # not OPENED: nothing reaches the app
+    cev = c.receive(to_client)
+    assert (tn.RESET, late, tn.REFUSED_STREAM) in cev  # safe to open again elsewhere
+    assert (tn.GOAWAY, old, 0) in cev
+    assert c.closed and not c.can_open() and s.closed
+    # the stream the server had processed goes on both ways, to its end
+    c.send(old, b"ping")
+    s.send(old, b"pong")
+    cev, sev = _pump(c, s)
+    assert (tn.DATA, old, b"ping") in sev and (tn.DATA, old, b"pong") in cev
+    assert not [e for e in cev if e[0] == tn.RESET and e[1] == late]  # forgotten, no echo
+    c.end(old)
+    s.end(old)
+    cev, sev = _pump(c, s)
+    assert (tn.ENDED, old, None) in cev and (tn.ENDED, old, None) in sev
+    assert not c.streams and not s.streams
+
+
+def test_the_client_learns_the_peers_stream_limit_from_its_settings():
+    limits = h2.Limits(**{**tn.LIMITS.__dict__, "max_concurrent_streams": 2})
+    c = tn.TunnelConnection(True)
+    s = tn.TunnelConnection(False, limits)
+    assert not c.settings_received and c.can_open()  # unknown until SETTINGS arrive
+    cev, _ = _pump(c, s)
+    assert cev.count((tn.SETTINGS, 0, None)) == 1 and c.settings_received
+    a, b = c.open("a:1"), c.open("a:1")
+    assert not c.can_open()  # the peer's limit: a third TCP connection needs a new connection
+    _pump(c, s)
+    c.reset(a)
+    _pump(c, s)
+    assert c.can_open() and b in c.streams
+
+
+def test_a_stream_over_the_servers_limit_is_refused_unprocessed():
+    limits = h2.Limits(**{**tn.LIMITS.__dict__, "max_concurrent_streams": 1})
+    c = tn.TunnelConnection(True)
+    s = tn.TunnelConnection(False, limits)
+    c.open("a:1")
+    over = c.open("a:1")  # before the server's SETTINGS: the client could not know
+    cev, sev = _pump(c, s)
+    assert (tn.RESET, over, tn.REFUSED_STREAM) in cev
+    assert [e for e in sev if e[0] == tn.OPENED] == [(tn.OPENED, 1, "a:1")]
