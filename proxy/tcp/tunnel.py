@@ -271,15 +271,19 @@ class TunnelConnection:
                 self._drain(st, out)
             return
         for st in list(self._waiting.values()):
-            if self._drain(st, out) is False:
-                break  # the connection window is spent
+            self._drain(st, out)
+            # a stream whose own window is spent (its reader is slow) must not keep the
+            # connection window from the streams behind it: only a spent connection window
+            # ends the pass (else a stream with room would wait for an update that never comes)
+            if self.h2.connection_send_window <= 0:
+                break
 
-    def _drain(self, st: _Stream, out: list[tuple[int, int, object]]) -> bool:
+    def _drain(self, st: _Stream, out: list[tuple[int, int, object]]) -> None:
         try:
             window = self.h2.local_flow_control_window(st.sid)
         except Exception:
             self._waiting.pop(st.sid, None)
-            return True
+            return
         while st.pending and window > 0:
             chunk = st.pending[0]
             if len(chunk) <= window:
@@ -300,7 +304,6 @@ class TunnelConnection:
         if st.blocked and st.pending_len < LOW_WATER:
             st.blocked = False
             out.append((WRITABLE, st.sid, None))
-        return window > 0
 
     def _maybe_done(self, st: _Stream) -> None:
         if st.local_ended and st.remote_ended:

@@ -248,3 +248,27 @@ def test_a_stream_over_the_servers_limit_is_refused_unprocessed():
     cev, sev = _pump(c, s)
     assert (tn.RESET, over, tn.REFUSED_STREAM) in cev
     assert [e for e in sev if e[0] == tn.OPENED] == [(tn.OPENED, 1, "a:1")]
+
+
+def test_a_stream_with_a_spent_window_does_not_starve_the_streams_behind_it():
+    """Found looking for the bulk stall: when the connection window reopened, the first waiting
+    stream whose own window was spent (a slow reader) ended the pass, and a stream behind it,
+    held back only by the connection window, waited for a stream update that its peer had no
+    reason to send: its socket stayed paused with nothing in flight."""
+    limits = h2.Limits(**{**tn.LIMITS.__dict__, "stream_window": 40000, "connection_window": 65535})
+    c = tn.TunnelConnection(True, limits)
+    s = tn.TunnelConnection(False, limits)
+    _pump(c, s)
+    slow, bulk = c.open("a:1"), c.open("a:1")
+    _pump(c, s)
+    s.accept(slow)
+    s.accept(bulk)
+    _pump(c, s)
+    c.send(slow, b"x" * 40010)  # its stream window spent: 10 bytes wait, first in line
+    c.send(bulk, b"y" * 60000)  # the connection window spent: the rest waits
+    assert c.h2.connection_send_window == 0 and c.streams[bulk].pending_len == 60000 - 25535
+    # the server takes it all and reopens the connection window (not the slow stream's)
+    _, sev = _pump(c, s)
+    got = sum(len(v) for kind, sid, v in sev if kind == tn.DATA and sid == bulk)
+    assert got == 40000  # the bulk stream's whole window, as soon as the connection allowed
+    assert c.streams[bulk].pending_len == 20000 and c.streams[slow].pending_len == 10
