@@ -290,6 +290,11 @@ class StreamLeg(asyncio.Protocol):
             for chunk in self.early:
                 self.from_tunnel(chunk)
             self.early.clear()
+            if self.conn is not None:
+                # their stream window goes back now: a client that spent it (a bulk transfer
+                # started while the app was dialled) waits for exactly this WINDOW_UPDATE, and
+                # nothing else may come to flush it (the bulk stall of loadtests/README.md)
+                self.conn.flush()
         if self.early_end:
             self.tunnel_ended()
 
