@@ -216,7 +216,7 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def forget(self, sid: int) -> None:
         self.legs.pop(sid, None)
-        if self.going_away and not self.legs and not self.lost:
+        if self.going_away and not self.legs and not self.lost and self.tunnel.client_side:
             # the last stream of a connection going away ended: close it once the leg's own
             # last frames (END_STREAM, RST_STREAM) are queued
             asyncio.get_running_loop().call_soon(self._close_if_done)

@@ -396,7 +396,11 @@ class TcpProxy:
         if ep is None:
             self._refuse(sock, "source", cluster.name, "UH")
             return
-        rec = TcpRecord("source", self._outbound_series(cluster, ep), self._closed)
+        hbone = bool(ep.tls and ep.hbone)
+        # an HBONE connection's series is bound once the endpoint is settled (the first one
+        # may fail and another be tried): its labels name the endpoint really used
+        rec = TcpRecord("source", None if hbone else self._outbound_series(cluster, ep),
+                        self._closed)  # fmt: skip
         rec.cluster = cluster.name
         rec.service = cluster.service
         rec.upstream = ep.key
@@ -406,13 +410,15 @@ class TcpProxy:
         except OSError:
             pass
         self.cluster_active[cluster.name] = active + 1  # one decrement in _closed
-        if ep.tls and ep.hbone:
+        if hbone:
             got = await self._hbone_any(cluster, outlier, ep)
             if got is None:
+                rec.bind(self._outbound_series(cluster, ep))
                 sock.close()
                 rec.close("upstream connect failure", "UF")
                 return
             conn, ep = got
+            rec.bind(self._outbound_series(cluster, ep))
             rec.peer = conn.peer
             rec.security = "mutual_tls"
             rec.upstream = f"{ep.address}:{svc.port}"
