@@ -224,8 +224,11 @@ def test_a_draining_peer_sends_goaway_new_connections_go_elsewhere_open_ones_fin
     lines = [json.loads(x) for x in b.proc.stdout().splitlines()
              if x.startswith("{") and '"protocol":"TCP"' in x]  # fmt: skip
     assert not [x for x in lines if x["connection_termination_details"] == "draining"]
-    assert any(x["bytes_received"] == len(b"before\nduring\nlate 0\nlate 1\nlate 2\n")
-               and x["connection_termination_details"] == "closed" for x in lines), lines
+    assert any(
+        x["bytes_received"] == len(b"before\nduring\nlate 0\nlate 1\nlate 2\n")
+        and x["connection_termination_details"] == "closed"
+        for x in lines
+    ), lines
     # A let the connection B went away on go once its tunnel ended
     wait_until(lambda: not [t for t in _tunnels(a, "outbound") if t["goaway"]], timeout=15,
                what="A closed the connection B went away on")  # fmt: skip
