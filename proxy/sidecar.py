@@ -59,6 +59,7 @@ class SidecarOptions:
     advertise_address: str = "127.0.0.1"
     drain_timeout: float = 20.0
     hbone_idle_timeout: float = 300.0  # an outbound HBONE connection with no stream is closed
+    hbone_max_streams: int = 0  # SETTINGS_MAX_CONCURRENT_STREAMS on 15008 (0: 4096)
     access_log: bool = True
     header_timeout: float = 10.0
     idle_timeout: float = 300.0
@@ -253,6 +254,7 @@ class Sidecar:
 
         self.tcp = TcpProxy(self.runtime, o.app_host, o.app_port)
         self.tcp.pool_idle_timeout = o.hbone_idle_timeout
+        self.tcp.hbone_max_streams = o.hbone_max_streams
         if self.identity is not None:
             hbone = o.hbone_port
             if hbone is None:
@@ -265,6 +267,7 @@ class Sidecar:
 
             self.tcp.metrics = TcpMetrics(self.telemetry.registry)
             self.tcp.metrics.handshakes = self.tcp.handshakes
+            self.tcp.metrics.goaways = self.tcp.goaways
             self.tcp.access_log = self.telemetry.access_log
         out = Listener(
             "outbound",
@@ -613,6 +616,8 @@ class Sidecar:
                 "hbone_port": self.tcp.hbone_port if self.tcp is not None else 0,
                 "hbone_tls_handshakes": self.tcp.handshakes_view() if self.tcp is not None
                 else {},
+                "hbone_goaways": self.tcp.goaways_view() if self.tcp is not None else {},
+                "hbone_max_streams": (self.tcp.hbone_max_streams or 4096) if self.tcp else 0,
             },
         }
 

@@ -392,6 +392,12 @@ class H2Connection:
     def ping(self, data: bytes) -> None:
         self._out.append(fr.ping(False, data))
 
+    def send_goaway(self, last_stream_id: int, error_code: int = ErrorCode.NO_ERROR) -> None:
+        """A graceful GOAWAY (a drain): the peer opens no stream above ``last_stream_id`` and
+        may retry those elsewhere, while the streams at or below it go on; unlike
+        :meth:`close_connection`, frames keep being read and sent."""
+        self._out.append(fr.goaway(last_stream_id, error_code, b""))
+
     def close_connection(self, error_code: int = ErrorCode.NO_ERROR, debug: bytes = b"") -> None:
         self._out.append(fr.goaway(self._highest_remote, error_code, debug))
         self.closed = True

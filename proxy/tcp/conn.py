@@ -32,6 +32,13 @@ class TcpRecord:
         if series is not None:
             series[2] += 1
 
+    def bind(self, series: list[int] | None) -> None:
+        """Count the connection in ``series`` from now on: for a record made before its
+        endpoint was settled (an HBONE connection that failed over to another endpoint)."""
+        self.series = series
+        if series is not None:
+            series[2] += 1
+
     def rx(self, n: int) -> None:
         self.received += n
         s = self.series

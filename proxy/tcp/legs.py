@@ -25,6 +25,12 @@ log = logging.getLogger("meshlet.proxy.tcp")
 
 _LINGER0 = struct.pack("ii", 1, 0)
 WRITE_HIGH = 1 << 20
+#: a client's bytes kept until the peer sidecar answers the CONNECT (a stream the peer refused
+#: unprocessed, GOAWAY or its stream limit, is opened again elsewhere with them); over this the
+#: socket is not read until the answer
+REPLAY_MAX = 256 * 1024
+#: how many times one TCP connection's stream may be refused unprocessed and opened again
+MAX_REOPENS = 3
 
 
 def abort_with_rst(transport: Any) -> None:
@@ -52,8 +58,9 @@ class HboneConnection(asyncio.BufferedProtocol):
         client_side: bool,
         on_open: Callable[[HboneConnection, int, str], None] | None = None,
         on_lost: Callable[[HboneConnection], None] | None = None,
+        limits: Any = None,
     ) -> None:
-        self.tunnel = tn.TunnelConnection(client_side)
+        self.tunnel = tn.TunnelConnection(client_side, limits)
         self.on_open = on_open
         self.on_lost = on_lost
         self.legs: dict[int, Any] = {}
@@ -64,6 +71,10 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.lost = False
         self.streams_total = 0
         self.idle_since = 0.0
+        # GOAWAY sent (a drain) or received: no new stream here; closed once the last leg ends
+        self.going_away = False
+        self.on_goaway: Callable[[HboneConnection], None] | None = None  # a peer's GOAWAY
+        self.settings_waiter: asyncio.Future[None] | None = None  # client: peer's SETTINGS
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,6 +119,22 @@ class HboneConnection(asyncio.BufferedProtocol):
                 leg = legs.pop(sid, None)
                 if leg is not None:
                     leg.tunnel_reset(value)
+            elif kind == tn.GOAWAY:
+                # the peer drains (or closes): the streams it processed run to their end, the
+                # refused ones were reset just before (RESET REFUSED_STREAM: retried elsewhere)
+                if log.isEnabledFor(logging.INFO):  # once per connection
+                    log.info("HBONE connection with %s: GOAWAY (last stream %d, code %r)",
+                             self.peer_address, sid, value)  # fmt: skip
+                if not self.going_away:
+                    self.going_away = True
+                    if self.on_goaway is not None:
+                        self.on_goaway(self)
+                if not self.legs:
+                    self.tunnel.close()
+            elif kind == tn.SETTINGS:
+                w = self.settings_waiter
+                if w is not None and not w.done():
+                    w.set_result(None)
             elif kind == tn.CLOSED:
                 if log.isEnabledFor(logging.INFO):  # once per connection
                     log.info("HBONE connection with %s ended: %r", self.peer_address, value)
@@ -126,6 +153,9 @@ class HboneConnection(asyncio.BufferedProtocol):
         for leg in list(self.legs.values()):
             leg.tunnel_reset(-1)
         self.legs.clear()
+        w = self.settings_waiter
+        if w is not None and not w.done():
+            w.set_exception(ConnectionError("HBONE connection lost before the peer's SETTINGS"))
         if self.on_lost is not None:
             self.on_lost(self)
 
@@ -186,6 +216,23 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def forget(self, sid: int) -> None:
         self.legs.pop(sid, None)
+        if self.going_away and not self.legs and not self.lost and self.tunnel.client_side:
+            # the last stream of a connection going away ended: close it once the leg's own
+            # last frames (END_STREAM, RST_STREAM) are queued
+            asyncio.get_running_loop().call_soon(self._close_if_done)
+
+    def goaway(self) -> bool:
+        """Server, on drain: graceful GOAWAY (see :meth:`TunnelConnection.goaway`). The peer
+        closes the connection once its streams are done (or the drain's end does)."""
+        if self.lost or not self.tunnel.goaway():
+            return False
+        self.going_away = True
+        self.flush()
+        return True
+
+    def _close_if_done(self) -> None:
+        if not self.legs and not self.lost and self.tunnel.client_side:
+            self.close()
 
     def close(self) -> None:
         self.tunnel.close()
@@ -213,6 +260,13 @@ class StreamLeg(asyncio.Protocol):
         self.early_end = False
         self.last = 0.0
         self.idle_timeout = 3600.0
+        # client side, until the CONNECT is answered: the bytes sent on the stream, and who
+        # opens the stream again when the peer refuses it unprocessed (REFUSED_STREAM)
+        self.replay: list[bytes] | None = [] if downstream else None
+        self.replay_len = 0
+        self.replay_paused = False
+        self.reopen: Callable[[StreamLeg], None] | None = None
+        self.reopens = 0
 
     def attach(self, conn: HboneConnection, sid: int) -> None:
         self.conn, self.sid = conn, sid
@@ -236,18 +290,37 @@ class StreamLeg(asyncio.Protocol):
             for chunk in self.early:
                 self.from_tunnel(chunk)
             self.early.clear()
+            if self.conn is not None:
+                # their stream window goes back now: a client that spent it (a bulk transfer
+                # started while the app was dialled) waits for exactly this WINDOW_UPDATE, and
+                # nothing else may come to flush it (the bulk stall of loadtests/README.md)
+                self.conn.flush()
         if self.early_end:
             self.tunnel_ended()
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
-        if conn is None or self.closed:
+        if self.closed:
             return
         n = len(data)
+        if conn is None:
+            if self.replay is not None:  # the stream is being opened again: sent then
+                self.rec.rx(n)
+                self.replay.append(data)
+                self.replay_len += n
+                self.transport.pause_reading()
+            return
         if self.downstream:
             self.rec.rx(n)
         else:
             self.rec.tx(n)
+        replay = self.replay
+        if replay is not None:
+            replay.append(data)
+            self.replay_len += n
+            if self.replay_len > REPLAY_MAX:
+                self.replay_paused = True
+                self.transport.pause_reading()
         if conn.tunnel.send(self.sid, data) or conn.write_paused:
             self.transport.pause_reading()
         conn.flush()
@@ -255,7 +328,7 @@ class StreamLeg(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.local_eof = True
         conn = self.conn
-        if conn is not None:
+        if conn is not None and not self.closed:
             conn.tunnel.end(self.sid)
             conn.flush()
         self._maybe_finish()
@@ -315,6 +388,16 @@ class StreamLeg(asyncio.Protocol):
     def tunnel_reset(self, code: Any) -> None:
         if self.closed:
             return
+        if (code == tn.REFUSED_STREAM and self.replay is not None and self.reopen is not None
+                and self.reopens < MAX_REOPENS):  # fmt: skip
+            # refused unprocessed (the peer's GOAWAY or stream limit): nothing reached the
+            # app, so the stream is opened again on another connection with the same bytes
+            self.reopens += 1
+            self.conn, self.sid = None, 0
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self.reopen(self)
+            return
         self.closed = True
         self.conn = None
         self.rec.close("tunnel reset" if code != -1 else "tunnel lost",
@@ -325,6 +408,33 @@ class StreamLeg(asyncio.Protocol):
     def established(self, status: Any) -> None:
         if status != 200:  # the peer sidecar refused: its policy, no such port, app down
             self.rec.flags = {403: "RBAC", 404: "NR"}.get(status, "UF")
+            return
+        self.replay = None  # processed: the stream is never opened again
+        if self.replay_paused:
+            self.replay_paused = False
+            self._resume_unless_held()
+
+    def reattach(self, conn: HboneConnection, sid: int) -> None:
+        """The stream opened again (after REFUSED_STREAM): the bytes sent so far go again, and
+        the half-close if the client had sent it."""
+        self.attach(conn, sid)
+        for chunk in self.replay or ():
+            conn.tunnel.send(sid, chunk)
+        if self.local_eof:
+            conn.tunnel.end(sid)
+        conn.flush()
+        self._resume_unless_held()
+
+    def _resume_unless_held(self) -> None:
+        """Read the socket again unless something else still holds it (the tunnel's send
+        buffer over its mark, a paused HBONE transport, the replay limit)."""
+        conn, t = self.conn, self.transport
+        if t is None or self.closed or conn is None or self.local_eof:
+            return
+        st = conn.tunnel.streams.get(self.sid)
+        if conn.write_paused or self.replay_paused or (st is not None and st.blocked):
+            return
+        t.resume_reading()
 
     def pause_source(self) -> None:
         if self.transport is not None and not self.closed:

@@ -7,7 +7,9 @@ are made at scrape time only (the pattern of :mod:`proxy.telemetry.metrics`).
 
 Also ``meshlet_hbone_tls_handshakes_total{direction, resumed}``: the HBONE connections' TLS
 handshakes, full or resumed, outbound (to peers' 15008) and inbound (on ours), read at scrape
-time from the proxy's two-by-two counts.
+time from the proxy's two-by-two counts; and ``meshlet_hbone_goaway_total{direction}``: GOAWAYs
+sent on inbound HBONE connections (this sidecar drained) and received on outbound ones (a peer
+drained).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class TcpMetrics:
         self._series: list[tuple[tuple[str, ...], list[int]]] = []
         # direction -> [full, resumed], the TcpProxy's own counts (set by the sidecar)
         self.handshakes: dict[str, list[int]] | None = None
+        self.goaways: dict[str, int] | None = None  # direction -> count, the TcpProxy's own
         if registry is not None:
             registry.register(self)
 
@@ -76,3 +79,10 @@ class TcpMetrics:
                 hs.add_metric([direction, "false"], full)
                 hs.add_metric([direction, "true"], resumed)
             yield hs
+        if self.goaways is not None:
+            ga = CounterMetricFamily("meshlet_hbone_goaway",
+                                     "GOAWAYs on HBONE connections: sent on inbound ones (drain), "
+                                     "received on outbound ones", labels=["direction"])  # fmt: skip
+            for direction, n in self.goaways.items():
+                ga.add_metric([direction], n)
+            yield ga

@@ -17,6 +17,7 @@ connects to the app: a denied connection never reaches it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import ssl
@@ -28,12 +29,18 @@ from proxy.server.tls_session import SessionCache, resumed_peer_valid
 from proxy.server.tls_session import open_connection as open_tls
 from proxy.server.upstream import set_keepalive
 from proxy.tcp import sni as sni_mod
+from proxy.tcp import tunnel as tn
 from proxy.tcp.conn import TcpRecord
 from proxy.tcp.legs import HboneConnection, RawLeg, StreamLeg
 from proxy.tcp.table import TcpService, select
 from proxy.telemetry.metrics import INBOUND_TLS_HANDSHAKES
 
 log = logging.getLogger("meshlet.proxy.tcp")
+
+#: endpoints one TCP connection tries when the HBONE connection to one fails (refused, TLS or
+#: identity failure, timeout): nothing was sent yet, so another endpoint is as good (Envoy's
+#: tcp_proxy ``max_connect_attempts``); each failure counts for outlier detection
+CONNECT_ATTEMPTS = 3
 
 
 def captured_service(table: Any, dst: tuple[str, int]) -> TcpService | None:
@@ -154,6 +161,12 @@ class TcpProxy:
         self.hbone_listener: _Accepting | None = None
         self._accept_context: Callable[[], ssl.SSLContext] | None = None
         self.draining = False
+        # SETTINGS_MAX_CONCURRENT_STREAMS our HBONE listener advertises (--hbone-max-streams);
+        # 0: tunnel.LIMITS' 4096. Peers open another connection past it, as we do past theirs
+        self.hbone_max_streams = 0
+        self._inbound_limits: Any = None
+        # GOAWAYs: sent on inbound HBONE connections (drain), received on outbound ones
+        self.goaways = {"inbound": 0, "outbound": 0}
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start_hbone(
@@ -182,7 +195,12 @@ class TcpProxy:
     async def _hbone_adopt(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
         # made here, not taken from the call's result: with ssl= uvloop returns its SSLProtocol
-        conn = HboneConnection(False, self._inbound_open, self.inbound_conns.discard)
+        limits = self._inbound_limits
+        if limits is None and self.hbone_max_streams:
+            limits = self._inbound_limits = dataclasses.replace(
+                tn.LIMITS, max_concurrent_streams=self.hbone_max_streams
+            )
+        conn = HboneConnection(False, self._inbound_open, self.inbound_conns.discard, limits)
         try:
             async with asyncio.timeout(10.0):
                 transport, _ = await loop.connect_accepted_socket(lambda: conn, sock, ssl=ctx)
@@ -205,6 +223,8 @@ class TcpProxy:
             conn.peer = self.rt.peer_identity(sslobj) or ""
         if not conn.lost:  # (lost already: on_lost has run, nothing would remove it)
             self.inbound_conns.add(conn)
+            if self.draining and conn.goaway():  # accepted just before the listener closed
+                self.goaways["inbound"] += 1
 
     def on_table(self, table: Any) -> None:
         """A new config: open, retarget or close the egress listeners it asks for."""
@@ -279,6 +299,12 @@ class TcpProxy:
         self._egress_failed.clear()
         if self.hbone_listener is not None:
             self.hbone_listener.close()
+        # GOAWAY on every inbound HBONE connection (Envoy's and ztunnel's drain): peers open
+        # new streams elsewhere at once, instead of learning it from refusals, while the
+        # streams already running here go on until they end or the drain timeout
+        for c in list(self.inbound_conns):
+            if c.goaway():
+                self.goaways["inbound"] += 1
 
     def busy(self) -> int:
         """Open TCP connections (and ones being set up): what drain waits for."""
@@ -370,7 +396,11 @@ class TcpProxy:
         if ep is None:
             self._refuse(sock, "source", cluster.name, "UH")
             return
-        rec = TcpRecord("source", self._outbound_series(cluster, ep), self._closed)
+        hbone = bool(ep.tls and ep.hbone)
+        # an HBONE connection's series is bound once the endpoint is settled (the first one
+        # may fail and another be tried): its labels name the endpoint really used
+        rec = TcpRecord("source", None if hbone else self._outbound_series(cluster, ep),
+                        self._closed)  # fmt: skip
         rec.cluster = cluster.name
         rec.service = cluster.service
         rec.upstream = ep.key
@@ -380,22 +410,22 @@ class TcpProxy:
         except OSError:
             pass
         self.cluster_active[cluster.name] = active + 1  # one decrement in _closed
-        if ep.tls and ep.hbone:
-            try:
-                async with asyncio.timeout(cluster.connect_timeout):
-                    conn = await self._hbone(ep, cluster)
-            except (OSError, TimeoutError, ConnectionError) as exc:
-                log.debug("HBONE connect to %s:%d failed: %r", ep.address, ep.hbone, exc)
-                rt.endpoint_outcome(outlier, ep, None, True)
+        if hbone:
+            got = await self._hbone_any(cluster, outlier, ep)
+            if got is None:
+                rec.bind(self._outbound_series(cluster, ep))
                 sock.close()
                 rec.close("upstream connect failure", "UF")
                 return
-            if outlier is not None:
-                rt.endpoint_outcome(outlier, ep, 200, False)  # a success resets the streak
+            conn, ep = got
+            rec.bind(self._outbound_series(cluster, ep))
             rec.peer = conn.peer
             rec.security = "mutual_tls"
             rec.upstream = f"{ep.address}:{svc.port}"
             leg = StreamLeg(rec, True)
+            leg.reopen = lambda lg, c=cluster, o=outlier, p=svc.port: self._spawn(
+                self._reopen(lg, c, o, p)
+            )
             leg.attach(conn, conn.open_stream(f"{ep.address}:{svc.port}", leg))
             await loop.connect_accepted_socket(lambda: leg, sock)
             self.open_legs[leg] = [0, time.monotonic(), cluster.tcp_idle_timeout]
@@ -424,6 +454,46 @@ class TcpProxy:
         await loop.connect_accepted_socket(lambda: down, sock)
         down.start()
         self.open_legs[down] = [0, time.monotonic(), cluster.tcp_idle_timeout]
+
+    async def _hbone_any(
+        self, cluster: Any, outlier: Any, ep: Any
+    ) -> tuple[HboneConnection, Any] | None:
+        """A usable HBONE connection to ``ep``, or, when that fails, to another endpoint the
+        load balancer picks (up to :data:`CONNECT_ATTEMPTS`); None when none could be had."""
+        rt = self.rt
+        tried: set[str] = set()
+        for _ in range(CONNECT_ATTEMPTS):
+            if ep is None or ep.key in tried or not (ep.tls and ep.hbone):
+                return None
+            try:
+                async with asyncio.timeout(cluster.connect_timeout):
+                    conn = await self._hbone(ep, cluster)
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                log.debug("HBONE connect to %s:%d failed: %r", ep.address, ep.hbone, exc)
+                rt.endpoint_outcome(outlier, ep, None, True)
+                tried.add(ep.key)
+                ep = rt.pick_endpoint(cluster, tried, outlier)
+                continue
+            if outlier is not None:
+                rt.endpoint_outcome(outlier, ep, 200, False)  # a success resets the streak
+            return conn, ep
+        return None
+
+    async def _reopen(self, leg: StreamLeg, cluster: Any, outlier: Any, port: int) -> None:
+        """A stream the peer refused unprocessed (its GOAWAY, its stream limit): open it again
+        where the load balancer says, on a connection that takes new streams."""
+        ep = self.rt.pick_endpoint(cluster, set(), outlier)
+        got = await self._hbone_any(cluster, outlier, ep) if ep is not None else None
+        if leg.closed:
+            return
+        if got is None:
+            leg.reopen = None
+            leg.tunnel_reset(-1)
+            return
+        conn, ep = got
+        leg.rec.upstream = f"{ep.address}:{port}"
+        leg.rec.peer = conn.peer
+        leg.reattach(conn, conn.open_stream(f"{ep.address}:{port}", leg))
 
     async def _hbone(self, ep: Any, cluster: Any) -> HboneConnection:
         o = cluster.origination
@@ -474,6 +544,17 @@ class TcpProxy:
                 conn.peer = self.rt.peer_identity(sslobj) or ""
             if cluster.tcp_keepalive:
                 set_keepalive(conn.transport, cluster.tcp_keepalive)
+            conn.on_goaway = self._goaway_received
+            if not conn.tunnel.settings_received:
+                # the peer's stream limit comes with its SETTINGS (in the first read, with the
+                # TLS ticket): known before a stream is opened, so a burst of new TCP
+                # connections opens a second HBONE connection rather than refused streams
+                conn.settings_waiter = loop.create_future()
+                try:
+                    await conn.settings_waiter
+                except BaseException:
+                    conn.transport.abort()
+                    raise
             conn.pool_key = key  # type: ignore[attr-defined]
             self.pools.setdefault(key, []).append(conn)
             fut.set_result(conn)
@@ -484,6 +565,9 @@ class TcpProxy:
             raise
         finally:
             self._dialing.pop(key, None)
+
+    def _goaway_received(self, conn: HboneConnection) -> None:
+        self.goaways["outbound"] += 1
 
     def _pool_lost(self, conn: HboneConnection) -> None:
         conns = self.pools.get(getattr(conn, "pool_key", ("", 0, "")))
@@ -688,13 +772,21 @@ class TcpProxy:
                             "peer": c.peer, "streams_open": len(c.legs),
                             "streams_total": c.streams_total,
                             "tls_resumed": getattr(c, "resumed", False),
+                            "goaway": c.going_away,
+                            "max_streams": c.tunnel.h2.remote_max_concurrent_streams,
                             "flow": c.flow_view()})  # fmt: skip
         for c in self.inbound_conns:
             out.append({"direction": "inbound", "address": c.peer_address, "peer": c.peer,
                         "streams_open": len(c.legs),
                         "tls_resumed": getattr(c, "resumed", False),
+                        "goaway": c.going_away,
                         "flow": c.flow_view()})  # fmt: skip
         return out
+
+    def goaways_view(self) -> dict[str, int]:
+        """GOAWAYs so far: sent on inbound HBONE connections (our drains), received on
+        outbound ones (peers' drains)."""
+        return dict(self.goaways)
 
     def handshakes_view(self) -> dict[str, dict[str, int]]:
         """HBONE TLS handshakes so far, full and resumed, each way."""

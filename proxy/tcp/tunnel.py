@@ -28,9 +28,12 @@ DATA = 3  # (DATA, sid, bytes)
 ENDED = 4  # (ENDED, sid, None) the peer half-closed
 RESET = 5  # (RESET, sid, error code) the stream is gone (either side's reset)
 WRITABLE = 6  # (WRITABLE, sid, None) the send buffer drained below the low-water mark
-CLOSED = 7  # (CLOSED, 0, reason) the connection ended (GOAWAY / protocol error)
+CLOSED = 7  # (CLOSED, 0, reason) the connection ended (our protocol error)
+GOAWAY = 8  # (GOAWAY, last stream id, error code) the peer is going away (a drain)
+SETTINGS = 9  # (SETTINGS, 0, None) the peer's SETTINGS arrived (its stream limit is known)
 
 CONNECT_ERROR = ErrorCode.CONNECT_ERROR if hasattr(ErrorCode, "CONNECT_ERROR") else 0xA
+REFUSED_STREAM = ErrorCode.REFUSED_STREAM
 
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
@@ -66,12 +69,17 @@ class TunnelConnection:
         self.client_side = client_side
         self.streams: dict[int, _Stream] = {}
         self._waiting: dict[int, _Stream] = {}  # streams with bytes held back by flow control
+        # server: the last-stream-id of the GOAWAY we sent (a drain), None before
+        self.goaway_last: int | None = None
+        self.settings_received = False  # client: the peer's stream limit is known
         self.h2.initiate_connection()
 
     # -- state -----------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
-        return self.h2.closed or self.h2.goaway_received
+        """No new stream may be opened here (either side said GOAWAY, or the connection
+        failed); the open ones may still be running."""
+        return self.h2.closed or self.h2.goaway_received or self.goaway_last is not None
 
     def can_open(self) -> bool:
         return not self.closed and len(self.streams) < min(
@@ -155,6 +163,17 @@ class TunnelConnection:
         if not self.h2.closed:
             self.h2.close_connection()
 
+    def goaway(self) -> bool:
+        """Server: graceful GOAWAY (the sidecar drains), last-stream-id the highest stream
+        already processed. Those streams go on; any stream the peer opens after is refused
+        with REFUSED_STREAM (never processed: the peer retries it on another connection).
+        False if the connection is already going away or closed."""
+        if self.goaway_last is not None or self.h2.closed:
+            return False
+        self.goaway_last = self.h2.highest_inbound_stream_id
+        self.h2.send_goaway(self.goaway_last)
+        return True
+
     # -- input -------------------------------------------------------------------------------
     def receive(self, data: bytes) -> list[tuple[int, int, object]]:
         return self._events(self.h2.receive_data(data))
@@ -202,14 +221,33 @@ class TunnelConnection:
                     out.append((RESET, ev.stream_id, ev.error_code))
             elif t is h2.RemoteSettingsChanged:
                 self._flush(0, out)
+                if not self.settings_received:
+                    self.settings_received = True
+                    out.append((SETTINGS, 0, None))
             elif t is h2.ConnectionTerminated:
-                why = ev.debug or b"GOAWAY"
-                out.append((CLOSED, 0, why if ev.remote else b"local: " + why))
+                if not ev.remote:
+                    why = ev.debug or b"GOAWAY"
+                    out.append((CLOSED, 0, b"local: " + why))
+                    continue
+                # the peer goes away: streams of ours above ``last`` were never processed
+                # (the h2 layer already forgot them); they are refused, to be retried on another
+                # connection; the others run to their end
+                last = ev.last_stream_id or 0
+                mine = 1 if self.client_side else 0
+                for sid in [i for i in self.streams if i > last and (i & 1) == mine]:
+                    del self.streams[sid]
+                    self._waiting.pop(sid, None)
+                    out.append((RESET, sid, REFUSED_STREAM))
+                out.append((GOAWAY, last, ev.error_code))
         return out
 
     def _request(self, ev: h2.RequestReceived, out: list[tuple[int, int, object]]) -> None:
         f: Any = ev.fields
         sid = ev.stream_id
+        if self.goaway_last is not None and sid > self.goaway_last:
+            # opened after our GOAWAY crossed it: never processed, the peer may retry it
+            self._reset_quietly(sid, REFUSED_STREAM)
+            return
         self.streams[sid] = _Stream(sid)
         if getattr(f, "method", b"") != b"CONNECT" or getattr(f, "protocol", None) is not None:
             self.refuse(sid, 405)  # HBONE carries CONNECT only
@@ -233,15 +271,19 @@ class TunnelConnection:
                 self._drain(st, out)
             return
         for st in list(self._waiting.values()):
-            if self._drain(st, out) is False:
-                break  # the connection window is spent
+            self._drain(st, out)
+            # a stream whose own window is spent (its reader is slow) must not keep the
+            # connection window from the streams behind it: only a spent connection window
+            # ends the pass (else a stream with room would wait for an update that never comes)
+            if self.h2.connection_send_window <= 0:
+                break
 
-    def _drain(self, st: _Stream, out: list[tuple[int, int, object]]) -> bool:
+    def _drain(self, st: _Stream, out: list[tuple[int, int, object]]) -> None:
         try:
             window = self.h2.local_flow_control_window(st.sid)
         except Exception:
             self._waiting.pop(st.sid, None)
-            return True
+            return
         while st.pending and window > 0:
             chunk = st.pending[0]
             if len(chunk) <= window:
@@ -262,7 +304,6 @@ class TunnelConnection:
         if st.blocked and st.pending_len < LOW_WATER:
             st.blocked = False
             out.append((WRITABLE, st.sid, None))
-        return window > 0
 
     def _maybe_done(self, st: _Stream) -> None:
         if st.local_ended and st.remote_ended:

@@ -336,11 +336,13 @@ def _no_banner(port: int) -> bool:
         return True
 
 
-def test_a_draining_server_sidecar_refuses_new_streams_and_finishes_open_ones(mesh):
-    """The server side of a tunnel drains too: its HBONE listener closes, a new CONNECT on the
-    open HBONE connection is refused (503: the client's socket is closed before a byte), the
-    open stream carries on, and it exits once that closed."""
-    port, echo = mesh["port"], mesh["echo"]
+def test_a_draining_server_sidecar_sends_goaway_and_finishes_open_streams(mesh):
+    """The server side of a tunnel drains too: its HBONE listener closes and it sends GOAWAY on
+    the open HBONE connection, so the client sidecar opens no new stream there (echo is the
+    only endpoint: a new TCP connection is closed before a byte); the open stream carries on,
+    and echo exits once that closed. tests/integration/test_tcp_hbone_goaway.py has the case
+    with a second endpoint taking the new connections."""
+    port, echo, client = mesh["port"], mesh["echo"], mesh["client"]
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     f = s.makefile("rb")
     try:
@@ -352,13 +354,19 @@ def test_a_draining_server_sidecar_refuses_new_streams_and_finishes_open_ones(me
             s.sendall(b"late %d\n" % i)
             assert f.readline() == b"echo late %d\n" % i
         assert echo.proc.p.poll() is None, "echo's sidecar exited with a stream open"
+        assert 'meshlet_hbone_goaway_total{direction="inbound"} 1.0' in (
+            echo.admin_get("/metrics")[1].decode()
+        )
+        going = [t for t in _outbound_tunnels(client) if t["goaway"]]
+        assert len(going) == 1 and going[0]["streams_open"] == 1, _outbound_tunnels(client)
     finally:
         f.close()
         s.close()
     echo.proc.p.wait(timeout=20)
     assert time.monotonic() - t0 < 19, "echo waited for its drain timeout (default 20 s)"
-    refused = [x for x in _tcp_log(echo) if x["connection_termination_details"] == "draining"]
-    assert refused and refused[-1]["downstream_peer_principal"] == CLIENT_ID
+    # no CONNECT reached echo after its GOAWAY: none was refused with 503
+    assert not [x for x in _tcp_log(echo) if x["connection_termination_details"] == "draining"]
+    assert _json(client, "/config_dump")["tcp"]["hbone_goaways"]["outbound"] >= 1
     mesh["echo"] = _echo_sidecar(mesh)
     wait_until(lambda: _routable(mesh["client"], port), timeout=30, what="echo back")
 

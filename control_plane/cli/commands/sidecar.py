@@ -10,6 +10,17 @@ NAME = "sidecar"
 HELP = "run a sidecar proxy beside one service"
 
 
+def _max_streams(text: str) -> int:
+    """--hbone-max-streams: 1 to 2^31-1 (a SETTINGS value), or 0 for the default."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= n < 1 << 31:
+        raise argparse.ArgumentTypeError(f"{n} is not between 0 (the default) and 2147483647")
+    return n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", required=True, help="the service this sidecar fronts")
     p.add_argument("--namespace", default="default", help="default: default")
@@ -58,6 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an outbound HBONE connection (to a peer's 15008) with no TCP "
                    "connection on it for this long is closed; the next one resumes its TLS "
                    "session (default 300)")
+    p.add_argument("--hbone-max-streams", type=_max_streams, default=0, metavar="N",
+                   help="concurrent CONNECT streams a peer may open on one inbound HBONE "
+                   "connection (SETTINGS_MAX_CONCURRENT_STREAMS; peers open another connection "
+                   "past it; default 4096)")
     p.add_argument(
         "--stream-idle-timeout",
         type=float,
@@ -125,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         advertise_address=args.advertise_address,
         drain_timeout=args.drain_timeout,
         hbone_idle_timeout=args.hbone_idle_timeout,
+        hbone_max_streams=args.hbone_max_streams,
         stream_idle_timeout=args.stream_idle_timeout,
         access_log=not args.no_access_log,
     )

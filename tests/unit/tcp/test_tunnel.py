@@ -192,3 +192,83 @@ def test_bulk_bytes_arrive_intact_through_buffered_reads_and_zero_copy_writes():
         if len(got_up) == len(up) and len(got_down) == len(down):
             break
     assert got_up == up and got_down == down
+
+
+# -- GOAWAY (drain) and the peer's stream limit ----------------------------------------------
+def test_goaway_lets_processed_streams_run_and_refuses_the_ones_that_crossed_it():
+    c, s = _pair()
+    old = c.open("a:1")
+    _pump(c, s)
+    s.accept(old)
+    _pump(c, s)
+    assert s.goaway() is True and s.goaway() is False  # once
+    late = c.open("a:1")  # sent before the client has read the GOAWAY: they cross
+    c.send(late, b"never processed")
+    to_server, to_client = c.data_to_send(), s.data_to_send()
+    sev = s.receive(to_server)
+    assert not [e for e in sev if e[1] == late]  # not OPENED: nothing reaches the app
+    cev = c.receive(to_client)
+    assert (tn.RESET, late, tn.REFUSED_STREAM) in cev  # safe to open again elsewhere
+    assert (tn.GOAWAY, old, 0) in cev
+    assert c.closed and not c.can_open() and s.closed
+    # the stream the server had processed goes on both ways, to its end
+    c.send(old, b"ping")
+    s.send(old, b"pong")
+    cev, sev = _pump(c, s)
+    assert (tn.DATA, old, b"ping") in sev and (tn.DATA, old, b"pong") in cev
+    assert not [e for e in cev if e[0] == tn.RESET and e[1] == late]  # forgotten, no echo
+    c.end(old)
+    s.end(old)
+    cev, sev = _pump(c, s)
+    assert (tn.ENDED, old, None) in cev and (tn.ENDED, old, None) in sev
+    assert not c.streams and not s.streams
+
+
+def test_the_client_learns_the_peers_stream_limit_from_its_settings():
+    limits = h2.Limits(**{**tn.LIMITS.__dict__, "max_concurrent_streams": 2})
+    c = tn.TunnelConnection(True)
+    s = tn.TunnelConnection(False, limits)
+    assert not c.settings_received and c.can_open()  # unknown until SETTINGS arrive
+    cev, _ = _pump(c, s)
+    assert cev.count((tn.SETTINGS, 0, None)) == 1 and c.settings_received
+    a, b = c.open("a:1"), c.open("a:1")
+    assert not c.can_open()  # the peer's limit: a third TCP connection needs a new connection
+    _pump(c, s)
+    c.reset(a)
+    _pump(c, s)
+    assert c.can_open() and b in c.streams
+
+
+def test_a_stream_over_the_servers_limit_is_refused_unprocessed():
+    limits = h2.Limits(**{**tn.LIMITS.__dict__, "max_concurrent_streams": 1})
+    c = tn.TunnelConnection(True)
+    s = tn.TunnelConnection(False, limits)
+    c.open("a:1")
+    over = c.open("a:1")  # before the server's SETTINGS: the client could not know
+    cev, sev = _pump(c, s)
+    assert (tn.RESET, over, tn.REFUSED_STREAM) in cev
+    assert [e for e in sev if e[0] == tn.OPENED] == [(tn.OPENED, 1, "a:1")]
+
+
+def test_a_stream_with_a_spent_window_does_not_starve_the_streams_behind_it():
+    """Found looking for the bulk stall: when the connection window reopened, the first waiting
+    stream whose own window was spent (a slow reader) ended the pass, and a stream behind it,
+    held back only by the connection window, waited for a stream update that its peer had no
+    reason to send: its socket stayed paused with nothing in flight."""
+    limits = h2.Limits(**{**tn.LIMITS.__dict__, "stream_window": 40000, "connection_window": 65535})
+    c = tn.TunnelConnection(True, limits)
+    s = tn.TunnelConnection(False, limits)
+    _pump(c, s)
+    slow, bulk = c.open("a:1"), c.open("a:1")
+    _pump(c, s)
+    s.accept(slow)
+    s.accept(bulk)
+    _pump(c, s)
+    c.send(slow, b"x" * 40010)  # its stream window spent: 10 bytes wait, first in line
+    c.send(bulk, b"y" * 60000)  # the connection window spent: the rest waits
+    assert c.h2.connection_send_window == 0 and c.streams[bulk].pending_len == 60000 - 25535
+    # the server takes it all and reopens the connection window (not the slow stream's)
+    _, sev = _pump(c, s)
+    got = sum(len(v) for kind, sid, v in sev if kind == tn.DATA and sid == bulk)
+    assert got == 40000  # the bulk stream's whole window, as soon as the connection allowed
+    assert c.streams[bulk].pending_len == 20000 and c.streams[slow].pending_len == 10
