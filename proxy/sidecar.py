@@ -515,6 +515,11 @@ class Sidecar:
             lst.stop_accepting()
         if tcp is not None:
             tcp.stop_accepting()
+        if self.discovery is not None:
+            # Leave the mesh now, not at exit: as Kubernetes takes a terminating pod out of its
+            # endpoints at once, peers get a config without this sidecar's endpoint and stop
+            # picking it while it finishes what is in flight (the uplink's counts still flow).
+            await self.discovery.stop()
 
         def busy() -> bool:
             return any(lst.busy for lst in self.listeners.values()) or bool(

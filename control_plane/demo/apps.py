@@ -35,7 +35,7 @@ def build_app(name: str, version: str, outbound: str = "", *, fail_percent: floa
 
         middlewares.append(faulty)
     app = web.Application(client_max_size=1 << 30, middlewares=middlewares)
-    state = {"requests": 0, "flaky": 0}
+    state = {"requests": 0, "flaky": 0, "delaying": 0}  # delaying: /delay calls held now
 
     def who(request: web.Request, **extra: object) -> web.Response:
         state["requests"] += 1
@@ -67,7 +67,11 @@ def build_app(name: str, version: str, outbound: str = "", *, fail_percent: floa
         return web.Response(status=code, text=f"{name} {version} {code}\n", headers=headers)
 
     async def delay(request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.query.get("ms", "100")) / 1000.0)
+        state["delaying"] += 1
+        try:
+            await asyncio.sleep(float(request.query.get("ms", "100")) / 1000.0)
+        finally:
+            state["delaying"] -= 1
         return who(request)
 
     async def flaky(request: web.Request) -> web.Response:
