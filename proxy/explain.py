@@ -16,7 +16,15 @@ from typing import Any
 
 from control_plane.api.hosts import split_host_port
 from proxy.http1.parser import RequestHead
-from proxy.inbound.admit import DryRunLimits, admit, authorize, normalise, refuses_connection
+from proxy.inbound.admit import (
+    DEADLINE_PASSED,
+    DryRunLimits,
+    admit,
+    authorize,
+    caller_deadline,
+    normalise,
+    refuses_connection,
+)
 from proxy.outbound.route import DIRECT, FORWARD, NO_ROUTE, PASSTHROUGH, choose
 from proxy.routes import match
 from proxy.transport.exchange import host_port
@@ -195,6 +203,19 @@ def _outbound(rt: Any, head: Any, query: dict[str, str], out: dict[str, Any]) ->
     ]
 
 
+def _deadline(head: Any, out: dict[str, Any]) -> Any:
+    """The last admission step: the caller's deadline (``caller_deadline_s``), refused when it
+    has passed already (a request in flight also spends time in the sidecar: not shown)."""
+    first: dict[str, str] = {}
+    for name, value in head.headers:
+        first.setdefault(name, value)  # the first value wins, as the stack's header scan
+    left = caller_deadline(first)
+    if left is None:
+        return None
+    out["caller_deadline_s"] = left
+    return DEADLINE_PASSED if left <= 0.0 else None
+
+
 def _inbound(sidecar: Any, head: Any, query: dict[str, str], out: dict[str, Any]) -> None:
     """The inbound stack's decision (listener accept, then ``InboundStack.handle``)."""
     rt = sidecar.runtime
@@ -233,10 +254,13 @@ def _inbound(sidecar: Any, head: Any, query: dict[str, str], out: dict[str, Any]
     refused = admit(head, path, principal, peer_ip, mtls, cluster.port, rt.authz, limits)
     out["forward_to"] = cluster.endpoints[0].key
     if refused is None:
+        refused = _deadline(head, out)
+    if refused is None:
         out["decision"] = f"forward to {cluster.endpoints[0].key}"
         return
     status, flag, _, rule, subject = refused
-    out["decision"] = f"{status} {flag}: refused by {rule}"
+    why = f"refused by {rule}" if rule else "the caller's deadline has passed"
+    out["decision"] = f"{status} {flag}: {why}"
     if subject is not None:
         out["rate_limit"] = {"policy": subject[0], "limit": subject[1]}
 

@@ -1,5 +1,7 @@
 """Admission of an inbound request, decided without I/O: normalise the target (what is
-authorized is what is forwarded), then authorization, then the workload's own rate limits.
+authorized is what is forwarded), then authorization, then the workload's own rate limits, then
+the caller's deadline (:func:`caller_deadline`: one that has already passed is answered here,
+504 UT, DEADLINE_EXCEEDED for gRPC, and never reaches the app).
 
 PeerAuthentication (STRICT/PERMISSIVE/DISABLE) is enforced earlier, when the listener accepts
 the connection (:func:`refuses_connection`); what reaches here carries the caller's verified
@@ -9,17 +11,22 @@ explaining takes no permit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from proxy.authz.engine import RequestAttrs, merged_header_getter
 from proxy.authz.normalize import normalize_path, normalize_target
+from proxy.resilience.deadline import incoming_deadline
 from proxy.resilience.inbound_ratelimit import _sa_key
+from proxy.server.h2.grpc import is_grpc
 from proxy.server.headers import SPOOFABLE_INBOUND
 
 # A refusal: (status, response flag, body, the rule that refused, limit subject or None)
 Refusal = tuple[int, str, "str | None", str, Any]
 
 BAD_TARGET: Refusal = (400, "DPE", "Bad Request", "", None)
+#: the caller's deadline passed before the request could go to the app (Envoy's router timeout)
+DEADLINE_PASSED: Refusal = (504, "UT", None, "", None)
 
 
 def normalise(head: Any) -> tuple[str, str, bool] | None:
@@ -89,6 +96,20 @@ def admit(
         if refused is not None:
             return (429, "RL", None, refused[0], refused)
     return None
+
+
+def caller_deadline(hdrs: Mapping[str, str]) -> float | None:
+    """Seconds the caller has left, from ``grpc-timeout`` (a gRPC request only) and
+    ``x-envoy-expected-rq-timeout-ms``, the smaller when both; None when neither is valid. 0
+    means the deadline has passed (``grpc-timeout: 0m``, or a caller sidecar that had nothing
+    left). Read once per request by the inbound stack, from the headers it already scanned."""
+    expected = hdrs.get("x-envoy-expected-rq-timeout-ms")
+    grpc_timeout = hdrs.get("grpc-timeout")
+    if grpc_timeout is not None and not is_grpc(hdrs.get("content-type")):
+        grpc_timeout = None  # as the attempt machine: only a gRPC caller's grpc-timeout counts
+    if grpc_timeout is None and expected is None:
+        return None
+    return incoming_deadline(grpc_timeout, expected)
 
 
 def upstream_headers(head: Any, spoofed: bool, absolute: bool) -> list[tuple[str, str]]:
