@@ -5,9 +5,10 @@
 
 Both trees' compiled ``proxy.http1._parser_c`` (both must be built) are loaded into one
 process; each round times every head on both, alternating which goes first, as the best of 20
-runs of ``--number`` calls. Printed: the medians over rounds, per tree, and
-the ratio this / base. Refactors of the parser (issue 18 split ``parse_request_head`` into
-helpers) must not slow it down.
+runs of ``--number`` calls. Printed per head: the medians over rounds, the median of the
+per-round ratios this / base, the ratio of the fastest rounds (the least disturbed by other
+processes on a shared box), and every round's ratio. Refactors of the parser (issue 18 split
+``parse_request_head`` into helpers) must not slow it down.
 """
 
 from __future__ import annotations
@@ -92,15 +93,18 @@ def main() -> None:
         for head, buf in HEADS.items():
             for tree in order:
                 samples[tree][head].append(best_us(parsers[tree], buf, args.number))
-    print(f"{'head':32} {'this µs':>9} {'base µs':>9} {'this/base':>9}   per round this/base")
+    print(
+        f"{'head':30} {'this µs':>8} {'base µs':>8} {'ratio':>6} {'of mins':>8}"
+        "   per round this/base"
+    )
     for head in HEADS:
-        this = statistics.median(samples["this"][head])
-        base = statistics.median(samples["base"][head])
-        per = ", ".join(
-            f"{a / b:.2f}"
-            for a, b in zip(samples["this"][head], samples["base"][head], strict=True)
+        this, base = samples["this"][head], samples["base"][head]
+        ratios = [a / b for a, b in zip(this, base, strict=True)]
+        print(
+            f"{head:30} {statistics.median(this):8.3f} {statistics.median(base):8.3f}"
+            f" {statistics.median(ratios):6.3f} {min(this) / min(base):8.3f}"
+            f"   {', '.join(f'{r:.2f}' for r in ratios)}"
         )
-        print(f"{head:32} {this:9.3f} {base:9.3f} {this / base:9.3f}   {per}")
 
 
 if __name__ == "__main__":
