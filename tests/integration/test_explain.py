@@ -121,9 +121,7 @@ def _explain(sidecar, **query: str) -> dict:
     return json.loads(body)
 
 
-def _request(
-    port: int, target: str, headers: str = "", tls: ssl.SSLContext | None = None
-) -> bytes:
+def _request(port: int, target: str, headers: str = "", tls: ssl.SSLContext | None = None) -> bytes:
     """One HTTP/1.1 request on a new connection; everything the sidecar sent back ("" when
     it reset or closed the connection without an answer)."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -131,8 +129,7 @@ def _request(
     out = b""
     try:
         s.sendall(
-            f"GET {target} HTTP/1.1\r\nHost: inventory\r\n{headers}Connection: close\r\n\r\n"
-            .encode()
+            f"GET {target} HTTP/1.1\r\nHost: inventory\r\n{headers}Connection: close\r\n\r\n".encode()
         )
         while chunk := s.recv(65536):
             out += chunk

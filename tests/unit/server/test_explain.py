@@ -111,9 +111,13 @@ def test_peer_authentication_applies_where_the_listener_enforces_it():
     assert refuses_connection("STRICT", False) and not refuses_connection("STRICT", True)
     assert refuses_connection("DISABLE", True) and not refuses_connection("DISABLE", False)
     assert not refuses_connection("PERMISSIVE", False)
-    strict = CONFIG + "---\n" + (
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
-        "metadata: {name: default, namespace: default}\nspec: {mtls: {mode: STRICT}}\n"
+    strict = (
+        CONFIG
+        + "---\n"
+        + (
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+            "metadata: {name: default, namespace: default}\nspec: {mtls: {mode: STRICT}}\n"
+        )
     )
     sc = _sidecar(strict, inbound_mtls=True)
     sc.runtime.mtls_mode = "STRICT"
