@@ -245,11 +245,29 @@ class Sidecar:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
+        """Bring the sidecar up, in order: config, identity, the TCP proxy (and HBONE),
+        telemetry, the listeners, the admin port, signals; then announce it ready."""
         self._stopped = asyncio.Event()
         o = self.opts
         if o.config_file:
             self.load_file()  # at start an invalid file is fatal: there is nothing to keep
         await self._setup_identity()
+        await self._start_tcp()
+        self._setup_telemetry()
+        self._wire_tcp_telemetry()
+        out, inb = await self._start_listeners()
+        await self._start_admin()
+        self._handle_signals()
+        _freeze_startup_objects()
+        if o.control_plane:
+            self._start_discovery(inb.port)
+        self.ready = bool(self.runtime.config_version) or not (o.config_file or o.control_plane)
+        self._announce_ready(out.port, inb.port)
+
+    async def _start_tcp(self) -> None:
+        """The TCP proxy (declared TCP ports, captured non-HTTP bytes) and, with an identity,
+        its HBONE listener."""
+        o = self.opts
         from proxy.tcp.proxy import TcpProxy
 
         self.tcp = TcpProxy(self.runtime, o.app_host, o.app_port)
@@ -261,7 +279,9 @@ class Sidecar:
                 hbone = 15008 if o.inbound_port == 15006 else 0
             await self.tcp.start_hbone(o.inbound_bind, hbone, self._ticketing_contexts())
         self.tcp.on_table(self.runtime.table)
-        self._setup_telemetry()
+
+    def _wire_tcp_telemetry(self) -> None:
+        """The TCP proxy's metrics and access log, once telemetry exists."""
         if self.telemetry is not None:
             from proxy.tcp.metrics import TcpMetrics
 
@@ -269,6 +289,10 @@ class Sidecar:
             self.tcp.metrics.handshakes = self.tcp.handshakes
             self.tcp.metrics.goaways = self.tcp.goaways
             self.tcp.access_log = self.telemetry.access_log
+
+    async def _start_listeners(self) -> tuple[Listener, Listener]:
+        """The outbound (app -> mesh) and inbound (mesh -> app) listeners, listening."""
+        o = self.opts
         out = Listener(
             "outbound",
             self.forwarder.outbound,
@@ -301,11 +325,18 @@ class Sidecar:
             lst.h2_factory = _h2_factory
             await _listening(lst.start(), lst.name, lst.host, lst.port)
             self.listeners[lst.name] = lst
+        return out, inb
+
+    async def _start_admin(self) -> None:
+        o = self.opts
         self.admin_runner = web.AppRunner(build_app(self), access_log=None)
         await self.admin_runner.setup()
         site = web.TCPSite(self.admin_runner, o.admin_bind, o.admin_port, reuse_address=True)
         await _listening(site.start(), "admin", o.admin_bind, o.admin_port)
         self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def _handle_signals(self) -> None:
+        """SIGHUP reloads the config file; SIGTERM and SIGINT drain."""
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -313,27 +344,22 @@ class Sidecar:
             loop.add_signal_handler(signal.SIGINT, self.request_drain)
         except (NotImplementedError, RuntimeError):
             pass
-        # Everything allocated so far lives as long as the process: keep it out of the cyclic
-        # GC's scans, and collect the young generation less often (request objects are freed
-        # by reference counting; the cyclic GC only pays for the rare cycle).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(20000, 50, 100)
-        if o.control_plane:
-            self._start_discovery(inb.port)
-        self.ready = bool(self.runtime.config_version) or not (o.config_file or o.control_plane)
+
+    def _announce_ready(self, outbound: int, inbound: int) -> None:
+        """The log line, and the ready line on stderr that tests and scripts wait for."""
+        o = self.opts
         log.info(
             "meshlet sidecar %s for %s.%s: outbound %d, inbound %d, admin %d, fastpath %s",
             __version__,
             o.service,
             o.namespace,
-            out.port,
-            inb.port,
+            outbound,
+            inbound,
             self.admin_port,
             _accel.fastpath(),
         )
         print(
-            f"meshlet sidecar ready service={o.service} outbound={out.port} inbound={inb.port} "
+            f"meshlet sidecar ready service={o.service} outbound={outbound} inbound={inbound} "
             f"admin={self.admin_port} fastpath={_accel.fastpath()} hbone={self.tcp.hbone_port}",
             file=sys.stderr,
             flush=True,
@@ -687,6 +713,15 @@ async def _listening(start: Awaitable[Any], port_name: str, host: str, port: int
             f"cannot listen on the {port_name} port {host}:{port}: {reason}; "
             f"pick a free one with --{port_name} PORT",
         ) from None
+
+
+def _freeze_startup_objects() -> None:
+    """Everything allocated so far lives as long as the process: keep it out of the cyclic
+    GC's scans, and collect the young generation less often (request objects are freed by
+    reference counting; the cyclic GC only pays for the rare cycle)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20000, 50, 100)
 
 
 def _h2_factory(*args: Any) -> Any:

@@ -60,11 +60,21 @@ cdef list _split_head(object head, int status)
 )
 cdef tuple _parse_fields(list lines, Py_ssize_t max_headers, int status)
 
+@cython.locals(parts=list, method=str, target=str, http_version=str, version=int)
+cdef inline int _request_line(RequestHead req, str line, Py_ssize_t max_line) except -1
+
+@cython.locals(q=Py_ssize_t, path=str, query=str, url_host=str, scheme=str)
+cdef inline str _target_form(RequestHead req, str method, str target)
+
+cdef inline str _request_host(str host, int host_count, str url_host, int version)
+
+cdef inline bint _request_chunked(int te_count, str te_value, long long content_length,
+                                  int version) except -1
+
 @cython.locals(
-    end=Py_ssize_t, max_line=Py_ssize_t, q=Py_ssize_t, lines=list, parts=list, method=str, target=str,
-    http_version=str, path=str, query=str, host=str, host_count=int,
-    content_length="long long", te_count=int, te_value=str, connection=tuple, upgrade=str,
-    expect_continue=bint, headers=list, version=int, chunked=bint, keep_alive=bint,
+    end=Py_ssize_t, max_line=Py_ssize_t, lines=list, target=str, url_host=str, host=str,
+    host_count=int, content_length="long long", te_count=int, te_value=str, connection=tuple,
+    upgrade=str, expect_continue=bint, headers=list, version=int, keep_alive=bint,
     req=RequestHead,
 )
 cpdef object parse_request_head(object buf, Py_ssize_t max_head=*, Py_ssize_t max_headers=*, Py_ssize_t max_uri=*)

@@ -375,21 +375,16 @@ def _parse_fields(lines, max_headers, status):
     )
 
 
-def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
-    """Parse one request head from the start of ``buf``.
+def _request_line(req, line, max_line):
+    """``method SP request-target SP HTTP-version`` with single SPs (RFC 9112 §3), into ``req``.
 
-    Returns ``(head, consumed)`` or None while the head is incomplete; raises ProtocolError.
+    Returns the version: 11, 10, or 0 for a well-formed version this parser does not speak
+    (answered 505 only once the fields are known to be sound). The parts go straight into
+    ``req`` rather than a tuple: the compiled build then allocates nothing for them.
     """
-    end = buf.find(b"\r\n\r\n", 0, max_head)
-    max_line = max_uri + _REQUEST_LINE_EXTRA
-    if end < 0:
-        return _incomplete(buf, max_head, 400, max_line)
-    lines = _split_head(buf[: end + 4], 400)
-    if len(lines[0]) > max_line:
+    if len(line) > max_line:
         raise ProtocolError(414, "request line too long")
-
-    # request-line = method SP request-target SP HTTP-version, single SPs (RFC 9112 §3)
-    parts = lines[0].split(" ")
+    parts = line.split(" ")
     if len(parts) != 3:
         raise ProtocolError(400, "invalid request line")
     method, target, http_version = parts
@@ -406,25 +401,17 @@ def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
         version = 0
     else:
         raise ProtocolError(400, "invalid request line")
+    req.method = method
+    req.target = target
+    req.version = version
+    return version
 
-    (
-        headers,
-        host,
-        host_count,
-        content_length,
-        te_count,
-        te_value,
-        connection,
-        upgrade,
-        expect_continue,
-    ) = _parse_fields(lines, max_headers, 400)
 
-    if len(target) > max_uri:
-        raise ProtocolError(414, "uri too long")
-    if version == 0:
-        raise ProtocolError(505, "http version not supported")
+def _target_form(req, method, target):
+    """The request-target's form (RFC 9112 §3.2): sets ``req.path`` and ``req.query``.
 
-    # request-target forms (RFC 9112 §3.2)
+    Returns the absolute-form's authority, None for the other forms.
+    """
     query = ""
     url_host = None
     if "#" in target:
@@ -459,7 +446,14 @@ def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
         path = a.group(3) or "/"
         if a.group(4) is not None:
             query = a.group(4)
+    req.path = path
+    req.query = query
+    return url_host
 
+
+def _request_host(host, host_count, url_host, version):
+    """The request's host: exactly one valid Host on HTTP/1.1, and the absolute-form's
+    authority over it (RFC 9112 §3.2.2)."""
     if host_count > 1:
         raise ProtocolError(400, "duplicate host")
     if host_count == 0:
@@ -468,17 +462,59 @@ def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
     elif not _valid_host(host):
         raise ProtocolError(400, "invalid host")
     if url_host is not None:
-        host = url_host  # RFC 9112 §3.2.2: the target's authority wins
+        return url_host
+    return host
 
-    chunked = False
-    if te_count:
-        if te_count > 1 or te_value.lower() != "chunked":
-            raise ProtocolError(501, "unsupported transfer-encoding")
-        if version == 10:
-            raise ProtocolError(400, "transfer-encoding on HTTP/1.0")
-        if content_length != -1:
-            raise ProtocolError(400, "content-length with transfer-encoding")
-        chunked = True
+
+def _request_chunked(te_count, te_value, content_length, version):
+    """The body framing decision: chunked, or not. Only ``Transfer-Encoding: chunked``, once,
+    on HTTP/1.1 and without Content-Length passes: anything else is how requests get smuggled."""
+    if not te_count:
+        return False
+    if te_count > 1 or te_value.lower() != "chunked":
+        raise ProtocolError(501, "unsupported transfer-encoding")
+    if version == 10:
+        raise ProtocolError(400, "transfer-encoding on HTTP/1.0")
+    if content_length != -1:
+        raise ProtocolError(400, "content-length with transfer-encoding")
+    return True
+
+
+def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
+    """Parse one request head from the start of ``buf``.
+
+    Returns ``(head, consumed)`` or None while the head is incomplete; raises ProtocolError.
+    The checks run in a fixed order (request line, fields, target, host, framing), so a head
+    with several faults always gets the same answer.
+    """
+    end = buf.find(b"\r\n\r\n", 0, max_head)
+    max_line = max_uri + _REQUEST_LINE_EXTRA
+    if end < 0:
+        return _incomplete(buf, max_head, 400, max_line)
+    lines = _split_head(buf[: end + 4], 400)
+    req = RequestHead.__new__(RequestHead)
+    version = _request_line(req, lines[0], max_line)
+    target = req.target
+
+    (
+        headers,
+        host,
+        host_count,
+        content_length,
+        te_count,
+        te_value,
+        connection,
+        upgrade,
+        expect_continue,
+    ) = _parse_fields(lines, max_headers, 400)
+
+    if len(target) > max_uri:
+        raise ProtocolError(414, "uri too long")
+    if version == 0:
+        raise ProtocolError(505, "http version not supported")
+    url_host = _target_form(req, req.method, target)
+    req.host = _request_host(host, host_count, url_host, version)
+    req.chunked = _request_chunked(te_count, te_value, content_length, version)
 
     if version == 11:
         keep_alive = "close" not in connection
@@ -487,16 +523,8 @@ def parse_request_head(buf, max_head=61440, max_headers=100, max_uri=8192):
     if upgrade and "upgrade" not in connection:
         upgrade = ""
 
-    req = RequestHead.__new__(RequestHead)
-    req.method = method
-    req.target = target
-    req.path = path
-    req.query = query
-    req.version = version
     req.headers = headers
-    req.host = host
     req.content_length = content_length
-    req.chunked = chunked
     req.keep_alive = keep_alive
     req.upgrade = upgrade
     req.expect_continue = expect_continue

@@ -31,6 +31,9 @@ cdef bint _bad_value(bytes value) except -1
 
 cdef object _regular(bytes name, bytes value, unsigned long stream_id)
 
+cdef inline bytes _check_request_pseudo(bytes method, bytes scheme, bytes authority, bytes path,
+                                       bytes protocol, bytes host, unsigned long stream_id)
+
 @cython.locals(name=bytes, value=bytes, regular=list, seen_regular=bint)
 cpdef RequestFields validate_request_headers(object headers, unsigned long stream_id=*,
                                              bint extended_connect=*)

@@ -145,6 +145,58 @@ def _regular(name: bytes, value: bytes, stream_id: int) -> None:
         raise MalformedMessage(f"connection-specific field {name!r}", stream_id)
 
 
+def _check_request_pseudo(
+    method: bytes | None,
+    scheme: bytes | None,
+    authority: bytes | None,
+    path: bytes | None,
+    protocol: bytes | None,
+    host: bytes | None,
+    stream_id: int,
+) -> bytes | None:
+    """RFC 9113 8.3.1 / 8.5: the pseudo-headers together make one request an HTTP/1.1 hop can
+    carry. Returns the authority: ``:authority``, else ``host``."""
+    if method is None:
+        raise MalformedMessage("missing :method", stream_id)
+    if not method or _has_any(method, _TOKEN_BAD, _TOKEN_OUTSIDE):
+        raise MalformedMessage("invalid :method", stream_id)
+    if method == b"CONNECT" and protocol is None:
+        # RFC 9113 8.5: only :authority, the host and port to tunnel to
+        if scheme is not None or path is not None:
+            raise MalformedMessage("CONNECT with :scheme or :path", stream_id)
+        if not authority:
+            raise MalformedMessage("CONNECT without :authority", stream_id)
+    else:
+        if protocol is not None and method != b"CONNECT":
+            raise MalformedMessage(":protocol on a request other than CONNECT", stream_id)
+        if scheme is None:
+            raise MalformedMessage("missing :scheme", stream_id)
+        if path is None:
+            raise MalformedMessage("missing :path", stream_id)
+        if not scheme or _has_any(scheme, _TOKEN_BAD, _TOKEN_OUTSIDE):
+            raise MalformedMessage("invalid :scheme", stream_id)
+        if not path:
+            raise MalformedMessage("empty :path", stream_id)
+        if _has_any(path, _TARGET_BAD, _TARGET_OUTSIDE):
+            raise MalformedMessage("invalid octet in :path", stream_id)
+        if scheme == b"http" or scheme == b"https":
+            # origin-form, or asterisk-form for OPTIONS: what an HTTP/1.1 request line allows
+            if path[0] != 0x2F and not (path == b"*" and method == b"OPTIONS"):
+                raise MalformedMessage(":path is neither origin-form nor '*'", stream_id)
+            if authority is not None and b"@" in authority:
+                raise MalformedMessage(":authority with userinfo", stream_id)
+    if authority is not None:
+        if _has_any(authority, _TARGET_BAD, _TARGET_OUTSIDE):
+            raise MalformedMessage("invalid octet in :authority", stream_id)
+        if host is not None and host != authority:
+            raise MalformedMessage("host differs from :authority", stream_id)
+    elif host is not None:
+        if not host or _has_any(host, _TARGET_BAD, _TARGET_OUTSIDE):
+            raise MalformedMessage("invalid host", stream_id)
+        authority = host
+    return authority
+
+
 def validate_request_headers(
     headers: list, stream_id: int = 0, extended_connect: bool = False
 ) -> RequestFields:
@@ -205,44 +257,7 @@ def validate_request_headers(
             host = value
         regular.append(field)
 
-    if method is None:
-        raise MalformedMessage("missing :method", stream_id)
-    if not method or _has_any(method, _TOKEN_BAD, _TOKEN_OUTSIDE):
-        raise MalformedMessage("invalid :method", stream_id)
-    if method == b"CONNECT" and protocol is None:
-        # RFC 9113 8.5: only :authority, the host and port to tunnel to
-        if scheme is not None or path is not None:
-            raise MalformedMessage("CONNECT with :scheme or :path", stream_id)
-        if not authority:
-            raise MalformedMessage("CONNECT without :authority", stream_id)
-    else:
-        if protocol is not None and method != b"CONNECT":
-            raise MalformedMessage(":protocol on a request other than CONNECT", stream_id)
-        if scheme is None:
-            raise MalformedMessage("missing :scheme", stream_id)
-        if path is None:
-            raise MalformedMessage("missing :path", stream_id)
-        if not scheme or _has_any(scheme, _TOKEN_BAD, _TOKEN_OUTSIDE):
-            raise MalformedMessage("invalid :scheme", stream_id)
-        if not path:
-            raise MalformedMessage("empty :path", stream_id)
-        if _has_any(path, _TARGET_BAD, _TARGET_OUTSIDE):
-            raise MalformedMessage("invalid octet in :path", stream_id)
-        if scheme == b"http" or scheme == b"https":
-            # origin-form, or asterisk-form for OPTIONS: what an HTTP/1.1 request line allows
-            if path[0] != 0x2F and not (path == b"*" and method == b"OPTIONS"):
-                raise MalformedMessage(":path is neither origin-form nor '*'", stream_id)
-            if authority is not None and b"@" in authority:
-                raise MalformedMessage(":authority with userinfo", stream_id)
-    if authority is not None:
-        if _has_any(authority, _TARGET_BAD, _TARGET_OUTSIDE):
-            raise MalformedMessage("invalid octet in :authority", stream_id)
-        if host is not None and host != authority:
-            raise MalformedMessage("host differs from :authority", stream_id)
-    elif host is not None:
-        if not host or _has_any(host, _TARGET_BAD, _TARGET_OUTSIDE):
-            raise MalformedMessage("invalid host", stream_id)
-        authority = host
+    authority = _check_request_pseudo(method, scheme, authority, path, protocol, host, stream_id)
     return RequestFields(method, scheme, authority, path, protocol, content_length, regular)
 
 

@@ -1,22 +1,32 @@
 """Admission of an inbound request, decided without I/O: normalise the target (what is
-authorized is what is forwarded), then authorization, then the workload's own rate limits.
+authorized is what is forwarded), then authorization, then the workload's own rate limits, then
+the caller's deadline (:func:`caller_deadline`: one that has already passed is answered here,
+504 UT, DEADLINE_EXCEEDED for gRPC, and never reaches the app).
 
-PeerAuthentication (STRICT/PERMISSIVE) is enforced earlier, at the TLS handshake of the
-listener; what reaches here carries the caller's verified identity or none.
+PeerAuthentication (STRICT/PERMISSIVE/DISABLE) is enforced earlier, when the listener accepts
+the connection (:func:`refuses_connection`); what reaches here carries the caller's verified
+identity or none. ``/explain`` calls these same functions, with :class:`DryRunLimits` so that
+explaining takes no permit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from proxy.authz.engine import RequestAttrs, merged_header_getter
 from proxy.authz.normalize import normalize_path, normalize_target
+from proxy.resilience.deadline import incoming_deadline
+from proxy.resilience.inbound_ratelimit import _sa_key
+from proxy.server.h2.grpc import is_grpc
 from proxy.server.headers import SPOOFABLE_INBOUND
 
 # A refusal: (status, response flag, body, the rule that refused, limit subject or None)
 Refusal = tuple[int, str, "str | None", str, Any]
 
 BAD_TARGET: Refusal = (400, "DPE", "Bad Request", "", None)
+#: the caller's deadline passed before the request could go to the app (Envoy's router timeout)
+DEADLINE_PASSED: Refusal = (504, "UT", None, "", None)
 
 
 def normalise(head: Any) -> tuple[str, str, bool] | None:
@@ -40,6 +50,32 @@ def normalise(head: Any) -> tuple[str, str, bool] | None:
     return target, path, absolute
 
 
+def refuses_connection(mode: str, tls: bool) -> bool:
+    """PeerAuthentication at accept: STRICT refuses plaintext, DISABLE refuses TLS. Istio
+    answers with a reset, not an HTTP error, so the listener closes the connection."""
+    return (mode == "STRICT" and not tls) or (mode == "DISABLE" and tls)
+
+
+def authorize(
+    head: Any, path: str, principal: str, peer_ip: str, mtls: bool, port: int, authz: Any
+) -> Any:
+    """The AuthorizationPolicy decision for the request, or None when no policy applies."""
+    if authz is None or authz.empty:
+        return None
+    return authz.check(
+        RequestAttrs(
+            source_principal=principal[9:] if principal.startswith("spiffe://") else principal,
+            source_ip=peer_ip,
+            method=head.method,
+            host=head.host,
+            port=port,
+            path=path,
+            headers=merged_header_getter(head.headers),
+            mtls=mtls,
+        )
+    )
+
+
 def admit(
     head: Any,
     path: str,
@@ -52,26 +88,28 @@ def admit(
 ) -> Refusal | None:
     """None when the request may go on; else the refusal. Authorization first, then the
     workload's own rate limits (a denied call spends nothing)."""
-    if authz is not None and not authz.empty:
-        decision = authz.check(
-            RequestAttrs(
-                source_principal=principal[9:] if principal.startswith("spiffe://") else principal,
-                source_ip=peer_ip,
-                method=head.method,
-                host=head.host,
-                port=port,
-                path=path,
-                headers=merged_header_getter(head.headers),
-                mtls=mtls,
-            )
-        )
-        if not decision.allowed:
-            return (403, "RBAC", "RBAC: access denied", decision.policy, None)
+    decision = authorize(head, path, principal, peer_ip, mtls, port, authz)
+    if decision is not None and not decision.allowed:
+        return (403, "RBAC", "RBAC: access denied", decision.policy, None)
     if limits is not None:
         refused = limits.check(head.method, path, principal)
         if refused is not None:
             return (429, "RL", None, refused[0], refused)
     return None
+
+
+def caller_deadline(hdrs: Mapping[str, str]) -> float | None:
+    """Seconds the caller has left, from ``grpc-timeout`` (a gRPC request only) and
+    ``x-envoy-expected-rq-timeout-ms``, the smaller when both; None when neither is valid. 0
+    means the deadline has passed (``grpc-timeout: 0m``, or a caller sidecar that had nothing
+    left). Read once per request by the inbound stack, from the headers it already scanned."""
+    expected = hdrs.get("x-envoy-expected-rq-timeout-ms")
+    grpc_timeout = hdrs.get("grpc-timeout")
+    if grpc_timeout is not None and not is_grpc(hdrs.get("content-type")):
+        grpc_timeout = None  # as the attempt machine: only a gRPC caller's grpc-timeout counts
+    if grpc_timeout is None and expected is None:
+        return None
+    return incoming_deadline(grpc_timeout, expected)
 
 
 def upstream_headers(head: Any, spoofed: bool, absolute: bool) -> list[tuple[str, str]]:
@@ -85,3 +123,30 @@ def upstream_headers(head: Any, spoofed: bool, absolute: bool) -> list[tuple[str
         headers = [(n, v) for n, v in headers if n != "host"]
         headers.insert(0, ("host", head.host))
     return headers
+
+
+class DryRunLimits:
+    """The workload's inbound rate limits, asked without taking a permit: the answer
+    ``InboundLimits.check`` would give now (same policies, same order: the caller's own
+    bucket, then the total). Buckets not yet made for a caller are full."""
+
+    __slots__ = ("limits",)
+
+    def __init__(self, limits: Any) -> None:
+        self.limits = limits
+
+    def check(self, method: str, path: str, principal: str) -> tuple[str, str] | None:
+        for p in self.limits.policies:
+            if not p.applies(method, path):
+                continue
+            own = p.overrides.get(_sa_key(principal)) if p.overrides and principal else None
+            kind = "override"
+            if own is None and p.identity_rps:
+                kind = "identity"
+                own = p.identities.get(principal)
+            # inbound buckets reserve nothing ahead (timeout 0): no permit left is a refusal
+            if own is not None and own.available_permits <= 0:
+                return p.name, kind
+            if p.total is not None and p.total.available_permits <= 0:
+                return p.name, "total"
+        return None

@@ -1,6 +1,8 @@
 """The inbound stack: a request from a peer (or a plaintext caller), admitted, then forwarded
-to the local app. The caller's remaining deadline (``grpc-timeout``,
-``x-envoy-expected-rq-timeout-ms``) bounds the tries (proxy/transport/tries.attempts_for)."""
+to the local app. The last admission step is the caller's deadline (``grpc-timeout``,
+``x-envoy-expected-rq-timeout-ms``): derived once here and set on the exchange
+(``ex.deadline``), where it bounds the tries (proxy/transport/tries.attempts_for); a deadline
+that has already passed is answered 504 UT (gRPC: DEADLINE_EXCEEDED) without calling the app."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from proxy.transport.propagate import hop_headers
 from proxy.transport.replies import local
 from proxy.transport.tries import forward
 
-from .admit import admit, normalise, upstream_headers
+from .admit import DEADLINE_PASSED, admit, caller_deadline, normalise, upstream_headers
 
 _monotonic = time.monotonic
 
@@ -51,6 +53,12 @@ class InboundStack:
             if subject is not None:
                 rt.count_protection(subject, "inbound_rate_limited")
             return local(ex, status, flag, body)
+        left = caller_deadline(ex.hdrs)
+        if left is not None:
+            if left <= 0.0 or _monotonic() - ex.start >= left:
+                status, flag, body, _, _ = DEADLINE_PASSED
+                return local(ex, status, flag, body)
+            ex.deadline = ex.start + left
         ex.target = target
         ex.headers = upstream_headers(head, spoofed, absolute)
         self._headers(ex, down)

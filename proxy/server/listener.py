@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from proxy.inbound.admit import refuses_connection
 from proxy.server.downstream import Downstream
 from proxy.telemetry.metrics import INBOUND_TLS_HANDSHAKES
 
@@ -140,7 +141,7 @@ class Listener:
             return
         is_tls = head[0] == 0x16 and head[1:2] == b"\x03"
         mode = self.mtls_mode() if self.mtls_mode is not None else "PERMISSIVE"
-        if (mode == "STRICT" and not is_tls) or (mode == "DISABLE" and is_tls):
+        if refuses_connection(mode, is_tls):
             # STRICT refuses plaintext (Istio answers with a reset, not an HTTP error)
             self.refused += 1
             conn.close()

@@ -485,7 +485,14 @@ class MeshletMetrics:
     def __init__(
         self, registry: CollectorRegistry, *, version: str = "", fastpath: str = ""
     ) -> None:
-        r = registry
+        # registered in this order, which is the order /metrics lists them in
+        self._config_metrics(registry, version, fastpath)
+        self._resilience_metrics(registry)
+        self._identity_metrics(registry)
+        self._connection_metrics(registry)
+
+    def _config_metrics(self, r: CollectorRegistry, version: str, fastpath: str) -> None:
+        """The build, and the config in effect: its version, applies and push lag."""
         self.build_info = Gauge(
             "meshlet_build_info",
             "meshlet build; value is always 1.",
@@ -511,6 +518,10 @@ class MeshletMetrics:
             "Seconds between the control plane creating the snapshot in effect and its apply.",
             registry=r,
         )
+
+    def _resilience_metrics(self, r: CollectorRegistry) -> None:
+        """What the resilience policies did: retries, ejections, breakers, bulkheads, rate
+        limits, hedges, connectionPool overflow."""
         self.retries = Counter(
             "meshlet_retries",
             "Retries attempted, by destination and reason.",
@@ -579,6 +590,9 @@ class MeshletMetrics:
             ["destination_service", "kind"],
             registry=r,
         )
+
+    def _identity_metrics(self, r: CollectorRegistry) -> None:
+        """The workload certificate: when it expires, how renewals went."""
         self.certificate_expiry = Gauge(
             "meshlet_certificate_expiry_timestamp_seconds",
             "Unix time at which the workload certificate expires.",
@@ -590,6 +604,10 @@ class MeshletMetrics:
             ["result"],
             registry=r,
         )
+
+    def _connection_metrics(self, r: CollectorRegistry) -> None:
+        """Connections and the sidecar's own replies; TLS handshakes (read from counts kept
+        by the listeners and pools, at scrape time)."""
         self.downstream_connections_active = Gauge(
             "meshlet_downstream_connections_active",
             "Open downstream connections per listener.",

@@ -300,6 +300,11 @@ async def test_explain_outbound_and_inbound(mesh):
     assert "retries" in dest["policy"] and "retry_budget" in dest["policy"]
     status, body = mesh["orders"].admin_get("/explain?host=nowhere&path=/")
     assert json.loads(body)["decision"].startswith("404 NR")
+    # a captured request for an address outside the mesh, asked through the CLI
+    r = mesh["cp"].cli("proxy-config", "explain", node, "--host", "203.0.113.9",
+                       "--original-dst", "203.0.113.9:80", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["decision"].startswith("passthrough")
     status, body = mesh["inv"].admin_get(
         "/explain?direction=inbound&path=/a/../b&principal=spiffe://cluster.local/ns/default/sa/orders")
     data = json.loads(body)

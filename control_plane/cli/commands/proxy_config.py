@@ -56,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="explain the inbound side (authorization) instead of outbound routing",
     )
     ex.add_argument("--principal", default="", help="inbound: the caller's SPIFFE ID")
+    ex.add_argument(
+        "--original-dst",
+        default="",
+        metavar="IP:PORT",
+        help="outbound: a captured request, where the app dialled (routes by address, or"
+        " passes through)",
+    )
     cli_client.add_connection_arguments(parser)
     parser.epilog = cli_client.EXIT_CODES_EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -183,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
             ("direction", "inbound" if args.inbound else "outbound"),
             ("principal", args.principal),
         ]
+        if args.original_dst:
+            q.append(("original_dst", args.original_dst))
         q += [
             ("h." + h.partition(":")[0].strip().lower(), h.partition(":")[2].strip())
             for h in args.header
