@@ -31,7 +31,7 @@ NOT_AT_REST = (
 # a plaintext static sidecar has no identity: no certificate parsing at all
 NOT_STATIC = ("cryptography", "cryptography.x509", "proxy.identity.manager", "certs.csr")
 # a joined sidecar gets its config as JSON
-NOT_JOINED = ("yaml",)
+NOT_JOINED = ("yaml", "certs.authority")  # the CA's own code: a fresh join reads no saved state
 
 
 def _probe_sidecar(workdir: Path, name: str, service: str, app_port: int,
