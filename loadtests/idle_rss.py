@@ -83,9 +83,11 @@ def start_joined(name: str, tree: Path, cp: ControlPlane, up: h.Upstream, work: 
         proc.stop()
 
 
-def start_static(name: str, up: h.Upstream, work: Path) -> float:
+def start_static(name: str, up: h.Upstream, work: Path, n: int) -> float:
     t = h.Target(name)
-    h.start_target(t, work, up, None)  # starts, probes, sleeps 0.5 s and reads the idle RSS
+    run = work / f"{name}-{n}"  # a directory per start: the ready line is read from its stderr
+    run.mkdir()
+    h.start_target(t, run, up, None)  # starts, probes, sleeps 0.5 s and reads the idle RSS
     try:
         return t.idle_rss / 2**20
     finally:
@@ -120,7 +122,7 @@ def main() -> int:
                     tree = h.BASE_TREE[0] if t.endswith("-base") else h.ROOT
                     v = start_joined(t, tree, cp, up, work, n)
                 else:
-                    v = start_static(t, up, work)
+                    v = start_static(t, up, work, n)
                 rss[t].append(v)
                 print(f"[idle-rss] start {n + 1} {t:<20} {v:6.1f} MB", file=sys.stderr)
     finally:
