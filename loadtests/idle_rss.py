@@ -2,7 +2,9 @@
 
 Each target is started ``--starts`` times (interleaved: one start of every target per round),
 answers one ``GET /`` through its outbound port, and 0.5 s later the RSS of its process tree is
-read from ``/proc`` (the method of ``bench_http1.py``'s idle RSS). Medians are printed.
+read from ``/proc`` (the method of ``bench_http1.py``'s idle RSS). Medians are printed, with the
+part of the RSS that is file-backed pages (binaries and shared libraries, shared between
+processes that map the same files).
 
 Targets:
 
@@ -58,6 +60,19 @@ class ControlPlane:
         self.url = "https://" + addr.read_text().strip()
 
 
+def file_backed_mb(pid: int) -> float:
+    """The part of the tree's RSS that is pages of mapped files (the interpreter, shared
+    libraries, extension modules, Envoy's binary): shared by every process mapping them."""
+    kb = 0
+    for p in h.tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                kb += sum(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+        except OSError:
+            pass
+    return kb / 1024
+
+
 def _idle_rss(pid: int, port: int, host: str) -> float:
     status = h.probe(port, host)
     if status != 200:
@@ -67,7 +82,7 @@ def _idle_rss(pid: int, port: int, host: str) -> float:
 
 
 def start_joined(name: str, tree: Path, cp: ControlPlane, up: h.Upstream, work: Path,
-                 n: int) -> float:
+                 n: int) -> tuple[float, float]:
     token = work / f"{name}-{n}.token"
     token.write_text(m.cli(cp.data, cp.url, "token", "create", "--service", "orders"))
     proc, outbound, _, _ = m.launch_sidecar(
@@ -78,18 +93,19 @@ def start_joined(name: str, tree: Path, cp: ControlPlane, up: h.Upstream, work: 
     try:
         # the sidecar's own service, once discovery has pushed it
         h.wait_until(lambda: h.probe(outbound, "orders") == 200, 30, f"{name} routed")
-        return _idle_rss(proc.pid, outbound, "orders")
+        return _idle_rss(proc.pid, outbound, "orders"), file_backed_mb(proc.pid)
     finally:
         proc.stop()
 
 
-def start_static(name: str, up: h.Upstream, work: Path, n: int) -> float:
+def start_static(name: str, up: h.Upstream, work: Path, n: int) -> tuple[float, float]:
     t = h.Target(name)
     run = work / f"{name}-{n}"  # a directory per start: the ready line is read from its stderr
     run.mkdir()
     h.start_target(t, run, up, None)  # starts, probes, sleeps 0.5 s and reads the idle RSS
     try:
-        return t.idle_rss / 2**20
+        assert t.pid is not None
+        return t.idle_rss / 2**20, file_backed_mb(t.pid)
     finally:
         if t.proc is not None:
             t.proc.stop()
@@ -112,6 +128,7 @@ def main() -> int:
         targets = [t for t in args.targets.split(",") if t]
     work = Path(tempfile.mkdtemp(prefix="idle-rss-"))
     rss: dict[str, list[float]] = {t: [] for t in targets}
+    files: dict[str, list[float]] = {t: [] for t in targets}
     try:
         up = h.Upstream("python", work, None)
         cp = ControlPlane(work) if any("joined" in t for t in targets) else None
@@ -120,20 +137,25 @@ def main() -> int:
                 if "joined" in t:
                     assert cp is not None
                     tree = h.BASE_TREE[0] if t.endswith("-base") else h.ROOT
-                    v = start_joined(t, tree, cp, up, work, n)
+                    v, fb = start_joined(t, tree, cp, up, work, n)
                 else:
-                    v = start_static(t, up, work, n)
+                    v, fb = start_static(t, up, work, n)
                 rss[t].append(v)
-                print(f"[idle-rss] start {n + 1} {t:<20} {v:6.1f} MB", file=sys.stderr)
+                files[t].append(fb)
+                print(f"[idle-rss] start {n + 1} {t:<20} {v:6.1f} MB ({fb:.1f} MB file-backed)",
+                      file=sys.stderr)  # fmt: skip
     finally:
         h.Proc.stop_all()
     med = {t: statistics.median(v) for t, v in rss.items() if v}
-    print(f"{'target':<20} {'median MB':>9}  starts")
+    med_file = {t: statistics.median(v) for t, v in files.items() if v}
+    print(f"{'target':<20} {'median MB':>9} {'file-backed':>11}  starts")
     for t, v in rss.items():
         extra = f"  ({med[t] / med['envoy']:.2f}x envoy)" if "envoy" in med and t != "envoy" else ""
-        print(f"{t:<20} {med[t]:9.1f}  {', '.join(f'{x:.1f}' for x in v)}{extra}")
+        print(f"{t:<20} {med[t]:9.1f} {med_file[t]:11.1f}  {', '.join(f'{x:.1f}' for x in v)}"
+              f"{extra}")  # fmt: skip
     if args.out:
         Path(args.out).write_text(json.dumps({"rss_mb": rss, "median_mb": med,
+                                              "file_backed_mb": files,
                                               "git": h.git_state()}, indent=2))  # fmt: skip
     return 0
 
