@@ -149,9 +149,9 @@ def main() -> int:
     med = {t: statistics.median(v) for t, v in rss.items() if v}
     med_file = {t: statistics.median(v) for t, v in files.items() if v}
     print(f"{'target':<20} {'median MB':>9} {'file-backed':>11}  starts")
-    for t, v in rss.items():
+    for t, each in rss.items():
         extra = f"  ({med[t] / med['envoy']:.2f}x envoy)" if "envoy" in med and t != "envoy" else ""
-        print(f"{t:<20} {med[t]:9.1f} {med_file[t]:11.1f}  {', '.join(f'{x:.1f}' for x in v)}"
+        print(f"{t:<20} {med[t]:9.1f} {med_file[t]:11.1f}  {', '.join(f'{x:.1f}' for x in each)}"
               f"{extra}")  # fmt: skip
     if args.out:
         Path(args.out).write_text(json.dumps({"rss_mb": rss, "median_mb": med,
