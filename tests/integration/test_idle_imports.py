@@ -4,11 +4,13 @@ A sidecar's idle RSS is mostly the modules it imported (see loadtests/README.md,
 These tests start real sidecars (a static ``--config`` one, and one joined to a real control
 plane) through ``modules_probe.py``, serve a request and a ``/metrics`` scrape, stop them, and
 assert that the stacks idle does not need were never imported; and that the same stacks load
-when the feature is used (a YAML config file, a misspelt field, an HBONE tunnel).
+when the feature is used (a YAML config file here, an OTLP endpoint here with its span exported;
+HBONE tunnels in test_tcp_mesh.py, a misspelt field's hint in the API unit tests).
 """
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from pathlib import Path
 
@@ -16,11 +18,13 @@ import pytest
 
 from tests import support
 from tests.support import PY, READY, Proc, Sidecar
+from tests.unit.telemetry.test_spans import Receiver, wait_for
 
 PROBE = str(Path(__file__).with_name("modules_probe.py"))
 
 # never loaded by a sidecar at rest, whatever its config source
 NOT_AT_REST = (
+    "opentelemetry",  # the OTel SDK and exporter: only with an OTLP endpoint configured
     "proxy.http2.connection",  # HTTP/2 codec: first h2 connection or HBONE tunnel
     "proxy.tcp.tunnel",  # HBONE tunnels (need a mesh identity)
     "proxy.server.h2.server",  # h2c / h2 downstream connections
@@ -35,12 +39,13 @@ NOT_JOINED = ("yaml", "certs.authority")  # the CA's own code: a fresh join read
 
 
 def _probe_sidecar(workdir: Path, name: str, service: str, app_port: int,
-                   *source: str) -> tuple[Sidecar, Path]:
+                   *source: str, environ: dict[str, str] | None = None) -> tuple[Sidecar, Path]:
     out = workdir / f"{name}.modules"
     cmd = [PY, PROBE, "sidecar", "--service", service, "--app-port", str(app_port), *source,
            "--outbound", "0", "--inbound", "0", "--admin", "0", "--inbound-bind", "127.0.0.1",
            "--no-access-log", "--drain-timeout", "1"]  # fmt: skip
-    proc = Proc(f"sidecar-{name}", cmd, workdir, support.env(MESHLET_MODULES_OUT=str(out)))
+    proc = Proc(f"sidecar-{name}", cmd, workdir,
+                support.env(MESHLET_MODULES_OUT=str(out), **(environ or {})))  # fmt: skip
     try:
         m = proc.wait_for(READY, timeout=60)
     except BaseException:
@@ -108,3 +113,33 @@ def _answers(sc: Sidecar, host: str) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+@pytest.mark.slow
+async def test_tracing_export_configured_loads_the_sdk_and_exports(tmp_path):
+    """The other side of "opentelemetry" above: with an OTLP endpoint the SDK is loaded at
+    start and the request's span arrives, as before."""
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        with support.stopped_at_end() as started:
+            app, port = support.start_app(tmp_path, "orders")
+            started.append(app)
+            cfg = tmp_path / "orders.yaml"
+            cfg.write_text(support.static_service_entry("orders", port))
+            otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+                    "OTEL_TRACES_SAMPLER": "always_on", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+            sc, out = await asyncio.to_thread(
+                _probe_sidecar, tmp_path, "traced", "frontend", port, "--config", str(cfg),
+                environ=otel,
+            )  # fmt: skip
+            started.append(sc)
+            status, _, _ = await support.outbound_request(sc, "orders", "/traced")
+            assert status == 200
+            await wait_for(lambda: receiver.spans(), timeout=30)
+            code = await asyncio.to_thread(sc.stop)
+            assert code == 0, sc.proc.stderr()[-3000:]
+            mods = set(out.read_text().split())
+    finally:
+        await receiver.stop()
+    assert "opentelemetry.sdk.trace" in mods
