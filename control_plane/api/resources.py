@@ -20,13 +20,12 @@ handle one form. Defaults are *not* filled in (see ``defaults_resilience``).
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import yaml
 
 from control_plane.api import canary, extensions, networking, security
 from control_plane.api.expiry import EXPIRES_AT, parse_expires_at
@@ -341,38 +340,47 @@ def from_dict(doc: dict, source: str = "", index: int = 1) -> Resource:
 # -- loading ----------------------------------------------------------------------------------
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys, as kubectl and Istio's decoder do."""
+@functools.cache
+def _strict_loader() -> Any:
+    """A SafeLoader class that rejects duplicate keys, as kubectl and Istio's decoder do.
 
+    Built (and yaml imported) on the first document parsed: a sidecar joined to a control plane
+    gets its config as JSON and never needs yaml (~1 MB of idle RSS)."""
+    import yaml
 
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
-    out: dict = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"unhashable key {key!r}", key_node.start_mark
-            )
-        if key in out:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        out[key] = loader.construct_object(value_node, deep=deep)
-    return out
+    class _StrictLoader(yaml.SafeLoader):
+        pass
 
+    def construct_mapping(loader: Any, node: Any, deep: bool = False) -> dict:
+        loader.flatten_mapping(node)
+        out: dict = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"unhashable key {key!r}", key_node.start_mark
+                )
+            if key in out:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            out[key] = loader.construct_object(value_node, deep=deep)
+        return out
 
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return _StrictLoader
 
 
 def _parse(text: str, source: str) -> tuple[list[tuple[int, Any]], list[ConfigError]]:
+    import yaml
+
     docs: list[tuple[int, Any]] = []
-    loader: _StrictLoader | None = None
+    loader: Any = None
     current = 1  # a syntax error is reported against the document being read
     try:
-        loader = _StrictLoader(text)
+        loader = _strict_loader()(text)
         while loader.check_data():
             doc = loader.get_data()
             if doc is not None:

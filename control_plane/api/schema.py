@@ -10,7 +10,6 @@ the schema does not know is an error that names it.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 import warnings
@@ -449,6 +448,8 @@ def obj(
                     continue
                 fields[k](elem, sub, ctx)
             else:
+                import difflib  # only on a misspelt field: not loaded by a sidecar at rest
+
                 close = difflib.get_close_matches(k, known, n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
                 ctx.error(sub, f'unknown field "{k}"{hint}')

@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from control_plane.cli import commands as _commands
 
 
-def _command_modules() -> list:
+def _command_modules(only: str | None = None) -> list:
     mods = []
     for info in pkgutil.iter_modules(_commands.__path__):
         if info.name.startswith("_"):
+            continue
+        if only is not None and info.name != only.replace("-", "_"):
             continue
         mod = importlib.import_module(f"{_commands.__name__}.{info.name}")
         if hasattr(mod, "NAME") and hasattr(mod, "run"):
@@ -28,7 +30,17 @@ def _command_modules() -> list:
     return sorted(mods, key=lambda m: m.NAME)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` starts with, if it is one (``meshlet sidecar ...``): then only its
+    module is imported. A long-running command (the sidecar) would otherwise carry every other
+    command's imports and parser in its RSS for its whole life (~1 MB)."""
+    if not argv or argv[0].startswith("-"):
+        return None
+    mods = _command_modules(argv[0])
+    return argv[0] if len(mods) == 1 and argv[0] == mods[0].NAME else None
+
+
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser = argparse.ArgumentParser(
         prog="meshlet", description="meshlet: a lightweight service mesh (sidecar + control plane)"
     )
@@ -36,7 +48,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
                         help="print the version and the fast path in use (as `meshlet version`)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     table: dict[str, object] = {}
-    for mod in _command_modules():
+    for mod in _command_modules(only):
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         table[mod.NAME] = mod
@@ -44,15 +56,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, table = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, table = build_parser(_named_command(argv))
     args = parser.parse_args(argv)
     if args.version and not args.command:
         args.command = "version"
     if not args.command:
         parser.print_help()
         return 2
+    command = table[args.command]
+    del parser, table  # not kept alive for as long as the command runs
     try:
-        return int(table[args.command].run(args) or 0)  # type: ignore[attr-defined]
+        return int(command.run(args) or 0)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         return 130
 

@@ -30,7 +30,6 @@ import aiohttp
 from cryptography import x509
 
 from certs import keys, tls
-from certs.authority import CLOCK_SKEW_GRACE
 from certs.csr import build_csr
 from certs.join_token import InvalidToken, JoinToken
 from certs.rotation import cert_times, renew_at, rfc3339
@@ -570,6 +569,9 @@ class IdentityManager:
             bundle = (self._state_dir / BUNDLE_FILE).read_bytes()
         except OSError:
             return False
+        # the CA's module, for one constant: imported only when a saved identity is read
+        from certs.authority import CLOCK_SKEW_GRACE
+
         try:
             # Issued at about NotBefore + the CA's skew allowance.
             leaf = keys.load_certificates(chain)[0]

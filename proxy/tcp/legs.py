@@ -18,8 +18,21 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from proxy.tcp import tunnel as tn
 from proxy.tcp.conn import TcpRecord
+
+# proxy.tcp.tunnel, bound by the first HBONE connection: it loads the HTTP/2 stack (~2 MB of
+# idle RSS), which a sidecar without a mesh identity (no HBONE) never needs
+tn: Any = None
+
+
+def _tunnel_module() -> Any:
+    global tn
+    if tn is None:
+        from proxy.tcp import tunnel
+
+        tn = tunnel
+    return tn
+
 
 log = logging.getLogger("meshlet.proxy.tcp")
 
@@ -60,7 +73,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         on_lost: Callable[[HboneConnection], None] | None = None,
         limits: Any = None,
     ) -> None:
-        self.tunnel = tn.TunnelConnection(client_side, limits)
+        self.tunnel = _tunnel_module().TunnelConnection(client_side, limits)
         self.on_open = on_open
         self.on_lost = on_lost
         self.legs: dict[int, Any] = {}
