@@ -29,9 +29,8 @@ from proxy.server.tls_session import SessionCache, resumed_peer_valid
 from proxy.server.tls_session import open_connection as open_tls
 from proxy.server.upstream import set_keepalive
 from proxy.tcp import sni as sni_mod
-from proxy.tcp import tunnel as tn
 from proxy.tcp.conn import TcpRecord
-from proxy.tcp.legs import HboneConnection, RawLeg, StreamLeg
+from proxy.tcp.legs import HboneConnection, RawLeg, StreamLeg, _tunnel_module
 from proxy.tcp.table import TcpService, select
 from proxy.telemetry.metrics import INBOUND_TLS_HANDSHAKES
 
@@ -198,7 +197,7 @@ class TcpProxy:
         limits = self._inbound_limits
         if limits is None and self.hbone_max_streams:
             limits = self._inbound_limits = dataclasses.replace(
-                tn.LIMITS, max_concurrent_streams=self.hbone_max_streams
+                _tunnel_module().LIMITS, max_concurrent_streams=self.hbone_max_streams
             )
         conn = HboneConnection(False, self._inbound_open, self.inbound_conns.discard, limits)
         try:
