@@ -90,9 +90,9 @@ def test_a_replica_started_is_known_at_once_and_one_killed_goes_with_its_lease(c
 
     c.kill()  # no clean stop: its key goes only when etcd expires its lease
     reps.remove(c)
-    # the TTL (counted from C's last keep-alive, up to a third of it before the kill), etcd's
-    # expiry check (every 0.5 s), the DELETE event; polling and a busy box on top
+    # at most the TTL (counted from C's last keep-alive, before the kill), etcd's expiry check
+    # (every 0.5 s), the DELETE event: 2.4 s measured; 3 s more for polling and a busy box
     took = seconds_until(lambda: c.url not in peers(a) and c.url not in peers(b),
-                         LEASE_TTL + 2.0, "C dropped from A's and B's lists")
+                         LEASE_TTL + 3.0, "C dropped from A's and B's lists")
     print(f"C dropped {took:.2f}s after SIGKILL (lease TTL {LEASE_TTL}s)")
     assert peers(a) == [b.url] and peers(b) == [a.url]
