@@ -7,7 +7,9 @@ that dies vanish on their own after one lease TTL. A watch on ``reg/`` mirrors e
 entries. :meth:`all` merges both by node id: a sidecar that moved from A to B has an entry under
 each until A's expires; the connected one, else the most recent, wins. That merged view is what
 snapshots take their endpoints from and what ``/v1/proxies`` (``meshlet proxy-status``) lists,
-with the replica each sidecar is connected to.
+with the replica each sidecar is connected to. The replicas themselves are listed under
+``<prefix>replicas/<replica id>`` (also bound to the lease), which a second watch mirrors
+(control_plane/etcd/replicas.py): :meth:`replica_addresses` is current within a round trip.
 
 Writes to etcd are coalesced per node and retried by one writer task: a config stream never
 waits on etcd, and an etcd outage only delays what other replicas see. Remote changes fire the
@@ -31,6 +33,7 @@ from control_plane.etcd.client import (
     prefix_end,
 )
 from control_plane.etcd.lease import LeaseKeeper
+from control_plane.etcd.replicas import ReplicaSet
 from control_plane.registry import DEFAULT_GRACE_S, Registration, Registry
 from control_plane.store.base import StoreUnavailable
 
@@ -64,16 +67,19 @@ class SharedRegistry(Registry):
         self._seen = 0
         self._tasks: list[asyncio.Task] = []
         self._sig: tuple = ()
+        self.replicas = ReplicaSet(client, self._replicas)
         lease.on_new_lease.append(self._republish)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         await self._put_replica()
+        await self.replicas.start()
         await self._load()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._writer()), loop.create_task(self._watch_loop())]
 
     async def stop(self) -> None:
+        await self.replicas.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -241,19 +247,13 @@ class SharedRegistry(Registry):
         svc, _, ns = name.partition(".")
         return [r for r in regs if r.service == svc and (not ns or r.namespace == ns)]
 
-    async def replica_addresses(self) -> list[str]:
-        """The ``host:port`` of every other live replica (each keeps its entry under its lease),
-        e.g. for the telemetry hub to merge their stats windows without a configured list."""
-        _, kvs = await self.client.get_prefix(self._replicas)
-        out = set()
-        for kv in kvs:
-            try:
-                addr = json.loads(kv.value).get("address")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(addr, str) and addr and addr != self.replica_address:
-                out.add(addr)
-        return sorted(out)
+    def replica_addresses(self) -> list[str]:
+        """The ``host:port`` of every other live replica, as a watch on ``replicas/`` keeps it
+        (each replica's entry lives under its lease): current within a round trip of a replica
+        starting or its lease expiring, and the last list known while etcd does not answer
+        (what the hand-over needs). For the telemetry hub's merged stats views and for the
+        hand-over, without a configured list."""
+        return [a for a in self.replicas.addresses() if a != self.replica_address]
 
     async def collect_garbage(self) -> int:
         """Leader job: drop entries of replicas that no longer exist (their lease normally

@@ -356,8 +356,8 @@ class ControlPlane:
         # The stats views merge every live replica's windows (MESHLET_STATS_PEERS overrides).
         scheme = "http" if self.tls is None else "https"
 
-        async def stats_peers() -> list[str]:
-            addrs = await registry.replica_addresses()  # type: ignore[attr-defined]
+        def stats_peers() -> list[str]:  # the watched list: no etcd request
+            addrs = registry.replica_addresses()  # type: ignore[attr-defined]
             return [f"{scheme}://{a}" for a in addrs]
 
         self.telemetry.peer_source = stats_peers

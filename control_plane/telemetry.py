@@ -28,7 +28,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -36,7 +36,6 @@ from aiohttp import web
 
 from control_plane.api.hosts import fqdn
 from control_plane.stats import WINDOWS, StatsStore
-from control_plane.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,6 @@ TAP_QUEUE = 1000
 MAX_TAP_SECONDS = 3600.0
 #: How long a computed stats view is served again (dashboards poll every 2 s).
 VIEW_CACHE_S = 1.0
-#: How long the replica list read from etcd is reused before it is read again.
-PEERS_CACHE_S = 5.0
 #: Most taps running at once (each holds a client connection and a queue).
 MAX_TAPS = 64
 
@@ -91,13 +88,13 @@ class TelemetryHub:
         self._cache: dict[tuple[str, str, str], tuple[float, dict]] = {}
         # Peer replicas' base URLs whose /v1/stats/local is merged into the views:
         # MESHLET_STATS_PEERS when set (an override), else, on etcd, the live replicas that
-        # ``peer_source`` lists (control_plane/server.py sets it).
+        # ``peer_source`` lists (control_plane/server.py sets it: the list an etcd watch keeps
+        # current, so calling it costs no request).
         self.peers: list[str] = [
             u.strip().rstrip("/") for u in os.environ.get("MESHLET_STATS_PEERS", "").split(",")
             if u.strip()
         ]
-        self.peer_source: Callable[[], Awaitable[list[str]]] | None = None
-        self._discovered: tuple[float, list[str]] = (-PEERS_CACHE_S, [])
+        self.peer_source: Callable[[], list[str]] | None = None
         self.peer_token: str = ""
         self.peer_ca: str | None = None  # the CA bundle the peers' certificates chain to
 
@@ -171,25 +168,15 @@ class TelemetryHub:
     # -- API -------------------------------------------------------------------------------
     @property
     def known_peers(self) -> list[str]:
-        """The peer list as last read, without asking etcd (what a replica cut off from etcd
-        would ask before handing its sidecars over)."""
-        return list(self.peers) if self.peers else list(self._discovered[1])
+        """The configured peers, else the live replicas as the etcd watch last saw them (kept
+        while etcd does not answer: what a replica cut off from etcd hands its sidecars to)."""
+        if self.peers or self.peer_source is None:
+            return list(self.peers)
+        return list(self.peer_source())
 
     async def peer_urls(self) -> list[str]:
-        """The configured peers, else the replicas registered in etcd (looked up at most every
-        PEERS_CACHE_S; the last list is kept while etcd does not answer)."""
-        if self.peers or self.peer_source is None:
-            return self.peers
-        now = time.monotonic()
-        at, urls = self._discovered
-        if now - at < PEERS_CACHE_S:
-            return urls
-        try:
-            urls = list(await self.peer_source())
-        except StoreUnavailable as e:
-            log.warning("stats peers: replica list unavailable, using the last one: %s", e)
-        self._discovered = (now, urls)
-        return urls
+        """:attr:`known_peers`, as the hand-over (control_plane/etcd/handover.py) asks for it."""
+        return self.known_peers
 
     async def merged(self, scope: str, window: str = "10m") -> StatsStore:
         peers = [] if scope == "local" else await self.peer_urls()

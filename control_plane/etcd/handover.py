@@ -45,7 +45,9 @@ class Handover:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.lease = lease
-        self.peers = peers  # other replicas' URLs (the last list known while etcd answered)
+        # other replicas' URLs: an etcd watch keeps the list current, and once this replica is
+        # cut off it is the last list it knew (control_plane/etcd/replicas.py)
+        self.peers = peers
         # (seconds since the replica at this URL last reached etcd, since one of its keep-alives
         # last failed or None); None: it does not answer, or does not serve config streams
         self.probe = probe
@@ -89,8 +91,6 @@ class Handover:
                 self.cut_off = False
                 log.warning("etcd reachable again: serving config streams again")
                 self.on_back()
-            # Keep the peer list fresh while etcd answers: once cut off, it is the last one.
-            await self.peers()
             return
         now = self.clock()
         if self.cut_off or now - since < self.bound or now < self._next_probe:
