@@ -55,7 +55,10 @@ def _no_process_left_running(request: pytest.FixtureRequest):
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's hook
-    if _LEFT_RUNNING:
+    # and those started outside any module (collection, session fixtures), still running now
+    left = _LEFT_RUNNING + [f"(at the end of the session): pid {pid}: {cmd[:200]}"
+                            for pid, cmd in _live_children().items()]
+    if left:
         terminalreporter.section("processes a test module left running")
-        for line in _LEFT_RUNNING:
+        for line in left:
             terminalreporter.write_line(line)
