@@ -41,3 +41,37 @@ def fix_mmap_threshold(threshold: int = THRESHOLD) -> bool:
     ok = bool(mallopt(M_MMAP_THRESHOLD, threshold))
     log.debug("malloc mmap threshold fixed at %d bytes: %s", threshold, ok)
     return ok
+
+
+def start_debug_dumps() -> str | None:
+    """Memory forensics for ``loadtests/bench_push.py`` and operators: with
+    ``MESHLET_MEMORY_DUMP_DIR=DIR`` the control plane traces Python allocations
+    (``tracemalloc``, ``MESHLET_MEMORY_DUMP_FRAMES`` frames, default 8) and, on each SIGUSR2,
+    writes ``DIR/snap-<pid>-<n>.pickle`` (a :class:`tracemalloc.Snapshot`) and
+    ``DIR/smaps-<pid>-<n>.txt`` (``/proc/self/smaps_rollup``; RSS beyond what tracemalloc sees is
+    OpenSSL, libuv and the allocator's slack). Off unless set: tracing costs CPU and memory."""
+    out = os.environ.get("MESHLET_MEMORY_DUMP_DIR")
+    if not out:
+        return None
+    import signal
+    import tracemalloc
+
+    os.makedirs(out, exist_ok=True)
+    tracemalloc.start(int(os.environ.get("MESHLET_MEMORY_DUMP_FRAMES") or 8))
+    count = [0]
+
+    def dump(_sig: int, _frame: object) -> None:
+        count[0] += 1
+        stem = f"{os.getpid()}-{count[0]}"
+        tracemalloc.take_snapshot().dump(os.path.join(out, f"snap-{stem}.pickle"))
+        try:
+            with open("/proc/self/smaps_rollup", encoding="ascii") as f:
+                rollup = f.read()
+        except OSError:
+            rollup = ""
+        with open(os.path.join(out, f"smaps-{stem}.txt"), "w", encoding="ascii") as f:
+            f.write(rollup)
+        log.warning("memory snapshot %s written to %s", stem, out)
+
+    signal.signal(signal.SIGUSR2, dump)
+    return out

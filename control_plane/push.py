@@ -78,6 +78,7 @@ from control_plane import snapshot as snapshot_mod
 from control_plane.api import delta, scope
 from control_plane.registry import Registration, Registry
 from control_plane.store import Store
+from control_plane.tls_writes import chunk_websocket_writes
 
 log = logging.getLogger(__name__)
 
@@ -717,6 +718,7 @@ class PushHub:
         error string to refuse it. ``cert_expiry`` is the not-after of the client certificate
         the stream was opened with: it is what the sidecar really holds, so it wins over what
         the registration claims (``status`` messages update it after a renewal)."""
+        chunk_websocket_writes(ws)  # a whole snapshot must not leave a 100 KB TLS buffer behind
         first = await ws.receive_json(timeout=10)
         if not isinstance(first, dict) or first.get("type") != "register":
             raise StreamError("the first message must be a registration")
