@@ -735,6 +735,9 @@ class PushHub:
         stream.delta_ok = first.get("delta") is True
         if stream.delta_ok:
             stream.base = self._client_base(first)
+        # A reconnecting sidecar's registration carries a hash per item it holds (1,000
+        # registrations: ~100 KB as Python objects): not kept for the life of the stream.
+        del first
         self.streams[reg.node_id] = stream
         self.metrics.connected.set(len(self.streams))
         self.registry.register(reg)
