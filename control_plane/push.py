@@ -78,7 +78,7 @@ from control_plane import snapshot as snapshot_mod
 from control_plane.api import delta, scope
 from control_plane.registry import Registration, Registry
 from control_plane.store import Store
-from control_plane.tls_writes import chunk_websocket_writes
+from control_plane.tls_buffers import chunk_websocket_writes
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Every sidecar gets the whole snapshot when its stream opens. The control plane's
 used to keep a buffer the size of the largest message it ever encrypted for each connection
 (an OpenSSL memory BIO never shrinks): a 300 KB snapshot cost each stream ~390 KB for
 as long as it stayed open. Now a large message goes to TLS in 16 KiB pieces
-(``control_plane/tls_writes.py``), so a stream costs a fraction of the snapshot: the RSS of
+(``control_plane.tls_buffers.py``), so a stream costs a fraction of the snapshot: the RSS of
 the real ``meshlet control-plane`` per stream opened, after each got its snapshot intact."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from certs import tls
 from certs.authority import CertificateAuthority
-from control_plane.tls_writes import CHUNK, ChunkedWrites, chunk_websocket_writes
+from control_plane.tls_buffers import CHUNK, ChunkedWrites, chunk_websocket_writes
 
 
 def contexts(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:

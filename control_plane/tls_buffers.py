@@ -58,3 +58,25 @@ def chunk_websocket_writes(ws: Any) -> bool:
         return False  # plain TCP (unit tests): the kernel buffers, nothing to bound
     writer.transport = ChunkedWrites(transport)  # type: ignore[union-attr]
     return True
+
+
+# The kernel's receive buffer of a config stream's socket: what one read can return at most.
+RCVBUF = 32 * 1024
+
+
+def bound_reads(sockets: Any) -> None:
+    """Cap the receive buffer of the listener's sockets (connections accepted later inherit
+    it). The TLS layer reads whatever the socket holds into its read buffer and hands it to
+    OpenSSL's incoming memory BIO in one piece, and both keep the size of the largest read for
+    the life of the connection: a reconnecting sidecar's registration (a hash per item it
+    holds, ~120 KB at 1,000 sidecars) cost each stream ~1.3x its size. With 32 KiB (the
+    kernel doubles it for its own accounting) a read returns at most that much. Requests
+    still arrive whole, in more reads; the control plane receives ACKs and API calls, never a
+    bulk transfer, so the smaller TCP window costs it nothing measurable."""
+    import socket
+
+    for sock in sockets or ():
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        except OSError:
+            pass  # best effort: a platform that refuses keeps its default
