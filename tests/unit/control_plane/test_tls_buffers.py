@@ -1,8 +1,11 @@
 """A WebSocket on a real TLS connection hands its large messages to TLS in record-sized pieces,
-and the peer still reads each message whole and in order."""
+and the peer still reads each message whole and in order; the control plane's connections read
+at most a bounded amount at once."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 from pathlib import Path
 
@@ -12,7 +15,13 @@ from aiohttp import web
 
 from certs import tls
 from certs.authority import CertificateAuthority
-from control_plane.tls_buffers import CHUNK, ChunkedWrites, chunk_websocket_writes
+from control_plane.tls_buffers import (
+    CHUNK,
+    RCVBUF,
+    ChunkedWrites,
+    bound_reads,
+    chunk_websocket_writes,
+)
 
 
 def contexts(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -92,3 +101,40 @@ def test_pieces_cover_the_data_in_order(size):
     ChunkedWrites(Sink()).write(data)  # type: ignore[arg-type]
     assert b"".join(out) == data
     assert all(len(p) <= CHUNK for p in out)
+
+
+async def test_the_control_planes_connections_read_at_most_a_bounded_amount(tmp_path):
+    """A connection accepted by the control plane's listener inherits the capped receive buffer
+    (the kernel reports twice what was set: its own accounting)."""
+    from control_plane.server import ControlPlane
+
+    cp = ControlPlane(str(tmp_path / "cp"), "127.0.0.1:0", plain_http=True)
+    host, port = await cp.start()
+    got: list[int] = []
+    try:
+        assert cp._runner is not None
+        [site] = cp._runner.sites
+        listener = site._server.sockets[0]  # type: ignore[union-attr]
+        assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) <= 2 * RCVBUF
+
+        async with aiohttp.ClientSession() as s, s.get(f"http://{host}:{port}/healthz") as r:
+            assert r.status == 200
+
+        # the accepted side, seen from a plain listener configured the same way
+        async def accepted(rd: asyncio.StreamReader, wr: asyncio.StreamWriter) -> None:
+            sock = wr.get_extra_info("socket")
+            got.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+            wr.close()
+            await wr.wait_closed()
+
+        server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+        bound_reads(server.sockets)
+        rd, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        assert await rd.read() == b""  # the server recorded and closed
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+    finally:
+        await cp.stop()
+    assert got and got[0] <= 2 * RCVBUF
