@@ -1,14 +1,16 @@
-"""Bound what one TLS connection keeps after a large message: write it in record-sized pieces.
+"""Bound what one TLS connection keeps after a large message, in both directions.
 
 The TLS layer under a config stream (uvloop's, as asyncio's) encrypts whatever one
-``transport.write`` hands it into an OpenSSL memory BIO and then reads it out. A memory BIO
-grows to the largest burst it ever held and never gives the memory back while the connection
-lives. aiohttp writes a WebSocket message with one ``write``, so every sidecar's first whole
-snapshot (~95 KB at 1,000 sidecars) left ~110 KB per connection in the control plane, more than
-half of what a connected sidecar cost it (``loadtests/bench_push.py``). Written in pieces of one
-TLS record (16 KiB), the BIO holds one record: ~20 KB per connection instead. A delta (hundreds
-of bytes) is still one write; a whole snapshot becomes a few, each encrypted and handed to the
-socket at once, so the bytes on the wire and their order are the same.
+``transport.write`` hands it into an OpenSSL memory BIO and then reads it out; it decrypts
+whatever one socket read returned the same way. A memory BIO grows to the largest burst it ever
+held and never gives the memory back while the connection lives. aiohttp writes a WebSocket
+message with one ``write``, so every sidecar's first whole snapshot (~95 KB at 1,000 sidecars)
+left ~110 KB per connection in the control plane, more than half of what a connected sidecar
+cost it (``loadtests/bench_push.py``). Written in pieces of one TLS record (16 KiB), the BIO
+holds one record: ~20 KB per connection instead. A delta (hundreds of bytes) is still one
+write; a whole snapshot becomes a few, each encrypted and handed to the socket at once: the
+same WebSocket frames in the same order, cut into more TLS records. Reads are bounded by the
+socket's receive buffer (:func:`bound_reads`).
 """
 
 from __future__ import annotations
