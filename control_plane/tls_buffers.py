@@ -39,6 +39,9 @@ class ChunkedWrites:
         for i in range(0, len(view), CHUNK):
             write(view[i:i + CHUNK])
 
+    def is_closing(self) -> bool:  # aiohttp asks before every frame: no __getattr__ detour
+        return self.transport.is_closing()
+
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
             self.write(data)
