@@ -41,3 +41,61 @@ def fix_mmap_threshold(threshold: int = THRESHOLD) -> bool:
     ok = bool(mallopt(M_MMAP_THRESHOLD, threshold))
     log.debug("malloc mmap threshold fixed at %d bytes: %s", threshold, ok)
     return ok
+
+
+def start_debug_dumps() -> str | None:
+    """Memory forensics for ``loadtests/bench_push.py`` and operators: with
+    ``MESHLET_MEMORY_DUMP_DIR=DIR`` the control plane traces Python allocations
+    (``tracemalloc``, ``MESHLET_MEMORY_DUMP_FRAMES`` frames, default 8; 0: no tracing, which
+    slows a thousand sidecars connecting several times) and, on each SIGUSR2, writes
+    ``DIR/snap-<pid>-<n>.pickle`` (a :class:`tracemalloc.Snapshot`, when tracing),
+    ``DIR/smaps-<pid>-<n>.txt`` (``/proc/self/smaps_rollup``; RSS beyond what tracemalloc sees is
+    OpenSSL, libuv and the allocator's slack) and ``DIR/malloc-<pid>-<n>.xml`` (glibc's
+    ``malloc_info``: memory the heap holds free). Off unless set: tracing costs CPU and memory."""
+    out = os.environ.get("MESHLET_MEMORY_DUMP_DIR")
+    if not out:
+        return None
+    import signal
+    import tracemalloc
+
+    os.makedirs(out, exist_ok=True)
+    frames = int(os.environ.get("MESHLET_MEMORY_DUMP_FRAMES") or 8)
+    if frames > 0:
+        tracemalloc.start(frames)
+    count = [0]
+
+    def dump(_sig: int, _frame: object) -> None:
+        count[0] += 1
+        stem = f"{os.getpid()}-{count[0]}"
+        if tracemalloc.is_tracing():
+            tracemalloc.take_snapshot().dump(os.path.join(out, f"snap-{stem}.pickle"))
+        _malloc_info(os.path.join(out, f"malloc-{stem}.xml"))
+        try:
+            with open("/proc/self/smaps_rollup", encoding="ascii") as f:
+                rollup = f.read()
+        except OSError:
+            rollup = ""
+        with open(os.path.join(out, f"smaps-{stem}.txt"), "w", encoding="ascii") as f:
+            f.write(rollup)
+        log.warning("memory snapshot %s written to %s", stem, out)
+
+    signal.signal(signal.SIGUSR2, dump)
+    return out
+
+
+def _malloc_info(path: str) -> None:
+    """glibc's ``malloc_info(0, FILE*)`` into ``path``; nothing where there is no such call."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        info, fopen, fclose = libc.malloc_info, libc.fopen, libc.fclose  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        return
+    fopen.restype = ctypes.c_void_p
+    fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    fclose.argtypes = [ctypes.c_void_p]
+    f = fopen(path.encode(), b"w")
+    if f:
+        info(0, f)
+        fclose(f)

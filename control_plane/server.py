@@ -33,6 +33,7 @@ from control_plane.push import PushHub, PushSettings, StreamError
 from control_plane.registry import DEFAULT_GRACE_S, Registry, short_name
 from control_plane.store import KINDS, Store, StoreLimit, StoreUnavailable, canonical_kind
 from control_plane.store.lock import DataDirLock
+from control_plane.tls_buffers import bound_reads
 
 if TYPE_CHECKING:
     from control_plane.etcd.handover import Handover
@@ -416,6 +417,7 @@ class ControlPlane:
         ctx = None if self.tls is None else self.tls.server_context
         site = web.TCPSite(self._runner, host, port, ssl_context=ctx)
         await site.start()
+        bound_reads(site._server.sockets)  # type: ignore[union-attr]  # see tls_buffers
         sock = site._server.sockets[0]  # type: ignore[union-attr]
         self.address = sock.getsockname()[:2]
         h = self.address[0]

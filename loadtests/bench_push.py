@@ -55,6 +55,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -99,6 +100,8 @@ class ControlPlane:
             cmd += ["--admin-token-file", str(token_file)]
         self.log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if args.memory_dump:  # tracemalloc in the control plane, a snapshot per SIGUSR2
+            env["MESHLET_MEMORY_DUMP_DIR"] = args.memory_dump
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=env)
         addr_file = data_dir / "listen.addr"
@@ -125,6 +128,11 @@ class ControlPlane:
             if k in ("VmRSS", "VmHWM"):
                 vals[k] = int(v.split()[0]) / 1024
         return vals["VmRSS"], vals["VmHWM"]
+
+    def dump_memory(self) -> None:
+        """A tracemalloc snapshot and smaps_rollup (``--memory-dump``): see
+        ``control_plane.memory.start_debug_dumps``."""
+        self.proc.send_signal(signal.SIGUSR2)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -379,6 +387,10 @@ async def run_one(n: int, args: argparse.Namespace, work: Path) -> dict:
                                      for s in services))
         cert_dir = work / f"certs-{n}"
         await certificates(cp, services, cert_dir)
+        rss_idle = max(r.rss_mb()[0] for r in replicas)  # N=0: the slope's origin
+        if args.memory_dump:
+            for r in replicas:
+                r.dump_memory()
         cpu0 = sum(r.cpu_seconds() for r in replicas)
         t0 = time.monotonic()
         await clients.start(n, args.procs, [r.url for r in replicas], services, cert_dir,
@@ -396,6 +408,9 @@ async def run_one(n: int, args: argparse.Namespace, work: Path) -> dict:
         connect_s = time.monotonic() - t0
         cpu_connect = sum(r.cpu_seconds() for r in replicas) - cpu0
         rss_connected = max(r.rss_mb()[0] for r in replicas)
+        if args.memory_dump:
+            for r in replicas:
+                r.dump_memory()
         lat, first_lat, mid_lat = [], [], []
         profilers = ([_profile(cp.proc.pid, args.profile, f"push-{n}"),
                       _profile(clients.procs[0].pid, args.profile, f"client-{n}")]
@@ -453,6 +468,10 @@ async def run_one(n: int, args: argparse.Namespace, work: Path) -> dict:
             # the largest replica's
             "cp_rss_mb": round(rss, 1), "cp_rss_peak_mb": round(hwm, 1),
             "rss_connected_mb": round(rss_connected, 1),
+            "rss_idle_mb": round(rss_idle, 1),
+            # what one connected sidecar costs the (largest) replica, RSS at N over N=0
+            "rss_per_sidecar_kb": round(1024 * (rss_connected - rss_idle)
+                                        * len(replicas) / max(1, n), 1),
             "nacks": len(clients.nacks),
             # the control plane's part: one apply's push written to every stream (per replica)
             "cp_fanout_ms": [round(fanout_ms(m0, m1), 1)
@@ -531,7 +550,9 @@ async def main(args: argparse.Namespace) -> int:
                   f"  p99 {r['apply_to_last_ack_p99_s'] * 1000:7.0f} ms"
                   f"  | control plane: {r['cp_cpu_s_per_apply']:.2f} CPU s/apply,"
                   f" {r['cp_cpu_s_connect']:.1f} CPU s to connect all,"
-                  f" RSS {r['cp_rss_mb']:.0f} MB (peak {r['cp_rss_peak_mb']:.0f})"
+                  f" RSS {r['cp_rss_mb']:.0f} MB (peak {r['cp_rss_peak_mb']:.0f},"
+                  f" {r['rss_idle_mb']:.0f} at N=0, {r['rss_connected_mb']:.0f} connected:"
+                  f" {r['rss_per_sidecar_kb']:.0f} KB/sidecar)"
                   f"  | clients {r['clients_cpu_s_per_apply']:.2f} CPU s/apply"
                   f"  | fan-out {'/'.join(f'{x:.0f}' for x in r['cp_fanout_ms'])} ms"
                   f"  | first ACK p50 {r['apply_to_first_ack_p50_s'] * 1000:.0f} ms,"
@@ -577,6 +598,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", default="",
                    help="a directory: py-spy records the first replica and the first client "
                         "process during the applies (push-N.txt, client-N.txt: collapsed stacks)")
+    p.add_argument("--memory-dump", default="",
+                   help="a directory: the control plane traces its Python allocations "
+                        "(tracemalloc; slower) and writes a snapshot and smaps_rollup at N=0 "
+                        "and with every sidecar connected (snap-PID-1/2.pickle, smaps-PID-*.txt)")
     # client-process mode (internal)
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--urls", help=argparse.SUPPRESS)

@@ -180,6 +180,40 @@ async def test_reconnect_with_hashes_gets_a_delta_and_old_clients_get_snapshots(
     assert msg["type"] == "snapshot"
 
 
+def _serve_frames():
+    """The frames of the running ``PushHub.serve`` coroutines (one per open stream)."""
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None)
+            if frame is not None and frame.f_code is PushHub.serve.__code__:
+                yield frame
+            coro = getattr(coro, "cr_await", None)
+
+
+async def test_a_stream_does_not_keep_the_registration_it_started_with(plane):
+    """A reconnecting sidecar registers with a hash per item it holds (a thousand for a large
+    mesh): the stream keeps what it needs (the registration, its base version) and lets the
+    message go, instead of holding it in its frame for as long as the stream lives."""
+    cp, session, url = plane
+    cp.store.apply(load_text(VS.format(name="reviews", timeout="1s")))
+    a = Client(session, url, "a")
+    await a.connect()
+    await a.receive()
+    await a.ws.close()
+    b = Client(session, url, "a")
+    b.items, b.hashes, b.version = a.items, a.hashes, a.version
+    await b.connect(cached_version=a.version, resource_hashes=a.hashes)
+    assert (await b.receive())["type"] == "delta"
+    await poll(lambda: cp.registry.get("a").acked_version == b.version, what="ack")
+    frames = list(_serve_frames())
+    assert len(frames) == 1
+    held = [k for k, v in frames[0].f_locals.items()
+            if isinstance(v, dict) and "resource_hashes" in v]
+    assert held == []
+    await b.ws.close()
+
+
 async def test_a_delta_that_does_not_apply_is_answered_with_the_whole_snapshot(plane):
     cp, session, url = plane
     a = Client(session, url, "a")
