@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
+import subprocess
+import sys
+import traceback
 
 import pytest
 
@@ -62,3 +67,33 @@ def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest'
         terminalreporter.section("processes a test module left running")
         for line in left:
             terminalreporter.write_line(line)
+
+
+_popen_init = subprocess.Popen.__init__
+
+
+def _popen_init_noting_origin(self, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+    self._meshlet_origin = "".join(traceback.format_stack(limit=10)[:-1])
+    _popen_init(self, *args, **kwargs)
+
+
+subprocess.Popen.__init__ = _popen_init_noting_origin  # type: ignore[method-assign]
+
+
+@atexit.register
+def _reap_and_name_leftover_popens() -> None:
+    """Why: a process still running when the interpreter exits makes Popen.__del__ warn with no
+    hint of who started it (and it outlives the suite). Registered first, so it runs after every
+    other exit handler (a library's own clean-up may still stop its processes): whatever is left
+    is named with the stack that started it, then stopped."""
+    gc.collect()
+    for obj in gc.get_objects():
+        try:
+            alive = isinstance(obj, subprocess.Popen) and obj.poll() is None
+        except Exception:  # noqa: BLE001 - a half-built object
+            continue
+        if alive:
+            print(f"process left running at exit: pid {obj.pid}: {obj.args!r}\nstarted at:\n"
+                  f"{getattr(obj, '_meshlet_origin', '?')}", file=sys.stderr)
+            obj.kill()
+            obj.wait(10)
