@@ -1,8 +1,12 @@
+# cython: annotation_typing=False
 """Building the heads the proxy sends: hop-by-hop removal and Envoy's request/response headers.
 
 Done with plain string joins in one pass over the parsed header list; header names are already
 lowercase from the parser. Hop-by-hop headers (RFC 9110 7.6.1) and every header a ``Connection``
 token names are removed, except the identity headers a client must never be able to strip.
+
+This file is compiled a second time by Cython as ``_headers_c`` (``_headers_c.py`` is a symlink to
+it and ``_headers_c.pxd`` types the loops); ``proxy/server/headers.py`` picks the build.
 """
 
 from __future__ import annotations
@@ -58,9 +62,8 @@ def request_head(
     """``method target HTTP/1.1`` + filtered headers + ``extra`` (preformatted ``name: value``)."""
     parts = [f"{method} {target} HTTP/1.1"]
     append = parts.append
-    skip_tokens = connection_tokens and frozenset(
-        t for t in connection_tokens if t not in PROTECTED
-    )
+    # (no generator expressions here: the compiled build's cpdef functions take no closures)
+    skip_tokens = frozenset(connection_tokens) - PROTECTED if connection_tokens else None
     for name, value in headers:
         if name in HOP_BY_HOP or (drop is not None and name in drop):
             continue
@@ -100,7 +103,8 @@ def apply_ops(headers: list[tuple[str, str]], ops: Any) -> list[tuple[str, str]]
     if not ops:
         return headers
     drop = set(ops.remove)
-    drop.update(name for name, _ in ops.set)
+    for name, _ in ops.set:
+        drop.add(name)
     out = [(n, v) for n, v in headers if n not in drop]
     out.extend(ops.set)
     out.extend(ops.add)
