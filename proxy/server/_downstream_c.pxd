@@ -3,6 +3,8 @@
 # fields, and the calls between its own methods are C calls.
 import cython
 
+from proxy.server._channel_c cimport BodyChannel as _BodyChannel
+
 cdef int HEAD, BODY, WAIT, TUNNEL, CLOSED
 cdef object parse_request_head, ChunkedDecoder, BodyChannel, response_head
 cdef bytes _CONTINUE
@@ -15,7 +17,7 @@ cdef class Downstream:
     cdef public object transport
     cdef public bytes buf
     cdef public int state
-    cdef public object body
+    cdef public _BodyChannel body
     cdef public long long remaining
     cdef public object chunked
     cdef public object task

@@ -3,6 +3,8 @@
 # struct fields (typed where the type is fixed), their methods C calls between each other.
 import cython
 
+from proxy.server._channel_c cimport BodyChannel as _BodyChannel
+
 cdef int MODE_NONE, MODE_LENGTH, MODE_CHUNKED, MODE_CLOSE
 cdef object parse_response_head, response_body_mode, ChunkedDecoder, _monotonic
 cdef object BodyChannel, ChannelClosed, request_head
@@ -19,7 +21,7 @@ cdef class UpstreamConnection:
     cdef public bytes buf
     cdef public object head_waiter
     cdef public object head
-    cdef public object body
+    cdef public _BodyChannel body
     cdef public int mode
     cdef public long long remaining
     cdef public object chunked
