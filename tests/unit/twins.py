@@ -1,7 +1,9 @@
 """Loading one build of a fast-path module for the unit tests: the pure-Python twin, or the
 compiled module (which must be there unless ``MESHLET_NO_EXTENSIONS=1`` says it is not
 expected). The conftests of ``http1``, ``http2`` and ``routes`` parametrize their fixtures over
-both builds with it."""
+both builds with it; ``resilience/test_attempts.py``, ``server/test_pool_limits.py`` and
+``server/test_request_path.py`` swap the names they test for each build in a module-scoped
+fixture (module-scoped, so hypothesis sees no function-scoped fixture)."""
 
 from __future__ import annotations
 
