@@ -50,6 +50,7 @@ cdef class Exchange:
     cdef public object policy
     cdef public object upstream_cluster
     cdef public object resp_ops
+    cdef public double deadline
 
 
 @cython.locals(found=dict, spoofed=bint, name=object, value=object)

@@ -122,6 +122,7 @@ class Exchange:
         "policy",
         "upstream_cluster",
         "resp_ops",
+        "deadline",
     )
 
     def __init__(self, side: Side, down: Any, head: Any, start: float) -> None:
@@ -154,6 +155,8 @@ class Exchange:
         self.policy: Any = None  # the compiled RoutePolicy
         self.upstream_cluster: Any = None  # the Cluster object
         self.resp_ops: Any = None  # (route ops, destination ops) for the response, or None
+        # the caller's deadline (monotonic), derived once by the inbound stack; 0.0: none known
+        self.deadline = 0.0
 
 
 def scan(headers: list[tuple[str, str]], ex: Exchange) -> bool:

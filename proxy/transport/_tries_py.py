@@ -114,8 +114,10 @@ def attempts_for(ex: Exchange) -> Attempts:
         if ro is not None or rg is not None or mr is not None:
             retry = retry.with_request_headers(ro, rg, mr)
     # this request's own deadline: the caller's (gRPC or Envoy header) caps the route timeout
-    # and is never extended
-    if grpc_timeout is None and expected is None:
+    # and is never extended; the inbound stack has derived it already (ex.deadline)
+    if ex.deadline:
+        total = effective_timeout(policy.timeout, ex.deadline - ex.start)
+    elif grpc_timeout is None and expected is None:
         total = policy.timeout
     else:
         total = effective_timeout(policy.timeout, incoming_deadline(grpc_timeout, expected))

@@ -22,7 +22,7 @@ from proxy.resilience.deadline import MIN_TIMEOUT
 from proxy.resilience.hedging import HedgePolicy, LatencyTracker
 from proxy.resilience.retry import Outcome, RetryPolicy
 from proxy.server.pool_limits import RetryGate
-from tests.unit.twins import load_build
+from tests.unit.twins import load_linked_build
 
 from .conftest import FakeClock
 
@@ -34,7 +34,7 @@ def build(request: pytest.FixtureRequest) -> Any:
     so hypothesis sees no function-scoped fixture."""
     global Attempts, Env
     saved = Attempts, Env
-    mod = load_build("proxy.resilience", "attempts", twin=request.param == "twin")
+    mod = load_linked_build("proxy.resilience", "attempts", twin=request.param == "twin")
     Attempts, Env = mod.Attempts, mod.Env
     yield mod
     Attempts, Env = saved

@@ -12,7 +12,7 @@ from proxy.routes.table import UNLIMITED, PoolSettings
 from proxy.server.h2.client import H2UpstreamPool
 from proxy.server.pool_limits import PendingTimeout, PoolOverflow, RetryGate
 from proxy.server.upstream import EndpointPool
-from tests.unit.twins import load_build
+from tests.unit.twins import load_linked_build
 
 
 @pytest.fixture(autouse=True, scope="module", params=["twin", "compiled"])
@@ -21,7 +21,7 @@ def build(request: pytest.FixtureRequest):
     is the twin's, then the compiled module's."""
     global EndpointPool
     saved = EndpointPool
-    EndpointPool = load_build("proxy.server", "upstream", twin=request.param == "twin").EndpointPool
+    EndpointPool = load_linked_build("proxy.server", "upstream", twin=request.param == "twin").EndpointPool
     yield request.param
     EndpointPool = saved
 

@@ -20,7 +20,7 @@ from proxy.server.policy import INBOUND_POLICY, RoutePolicy
 from proxy.server.runtime import Runtime
 from proxy.transport.exchange import Exchange, Side, scan
 from proxy.transport.tries import attempts_for
-from tests.unit.twins import load_build
+from tests.unit.twins import load_linked_build
 
 
 @pytest.fixture(autouse=True, scope="module", params=["twin", "compiled"])
@@ -30,8 +30,8 @@ def build(request: pytest.FixtureRequest) -> Any:
     global Exchange, Side, scan, attempts_for
     saved = Exchange, Side, scan, attempts_for
     twin = request.param == "twin"
-    ex_mod = load_build("proxy.transport", "exchange", twin=twin)
-    tries_mod = load_build("proxy.transport", "tries", twin=twin)
+    ex_mod = load_linked_build("proxy.transport", "exchange", twin=twin)
+    tries_mod = load_linked_build("proxy.transport", "tries", twin=twin)
     Exchange, Side, scan = ex_mod.Exchange, ex_mod.Side, ex_mod.scan
     attempts_for = tries_mod.attempts_for
     yield request.param
