@@ -1,107 +1,30 @@
-"""Building the heads the proxy sends: hop-by-hop removal and Envoy's request/response headers.
+"""Building the heads the proxy sends (hop-by-hop removal, Envoy's request and response
+headers): the facade over the compiled build or its twin.
 
-Done with plain string joins in one pass over the parsed header list; header names are already
-lowercase from the parser. Hop-by-hop headers (RFC 9110 7.6.1) and every header a ``Connection``
-token names are removed, except the identity headers a client must never be able to strip.
+``proxy/server/_headers_py.py`` is the readable source (one source compiled twice, as the
+HTTP/1.1 parser): :func:`request_head`, :func:`response_head`, :func:`apply_ops`, and the header
+sets :data:`HOP_BY_HOP`, :data:`PROTECTED` (never removable through a Connection token) and
+:data:`SPOOFABLE_INBOUND` (set by the sidecar only).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from proxy import _accel
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "trailer",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "content-length",
-        "expect",
-        "http2-settings",
-    }
-)
-# Never removable through a Connection token (security-ops 6.2 row 18)
-PROTECTED = frozenset(
-    {
-        "x-forwarded-client-cert",
-        "x-request-id",
-        "traceparent",
-        "host",
-        "authorization",
-        "x-forwarded-for",
-    }
-)
-# Set by the sidecar only; a client's copy is dropped (security-ops 6.2 row 19)
-SPOOFABLE_INBOUND = frozenset(
-    {
-        "x-forwarded-client-cert",
-        "x-meshlet-peer-identity",
-        "x-envoy-peer-metadata",
-        "x-envoy-peer-metadata-id",
-    }
-)
+_impl = _accel.load("proxy.server", "headers")
 
+HOP_BY_HOP = _impl.HOP_BY_HOP
+PROTECTED = _impl.PROTECTED
+SPOOFABLE_INBOUND = _impl.SPOOFABLE_INBOUND
+request_head = _impl.request_head
+response_head = _impl.response_head
+apply_ops = _impl.apply_ops
 
-def request_head(
-    method: str,
-    target: str,
-    headers: list[tuple[str, str]],
-    connection_tokens: tuple[str, ...],
-    extra: list[str],
-    drop: frozenset[str] | None = None,
-) -> bytes:
-    """``method target HTTP/1.1`` + filtered headers + ``extra`` (preformatted ``name: value``)."""
-    parts = [f"{method} {target} HTTP/1.1"]
-    append = parts.append
-    skip_tokens = connection_tokens and frozenset(
-        t for t in connection_tokens if t not in PROTECTED
-    )
-    for name, value in headers:
-        if name in HOP_BY_HOP or (drop is not None and name in drop):
-            continue
-        if skip_tokens and name in skip_tokens:
-            continue
-        append(f"{name}: {value}")
-    parts.extend(extra)
-    parts.append("\r\n")
-    return "\r\n".join(parts).encode("latin-1")
-
-
-def response_head(
-    status: int,
-    reason: str,
-    headers: list[tuple[str, str]],
-    connection_tokens: tuple[str, ...],
-    extra: list[str],
-    drop: frozenset[str] | None = None,
-    version: int = 11,
-) -> bytes:
-    parts = [f"HTTP/{'1.1' if version == 11 else '1.0'} {status} {reason}"]
-    append = parts.append
-    skip_tokens = connection_tokens and frozenset(connection_tokens)
-    for name, value in headers:
-        if name in HOP_BY_HOP or (drop is not None and name in drop):
-            continue
-        if skip_tokens and name in skip_tokens:
-            continue
-        append(f"{name}: {value}")
-    parts.extend(extra)
-    parts.append("\r\n")
-    return "\r\n".join(parts).encode("latin-1")
-
-
-def apply_ops(headers: list[tuple[str, str]], ops: Any) -> list[tuple[str, str]]:
-    """Istio ``headers.{request,response}``: remove, then set (replace), then add (append)."""
-    if not ops:
-        return headers
-    drop = set(ops.remove)
-    drop.update(name for name, _ in ops.set)
-    out = [(n, v) for n, v in headers if n not in drop]
-    out.extend(ops.set)
-    out.extend(ops.add)
-    return out
+__all__ = [
+    "HOP_BY_HOP",
+    "PROTECTED",
+    "SPOOFABLE_INBOUND",
+    "apply_ops",
+    "request_head",
+    "response_head",
+]

@@ -1,57 +1,17 @@
-"""Header lines every hop adds, on both sides: the trace context and the request id."""
+"""Header lines every hop adds, on both sides (the trace context and the request id): the
+facade over the compiled build or its twin.
+
+``proxy/transport/_propagate_py.py`` is the readable source (one source compiled twice, as the
+HTTP/1.1 parser).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from proxy import _accel
 
-from proxy.telemetry.tracing import continue_trace, inject, new_context
+_impl = _accel.load("proxy.transport", "propagate")
 
-from .exchange import Exchange
+trace = _impl.trace
+hop_headers = _impl.hop_headers
 
-# traceparent flags suffix by (sampled | random-trace-id << 1), as inject() formats them
-_FLAGS = ("-00", "-01", "-02", "-03")
-
-
-def trace(sampler: Any, ex: Exchange, extra: list[str]) -> None:
-    """Continue (or start) the trace: a new span id per hop, in the format that came in."""
-    if sampler is None:
-        return
-    hdrs = ex.hdrs
-    if (
-        "traceparent" in hdrs
-        or "b3" in hdrs
-        or "x-b3-traceid" in hdrs
-        or "x-b3-sampled" in hdrs
-        or "x-b3-flags" in hdrs
-    ):
-        ctx = continue_trace(hdrs.get, sampler)
-    else:
-        # none of the headers extract() starts from: it would return None (a new root)
-        ctx = new_context(None, sampler)
-    ex.trace = ctx
-    if ctx.fmt == "w3c":
-        # inject()'s W3C case, formatted straight into the head line
-        extra.append(
-            "traceparent: 00-"
-            + ctx.trace_id
-            + "-"
-            + ctx.span_id
-            + _FLAGS[(1 if ctx.sampled else 0) | (2 if ctx.random_id else 0)]
-        )
-        if ctx.tracestate:
-            extra.append("tracestate: " + ctx.tracestate)
-        return
-    for name, value in inject(ctx):
-        extra.append(name + ": " + value)
-
-
-def hop_headers(rt: Any, ex: Exchange) -> list[str]:
-    """The trace context and ``x-request-id`` (kept, or made), as header lines in ``ex.extra``."""
-    extra = ex.extra
-    trace(rt.sampler, ex, extra)
-    rid = ex.hdrs.get("x-request-id")
-    if not rid:
-        rid = rt.new_request_id()
-        extra.append("x-request-id: " + rid)
-    ex.request_id = rid
-    return extra
+__all__ = ["hop_headers", "trace"]

@@ -132,7 +132,7 @@ async def _call(fn: Any, *args: Any, **kw: Any) -> Any:
 def _grpc_timeout_supported() -> bool:
     import inspect
 
-    from proxy.transport import tries
+    from proxy.transport import _tries_py as tries  # the readable source (tries.py is a facade)
 
     src = inspect.getsource(tries)
     return "grpc-timeout" in src or "timeout_extra" in src
@@ -141,7 +141,7 @@ def _grpc_timeout_supported() -> bool:
 def _grpc_retry_supported() -> bool:
     import inspect
 
-    from proxy.transport import attempt
+    from proxy.transport import _attempt_py as attempt  # the readable source (a facade in front)
 
     return "grpc-status" in inspect.getsource(attempt)
 

@@ -22,8 +22,22 @@ from proxy.resilience.deadline import MIN_TIMEOUT
 from proxy.resilience.hedging import HedgePolicy, LatencyTracker
 from proxy.resilience.retry import Outcome, RetryPolicy
 from proxy.server.pool_limits import RetryGate
+from tests.unit.twins import load_linked_build
 
 from .conftest import FakeClock
+
+
+@pytest.fixture(autouse=True, scope="module", params=["twin", "compiled"])
+def build(request: pytest.FixtureRequest) -> Any:
+    """Every test runs against both builds of the machine: the module's ``Attempts`` and
+    ``Env`` (what ``machine`` makes) are the twin's, then the compiled module's. Module-scoped,
+    so hypothesis sees no function-scoped fixture."""
+    global Attempts, Env
+    saved = Attempts, Env
+    mod = load_linked_build("proxy.resilience", "attempts", twin=request.param == "twin")
+    Attempts, Env = mod.Attempts, mod.Env
+    yield mod
+    Attempts, Env = saved
 
 
 class Counters:

@@ -12,6 +12,18 @@ from proxy.routes.table import UNLIMITED, PoolSettings
 from proxy.server.h2.client import H2UpstreamPool
 from proxy.server.pool_limits import PendingTimeout, PoolOverflow, RetryGate
 from proxy.server.upstream import EndpointPool
+from tests.unit.twins import load_linked_build
+
+
+@pytest.fixture(autouse=True, scope="module", params=["twin", "compiled"])
+def build(request: pytest.FixtureRequest):
+    """Every test runs against both builds of the HTTP/1.1 pool: this module's ``EndpointPool``
+    is the twin's, then the compiled module's."""
+    global EndpointPool
+    saved = EndpointPool
+    EndpointPool = load_linked_build("proxy.server", "upstream", twin=request.param == "twin").EndpointPool
+    yield request.param
+    EndpointPool = saved
 
 GET = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
 

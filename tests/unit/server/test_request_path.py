@@ -20,6 +20,22 @@ from proxy.server.policy import INBOUND_POLICY, RoutePolicy
 from proxy.server.runtime import Runtime
 from proxy.transport.exchange import Exchange, Side, scan
 from proxy.transport.tries import attempts_for
+from tests.unit.twins import load_linked_build
+
+
+@pytest.fixture(autouse=True, scope="module", params=["twin", "compiled"])
+def build(request: pytest.FixtureRequest) -> Any:
+    """Every test runs against both builds of the exchange and the tries: the names this module
+    uses are the twins', then the compiled modules' (module-scoped: set once per build)."""
+    global Exchange, Side, scan, attempts_for
+    saved = Exchange, Side, scan, attempts_for
+    twin = request.param == "twin"
+    ex_mod = load_linked_build("proxy.transport", "exchange", twin=twin)
+    tries_mod = load_linked_build("proxy.transport", "tries", twin=twin)
+    Exchange, Side, scan = ex_mod.Exchange, ex_mod.Side, ex_mod.scan
+    attempts_for = tries_mod.attempts_for
+    yield request.param
+    Exchange, Side, scan, attempts_for = saved
 
 SE = """
 apiVersion: networking.istio.io/v1

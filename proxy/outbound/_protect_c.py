@@ -1,0 +1,1 @@
+_protect_py.py

@@ -1,0 +1,1 @@
+_route_py.py

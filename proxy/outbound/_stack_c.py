@@ -1,0 +1,1 @@
+_stack_py.py

@@ -1,0 +1,1 @@
+_attempts_py.py

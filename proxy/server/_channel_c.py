@@ -1,0 +1,1 @@
+_channel_py.py

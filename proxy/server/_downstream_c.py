@@ -1,0 +1,1 @@
+_downstream_py.py

@@ -1,0 +1,1 @@
+_headers_py.py

@@ -1,0 +1,1 @@
+_upstream_py.py

@@ -1,0 +1,1 @@
+_attempt_py.py

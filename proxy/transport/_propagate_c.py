@@ -1,0 +1,1 @@
+_propagate_py.py

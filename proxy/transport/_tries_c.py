@@ -1,0 +1,1 @@
+_tries_py.py
