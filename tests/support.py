@@ -23,6 +23,25 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
+# A server-first TCP app: ``python -c TCP_ECHO_APP PORT [NAME]`` greets with ``hello[ NAME]``,
+# then echoes each line back prefixed with ``echo `` (the TCP mesh tests' app behind a sidecar).
+TCP_ECHO_APP = r"""
+import asyncio, sys
+NAME = b" " + sys.argv[2].encode() if len(sys.argv) > 2 else b""
+async def handle(r, w):
+    w.write(b"hello" + NAME + b"\n")
+    await w.drain()
+    while line := await r.readline():
+        w.write(b"echo " + line)
+        await w.drain()
+    w.close()
+async def main():
+    srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    await srv.serve_forever()
+asyncio.run(main())
+"""
+
+
 def env(**extra: str) -> dict[str, str]:
     e = dict(os.environ)
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")

@@ -26,6 +26,7 @@ from collections import Counter
 import pytest
 
 from tests.support import (
+    TCP_ECHO_APP,
     Proc,
     free_port,
     listening,
@@ -37,21 +38,6 @@ from tests.support import (
 
 MAX_STREAMS = 3
 
-# server-first: a banner naming the instance, then each line echoed back
-ECHO_APP = r"""
-import asyncio, sys
-async def handle(r, w):
-    w.write(b"hello " + sys.argv[2].encode() + b"\n")
-    await w.drain()
-    while line := await r.readline():
-        w.write(b"echo " + line)
-        await w.drain()
-    w.close()
-async def main():
-    srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
-    await srv.serve_forever()
-asyncio.run(main())
-"""
 
 
 def _config(port: int) -> str:
@@ -123,7 +109,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
         token = cp.token("echo", work)
         for name in ("b", "c"):
             app_port = free_port()
-            app = Proc(f"echo-app-{name}", [sys.executable, "-c", ECHO_APP, str(app_port), name],
+            app = Proc(f"echo-app-{name}", [sys.executable, "-c", TCP_ECHO_APP, str(app_port), name],
                        work)  # fmt: skip
             started.append(app)
             wait_until(lambda p=app_port: listening(p), timeout=20, what=f"echo app {name}")

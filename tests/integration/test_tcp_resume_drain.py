@@ -22,6 +22,7 @@ import time
 import pytest
 
 from tests.support import (
+    TCP_ECHO_APP,
     Proc,
     free_port,
     listening,
@@ -35,21 +36,6 @@ CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
 ECHO_ID = "spiffe://cluster.local/ns/default/sa/echo"
 DRAINER = "127.0.0.2"  # the drainer sidecar's egress listener address
 
-# server-first: a banner, then each line echoed back
-ECHO_APP = r"""
-import asyncio, sys
-async def handle(r, w):
-    w.write(b"hello\n")
-    await w.drain()
-    while line := await r.readline():
-        w.write(b"echo " + line)
-        await w.drain()
-    w.close()
-async def main():
-    srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
-    await srv.serve_forever()
-asyncio.run(main())
-"""
 
 
 def _config(port: int) -> str:
@@ -119,7 +105,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
         r = cp.cli("apply", "-f", "-", input=_config(port))
         assert r.returncode == 0, r.stderr
         app_port = free_port()
-        app = Proc("echo-app", [sys.executable, "-c", ECHO_APP, str(app_port)], work)
+        app = Proc("echo-app", [sys.executable, "-c", TCP_ECHO_APP, str(app_port)], work)
         started.append(app)
         wait_until(lambda: listening(app_port), timeout=20, what="echo app")
         hbone = free_port()  # fixed: a restarted echo sidecar comes back on the same address
