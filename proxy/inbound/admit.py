@@ -17,7 +17,6 @@ from typing import Any
 from proxy.authz.engine import RequestAttrs, merged_header_getter
 from proxy.authz.normalize import normalize_path, normalize_target
 from proxy.resilience.deadline import incoming_deadline
-from proxy.resilience.inbound_ratelimit import _sa_key
 from proxy.server.h2.grpc import is_grpc
 from proxy.server.headers import SPOOFABLE_INBOUND
 
@@ -137,16 +136,8 @@ class DryRunLimits:
 
     def check(self, method: str, path: str, principal: str) -> tuple[str, str] | None:
         for p in self.limits.policies:
-            if not p.applies(method, path):
-                continue
-            own = p.overrides.get(_sa_key(principal)) if p.overrides and principal else None
-            kind = "override"
-            if own is None and p.identity_rps:
-                kind = "identity"
-                own = p.identities.get(principal)
-            # inbound buckets reserve nothing ahead (timeout 0): no permit left is a refusal
-            if own is not None and own.available_permits <= 0:
-                return p.name, kind
-            if p.total is not None and p.total.available_permits <= 0:
-                return p.name, "total"
+            if p.applies(method, path):
+                why = p.peek(principal)
+                if why is not None:
+                    return p.name, why
         return None

@@ -129,6 +129,21 @@ class InboundRateLimitPolicy:
             return "total"
         return None
 
+    def peek(self, principal: str) -> str | None:
+        """What :meth:`check` would answer now, taking no permit (``/explain``). Inbound
+        buckets reserve nothing ahead, so no permit left is a refusal; a caller's bucket not yet
+        made would be full."""
+        own = self.overrides.get(_sa_key(principal)) if self.overrides and principal else None
+        kind = "override"
+        if own is None and self.identity_rps:
+            kind = "identity"
+            own = self.identities.get(principal)
+        if own is not None and own.available_permits <= 0:
+            return kind
+        if self.total is not None and self.total.available_permits <= 0:
+            return "total"
+        return None
+
     def _forget_idle(self) -> None:
         """Drop the buckets that are full again (their callers are idle: a new bucket is the
         same); if none is, drop them all (a flood of identities resets, never grows)."""
